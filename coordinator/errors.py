@@ -1,0 +1,179 @@
+"""The one error tree of partstream, shared by the data plane and the control plane.
+
+Users catch these and never redis-py's types: redis errors are translated where they occur
+(``raise X(...) from err``) by :func:`translate`.
+
+    PartstreamError
+    ├── ConfigError                 bad settings, TOML, URL or CLI input (nothing was written)
+    │   └── InvalidNameError        a topic/group/member name outside the allowed alphabet
+    ├── ConnectionFailedError       cannot reach the server, or it dropped us (retriable)
+    │   └── OperationTimeoutError   the server did not answer in time (retriable)
+    ├── ServerError                 the server cannot serve partstream as it is
+    │   ├── ServerTooOldError       below Redis 7.0 / Valkey 7.2
+    │   ├── EvictionPolicyError     maxmemory-policy could evict stream keys
+    │   ├── ServerOutOfMemoryError  OOM on write (retriable once memory frees up)
+    │   └── PermissionDeniedError   the ACL user may not run a command or touch a key
+    ├── UnknownTopicError / TopicExistsError
+    ├── UnknownGroupError
+    ├── WrongTypeError              a key that should be a stream/hash holds something else
+    ├── StateLostError              a stream or group vanished under a live client
+    ├── MembershipError             the coordinator refused a member
+    │   ├── FencedError             the member's epoch is stale: drop everything and rejoin
+    │   ├── UnknownMemberError      the member was evicted (session expired)
+    │   └── DuplicateInstanceError  another live member holds the same static instance id
+    ├── NotOwnerError               read/ack of a partition this member does not own
+    ├── SerializationError          a value or header that cannot be encoded/decoded
+    │   └── RecordTooLargeError     a record over the configured size limit
+    ├── BufferFullError             the producer's buffer stayed full past its timeout
+    └── ClosedError                 the producer/consumer was used after close()
+"""
+
+from __future__ import annotations
+
+import redis.exceptions as rex
+
+
+class PartstreamError(Exception):
+    """Base of every error partstream raises.
+
+    ``retriable`` tells whether the same call may succeed if simply tried again later.
+    """
+
+    retriable: bool = False
+
+
+class ConfigError(PartstreamError, ValueError):
+    """A setting, config file, URL or argument is invalid; nothing was written."""
+
+
+class InvalidNameError(ConfigError):
+    """A topic, group or member name uses characters or a length that key names cannot hold."""
+
+
+class ConnectionFailedError(PartstreamError):
+    """The server could not be reached or the connection broke; retry or check the URL."""
+
+    retriable = True
+
+
+class OperationTimeoutError(ConnectionFailedError):
+    """The server did not answer within the socket timeout."""
+
+
+class ServerError(PartstreamError):
+    """The server cannot serve partstream in its current configuration."""
+
+
+class ServerTooOldError(ServerError):
+    """The server is older than Redis 7.0 / Valkey 7.2."""
+
+
+class EvictionPolicyError(ServerError):
+    """``maxmemory-policy`` would let the server silently delete streams and groups."""
+
+
+class ServerOutOfMemoryError(ServerError):
+    """The server refused a write because it reached maxmemory (nothing was appended)."""
+
+    retriable = True
+
+
+class PermissionDeniedError(ServerError):
+    """The ACL user is not allowed this command or key."""
+
+
+class UnknownTopicError(PartstreamError, KeyError):
+    """The topic does not exist; create it with ``partstream topic create`` or ``apply``."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; we do not want that
+        return str(self.args[0]) if self.args else ""
+
+
+class TopicExistsError(PartstreamError):
+    """A topic with that name already exists."""
+
+
+class UnknownGroupError(PartstreamError, KeyError):
+    """The consumer group does not exist."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class WrongTypeError(PartstreamError):
+    """A key partstream owns holds a value of another type (someone else wrote it)."""
+
+
+class StateLostError(PartstreamError):
+    """A stream or consumer group vanished under a live client.
+
+    This happens when the server restarted without persistence or a key was deleted or
+    evicted. partstream never silently re-creates it (that would duplicate or lose records):
+    an operator must decide, e.g. with ``partstream group seek``.
+    """
+
+
+class MembershipError(PartstreamError):
+    """The coordinator refused a membership operation."""
+
+
+class FencedError(MembershipError):
+    """The member's epoch is stale; it must drop all partitions and rejoin."""
+
+
+class UnknownMemberError(MembershipError):
+    """The member is not (or no longer) in the group; its session expired. Rejoin."""
+
+
+class DuplicateInstanceError(MembershipError):
+    """Another live member already uses this static instance id."""
+
+
+class NotOwnerError(PartstreamError):
+    """The member does not own the partition (at its epoch): it may not read or ack it."""
+
+
+class SerializationError(PartstreamError, ValueError):
+    """A value, key or header cannot be encoded or decoded."""
+
+
+class RecordTooLargeError(SerializationError):
+    """A record is larger than the producer's ``max_record_bytes``."""
+
+
+class BufferFullError(PartstreamError):
+    """The producer's buffer stayed full for longer than its ``block_timeout``."""
+
+    retriable = True
+
+
+class ClosedError(PartstreamError):
+    """The producer or consumer was used after ``close()``."""
+
+
+def translate(err: Exception, context: str = "") -> PartstreamError:
+    """Map a redis-py exception to the partstream error a user should see.
+
+    ``context`` says what was being done ("appending to orders/3"); it is put in front of the
+    server's message. Returns the error instead of raising so callers write
+    ``raise translate(err, ...) from err`` and keep the traceback chain.
+    """
+    prefix = f"{context}: " if context else ""
+    msg = str(err)
+    if isinstance(err, PartstreamError):
+        return err
+    if isinstance(err, rex.TimeoutError):
+        return OperationTimeoutError(f"{prefix}server did not answer in time ({msg})")
+    if isinstance(err, rex.AuthenticationError):
+        return PermissionDeniedError(f"{prefix}authentication failed: check the user/password")
+    if isinstance(err, rex.NoPermissionError) or msg.startswith("NOPERM"):
+        return PermissionDeniedError(f"{prefix}{msg}")
+    if isinstance(err, rex.ConnectionError):
+        return ConnectionFailedError(f"{prefix}cannot reach the server ({msg})")
+    if isinstance(err, rex.OutOfMemoryError) or msg.startswith("OOM"):
+        return ServerOutOfMemoryError(f"{prefix}server is out of memory, nothing written ({msg})")
+    if msg.startswith("WRONGTYPE"):
+        return WrongTypeError(f"{prefix}a key holds the wrong kind of value ({msg})")
+    if msg.startswith("NOGROUP"):
+        return StateLostError(f"{prefix}the consumer group or stream is gone ({msg})")
+    return PartstreamError(f"{prefix}{msg}")

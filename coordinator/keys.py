@@ -1,0 +1,115 @@
+"""Every Redis key partstream uses is named here, and nowhere else.
+
+Names are Redis-Cluster-safe: all keys one command or script touches together share a hash
+tag; each partition of a topic has its own tag so partitions spread over cluster nodes; all
+keys of one consumer group's coordinator share the group's tag. ``ns`` is the namespace
+(default ``ps``), so several deployments or test runs can share one server.
+
+====================================  ======  ==============================================
+key                                   type    contents / written by
+====================================  ======  ==============================================
+{ns}:topics                           set     topic names / topic admin
+{ns}:t:{<topic>}:meta                 hash    partitions, retention, regions, created_ms /
+                                              topic admin
+{ns}:t:{<topic>:<p>}                  stream  the partition's records / producer (append.lua)
+{ns}:t:{<topic>:<p>}:fence            hash    group -> "member_id token epoch": who may read
+                                              and ack this partition for each group /
+                                              the owning consumer (fence.lua)
+{ns}:t:{<topic>:<p>}:seq              hash    producer id -> last appended batch sequence,
+                                              the idempotence fallback / append.lua
+{ns}:t:{<topic>:<p>}:dlq              stream  dead letters of this partition: origin, group,
+                                              delivery count, reason / consumer (deadletter)
+{ns}:groups                           set     group names / coordinator
+{ns}:g:{<group>}:cfg                  hash    assignor, session/heartbeat ms, max deliveries,
+                                              topics / group admin, first joiner
+{ns}:g:{<group>}:state                hash    epoch, target assignment, owners, members /
+                                              coordinator scripts only
+====================================  ======  ==============================================
+
+A name (topic, group, member, instance id) is 1-100 characters of ``[A-Za-z0-9._-]`` and
+starts with a letter or digit, so no ``{``, ``}``, ``*``, ``?``, ``[``, ``:``, whitespace or
+control byte ever reaches a key.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from coordinator.errors import InvalidNameError
+
+MAX_NAME_LENGTH = 100
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+DEFAULT_NAMESPACE = "ps"
+
+
+def validate_name(name: object, kind: str = "name") -> str:
+    """Return ``name`` if it is a valid topic/group/member name, else raise InvalidNameError."""
+    if isinstance(name, bytes):
+        try:
+            name = name.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidNameError(f"{kind} {name!r} is not valid UTF-8") from None
+    if not isinstance(name, str):
+        raise InvalidNameError(f"{kind} must be a string, got {type(name).__name__}")
+    if not name:
+        raise InvalidNameError(f"{kind} must not be empty")
+    if len(name) > MAX_NAME_LENGTH:
+        raise InvalidNameError(f"{kind} {name[:20]!r}... is longer than {MAX_NAME_LENGTH} chars")
+    if not _NAME_RE.fullmatch(name):
+        raise InvalidNameError(
+            f"{kind} {name!r} may only use letters, digits, '.', '_' and '-' "
+            "and must start with a letter or digit"
+        )
+    return name
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """Builds key names for one namespace."""
+
+    ns: str = DEFAULT_NAMESPACE
+
+    def __post_init__(self) -> None:
+        validate_name(self.ns, "namespace")
+
+    # -- topics ---------------------------------------------------------------------------
+    @property
+    def topics(self) -> str:
+        return f"{self.ns}:topics"
+
+    def topic_meta(self, topic: str) -> str:
+        return f"{self.ns}:t:{{{topic}}}:meta"
+
+    def stream(self, topic: str, partition: int) -> str:
+        return f"{self.ns}:t:{{{topic}:{partition}}}"
+
+    def fence(self, topic: str, partition: int) -> str:
+        return f"{self.ns}:t:{{{topic}:{partition}}}:fence"
+
+    def seq(self, topic: str, partition: int) -> str:
+        return f"{self.ns}:t:{{{topic}:{partition}}}:seq"
+
+    def dlq(self, topic: str, partition: int) -> str:
+        return f"{self.ns}:t:{{{topic}:{partition}}}:dlq"
+
+    def partition_keys(self, topic: str, partition: int) -> list[str]:
+        """All keys of one partition (they share one slot)."""
+        return [
+            self.stream(topic, partition),
+            self.fence(topic, partition),
+            self.seq(topic, partition),
+            self.dlq(topic, partition),
+        ]
+
+    # -- groups ---------------------------------------------------------------------------
+    @property
+    def groups(self) -> str:
+        return f"{self.ns}:groups"
+
+    def group_cfg(self, group: str) -> str:
+        return f"{self.ns}:g:{{{group}}}:cfg"
+
+    def group_state(self, group: str) -> str:
+        return f"{self.ns}:g:{{{group}}}:state"

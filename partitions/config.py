@@ -1,0 +1,157 @@
+"""Configuration objects: frozen dataclasses with named defaults and cross-field checks.
+
+Precedence everywhere is: explicit arguments (CLI flags) > environment (``PARTSTREAM_*``) >
+file > defaults. Every check raises :class:`ConfigError` at construction, before anything
+touches the server.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from coordinator.errors import ConfigError
+from coordinator.keys import DEFAULT_NAMESPACE, validate_name
+
+_URL_SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
+
+
+def validate_url(url: str) -> str:
+    """Check a server URL's form (scheme, host, port, db) without connecting."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as err:
+        raise ConfigError(f"invalid server URL: {err}") from None
+    if parts.scheme not in _URL_SCHEMES:
+        raise ConfigError(
+            f"unsupported URL scheme {parts.scheme!r}: use one of "
+            + ", ".join(f"{s}://" for s in _URL_SCHEMES)
+        )
+    if parts.scheme == "unix":
+        if not parts.path:
+            raise ConfigError("a unix:// URL needs a socket path, e.g. unix:///run/redis.sock")
+    elif not parts.hostname:
+        raise ConfigError(f"URL {redact_url(url)} has no host")
+    if port is not None and not 0 < port < 65536:
+        raise ConfigError(f"URL {redact_url(url)} has an invalid port")
+    return url
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced by ``***`` (for logs and errors)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<invalid url>"
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
+
+
+@dataclass(frozen=True, slots=True)
+class ClientConfig:
+    """How to reach the server.
+
+    ``url=None`` means the embedded Valkey server in ``data_dir``.
+    """
+
+    # redis://, rediss://, unix://, redis+cluster://; None = embedded server.
+    url: str | None = None
+    # Key namespace; lets several deployments or test runs share a server.
+    namespace: str = DEFAULT_NAMESPACE
+    # Seconds a single command may take before OperationTimeoutError. Blocking reads always
+    # use a BLOCK well below this.
+    socket_timeout: float = 10.0
+    connect_timeout: float = 5.0
+    # Embedded server data directory; None = $PARTSTREAM_DATA_DIR or the user data dir.
+    data_dir: Path | None = None
+    # TLS (rediss://): CA bundle, optional client certificate and key.
+    ssl_ca_certs: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    # Refuse (instead of warn about) a maxmemory-policy that can evict stream keys.
+    strict_eviction_policy: bool = False
+
+    def __post_init__(self) -> None:
+        if self.url is not None:
+            validate_url(self.url)
+        validate_name(self.namespace, "namespace")
+        if self.socket_timeout <= 0 or self.connect_timeout <= 0:
+            raise ConfigError("socket_timeout and connect_timeout must be positive")
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> ClientConfig:
+        """Defaults, then ``PARTSTREAM_URL`` / ``PARTSTREAM_NAMESPACE`` / ``PARTSTREAM_DATA_DIR``,
+        then ``overrides`` whose value is not None."""
+        values: dict[str, Any] = {}
+        if url := os.environ.get("PARTSTREAM_URL"):
+            values["url"] = url
+        if ns := os.environ.get("PARTSTREAM_NAMESPACE"):
+            values["namespace"] = ns
+        if data_dir := os.environ.get("PARTSTREAM_DATA_DIR"):
+            values["data_dir"] = Path(data_dir)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def with_changes(self, **changes: Any) -> ClientConfig:
+        return replace(self, **changes)
+
+
+@dataclass(frozen=True, slots=True)
+class ProducerConfig:
+    """Batching, back-pressure and retry settings of a :class:`~partitions.Producer`."""
+
+    # How long a record may wait for its batch to fill before it is sent.
+    linger_ms: float = 5.0
+    # Records per partition batch (one script call appends a whole batch atomically).
+    batch_size: int = 1000
+    # Records the producer may hold unsent before send() blocks (back-pressure).
+    buffer_records: int = 200_000
+    # Seconds send() blocks on a full buffer before BufferFullError; 0 = raise at once.
+    block_timeout: float = 30.0
+    # A record (key + value + headers) larger than this raises RecordTooLargeError.
+    max_record_bytes: int = 1_048_576
+    # Drop a retried batch's duplicates (server-side sequence check per producer id).
+    idempotent: bool = True
+    # Attempts for a batch that failed with a retriable error before its futures fail.
+    retries: int = 5
+    retry_backoff_ms: float = 100.0
+
+    def __post_init__(self) -> None:
+        if self.linger_ms < 0:
+            raise ConfigError("linger_ms must be >= 0")
+        if not 1 <= self.batch_size <= 100_000:
+            raise ConfigError("batch_size must be between 1 and 100000")
+        if self.buffer_records < self.batch_size:
+            raise ConfigError("buffer_records must be at least batch_size")
+        if self.block_timeout < 0:
+            raise ConfigError("block_timeout must be >= 0")
+        if not 1 <= self.max_record_bytes <= 512 * 1024 * 1024:
+            raise ConfigError("max_record_bytes must be between 1 byte and 512 MiB")
+        if self.retries < 0:
+            raise ConfigError("retries must be >= 0")
+
+
+def known_fields(cls: type, data: dict[str, Any], where: str) -> dict[str, Any]:
+    """Reject keys of a TOML table that ``cls`` has no field for (typos lose settings)."""
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}"
+        )
+    return data
+
+
+__all__ = [
+    "ClientConfig",
+    "ProducerConfig",
+    "known_fields",
+    "redact_url",
+    "validate_url",
+]

@@ -1,0 +1,249 @@
+"""Connecting to a server: URL or embedded, version and feature detection, safety checks.
+
+:func:`connect` is the one way partstream opens a server. It refuses servers older than
+Redis 7.0 / Valkey 7.2 (:class:`ServerTooOldError`, naming the version needed), detects the
+newer stream features partstream uses when present, and warns (or, strict, refuses) when
+``maxmemory-policy`` could evict stream keys.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+from urllib.parse import urlsplit
+
+import redis
+import redis.exceptions as rex
+
+from coordinator.errors import (
+    ConfigError,
+    EvictionPolicyError,
+    ServerTooOldError,
+    translate,
+)
+from coordinator.keys import Keys
+from coordinator.scripts import Scripts
+from partitions.config import ClientConfig, redact_url
+
+log = logging.getLogger("partstream")
+
+MIN_REDIS = (7, 0, 0)
+MIN_VALKEY = (7, 2, 0)
+
+# Stream features newer than the minimum server, by the Redis version that added them.
+# Valkey's own version numbers are unrelated, so for Valkey the commands are probed instead.
+_REDIS_FEATURES = {
+    "acked_trim": (8, 2, 0),  # XACKDEL / XDELEX / XADD+XTRIM ACKED
+    "xreadgroup_claim": (8, 4, 0),
+    "idmp": (8, 6, 0),
+    "xnack": (8, 8, 0),
+}
+
+
+def parse_version(text: str) -> tuple[int, int, int]:
+    nums = [int("".join(ch for ch in part if ch.isdigit()) or 0) for part in text.split(".")[:3]]
+    while len(nums) < 3:
+        nums.append(0)
+    return (nums[0], nums[1], nums[2])
+
+
+@dataclass(frozen=True, slots=True)
+class ServerInfo:
+    """What the server is and which optional stream features it has."""
+
+    flavor: str  # "redis" or "valkey"
+    version: tuple[int, int, int]
+    features: frozenset[str]
+    cluster: bool
+    maxmemory_policy: str | None
+
+    @property
+    def version_text(self) -> str:
+        return ".".join(map(str, self.version))
+
+    def has(self, feature: str) -> bool:
+        return feature in self.features
+
+    def describe(self) -> str:
+        feats = ", ".join(sorted(self.features)) or "none beyond 7.0"
+        mode = "cluster" if self.cluster else "single node"
+        return f"{self.flavor} {self.version_text} ({mode}; features: {feats})"
+
+
+def _has_command(client: Any, name: str) -> bool:
+    """Probe a command by calling it with no arguments: an arity error means it exists."""
+    try:
+        client.execute_command(name)
+    except rex.ResponseError as err:
+        return "unknown command" not in str(err).lower()
+    except rex.RedisError:
+        return False
+    return True
+
+
+def detect_server(client: Any, *, cluster: bool = False) -> ServerInfo:
+    """Read INFO and probe commands; raise ServerTooOldError below the supported minimum."""
+    try:
+        info = client.info("server")
+    except rex.RedisError as err:
+        raise translate(err, "reading server info") from err
+    if cluster and isinstance(info, dict) and info and all(isinstance(v, dict) for v in info.values()):
+        info = next(iter(info.values()))  # RedisCluster returns {node: info}
+    flavor = "valkey" if info.get("server_name") == "valkey" or "valkey_version" in info else "redis"
+    version = parse_version(str(info.get("valkey_version") or info.get("redis_version", "0")))
+    if flavor == "redis" and version < MIN_REDIS:
+        raise ServerTooOldError(
+            f"Redis {'.'.join(map(str, version))} is too old: partstream needs Redis >= 7.0 "
+            "(or Valkey >= 7.2)"
+        )
+    if flavor == "valkey" and version < MIN_VALKEY:
+        raise ServerTooOldError(
+            f"Valkey {'.'.join(map(str, version))} is too old: partstream needs Valkey >= 7.2 "
+            "(or Redis >= 7.0)"
+        )
+    features: set[str] = set()
+    if flavor == "redis":
+        features = {name for name, since in _REDIS_FEATURES.items() if version >= since}
+    else:
+        if _has_command(client, "XACKDEL"):
+            features.add("acked_trim")
+    policy: str | None
+    try:
+        cfg = client.config_get("maxmemory-policy")
+        if cluster and cfg and all(isinstance(v, dict) for v in cfg.values()):
+            cfg = next(iter(cfg.values()))
+        raw = cfg.get("maxmemory-policy")
+        policy = raw.decode() if isinstance(raw, bytes) else raw
+    except rex.RedisError:
+        policy = None  # CONFIG may be denied by ACL or renamed: we cannot tell
+    return ServerInfo(flavor, version, frozenset(features), cluster, policy)
+
+
+def check_eviction_policy(server: ServerInfo, strict: bool) -> None:
+    """Warn (strict: raise) if the server may evict keys that have no TTL: our streams."""
+    policy = server.maxmemory_policy
+    if policy is None or not policy.startswith("allkeys-"):
+        return  # noeviction / volatile-* never evict keys without a TTL
+    msg = (
+        f"maxmemory-policy is {policy}: the server may silently delete streams and consumer "
+        "groups under memory pressure; set it to noeviction"
+    )
+    if strict:
+        raise EvictionPolicyError(msg)
+    warnings.warn(msg, RuntimeWarning, stacklevel=3)
+    log.warning(msg)
+
+
+class Connection:
+    """An open server: the redis client, its key names, scripts and detected features.
+
+    Thread-safe: the underlying redis-py client keeps a connection pool.
+    """
+
+    def __init__(self, client: Any, config: ClientConfig, url: str, server: ServerInfo) -> None:
+        self.client = client
+        self.config = config
+        self.url = url
+        self.server = server
+        self.keys = Keys(config.namespace)
+        self.scripts = Scripts(client)
+
+    @property
+    def is_cluster(self) -> bool:
+        return self.server.cluster
+
+    @property
+    def redacted_url(self) -> str:
+        return redact_url(self.url)
+
+    def close(self) -> None:
+        try:
+            self.client.close()
+        except Exception:  # noqa: BLE001 - closing must not raise
+            log.debug("error while closing the connection", exc_info=True)
+
+    def __enter__(self) -> Connection:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Connection {self.redacted_url} {self.server.describe()}>"
+
+
+def _client_kwargs(config: ClientConfig) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {
+        "socket_timeout": config.socket_timeout,
+        "socket_connect_timeout": config.connect_timeout,
+        "health_check_interval": 30,
+    }
+    if config.ssl_ca_certs:
+        kwargs["ssl_ca_certs"] = config.ssl_ca_certs
+    if config.ssl_certfile:
+        kwargs["ssl_certfile"] = config.ssl_certfile
+    if config.ssl_keyfile:
+        kwargs["ssl_keyfile"] = config.ssl_keyfile
+    return kwargs
+
+
+def resolve_url(config: ClientConfig) -> str:
+    """The configured URL, or the embedded server's (started if needed)."""
+    if config.url is not None:
+        return config.url
+    from partitions.server import EmbeddedServer
+
+    return EmbeddedServer(config.data_dir).ensure_running()
+
+
+def open_client(url: str, config: ClientConfig) -> tuple[Any, bool]:
+    """A redis-py client for ``url``: (client, is_cluster). Nothing is sent yet."""
+    scheme = urlsplit(url).scheme
+    kwargs = _client_kwargs(config)
+    if scheme.endswith("+cluster"):
+        from redis.cluster import RedisCluster
+
+        plain = ("rediss" if scheme.startswith("rediss") else "redis") + url[len(scheme) :]
+        if not plain.startswith("rediss"):
+            kwargs = {k: v for k, v in kwargs.items() if not k.startswith("ssl_")}
+        kwargs.pop("health_check_interval", None)
+        return RedisCluster.from_url(plain, **kwargs), True
+    if scheme == "unix":
+        kwargs = {k: v for k, v in kwargs.items() if not k.startswith("ssl_")}
+    elif scheme == "redis" and any(k.startswith("ssl_") for k in kwargs):
+        raise ConfigError("TLS options were given but the URL is redis://; use rediss://")
+    return redis.Redis.from_url(url, **kwargs), False
+
+
+def connect(config: ClientConfig | None = None, **overrides: Any) -> Connection:
+    """Open a connection to the configured server (or the embedded one) and check it.
+
+    ``overrides`` are ClientConfig fields (``url=...``, ``namespace=...``) applied over
+    ``config`` (default: from the environment).
+    """
+    config = config or ClientConfig.from_env()
+    if overrides:
+        config = config.with_changes(**overrides)
+    url = resolve_url(config)
+    try:
+        client, cluster = open_client(url, config)
+        client.ping()
+    except rex.RedisError as err:
+        raise translate(err, f"connecting to {redact_url(url)}") from err
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"cannot use {redact_url(url)}: {err}") from err
+    try:
+        server = detect_server(client, cluster=cluster)
+        check_eviction_policy(server, config.strict_eviction_policy)
+    except BaseException:
+        client.close()
+        raise
+    return Connection(client, config, url, server)

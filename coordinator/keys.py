@@ -12,18 +12,32 @@ key                                   type    contents / written by
 {ns}:t:{<topic>}:meta                 hash    partitions, retention, regions, created_ms /
                                               topic admin
 {ns}:t:{<topic>:<p>}                  stream  the partition's records / producer (append.lua)
-{ns}:t:{<topic>:<p>}:fence            hash    group -> "member_id token epoch": who may read
+{ns}:t:{<topic>:<p>}:fence            hash    group -> "<member_id> <token>" (one space,
+                                              token a decimal grant token): who may read
                                               and ack this partition for each group /
-                                              the owning consumer (fence.lua)
+                                              the owning consumer (fence.lua claim/release;
+                                              read/ack scripts compare the exact string)
 {ns}:t:{<topic>:<p>}:seq              hash    producer id -> last appended batch sequence,
                                               the idempotence fallback / append.lua
 {ns}:t:{<topic>:<p>}:dlq              stream  dead letters of this partition: origin, group,
                                               delivery count, reason / consumer (deadletter)
-{ns}:groups                           set     group names / coordinator
-{ns}:g:{<group>}:cfg                  hash    assignor, session/heartbeat ms, max deliveries,
-                                              topics / group admin, first joiner
-{ns}:g:{<group>}:state                hash    epoch, target assignment, owners, members /
-                                              coordinator scripts only
+{ns}:groups                           set     group names / GroupAdmin.create, Member.join
+                                              (client side: another slot than the group)
+{ns}:g:{<group>}:cfg                  hash    GroupSettings fields (assignor, session and
+                                              heartbeat ms, max deliveries, reclaim idle) /
+                                              admin.lua, the first member's join
+{ns}:g:{<group>}:state                hash    epoch, target_epoch, grant (token counter),
+                                              created_ms, topic:<name> -> partitions /
+                                              member.lua, admin.lua
+{ns}:g:{<group>}:members              hash    member_id -> JSON record (instance, client,
+                                              topics, epoch, owned) / member.lua
+{ns}:g:{<group>}:hb                   zset    member_id -> last heartbeat, server ms /
+                                              member.lua (evicts below now - session)
+{ns}:g:{<group>}:target               hash    member_id -> target "topic:p ..." /
+                                              admin.lua assign (CAS on the group epoch)
+{ns}:g:{<group>}:owners               hash    "topic:p" -> "<member_id> <token> <epoch>",
+                                              the current owner and grant / member.lua
+{ns}:g:{<group>}:instances            hash    static instance_id -> member_id / member.lua
 ====================================  ======  ==============================================
 
 A name (topic, group, member, instance id) is 1-100 characters of ``[A-Za-z0-9._-]`` and
@@ -113,3 +127,30 @@ class Keys:
 
     def group_state(self, group: str) -> str:
         return f"{self.ns}:g:{{{group}}}:state"
+
+    def group_members(self, group: str) -> str:
+        return f"{self.ns}:g:{{{group}}}:members"
+
+    def group_hb(self, group: str) -> str:
+        return f"{self.ns}:g:{{{group}}}:hb"
+
+    def group_target(self, group: str) -> str:
+        return f"{self.ns}:g:{{{group}}}:target"
+
+    def group_owners(self, group: str) -> str:
+        return f"{self.ns}:g:{{{group}}}:owners"
+
+    def group_instances(self, group: str) -> str:
+        return f"{self.ns}:g:{{{group}}}:instances"
+
+    def group_keys(self, group: str) -> list[str]:
+        """The coordinator keys of one group, in the order member.lua/admin.lua take them."""
+        return [
+            self.group_cfg(group),
+            self.group_state(group),
+            self.group_members(group),
+            self.group_hb(group),
+            self.group_target(group),
+            self.group_owners(group),
+            self.group_instances(group),
+        ]

@@ -1,0 +1,128 @@
+"""Group administration: create, alter, inspect, list and delete consumer groups.
+
+Every change to a group's state is one atomic server-side script (admin.lua); ``describe``
+is one atomic read, so its members, epochs and owners are mutually consistent.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis.exceptions as rex
+
+from coordinator.errors import ConfigError, UnknownGroupError, translate
+from coordinator.keys import Keys, validate_name
+from coordinator.records import GroupDescription, parse_describe, raise_for_status
+from coordinator.scripts import Scripts
+from coordinator.settings import GroupSettings
+
+
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class GroupAdmin:
+    """Administers the consumer groups of one namespace. Thread-safe (stateless over the client)."""
+
+    def __init__(self, client: Any, keys: Keys) -> None:
+        self.client = client
+        self.keys = keys
+        self.scripts = Scripts(client)
+
+    def _admin(self, group: str, *args: Any) -> list[Any]:
+        reply: list[Any] = self.scripts.call(
+            "admin",
+            self.keys.group_keys(group),
+            list(args),
+            context=f"{args[0]} group {group}",
+        )
+        raise_for_status(reply, group)
+        return reply
+
+    def create(
+        self, group: str, settings: GroupSettings | None = None, *, exist_ok: bool = False
+    ) -> bool:
+        """Create ``group`` with ``settings`` (default: the defaults). True if it was created.
+
+        An existing group keeps its stored settings: with ``exist_ok`` nothing happens, else
+        ConfigError (use :meth:`alter`).
+        """
+        validate_name(group, "group")
+        settings = settings or GroupSettings()
+        reply = self._admin(group, "create", *settings.to_fields())
+        self._register(group)
+        if _s(reply[0]) == "EXISTS":
+            if exist_ok:
+                return False
+            raise ConfigError(f"group {group!r} already exists; use alter to change it")
+        return True
+
+    def _register(self, group: str) -> None:
+        # Another slot than the group's keys: not part of the script, idempotent instead.
+        try:
+            self.client.sadd(self.keys.groups, group)
+        except rex.RedisError as err:
+            raise translate(err, f"registering group {group}") from err
+
+    def get_settings(self, group: str) -> GroupSettings:
+        """The group's stored settings; UnknownGroupError if it does not exist."""
+        validate_name(group, "group")
+        try:
+            raw = self.client.hgetall(self.keys.group_cfg(group))
+        except rex.RedisError as err:
+            raise translate(err, f"reading group {group}") from err
+        if not raw:
+            raise UnknownGroupError(f"group {group!r} does not exist")
+        return GroupSettings.from_fields(raw)
+
+    def alter(self, group: str, **changes: Any) -> GroupSettings:
+        """Change some settings (validated with the rest); a new assignor triggers a rebalance."""
+        current = self.get_settings(group)
+        updated = current.with_changes(**changes)
+        self._admin(group, "alter", *updated.to_fields())
+        return updated
+
+    def describe(self, group: str) -> GroupDescription:
+        """One consistent snapshot of the group; UnknownGroupError if it does not exist."""
+        validate_name(group, "group")
+        return parse_describe(self._admin(group, "describe"), group)
+
+    def list(self) -> list[str]:
+        """Names of the existing groups, sorted."""
+        try:
+            names = sorted(_s(n) for n in self.client.smembers(self.keys.groups))
+            pipe = self.client.pipeline(transaction=False)
+            for name in names:
+                pipe.exists(self.keys.group_cfg(name))
+            exists = pipe.execute()
+        except rex.RedisError as err:
+            raise translate(err, "listing groups") from err
+        return [name for name, ok in zip(names, exists, strict=True) if ok]
+
+    def delete(self, group: str, *, force: bool = False) -> bool:
+        """Delete the group's coordinator state; refuses while live members remain unless forced.
+
+        Fences the group left on partitions are not touched: tokens of a re-created group
+        start above them, so they are harmless and overwritten on the next claim.
+        """
+        validate_name(group, "group")
+        reply: list[Any] = self.scripts.call(
+            "admin", self.keys.group_keys(group), ["delete", "1" if force else "0"]
+        )
+        code = _s(reply[1]) if _s(reply[0]) == "ERR" else ""
+        if code == "UNKNOWN_GROUP":
+            self._unregister(group)
+            return False
+        if code == "NOT_EMPTY":
+            raise ConfigError(
+                f"group {group!r} still has live members; stop them or use force=True"
+            )
+        raise_for_status(reply, group)
+        self._unregister(group)
+        return int(reply[1]) > 0
+
+    def _unregister(self, group: str) -> None:
+        try:
+            self.client.srem(self.keys.groups, group)
+        except rex.RedisError as err:
+            raise translate(err, f"unregistering group {group}") from err

@@ -1,0 +1,113 @@
+--[[ admin.lua: create, alter, delete, describe a group; submit a computed target assignment.
+
+KEYS: the same seven group keys as member.lua (cfg, state, members, hb, target, owners,
+instances), all under the group's hash tag.
+
+ARGV[1] = op, then per op:
+  create:   2.. settings as name, value pairs          -> {"OK"} or {"EXISTS"}
+  alter:    2.. settings as name, value pairs          -> {"OK", group_epoch} or
+            {"ERR", "UNKNOWN_GROUP", msg}; a new assignor bumps the group epoch so the
+            target is recomputed with it
+  delete:   2 "1" = even with live members             -> {"OK", keys deleted} or
+            {"ERR", "UNKNOWN_GROUP" | "NOT_EMPTY", msg}
+  describe: (none) -> {"OK", now_ms, cfg {k, v...}, state {k, v...},
+            members {member_id, record json, last heartbeat ms, target, ...},
+            owners {"topic:p", "<member_id> <token> <epoch>", ...}}
+            or {"ERR", "UNKNOWN_GROUP", msg}
+  assign:   2 group epoch the target was computed at, 3.. member_id, "topic:p ..." pairs
+            -> {"OK"} written | {"DONE"} target already at that epoch |
+               {"STALE", epoch} the group changed since: recompute | {"ERR", "INVALID", msg}
+            Compare-and-set on the group epoch: the first member to submit wins.
+]]
+
+local K_CFG, K_STATE, K_MEMBERS, K_HB, K_TARGET, K_OWNERS, K_INST =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local op = ARGV[1]
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function no_group()
+  return {'ERR', 'UNKNOWN_GROUP', 'the group does not exist'}
+end
+
+local function settings_from(first)
+  local fields = {}
+  for i = first, #ARGV do fields[#fields + 1] = ARGV[i] end
+  return fields
+end
+
+if op == 'create' then
+  if redis.call('EXISTS', K_CFG) == 1 then return {'EXISTS'} end
+  local now = now_ms()
+  redis.call('HSET', K_CFG, unpack(settings_from(2)))
+  -- Same token origin as member.lua: above any fence an older incarnation left.
+  redis.call('HSETNX', K_STATE, 'grant', string.format('%d', now * 1000))
+  redis.call('HSETNX', K_STATE, 'epoch', 0)
+  redis.call('HSETNX', K_STATE, 'target_epoch', 0)
+  redis.call('HSETNX', K_STATE, 'created_ms', string.format('%d', now))
+  return {'OK'}
+end
+
+if redis.call('EXISTS', K_CFG) == 0 then return no_group() end
+
+if op == 'alter' then
+  local before = redis.call('HGET', K_CFG, 'assignor')
+  redis.call('HSET', K_CFG, unpack(settings_from(2)))
+  if redis.call('HGET', K_CFG, 'assignor') ~= before then
+    redis.call('HINCRBY', K_STATE, 'epoch', 1)
+  end
+  return {'OK', tonumber(redis.call('HGET', K_STATE, 'epoch'))}
+end
+
+if op == 'delete' then
+  if ARGV[2] ~= '1' then
+    for _, raw in ipairs(redis.call('HVALS', K_MEMBERS)) do
+      if cjson.decode(raw).l ~= 1 then
+        return {'ERR', 'NOT_EMPTY', 'the group still has live members; stop them or force'}
+      end
+    end
+  end
+  return {'OK', redis.call('DEL', K_CFG, K_STATE, K_MEMBERS, K_HB, K_TARGET, K_OWNERS, K_INST)}
+end
+
+if op == 'describe' then
+  local members = {}
+  local recs = redis.call('HGETALL', K_MEMBERS)
+  for i = 1, #recs, 2 do
+    local id = recs[i]
+    members[#members + 1] = id
+    members[#members + 1] = recs[i + 1]
+    members[#members + 1] = redis.call('ZSCORE', K_HB, id) or '0'
+    members[#members + 1] = redis.call('HGET', K_TARGET, id) or ''
+  end
+  return {'OK', now_ms(), redis.call('HGETALL', K_CFG), redis.call('HGETALL', K_STATE),
+          members, redis.call('HGETALL', K_OWNERS)}
+end
+
+if op == 'assign' then
+  local epoch = tonumber(redis.call('HGET', K_STATE, 'epoch'))
+  if tonumber(ARGV[2]) ~= epoch then return {'STALE', epoch} end
+  if tonumber(redis.call('HGET', K_STATE, 'target_epoch')) == epoch then return {'DONE'} end
+  local seen, pairs_ = {}, {}
+  for i = 3, #ARGV, 2 do
+    local id, tps = ARGV[i], ARGV[i + 1]
+    if redis.call('HEXISTS', K_MEMBERS, id) == 0 then return {'STALE', epoch} end
+    for tp in string.gmatch(tps, '%S+') do
+      if seen[tp] then
+        return {'ERR', 'INVALID', 'partition ' .. tp .. ' assigned to two members'}
+      end
+      seen[tp] = true
+    end
+    pairs_[#pairs_ + 1] = id
+    pairs_[#pairs_ + 1] = tps
+  end
+  redis.call('DEL', K_TARGET)
+  if #pairs_ > 0 then redis.call('HSET', K_TARGET, unpack(pairs_)) end
+  redis.call('HSET', K_STATE, 'target_epoch', epoch)
+  return {'OK'}
+end
+
+return redis.error_reply('ERR admin.lua: unknown op ' .. tostring(op))

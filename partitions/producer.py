@@ -1,0 +1,533 @@
+"""The producer: keyed records batched per partition, appended in one pipeline per server node.
+
+Guarantees:
+
+* **Order per partition** (hence per key): a partition has at most one batch in flight, and a
+  batch that must be retried is sent again before any later batch of its partition.
+* **No silent duplicates** (``idempotent=True``, the default): each batch carries this
+  producer's id and a per-partition sequence number; the append script drops a batch it has
+  already appended and answers with the original ids. A retry after a timeout is safe.
+* **Atomic batches**: one script call appends a whole batch (all or nothing) and applies
+  the topic's retention.
+* **Back-pressure, never drops**: when ``buffer_records`` are unsent, :meth:`send` blocks up
+  to ``block_timeout`` and then raises :class:`BufferFullError`.
+
+Thread-safe: any number of threads may call :meth:`send` and :meth:`flush` concurrently. One
+background thread sends the batches. The hot path does no per-record round trip: each record
+is encoded once, straight into the RESP bytes of its batch's script call.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from types import TracebackType
+from typing import Any, NamedTuple
+
+import redis.exceptions as rex
+from xxhash import xxh3_64_intdigest as _xxh3
+
+from coordinator.errors import (
+    BufferFullError,
+    ClosedError,
+    ConfigError,
+    PartstreamError,
+    translate,
+)
+from coordinator.scripts import is_noscript, sha, source
+from partitions.config import ClientConfig, ProducerConfig
+from partitions.connection import Connection, connect
+from partitions.records import (
+    Key,
+    Value,
+    check_size,
+    encode_headers,
+    encode_key,
+    encode_value,
+    entry_fields,
+)
+from partitions.router import Router, StickyPartitioner
+from partitions.topics import TopicAdmin, TopicMeta
+
+log = logging.getLogger("partstream.producer")
+
+# Re-read topic metadata this often, to pick up added partitions and retention changes.
+METADATA_MAX_AGE_S = 30.0
+
+_APPEND_SHA = sha("append").encode()
+_EVALSHA_HEAD = b"$7\r\nEVALSHA\r\n$40\r\n" + _APPEND_SHA + b"\r\n$1\r\n2\r\n"
+# Header args between the two keys and the records: pid, seq, maxlen, retention_ms, safe, n.
+_HEADER_ARGS = 6
+
+
+def _bulk(data: bytes) -> bytes:
+    return b"$%d\r\n%b\r\n" % (len(data), data)
+
+
+class RecordMetadata(NamedTuple):
+    """Where a record was appended."""
+
+    topic: str
+    partition: int
+    id: str
+
+
+class _Batch:
+    """Records of one partition sent together. Its futures share one event."""
+
+    __slots__ = (
+        "attempts", "callbacks", "chunks", "count", "created", "error", "event", "ids",
+        "nargs", "nbytes", "partition", "route", "seq", "topic",
+    )  # fmt: skip
+
+    def __init__(self, topic: str, partition: int, route: _Route, now: float) -> None:
+        self.topic = topic
+        self.partition = partition
+        self.route = route
+        self.chunks: list[bytes] = []
+        self.count = 0
+        self.nargs = 0
+        self.nbytes = 0
+        self.created = now
+        self.seq = 0
+        self.attempts = 0
+        self.ids: list[str] | None = None
+        self.error: BaseException | None = None
+        self.event = threading.Event()
+        self.callbacks: list[tuple[int, Callable[[RecordFuture], None]]] | None = None
+
+    def packed(self, pid: bytes) -> bytes:
+        spec = self.route.meta.spec
+        keys = self.route.stream_keys[self.partition], self.route.seq_keys[self.partition]
+        head = (
+            b"*%d\r\n" % (5 + _HEADER_ARGS + self.nargs)
+            + _EVALSHA_HEAD
+            + _bulk(keys[0])
+            + _bulk(keys[1])
+            + _bulk(pid)
+            + _bulk(b"%d" % self.seq)
+            + _bulk(b"%d" % (spec.max_length or 0))
+            + _bulk(b"%d" % (spec.retention_ms or 0))
+            + (b"$1\r\n1\r\n" if spec.safe_retention else b"$1\r\n0\r\n")
+            + _bulk(b"%d" % self.count)
+        )
+        return head + b"".join(self.chunks)
+
+    def complete(self, ids: list[str] | None, error: BaseException | None) -> None:
+        self.ids = ids
+        self.error = error
+        self.chunks = []
+        with _callback_lock:
+            self.event.set()
+            callbacks, self.callbacks = self.callbacks, None
+        for i, cb in callbacks or ():
+            try:
+                cb(RecordFuture(self, i))
+            except Exception:
+                log.exception("producer callback raised")
+
+
+# Guards registering callbacks against a batch completing at the same moment; callbacks are
+# rare, so one lock for all batches costs nothing on the hot path.
+_callback_lock = threading.Lock()
+
+
+class RecordFuture:
+    """The outcome of one :meth:`Producer.send`: resolves to :class:`RecordMetadata`."""
+
+    __slots__ = ("_batch", "_index")
+
+    def __init__(self, batch: _Batch, index: int) -> None:
+        self._batch = batch
+        self._index = index
+
+    def done(self) -> bool:
+        return self._batch.event.is_set()
+
+    def result(self, timeout: float | None = None) -> RecordMetadata:
+        """Block until the record is appended; raise the error if it could not be."""
+        b = self._batch
+        if not b.event.wait(timeout):
+            raise TimeoutError(f"record not acknowledged within {timeout}s")
+        if b.error is not None:
+            raise b.error
+        assert b.ids is not None
+        return RecordMetadata(b.topic, b.partition, b.ids[self._index])
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        if not self._batch.event.wait(timeout):
+            raise TimeoutError(f"record not acknowledged within {timeout}s")
+        return self._batch.error
+
+    def add_done_callback(self, fn: Callable[[RecordFuture], None]) -> None:
+        """Call ``fn(future)`` from the sender thread once done (now if already done)."""
+        b = self._batch
+        with _callback_lock:
+            if not b.event.is_set():
+                if b.callbacks is None:
+                    b.callbacks = []
+                b.callbacks.append((self._index, fn))
+                return
+        fn(self)
+
+
+class _Route:
+    """Per-topic routing state cached by the producer."""
+
+    __slots__ = ("fetched", "meta", "modulo", "n", "router", "seq_keys", "stream_keys")
+
+    def __init__(self, meta: TopicMeta, conn: Connection) -> None:
+        self.meta = meta
+        self.router: Router = meta.spec.router()
+        self.n = meta.partitions
+        self.modulo = meta.spec.routing == "modulo"
+        k = conn.keys
+        self.stream_keys = [k.stream(meta.name, p).encode() for p in range(self.n)]
+        self.seq_keys = [k.seq(meta.name, p).encode() for p in range(self.n)]
+        self.fetched = time.monotonic()
+
+
+class Producer:
+    """Sends records to topics. ``send()`` returns a :class:`RecordFuture`.
+
+    Use as a context manager, or call :meth:`close` (which flushes) when done.
+    """
+
+    def __init__(
+        self,
+        conn: Connection | None = None,
+        config: ProducerConfig | None = None,
+        *,
+        client_config: ClientConfig | None = None,
+    ) -> None:
+        self.config = config or ProducerConfig()
+        self._owns_conn = conn is None
+        self._conn = conn or connect(client_config)
+        self._admin = TopicAdmin(self._conn)
+        self._pid = uuid.uuid4().hex[:16].encode() if self.config.idempotent else b""
+        self._seqs: dict[tuple[str, int], int] = {}
+        self._routes: dict[str, _Route] = {}
+        self._sticky = StickyPartitioner()
+        self._cond = threading.Condition(threading.Lock())
+        self._open: dict[tuple[str, int], _Batch] = {}
+        self._ready: deque[_Batch] = deque()
+        self._buffered = 0
+        self._flushing = 0
+        self._closed = False
+        self._linger = self.config.linger_ms / 1000.0
+        self._batch_size = self.config.batch_size
+        self._batch_bytes = 4 * 1024 * 1024
+        self._max_bytes = self.config.max_record_bytes
+        self._load_script()
+        self._sender = threading.Thread(target=self._run, name="partstream-producer", daemon=True)
+        self._sender.start()
+
+    # -- public API -----------------------------------------------------------------------
+    def send(
+        self,
+        topic: str,
+        value: Value = None,
+        key: Key = None,
+        headers: Mapping[str, str | bytes] | None = None,
+        partition: int | None = None,
+        *,
+        region: str | None = None,
+    ) -> RecordFuture:
+        """Queue one record; returns a future of (topic, partition, id).
+
+        Raises at once, before anything is written, on an unknown topic, a bad partition or
+        region, a value that cannot be encoded or a record over ``max_record_bytes``.
+        """
+        route = self._routes.get(topic)
+        if route is None or time.monotonic() - route.fetched > METADATA_MAX_AGE_S:
+            route = self._refresh(topic)
+        kb = key if type(key) is bytes else encode_key(key)
+        vb = value if type(value) is bytes else encode_value(value)
+        if partition is not None:
+            if (
+                isinstance(partition, bool)
+                or not isinstance(partition, int)
+                or not 0 <= partition < route.n
+            ):
+                raise ConfigError(
+                    f"topic {topic} has partitions 0..{route.n - 1}, not {partition!r}"
+                )
+            p: int | None = partition
+        elif region is None and kb is not None:
+            p = _xxh3(kb) % route.n if route.modulo else route.router.for_key(kb)
+        else:
+            p = route.router.route(kb, region)
+        if headers is None and kb is not None and vb is not None:
+            size = len(kb) + len(vb)
+            # The script's short form "0, key, value" for the common key+value record.
+            chunk = b"$1\r\n0\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n" % (len(kb), kb, len(vb), vb)
+            nargs = 3
+        else:
+            fields = entry_fields(kb, vb, encode_headers(headers))
+            size = sum(len(f) for f in fields)
+            chunk = b"%b%b" % (_bulk(b"%d" % len(fields)), b"".join(_bulk(f) for f in fields))
+            nargs = 1 + len(fields)
+        if size > self._max_bytes:
+            check_size(size, self._max_bytes)
+        with self._cond:
+            if self._closed:
+                raise ClosedError("send() on a closed producer")
+            if self._buffered >= self.config.buffer_records:
+                self._wait_for_room()
+            if p is None:
+                first, last = route.router.range_for(region)
+                p = self._sticky.partition(topic, region, first, last)
+            batch = self._open.get((topic, p))
+            if batch is None:
+                batch = _Batch(topic, p, route, time.monotonic())
+                self._open[(topic, p)] = batch
+                if len(self._open) == 1:
+                    self._cond.notify_all()
+            index = batch.count
+            batch.chunks.append(chunk)
+            batch.count = index + 1
+            batch.nargs += nargs
+            batch.nbytes += len(chunk)
+            self._buffered += 1
+            if batch.count >= self._batch_size or batch.nbytes >= self._batch_bytes:
+                self._seal(batch)
+        return RecordFuture(batch, index)
+
+    def send_many(
+        self,
+        topic: str,
+        records: Iterable[tuple[Key, Value]],
+        headers: Mapping[str, str | bytes] | None = None,
+    ) -> list[RecordFuture]:
+        """Send (key, value) pairs; a convenience over :meth:`send`."""
+        return [self.send(topic, v, key=k, headers=headers) for k, v in records]
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Send everything buffered now and wait for it. False if ``timeout`` ran out."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            self._flushing += 1
+            self._cond.notify_all()
+            try:
+                while self._buffered > 0:
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        return False
+                    self._cond.wait(remaining)
+                return True
+            finally:
+                self._flushing -= 1
+
+    def close(self, timeout: float | None = 30.0) -> None:
+        """Flush, stop the sender thread, and close the connection if this producer opened it."""
+        with self._cond:
+            if self._closed:
+                return
+        self.flush(timeout)
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._sender.join(timeout)
+        if self._owns_conn:
+            self._conn.close()
+
+    def __enter__(self) -> Producer:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @property
+    def producer_id(self) -> str:
+        return self._pid.decode()
+
+    def partition_for(self, topic: str, key: Key, region: str | None = None) -> int | None:
+        """The partition a keyed record would go to (None for keyless)."""
+        route = self._routes.get(topic) or self._refresh(topic)
+        return route.router.route(encode_key(key), region)
+
+    # -- internals ------------------------------------------------------------------------
+    def _refresh(self, topic: str) -> _Route:
+        route = _Route(self._admin.get(topic), self._conn)
+        self._routes[topic] = route
+        return route
+
+    def _load_script(self) -> None:
+        try:
+            if self._conn.is_cluster:
+                self._conn.client.script_load(source("append"), target_nodes="primaries")
+            else:
+                self._conn.client.script_load(source("append"))
+        except rex.RedisError as err:
+            raise translate(err, "loading the append script") from err
+
+    def _wait_for_room(self) -> None:
+        """Called with the lock held while the buffer is full."""
+        timeout = self.config.block_timeout
+        deadline = time.monotonic() + timeout
+        while self._buffered >= self.config.buffer_records:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise BufferFullError(
+                    f"producer buffer full ({self.config.buffer_records} records unsent) for "
+                    f"{timeout}s: the server is slow or unreachable"
+                )
+            self._cond.notify_all()
+            self._cond.wait(remaining)
+            if self._closed:
+                raise ClosedError("producer closed while send() waited for buffer space")
+
+    def _seal(self, batch: _Batch) -> None:
+        del self._open[(batch.topic, batch.partition)]
+        self._ready.append(batch)
+        self._sticky.rotate(batch.topic, batch.partition)
+        self._cond.notify_all()
+
+    def _take_round(self) -> list[_Batch]:
+        """With the lock held: wait for batches to send; at most one per partition."""
+        while True:
+            now = time.monotonic()
+            if self._flushing or self._closed:
+                for batch in list(self._open.values()):
+                    self._seal(batch)
+            else:
+                for batch in list(self._open.values()):
+                    if now - batch.created >= self._linger:
+                        self._seal(batch)
+            if self._ready:
+                taken: list[_Batch] = []
+                seen: set[tuple[str, int]] = set()
+                rest: deque[_Batch] = deque()
+                for batch in self._ready:
+                    tp = (batch.topic, batch.partition)
+                    if tp in seen:
+                        rest.append(batch)
+                    else:
+                        seen.add(tp)
+                        taken.append(batch)
+                self._ready = rest
+                return taken
+            if self._closed:
+                return []
+            timeout = None
+            if self._open:
+                oldest = min(b.created for b in self._open.values())
+                timeout = max(0.0, oldest + self._linger - now)
+            self._cond.wait(timeout)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                batches = self._take_round()
+            if not batches:
+                return
+            retry = self._send_round(batches)
+            with self._cond:
+                done = sum(b.count for b in batches if b.event.is_set())
+                self._buffered -= done
+                for batch in reversed(retry):
+                    self._ready.appendleft(batch)
+                self._cond.notify_all()
+            if retry:
+                time.sleep(self.config.retry_backoff_ms / 1000.0)
+
+    def _send_round(self, batches: list[_Batch]) -> list[_Batch]:
+        """Send one round (one pipeline per node); returns the batches to try again."""
+        for batch in batches:
+            if batch.seq == 0:
+                tp = (batch.topic, batch.partition)
+                batch.seq = self._seqs.get(tp, 0) + 1
+                self._seqs[tp] = batch.seq
+        retry: list[_Batch] = []
+        for pool, group in self._by_node(batches):
+            replies = self._pipeline(pool, group)
+            for batch, reply in zip(group, replies, strict=True):
+                if isinstance(reply, list):
+                    batch.complete(
+                        [i.decode() for i in reply[1:]]
+                        if reply[0] == 1
+                        else self._dup_ids(batch, reply),
+                        None,
+                    )
+                elif self._should_retry(batch, reply):
+                    retry.append(batch)
+                else:
+                    self._fail(batch, reply)
+        return retry
+
+    def _dup_ids(self, batch: _Batch, reply: list[Any]) -> list[str]:
+        ids = [i.decode() for i in reply[1:]]
+        log.info("dropped a retried duplicate batch on %s/%d", batch.topic, batch.partition)
+        if len(ids) != batch.count:  # the original batch was trimmed meanwhile
+            ids += ["0-0"] * (batch.count - len(ids))
+        return ids
+
+    def _should_retry(self, batch: _Batch, err: Exception) -> bool:
+        if is_noscript(err):
+            self._load_script()
+            return True  # not counted: nothing was executed
+        if isinstance(err, rex.ResponseError) and not str(err).startswith(
+            ("OOM", "TRYAGAIN", "MOVED", "ASK", "CLUSTERDOWN", "LOADING", "BUSY")
+        ):
+            return False
+        batch.attempts += 1
+        if str(err).startswith(("MOVED", "ASK")) and self._conn.is_cluster:
+            self._conn.client.nodes_manager.initialize()
+        return batch.attempts <= self.config.retries
+
+    def _fail(self, batch: _Batch, err: Exception) -> None:
+        # A script error means the script refused before writing; a lost connection or a
+        # timeout leaves the outcome unknown.
+        in_doubt = not isinstance(err, rex.ResponseError)
+        error = translate(err, f"appending to {batch.topic}/{batch.partition}")
+        if isinstance(error, PartstreamError) and "OUTOFSEQ" in str(err):
+            error = PartstreamError(f"appending to {batch.topic}/{batch.partition}: {err}")
+        batch.complete(None, error)
+        if in_doubt and self.config.idempotent:
+            # The failed batch may or may not be in the stream: start a new producer identity
+            # so the next batch of this partition cannot be mistaken for a duplicate of it.
+            self._pid = uuid.uuid4().hex[:16].encode()
+            self._seqs.clear()
+
+    def _by_node(self, batches: list[_Batch]) -> list[tuple[Any, list[_Batch]]]:
+        if not self._conn.is_cluster:
+            return [(self._conn.client.connection_pool, batches)]
+        groups: dict[str, tuple[Any, list[_Batch]]] = {}
+        client = self._conn.client
+        for batch in batches:
+            node = client.get_node_from_key(batch.route.stream_keys[batch.partition])
+            entry = groups.get(node.name)
+            if entry is None:
+                entry = groups[node.name] = (node.redis_connection.connection_pool, [])
+            entry[1].append(batch)
+        return list(groups.values())
+
+    def _pipeline(self, pool: Any, batches: list[_Batch]) -> list[Any]:
+        """Write all batches' commands at once, then read one reply per batch."""
+        replies: list[Any] = []
+        conn = pool.get_connection()
+        try:
+            # One buffer, one sendall: redis-py would otherwise write each item separately.
+            conn.send_packed_command(
+                [b"".join([b.packed(self._pid) for b in batches])], check_health=False
+            )
+            for _ in batches:
+                try:
+                    replies.append(conn.read_response())
+                except rex.ResponseError as err:
+                    replies.append(err)
+        except (rex.ConnectionError, rex.TimeoutError, OSError) as err:
+            conn.disconnect()
+            replies += [err] * (len(batches) - len(replies))
+        finally:
+            pool.release(conn)
+        return replies

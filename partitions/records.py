@@ -1,0 +1,282 @@
+"""Records and the parsing of raw stream replies: the one module that reads redis-py's lists.
+
+A record on the wire is a plain stream entry any Redis client can read:
+
+* ``key``   the record key (absent for a keyless record),
+* ``value`` the value bytes, as given or JSON by orjson (absent for a tombstone),
+* ``h:<name>`` one field per header.
+
+The entry ID is the offset; its millisecond part is the append time (``timestamp``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from coordinator.errors import RecordTooLargeError, SerializationError
+
+KEY_FIELD = b"key"
+VALUE_FIELD = b"value"
+HEADER_PREFIX = b"h:"
+
+Value = (
+    bytes | bytearray | memoryview | str | dict[str, Any] | list[Any] | int | float | bool | None
+)
+Key = bytes | str | int | None
+
+
+class Record:
+    """One record read from a partition. Immutable by convention; cheap to create."""
+
+    __slots__ = ("headers", "id", "key", "partition", "topic", "value")
+
+    def __init__(
+        self,
+        topic: str,
+        partition: int,
+        id: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: dict[str, bytes],
+    ) -> None:
+        self.topic = topic
+        self.partition = partition
+        self.id = id
+        self.key = key
+        self.value = value
+        self.headers = headers
+
+    @property
+    def timestamp(self) -> int:
+        """Append time in epoch milliseconds (the entry ID's first part)."""
+        return int(self.id.partition("-")[0])
+
+    @property
+    def offset(self) -> str:
+        return self.id
+
+    def text(self) -> str | None:
+        """The value decoded as UTF-8."""
+        return None if self.value is None else self.value.decode("utf-8")
+
+    def json(self) -> Any:
+        """The value parsed as JSON (orjson)."""
+        if self.value is None:
+            return None
+        try:
+            return orjson.loads(self.value)
+        except orjson.JSONDecodeError as err:
+            raise SerializationError(
+                f"record {self.topic}/{self.partition}@{self.id}: {err}"
+            ) from err
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly form: bytes become text (JSON values are embedded as JSON)."""
+        return {
+            "topic": self.topic,
+            "partition": self.partition,
+            "id": self.id,
+            "key": _display(self.key),
+            "value": _display_value(self.value),
+            "headers": {k: _display(v) for k, v in self.headers.items()},
+            "timestamp": self.timestamp,
+        }
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Record):
+            return NotImplemented
+        return (self.topic, self.partition, self.id) == (other.topic, other.partition, other.id)
+
+    def __hash__(self) -> int:
+        return hash((self.topic, self.partition, self.id))
+
+    def __repr__(self) -> str:
+        return (
+            f"Record(topic={self.topic!r}, partition={self.partition}, id={self.id!r}, "
+            f"key={self.key!r}, value={_short(self.value)})"
+        )
+
+
+def _short(value: bytes | None) -> str:
+    if value is None:
+        return "None"
+    return repr(value[:40] + b"..." if len(value) > 40 else value)
+
+
+def _display(raw: bytes | None) -> str | None:
+    if raw is None:
+        return None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
+
+def _display_value(raw: bytes | None) -> Any:
+    if raw is None:
+        return None
+    if raw[:1] in (b"{", b"["):
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass
+    return _display(raw)
+
+
+# -- encoding -----------------------------------------------------------------------------
+def encode_key(key: Key) -> bytes | None:
+    if key is None or type(key) is bytes:
+        return key
+    if isinstance(key, str):
+        return key.encode("utf-8")
+    if isinstance(key, int) and not isinstance(key, bool):
+        return str(key).encode()
+    if isinstance(key, bytearray | memoryview):
+        return bytes(key)
+    raise SerializationError(f"a key must be bytes, str or int, not {type(key).__name__}")
+
+
+def encode_value(value: Value) -> bytes | None:
+    """bytes as given, str as UTF-8, anything JSON-able through orjson, None = tombstone."""
+    if type(value) is bytes:
+        return value
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    if value is None:
+        return None
+    if isinstance(value, bytearray | memoryview):
+        return bytes(value)
+    try:
+        return orjson.dumps(value)
+    except TypeError as err:
+        raise SerializationError(
+            f"value of type {type(value).__name__} is not JSON-serializable: {err}"
+        ) from err
+
+
+def encode_headers(headers: Mapping[str, str | bytes] | None) -> list[bytes]:
+    """Headers as a flat [field, value, ...] list with the ``h:`` prefix."""
+    if not headers:
+        return []
+    out: list[bytes] = []
+    for name, val in headers.items():
+        if not isinstance(name, str) or not name:
+            raise SerializationError(f"header names must be non-empty strings, got {name!r}")
+        out.append(HEADER_PREFIX + name.encode("utf-8"))
+        if isinstance(val, str):
+            out.append(val.encode("utf-8"))
+        elif isinstance(val, bytes | bytearray):
+            out.append(bytes(val))
+        else:
+            raise SerializationError(
+                f"header {name!r} must be str or bytes, not {type(val).__name__}"
+            )
+    return out
+
+
+def entry_fields(key: bytes | None, value: bytes | None, headers: list[bytes]) -> list[bytes]:
+    """The field/value list of one stream entry."""
+    fields: list[bytes] = []
+    if key is not None:
+        fields += (KEY_FIELD, key)
+    if value is not None:
+        fields += (VALUE_FIELD, value)
+    fields += headers
+    if not fields:
+        # XADD needs at least one field: an empty tombstone carries an empty header block.
+        fields = [HEADER_PREFIX, b""]
+    return fields
+
+
+def check_size(size: int, limit: int) -> None:
+    if size > limit:
+        raise RecordTooLargeError(f"record of {size} bytes is over max_record_bytes={limit}")
+
+
+# -- decoding -----------------------------------------------------------------------------
+def _text(raw: Any) -> str:
+    return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+
+def record_from_entry(topic: str, partition: int, entry: Any) -> Record:
+    """Build a Record from a raw ``[id, [field, value, ...]]`` entry."""
+    raw_id, flat = entry[0], entry[1]
+    key = value = None
+    headers: dict[str, bytes] = {}
+    if flat:
+        n = len(flat)
+        i = 0
+        while i < n:
+            name = flat[i]
+            if name == KEY_FIELD:
+                key = flat[i + 1]
+            elif name == VALUE_FIELD:
+                value = flat[i + 1]
+            elif name.startswith(HEADER_PREFIX) and len(name) > 2:
+                headers[name[2:].decode("utf-8", "replace")] = flat[i + 1]
+            i += 2
+    return Record(topic, partition, raw_id.decode(), key, value, headers)
+
+
+def records_from_entries(topic: str, partition: int, entries: Iterable[Any]) -> list[Record]:
+    """Records of a raw XRANGE / XREADGROUP entry list; entries whose payload was deleted
+    (``[id, nil]`` in XCLAIM/XREADGROUP replies) are skipped: see :func:`deleted_ids`."""
+    return [record_from_entry(topic, partition, e) for e in entries if e[1] is not None]
+
+
+def deleted_ids(entries: Iterable[Any]) -> list[str]:
+    """IDs of entries whose payload is gone (trimmed/deleted while pending)."""
+    return [_text(e[0]) for e in entries if e[1] is None]
+
+
+@dataclass(frozen=True, slots=True)
+class StreamInfo:
+    """Summary of one partition stream (from XINFO STREAM)."""
+
+    length: int
+    first_id: str | None
+    last_id: str | None
+    last_generated_id: str | None
+    groups: int
+
+    @property
+    def first_timestamp(self) -> int | None:
+        return id_timestamp(self.first_id) if self.first_id else None
+
+    @property
+    def last_timestamp(self) -> int | None:
+        return id_timestamp(self.last_id) if self.last_id else None
+
+
+def stream_info_from_reply(reply: Any) -> StreamInfo:
+    """Parse XINFO STREAM (RESP2 flat list or redis-py dict)."""
+    if isinstance(reply, list):
+        reply = dict(zip(reply[::2], reply[1::2], strict=False))
+    data = {_text(k): v for k, v in reply.items()}
+    first = data.get("first-entry")
+    last = data.get("last-entry")
+    return StreamInfo(
+        length=int(data.get("length", 0)),
+        first_id=_text(first[0]) if first else None,
+        last_id=_text(last[0]) if last else None,
+        last_generated_id=_text(data["last-generated-id"])
+        if data.get("last-generated-id")
+        else None,
+        groups=int(data.get("groups", 0)),
+    )
+
+
+def id_timestamp(stream_id: str) -> int:
+    return int(stream_id.partition("-")[0])
+
+
+def parse_id(text: str) -> tuple[int, int]:
+    """``"ms-seq"`` (or ``"ms"``) as a tuple; raises ValueError if malformed."""
+    ms, _, seq = text.partition("-")
+    if not ms.isdigit() or (seq and not seq.isdigit()):
+        raise ValueError(f"not a stream id: {text!r}")
+    return int(ms), int(seq or 0)

@@ -205,6 +205,8 @@ def _text(raw: Any) -> str:
 def record_from_entry(topic: str, partition: int, entry: Any) -> Record:
     """Build a Record from a raw ``[id, [field, value, ...]]`` entry."""
     raw_id, flat = entry[0], entry[1]
+    if isinstance(flat, dict):  # redis-py's parsed form: {field: value}
+        flat = [x for kv in flat.items() for x in kv]
     key = value = None
     headers: dict[str, bytes] = {}
     if flat:
@@ -219,13 +221,22 @@ def record_from_entry(topic: str, partition: int, entry: Any) -> Record:
             elif name.startswith(HEADER_PREFIX) and len(name) > 2:
                 headers[name[2:].decode("utf-8", "replace")] = flat[i + 1]
             i += 2
-    return Record(topic, partition, raw_id.decode(), key, value, headers)
+    return Record(topic, partition, _text(raw_id), key, value, headers)
 
 
 def records_from_entries(topic: str, partition: int, entries: Iterable[Any]) -> list[Record]:
     """Records of a raw XRANGE / XREADGROUP entry list; entries whose payload was deleted
     (``[id, nil]`` in XCLAIM/XREADGROUP replies) are skipped: see :func:`deleted_ids`."""
     return [record_from_entry(topic, partition, e) for e in entries if e[1] is not None]
+
+
+def read_reply_items(reply: Any) -> list[tuple[str, list[Any]]]:
+    """(stream key, entries) pairs of an XREAD/XREADGROUP reply (a list of pairs in RESP2,
+    a map in RESP3 and in some redis-py versions)."""
+    if not reply:
+        return []
+    pairs = reply.items() if isinstance(reply, dict) else reply
+    return [(_text(k), entries or []) for k, entries in pairs]
 
 
 def deleted_ids(entries: Iterable[Any]) -> list[str]:

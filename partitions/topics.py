@@ -294,9 +294,12 @@ class TopicAdmin:
         retention_ms: int | bool | None = False,
         safe_retention: bool | None = None,
         regions: Mapping[str, tuple[int, int]] | None = None,
+        routing: str | None = None,
     ) -> TopicMeta:
-        """Grow partitions and/or change retention/regions. ``False`` = leave unchanged,
-        ``None`` = remove the limit. Shrinking is refused (records would be lost)."""
+        """Grow partitions and/or change retention, regions or routing. For the limits,
+        ``False`` = leave unchanged and ``None`` = remove. Shrinking is refused (records would
+        be lost). A new routing or new regions move keys to other partitions: per-key order
+        then holds only once consumers drained the old partitions."""
         meta = self.get(name)
         spec = meta.spec
         if partitions is not None and partitions < spec.partitions:
@@ -310,7 +313,7 @@ class TopicAdmin:
             max_length=spec.max_length if max_length is False else _opt_int(max_length),
             retention_ms=spec.retention_ms if retention_ms is False else _opt_int(retention_ms),
             safe_retention=spec.safe_retention if safe_retention is None else safe_retention,
-            routing=spec.routing,
+            routing=spec.routing if routing is None else routing,
             regions=spec.regions if regions is None else regions,
         )
         self._check_types(name, range(spec.partitions, new.partitions))

@@ -1,0 +1,3 @@
+from partitions.cli import main
+
+main()

@@ -1,0 +1,17 @@
+"""The ``partstream`` command line: a thin click layer over the public API.
+
+Each command parses its options, calls one library function and prints the result (text or
+``--format json``). Errors from the library are printed on one line (``error: ...``) and the
+command exits with status 1; bad usage exits with status 2 (click's convention).
+"""
+
+from __future__ import annotations
+
+from partitions.cli.common import main
+
+# Sub-command modules register themselves on ``main`` when imported.
+from partitions.cli import topics as _topics  # noqa: F401, E402  isort: skip
+from partitions.cli import produce as _produce  # noqa: F401, E402  isort: skip
+from partitions.cli import server as _server  # noqa: F401, E402  isort: skip
+
+__all__ = ["main"]

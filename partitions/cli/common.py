@@ -1,0 +1,104 @@
+"""Shared pieces of the CLI: the root group, the lazy connection and output helpers."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import click
+import orjson
+
+from coordinator.errors import PartstreamError
+from partitions.config import ClientConfig
+from partitions.connection import Connection, connect
+
+
+class State:
+    """Per-invocation state: the client config and a connection opened on first use."""
+
+    def __init__(self, url: str | None, namespace: str | None) -> None:
+        self.url = url
+        self.namespace = namespace
+        self._conn: Connection | None = None
+
+    @property
+    def client_config(self) -> ClientConfig:
+        return ClientConfig.from_env(url=self.url, namespace=self.namespace)
+
+    @property
+    def conn(self) -> Connection:
+        if self._conn is None:
+            self._conn = connect(self.client_config)
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+class PartstreamGroup(click.Group):
+    """Turns library errors into one clear line and a non-zero exit."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except PartstreamError as err:
+            click.echo(f"error: {type(err).__name__}: {err}", err=True)
+            sys.exit(1)
+
+
+@click.group(cls=PartstreamGroup)
+@click.option(
+    "--url",
+    envvar="PARTSTREAM_URL",
+    help="Server URL (redis://, rediss://, unix://, redis+cluster://). "
+    "Default: the embedded Valkey server.",
+)
+@click.option(
+    "--namespace", envvar="PARTSTREAM_NAMESPACE", help="Key namespace (default: ps)."
+)
+@click.version_option(package_name="partstream")
+@click.pass_context
+def main(ctx: click.Context, url: str | None, namespace: str | None) -> None:
+    """partstream: Kafka-style partitioned streaming on Redis Streams."""
+    state = State(url, namespace)
+    ctx.obj = state
+    ctx.call_on_close(state.close)
+
+
+pass_state = click.make_pass_decorator(State)
+
+format_option = click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Output format.",
+)
+
+
+def emit(fmt: str, data: Any, text: Callable[[Any], str] | None = None) -> None:
+    """Print ``data`` as JSON, or through ``text`` in text mode."""
+    if fmt == "json":
+        click.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
+    else:
+        click.echo(text(data) if text else str(data))
+
+
+def json_line(data: Any) -> None:
+    """One compact JSON object per line, flushed (for streams of records)."""
+    sys.stdout.write(orjson.dumps(data).decode() + "\n")
+    sys.stdout.flush()
+
+
+@contextmanager
+def graceful_interrupt() -> Iterator[None]:
+    """Ctrl-C ends a long-running command quietly (after its own cleanup ran)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        click.echo("", err=True)

@@ -1,0 +1,91 @@
+"""The whole check, as CI runs it: ``python -m tests``.
+
+1. ruff (lint + format check) and mypy --strict on the packages;
+2. unit tests (no server);
+3. integration tests on the embedded Valkey (started privately for the run);
+4. integration tests on the Redis at $PARTSTREAM_REDIS_URL (default redis://127.0.0.1:6379),
+   skipped locally when it is unreachable, required under CI;
+5. fault tests (they start their own servers) and the benchmark harness smoke test.
+
+Prints one summary line at the end ('N passed, N failed') and exits non-zero on any failure.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = sys.executable
+CI = bool(os.environ.get("CI"))
+
+
+def reachable(url: str) -> bool:
+    parts = urlsplit(url)
+    try:
+        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 6379), 2):
+            return True
+    except OSError:
+        return False
+
+
+def run(label: str, cmd: list[str], env: dict[str, str] | None = None) -> tuple[int, int, int]:
+    """Run one step; returns (passed, failed, skipped) counted from pytest's summary."""
+    print(f"\n=== {label}: {' '.join(cmd)}", flush=True)
+    start = time.monotonic()
+    proc = subprocess.run(
+        cmd, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, check=False,
+    )  # fmt: skip
+    sys.stdout.write(proc.stdout)
+    took = time.monotonic() - start
+    counts = {k: 0 for k in ("passed", "failed", "skipped", "error", "errors")}
+    tail = proc.stdout.strip().splitlines()[-1:] or [""]
+    if cmd[:3] == [PY, "-m", "pytest"]:
+        for num, word in re.findall(r"(\d+) (passed|failed|skipped|errors?)", tail[0]):
+            counts[word] += int(num)
+        failed = counts["failed"] + counts["error"] + counts["errors"]
+        if proc.returncode not in (0,) and failed == 0:
+            failed = 1  # collection error, crash or no tests ran (exit 5)
+        print(f"=== {label}: exit {proc.returncode} in {took:.0f}s", flush=True)
+        return counts["passed"], failed, counts["skipped"]
+    print(f"=== {label}: exit {proc.returncode} in {took:.0f}s", flush=True)
+    return (1, 0, 0) if proc.returncode == 0 else (0, 1, 0)
+
+
+def main() -> int:
+    redis_url = os.environ.get("PARTSTREAM_REDIS_URL", "redis://127.0.0.1:6379")
+    pytest = [PY, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--benchmark-disable"]
+    steps: list[tuple[str, list[str], dict[str, str] | None]] = [
+        ("ruff", [PY, "-m", "ruff", "check", "partitions", "coordinator", "tests", "bench"], None),
+        ("ruff format", [PY, "-m", "ruff", "format", "--check", "partitions", "coordinator"], None),
+        ("mypy", [PY, "-m", "mypy"], None),
+        ("unit", [*pytest, "tests/unit"], None),
+        ("integration (embedded valkey)", [*pytest, "tests/integration"], {"PARTSTREAM_TEST_URL": ""}),
+    ]
+    if reachable(redis_url) or CI:
+        steps.append(
+            ("integration (redis 7)", [*pytest, "tests/integration"], {"PARTSTREAM_TEST_URL": redis_url})
+        )
+    else:
+        print(f"note: {redis_url} unreachable, skipping the Redis run (CI requires it)")
+    if (ROOT / "tests" / "faults").exists() and any((ROOT / "tests" / "faults").glob("test_*.py")):
+        steps.append(("faults", [*pytest, "tests/faults"], {"PARTSTREAM_TEST_URL": ""}))
+    if any((ROOT / "bench").glob("test_*.py")):
+        steps.append(("bench smoke", [*pytest, "bench"], {"PARTSTREAM_TEST_URL": ""}))
+    passed = failed = skipped = 0
+    for label, cmd, env in steps:
+        p, f, s = run(label, cmd, env)
+        passed, failed, skipped = passed + p, failed + f, skipped + s
+    print(f"\n{passed} passed, {failed} failed, {skipped} skipped")
+    return 1 if failed or passed == 0 else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -75,7 +75,9 @@ def load(path: str | Path) -> Declared:
 def parse(data: Mapping[str, Any], source: str = "config") -> Declared:
     unknown = sorted(set(data) - {"topics", "groups"})
     if unknown:
-        raise ConfigError(f"{source}: unknown table(s) {', '.join(unknown)}; use [topics.*] and [groups.*]")
+        raise ConfigError(
+            f"{source}: unknown table(s) {', '.join(unknown)}; use [topics.*] and [groups.*]"
+        )
     topics: dict[str, TopicSpec] = {}
     for name, table in _tables(data, "topics", source).items():
         topics[name] = TopicSpec.from_dict(validate_name(name, "topic"), table)

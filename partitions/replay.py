@@ -125,7 +125,9 @@ def replay(
         last_ids[record.partition] = max(last_ids[record.partition], record.id, key=parse_id)
     if not follow:
         return
-    yield from _follow(conn, topic, last_ids, block_ms, stop, None if count is None else count - emitted)
+    yield from _follow(
+        conn, topic, last_ids, block_ms, stop, None if count is None else count - emitted
+    )
 
 
 def _last_ids(conn: Connection, topic: str, parts: list[int]) -> dict[int, str]:
@@ -163,9 +165,19 @@ def _follow(
                 if not reply:
                     time.sleep(min(block_ms, 100) / 1000.0)
             else:
-                reply = conn.client.execute_command(
-                    b"XREAD", "COUNT", PAGE, "BLOCK", block_ms, "STREAMS", *streams, *streams.values()
-                ) or []
+                reply = (
+                    conn.client.execute_command(
+                        b"XREAD",
+                        "COUNT",
+                        PAGE,
+                        "BLOCK",
+                        block_ms,
+                        "STREAMS",
+                        *streams,
+                        *streams.values(),
+                    )
+                    or []
+                )
         except rex.RedisError as err:
             raise translate(err, f"following {topic}") from err
         batch: list[Record] = []

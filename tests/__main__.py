@@ -67,11 +67,19 @@ def main() -> int:
         ("ruff format", [PY, "-m", "ruff", "format", "--check", "partitions", "coordinator"], None),
         ("mypy", [PY, "-m", "mypy"], None),
         ("unit", [*pytest, "tests/unit"], None),
-        ("integration (embedded valkey)", [*pytest, "tests/integration"], {"PARTSTREAM_TEST_URL": ""}),
+        (
+            "integration (embedded valkey)",
+            [*pytest, "tests/integration"],
+            {"PARTSTREAM_TEST_URL": ""},
+        ),
     ]
     if reachable(redis_url) or CI:
         steps.append(
-            ("integration (redis 7)", [*pytest, "tests/integration"], {"PARTSTREAM_TEST_URL": redis_url})
+            (
+                "integration (redis 7)",
+                [*pytest, "tests/integration"],
+                {"PARTSTREAM_TEST_URL": redis_url},
+            )
         )
     else:
         print(f"note: {redis_url} unreachable, skipping the Redis run (CI requires it)")

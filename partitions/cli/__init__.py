@@ -10,8 +10,9 @@ from __future__ import annotations
 from partitions.cli.common import main
 
 # Sub-command modules register themselves on ``main`` when imported.
-from partitions.cli import topics as _topics  # noqa: F401, E402  isort: skip
-from partitions.cli import produce as _produce  # noqa: F401, E402  isort: skip
-from partitions.cli import server as _server  # noqa: F401, E402  isort: skip
+from partitions.cli import topics as _topics  # noqa: F401  isort: skip
+from partitions.cli import produce as _produce  # noqa: F401  isort: skip
+from partitions.cli import server as _server  # noqa: F401  isort: skip
+from partitions.cli import demo as _demo  # noqa: F401  isort: skip
 
 __all__ = ["main"]

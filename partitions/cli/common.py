@@ -57,9 +57,7 @@ class PartstreamGroup(click.Group):
     help="Server URL (redis://, rediss://, unix://, redis+cluster://). "
     "Default: the embedded Valkey server.",
 )
-@click.option(
-    "--namespace", envvar="PARTSTREAM_NAMESPACE", help="Key namespace (default: ps)."
-)
+@click.option("--namespace", envvar="PARTSTREAM_NAMESPACE", help="Key namespace (default: ps).")
 @click.version_option(package_name="partstream")
 @click.pass_context
 def main(ctx: click.Context, url: str | None, namespace: str | None) -> None:

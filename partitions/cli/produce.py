@@ -36,7 +36,9 @@ def _key_of(line: bytes, field: str, lineno: int) -> str:
     try:
         obj = orjson.loads(line)
     except orjson.JSONDecodeError as err:
-        raise SerializationError(f"line {lineno}: not JSON ({err}); --key-field needs JSON lines") from None
+        raise SerializationError(
+            f"line {lineno}: not JSON ({err}); --key-field needs JSON lines"
+        ) from None
     if not isinstance(obj, dict) or field not in obj:
         raise SerializationError(f"line {lineno}: no field {field!r} to use as the key")
     key = obj[field]
@@ -88,7 +90,9 @@ def produce_cmd(
                     continue
                 k = _key_of(line, key_field, lineno) if key_field else key
                 pending.append(
-                    producer.send(topic, line, key=k, headers=hdrs, partition=partition, region=region)
+                    producer.send(
+                        topic, line, key=k, headers=hdrs, partition=partition, region=region
+                    )
                 )
                 count += 1
                 while len(pending) > _PRINT_WINDOW:
@@ -110,8 +114,16 @@ def _record_text(r: Record) -> str:
 
 @main.command("replay")
 @click.argument("topic")
-@click.option("-p", "--partition", "partitions", type=int, multiple=True, help="Only these partitions.")
-@click.option("--from", "start", default="earliest", show_default=True, help="earliest, latest, an ID or @EPOCH_MS.")
+@click.option(
+    "-p", "--partition", "partitions", type=int, multiple=True, help="Only these partitions."
+)
+@click.option(
+    "--from",
+    "start",
+    default="earliest",
+    show_default=True,
+    help="earliest, latest, an ID or @EPOCH_MS.",
+)
 @click.option("--to", "end", help="Stop at this ID or @EPOCH_MS (inclusive).")
 @click.option("-n", "--count", type=int, help="At most N records.")
 @click.option("-f", "--follow", is_flag=True, help="Keep waiting for new records.")

@@ -27,7 +27,9 @@ def server_start(data_dir: str | None) -> None:
 def server_stop(data_dir: str | None) -> None:
     """Stop the embedded server (it saves its data first)."""
     srv = EmbeddedServer(data_dir)
-    click.echo("Stopped the embedded server" if srv.stop() else "The embedded server was not running")
+    click.echo(
+        "Stopped the embedded server" if srv.stop() else "The embedded server was not running"
+    )
 
 
 @server.command("status")
@@ -37,4 +39,11 @@ def server_status(data_dir: str | None, fmt: str) -> None:
     """Show whether the embedded server runs, its pid, URL and data directory."""
     st = EmbeddedServer(data_dir).status()
     data = {"running": st.running, "pid": st.pid, "url": st.url, "data_dir": str(st.data_dir)}
-    emit(fmt, data, lambda d: ("running" if d["running"] else "stopped") + f" pid={d['pid']} url={d['url']} data_dir={d['data_dir']}")
+    emit(
+        fmt,
+        data,
+        lambda d: (
+            ("running" if d["running"] else "stopped")
+            + f" pid={d['pid']} url={d['url']} data_dir={d['data_dir']}"
+        ),
+    )

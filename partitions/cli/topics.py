@@ -17,7 +17,9 @@ def _parse_regions(values: tuple[str, ...]) -> dict[str, tuple[int, int]]:
         name, _, rng = item.partition("=")
         first, _, last = rng.partition("-")
         if not name or not first.isdigit() or not (last or first).isdigit():
-            raise click.BadParameter(f"{item!r}: use NAME=FIRST-LAST, e.g. eu=0-3", param_hint="--region")
+            raise click.BadParameter(
+                f"{item!r}: use NAME=FIRST-LAST, e.g. eu=0-3", param_hint="--region"
+            )
         regions[name] = (int(first), int(last or first))
     return regions
 
@@ -33,7 +35,9 @@ def topic() -> None:
 @click.option("--max-length", type=int, help="Keep about this many records per partition.")
 @click.option("--retention-ms", type=int, help="Drop records older than this (ms).")
 @click.option("--safe-retention", is_flag=True, help="Never trim records a group still needs.")
-@click.option("--routing", type=click.Choice(["modulo", "jump"]), default="modulo", show_default=True)
+@click.option(
+    "--routing", type=click.Choice(["modulo", "jump"]), default="modulo", show_default=True
+)
 @click.option("--region", "regions", multiple=True, help="Region partition range NAME=FIRST-LAST.")
 @click.option("--if-not-exists", is_flag=True, help="Succeed if the topic exists.")
 @format_option
@@ -70,7 +74,7 @@ def _describe_text(d: dict[str, Any]) -> str:
     lines = [
         f"Topic {d['name']}: {d['partitions'].__len__()} partitions, {d['length']} records, "
         f"routing {d['routing']}, max_length {d['max_length']}, retention_ms {d['retention_ms']}"
-        + (f", safe retention" if d["safe_retention"] else "")
+        + (", safe retention" if d["safe_retention"] else "")
     ]
     if d["regions"]:
         lines.append("Regions: " + ", ".join(f"{k}={v[0]}-{v[1]}" for k, v in d["regions"].items()))

@@ -13,7 +13,9 @@ from partitions.config import ClientConfig
 
 def run(cfg: ClientConfig, *args: str, input: str | bytes | None = None) -> tuple[int, str, str]:
     assert cfg.url is not None
-    result = CliRunner().invoke(main, ["--url", cfg.url, "--namespace", cfg.namespace, *args], input=input)
+    result = CliRunner().invoke(
+        main, ["--url", cfg.url, "--namespace", cfg.namespace, *args], input=input
+    )
     return result.exit_code, result.stdout, result.stderr
 
 
@@ -22,9 +24,12 @@ def test_orders_by_tenant_end_to_end(client_config: ClientConfig) -> None:
     code, out, _ = run(client_config, "topic", "create", "orders", "-p", "8")
     assert code == 0, out
     lines = "".join(
-        orjson.dumps({"tenant": f"tenant-{i % 50}", "seq": i}).decode() + "\n" for i in range(100_000)
+        orjson.dumps({"tenant": f"tenant-{i % 50}", "seq": i}).decode() + "\n"
+        for i in range(100_000)
     )
-    code, out, err = run(client_config, "produce", "orders", "--key-field", "tenant", "-q", input=lines)
+    code, out, err = run(
+        client_config, "produce", "orders", "--key-field", "tenant", "-q", input=lines
+    )
     assert code == 0, err
     assert "100000 records produced" in out
     code, out, _ = run(client_config, "topic", "describe", "orders", "--format", "json")
@@ -50,7 +55,9 @@ def test_orders_by_tenant_end_to_end(client_config: ClientConfig) -> None:
 
 def test_produce_prints_partition_and_id_and_headers(client_config: ClientConfig) -> None:
     run(client_config, "topic", "create", "t", "-p", "2")
-    code, out, _ = run(client_config, "produce", "t", "-k", "a", "-H", "x=1", input="hello\nworld\n")
+    code, out, _ = run(
+        client_config, "produce", "t", "-k", "a", "-H", "x=1", input="hello\nworld\n"
+    )
     assert code == 0
     assert out.count("Produced to partition ") == 2 and " at id " in out
     code, out, _ = run(client_config, "replay", "t", "--format", "json", "-n", "1")
@@ -66,7 +73,9 @@ def test_errors_are_one_line_and_nonzero(client_config: ClientConfig) -> None:
     code, _, err = run(client_config, "topic", "create", "bad{name}", "-p", "2")
     assert code == 1 and "InvalidNameError" in err
     run(client_config, "topic", "create", "j", "-p", "2")
-    code, _, err = run(client_config, "produce", "j", "--key-field", "id", input='{"id": 1}\nnot json\n')
+    code, _, err = run(
+        client_config, "produce", "j", "--key-field", "id", input='{"id": 1}\nnot json\n'
+    )
     assert code == 1 and "line 2" in err
     bad_url = CliRunner().invoke(main, ["--url", "http://x", "topic", "list"])
     assert bad_url.exit_code == 1 and "unsupported URL scheme" in bad_url.stderr
@@ -74,7 +83,7 @@ def test_errors_are_one_line_and_nonzero(client_config: ClientConfig) -> None:
 
 def test_apply_dry_run_and_refusal(client_config: ClientConfig, tmp_path: Path) -> None:
     cfg = tmp_path / "c.toml"
-    cfg.write_text('[topics.a]\npartitions = 4\n[groups.g]\nmax_deliveries = 3\n')
+    cfg.write_text("[topics.a]\npartitions = 4\n[groups.g]\nmax_deliveries = 3\n")
     code, out, _ = run(client_config, "apply", str(cfg), "--dry-run")
     assert code == 0 and "create    topic a" in out and "(dry run)" in out
     code, out, _ = run(client_config, "topic", "list", "--format", "json")
@@ -83,10 +92,12 @@ def test_apply_dry_run_and_refusal(client_config: ClientConfig, tmp_path: Path) 
     assert code == 0
     code, out, _ = run(client_config, "apply", str(cfg))
     assert "unchanged topic a" in out
-    cfg.write_text('[topics.a]\npartitions = 6\nretention_ms = 1000\n[groups.g]\nmax_deliveries = 4\n')
+    cfg.write_text(
+        "[topics.a]\npartitions = 6\nretention_ms = 1000\n[groups.g]\nmax_deliveries = 4\n"
+    )
     code, out, _ = run(client_config, "apply", str(cfg))
     assert code == 0 and "alter     topic a" in out and "alter     group g" in out
-    cfg.write_text('[topics.a]\npartitions = 2\n')
+    cfg.write_text("[topics.a]\npartitions = 2\n")
     code, _, err = run(client_config, "apply", str(cfg))
     assert code == 1 and "refusing destructive" in err
     cfg.write_text('[topics.a]\npartitions = 6\nretention_ms = 1000\nrouting = "jump"\n')
@@ -96,6 +107,6 @@ def test_apply_dry_run_and_refusal(client_config: ClientConfig, tmp_path: Path) 
     assert code == 0
     code, out, _ = run(client_config, "topic", "describe", "a", "--format", "json")
     assert orjson.loads(out)["routing"] == "jump"
-    cfg.write_text('[topics.a]\npartitions = 6\nbogus = 1\n')
+    cfg.write_text("[topics.a]\npartitions = 6\nbogus = 1\n")
     code, _, err = run(client_config, "apply", str(cfg))
     assert code == 1 and "unknown setting" in err

@@ -90,9 +90,11 @@ def test_explicit_partition_and_region(conn: Connection) -> None:
 
 def test_oversize_record_is_refused_before_writing(conn: Connection) -> None:
     TopicAdmin(conn).create(TopicSpec("big", 1))
-    with Producer(conn, ProducerConfig(max_record_bytes=1000)) as p:
-        with pytest.raises(RecordTooLargeError):
-            p.send("big", b"x" * 2000, key="k")
+    with (
+        Producer(conn, ProducerConfig(max_record_bytes=1000)) as p,
+        pytest.raises(RecordTooLargeError),
+    ):
+        p.send("big", b"x" * 2000, key="k")
     assert conn.client.xlen(conn.keys.stream("big", 0)) == 0
 
 

@@ -15,6 +15,7 @@ def test_every_export_exists_and_public_names_are_exported() -> None:
     public = {
         name
         for name, value in vars(partitions).items()
-        if not name.startswith("_") and getattr(value, "__module__", "").startswith(("partitions", "coordinator"))
+        if not name.startswith("_")
+        and getattr(value, "__module__", "").startswith(("partitions", "coordinator"))
     }
     assert public <= set(partitions.__all__), public - set(partitions.__all__)

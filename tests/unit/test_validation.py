@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from coordinator.errors import ConfigError, InvalidNameError, RecordTooLargeError, SerializationError
+from coordinator.errors import (
+    ConfigError,
+    InvalidNameError,
+    RecordTooLargeError,
+    SerializationError,
+)
 from coordinator.keys import Keys, validate_name
 from partitions.apply import parse
 from partitions.config import ClientConfig, ProducerConfig, redact_url
@@ -21,7 +26,8 @@ from partitions.topics import TopicSpec
 
 
 @pytest.mark.parametrize(
-    "name", ["", "a{b}", "a*", "a?", "a[1]", "a b", "a\tb", "a\x00", "a:b", "-lead", "x" * 101, b"\xff"]
+    "name",
+    ["", "a{b}", "a*", "a?", "a[1]", "a b", "a\tb", "a\x00", "a:b", "-lead", "x" * 101, b"\xff"],
 )
 def test_bad_names(name: object) -> None:
     with pytest.raises(InvalidNameError):
@@ -48,7 +54,12 @@ def test_bad_urls(url: str) -> None:
 
 
 def test_good_urls_and_redaction() -> None:
-    for url in ("redis://localhost:6379/0", "rediss://u:p@h:6380", "unix:///tmp/s.sock", "redis+cluster://h:7000"):
+    for url in (
+        "redis://localhost:6379/0",
+        "rediss://u:p@h:6380",
+        "unix:///tmp/s.sock",
+        "redis+cluster://h:7000",
+    ):
         ClientConfig(url=url)
     assert "secret" not in redact_url("redis://user:secret@host:6379")
     assert redact_url("redis://user:secret@host:6379") == "redis://user:***@host:6379"
@@ -84,7 +95,12 @@ def test_codec() -> None:
 def test_entry_round_trip() -> None:
     fields = entry_fields(b"k", b"v", encode_headers({"trace": "abc"}))
     rec = record_from_entry("t", 2, [b"1700000000000-5", fields])
-    assert (rec.key, rec.value, rec.headers, rec.timestamp) == (b"k", b"v", {"trace": b"abc"}, 1700000000000)
+    assert (rec.key, rec.value, rec.headers, rec.timestamp) == (
+        b"k",
+        b"v",
+        {"trace": b"abc"},
+        1700000000000,
+    )
     tomb = record_from_entry("t", 0, [b"1-0", entry_fields(None, None, [])])
     assert tomb.key is None and tomb.value is None and tomb.headers == {}
 

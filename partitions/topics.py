@@ -330,6 +330,29 @@ class TopicAdmin:
             raise
         return self.get(name)
 
+    def trim(
+        self, name: str, partition: int, *, max_length: int | None = None, min_id: str | None = None
+    ) -> int:
+        """Trim one partition now, exactly (XTRIM MAXLEN / MINID); returns entries removed.
+
+        Entries some group has not acked yet are removed too: their ids reach that group's
+        dead-letter stream with reason ``trimmed`` when they are reclaimed.
+        """
+        meta = self.get(name)
+        if not 0 <= partition < meta.partitions:
+            raise ConfigError(
+                f"topic {name} has partitions 0..{meta.partitions - 1}, not {partition}"
+            )
+        if (max_length is None) == (min_id is None):
+            raise ConfigError("trim needs exactly one of max_length and min_id")
+        if max_length is not None and max_length < 0:
+            raise ConfigError("max_length must be >= 0")
+        key = self.keys.stream(name, partition)
+        args = ["MAXLEN", max_length] if max_length is not None else ["MINID", min_id]
+        return int(
+            self._call(lambda: self._r.execute_command("XTRIM", key, *args), f"trimming {key}")
+        )
+
     def delete(self, name: str) -> bool:
         """Delete the topic, its partitions, fences and dead letters. False if absent."""
         try:

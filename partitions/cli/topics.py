@@ -152,3 +152,17 @@ def apply_cmd(state: State, file: str, dry_run: bool, force: bool, fmt: str) -> 
         actions = apply_mod.execute(state.conn, declared, force=force)
     prefix = "(dry run) " if dry_run else ""
     emit(fmt, [a.to_dict() for a in actions], lambda _: "\n".join(prefix + str(a) for a in actions))
+
+
+@topic.command("trim")
+@click.argument("name")
+@click.option("-p", "--partition", type=int, required=True)
+@click.option("--max-length", type=int, help="Keep exactly this many newest records.")
+@click.option("--min-id", help="Remove records with a lower id.")
+@pass_state
+def topic_trim(
+    state: State, name: str, partition: int, max_length: int | None, min_id: str | None
+) -> None:
+    """Trim one partition now (unacked records removed this way are dead-lettered as trimmed)."""
+    removed = TopicAdmin(state.conn).trim(name, partition, max_length=max_length, min_id=min_id)
+    click.echo(f"Removed {removed} records from {name}/{partition}")

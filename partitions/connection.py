@@ -85,18 +85,29 @@ def _has_command(client: Any, name: str) -> bool:
 
 
 def detect_server(client: Any, *, cluster: bool = False) -> ServerInfo:
-    """Read INFO and probe commands; raise ServerTooOldError below the supported minimum."""
+    """Read INFO and probe commands; raise ServerTooOldError below the supported minimum.
+
+    On a cluster every primary is checked: the oldest one decides the version, a feature
+    counts only if all primaries have it, and an evicting policy on any primary is reported.
+    """
+    if not cluster:
+        return _detect_node(client, cluster=False)
+    nodes = [client.get_redis_connection(n) for n in client.get_primaries()]
+    infos = [_detect_node(n, cluster=True) for n in nodes]
+    oldest = min(infos, key=lambda i: (i.flavor == "valkey", i.version))
+    features = frozenset.intersection(*(i.features for i in infos))
+    policies = [i.maxmemory_policy for i in infos]
+    evicting = [p for p in policies if p is not None and p.startswith("allkeys-")]
+    policy = evicting[0] if evicting else None if None in policies else policies[0]
+    return ServerInfo(oldest.flavor, oldest.version, features, True, policy)
+
+
+def _detect_node(client: Any, *, cluster: bool) -> ServerInfo:
+    """Detect one node (a plain ``redis.Redis``)."""
     try:
         info = client.info("server")
     except rex.RedisError as err:
         raise translate(err, "reading server info") from err
-    if (
-        cluster
-        and isinstance(info, dict)
-        and info
-        and all(isinstance(v, dict) for v in info.values())
-    ):
-        info = next(iter(info.values()))  # RedisCluster returns {node: info}
     flavor = (
         "valkey" if info.get("server_name") == "valkey" or "valkey_version" in info else "redis"
     )
@@ -119,10 +130,7 @@ def detect_server(client: Any, *, cluster: bool = False) -> ServerInfo:
             features.add("acked_trim")
     policy: str | None
     try:
-        cfg = client.config_get("maxmemory-policy")
-        if cluster and cfg and all(isinstance(v, dict) for v in cfg.values()):
-            cfg = next(iter(cfg.values()))
-        raw = cfg.get("maxmemory-policy")
+        raw = client.config_get("maxmemory-policy").get("maxmemory-policy")
         policy = raw.decode() if isinstance(raw, bytes) else raw
     except rex.RedisError:
         policy = None  # CONFIG may be denied by ACL or renamed: we cannot tell

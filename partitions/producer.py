@@ -41,6 +41,7 @@ from coordinator.errors import (
 from coordinator.scripts import is_noscript, sha, source
 from partitions.config import ClientConfig, ProducerConfig
 from partitions.connection import Connection, connect
+from partitions.nodes import node_for_key, redirect
 from partitions.records import (
     Key,
     Value,
@@ -64,6 +65,12 @@ _EVALSHA_HEAD = b"$7\r\nEVALSHA\r\n$40\r\n" + _APPEND_SHA + b"\r\n$1\r\n2\r\n"
 _HEADER_ARGS = 6
 
 
+_ASKING = b"*1\r\n$6\r\nASKING\r\n"
+# A resharding can answer MOVED, ASK and TRYAGAIN several times for one batch before its
+# slot settles; these attempts come on top of ``ProducerConfig.retries`` on a cluster.
+_CLUSTER_EXTRA_RETRIES = 20
+
+
 def _bulk(data: bytes) -> bytes:
     return b"$%d\r\n%b\r\n" % (len(data), data)
 
@@ -80,8 +87,8 @@ class _Batch:
     """Records of one partition sent together. Its futures share one event."""
 
     __slots__ = (
-        "attempts", "callbacks", "chunks", "count", "created", "error", "event", "ids",
-        "nargs", "nbytes", "partition", "route", "seq", "topic",
+        "ask", "attempts", "callbacks", "chunks", "count", "created", "error", "event",
+        "ids", "nargs", "nbytes", "partition", "route", "seq", "topic",
     )  # fmt: skip
 
     def __init__(self, topic: str, partition: int, route: _Route, now: float) -> None:
@@ -95,6 +102,8 @@ class _Batch:
         self.created = now
         self.seq = 0
         self.attempts = 0
+        # On a cluster: the importing node's client after an ASK, for the next attempt only.
+        self.ask: Any = None
         self.ids: list[str] | None = None
         self.error: BaseException | None = None
         self.event = threading.Event()
@@ -363,10 +372,8 @@ class Producer:
 
     def _load_script(self) -> None:
         try:
-            if self._conn.is_cluster:
-                self._conn.client.script_load(source("append"), target_nodes="primaries")
-            else:
-                self._conn.client.script_load(source("append"))
+            # On a cluster, RedisCluster sends SCRIPT LOAD to every primary it knows.
+            self._conn.client.script_load(source("append"))
         except rex.RedisError as err:
             raise translate(err, "loading the append script") from err
 
@@ -473,16 +480,26 @@ class Producer:
 
     def _should_retry(self, batch: _Batch, err: Exception) -> bool:
         if is_noscript(err):
+            if self._conn.is_cluster:  # a node restarted, failed over or joined
+                self._conn.client.nodes_manager.initialize()
             self._load_script()
             return True  # not counted: nothing was executed
         if isinstance(err, rex.ResponseError) and not str(err).startswith(
             ("OOM", "TRYAGAIN", "MOVED", "ASK", "CLUSTERDOWN", "LOADING", "BUSY")
         ):
             return False
+        if self._conn.is_cluster and (
+            isinstance(err, rex.ConnectionError | rex.TimeoutError | OSError)
+            or str(err).startswith(("MOVED", "ASK", "CLUSTERDOWN"))
+        ):
+            # MOVED updates the slot map; ASK sends the next attempt to the importing node
+            # (with ASKING); the rest refresh the map. A redirection executed nothing, so the
+            # sequence number stays and the append script still drops a real duplicate.
+            batch.ask = redirect(self._conn, err)
         batch.attempts += 1
-        if str(err).startswith(("MOVED", "ASK")) and self._conn.is_cluster:
-            self._conn.client.nodes_manager.initialize()
-        return batch.attempts <= self.config.retries
+        return batch.attempts <= self.config.retries + (
+            _CLUSTER_EXTRA_RETRIES if self._conn.is_cluster else 0
+        )
 
     def _fail(self, batch: _Batch, err: Exception) -> None:
         # A script error means the script refused before writing; a lost connection or a
@@ -501,13 +518,12 @@ class Producer:
     def _by_node(self, batches: list[_Batch]) -> list[tuple[Any, list[_Batch]]]:
         if not self._conn.is_cluster:
             return [(self._conn.client.connection_pool, batches)]
-        groups: dict[str, tuple[Any, list[_Batch]]] = {}
-        client = self._conn.client
+        groups: dict[int, tuple[Any, list[_Batch]]] = {}
         for batch in batches:
-            node = client.get_node_from_key(batch.route.stream_keys[batch.partition])
-            entry = groups.get(node.name)
+            node = batch.ask or node_for_key(self._conn, batch.route.stream_keys[batch.partition])
+            entry = groups.get(id(node))
             if entry is None:
-                entry = groups[node.name] = (node.redis_connection.connection_pool, [])
+                entry = groups[id(node)] = (node.connection_pool, [])
             entry[1].append(batch)
         return list(groups.values())
 
@@ -518,10 +534,14 @@ class Producer:
         try:
             # One buffer, one sendall: redis-py would otherwise write each item separately.
             conn.send_packed_command(
-                [b"".join([b.packed(self._pid) for b in batches])], check_health=False
+                [b"".join([(_ASKING if b.ask else b"") + b.packed(self._pid) for b in batches])],
+                check_health=False,
             )
-            for _ in batches:
+            for batch in batches:
                 try:
+                    if batch.ask is not None:
+                        batch.ask = None  # one attempt only: a later ASK says again
+                        conn.read_response()  # +OK of ASKING
                     replies.append(conn.read_response())
                 except rex.ResponseError as err:
                     replies.append(err)

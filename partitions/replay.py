@@ -18,6 +18,7 @@ import redis.exceptions as rex
 
 from coordinator.errors import ConfigError, translate
 from partitions.connection import Connection
+from partitions.nodes import execute_on_key, execute_per_key
 from partitions.records import Record, parse_id, read_reply_items, records_from_entries
 from partitions.topics import TopicAdmin
 
@@ -53,10 +54,9 @@ class Position:
 
 def _xrange(conn: Connection, key: str, start: str, end: str, count: int) -> list[Any]:
     # A bytes command name skips redis-py's reply parsing: records.py parses the raw entries.
-    try:
-        reply: list[Any] = conn.client.execute_command(b"XRANGE", key, start, end, "COUNT", count)
-    except rex.RedisError as err:
-        raise translate(err, f"reading {key}") from err
+    reply: list[Any] = execute_on_key(
+        conn, key, b"XRANGE", key, start, end, "COUNT", count, context=f"reading {key}"
+    )
     return reply
 
 
@@ -131,13 +131,13 @@ def replay(
 
 
 def _last_ids(conn: Connection, topic: str, parts: list[int]) -> dict[int, str]:
-    pipe = conn.client.pipeline(transaction=False)
-    for p in parts:
-        pipe.execute_command(b"XREVRANGE", conn.keys.stream(topic, p), "+", "-", "COUNT", 1)
-    try:
-        replies = pipe.execute()
-    except rex.RedisError as err:
-        raise translate(err, f"reading {topic}") from err
+    keys = [conn.keys.stream(topic, p) for p in parts]
+    replies = execute_per_key(
+        conn, [(k, (b"XREVRANGE", k, "+", "-", "COUNT", 1)) for k in keys], f"reading {topic}"
+    )
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
     return {p: (r[0][0].decode() if r else "0-0") for p, r in zip(parts, replies, strict=True)}
 
 
@@ -157,11 +157,21 @@ def _follow(
         try:
             if conn.is_cluster:
                 # Streams of different partitions live in different slots: no multi-key
-                # XREAD. Poll each without blocking, then wait a little.
+                # XREAD. Poll them all (one pipeline per node) without blocking, then wait
+                # a little if nothing came.
                 reply = []
-                for k, last in streams.items():
-                    got = conn.client.execute_command(b"XREAD", "COUNT", PAGE, "STREAMS", k, last)
-                    reply += read_reply_items(got)
+                got = execute_per_key(
+                    conn,
+                    [
+                        (k, (b"XREAD", "COUNT", PAGE, "STREAMS", k, last))
+                        for k, last in streams.items()
+                    ],
+                    f"following {topic}",
+                )
+                for item in got:
+                    if isinstance(item, Exception):
+                        raise item
+                    reply += read_reply_items(item) if item else []
                 if not reply:
                     time.sleep(min(block_ms, 100) / 1000.0)
             else:

@@ -68,12 +68,21 @@ def conn(client_config: ClientConfig) -> Iterator[Connection]:
         yield c
     finally:
         # Drop this test's keys so a long-lived server does not fill up.
-        cursor = 0
-        pattern = f"{client_config.namespace}:*"
-        while True:
-            cursor, keys = c.client.scan(cursor, match=pattern, count=1000)
-            if keys:
-                c.client.delete(*keys)
-            if cursor == 0:
-                break
-        c.close()
+        try:
+            drop_namespace(c, client_config.namespace)
+        finally:
+            c.close()
+
+
+def drop_namespace(c: Connection, namespace: str) -> None:
+    """Delete every key of ``namespace``: SCAN each primary, DEL key by key (one slot each)."""
+    pattern = f"{namespace}:*"
+    nodes = (
+        [c.client.get_redis_connection(n) for n in c.client.get_primaries()]
+        if c.is_cluster
+        else [c.client]
+    )
+    for node in nodes:
+        batch = [key for key in node.scan_iter(match=pattern, count=1000)]
+        for key in batch:
+            c.client.delete(key)

@@ -17,6 +17,7 @@ from coordinator.errors import (
 )
 from partitions.config import ProducerConfig
 from partitions.connection import Connection
+from partitions.nodes import node_for_key
 from partitions.producer import Producer
 from partitions.replay import replay
 from partitions.topics import TopicAdmin, TopicSpec
@@ -158,8 +159,10 @@ def test_idempotent_retry_is_not_duplicated(conn: Connection) -> None:
 def test_back_pressure_blocks_then_raises(conn: Connection) -> None:
     TopicAdmin(conn).create(TopicSpec("bp", 1))
     cfg = ProducerConfig(batch_size=10, buffer_records=10, block_timeout=0.3, linger_ms=0)
+    # On a cluster, pause the node that serves the partition (CLIENT PAUSE is per node).
+    node = node_for_key(conn, conn.keys.stream("bp", 0))
     with Producer(conn, cfg) as p:
-        conn.client.execute_command("CLIENT", "PAUSE", 1500, "WRITE")
+        node.execute_command("CLIENT", "PAUSE", 1500, "WRITE")
         try:
             start = time.monotonic()
             with pytest.raises(BufferFullError):
@@ -167,7 +170,7 @@ def test_back_pressure_blocks_then_raises(conn: Connection) -> None:
                     p.send("bp", str(i), key="k")
             assert time.monotonic() - start >= 0.25
         finally:
-            conn.client.execute_command("CLIENT", "UNPAUSE")
+            node.execute_command("CLIENT", "UNPAUSE")
     assert conn.client.xlen(conn.keys.stream("bp", 0)) >= 10  # nothing accepted was dropped
 
 

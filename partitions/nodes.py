@@ -1,0 +1,157 @@
+"""Commands routed to the node that serves a key, with cluster redirections handled.
+
+On a single server these are plain calls. On a cluster each command goes to the primary that
+serves its key's slot, and the replies that a resharding or failover produces are handled
+here, with a bounded number of attempts:
+
+* ``MOVED``: the slot has a new owner for good; the client's slot map is updated from the
+  reply (``move_slot``) and the command is sent to the new owner.
+* ``ASK``: the slot is being migrated and this key already left; the command is sent once to
+  the importing node, preceded by ``ASKING`` on the same connection.
+* ``TRYAGAIN`` (a multi-key command whose keys are split by a migration in progress),
+  ``CLUSTERDOWN`` and a broken connection: wait a little, refresh the slot map, try again.
+
+Commands may use a bytes name (``b"XRANGE"``) to get redis-py's raw reply (no parsing); the
+node clients are plain ``redis.Redis`` objects, which allow that (``RedisCluster`` does not).
+Only idempotent reads, or writes whose retry is harmless, belong here: a command that timed
+out is sent again.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import redis.exceptions as rex
+
+from coordinator.errors import translate
+from partitions.connection import Connection
+
+MAX_ATTEMPTS = 10
+_BACKOFF_S = 0.05
+_RETRY_PREFIXES = ("TRYAGAIN", "CLUSTERDOWN", "LOADING")
+
+
+def primaries(conn: Connection) -> list[Any]:
+    """A plain client per primary node (the one client on a single server)."""
+    client = conn.client
+    if not conn.is_cluster:
+        return [client]
+    return [client.get_redis_connection(n) for n in client.get_primaries()]
+
+
+def node_for_key(conn: Connection, key: str | bytes) -> Any:
+    """The plain client of the primary serving ``key`` (the one client on a single server)."""
+    client = conn.client
+    if not conn.is_cluster:
+        return client
+    return client.get_redis_connection(client.get_node_from_key(key))
+
+
+def node_name(conn: Connection, key: str | bytes) -> str | None:
+    """``host:port`` of the primary serving ``key`` (None on a single server)."""
+    if not conn.is_cluster:
+        return None
+    node = conn.client.get_node_from_key(key)
+    return f"{node.host}:{node.port}"
+
+
+def redirect(conn: Connection, err: BaseException) -> Any:
+    """Learn from a cluster redirection. Returns the ASK target's client, else None.
+
+    ``MOVED`` updates the slot map; ``ASK`` does not (the move is not finished) but names the
+    node to send this one command to; anything else refreshes the whole map.
+    """
+    client = conn.client
+    try:
+        if isinstance(err, rex.MovedError):  # (a subclass of AskError in redis-py)
+            client.nodes_manager.move_slot(err)
+        elif isinstance(err, rex.AskError):
+            node = client.get_node(host=err.host, port=err.port)
+            if node is None:
+                client.nodes_manager.initialize()
+                node = client.get_node(host=err.host, port=err.port)
+            return None if node is None else client.get_redis_connection(node)
+        else:
+            client.nodes_manager.initialize()
+    except (rex.RedisError, rex.RedisClusterException):
+        pass  # the cluster is unreachable right now: the next attempt fails and counts
+    return None
+
+
+def _retriable(conn: Connection, err: BaseException) -> bool:
+    if not conn.is_cluster:
+        return False
+    if isinstance(err, rex.AskError | rex.ConnectionError | rex.TimeoutError):
+        return True
+    return isinstance(err, rex.ResponseError) and str(err).startswith(_RETRY_PREFIXES)
+
+
+def _asking(node: Any, args: Sequence[Any]) -> Any:
+    pipe = node.pipeline(transaction=False)
+    pipe.execute_command("ASKING")
+    pipe.execute_command(*args)
+    replies = pipe.execute(raise_on_error=False)
+    if isinstance(replies[1], Exception):
+        raise replies[1]
+    return replies[1]
+
+
+def execute_on_key(conn: Connection, key: str | bytes, *args: Any, context: str = "") -> Any:
+    """Run ``args`` (a command naming ``key``) on the node serving ``key``.
+
+    Redirections are followed for up to :data:`MAX_ATTEMPTS` attempts; errors come out
+    translated into partstream's tree.
+    """
+    ask_node = None
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        try:
+            if ask_node is not None:
+                return _asking(ask_node, args)
+            return node_for_key(conn, key).execute_command(*args)
+        except rex.RedisError as err:
+            if attempt == MAX_ATTEMPTS or not _retriable(conn, err):
+                raise translate(err, context or f"running {args[0]!r} on {key!r}") from err
+            ask_node = redirect(conn, err)
+            if ask_node is None and not isinstance(err, rex.MovedError):
+                time.sleep(_BACKOFF_S * attempt)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def execute_per_key(
+    conn: Connection, commands: Sequence[tuple[str | bytes, Sequence[Any]]], context: str = ""
+) -> list[Any]:
+    """Run many single-key commands, one pipeline per node; replies in the given order.
+
+    Each item is ``(key, args)``. A command that meets a redirection is then run alone with
+    :func:`execute_on_key`. Server errors other than redirections are returned in place of
+    the reply (like ``raise_on_error=False``), already translated.
+    """
+    groups: dict[int, tuple[Any, list[int]]] = {}
+    for i, (key, _) in enumerate(commands):
+        node = node_for_key(conn, key)
+        groups.setdefault(id(node), (node, []))[1].append(i)
+    out: list[Any] = [None] * len(commands)
+    for node, indexes in groups.values():
+        pipe = node.pipeline(transaction=False)
+        for i in indexes:
+            pipe.execute_command(*commands[i][1])
+        try:
+            replies = pipe.execute(raise_on_error=False)
+        except rex.RedisError as err:
+            if not _retriable(conn, err):
+                raise translate(err, context) from err
+            redirect(conn, err)
+            replies = [err] * len(indexes)
+        for i, reply in zip(indexes, replies, strict=True):
+            if isinstance(reply, Exception) and _retriable(conn, reply):
+                key, args = commands[i]
+                try:
+                    reply = execute_on_key(conn, key, *args, context=context)
+                except Exception as err:  # returned in place, like the others
+                    reply = err
+            elif isinstance(reply, rex.RedisError):
+                reply = translate(reply, context)
+            out[i] = reply
+    return out

@@ -19,8 +19,15 @@ key                                   type    contents / written by
                                               read/ack scripts compare the exact string)
 {ns}:t:{<topic>:<p>}:seq              hash    producer id -> last appended batch sequence,
                                               the idempotence fallback / append.lua
-{ns}:t:{<topic>:<p>}:dlq              stream  dead letters of this partition: origin, group,
-                                              delivery count, reason / consumer (deadletter)
+{ns}:t:{<topic>:<p>}:dlq              stream  dead letters of this partition: fields dlq.topic,
+                                              dlq.partition, dlq.id, dlq.group,
+                                              dlq.deliveries, dlq.reason + the original
+                                              fields / consumer (consume.lua, atomically
+                                              with the XACK)
+{ns}:t:{<topic>:<p>}:groups           hash    group -> "<created_ms> <start id>": the group
+                                              has touched this partition; a marked group
+                                              missing from the stream = state lost /
+                                              consume.lua, seek.lua (first touch only)
 {ns}:groups                           set     group names / GroupAdmin.create, Member.join
                                               (client side: another slot than the group)
 {ns}:g:{<group>}:cfg                  hash    GroupSettings fields (assignor, session and
@@ -108,6 +115,9 @@ class Keys:
     def dlq(self, topic: str, partition: int) -> str:
         return f"{self.ns}:t:{{{topic}:{partition}}}:dlq"
 
+    def stream_groups(self, topic: str, partition: int) -> str:
+        return f"{self.ns}:t:{{{topic}:{partition}}}:groups"
+
     def partition_keys(self, topic: str, partition: int) -> list[str]:
         """All keys of one partition (they share one slot)."""
         return [
@@ -115,6 +125,7 @@ class Keys:
             self.fence(topic, partition),
             self.seq(topic, partition),
             self.dlq(topic, partition),
+            self.stream_groups(topic, partition),
         ]
 
     # -- groups ---------------------------------------------------------------------------

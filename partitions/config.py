@@ -137,6 +137,51 @@ class ProducerConfig:
             raise ConfigError("retries must be >= 0")
 
 
+OFFSET_RESETS = ("earliest", "latest")
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerConfig:
+    """How a :class:`~partitions.consumer.Consumer` reads, commits and waits."""
+
+    # Entries read per owned partition per fetch (XREADGROUP COUNT); all owned partitions
+    # are fetched in one round trip.
+    fetch_count: int = 500
+    # Records poll() returns at most when called without max_records.
+    max_poll_records: int = 500
+    # Ack the records handed out by the previous poll() (or iteration step) on the next one
+    # and on close(); False = only commit() acks.
+    auto_commit: bool = True
+    # Where a group starts on a partition it has never read: "earliest" (all retained
+    # entries) or "latest" (only entries appended after it first reads).
+    auto_offset_reset: str = "earliest"
+    # Longest single blocking wait for new data (XREAD BLOCK); must stay well below the
+    # client's socket timeout, so a quiet stream never looks like a dead server.
+    block_ms: int = 500
+
+    def __post_init__(self) -> None:
+        for name in ("fetch_count", "max_poll_records", "block_ms"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if self.fetch_count > 10_000:
+            raise ConfigError("fetch_count must be at most 10000")
+        if self.auto_offset_reset not in OFFSET_RESETS:
+            raise ConfigError(
+                f"auto_offset_reset must be one of {', '.join(OFFSET_RESETS)}, "
+                f"got {self.auto_offset_reset!r}"
+            )
+
+    def check_against(self, client: ClientConfig) -> None:
+        """Cross-check with the client: a blocking read must end well before its socket times
+        out, else an idle consumer would report a dead server."""
+        if self.block_ms / 1000 > client.socket_timeout / 2:
+            raise ConfigError(
+                f"block_ms ({self.block_ms}) must be below half the socket timeout "
+                f"({client.socket_timeout * 1000:.0f} ms)"
+            )
+
+
 def known_fields(cls: type, data: dict[str, Any], where: str) -> dict[str, Any]:
     """Reject keys of a TOML table that ``cls`` has no field for (typos lose settings)."""
     names = {f.name for f in fields(cls)}
@@ -150,6 +195,7 @@ def known_fields(cls: type, data: dict[str, Any], where: str) -> dict[str, Any]:
 
 __all__ = [
     "ClientConfig",
+    "ConsumerConfig",
     "ProducerConfig",
     "known_fields",
     "redact_url",

@@ -291,3 +291,146 @@ def parse_id(text: str) -> tuple[int, int]:
     if not ms.isdigit() or (seq and not seq.isdigit()):
         raise ValueError(f"not a stream id: {text!r}")
     return int(ms), int(seq or 0)
+
+
+# -- consumer replies ---------------------------------------------------------------------
+class FetchResult:
+    """One partition's answer to a fenced read (consume.lua ``read``/``ack``/``retry``).
+
+    ``status`` is 1 (ok), 0 (not owner: ``detail`` is the holder) or -1 (state lost:
+    ``detail`` says what vanished: fence, stream or group).
+    """
+
+    __slots__ = ("acked", "cursor", "dead", "detail", "records", "status", "tail")
+
+    def __init__(
+        self,
+        status: int,
+        detail: str = "",
+        acked: int = 0,
+        records: list[Record] | None = None,
+        cursor: str = "",
+        tail: str = "",
+        dead: int = 0,
+    ) -> None:
+        self.status = status
+        self.detail = detail
+        self.acked = acked
+        self.records = records if records is not None else []
+        self.cursor = cursor
+        self.tail = tail
+        self.dead = dead
+
+
+def fetch_result(topic: str, partition: int, reply: Any) -> FetchResult:
+    """Parse consume.lua's ``read`` reply: {1, acked, entries, cursor, tail, dead}."""
+    status = int(reply[0])
+    if status != 1:
+        return FetchResult(status, _text(reply[1]))
+    entries = reply[2]
+    records = [record_from_entry(topic, partition, e) for e in entries] if entries else []
+    return FetchResult(
+        1, "", int(reply[1]), records, _text(reply[3]), _text(reply[4]), int(reply[5])
+    )
+
+
+def ack_result(reply: Any) -> FetchResult:
+    """Parse consume.lua's ``ack`` reply: {1, acked}."""
+    status = int(reply[0])
+    if status != 1:
+        return FetchResult(status, _text(reply[1]))
+    return FetchResult(1, acked=int(reply[1]))
+
+
+def retry_result(topic: str, partition: int, reply: Any) -> FetchResult:
+    """Parse consume.lua's ``retry``/``dead`` reply: {1, entries, dead}."""
+    status = int(reply[0])
+    if status != 1:
+        return FetchResult(status, _text(reply[1]))
+    records = [record_from_entry(topic, partition, e) for e in reply[1]]
+    return FetchResult(1, records=records, dead=int(reply[2]))
+
+
+DLQ_PREFIX = b"dlq."
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """One entry of a partition's dead-letter stream: the original record and why it died."""
+
+    dlq_id: str
+    topic: str
+    partition: int
+    original_id: str
+    group: str
+    deliveries: int
+    reason: str
+    record: Record  # key, value and headers as they were (none if the payload was trimmed)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "dlq_id": self.dlq_id,
+            "topic": self.topic,
+            "partition": self.partition,
+            "id": self.original_id,
+            "group": self.group,
+            "deliveries": self.deliveries,
+            "reason": self.reason,
+            "key": _display(self.record.key),
+            "value": _display_value(self.record.value),
+            "headers": {k: _display(v) for k, v in self.record.headers.items()},
+        }
+
+
+def dead_letter_from_entry(entry: Any) -> DeadLetter:
+    """Parse one raw dead-letter stream entry ``[id, [field, value, ...]]``."""
+    flat = entry[1] or []
+    meta = {
+        _text(flat[i])[4:]: _text(flat[i + 1])
+        for i in range(0, len(flat), 2)
+        if flat[i].startswith(DLQ_PREFIX)
+    }
+    topic, partition = meta.get("topic", ""), int(meta.get("partition", "0") or 0)
+    original_id = meta.get("id", "0-0")
+    record = record_from_entry(topic, partition, [original_id.encode(), flat])
+    return DeadLetter(
+        dlq_id=_text(entry[0]),
+        topic=topic,
+        partition=partition,
+        original_id=original_id,
+        group=meta.get("group", ""),
+        deliveries=int(meta.get("deliveries", "0") or 0),
+        reason=meta.get("reason", ""),
+        record=record,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class GroupStreamInfo:
+    """One consumer group on one partition stream (from XINFO GROUPS)."""
+
+    name: str
+    last_delivered_id: str
+    pending: int
+    entries_read: int | None
+    lag: int | None  # None when the server cannot tell (after XGROUP SETID, deletions)
+
+
+def group_infos_from_reply(reply: Any) -> list[GroupStreamInfo]:
+    """Parse XINFO GROUPS (RESP2 flat lists or redis-py dicts)."""
+    out = []
+    for g in reply:
+        if isinstance(g, list):
+            g = dict(zip(g[::2], g[1::2], strict=False))
+        d = {_text(k): v for k, v in g.items()}
+        entries_read, lag = d.get("entries-read"), d.get("lag")
+        out.append(
+            GroupStreamInfo(
+                name=_text(d["name"]),
+                last_delivered_id=_text(d["last-delivered-id"]),
+                pending=int(d.get("pending", 0)),
+                entries_read=None if entries_read is None else int(entries_read),
+                lag=None if lag is None else int(lag),
+            )
+        )
+    return out

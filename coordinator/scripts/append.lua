@@ -105,8 +105,9 @@ for _, g in ipairs(redis.call('XINFO', 'GROUPS', stream)) do
   for k = 1, #g, 2 do
     if g[k] == 'name' then name = g[k + 1] elseif g[k] == 'last-delivered-id' then last = g[k + 1] end
   end
-  local ms, sq = string.match(last, '^(%d+)-(%d+)$')
-  local need = ms .. '-' .. (tonumber(sq) + 1)
+  -- Keep from the last delivered entry on (one more than needed): last + 1 would overflow
+  -- Lua's numbers after a seek to a time ("<ms>-18446744073709551615").
+  local need = last
   local pend = redis.call('XPENDING', stream, name)
   if pend[2] and id_lt(pend[2], need) then need = pend[2] end
   if id_lt(need, cut) then cut = need end

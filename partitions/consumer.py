@@ -1,0 +1,507 @@
+"""The consumer: a member of a group that reads, in order, only the partitions it owns.
+
+Guarantees (see the invariants in DESIGN.md):
+
+* **One owner** (G): every read and ack is fenced by the grant the coordinator gave this
+  member; once a partition moved on, this consumer neither receives its entries nor acks
+  them (refused acks are counted in :attr:`Consumer.refused_acks`). A consumer whose session
+  may have expired (it was paused) hands out nothing until its heartbeat thread caught up.
+* **Order** (O): a partition's records come in id order; a new owner first redelivers what
+  the previous owner left unacked, in id order, then new records.
+* **At least once, bounded duplicates** (L, D): a record is acked only after it was handed
+  out and the caller came back (auto-commit) or called :meth:`Consumer.commit`; only
+  records unacked at a crash or revocation are delivered again.
+* **Dead letters**: a record delivered ``max_deliveries`` times (see :meth:`Consumer.nack`) or
+  whose payload was trimmed before it was acked goes to the partition's dead-letter stream,
+  atomically with its ack; its partition keeps flowing.
+
+Rebalance callbacks of a user :class:`~coordinator.runner.RebalanceListener` run on the
+consumer's own thread, inside :meth:`poll`: revocations (the user may still commit) before
+assignments. Not thread-safe: use a Consumer from one thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator
+from types import TracebackType
+from typing import Any
+
+import redis.exceptions as rex
+
+from coordinator.errors import ClosedError, ConfigError, NotOwnerError, PartstreamError
+from coordinator.fence import claim_fence, release_fence
+from coordinator.keys import validate_name
+from coordinator.member import Member
+from coordinator.records import Grant
+from coordinator.runner import MemberRunner, RebalanceListener
+from coordinator.settings import GroupSettings
+from coordinator.types import TopicPartition
+from partitions.config import ClientConfig, ConsumerConfig
+from partitions.connection import Connection, connect
+from partitions.fetcher import Fetcher, PartitionState
+from partitions.offsets import target_id
+from partitions.records import Record
+from partitions.topics import TopicAdmin
+
+log = logging.getLogger("partstream.consumer")
+
+
+class _Bridge:
+    """The runner's listener: turns heartbeat-thread callbacks into events for the consumer."""
+
+    def __init__(self, consumer: Consumer) -> None:
+        self.c = consumer
+
+    def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        c = self.c
+        if threading.get_ident() == c._thread_id:  # close(): we are the consumer thread
+            c._revoke(revoked)
+            return
+        done = threading.Event()
+        c._post(("revoke", revoked, done))
+        # Wait for the consumer to finish and commit, but never so long that the session
+        # (which this thread keeps alive) expires: then the records are simply redelivered.
+        if not c._closing and not done.wait(c._settings.session_timeout_ms / 2000):
+            log.warning(
+                "consumer did not hand back %s in time; uncommitted records of "
+                "them will be redelivered",
+                sorted(revoked),
+            )
+
+    def on_partitions_assigned(self, assigned: dict[TopicPartition, Grant]) -> None:
+        c = self.c
+        mine = {}
+        for tp, grant in assigned.items():
+            if claim_fence(
+                c._client, c._keys, c.group, tp.topic, tp.partition, c.member_id, grant.token
+            ):
+                mine[tp] = grant
+            else:
+                log.info("%s: a newer grant already holds the fence", tp)
+        c._post(("assign", mine, None))
+
+    def on_partitions_lost(self, lost: set[TopicPartition]) -> None:
+        self.c._post(("lost", lost, None))
+
+
+class Consumer:
+    """Reads records of ``topics`` as a member of ``group``; iterable, with :meth:`poll`.
+
+    ``group_settings`` apply only when this member creates the group. Use as a context
+    manager, or call :meth:`close` (commit, release, leave). Use from one thread.
+    """
+
+    def __init__(
+        self,
+        group: str,
+        topics: str | Iterable[str],
+        *,
+        conn: Connection | None = None,
+        config: ConsumerConfig | None = None,
+        instance_id: str | None = None,
+        listener: RebalanceListener | None = None,
+        client_config: ClientConfig | None = None,
+        group_settings: GroupSettings | None = None,
+    ) -> None:
+        self.config = config or ConsumerConfig()
+        self.group = validate_name(group, "group")
+        names = [topics] if isinstance(topics, str) else sorted(set(topics))
+        if not names:
+            raise ConfigError("a consumer needs at least one topic")
+        self._owns_conn = conn is None
+        self._conn = conn or connect(client_config)
+        self.config.check_against(self._conn.config)
+        self._client, self._keys = self._conn.client, self._conn.keys
+        counts = {name: TopicAdmin(self._conn).get(name).partitions for name in names}
+        self.topics = tuple(names)
+        start = "0" if self.config.auto_offset_reset == "earliest" else "$"
+        self._fetcher = Fetcher(self._conn, fetch_count=self.config.fetch_count, start=start)
+        self._listener = listener
+        self._parts: dict[TopicPartition, PartitionState] = {}
+        self._buf: list[Record] = []
+        self._pos = 0
+        self._handed: list[Record] = []  # returned by the last poll(), not yet committed
+        self._current: Record | None = None  # the record iteration handed out last
+        self._acks: dict[TopicPartition, list[str]] = {}  # processed, acked on the next call
+        self._events: deque[tuple[str, Any, threading.Event | None]] = deque()
+        self._events_lock = threading.Lock()
+        self._closing = False
+        self._closed = False
+        self._thread_id = threading.get_ident()
+        self._check_at = 0.0
+        self._blocker: Any = None if self._conn.is_cluster else self._client.client()
+        self._blocker_id: int | None = None
+        member = Member(
+            self._client,
+            self._keys,
+            self.group,
+            counts,
+            instance_id=instance_id,
+            client_info=f"partstream consumer pid {os.getpid()}",
+            settings=group_settings,
+        )
+        self.member_id = member.member_id
+        self._runner = MemberRunner(member, _Bridge(self))
+        self._runner.start()
+
+    # -- reading ----------------------------------------------------------------------------
+    def poll(self, max_records: int | None = None, timeout: float = 1.0) -> list[Record]:
+        """Up to ``max_records`` records of owned partitions, waiting up to ``timeout`` s.
+
+        With auto-commit, the records the previous poll returned are acked first (riding on
+        this poll's reads). Returns [] on timeout.
+        """
+        self._enter()
+        if self.config.auto_commit and self._handed:
+            self._confirm(self._handed)
+            self._handed = []
+        batch = self._take(max_records or self.config.max_poll_records, timeout)
+        if batch:
+            self._handed = batch
+        return batch
+
+    def __iter__(self) -> Iterator[Record]:
+        """Records one by one, forever (until close). With auto-commit a record is acked once
+        the loop asks for the next one: leaving the loop (break, exception) leaves the last
+        record unacked, to be delivered again."""
+        while not self._closed:
+            self._enter()
+            batch = self._take(1, self.config.block_ms / 1000)
+            if not batch:
+                continue
+            rec = self._current = batch[0]
+            yield rec
+            if self._current is rec and self.config.auto_commit:
+                self._confirm((rec,))
+            self._current = None
+
+    def _take(self, n: int, timeout: float) -> list[Record]:
+        deadline = time.monotonic() + timeout
+        while True:
+            self._sync()
+            if self._pos < len(self._buf) and self._alive():
+                out = self._buf[self._pos : self._pos + n]
+                self._pos += len(out)
+                if self._pos >= len(self._buf):
+                    self._buf, self._pos = [], 0
+                self._note_positions(out)
+                return out
+            if self._alive() and self._parts:
+                self._fill()
+                if self._buf:
+                    continue
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return []
+            self._idle(remaining)
+
+    def _fill(self) -> None:
+        s = self._settings
+        records, refused = self._fetcher.fetch(
+            list(self._parts.values()), self._acks, s.max_deliveries, s.reclaim_idle_ms
+        )
+        for st, res in refused:
+            log.info("%s/%s is %s's now: dropping it", st.topic, st.partition, res.detail)
+            self._drop({st.tp})
+        self._buf, self._pos = records, 0
+
+    def _idle(self, remaining: float) -> None:
+        block_ms = int(
+            min(remaining * 1000, self.config.block_ms, self._settings.heartbeat_interval_ms)
+        )
+        if not self._alive() or not self._parts or self._blocker is None:
+            with self._events_lock:
+                if self._events:
+                    return
+            time.sleep(max(block_ms, 1) / 1000 if self._parts else min(block_ms, 20) / 1000)
+            return
+        if self._acks:  # do not sit on acks while idle
+            self._commit_acks()
+        with self._events_lock:
+            if self._events:
+                return
+        waiting = {st.keys[0]: st.tail for st in self._parts.values() if st.tail and not st.cursor}
+        if not waiting or block_ms <= 0:
+            return
+        try:
+            self._blocker.xread(waiting, count=1, block=block_ms)
+        except rex.RedisError as err:
+            from coordinator.errors import translate
+
+            raise translate(err, "waiting for new entries") from err
+
+    # -- committing -------------------------------------------------------------------------
+    def commit(self, records: Iterable[Record] | None = None) -> None:
+        """Ack ``records`` (default: every record handed out and not yet acked) now.
+
+        Raises NotOwnerError if a partition moved on meanwhile (its records will be or were
+        redelivered to the new owner).
+        """
+        self._enter()
+        if records is None:
+            handed = self._handed + ([self._current] if self._current else [])
+            self._handed, self._current = [], None
+            self._confirm(handed)
+        else:
+            records = list(records)
+            if self._current is not None and self._current in records:
+                self._current = None
+            self._confirm(records)
+        refused = self._commit_acks()
+        if refused:
+            raise NotOwnerError(
+                f"commit refused for {', '.join(f'{t}/{p}' for t, p in refused)}: "
+                "this member no longer owns them"
+            )
+
+    def nack(self, record: Record) -> None:
+        """Processing ``record`` failed: deliver it again next, before later records of its
+        partition not yet handed out; after ``max_deliveries`` deliveries it goes to the
+        dead-letter stream (reason ``max_deliveries``) and its partition moves on."""
+        self._enter()
+        st = self._owned_state(record)
+        self._forget(record)
+        again = self._fetcher.retry(st, [record.id], self._settings.max_deliveries)
+        if again:
+            self._buf[self._pos : self._pos] = again
+
+    def dead_letter(self, record: Record, reason: str = "rejected") -> None:
+        """Move ``record`` to its partition's dead-letter stream now, with ``reason``."""
+        self._enter()
+        st = self._owned_state(record)
+        self._forget(record)
+        self._fetcher.dead_letter(st, [record.id], reason)
+
+    # -- positions --------------------------------------------------------------------------
+    def seek(self, topic: str, partition: int, to: str | int) -> None:
+        """Read an owned partition from ``to``: 'earliest', 'latest', an entry id (reading
+        continues after it) or a timestamp in epoch ms (reading starts at that time).
+
+        The group's pending entries of that partition are forgotten; records buffered but
+        not handed out are dropped. NotOwnerError if this member does not own it."""
+        self._enter()
+        self._sync()
+        st = self._parts.get(TopicPartition(topic, partition))
+        if st is None:
+            raise NotOwnerError(f"{topic}/{partition} is not assigned to this consumer")
+        self._drop_buffered({st.tp})
+        self._handed = [r for r in self._handed if (r.topic, r.partition) != st.tp]
+        self._acks.pop(st.tp, None)
+        self._fetcher.seek(st, target_id(to))
+
+    def position(self) -> dict[TopicPartition, str | None]:
+        """Per owned partition, the id of the last record handed out (None: none yet)."""
+        self._sync()
+        return {tp: st.last_id for tp, st in sorted(self._parts.items())}
+
+    def assignment(self) -> set[TopicPartition]:
+        """The partitions this consumer owns and reads now."""
+        self._sync()
+        return set(self._parts)
+
+    @property
+    def refused_acks(self) -> int:
+        """Acks the fence refused because the partition had moved to another member."""
+        return self._fetcher.refused_acks
+
+    @property
+    def dead_lettered(self) -> int:
+        """Records this consumer moved to dead-letter streams."""
+        return self._fetcher.dead_lettered
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def close(self) -> None:
+        """Commit what was processed, release the partitions, leave the group, stop."""
+        if self._closed:
+            return
+        self._thread_id = threading.get_ident()
+        try:
+            self._sync()
+            if self.config.auto_commit:
+                self._confirm(self._handed)
+                self._handed = []
+            self._commit_acks()
+        except PartstreamError as err:
+            log.warning("commit on close failed: %s", err)
+        finally:
+            self._closing = True
+            self._wake()
+            with self._events_lock:
+                for _, _, done in self._events:
+                    if done is not None:
+                        done.set()
+            self._runner.close()  # revokes what is left on this thread, then leaves
+            self._closed = True
+            with self._events_lock:
+                self._events.clear()
+            if self._blocker is not None:
+                self._blocker.close()
+            if self._owns_conn:
+                self._conn.close()
+
+    def __enter__(self) -> Consumer:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- internals --------------------------------------------------------------------------
+    @property
+    def _settings(self) -> GroupSettings:
+        last = self._runner.member.last
+        return last.settings if last is not None else self._runner.member.settings
+
+    def _enter(self) -> None:
+        if self._closed:
+            raise ClosedError("the consumer is closed")
+        self._thread_id = threading.get_ident()
+
+    def _alive(self) -> bool:
+        now = time.monotonic()
+        if now < self._check_at:
+            return True
+        margin = self._settings.session_timeout_ms / 10000
+        if not self._runner.session_alive(margin=margin):
+            return False
+        self._check_at = now + min(0.05, margin)
+        return True
+
+    def _post(self, event: tuple[str, Any, threading.Event | None]) -> None:
+        with self._events_lock:
+            self._events.append(event)
+        self._wake()
+
+    def _wake(self) -> None:
+        """Interrupt a blocking wait of the consumer thread (from the heartbeat thread)."""
+        if self._blocker is None:
+            return
+        try:
+            if self._blocker_id is None:
+                return
+            self._client.client_unblock(self._blocker_id)
+        except rex.RedisError:
+            pass
+
+    def _sync(self) -> None:
+        """Apply rebalance events posted by the heartbeat thread, in order."""
+        if self._blocker is not None and self._blocker_id is None:
+            self._blocker_id = self._blocker.client_id()
+        while True:
+            with self._events_lock:
+                if not self._events:
+                    return
+                kind, tps, done = self._events.popleft()
+            try:
+                if kind == "revoke":
+                    self._revoke(tps)
+                elif kind == "assign":
+                    self._assign(tps)
+                else:
+                    self._drop(tps)
+                    lost_cb = getattr(self._listener, "on_partitions_lost", None)
+                    if lost_cb is not None:
+                        lost_cb(set(tps))
+            finally:
+                if done is not None:
+                    done.set()
+
+    def _assign(self, grants: dict[TopicPartition, Grant]) -> None:
+        for tp, grant in grants.items():
+            self._parts[tp] = PartitionState(
+                self._conn, self.group, tp, self.member_id, grant.token
+            )
+        if self._listener is not None and grants:
+            self._listener.on_partitions_assigned(dict(grants))
+
+    def _revoke(self, revoked: set[TopicPartition]) -> None:
+        known = {tp for tp in revoked if tp in self._parts}
+        if self._listener is not None and known:
+            self._listener.on_partitions_revoked(set(known))
+        if self.config.auto_commit:
+            keep = [r for r in self._handed if (r.topic, r.partition) not in known]
+            self._confirm([r for r in self._handed if (r.topic, r.partition) in known])
+            self._handed = keep
+        try:
+            self._commit_acks(only=known)
+        except PartstreamError as err:
+            log.warning("commit on revoke failed: %s", err)
+        for tp in known:
+            st = self._parts[tp]
+            try:
+                release_fence(
+                    self._client,
+                    self._keys,
+                    self.group,
+                    tp.topic,
+                    tp.partition,
+                    self.member_id,
+                    int(st.fence.split(" ")[1]),
+                )
+            except PartstreamError as err:
+                log.warning("release of %s failed: %s", tp, err)
+        self._drop(known)
+
+    def _drop(self, tps: set[TopicPartition]) -> None:
+        self._drop_buffered(tps)
+        for tp in tps:
+            self._parts.pop(tp, None)
+            self._acks.pop(tp, None)
+        self._handed = [r for r in self._handed if (r.topic, r.partition) not in tps]
+        if self._current is not None and (self._current.topic, self._current.partition) in tps:
+            self._current = None
+
+    def _drop_buffered(self, tps: set[TopicPartition]) -> None:
+        if self._pos < len(self._buf):
+            self._buf = [r for r in self._buf[self._pos :] if (r.topic, r.partition) not in tps]
+            self._pos = 0
+
+    def _confirm(self, records: Iterable[Record]) -> None:
+        acks, parts = self._acks, self._parts
+        key: tuple[str, int] = ("", -1)
+        ids: list[str] | None = None
+        for r in records:
+            if r.partition != key[1] or r.topic != key[0]:
+                key = (r.topic, r.partition)
+                ids = acks.setdefault(TopicPartition(*key), []) if key in parts else None
+            if ids is not None:
+                ids.append(r.id)
+
+    def _commit_acks(self, only: set[TopicPartition] | None = None) -> list[TopicPartition]:
+        if only is not None:
+            acks = {tp: self._acks.pop(tp) for tp in only if tp in self._acks}
+        else:
+            acks, self._acks = self._acks, {}
+        refused = self._fetcher.ack(
+            self._parts, {tp: ids for tp, ids in acks.items() if tp in self._parts}
+        )
+        for st, _ in refused:
+            self._drop({st.tp})
+        return [st.tp for st, _ in refused]
+
+    def _note_positions(self, out: list[Record]) -> None:
+        last = {(r.topic, r.partition): r.id for r in out}
+        for key, rid in last.items():
+            st = self._parts.get(TopicPartition(*key))
+            if st is not None:
+                st.last_id = rid
+
+    def _owned_state(self, record: Record) -> PartitionState:
+        st = self._parts.get(TopicPartition(record.topic, record.partition))
+        if st is None:
+            raise NotOwnerError(f"{record.topic}/{record.partition} is no longer assigned here")
+        return st
+
+    def _forget(self, record: Record) -> None:
+        if self._current is record:
+            self._current = None
+        self._handed = [r for r in self._handed if r is not record]

@@ -1,0 +1,104 @@
+"""Dead letters: list a topic's dead-letter entries and replay them into the topic.
+
+Each partition has its own dead-letter stream (``Keys.dlq``) in the partition's slot, so the
+consumer moves an entry there and acks it in one atomic script. An entry keeps the original
+key, value and headers plus ``dlq.*`` fields: origin topic, partition, id, group, delivery
+count and reason (``max_deliveries``, ``trimmed`` or a user reason).
+"""
+
+from __future__ import annotations
+
+import builtins
+from dataclasses import dataclass
+from typing import Any
+
+import redis.exceptions as rex
+
+from coordinator.errors import translate
+from partitions.connection import Connection
+from partitions.producer import Producer
+from partitions.records import DeadLetter, dead_letter_from_entry
+from partitions.topics import TopicAdmin
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayResult:
+    """What a replay did: entries re-produced (and removed) and entries it could not replay."""
+
+    replayed: int
+    skipped: int  # payload trimmed before it was dead-lettered: nothing to re-produce
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"replayed": self.replayed, "skipped": self.skipped}
+
+
+class DeadLetters:
+    """Reads and replays dead-letter streams. Thread-safe (stateless over a Connection)."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+
+    def list(
+        self,
+        topic: str,
+        *,
+        partition: int | None = None,
+        group: str | None = None,
+        limit: int = 100,
+    ) -> list[DeadLetter]:
+        """Up to ``limit`` dead letters per partition of ``topic``, oldest first."""
+        parts = self._partitions(topic, partition)
+        pipe = self.conn.client.pipeline(transaction=False)
+        for p in parts:
+            pipe.execute_command(b"XRANGE", self.conn.keys.dlq(topic, p), "-", "+", "COUNT", limit)
+        try:
+            replies = pipe.execute()
+        except rex.RedisError as err:
+            raise translate(err, f"reading dead letters of {topic}") from err
+        out = [dead_letter_from_entry(e) for reply in replies for e in reply]
+        if group is not None:
+            out = [d for d in out if d.group == group]
+        return out
+
+    def replay(
+        self,
+        topic: str,
+        *,
+        partition: int | None = None,
+        group: str | None = None,
+        limit: int = 10_000,
+    ) -> ReplayResult:
+        """Re-produce dead letters to their original partition, then delete them from the
+        dead-letter stream (only once the append succeeded: a failure replays again, never
+        loses). Trimmed ones have no payload and stay."""
+        letters = self.list(topic, partition=partition, group=group, limit=limit)
+        replayable = [d for d in letters if d.reason != "trimmed"]
+        with Producer(self.conn) as producer:
+            futures = [
+                (
+                    d,
+                    producer.send(
+                        topic,
+                        d.record.value,
+                        key=d.record.key,
+                        headers=d.record.headers or None,
+                        partition=d.partition,
+                    ),
+                )
+                for d in replayable
+            ]
+            producer.flush()
+        for _, fut in futures:
+            fut.result()
+        pipe = self.conn.client.pipeline(transaction=False)
+        for d, _ in futures:
+            pipe.xdel(self.conn.keys.dlq(topic, d.partition), d.dlq_id)
+        try:
+            pipe.execute()
+        except rex.RedisError as err:
+            raise translate(err, f"removing replayed dead letters of {topic}") from err
+        return ReplayResult(len(futures), len(letters) - len(futures))
+
+    def _partitions(self, topic: str, partition: int | None) -> builtins.list[int]:
+        n = TopicAdmin(self.conn).get(topic).partitions
+        return list(range(n)) if partition is None else [partition]

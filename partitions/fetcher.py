@@ -1,0 +1,236 @@
+"""The consumer's data path: fenced reads, acks and waits over the partitions it owns.
+
+Every call goes through ``consume.lua`` in the partition's own slot, which compares the
+partition's fence with this owner's grant before it reads or acks anything: a member whose
+grant was superseded can neither receive entries nor ack them. All owned partitions are read
+in one pipelined round trip (one per node in a cluster), and the previous batch's acks ride
+along in the same calls.
+
+When a fetch comes back empty, :meth:`Fetcher.wait` blocks on ``XREAD BLOCK`` over the owned
+streams from the ids the fetch saw last (explicit ids: no lost wake-up), for at most
+``block_ms``, well below the socket timeout. Heartbeats run on another thread.
+
+Not thread-safe: used by one consumer on its own thread.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import redis.exceptions as rex
+
+from coordinator.errors import NotOwnerError, StateLostError, translate
+from coordinator.fence import fence_value
+from coordinator.scripts import is_noscript, sha
+from coordinator.types import TopicPartition
+from partitions.connection import Connection
+from partitions.records import (
+    FetchResult,
+    Record,
+    ack_result,
+    fetch_result,
+    retry_result,
+)
+
+# The stream-level consumer name every owner of a partition uses: the group's pending list
+# of a partition is then simply "what the group has not acked", whoever read it, and a new
+# owner recovers it in id order.
+STREAM_CONSUMER = "partstream"
+_CONSUME = sha("consume")
+_SEEK = sha("seek")
+
+
+class PartitionState:
+    """What the consumer tracks for one owned partition."""
+
+    __slots__ = (
+        "args", "cursor", "fence", "keys", "last_id", "next_reclaim", "partition",
+        "tail", "topic", "tp",
+    )  # fmt: skip
+
+    def __init__(
+        self, conn: Connection, group: str, tp: TopicPartition, member_id: str, token: int
+    ) -> None:
+        k = conn.keys
+        self.tp = tp
+        self.topic, self.partition = tp.topic, tp.partition
+        self.keys = [
+            k.stream(tp.topic, tp.partition),
+            k.fence(tp.topic, tp.partition),
+            k.stream_groups(tp.topic, tp.partition),
+            k.dlq(tp.topic, tp.partition),
+        ]
+        self.fence = fence_value(member_id, token)
+        # Common ARGV after the op: group, fence value, topic, partition, consumer.
+        self.args = [group, self.fence, tp.topic, str(tp.partition), STREAM_CONSUMER]
+        # '-': first redeliver every entry the previous owner left unacked (takeover).
+        self.cursor = "-"
+        self.tail = ""  # last entry id seen by an empty fetch: where a blocking wait starts
+        self.last_id: str | None = None  # last record handed out
+        self.next_reclaim = 0.0
+
+
+class Fetcher:
+    """Pipelined fenced reads and acks for one consumer. One thread only."""
+
+    def __init__(self, conn: Connection, *, fetch_count: int, start: str) -> None:
+        self.conn = conn
+        self.client = conn.client
+        self.fetch_count = fetch_count
+        self.start = start  # '0' or '$': where a group starts on a partition it never read
+        self.refused_acks = 0  # acks the fence refused (we had lost the partition)
+        self.dead_lettered = 0
+        conn.scripts.load("consume")
+        conn.scripts.load("seek")
+
+    # -- reads ----------------------------------------------------------------------------
+    def fetch(
+        self,
+        parts: list[PartitionState],
+        acks: dict[TopicPartition, list[str]],
+        max_deliveries: int,
+        reclaim_ms: int,
+    ) -> tuple[list[Record], list[tuple[PartitionState, FetchResult]]]:
+        """Read every partition in ``parts`` (acking ``acks`` first) in one round trip.
+
+        Returns the records, recovered ones first per partition, and the partitions the
+        fence refused (not owner). Raises StateLostError if a stream or group vanished.
+        """
+        now = time.monotonic()
+        calls: list[tuple[PartitionState, list[Any]]] = []
+        for st in parts:
+            ids = acks.pop(st.tp, None) or []
+            reclaim = 0
+            if reclaim_ms and now >= st.next_reclaim:
+                reclaim = reclaim_ms
+                st.next_reclaim = now + min(reclaim_ms / 4000, 5.0)
+            args = ["read", *st.args, self.fetch_count, st.cursor, max_deliveries, reclaim]
+            calls.append((st, [*args, self.start, len(ids), *ids]))
+        replies = self._run(calls, _CONSUME, "consume", "reading partitions")
+        records: list[Record] = []
+        refused: list[tuple[PartitionState, FetchResult]] = []
+        for (st, call), reply in zip(calls, replies, strict=True):
+            res = fetch_result(st.topic, st.partition, reply)
+            if res.status != 1:
+                self._refuse(st, res, int(call[11]), refused)
+                continue
+            st.cursor = res.cursor
+            st.tail = res.tail
+            self.dead_lettered += res.dead
+            if res.records:
+                records += res.records
+        return records, refused
+
+    def wait(self, parts: Iterable[PartitionState], block_ms: int) -> None:
+        """Block until one of the partitions gets an entry after its tail, or ``block_ms``."""
+        waiting = [st for st in parts if st.tail and not st.cursor]
+        if block_ms <= 0:
+            return
+        if not waiting or self.conn.is_cluster:
+            # A cluster cannot XREAD streams of several slots in one call: poll instead.
+            time.sleep(min(block_ms, 10 if waiting else block_ms) / 1000)
+            return
+        streams = {st.keys[0]: st.tail for st in waiting}
+        try:
+            self.client.xread(streams, count=1, block=block_ms)
+        except rex.RedisError as err:
+            raise translate(err, "waiting for new entries") from err
+
+    # -- acks, retries, dead letters --------------------------------------------------------
+    def ack(
+        self, parts: dict[TopicPartition, PartitionState], acks: dict[TopicPartition, list[str]]
+    ) -> list[tuple[PartitionState, FetchResult]]:
+        """Ack ids per partition in one round trip; returns the refused partitions."""
+        calls = [(parts[tp], ["ack", *parts[tp].args, *ids]) for tp, ids in acks.items() if ids]
+        acks.clear()
+        refused: list[tuple[PartitionState, FetchResult]] = []
+        if not calls:
+            return refused
+        for (st, call), reply in zip(
+            calls, self._run(calls, _CONSUME, "consume", "committing"), strict=True
+        ):
+            res = ack_result(reply)
+            if res.status != 1:
+                self._refuse(st, res, len(call) - 6, refused)
+        return refused
+
+    def retry(self, st: PartitionState, ids: list[str], max_deliveries: int) -> list[Record]:
+        """Deliver pending ids again (or dead-letter those out of deliveries)."""
+        return self._one(st, ["retry", *st.args, max_deliveries, *ids], "retrying")
+
+    def dead_letter(self, st: PartitionState, ids: list[str], reason: str) -> None:
+        """Move pending ids to the dead-letter stream with ``reason``, and ack them."""
+        self._one(st, ["dead", *st.args, reason, *ids], "dead-lettering")
+
+    def seek(self, st: PartitionState, new_id: str) -> str:
+        """Fenced XGROUP SETID of the partition (pending entries are forgotten)."""
+        reply = self._run([(st, [st.args[0], st.fence, new_id, "0"])], _SEEK, "seek", "seeking")[0]
+        status = int(reply[0])
+        if status != 1:
+            detail = reply[1].decode() if isinstance(reply[1], bytes) else str(reply[1])
+            if status == 0:
+                raise NotOwnerError(f"cannot seek {st.topic}/{st.partition}: {detail} owns it")
+            raise StateLostError(f"cannot seek {st.topic}/{st.partition}: the {detail} is gone")
+        st.cursor, st.tail = "", ""
+        return reply[1].decode() if isinstance(reply[1], bytes) else str(reply[1])
+
+    # -- plumbing ---------------------------------------------------------------------------
+    def _one(self, st: PartitionState, args: list[Any], what: str) -> list[Record]:
+        res = retry_result(
+            st.topic, st.partition, self._run([(st, args)], _CONSUME, "consume", what)[0]
+        )
+        if res.status == 0:
+            raise NotOwnerError(f"{what} {st.topic}/{st.partition}: {res.detail} owns it now")
+        if res.status == -1:
+            raise _lost(st, res.detail)
+        self.dead_lettered += res.dead
+        return res.records
+
+    def _refuse(
+        self,
+        st: PartitionState,
+        res: FetchResult,
+        n_acks: int,
+        refused: list[tuple[PartitionState, FetchResult]],
+    ) -> None:
+        if res.status == -1:
+            raise _lost(st, res.detail)
+        self.refused_acks += n_acks
+        refused.append((st, res))
+
+    def _run(
+        self, calls: list[tuple[PartitionState, list[Any]]], digest: str, name: str, what: str
+    ) -> list[Any]:
+        for attempt in (0, 1):
+            pipe = self.client.pipeline(transaction=False)
+            for st, args in calls:
+                pipe.evalsha(
+                    digest, len(st.keys) if name == "consume" else 3, *_keys(st, name), *args
+                )
+            try:
+                replies: list[Any] = pipe.execute(raise_on_error=False)
+            except rex.RedisError as err:
+                raise translate(err, what) from err
+            errors = [r for r in replies if isinstance(r, Exception)]
+            if not errors:
+                return replies
+            if attempt == 0 and any(is_noscript(e) for e in errors):
+                self.conn.scripts.load(name)  # the server restarted or flushed its scripts
+                continue
+            raise translate(errors[0], what) from errors[0]
+        raise AssertionError("unreachable")
+
+
+def _keys(st: PartitionState, name: str) -> list[str]:
+    return st.keys if name == "consume" else st.keys[:3]
+
+
+def _lost(st: PartitionState, what: str) -> StateLostError:
+    return StateLostError(
+        f"the {what} of {st.topic}/{st.partition} vanished under this consumer (server "
+        "restarted without persistence, or a key was deleted or evicted); partstream will "
+        "not re-create it silently: decide where the group resumes with "
+        "`partstream group seek ... --execute`"
+    )

@@ -1,0 +1,240 @@
+"""Group positions per partition: seek and reset plans, and lag.
+
+A group's position on a partition is its stream consumer group's last-delivered id. A seek
+moves it with XGROUP SETID (``seek.lua``), forgetting the group's pending entries there, so
+the group then reads every entry after the new id exactly once. ``plan_group_seek`` only
+reads; :func:`execute` changes the server, and only while the group has no live member.
+
+Lag of a partition = entries not yet delivered to the group + entries delivered but not acked
+(pending). The server's own ``lag`` is used when it has one; when it is NULL (after a SETID
+or deletions) the entries after the last-delivered id are counted (``lag.lua``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import redis.exceptions as rex
+
+from coordinator.errors import ConfigError, PartstreamError, StateLostError, translate
+from coordinator.group import GroupAdmin
+from coordinator.keys import validate_name
+from partitions.connection import Connection
+from partitions.records import GroupStreamInfo, group_infos_from_reply, parse_id
+from partitions.topics import TopicAdmin
+
+# Counting undelivered entries stops here; beyond it lag is a lower bound (exact=False).
+LAG_COUNT_LIMIT = 1_000_000
+_MAX_SEQ = 18446744073709551615
+
+
+def time_id(ms: int) -> str:
+    """The last-delivered id that makes a group read from time ``ms`` on (ms-0 minus one)."""
+    return "0" if ms <= 0 else f"{ms - 1}-{_MAX_SEQ}"
+
+
+def target_id(to: str | int) -> str:
+    """Resolve a seek target: 'earliest' -> '0', 'latest' -> '$', an int or '@EPOCH_MS' ->
+    just before that time, or an entry id ('ms' or 'ms-seq'; reading continues after it)."""
+    if isinstance(to, bool):
+        raise ConfigError(f"not a seek target: {to!r}")
+    if isinstance(to, int):
+        return time_id(to)
+    if to == "earliest":
+        return "0"
+    if to == "latest":
+        return "$"
+    if to.startswith("@"):
+        if not to[1:].isdigit():
+            raise ConfigError(f"a time target is @EPOCH_MS, got {to!r}")
+        return time_id(int(to[1:]))
+    try:
+        ms, seq = parse_id(to)
+    except ValueError:
+        raise ConfigError(
+            f"seek target {to!r} is not earliest, latest, @EPOCH_MS or an entry id"
+        ) from None
+    return f"{ms}-{seq}"
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionOffset:
+    """Where a group is on one partition."""
+
+    topic: str
+    partition: int
+    last_delivered_id: str | None  # None: the group never read this partition
+    pending: int
+    lag: int  # undelivered + pending
+    exact: bool  # False when counting stopped at LAG_COUNT_LIMIT
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class SeekStep:
+    """One partition of a seek plan."""
+
+    topic: str
+    partition: int
+    current: str | None  # last-delivered id now (None: the group never read it)
+    new: str  # the id SETID will use ('0', '$' or an explicit id)
+    pending: int  # entries the seek forgets (acked without being processed again)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class SeekPlan:
+    """What a group seek would change, per partition. Nothing changes until executed."""
+
+    group: str
+    to: str
+    steps: tuple[SeekStep, ...]
+    executed: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "group": self.group,
+            "to": self.to,
+            "executed": self.executed,
+            "partitions": [s.to_dict() for s in self.steps],
+        }
+
+
+def _group_topics(conn: Connection, group: str, topic: str | None) -> dict[str, int]:
+    if topic is not None:
+        return {topic: TopicAdmin(conn).get(topic).partitions}
+    topics = GroupAdmin(conn.client, conn.keys).describe(group).topics
+    if not topics:
+        raise ConfigError(f"group {group!r} has no topics yet; name one with --topic")
+    return dict(sorted(topics.items()))
+
+
+def _group_infos(
+    conn: Connection, group: str, topics: dict[str, int]
+) -> list[tuple[str, int, GroupStreamInfo | None]]:
+    parts = [(t, p) for t, n in topics.items() for p in range(n)]
+    pipe = conn.client.pipeline(transaction=False)
+    for t, p in parts:
+        pipe.execute_command("XINFO", "GROUPS", conn.keys.stream(t, p))
+    try:
+        replies = pipe.execute(raise_on_error=False)
+    except rex.RedisError as err:
+        raise translate(err, f"reading positions of group {group}") from err
+    out: list[tuple[str, int, GroupStreamInfo | None]] = []
+    for (t, p), reply in zip(parts, replies, strict=True):
+        info = None
+        if isinstance(reply, Exception):
+            if "no such key" not in str(reply).lower():
+                raise translate(reply, f"reading positions of {t}/{p}")
+        else:
+            info = next((g for g in group_infos_from_reply(reply) if g.name == group), None)
+        out.append((t, p, info))
+    return out
+
+
+def group_offsets(conn: Connection, group: str, topic: str | None = None) -> list[PartitionOffset]:
+    """Per partition of the group's topics (or of ``topic``): position, pending and lag."""
+    validate_name(group, "group")
+    out = []
+    for t, p, info in _group_infos(conn, group, _group_topics(conn, group, topic)):
+        key = conn.keys.stream(t, p)
+        if info is None:
+            length = int(conn.client.xlen(key))
+            out.append(PartitionOffset(t, p, None, 0, length, True))
+            continue
+        exact = True
+        if info.lag is not None:
+            undelivered = info.lag
+        else:
+            reply = conn.scripts.call(
+                "lag", [key], [info.last_delivered_id, LAG_COUNT_LIMIT], f"lag of {t}/{p}"
+            )
+            undelivered, exact = int(reply[0]), bool(int(reply[1]))
+        out.append(
+            PartitionOffset(
+                t, p, info.last_delivered_id, info.pending, undelivered + info.pending, exact
+            )
+        )
+    return out
+
+
+def total_lag(offsets: list[PartitionOffset]) -> int:
+    return sum(o.lag for o in offsets)
+
+
+@dataclass(frozen=True, slots=True)
+class GroupLag:
+    """Lag of a group: per partition and in total."""
+
+    group: str
+    partitions: tuple[PartitionOffset, ...]
+
+    @property
+    def total_lag(self) -> int:
+        return total_lag(list(self.partitions))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "group": self.group,
+            "total_lag": self.total_lag,
+            "lag": [p.to_dict() for p in self.partitions],
+        }
+
+
+def group_lag(conn: Connection, group: str, topic: str | None = None) -> GroupLag:
+    """The group's lag per partition of its topics (or of ``topic``) and in total."""
+    return GroupLag(group, tuple(group_offsets(conn, group, topic)))
+
+
+def plan_group_seek(
+    conn: Connection, group: str, to: str | int, topic: str | None = None
+) -> SeekPlan:
+    """Plan moving ``group`` to ``to`` on every partition of its topics (or of ``topic``).
+
+    Reads only. ``to``: 'earliest', 'latest', an entry id, or a time (int or '@EPOCH_MS')."""
+    validate_name(group, "group")
+    new = target_id(to)
+    steps = [
+        SeekStep(t, p, info.last_delivered_id if info else None, new, info.pending if info else 0)
+        for t, p, info in _group_infos(conn, group, _group_topics(conn, group, topic))
+    ]
+    return SeekPlan(group, str(to), tuple(steps))
+
+
+def execute_group_seek(conn: Connection, plan: SeekPlan, *, force: bool = False) -> SeekPlan:
+    """Apply a plan: SETID on each partition (creating the group there if it is missing —
+    the explicit decision after a StateLostError). Refuses while the group has live members
+    (their reads would race the move) unless ``force``."""
+    if not force:
+        try:
+            members = GroupAdmin(conn.client, conn.keys).describe(plan.group).members
+        except PartstreamError:
+            members = ()
+        live = [m.member_id for m in members if not m.left]
+        if live:
+            raise ConfigError(
+                f"group {plan.group!r} has {len(live)} live member(s); stop them first (or force)"
+            )
+    k = conn.keys
+    for s in plan.steps:
+        reply = conn.scripts.call(
+            "seek",
+            [
+                k.stream(s.topic, s.partition),
+                k.fence(s.topic, s.partition),
+                k.stream_groups(s.topic, s.partition),
+            ],
+            [plan.group, "", s.new, "1"],
+            f"seeking {plan.group} on {s.topic}/{s.partition}",
+        )
+        if int(reply[0]) != 1:
+            raise StateLostError(f"seek of {s.topic}/{s.partition} failed: {reply[1]!r}")
+    return SeekPlan(plan.group, plan.to, plan.steps, executed=True)
+
+
+execute = execute_group_seek

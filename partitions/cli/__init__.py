@@ -13,6 +13,7 @@ from partitions.cli.common import main
 from partitions.cli import topics as _topics  # noqa: F401  isort: skip
 from partitions.cli import produce as _produce  # noqa: F401  isort: skip
 from partitions.cli import server as _server  # noqa: F401  isort: skip
+from partitions.cli import bench as _bench  # noqa: F401  isort: skip
 from partitions.cli import demo as _demo  # noqa: F401  isort: skip
 
 __all__ = ["main"]

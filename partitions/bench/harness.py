@@ -1,0 +1,133 @@
+"""The entry point of ``partstream bench``: run one mode, compare, check targets, save.
+
+:func:`run_bench` is what the CLI calls. It picks the server (``url`` or a private embedded
+Valkey), runs the mode's sides in alternating order (``repeat`` rounds), computes the
+ratios against the baselines measured in the same run, checks the issue's targets, and
+writes the results file (``out``) and plot (``plot``) when asked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import orjson
+
+from partitions.bench.env import (
+    BenchServer,
+    bench_server,
+    drop_namespace,
+    environment,
+    new_namespace,
+)
+from partitions.bench.options import BenchOptions
+from partitions.bench.output import BenchResult, phase_header
+from partitions.bench.stats import RunResult, Target, median, ratio
+from partitions.bench.workers import Progress
+
+# The issue's targets.
+PRODUCE_GOAL = 2.0  # partstream / redis-py records/s
+CONSUME_GOAL = 1.0
+E2E_P99_GOAL = 1.5  # partstream p99 / raw p99, at most
+
+
+class Bench:
+    """One invocation's context: server, options, where progress goes."""
+
+    def __init__(
+        self,
+        server: BenchServer,
+        opts: BenchOptions,
+        progress: Progress,
+        say: Callable[[str], None],
+    ) -> None:
+        self.server = server
+        self.opts = opts
+        self.progress = progress
+        self.say = say
+        self.ns = new_namespace()
+
+    def cleanup(self) -> None:
+        with self.server.connect(self.ns) as conn:
+            drop_namespace(conn)
+
+
+def _produce(b: Bench, result: BenchResult) -> None:
+    from partitions.bench import produce
+
+    o = b.opts
+    shape = (
+        f"{o.records} records of {o.record_size} B, {o.partitions} partitions, "
+        f"{o.keys} keys, batch {o.batch_size}, {o.producers} producer process(es)"
+    )
+    sides = [("partstream", produce.run_partstream), ("redis-py", produce.run_redis_py)]
+    rounds: list[float] = []
+    for r in range(o.repeat):
+        got: dict[str, RunResult] = {}
+        for name, fn in sides if r % 2 == 0 else sides[::-1]:
+            b.say(phase_header(name, shape + f", linger {o.linger('produce')} ms"))
+            produce.create_topics(b.server, b.ns, o, produce.PS_TOPIC, produce.RAW_TOPIC)
+            try:
+                got[name] = fn(b.server, b.ns, o, b.progress)
+            finally:
+                produce.delete_topics(b.server, b.ns, produce.PS_TOPIC, produce.RAW_TOPIC)
+            got[name].extra["round"] = r
+            result.runs.append(got[name])
+        rounds.append(ratio(got["partstream"].rate, got["redis-py"].rate))
+    result.ratios["partstream/redis-py"] = median(rounds)
+    if o.repeat > 1:
+        result.extra["round_ratios"] = [round(x, 3) for x in rounds]
+    if o.redis_benchmark:
+        b.say(
+            phase_header("redis-benchmark", f"XADD -P {o.batch_size} over {o.partitions} streams")
+        )
+        rb = produce.run_redis_benchmark(b.server, b.ns, o)
+        b.cleanup()
+        if rb is None:
+            result.notes.append("redis-benchmark not found: no machine-limit figure")
+        else:
+            result.runs.append(rb)
+            best = max(r.rate for r in result.runs if r.name == "partstream")
+            result.ratios["partstream/redis-benchmark"] = ratio(best, rb.rate)
+    result.targets.append(
+        Target("produce partstream/redis-py", result.ratios["partstream/redis-py"], PRODUCE_GOAL)
+    )
+
+
+MODES: dict[str, Callable[[Bench, BenchResult], None]] = {"produce": _produce}
+
+
+def run_bench(
+    mode: str,
+    opts: BenchOptions,
+    *,
+    url: str | None = None,
+    command: str = "",
+    progress: Progress | None = None,
+    say: Callable[[str], None] = lambda _: None,
+    out: Path | None = None,
+    plot: Path | None = None,
+) -> BenchResult:
+    """Run ``mode`` (produce, consume, e2e, rebalance) and return what it measured."""
+    progress = progress or Progress()
+    with bench_server(url) as server:
+        b = Bench(server, opts, progress, say)
+        with server.connect(b.ns) as conn:
+            env = environment(conn, server)
+        result = BenchResult(mode, command, opts.to_dict(mode), env)
+        try:
+            MODES[mode](b, result)
+            if opts.peers:
+                from partitions.bench.peers import run_peers
+
+                run_peers(b, result)
+        finally:
+            b.cleanup()
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(orjson.dumps(result.to_dict(), option=orjson.OPT_INDENT_2) + b"\n")
+    if plot is not None:
+        from partitions.bench.plot import plot_result
+
+        plot_result(result, plot)
+    return result

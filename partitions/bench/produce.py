@@ -1,0 +1,218 @@
+"""``partstream bench produce``: the producer against a redis-py loop and redis-benchmark.
+
+All three write the same keyed records (``--records``, ``--record-size``, ``--keys``) over
+the same number of partitions in the same run:
+
+* **partstream**: :class:`~partitions.Producer` with ``batch_size`` and ``linger_ms``;
+* **redis-py**: the best plain loop: route each record with the same xxh3 rule, queue an
+  ``XADD`` in a non-transactional pipeline, execute every ``batch_size`` records;
+* **redis-benchmark**: pipelined ``XADD`` from the C tool, ``-P batch_size`` over
+  ``partitions`` streams: the machine's limit, not a target.
+
+Latency is the time from handing a record to the client until its append is acknowledged,
+sampled on one record in :data:`~partitions.bench.options.SAMPLE_EVERY`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import shutil
+import subprocess
+import time
+from array import array
+from collections.abc import Callable
+from typing import Any
+
+from xxhash import xxh3_64_intdigest
+
+from partitions.bench.env import BenchServer
+from partitions.bench.options import BenchOptions, make_chunks, make_values, split
+from partitions.bench.stats import Latency, RunResult
+from partitions.bench.workers import Counters, Progress, WorkerOutput, run_workers
+from partitions.config import ProducerConfig
+from partitions.producer import Producer, RecordFuture
+from partitions.topics import TopicAdmin, TopicSpec
+
+RAW_TOPIC = "raw"
+PS_TOPIC = "ps"
+
+
+def _chunks_for(opts: BenchOptions, count: int, first: int) -> Any:
+    """Yield the ``count`` records of one worker, chunk by chunk."""
+    chunks = make_chunks(opts, count, first)
+    left, c = count, 0
+    while left > 0:
+        chunk = chunks[c % len(chunks)]
+        if len(chunk) > left:
+            chunk = chunk[:left]
+        left -= len(chunk)
+        c += 1
+        yield chunk
+
+
+def produce_partstream(
+    index: int, counters: Counters, ready: Callable[[], None], arg: Any
+) -> WorkerOutput:
+    """Worker: send ``count`` records with the partstream producer, then flush."""
+    server, ns, opts, topic, count, first = arg
+    conn = server.connect(ns)
+    cfg = ProducerConfig(
+        batch_size=opts.batch_size,
+        linger_ms=opts.linger("produce"),
+        buffer_records=max(200_000, 4 * opts.batch_size),
+    )
+    lat = array("d")
+    perf = time.perf_counter
+
+    def sampled(sent: float) -> Callable[[RecordFuture], None]:
+        def done(_: RecordFuture) -> None:
+            ms = (perf() - sent) * 1000.0
+            lat.append(ms)
+            counters.latency(ms)
+
+        return done
+
+    chunks = list(_chunks_for(opts, count, first)) if count <= 100_000 else None
+    with Producer(conn, cfg) as producer:
+        send = producer.send
+        send(topic, b"warm-up", key=b"warm-up").result(30)  # metadata + script cached
+        ready()
+        started = time.monotonic()
+        done = 0
+        for chunk in chunks if chunks is not None else _chunks_for(opts, count, first):
+            k0, v0 = chunk[0]
+            send(topic, v0, key=k0).add_done_callback(sampled(perf()))
+            for k, v in chunk[1:]:
+                send(topic, v, key=k)
+            done += len(chunk)
+            counters.done(done)
+        producer.flush()
+        ended = time.monotonic()
+    conn.close()
+    return WorkerOutput(count, started, ended, lat)
+
+
+def produce_redis_py(
+    index: int, counters: Counters, ready: Callable[[], None], arg: Any
+) -> WorkerOutput:
+    """Worker: the plain redis-py loop: route, pipelined XADD, execute every batch."""
+    server, ns, opts, topic, count, first = arg
+    conn = server.connect(ns)
+    n = opts.partitions
+    streams = [conn.keys.stream(topic, p).encode() for p in range(n)]
+    pipe = conn.client.pipeline(transaction=False)
+    lat = array("d")
+    perf = time.perf_counter
+    pending: list[float] = []
+    batch = opts.batch_size
+    chunks = list(_chunks_for(opts, count, first)) if count <= 100_000 else None
+    conn.client.ping()
+    ready()
+    started = time.monotonic()
+    done = queued = 0
+    for chunk in chunks if chunks is not None else _chunks_for(opts, count, first):
+        pending.append(perf())
+        for k, v in chunk:
+            pipe.xadd(streams[xxh3_64_intdigest(k) % n], {b"key": k, b"value": v})
+        queued += len(chunk)
+        if queued >= batch:
+            pipe.execute()
+            now = perf()
+            for sent in pending:
+                ms = (now - sent) * 1000.0
+                lat.append(ms)
+                counters.latency(ms)
+            pending.clear()
+            queued = 0
+        done += len(chunk)
+        counters.done(done)
+    if queued:
+        pipe.execute()
+        now = perf()
+        lat.extend((now - sent) * 1000.0 for sent in pending)
+    ended = time.monotonic()
+    conn.close()
+    return WorkerOutput(count, started, ended, lat)
+
+
+def run_partstream(
+    server: BenchServer, ns: str, opts: BenchOptions, progress: Progress, topic: str = PS_TOPIC
+) -> RunResult:
+    return _run("partstream", produce_partstream, server, ns, opts, progress, topic)
+
+
+def run_redis_py(
+    server: BenchServer, ns: str, opts: BenchOptions, progress: Progress, topic: str = RAW_TOPIC
+) -> RunResult:
+    return _run("redis-py", produce_redis_py, server, ns, opts, progress, topic)
+
+
+def _run(
+    name: str,
+    fn: Any,
+    server: BenchServer,
+    ns: str,
+    opts: BenchOptions,
+    progress: Progress,
+    topic: str,
+) -> RunResult:
+    shares = split(opts.records, opts.producers)
+    firsts = [sum(shares[:i]) for i in range(len(shares))]
+    args = [(server, ns, opts, topic, c, f) for c, f in zip(shares, firsts, strict=True)]
+    timeout = max(120.0, opts.records / 2000.0)
+    return run_workers(name, fn, args, opts.record_size, progress, timeout=timeout,
+                       expected=opts.records)  # fmt: skip
+
+
+def create_topics(server: BenchServer, ns: str, opts: BenchOptions, *names: str) -> None:
+    with server.connect(ns) as conn:
+        admin = TopicAdmin(conn)
+        for name in names:
+            admin.create(TopicSpec(name, opts.partitions))
+
+
+def delete_topics(server: BenchServer, ns: str, *names: str) -> None:
+    with server.connect(ns) as conn:
+        admin = TopicAdmin(conn)
+        for name in names:
+            admin.delete(name)
+
+
+def run_redis_benchmark(server: BenchServer, ns: str, opts: BenchOptions) -> RunResult | None:
+    """Pipelined XADD from ``redis-benchmark`` over ``partitions`` streams; None if absent."""
+    exe = shutil.which("redis-benchmark")
+    if exe is None:
+        return None
+    value = make_values(opts.record_size, 1)[0].decode()
+    cmd = [
+        exe, *server.redis_benchmark_args(),
+        "-n", str(opts.records), "-P", str(opts.batch_size), "-c", str(opts.producers),
+        "-r", str(opts.partitions), "--csv",
+        "XADD", f"{ns}:rb:__rand_int__", "*", "key", "k__rand_int__", "value", value,
+    ]  # fmt: skip
+    started = time.monotonic()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+    seconds = time.monotonic() - started
+    rows = list(csv.reader(io.StringIO(proc.stdout)))
+    if proc.returncode != 0 or len(rows) < 2:
+        return RunResult("redis-benchmark", 0, seconds, opts.record_size, Latency.of([]),
+                         note=f"failed: {(proc.stderr or proc.stdout).strip()[:200]}")  # fmt: skip
+    head, row = rows[0], rows[-1]
+    data = dict(zip(head, row, strict=False))
+    rps = float(data["rps"])
+    lat = Latency(
+        samples=0,
+        avg=float(data.get("avg_latency_ms", 0)),
+        max=float(data.get("max_latency_ms", 0)),
+        p50=float(data.get("p50_latency_ms", 0)),
+        p95=float(data.get("p95_latency_ms", 0)),
+        p99=float(data.get("p99_latency_ms", 0)),
+        p999=float(data.get("p99_latency_ms", 0)),
+    )
+    note = (
+        f"C client, -P {opts.batch_size} -c {opts.producers}; latency per pipelined batch; "
+        "p99.9 not reported (= p99)"
+    )
+    return RunResult("redis-benchmark", opts.records, opts.records / rps, opts.record_size,
+                     lat, note=note)  # fmt: skip

@@ -1,0 +1,138 @@
+"""``partstream bench produce|consume|e2e|rebalance``: the load harness (a thin layer)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+import orjson
+
+from partitions.bench.harness import run_bench
+from partitions.bench.options import BenchOptions
+from partitions.bench.output import csv_text, summary_text, window_line
+from partitions.bench.stats import Window
+from partitions.bench.workers import Progress
+from partitions.cli.common import State, main, pass_state
+
+_DEFAULTS = BenchOptions()
+
+
+def _options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    opts = [
+        click.option("--records", "-n", type=int, default=_DEFAULTS.records, show_default=True,
+                     help="Records per measured side (produce, consume)."),
+        click.option("--record-size", type=int, default=_DEFAULTS.record_size,
+                     show_default=True, help="Value bytes per record."),
+        click.option("--partitions", "-p", type=int, default=_DEFAULTS.partitions,
+                     show_default=True),
+        click.option("--keys", type=int, default=_DEFAULTS.keys, show_default=True,
+                     help="Distinct record keys."),
+        click.option("--producers", type=int, default=_DEFAULTS.producers, show_default=True,
+                     help="Producer processes."),
+        click.option("--consumers", type=int, default=_DEFAULTS.consumers, show_default=True,
+                     help="Consumer processes."),
+        click.option("--batch-size", type=int, default=_DEFAULTS.batch_size,
+                     show_default=True, help="Producer batch / pipeline / read count."),
+        click.option("--linger-ms", type=float, default=None,
+                     help="Producer linger [default: 5 for produce/consume, 0 otherwise]."),
+        click.option("--rate", type=float, default=_DEFAULTS.rate, show_default=True,
+                     help="Records/s of the fixed-rate load (e2e, rebalance)."),
+        click.option("--duration", type=float, default=_DEFAULTS.duration, show_default=True,
+                     help="Seconds of fixed-rate load (e2e; rebalance: per phase)."),
+        click.option("--interval", type=float, default=_DEFAULTS.interval, show_default=True,
+                     help="Seconds per reporting window."),
+        click.option("--repeat", type=int, default=_DEFAULTS.repeat, show_default=True,
+                     help="Alternating rounds; ratios are the median round's."),
+        click.option("--redis-benchmark/--no-redis-benchmark", default=True,
+                     show_default=True, help="Also run redis-benchmark (produce)."),
+        click.option("--peers", is_flag=True, help="Also run NATS / FastStream if installed."),
+        click.option("--url", "bench_url", help="Server URL [default: the global --url, "
+                     "else a private embedded Valkey started for this run]."),
+        click.option("--format", "fmt", type=click.Choice(["text", "json", "csv"]),
+                     default="text", show_default=True),
+        click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+                     help="Write the results (with the environment) as JSON to FILE."),
+        click.option("--plot", type=click.Path(dir_okay=False, path_type=Path),
+                     help="Draw throughput over time and latency to FILE.png (matplotlib)."),
+    ]  # fmt: skip
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
+def _command(mode: str, params: dict[str, Any]) -> str:
+    """The invocation, canonical: every option that differs from its default."""
+    parts = ["partstream", "bench", mode]
+    ctx = click.get_current_context()
+    for p in ctx.command.params:
+        if not isinstance(p, click.Option) or p.name is None or p.name not in params:
+            continue
+        value = params[p.name]
+        if value == p.default or value is None:
+            continue
+        flag = max(p.opts, key=len)
+        if p.is_flag:
+            parts.append(flag if value else (p.secondary_opts or [flag])[0])
+        else:
+            parts += [flag, str(value)]
+    return " ".join(parts)
+
+
+def _bench(state: State, mode: str, params: dict[str, Any]) -> None:
+    fmt: str = params.pop("fmt")
+    out: Path | None = params.pop("out")
+    plot: Path | None = params.pop("plot")
+    url = params.pop("bench_url") or state.url
+    command = _command(mode, {**params, "bench_url": url, "fmt": fmt, "out": out, "plot": plot})
+    opts = BenchOptions(**params)
+    tty = sys.stderr.isatty()
+    text = fmt == "text"
+
+    def on_window(name: str, w: Window) -> None:
+        if tty:
+            click.echo("\r\033[K", nl=False, err=True)
+        click.echo(window_line(name, w))
+
+    def live(line: str) -> None:
+        click.echo(f"\r\033[K{line}", nl=False, err=True)
+
+    progress = Progress(on_window if text else None, live if tty else None, opts.interval)
+    result = run_bench(
+        mode, opts, url=url, command=command, progress=progress,
+        say=click.echo if text else (lambda _: None), out=out, plot=plot,
+    )  # fmt: skip
+    if tty:
+        click.echo("\r\033[K", nl=False, err=True)
+    if fmt == "json":
+        click.echo(orjson.dumps(result.to_dict(), option=orjson.OPT_INDENT_2).decode())
+    elif fmt == "csv":
+        click.echo(csv_text(result), nl=False)
+    else:
+        click.echo(summary_text(result))
+    if not all(t.met for t in result.targets):
+        click.echo("some targets were missed (see above)", err=True)
+
+
+@main.group("bench")
+def bench_group() -> None:
+    """Load benchmarks against baselines measured in the same run."""
+
+
+def _mode(name: str, doc: str) -> None:
+    @pass_state
+    def cmd(state: State, /, **params: Any) -> None:
+        _bench(state, name, params)
+
+    cmd.__doc__ = doc
+    bench_group.command(name)(_options(cmd))
+
+
+_mode("produce", "Producer throughput vs a redis-py XADD pipeline loop and redis-benchmark.")
+_mode("consume", "Consumer throughput vs a redis-py XREADGROUP + XACK loop.")
+_mode("e2e", "Fixed-rate end-to-end latency vs a raw XADD -> XREADGROUP BLOCK loop.")
+_mode("rebalance", "Join / leave / kill -9: time to reconcile and pauses of unmoved partitions.")
+
+__all__ = ["bench_group"]

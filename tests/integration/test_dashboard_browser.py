@@ -1,0 +1,142 @@
+"""The demo in a real headless Chromium: produce, kill a consumer, watch the group recover.
+
+Starts ``partstream demo`` as a process (with its consumer fleet) against the test server,
+drives the page with Playwright (Debian's chromium by path) and saves a screenshot to
+``artifacts/dashboard.png``. Every process it started is stopped by pid at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from partitions.config import ClientConfig
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
+pytestmark = pytest.mark.timeout(150)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _state(base: str) -> dict:  # type: ignore[type-arg]
+    with urllib.request.urlopen(base + "api/state", timeout=10) as res:
+        return orjson.loads(res.read())  # type: ignore[no-any-return]
+
+
+def _wait(pred, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(Exception):
+            if pred():
+                return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@pytest.fixture
+def demo(client_config: ClientConfig) -> Iterator[str]:
+    if CHROMIUM is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed (CI installs Debian's chromium)")
+        pytest.skip("chromium is not installed")
+    assert client_config.url is not None
+    port = _free_port()
+    log = open(ARTIFACTS / "demo.log", "wb") if ARTIFACTS.exists() else subprocess.DEVNULL  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "partitions", "--url", client_config.url,
+         "--namespace", client_config.namespace, "demo", "--port", str(port)],
+        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}/"
+    worker_pids: set[int] = set()
+    try:
+        _wait(lambda: _state(base)["workers"], 30, "the demo to serve its state")
+        yield base
+    finally:
+        with contextlib.suppress(Exception):
+            worker_pids = {w["pid"] for w in _state(base)["workers"]}
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        for pid in worker_pids:  # the demo stops its fleet; make sure of it
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_demo_in_chromium(demo: str) -> None:
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    start_ms = int(time.time() * 1000) - 1
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"],
+        )  # fmt: skip
+        try:
+            page = browser.new_page(viewport={"width": 1500, "height": 1100})
+            page.goto(demo)
+            page.wait_for_function("document.getElementById('conn').textContent === 'live'")
+            lag = page.get_by_test_id("lag-notifications")
+
+            # produce 1,000 events; the fleet drains them
+            page.fill("#produce-count", "1000")
+            page.get_by_test_id("produce").click()
+            page.wait_for_function(
+                "document.getElementById('log').textContent.includes('produced 1000')"
+            )
+            _wait(lambda: lag.inner_text() == "0", 60, "notifications lag to drain")
+
+            # kill -9 one notifications consumer: its partitions move to the survivor
+            owners = lambda: [  # noqa: E731
+                page.get_by_test_id(f"owner-notifications-{p}").inner_text() for p in range(8)
+            ]
+            before = owners()
+            victim = "notifications-1"
+            assert victim in before, before
+            page.locator(f"button[data-worker='{victim}'][data-action='kill']").click()
+            _wait(
+                lambda: all(o not in ("-", victim) for o in owners()),
+                30,
+                "the group to rebalance away from the killed consumer",
+            )
+            after = owners()
+            assert after != before and victim not in after
+            epoch_text = page.get_by_test_id("epoch-notifications").inner_text()
+            assert int(epoch_text) >= 2
+            page.get_by_test_id("produce").click()  # 1000 more while one consumer is down
+            _wait(lambda: lag.inner_text() == "0", 60, "lag to drain after the rebalance")
+
+            # reset the group to a time before everything: lag rises, then drains again
+            page.fill("#reset-to", f"@{start_ms}")
+            page.select_option("#group-select", "notifications")
+            page.get_by_test_id("reset-group").click()
+            _wait(lambda: int(lag.inner_text()) > 0, 15, "lag to rise after the reset")
+            _wait(lambda: lag.inner_text() == "0", 90, "lag to drain after the reset")
+            page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+            # every consumer process saw each tenant's events in order
+            state = _state(demo)
+            assert all(w["out_of_order"] == 0 for w in state["workers"]), state["workers"]
+        finally:
+            browser.close()

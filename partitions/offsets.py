@@ -238,3 +238,36 @@ def execute_group_seek(conn: Connection, plan: SeekPlan, *, force: bool = False)
 
 
 execute = execute_group_seek
+
+
+def describe_with_lag(conn: Connection, group: str) -> dict[str, Any]:
+    """``GroupDescription.to_dict()`` plus, per partition of the group's topics,
+    ``last_delivered_id``, ``pending`` and ``lag``, and the group's ``total_lag``.
+    Partitions nobody owns are listed with ``owner`` None."""
+    desc = GroupAdmin(conn.client, conn.keys).describe(group)
+    data = desc.to_dict()
+    owners = {(p["topic"], p["partition"]): p for p in data["partitions"]}
+    offsets = group_offsets(conn, group) if desc.topics else []
+    rows = []
+    for off in offsets:
+        row = owners.pop(
+            (off.topic, off.partition),
+            {
+                "topic": off.topic,
+                "partition": off.partition,
+                "owner": None,
+                "token": None,
+                "epoch": None,
+            },
+        )
+        row.update(
+            last_delivered_id=off.last_delivered_id,
+            pending=off.pending,
+            lag=off.lag,
+            lag_exact=off.exact,
+        )
+        rows.append(row)
+    rows += owners.values()  # owned partitions of topics the group no longer lists
+    data["partitions"] = rows
+    data["total_lag"] = total_lag(offsets)
+    return data

@@ -94,7 +94,83 @@ def _produce(b: Bench, result: BenchResult) -> None:
     )
 
 
-MODES: dict[str, Callable[[Bench, BenchResult], None]] = {"produce": _produce}
+def _consume(b: Bench, result: BenchResult) -> None:
+    from partitions.bench import consume
+
+    o = b.opts
+    b.say(phase_header("setup", f"producing {o.records} records to {o.partitions} partitions"))
+    consume.prepare(b.server, b.ns, o)
+    shape = (
+        f"{o.records} records of {o.record_size} B, {o.partitions} partitions, "
+        f"read {o.batch_size} at a time, {o.consumers} consumer process(es)"
+    )
+    sides = [("partstream", consume.run_partstream), ("redis-py", consume.run_redis_py)]
+    rounds: list[float] = []
+    for r in range(o.repeat):
+        got: dict[str, RunResult] = {}
+        for name, fn in sides if r % 2 == 0 else sides[::-1]:
+            b.say(phase_header(name, shape))
+            got[name] = fn(b.server, b.ns, o, b.progress, f"{name.replace('-', '')}{r}")
+            got[name].extra["round"] = r
+            result.runs.append(got[name])
+        rounds.append(ratio(got["partstream"].rate, got["redis-py"].rate))
+    result.ratios["partstream/redis-py"] = median(rounds)
+    if o.repeat > 1:
+        result.extra["round_ratios"] = [round(x, 3) for x in rounds]
+    result.notes.append("consume latency = duration of one poll / XREADGROUP+XACK call")
+    result.targets.append(
+        Target("consume partstream/redis-py", result.ratios["partstream/redis-py"], CONSUME_GOAL)
+    )
+
+
+def _e2e(b: Bench, result: BenchResult) -> None:
+    from partitions.bench import e2e
+    from partitions.bench.produce import create_topics, delete_topics
+
+    o = b.opts
+    shape = (
+        f"{o.rate:g} records/s for {o.duration:g} s, {o.record_size} B, {o.partitions} "
+        f"partitions, {o.producers} producer(s) -> {o.consumers} consumer process(es), "
+        f"linger {o.linger('e2e')} ms"
+    )
+    sides = [("partstream", "e2eps"), ("raw", "e2eraw")]
+    rounds: dict[str, list[float]] = {"p50": [], "p99": [], "p999": []}
+    for r in range(o.repeat):
+        got: dict[str, RunResult] = {}
+        for name, topic in sides if r % 2 == 0 else sides[::-1]:
+            b.say(phase_header(name, shape))
+            create_topics(b.server, b.ns, o, topic)
+            try:
+                got[name] = e2e.run_side(name, b.server, b.ns, o, b.progress, topic)
+            finally:
+                delete_topics(b.server, b.ns, topic)
+            got[name].extra["round"] = r
+            result.runs.append(got[name])
+        ps, raw = got["partstream"].latency, got["raw"].latency
+        rounds["p50"].append(ratio(ps.p50, raw.p50))
+        rounds["p99"].append(ratio(ps.p99, raw.p99))
+        rounds["p999"].append(ratio(ps.p999, raw.p999))
+    for pct, values in rounds.items():
+        result.ratios[f"{pct} latency partstream/raw"] = median(values)
+    for run in result.runs:
+        if run.extra.get("lost"):
+            result.notes.append(f"{run.name}: {run.extra['lost']} records not received in time")
+    result.notes.append("e2e latency from the intended send time (coordinated omission)")
+    result.targets.append(
+        Target(
+            f"e2e p99 latency partstream/raw at {o.rate:g} records/s",
+            result.ratios["p99 latency partstream/raw"],
+            E2E_P99_GOAL,
+            higher_is_better=False,
+        )
+    )
+
+
+MODES: dict[str, Callable[[Bench, BenchResult], None]] = {
+    "e2e": _e2e,
+    "produce": _produce,
+    "consume": _consume,
+}
 
 
 def run_bench(

@@ -36,11 +36,12 @@ class Counters:
     Unlocked on purpose: one writer per slot, and a torn read only blurs one window.
     """
 
-    __slots__ = ("_d", "_i")
+    __slots__ = ("_all", "_d", "_i")
 
-    def __init__(self, ints: Any, doubles: Any) -> None:
+    def __init__(self, ints: Any, doubles: Any, all_ints: list[Any] | None = None) -> None:
         self._i = ints  # [records done]
         self._d = doubles  # [latency sum ms, latency samples, latency max ms]
+        self._all = all_ints if all_ints is not None else [ints]
 
     def done(self, n: int) -> None:
         self._i[0] = n
@@ -55,6 +56,10 @@ class Counters:
     @property
     def records(self) -> int:
         return int(self._i[0])
+
+    def total(self) -> int:
+        """Records done by all workers of the run (for a shared stop condition)."""
+        return sum(int(a[0]) for a in self._all)
 
 
 @dataclass(slots=True)
@@ -73,14 +78,14 @@ WorkerFn = Callable[[int, Counters, Callable[[], None], Any], WorkerOutput]
 
 
 def _worker_main(
-    fn: WorkerFn, index: int, ints: Any, doubles: Any, go: Any, out: Any, arg: Any
+    fn: WorkerFn, index: int, ints: list[Any], doubles: Any, go: Any, out: Any, arg: Any
 ) -> None:
     def ready() -> None:
         out.put(("ready", index, None))
         go.wait()
 
     try:
-        res = fn(index, Counters(ints, doubles), ready, arg)
+        res = fn(index, Counters(ints[index], doubles, ints), ready, arg)
         out.put(("done", index, res))
     except BaseException as err:  # report anything, the parent decides
         out.put(("error", index, f"{type(err).__name__}: {err}\n{traceback.format_exc()}"))
@@ -123,7 +128,7 @@ def run_workers(
     procs = [
         _ctx.Process(
             target=_worker_main,
-            args=(fn, i, ints[i], doubles[i], go, out, args[i]),
+            args=(fn, i, ints, doubles[i], go, out, args[i]),
             name=f"bench-{name}-{i}",
             daemon=True,
         )

@@ -1,0 +1,158 @@
+"""``partstream bench consume``: the consumer against a plain redis-py read/ack loop.
+
+``records`` keyed records are produced once (not measured) to one topic; then each side
+reads all of them with a group of its own, so both read exactly the same entries:
+
+* **partstream**: :class:`~partitions.consumer.Consumer` processes (``consumers``), each
+  polling ``batch_size`` records (auto-commit acks them on the next poll);
+* **redis-py**: ``XREADGROUP COUNT batch_size`` over all partition streams, each entry
+  decoded into a :class:`~partitions.records.Record`, then one pipelined ``XACK`` per stream.
+
+A side stops when the workers together have handled ``records`` records, after their last
+acks. Latency here is the time of one poll / read call (ms), not an end-to-end figure.
+"""
+
+from __future__ import annotations
+
+import time
+from array import array
+from collections.abc import Callable
+from typing import Any
+
+from coordinator.group import GroupAdmin
+from partitions.bench.env import BenchServer
+from partitions.bench.options import BenchOptions, make_chunks
+from partitions.bench.stats import RunResult
+from partitions.bench.workers import Counters, Progress, WorkerOutput, run_workers
+from partitions.config import ConsumerConfig, ProducerConfig
+from partitions.consumer import Consumer
+from partitions.producer import Producer
+from partitions.records import read_reply_items, records_from_entries
+from partitions.topics import TopicAdmin, TopicSpec
+
+TOPIC = "cons"
+# Seconds the group may take to settle (every consumer assigned) before the run starts.
+SETTLE_S = 60.0
+
+
+def prepare(server: BenchServer, ns: str, opts: BenchOptions) -> None:
+    """Create the topic and produce the records both sides will read (not measured)."""
+    with server.connect(ns) as conn:
+        TopicAdmin(conn).create(TopicSpec(TOPIC, opts.partitions))
+        chunks = make_chunks(opts, opts.records)
+        cfg = ProducerConfig(batch_size=opts.batch_size, linger_ms=5.0)
+        with Producer(conn, cfg) as producer:
+            left, c = opts.records, 0
+            while left > 0:
+                chunk = chunks[c % len(chunks)][:left]
+                for k, v in chunk:
+                    producer.send(TOPIC, v, key=k)
+                left -= len(chunk)
+                c += 1
+
+
+def _wait_stable(server: BenchServer, ns: str, group: str, consumer: Consumer, n: int) -> None:
+    with server.connect(ns) as conn:
+        admin = GroupAdmin(conn.client, conn.keys)
+        deadline = time.monotonic() + SETTLE_S
+        while time.monotonic() < deadline:
+            mine = consumer.assignment()
+            try:
+                d = admin.describe(group)
+                if d.state == "stable" and len(d.members) == n and mine:
+                    return
+            except Exception:  # the group may not exist yet
+                pass
+            time.sleep(0.02)
+    raise TimeoutError(f"group {group} did not settle with {n} members in {SETTLE_S:.0f}s")
+
+
+def consume_partstream(
+    index: int, counters: Counters, ready: Callable[[], None], arg: Any
+) -> WorkerOutput:
+    """Worker: one Consumer polling until all workers together handled ``total`` records."""
+    server, ns, opts, group, total, nworkers = arg
+    conn = server.connect(ns)
+    cfg = ConsumerConfig(fetch_count=opts.batch_size, max_poll_records=opts.batch_size)
+    lat = array("d")
+    perf = time.perf_counter
+    consumer = Consumer(group, TOPIC, conn=conn, config=cfg)
+    _wait_stable(server, ns, group, consumer, nworkers)
+    ready()
+    started = time.monotonic()
+    mine = 0
+    while counters.total() < total:
+        t = perf()
+        batch = consumer.poll(opts.batch_size, timeout=0.05)
+        if batch:
+            ms = (perf() - t) * 1000.0
+            lat.append(ms)
+            counters.latency(ms)
+            mine += len(batch)
+            counters.done(mine)
+    consumer.commit()
+    ended = time.monotonic()
+    consumer.close()
+    conn.close()
+    return WorkerOutput(mine, started, ended, lat)
+
+
+def consume_redis_py(
+    index: int, counters: Counters, ready: Callable[[], None], arg: Any
+) -> WorkerOutput:
+    """Worker: XREADGROUP over all streams, decode into Records, pipelined XACK."""
+    server, ns, opts, group, total, _ = arg
+    conn = server.connect(ns)
+    client = conn.client
+    streams = {conn.keys.stream(TOPIC, p): p for p in range(opts.partitions)}
+    wanted = {s: ">" for s in streams}
+    pipe = client.pipeline(transaction=False)
+    name = f"c{index}"
+    lat = array("d")
+    perf = time.perf_counter
+    client.ping()
+    ready()
+    started = time.monotonic()
+    mine = 0
+    while counters.total() < total:
+        t = perf()
+        reply = client.xreadgroup(group, name, wanted, count=opts.batch_size)
+        got = 0
+        for stream, entries in read_reply_items(reply):
+            records = records_from_entries(TOPIC, streams[stream], entries)
+            if records:
+                pipe.xack(stream, group, *[r.id for r in records])
+                got += len(records)
+        if got:
+            pipe.execute()
+            ms = (perf() - t) * 1000.0
+            lat.append(ms)
+            counters.latency(ms)
+            mine += got
+            counters.done(mine)
+    ended = time.monotonic()
+    conn.close()
+    return WorkerOutput(mine, started, ended, lat)
+
+
+def run_partstream(
+    server: BenchServer, ns: str, opts: BenchOptions, progress: Progress, group: str
+) -> RunResult:
+    args = [(server, ns, opts, group, opts.records, opts.consumers)] * opts.consumers
+    return run_workers("partstream", consume_partstream, args, opts.record_size, progress,
+                       timeout=_timeout(opts), expected=opts.records)  # fmt: skip
+
+
+def run_redis_py(
+    server: BenchServer, ns: str, opts: BenchOptions, progress: Progress, group: str
+) -> RunResult:
+    with server.connect(ns) as conn:
+        for p in range(opts.partitions):
+            conn.client.xgroup_create(conn.keys.stream(TOPIC, p), group, id="0")
+    args = [(server, ns, opts, group, opts.records, opts.consumers)] * opts.consumers
+    return run_workers("redis-py", consume_redis_py, args, opts.record_size, progress,
+                       timeout=_timeout(opts), expected=opts.records)  # fmt: skip
+
+
+def _timeout(opts: BenchOptions) -> float:
+    return max(120.0, opts.records / 2000.0)

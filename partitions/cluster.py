@@ -186,6 +186,57 @@ class EmbeddedCluster:
         """A plain (non-cluster) client to one node, for CLUSTER commands and tests."""
         return redis.Redis(host="127.0.0.1", port=port, socket_timeout=10)
 
+    def node_id(self, port: int) -> str:
+        with self.client(port) as node:
+            raw = node.execute_command("CLUSTER", "MYID")
+        return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+    def owner_of(self, slot: int) -> int:
+        """The port of the node that serves ``slot`` now (asked of the first live node)."""
+        with self.client(self.ports[0]) as node:
+            for lo, hi, primary, *_ in node.execute_command("CLUSTER", "SLOTS"):
+                if lo <= slot <= hi:
+                    return int(primary[1])
+        raise ConfigError(f"slot {slot} is not served by any node")
+
+    def migrate_slot(
+        self,
+        slot: int,
+        to_port: int,
+        *,
+        keys_per_step: int = 100,
+        step_delay: float = 0.0,
+        finish_delay: float = 0.0,
+    ) -> int:
+        """Move ``slot`` with its keys to the node on ``to_port``, live, the classic way.
+
+        IMPORTING on the target, MIGRATING on the source, MIGRATE ``keys_per_step`` keys at a
+        time, then SETSLOT NODE on the target, the source and the others. Returns the number
+        of keys moved. Tests widen the windows a client sees: ``step_delay`` between steps
+        (TRYAGAIN for a script whose keys are split) and ``finish_delay`` once every key is
+        on the target but the slot is not yet handed over (ASK for every command).
+        """
+        from_port = self.owner_of(slot)
+        if from_port == to_port:
+            return 0
+        src_id, dst_id = self.node_id(from_port), self.node_id(to_port)
+        moved = 0
+        with self.client(from_port) as src, self.client(to_port) as dst:
+            dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", src_id)
+            src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", dst_id)
+            while keys := src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, keys_per_step):
+                src.execute_command("MIGRATE", "127.0.0.1", to_port, "", 0, 5000, "KEYS", *keys)
+                moved += len(keys)
+                time.sleep(step_delay)
+            time.sleep(finish_delay)
+            dst.execute_command("CLUSTER", "SETSLOT", slot, "NODE", dst_id)
+            src.execute_command("CLUSTER", "SETSLOT", slot, "NODE", dst_id)
+        for port in self.ports:
+            if port not in (from_port, to_port):
+                with self.client(port) as other:
+                    other.execute_command("CLUSTER", "SETSLOT", slot, "NODE", dst_id)
+        return moved
+
     # -- internals ------------------------------------------------------------------------
     def _load_state(self) -> list[int] | None:
         try:

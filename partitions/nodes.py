@@ -30,7 +30,7 @@ from partitions.connection import Connection
 
 MAX_ATTEMPTS = 10
 _BACKOFF_S = 0.05
-_RETRY_PREFIXES = ("TRYAGAIN", "CLUSTERDOWN", "LOADING")
+_RETRY_PREFIXES = ("MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN", "READONLY", "MASTERDOWN")
 
 
 def primaries(conn: Connection) -> list[Any]:
@@ -80,12 +80,27 @@ def redirect(conn: Connection, err: BaseException) -> Any:
     return None
 
 
+# What a resharding or failover answers. redis-py strips the code from these errors'
+# messages (a TryAgainError reads "Multiple keys request during rehashing of slot"), so they
+# are told apart by class; MovedError is a subclass of AskError.
+_REDIRECTS = (
+    rex.AskError,
+    rex.TryAgainError,
+    rex.ClusterDownError,
+    rex.ReadOnlyError,
+    rex.MasterDownError,
+)
+
+
+def is_redirect(err: BaseException) -> bool:
+    """MOVED, ASK, TRYAGAIN, CLUSTERDOWN, READONLY or MASTERDOWN: the cluster is moving."""
+    return isinstance(err, _REDIRECTS) or str(err).startswith(_RETRY_PREFIXES)
+
+
 def _retriable(conn: Connection, err: BaseException) -> bool:
     if not conn.is_cluster:
         return False
-    if isinstance(err, rex.AskError | rex.ConnectionError | rex.TimeoutError):
-        return True
-    return isinstance(err, rex.ResponseError) and str(err).startswith(_RETRY_PREFIXES)
+    return is_redirect(err) or isinstance(err, rex.ConnectionError | rex.TimeoutError)
 
 
 def _asking(node: Any, args: Sequence[Any]) -> Any:

@@ -35,13 +35,14 @@ from coordinator.errors import (
     BufferFullError,
     ClosedError,
     ConfigError,
+    ConnectionFailedError,
     PartstreamError,
     translate,
 )
 from coordinator.scripts import is_noscript, sha, source
 from partitions.config import ClientConfig, ProducerConfig
 from partitions.connection import Connection, connect
-from partitions.nodes import node_for_key, redirect
+from partitions.nodes import is_redirect, node_for_key, redirect
 from partitions.records import (
     Key,
     Value,
@@ -484,19 +485,29 @@ class Producer:
                 self._conn.client.nodes_manager.initialize()
             self._load_script()
             return True  # not counted: nothing was executed
-        if isinstance(err, rex.ResponseError) and not str(err).startswith(
-            ("OOM", "TRYAGAIN", "MOVED", "ASK", "CLUSTERDOWN", "LOADING", "BUSY")
+        if (
+            isinstance(err, rex.ResponseError)
+            and not is_redirect(err)
+            and not isinstance(err, rex.OutOfMemoryError)
+            and not str(err).startswith(("OOM", "LOADING", "BUSY "))
         ):
             return False
         if self._conn.is_cluster and (
-            isinstance(err, rex.ConnectionError | rex.TimeoutError | OSError)
-            or str(err).startswith(("MOVED", "ASK", "CLUSTERDOWN"))
+            is_redirect(err) or isinstance(err, rex.ConnectionError | rex.TimeoutError | OSError)
         ):
             # MOVED updates the slot map; ASK sends the next attempt to the importing node
             # (with ASKING); the rest refresh the map. A redirection executed nothing, so the
             # sequence number stays and the append script still drops a real duplicate.
             batch.ask = redirect(self._conn, err)
         batch.attempts += 1
+        log.debug(
+            "retrying %s/%d (attempt %d): %s %s",
+            batch.topic,
+            batch.partition,
+            batch.attempts,
+            type(err).__name__,
+            err,
+        )
         return batch.attempts <= self.config.retries + (
             _CLUSTER_EXTRA_RETRIES if self._conn.is_cluster else 0
         )
@@ -506,7 +517,13 @@ class Producer:
         # timeout leaves the outcome unknown.
         in_doubt = not isinstance(err, rex.ResponseError)
         error = translate(err, f"appending to {batch.topic}/{batch.partition}")
-        if isinstance(error, PartstreamError) and "OUTOFSEQ" in str(err):
+        if is_redirect(err):
+            error = ConnectionFailedError(
+                f"appending to {batch.topic}/{batch.partition}: the cluster kept redirecting "
+                f"({type(err).__name__} {err}) after {batch.attempts} attempts; is a "
+                "resharding or failover stuck?"
+            )
+        elif isinstance(error, PartstreamError) and "OUTOFSEQ" in str(err):
             error = PartstreamError(f"appending to {batch.topic}/{batch.partition}: {err}")
         batch.complete(None, error)
         if in_doubt and self.config.idempotent:

@@ -86,3 +86,9 @@ def drop_namespace(c: Connection, namespace: str) -> None:
         batch = [key for key in node.scan_iter(match=pattern, count=1000)]
         for key in batch:
             c.client.delete(key)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "cluster: needs (and starts) a local Redis Cluster; the cluster CI run"
+    )

@@ -139,8 +139,15 @@ def run_partstream(
     server: BenchServer, ns: str, opts: BenchOptions, progress: Progress, group: str
 ) -> RunResult:
     args = [(server, ns, opts, group, opts.records, opts.consumers)] * opts.consumers
-    return run_workers("partstream", consume_partstream, args, opts.record_size, progress,
-                       timeout=_timeout(opts), expected=opts.records)  # fmt: skip
+    return run_workers(
+        "partstream",
+        consume_partstream,
+        args,
+        opts.record_size,
+        progress,
+        timeout=_timeout(opts),
+        expected=opts.records,
+    )
 
 
 def run_redis_py(
@@ -150,8 +157,15 @@ def run_redis_py(
         for p in range(opts.partitions):
             conn.client.xgroup_create(conn.keys.stream(TOPIC, p), group, id="0")
     args = [(server, ns, opts, group, opts.records, opts.consumers)] * opts.consumers
-    return run_workers("redis-py", consume_redis_py, args, opts.record_size, progress,
-                       timeout=_timeout(opts), expected=opts.records)  # fmt: skip
+    return run_workers(
+        "redis-py",
+        consume_redis_py,
+        args,
+        opts.record_size,
+        progress,
+        timeout=_timeout(opts),
+        expected=opts.records,
+    )
 
 
 def _timeout(opts: BenchOptions) -> float:

@@ -84,8 +84,9 @@ def produce_worker(
             target = client if len(due) == 1 else pipe
             for t, j in due:
                 k = keys[(j * 31 + index) % nk]
-                target.xadd(streams[xxh3_64_intdigest(k) % n], {b"key": k,
-                            b"value": _STAMP.pack(t) + pad})  # fmt: skip
+                target.xadd(
+                    streams[xxh3_64_intdigest(k) % n], {b"key": k, b"value": _STAMP.pack(t) + pad}
+                )
             if target is pipe:
                 pipe.execute()
 
@@ -106,8 +107,9 @@ def consume_worker(
     now = time.monotonic
     mine = 0
     if side == "partstream":
-        cfg = ConsumerConfig(fetch_count=opts.batch_size, max_poll_records=opts.batch_size,
-                             block_ms=100)  # fmt: skip
+        cfg = ConsumerConfig(
+            fetch_count=opts.batch_size, max_poll_records=opts.batch_size, block_ms=100
+        )
         consumer = Consumer(f"e2e-{topic}", topic, conn=conn, config=cfg)
         _wait_stable(server, ns, f"e2e-{topic}", consumer, nconsumers)
         ready()
@@ -134,8 +136,7 @@ def consume_worker(
         ready()
         started = now()
         while counters.total() < total and now() - started < deadline_s:
-            reply = client.xreadgroup(group, f"c{index}", wanted, count=opts.batch_size,
-                                      block=100)  # fmt: skip
+            reply = client.xreadgroup(group, f"c{index}", wanted, count=opts.batch_size, block=100)
             t = now()
             for stream, entries in read_reply_items(reply):
                 records = records_from_entries(topic, streams[stream], entries)
@@ -168,16 +169,18 @@ def run_side(
     if side == "raw":
         with server.connect(ns) as conn:
             for p in range(opts.partitions):
-                conn.client.xgroup_create(conn.keys.stream(topic, p), f"e2e-{topic}", id="$",
-                                          mkstream=True)  # fmt: skip
+                conn.client.xgroup_create(
+                    conn.keys.stream(topic, p), f"e2e-{topic}", id="$", mkstream=True
+                )
     args: list[Any] = [
         ("consume", (server, ns, opts, side, topic, total, opts.consumers, deadline))
         for _ in range(opts.consumers)
     ]
     shares = split(total, opts.producers)
     args += [("produce", (server, ns, opts, side, topic, c, opts.rate * c / total)) for c in shares]
-    res = run_workers(side, _worker, args, opts.record_size, progress,
-                      timeout=deadline + 30.0, expected=total)  # fmt: skip
+    res = run_workers(
+        side, _worker, args, opts.record_size, progress, timeout=deadline + 30.0, expected=total
+    )
     res.extra["sent"] = sum(res.extra.pop("sent", []))
     res.extra["lost"] = res.extra["sent"] - res.records
     # The run's span is the producers' (the consumers start before and wait after).

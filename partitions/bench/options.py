@@ -46,8 +46,16 @@ class BenchOptions:
     peers: bool = False
 
     def __post_init__(self) -> None:
-        positive = ("records", "record_size", "partitions", "keys", "producers", "consumers",
-                    "batch_size", "repeat")  # fmt: skip
+        positive = (
+            "records",
+            "record_size",
+            "partitions",
+            "keys",
+            "producers",
+            "consumers",
+            "batch_size",
+            "repeat",
+        )
         for name in positive:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:

@@ -82,9 +82,23 @@ def summary_text(result: BenchResult) -> str:
 
 
 CSV_FIELDS = (
-    "mode", "kind", "name", "records", "seconds", "records_per_s", "mb_per_s",
-    "lat_avg_ms", "lat_max_ms", "p50_ms", "p95_ms", "p99_ms", "p999_ms", "value", "goal", "met",
-)  # fmt: skip
+    "mode",
+    "kind",
+    "name",
+    "records",
+    "seconds",
+    "records_per_s",
+    "mb_per_s",
+    "lat_avg_ms",
+    "lat_max_ms",
+    "p50_ms",
+    "p95_ms",
+    "p99_ms",
+    "p999_ms",
+    "value",
+    "goal",
+    "met",
+)
 
 
 def csv_text(result: BenchResult) -> str:
@@ -94,19 +108,38 @@ def csv_text(result: BenchResult) -> str:
     writer.writeheader()
     for r in result.runs:
         lat = r.latency
-        writer.writerow({
-            "mode": result.mode, "kind": "run", "name": r.name, "records": r.records,
-            "seconds": f"{r.seconds:.4f}", "records_per_s": f"{r.rate:.1f}",
-            "mb_per_s": f"{r.mb_per_s:.3f}", "lat_avg_ms": f"{lat.avg:.3f}",
-            "lat_max_ms": f"{lat.max:.3f}", "p50_ms": f"{lat.p50:.3f}",
-            "p95_ms": f"{lat.p95:.3f}", "p99_ms": f"{lat.p99:.3f}", "p999_ms": f"{lat.p999:.3f}",
-        })  # fmt: skip
+        writer.writerow(
+            {
+                "mode": result.mode,
+                "kind": "run",
+                "name": r.name,
+                "records": r.records,
+                "seconds": f"{r.seconds:.4f}",
+                "records_per_s": f"{r.rate:.1f}",
+                "mb_per_s": f"{r.mb_per_s:.3f}",
+                "lat_avg_ms": f"{lat.avg:.3f}",
+                "lat_max_ms": f"{lat.max:.3f}",
+                "p50_ms": f"{lat.p50:.3f}",
+                "p95_ms": f"{lat.p95:.3f}",
+                "p99_ms": f"{lat.p99:.3f}",
+                "p999_ms": f"{lat.p999:.3f}",
+            }
+        )
     for name, value in result.ratios.items():
-        writer.writerow({"mode": result.mode, "kind": "ratio", "name": name,
-                         "value": f"{value:.3f}"})  # fmt: skip
+        writer.writerow(
+            {"mode": result.mode, "kind": "ratio", "name": name, "value": f"{value:.3f}"}
+        )
     for t in result.targets:
-        writer.writerow({"mode": result.mode, "kind": "target", "name": t.name,
-                         "value": f"{t.value:.3f}", "goal": t.goal, "met": t.met})  # fmt: skip
+        writer.writerow(
+            {
+                "mode": result.mode,
+                "kind": "target",
+                "name": t.name,
+                "value": f"{t.value:.3f}",
+                "goal": t.goal,
+                "met": t.met,
+            }
+        )
     return buf.getvalue()
 
 

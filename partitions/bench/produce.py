@@ -161,8 +161,9 @@ def _run(
     firsts = [sum(shares[:i]) for i in range(len(shares))]
     args = [(server, ns, opts, topic, c, f) for c, f in zip(shares, firsts, strict=True)]
     timeout = max(120.0, opts.records / 2000.0)
-    return run_workers(name, fn, args, opts.record_size, progress, timeout=timeout,
-                       expected=opts.records)  # fmt: skip
+    return run_workers(
+        name, fn, args, opts.record_size, progress, timeout=timeout, expected=opts.records
+    )
 
 
 def create_topics(server: BenchServer, ns: str, opts: BenchOptions, *names: str) -> None:
@@ -186,18 +187,38 @@ def run_redis_benchmark(server: BenchServer, ns: str, opts: BenchOptions) -> Run
         return None
     value = make_values(opts.record_size, 1)[0].decode()
     cmd = [
-        exe, *server.redis_benchmark_args(),
-        "-n", str(opts.records), "-P", str(opts.batch_size), "-c", str(opts.producers),
-        "-r", str(opts.partitions), "--csv",
-        "XADD", f"{ns}:rb:__rand_int__", "*", "key", "k__rand_int__", "value", value,
-    ]  # fmt: skip
+        exe,
+        *server.redis_benchmark_args(),
+        "-n",
+        str(opts.records),
+        "-P",
+        str(opts.batch_size),
+        "-c",
+        str(opts.producers),
+        "-r",
+        str(opts.partitions),
+        "--csv",
+        "XADD",
+        f"{ns}:rb:__rand_int__",
+        "*",
+        "key",
+        "k__rand_int__",
+        "value",
+        value,
+    ]
     started = time.monotonic()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
     seconds = time.monotonic() - started
     rows = list(csv.reader(io.StringIO(proc.stdout)))
     if proc.returncode != 0 or len(rows) < 2:
-        return RunResult("redis-benchmark", 0, seconds, opts.record_size, Latency.of([]),
-                         note=f"failed: {(proc.stderr or proc.stdout).strip()[:200]}")  # fmt: skip
+        return RunResult(
+            "redis-benchmark",
+            0,
+            seconds,
+            opts.record_size,
+            Latency.of([]),
+            note=f"failed: {(proc.stderr or proc.stdout).strip()[:200]}",
+        )
     head, row = rows[0], rows[-1]
     data = dict(zip(head, row, strict=False))
     rps = float(data["rps"])
@@ -214,5 +235,6 @@ def run_redis_benchmark(server: BenchServer, ns: str, opts: BenchOptions) -> Run
         f"C client, -P {opts.batch_size} -c {opts.producers}; latency per pipelined batch; "
         "p99.9 not reported (= p99)"
     )
-    return RunResult("redis-benchmark", opts.records, opts.records / rps, opts.record_size,
-                     lat, note=note)  # fmt: skip
+    return RunResult(
+        "redis-benchmark", opts.records, opts.records / rps, opts.record_size, lat, note=note
+    )

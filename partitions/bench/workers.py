@@ -141,8 +141,19 @@ def run_workers(
         _await_ready(out, procs, n)
         go.set()
         start = time.monotonic()
-        windows = _report(name, out, procs, ints, doubles, results, start, record_bytes,
-                          progress, timeout, expected)  # fmt: skip
+        windows = _report(
+            name,
+            out,
+            procs,
+            ints,
+            doubles,
+            results,
+            start,
+            record_bytes,
+            progress,
+            timeout,
+            expected,
+        )
     finally:
         for p in procs:
             p.join(5.0)

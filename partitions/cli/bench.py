@@ -22,42 +22,117 @@ _DEFAULTS = BenchOptions()
 
 def _options(fn: Callable[..., Any]) -> Callable[..., Any]:
     opts = [
-        click.option("--records", "-n", type=int, default=_DEFAULTS.records, show_default=True,
-                     help="Records per measured side (produce, consume)."),
-        click.option("--record-size", type=int, default=_DEFAULTS.record_size,
-                     show_default=True, help="Value bytes per record."),
-        click.option("--partitions", "-p", type=int, default=_DEFAULTS.partitions,
-                     show_default=True),
-        click.option("--keys", type=int, default=_DEFAULTS.keys, show_default=True,
-                     help="Distinct record keys."),
-        click.option("--producers", type=int, default=_DEFAULTS.producers, show_default=True,
-                     help="Producer processes."),
-        click.option("--consumers", type=int, default=_DEFAULTS.consumers, show_default=True,
-                     help="Consumer processes."),
-        click.option("--batch-size", type=int, default=_DEFAULTS.batch_size,
-                     show_default=True, help="Producer batch / pipeline / read count."),
-        click.option("--linger-ms", type=float, default=None,
-                     help="Producer linger [default: 5 for produce/consume, 0 otherwise]."),
-        click.option("--rate", type=float, default=_DEFAULTS.rate, show_default=True,
-                     help="Records/s of the fixed-rate load (e2e, rebalance)."),
-        click.option("--duration", type=float, default=_DEFAULTS.duration, show_default=True,
-                     help="Seconds of fixed-rate load (e2e; rebalance: per phase)."),
-        click.option("--interval", type=float, default=_DEFAULTS.interval, show_default=True,
-                     help="Seconds per reporting window."),
-        click.option("--repeat", type=int, default=_DEFAULTS.repeat, show_default=True,
-                     help="Alternating rounds; ratios are the median round's."),
-        click.option("--redis-benchmark/--no-redis-benchmark", default=True,
-                     show_default=True, help="Also run redis-benchmark (produce)."),
+        click.option(
+            "--records",
+            "-n",
+            type=int,
+            default=_DEFAULTS.records,
+            show_default=True,
+            help="Records per measured side (produce, consume).",
+        ),
+        click.option(
+            "--record-size",
+            type=int,
+            default=_DEFAULTS.record_size,
+            show_default=True,
+            help="Value bytes per record.",
+        ),
+        click.option(
+            "--partitions", "-p", type=int, default=_DEFAULTS.partitions, show_default=True
+        ),
+        click.option(
+            "--keys",
+            type=int,
+            default=_DEFAULTS.keys,
+            show_default=True,
+            help="Distinct record keys.",
+        ),
+        click.option(
+            "--producers",
+            type=int,
+            default=_DEFAULTS.producers,
+            show_default=True,
+            help="Producer processes.",
+        ),
+        click.option(
+            "--consumers",
+            type=int,
+            default=_DEFAULTS.consumers,
+            show_default=True,
+            help="Consumer processes.",
+        ),
+        click.option(
+            "--batch-size",
+            type=int,
+            default=_DEFAULTS.batch_size,
+            show_default=True,
+            help="Producer batch / pipeline / read count.",
+        ),
+        click.option(
+            "--linger-ms",
+            type=float,
+            default=None,
+            help="Producer linger [default: 5 for produce/consume, 0 otherwise].",
+        ),
+        click.option(
+            "--rate",
+            type=float,
+            default=_DEFAULTS.rate,
+            show_default=True,
+            help="Records/s of the fixed-rate load (e2e, rebalance).",
+        ),
+        click.option(
+            "--duration",
+            type=float,
+            default=_DEFAULTS.duration,
+            show_default=True,
+            help="Seconds of fixed-rate load (e2e; rebalance: per phase).",
+        ),
+        click.option(
+            "--interval",
+            type=float,
+            default=_DEFAULTS.interval,
+            show_default=True,
+            help="Seconds per reporting window.",
+        ),
+        click.option(
+            "--repeat",
+            type=int,
+            default=_DEFAULTS.repeat,
+            show_default=True,
+            help="Alternating rounds; ratios are the median round's.",
+        ),
+        click.option(
+            "--redis-benchmark/--no-redis-benchmark",
+            default=True,
+            show_default=True,
+            help="Also run redis-benchmark (produce).",
+        ),
         click.option("--peers", is_flag=True, help="Also run NATS / FastStream if installed."),
-        click.option("--url", "bench_url", help="Server URL [default: the global --url, "
-                     "else a private embedded Valkey started for this run]."),
-        click.option("--format", "fmt", type=click.Choice(["text", "json", "csv"]),
-                     default="text", show_default=True),
-        click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
-                     help="Write the results (with the environment) as JSON to FILE."),
-        click.option("--plot", type=click.Path(dir_okay=False, path_type=Path),
-                     help="Draw throughput over time and latency to FILE.png (matplotlib)."),
-    ]  # fmt: skip
+        click.option(
+            "--url",
+            "bench_url",
+            help="Server URL [default: the global --url, "
+            "else a private embedded Valkey started for this run].",
+        ),
+        click.option(
+            "--format",
+            "fmt",
+            type=click.Choice(["text", "json", "csv"]),
+            default="text",
+            show_default=True,
+        ),
+        click.option(
+            "--out",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="Write the results (with the environment) as JSON to FILE.",
+        ),
+        click.option(
+            "--plot",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="Draw throughput over time and latency to FILE.png (matplotlib).",
+        ),
+    ]
     for opt in reversed(opts):
         fn = opt(fn)
     return fn
@@ -71,12 +146,13 @@ def _command(mode: str, params: dict[str, Any]) -> str:
         if not isinstance(p, click.Option) or p.name is None or p.name not in params:
             continue
         value = params[p.name]
-        if value == p.default or value is None:
-            continue
         flag = max(p.opts, key=len)
         if p.is_flag:
-            parts.append(flag if value else (p.secondary_opts or [flag])[0])
-        else:
+            if value and (p.secondary_opts == [] or not p.default):
+                parts.append(flag)
+            elif not value and p.secondary_opts:
+                parts.append(p.secondary_opts[0])
+        elif value is not None and value != p.default:
             parts += [flag, str(value)]
     return " ".join(parts)
 
@@ -101,9 +177,15 @@ def _bench(state: State, mode: str, params: dict[str, Any]) -> None:
 
     progress = Progress(on_window if text else None, live if tty else None, opts.interval)
     result = run_bench(
-        mode, opts, url=url, command=command, progress=progress,
-        say=click.echo if text else (lambda _: None), out=out, plot=plot,
-    )  # fmt: skip
+        mode,
+        opts,
+        url=url,
+        command=command,
+        progress=progress,
+        say=click.echo if text else (lambda _: None),
+        out=out,
+        plot=plot,
+    )
     if tty:
         click.echo("\r\033[K", nl=False, err=True)
     if fmt == "json":

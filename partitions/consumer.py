@@ -304,6 +304,11 @@ class Consumer:
         self._sync()
         return set(self._parts)
 
+    def fence(self, topic: str, partition: int) -> str | None:
+        """The grant (``"<member_id> <token>"``) this consumer reads a partition under."""
+        st = self._parts.get(TopicPartition(topic, partition))
+        return None if st is None else st.fence
+
     @property
     def refused_acks(self) -> int:
         """Acks the fence refused because the partition had moved to another member."""
@@ -407,6 +412,7 @@ class Consumer:
                 elif kind == "assign":
                     self._assign(tps)
                 else:
+                    self._flush_lost(tps)
                     self._drop(tps)
                     lost_cb = getattr(self._listener, "on_partitions_lost", None)
                     if lost_cb is not None:
@@ -450,6 +456,16 @@ class Consumer:
             except PartstreamError as err:
                 log.warning("release of %s failed: %s", tp, err)
         self._drop(known)
+
+    def _flush_lost(self, tps: set[TopicPartition]) -> None:
+        # Acks of records processed before the loss still go out, through the fence: if a
+        # new owner holds it they are refused (and counted), else they record real work.
+        if self.config.auto_commit:
+            self._confirm([r for r in self._handed if (r.topic, r.partition) in tps])
+        try:
+            self._commit_acks(only={tp for tp in tps if tp in self._parts})
+        except PartstreamError as err:
+            log.info("acks of lost partitions not sent: %s", err)
 
     def _drop(self, tps: set[TopicPartition]) -> None:
         self._drop_buffered(tps)

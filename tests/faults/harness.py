@@ -1,0 +1,283 @@
+"""The fault harness: private servers, worker processes, fault injection, log collection.
+
+Everything here is started by the test and stopped by pid in ``finally``: a
+:class:`ServerProc` is a ``valkey-server`` (or ``/usr/bin/redis-server``) child on a free
+loopback port with the persistence a scenario needs; a :class:`Fleet` runs producer and
+consumer processes of :mod:`tests.faults.worker`, each writing JSON lines to its own file;
+:class:`FaultProxy` (in :mod:`tests.faults.proxy`) sits between clients and server when a
+scenario needs latency or a black hole. The machine's Redis on 6379 is never touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from partitions.server import valkey_binary
+
+ROOT = Path(__file__).resolve().parents[2]
+WORKER = Path(__file__).with_name("worker.py")
+REDIS7 = Path("/usr/bin/redis-server")
+# Ports are picked below this bound (the machine's ephemeral range starts above it).
+PORT_CEILING = 55535
+_FORBIDDEN_PORTS = {6379}
+
+
+def free_port() -> int:
+    """A currently free loopback TCP port in [20000, PORT_CEILING)."""
+    for _ in range(200):
+        port = random.randrange(20000, PORT_CEILING)
+        if port in _FORBIDDEN_PORTS:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free loopback port found")
+
+
+def wait_for(cond: Callable[[], Any], timeout: float, what: str, step: float = 0.05) -> Any:
+    """Poll ``cond`` until it returns something truthy; AssertionError after ``timeout``."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = cond()
+        if value:
+            return value
+        time.sleep(step)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+class ServerProc:
+    """One private server process on 127.0.0.1:<port>, restartable on the same port and dir.
+
+    ``persistence``: ``"always"`` / ``"everysec"`` (AOF with that fsync policy, no RDB
+    snapshots) or ``"none"`` (nothing survives a restart).
+    """
+
+    def __init__(self, workdir: Path, persistence: str = "always", binary: str = "valkey") -> None:
+        if persistence not in ("always", "everysec", "none"):
+            raise ValueError(persistence)
+        self.persistence = persistence
+        self.binary = str(valkey_binary()) if binary == "valkey" else str(REDIS7)
+        self.flavor = binary
+        self.dir = workdir / "server"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}"
+
+    def args(self) -> list[str]:
+        aof = ["--appendonly", "no"]
+        if self.persistence != "none":
+            aof = ["--appendonly", "yes", "--appendfsync", self.persistence]
+        return [
+            self.binary,
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--protected-mode", "yes",
+            "--daemonize", "no",
+            "--dir", str(self.dir),
+            "--save", "",
+            "--maxmemory-policy", "noeviction",
+            "--logfile", str(self.dir / f"server-{self.starts}.log"),
+            *aof,
+        ]  # fmt: skip
+
+    def start(self, timeout: float = 15.0) -> ServerProc:
+        """Start (or restart after a kill) on the same port and data directory."""
+        assert self.port not in _FORBIDDEN_PORTS
+        self.proc = subprocess.Popen(self.args(), stdout=subprocess.DEVNULL, cwd=self.dir)
+        self.starts += 1
+        wait_for(self.ping, timeout, f"{self.flavor} on port {self.port}")
+        return self
+
+    def ping(self) -> bool:
+        try:
+            with redis.Redis(port=self.port, host="127.0.0.1", socket_timeout=1) as r:
+                return bool(r.ping())
+        except redis.RedisError:
+            return False
+        except OSError:
+            return False
+
+    def client(self, **kw: Any) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5, **kw)
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, sig)
+
+    def kill9(self) -> None:
+        """SIGKILL the server and reap it (no shutdown, no final fsync)."""
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        """Kill by pid (SIGCONT first, in case a scenario left it stopped)."""
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.proc.pid, signal.SIGCONT)
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+
+@dataclass
+class Worker:
+    """A producer or consumer process of ``worker.py`` and its JSON-lines log."""
+
+    name: str
+    role: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+    stopped: bool = False
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def events(self) -> list[dict[str, Any]]:
+        return read_log(self.log)
+
+
+def read_log(path: Path) -> list[dict[str, Any]]:
+    """The complete JSON lines of a worker log (a torn last line after kill -9 is skipped)."""
+    out = []
+    with contextlib.suppress(FileNotFoundError):
+        for line in path.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue
+    return out
+
+
+@dataclass
+class Fleet:
+    """Spawns worker processes and always kills them by pid in :meth:`cleanup`."""
+
+    workdir: Path
+    url: str
+    namespace: str
+    topic: str
+    group: str
+    workers: list[Worker] = field(default_factory=list)
+    counter: int = 0
+
+    def _spawn(self, role: str, extra: list[str], url: str | None = None) -> Worker:
+        self.counter += 1
+        name = f"{role[0]}{self.counter}"
+        log = self.workdir / f"{name}.jsonl"
+        cmd = [sys.executable, str(WORKER), role, "--url", url or self.url]
+        cmd += ["--ns", self.namespace, "--topic", self.topic, "--group", self.group]
+        cmd += ["--name", name, "--log", str(log), *extra]
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        err = open(self.workdir / f"{name}.stderr", "wb")  # noqa: SIM115 - child owns it
+        try:
+            popen = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=err, stderr=err)
+        finally:
+            err.close()
+        w = Worker(name, role, popen, log)
+        self.workers.append(w)
+        return w
+
+    def producer(self, *, count: int, keys: int, rate: float, **kw: Any) -> Worker:
+        extra = ["--count", str(count), "--keys", str(keys), "--rate", str(rate)]
+        url = kw.pop("url", None)
+        for k, v in kw.items():
+            extra += [f"--{k.replace('_', '-')}", str(v)]
+        return self._spawn("produce", extra, url)
+
+    def consumer(self, **kw: Any) -> Worker:
+        extra: list[str] = []
+        url = kw.pop("url", None)
+        for k, v in kw.items():
+            extra += [f"--{k.replace('_', '-')}", str(v)]
+        return self._spawn("consume", extra, url)
+
+    def consumers(self) -> list[Worker]:
+        return [w for w in self.workers if w.role == "consume"]
+
+    def live_consumers(self) -> list[Worker]:
+        return [w for w in self.consumers() if w.alive() and not w.stopped]
+
+    def wait_ready(self, workers: list[Worker], timeout: float = 20.0) -> None:
+        """Until every worker logged ``ready`` (a consumer: joined its group)."""
+
+        def ok() -> bool:
+            for w in workers:
+                if not w.alive():
+                    raise AssertionError(f"{w.name} died: {stderr_tail(self.workdir, w)}")
+            return all(any(e["ev"] == "ready" for e in w.events()) for w in workers)
+
+        wait_for(ok, timeout, "workers ready")
+
+    def terminate(self, w: Worker, timeout: float = 15.0) -> None:
+        """SIGTERM (graceful close: commit, release, leave) and wait for the exit."""
+        if w.alive():
+            os.kill(w.pid, signal.SIGTERM)
+            try:
+                w.popen.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.kill(w.pid, signal.SIGKILL)
+                w.popen.wait(timeout=10)
+        w.stopped = True
+
+    def kill9(self, w: Worker) -> None:
+        os.kill(w.pid, signal.SIGKILL)
+        w.popen.wait(timeout=10)
+        w.stopped = True
+
+    def cleanup(self) -> None:
+        for w in self.workers:
+            if w.popen.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(w.pid, signal.SIGCONT)
+                    os.kill(w.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                w.popen.wait(timeout=10)
+
+
+def stderr_tail(workdir: Path, w: Worker, n: int = 2000) -> str:
+    with contextlib.suppress(OSError):
+        return (workdir / f"{w.name}.stderr").read_text()[-n:]
+    return ""
+
+
+@contextlib.contextmanager
+def workdir(tag: str) -> Iterator[Path]:
+    """A scratch directory for one scenario; kept (and printed) only if the test fails."""
+    path = Path(tempfile.mkdtemp(prefix=f"ps-fault-{tag}-", dir="/tmp"))
+    ok = False
+    try:
+        yield path
+        ok = True
+    finally:
+        if ok and not os.environ.get("PARTSTREAM_KEEP_FAULT_LOGS"):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            print(f"fault logs kept in {path}")

@@ -1,0 +1,126 @@
+"""Every ``partstream bench`` mode in a tiny configuration, through the CLI, so the harness
+cannot rot: the JSON must carry the runs, rates, latency percentiles, ratios, targets and
+the environment. The figures themselves are not judged here (they are noise at this size).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from partitions.cli import main
+from partitions.server import EmbeddedServer
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+LATENCY_KEYS = {"samples", "avg", "max", "p50", "p95", "p99", "p999"}
+
+
+@pytest.fixture(scope="module")
+def url() -> Iterator[str]:
+    env = os.environ.get("PARTSTREAM_TEST_URL")
+    if env:
+        yield env
+        return
+    data_dir = Path(tempfile.mkdtemp(prefix="ps-smoke-", dir="/tmp"))
+    server = EmbeddedServer(data_dir)
+    try:
+        yield server.ensure_running()
+    finally:
+        server.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def bench(url: str, *args: str) -> dict[str, Any]:
+    result = CliRunner().invoke(main, ["bench", *args, "--url", url, "--format", "json"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    data: dict[str, Any] = json.loads(result.stdout)
+    assert data["mode"] == args[0]
+    assert data["command"].startswith(f"partstream bench {args[0]}")
+    env = data["env"]
+    assert env["server"]["version"] and env["cpu_count"] >= 1 and env["python"]
+    assert "partstream" in env["packages"] and "redis" in env["packages"]
+    for t in data["targets"]:
+        assert set(t) >= {"name", "value", "goal", "met"} and isinstance(t["met"], bool)
+    assert data["targets_met"] == all(t["met"] for t in data["targets"])
+    return data
+
+
+def runs(data: dict[str, Any], name: str) -> list[dict[str, Any]]:
+    found = [r for r in data["runs"] if r["name"] == name]
+    assert found, f"no {name} run in {[r['name'] for r in data['runs']]}"
+    for r in found:
+        assert r["records_per_s"] > 0 and r["mb_per_s"] > 0
+        assert set(r["latency_ms"]) == LATENCY_KEYS
+    return found
+
+
+def test_produce(url: str, tmp_path: Path) -> None:
+    out = tmp_path / "produce.json"
+    data = bench(url, "produce", "-n", "2000", "--interval", "0.2", "--out", str(out))
+    ps, raw = runs(data, "partstream")[0], runs(data, "redis-py")[0]
+    assert ps["records"] == raw["records"] == 2000
+    assert ps["latency_ms"]["samples"] == 20  # one in 100 records
+    expected = ps["records_per_s"] / raw["records_per_s"]
+    assert data["ratios"]["partstream/redis-py"] == pytest.approx(expected, rel=1e-3)
+    assert data["targets"][0]["name"] == "produce partstream/redis-py"
+    if shutil.which("redis-benchmark"):
+        assert runs(data, "redis-benchmark")[0]["records"] == 2000
+    saved = json.loads(out.read_text())
+    assert saved["runs"] == data["runs"] and saved["env"] == data["env"]
+
+
+def test_consume_csv(url: str) -> None:
+    data = bench(url, "consume", "-n", "2000", "-p", "4", "--consumers", "2")
+    for name in ("partstream", "redis-py"):
+        assert sum(r["records"] for r in runs(data, name)) >= 2000
+    assert data["config"]["consumers"] == 2
+    assert "consume partstream/redis-py" in [t["name"] for t in data["targets"]]
+    result = CliRunner().invoke(main, ["bench", "consume", "-n", "500", "-p", "2", "--url", url,
+                                       "--format", "csv"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert {r["kind"] for r in rows} == {"run", "ratio", "target"}
+    assert [r["name"] for r in rows if r["kind"] == "run"] == ["partstream", "redis-py"]
+
+
+def test_e2e(url: str) -> None:
+    data = bench(url, "e2e", "--rate", "1000", "--duration", "1", "-p", "4")
+    for name in ("partstream", "raw"):
+        run = runs(data, name)[0]
+        assert run["records"] == 1000 and run["extra"]["lost"] == 0
+        assert run["latency_ms"]["samples"] == 1000
+        assert 0 < run["latency_ms"]["p50"] <= run["latency_ms"]["p99"] <= run["latency_ms"]["max"]
+    assert set(data["ratios"]) == {f"{p} latency partstream/raw" for p in ("p50", "p99", "p999")}
+
+
+def test_rebalance(url: str) -> None:
+    data = bench(url, "rebalance", "--rate", "500", "--duration", "0.5", "-p", "6")
+    events = data["extra"]["events"]
+    assert [e["event"] for e in events] == ["join", "leave", "kill -9"]
+    for e in events:
+        assert e["reconcile_ms"] > 0
+        assert e["moved_partitions"] + e["unmoved_partitions"] == 6
+    # A kill -9 is only noticed when the session expires.
+    assert events[2]["reconcile_ms"] >= data["extra"]["settings"]["session_timeout_ms"] * 0.5
+    assert len(data["targets"]) == 3
+
+
+def test_text_output(url: str) -> None:
+    result = CliRunner().invoke(
+        main, ["bench", "produce", "-n", "1000", "--no-redis-benchmark", "--url", url]
+    )
+    assert result.exit_code == 0, result.output
+    assert "partstream: 1000 records in" in result.stdout
+    assert "99.9th" in result.stdout and "ratio partstream/redis-py:" in result.stdout
+    assert "target produce partstream/redis-py" in result.stdout

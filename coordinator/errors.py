@@ -151,6 +151,13 @@ class ClosedError(PartstreamError):
     """The producer or consumer was used after ``close()``."""
 
 
+def _is_acl_refusal(msg: str) -> bool:
+    # Inside a script, Redis 7.0 and Valkey word an ACL refusal without the NOPERM code.
+    head = msg[:200]
+    markers = ("NOPERM", "The user executing the script can't", "ACL failure in script")
+    return any(m in head for m in markers)
+
+
 def translate(err: Exception, context: str = "") -> PartstreamError:
     """Map a redis-py exception to the partstream error a user should see.
 
@@ -166,8 +173,11 @@ def translate(err: Exception, context: str = "") -> PartstreamError:
         return OperationTimeoutError(f"{prefix}server did not answer in time ({msg})")
     if isinstance(err, rex.AuthenticationError):
         return PermissionDeniedError(f"{prefix}authentication failed: check the user/password")
-    if isinstance(err, rex.NoPermissionError) or msg.startswith("NOPERM"):
-        return PermissionDeniedError(f"{prefix}{msg}")
+    if isinstance(err, rex.NoPermissionError) or _is_acl_refusal(msg):
+        return PermissionDeniedError(
+            f"{prefix}permission denied by the server's ACL ({msg}); the user's rules do not "
+            "allow this command or key (see `partstream acl print`)"
+        )
     if isinstance(err, rex.ConnectionError):
         return ConnectionFailedError(f"{prefix}cannot reach the server ({msg})")
     if isinstance(err, rex.OutOfMemoryError) or msg.startswith("OOM"):

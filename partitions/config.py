@@ -53,6 +53,22 @@ def redact_url(url: str) -> str:
     return parts._replace(netloc=netloc).geturl()
 
 
+_TLS_ENV = {
+    "PARTSTREAM_TLS_CA": "ssl_ca_certs",
+    "PARTSTREAM_TLS_CERT": "ssl_certfile",
+    "PARTSTREAM_TLS_KEY": "ssl_keyfile",
+}
+
+
+def _env_bool(var: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError(f"{var} must be 1/true/yes/on or 0/false/no/off, got {raw!r}")
+
+
 @dataclass(frozen=True, slots=True)
 class ClientConfig:
     """How to reach the server.
@@ -79,27 +95,67 @@ class ClientConfig:
 
     def __post_init__(self) -> None:
         if self.url is not None:
+            if not isinstance(self.url, str):
+                raise ConfigError(f"url must be a string, got {type(self.url).__name__}")
             validate_url(self.url)
         validate_name(self.namespace, "namespace")
-        if self.socket_timeout <= 0 or self.connect_timeout <= 0:
-            raise ConfigError("socket_timeout and connect_timeout must be positive")
+        for name in ("socket_timeout", "connect_timeout"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+                raise ConfigError(f"{name} must be a positive number of seconds, got {value!r}")
+        if not isinstance(self.strict_eviction_policy, bool):
+            raise ConfigError(
+                f"strict_eviction_policy must be true or false, got {self.strict_eviction_policy!r}"
+            )
+        for name in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile"):
+            path = getattr(self, name)
+            if path is None:
+                continue
+            if not isinstance(path, str | os.PathLike) or not os.path.isfile(path):
+                raise ConfigError(f"{name}: {path!r} is not a readable file")
+        if self.ssl_keyfile and not self.ssl_certfile:
+            raise ConfigError("ssl_keyfile needs ssl_certfile (the client certificate)")
+
+    def __repr__(self) -> str:
+        # The URL may carry a password: never show it (dataclass repr would).
+        shown = {
+            f.name: redact_url(self.url) if f.name == "url" and self.url else getattr(self, f.name)
+            for f in fields(self)
+        }
+        return "ClientConfig(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
 
     @classmethod
     def from_env(cls, **overrides: Any) -> ClientConfig:
-        """Defaults, then ``PARTSTREAM_URL`` / ``PARTSTREAM_NAMESPACE`` / ``PARTSTREAM_DATA_DIR``,
-        then ``overrides`` whose value is not None."""
+        """Defaults, then the environment, then ``overrides`` whose value is not None.
+
+        Environment: ``PARTSTREAM_URL``, ``PARTSTREAM_NAMESPACE``, ``PARTSTREAM_DATA_DIR``,
+        ``PARTSTREAM_TLS_CA`` / ``PARTSTREAM_TLS_CERT`` / ``PARTSTREAM_TLS_KEY`` (CA bundle,
+        client certificate and key for ``rediss://``) and
+        ``PARTSTREAM_STRICT_EVICTION_POLICY`` (``1``/``true``: refuse an evicting server).
+        """
         values: dict[str, Any] = {}
-        if url := os.environ.get("PARTSTREAM_URL"):
+        env = os.environ
+        if url := env.get("PARTSTREAM_URL"):
             values["url"] = url
-        if ns := os.environ.get("PARTSTREAM_NAMESPACE"):
+        if ns := env.get("PARTSTREAM_NAMESPACE"):
             values["namespace"] = ns
-        if data_dir := os.environ.get("PARTSTREAM_DATA_DIR"):
+        if data_dir := env.get("PARTSTREAM_DATA_DIR"):
             values["data_dir"] = Path(data_dir)
+        for var, name in _TLS_ENV.items():
+            if path := env.get(var):
+                values[name] = path
+        if (strict := env.get("PARTSTREAM_STRICT_EVICTION_POLICY")) is not None:
+            values["strict_eviction_policy"] = _env_bool(
+                "PARTSTREAM_STRICT_EVICTION_POLICY", strict
+            )
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
     def with_changes(self, **changes: Any) -> ClientConfig:
         return replace(self, **changes)
+
+
+_PRODUCER_INT_FIELDS = ("batch_size", "buffer_records", "max_record_bytes", "retries")
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +179,15 @@ class ProducerConfig:
     retry_backoff_ms: float = 100.0
 
     def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "idempotent":
+                if not isinstance(value, bool):
+                    raise ConfigError(f"idempotent must be true or false, got {value!r}")
+            elif isinstance(value, bool) or not isinstance(value, int | float):
+                raise ConfigError(f"{f.name} must be a number, got {value!r}")
+            elif f.name in _PRODUCER_INT_FIELDS and not isinstance(value, int):
+                raise ConfigError(f"{f.name} must be an integer, got {value!r}")
         if self.linger_ms < 0:
             raise ConfigError("linger_ms must be >= 0")
         if not 1 <= self.batch_size <= 100_000:
@@ -164,6 +229,8 @@ class ConsumerConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.auto_commit, bool):
+            raise ConfigError(f"auto_commit must be true or false, got {self.auto_commit!r}")
         if self.fetch_count > 10_000:
             raise ConfigError("fetch_count must be at most 10000")
         if self.auto_offset_reset not in OFFSET_RESETS:

@@ -20,7 +20,9 @@ import redis.exceptions as rex
 
 from coordinator.errors import (
     ConfigError,
+    ConnectionFailedError,
     EvictionPolicyError,
+    PartstreamError,
     ServerTooOldError,
     translate,
 )
@@ -238,6 +240,25 @@ def open_client(url: str, config: ClientConfig) -> tuple[Any, bool]:
     return redis.Redis.from_url(url, **kwargs), False
 
 
+def _tls_error(err: Exception, url: str) -> PartstreamError | None:
+    """A clear error for a TLS handshake refused on either side, else None."""
+    msg = str(err)
+    low = msg.lower()
+    where = f"connecting to {redact_url(url)}"
+    if "certificate_verify_failed" in low or "certificate verify failed" in low:
+        return ConfigError(
+            f"{where}: the server's TLS certificate could not be verified ({msg}); pass the CA "
+            "that signed it with ssl_ca_certs (PARTSTREAM_TLS_CA), and connect by the name or "
+            "address the certificate is issued for"
+        )
+    if "certificate required" in low or "alert_certificate_required" in low:
+        return ConnectionFailedError(
+            f"{where}: the server requires a client certificate ({msg}); set ssl_certfile and "
+            "ssl_keyfile (PARTSTREAM_TLS_CERT, PARTSTREAM_TLS_KEY)"
+        )
+    return None
+
+
 def connect(config: ClientConfig | None = None, **overrides: Any) -> Connection:
     """Open a connection to the configured server (or the embedded one) and check it.
 
@@ -252,7 +273,7 @@ def connect(config: ClientConfig | None = None, **overrides: Any) -> Connection:
         client, cluster = open_client(url, config)
         client.ping()
     except rex.RedisError as err:
-        raise translate(err, f"connecting to {redact_url(url)}") from err
+        raise _tls_error(err, url) or translate(err, f"connecting to {redact_url(url)}") from err
     except (OSError, ValueError) as err:
         raise ConfigError(f"cannot use {redact_url(url)}: {err}") from err
     try:

@@ -1,0 +1,200 @@
+"""Least-privilege ACL users for partstream: the rules of a producer, a consumer and an admin.
+
+:func:`acl_rules` returns the arguments of one ``ACL SETUSER`` call (Redis >= 7.0 and Valkey
+>= 7.2: it uses key selectors and ``%R~`` read-only key patterns). The rules follow the key
+table in :mod:`coordinator.keys`:
+
+``producer`` (topics T)
+    append to T's partition streams and idempotence ``:seq`` hashes (through ``append.lua``,
+    or XADD directly), read T's metadata hash. Nothing else: no XREADGROUP/XACK, no other
+    topic, no group key, no dead-letter stream, no DEL.
+``consumer`` (topics T, groups G)
+    read, ack, claim and seek G's positions on T's partitions, write their fences and group
+    marks, XADD to their dead-letter streams only, run G's coordinator scripts on
+    ``{ns}:g:{G}:*``, register G in ``{ns}:groups``, read T's metadata. It cannot XADD to a
+    topic stream, touch another topic, or touch another group's coordinator keys.
+``admin``
+    every non-dangerous command on every key of the namespace ``{ns}:*``.
+
+Every role also gets the keyless commands a client needs to connect: PING, INFO (server
+version and features), TIME, SCRIPT LOAD, EVALSHA, CLIENT ID, and the cluster discovery
+commands (CLUSTER SLOTS/SHARDS/NODES, COMMAND, ASKING, READONLY). CONFIG is never granted
+(``CONFIG GET`` would reveal ``requirepass``), so a non-admin connection cannot read
+``maxmemory-policy`` and skips that check.
+
+How this holds with scripts: the server checks every command a script runs against the
+caller's ACL, command and keys together, as if the caller had sent it. EVALSHA itself needs
+read/write access to all the keys it declares, granted in the root selector (with no data
+command), while each data command is granted only in a selector naming the keys it may touch.
+So a consumer's script can XADD to a dead-letter stream but not to the topic stream.
+
+Limits of Redis ACLs (documented, not fixable by rules): an ACL cannot name a *stream
+consumer group* (it is an argument, not a key) nor a hash field, so a consumer of topic T can
+read or ack T's partitions under another group's name or overwrite another group's fence
+field on T. It still cannot touch another group's coordinator keys or any other topic.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shlex
+from collections.abc import Iterable, Sequence
+
+from coordinator.errors import ConfigError
+from coordinator.keys import DEFAULT_NAMESPACE, validate_name
+
+ROLES = ("producer", "consumer", "admin")
+
+# Keyless commands any partstream client runs (connect, version check, scripts, cluster).
+_BASE_COMMANDS = (
+    "+ping",
+    "+info",
+    "+time",
+    "+client|id",
+    "+script|load",
+    "+evalsha",
+    "+cluster|slots",
+    "+cluster|shards",
+    "+cluster|nodes",
+    "+command",
+    "+asking",
+    "+readonly",
+)
+# What append.lua (and a direct XADD) runs on a partition stream.
+_PRODUCER_STREAM = ("+xadd", "+xtrim", "+xrange", "+xlen", "+xinfo|groups", "+xpending")
+_PRODUCER_SEQ = ("+hget", "+hset", "+hlen", "+hrandfield", "+hdel")
+# consume.lua, seek.lua and the idle XREAD on a partition stream.
+_CONSUMER_STREAM = (
+    "+xreadgroup",
+    "+xread",
+    "+xack",
+    "+xpending",
+    "+xclaim",
+    "+xautoclaim",
+    "+xrange",
+    "+xrevrange",
+    "+xlen",
+    "+xinfo|groups",
+    "+xinfo|stream",
+    "+xgroup|create",
+    "+xgroup|setid",
+    "+exists",
+)
+# fence.lua and the group marks of consume.lua/seek.lua.
+_CONSUMER_FENCE = ("+hget", "+hset", "+hdel", "+hexists")
+# member.lua and the describe/assign operations of admin.lua on the group's keys (assign
+# replaces the target hash with DEL + HSET).
+_CONSUMER_GROUP = (
+    "+del",
+    "+hget",
+    "+hset",
+    "+hsetnx",
+    "+hdel",
+    "+hexists",
+    "+hgetall",
+    "+hincrby",
+    "+hvals",
+    "+exists",
+    "+zadd",
+    "+zrangebyscore",
+    "+zrem",
+    "+zscore",
+)
+# Admin: everything but the dangerous commands (FLUSHALL, KEYS, CONFIG, ACL, DEBUG, ...).
+_ADMIN_COMMANDS = ("+@all", "-@dangerous", "+info", "-script|flush", "-function|flush")
+
+
+def password_hash(password: str) -> str:
+    """The ``#<sha256>`` rule for ``password``: sets it without the clear text in the rules."""
+    return "#" + hashlib.sha256(password.encode("utf-8")).hexdigest()
+
+
+def _selector(commands: Iterable[str], *patterns: str) -> str:
+    return "(" + " ".join([*commands, *patterns]) + ")"
+
+
+def _stream(ns: str, topic: str, suffix: str = "") -> str:
+    # Topic names never hold glob characters (see coordinator.keys), and a stream key is the
+    # only partition key ending in "}", so "{topic:*}" cannot match another topic's keys.
+    return f"{ns}:t:{{{topic}:*}}{suffix}"
+
+
+def acl_rules(
+    role: str,
+    *,
+    user: str,
+    topics: Sequence[str] = (),
+    groups: Sequence[str] = (),
+    namespace: str = DEFAULT_NAMESPACE,
+    password: str | None = None,
+) -> list[str]:
+    """The arguments of ``ACL SETUSER`` for a ``role`` user (after the words ACL SETUSER).
+
+    The rules start with ``reset``, so applying them again replaces the user's rights. With no
+    ``password`` the user has none and cannot log in until one is set (``>secret`` or
+    ``#sha256``); a given password is put in as its SHA-256 (``#...``), never in clear.
+    Raises ConfigError for an unknown role or a missing topic/group.
+    """
+    if role not in ROLES:
+        raise ConfigError(f"unknown role {role!r}; use one of {', '.join(ROLES)}")
+    validate_name(user, "ACL user")
+    validate_name(namespace, "namespace")
+    topics = [validate_name(t, "topic") for t in topics]
+    groups = [validate_name(g, "group") for g in groups]
+    head = [user, "reset", "on"]
+    if password is not None:
+        if not password:
+            raise ConfigError("an ACL password must not be empty")
+        head.append(password_hash(password))
+    head.append("resetchannels")
+    ns = namespace
+    if role == "admin":
+        return [*head, f"~{ns}:*", *_ADMIN_COMMANDS]
+    if not topics:
+        raise ConfigError(f"a {role} user needs at least one topic")
+    meta = [f"%R~{ns}:t:{{{t}}}:meta" for t in topics]
+    if role == "producer":
+        if groups:
+            raise ConfigError("a producer user takes no group")
+        streams = [f"~{_stream(ns, t)}" for t in topics]
+        seqs = [f"~{_stream(ns, t, ':seq')}" for t in topics]
+        return [
+            *head,
+            "-@all",
+            *_BASE_COMMANDS,
+            *streams,  # root keys: what EVALSHA append may declare
+            *seqs,
+            _selector(_PRODUCER_STREAM, *streams),
+            _selector(_PRODUCER_SEQ, *seqs),
+            _selector(["+hgetall"], *meta),
+        ]
+    if not groups:
+        raise ConfigError("a consumer user needs at least one group")
+    streams = [f"~{_stream(ns, t)}" for t in topics]
+    fences = [f"~{_stream(ns, t, s)}" for t in topics for s in (":fence", ":groups")]
+    dlqs = [f"~{_stream(ns, t, ':dlq')}" for t in topics]
+    group_keys = [f"~{ns}:g:{{{g}}}:*" for g in groups]
+    return [
+        *head,
+        "-@all",
+        *_BASE_COMMANDS,
+        "+eval",  # Scripts.call falls back to EVAL after NOSCRIPT
+        *streams,  # root keys: what the consumer's scripts may declare
+        *fences,
+        *dlqs,
+        *group_keys,
+        _selector(_CONSUMER_STREAM, *streams),
+        _selector(_CONSUMER_FENCE, *fences),
+        _selector(["+xadd"], *dlqs),
+        _selector(_CONSUMER_GROUP, *group_keys),
+        _selector(["+sadd"], f"~{ns}:groups"),
+        _selector(["+hgetall"], *meta),
+    ]
+
+
+def setuser_command(rules: Sequence[str]) -> str:
+    """One ``ACL SETUSER ...`` line, quoted for a shell (``redis-cli ACL SETUSER ...``)."""
+    return "ACL SETUSER " + shlex.join(rules)
+
+
+__all__ = ["ROLES", "acl_rules", "password_hash", "setuser_command"]

@@ -1,0 +1,426 @@
+"""Security: least-privilege ACL users, TLS (verified by default, mutual TLS), no leaked passwords.
+
+Each test group starts its own server (users and TLS are server configuration the shared test
+server must not get) and stops it by pid.
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import shutil
+import subprocess
+import time
+import traceback
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import redis
+from click.testing import CliRunner
+
+from coordinator.errors import (
+    ConfigError,
+    ConnectionFailedError,
+    PermissionDeniedError,
+    translate,
+)
+from coordinator.group import GroupAdmin
+from coordinator.settings import GroupSettings
+from partitions.acl import acl_rules
+from partitions.cli import main
+from partitions.config import ClientConfig, ConsumerConfig, ProducerConfig
+from partitions.connection import Connection, connect
+from partitions.consumer import Consumer
+from partitions.producer import Producer
+from partitions.topics import TopicAdmin, TopicSpec
+from tests.integration.own_server import OwnServer, free_port, missing, own_server, server_binaries
+
+NS = "sec"
+PASSWORD = "Pr0d-s3cret-pw"  # distinctive, so a leak is easy to find in any output
+FAST = GroupSettings(session_timeout_ms=3000, heartbeat_interval_ms=500)
+
+
+# -- ACL users ------------------------------------------------------------------------------
+@dataclass
+class AclSetup:
+    server: OwnServer
+    root: redis.Redis
+
+    def url(self, user: str, password: str = PASSWORD) -> str:
+        return f"redis://{user}:{password}@{self.server.host_port}"
+
+    def config(self, user: str) -> ClientConfig:
+        return ClientConfig(url=self.url(user), namespace=NS)
+
+    def connect(self, user: str) -> Connection:
+        return connect(self.config(user))
+
+
+@pytest.fixture(scope="module")
+def acl() -> Iterator[AclSetup]:
+    with own_server() as server:
+        root = redis.Redis(port=server.port)
+        users = {
+            "producer": acl_rules(
+                "producer", user="producer", topics=["orders"], namespace=NS, password=PASSWORD
+            ),
+            "consumer": acl_rules(
+                "consumer",
+                user="consumer",
+                topics=["orders"],
+                groups=["billing"],
+                namespace=NS,
+                password=PASSWORD,
+            ),
+            "admin": acl_rules("admin", user="admin", namespace=NS, password=PASSWORD),
+        }
+        for rules in users.values():
+            root.execute_command("ACL", "SETUSER", *rules)
+        setup = AclSetup(server, root)
+        with setup.connect("admin") as admin:
+            topics = TopicAdmin(admin)
+            topics.create(TopicSpec("orders", 2))
+            topics.create(TopicSpec("other", 1))
+            GroupAdmin(admin.client, admin.keys).create("billing", FAST)
+            GroupAdmin(admin.client, admin.keys).create("audit", FAST)
+        yield setup
+        root.close()
+
+
+def _drain(c: Consumer, n: int, timeout: float = 10.0) -> list[str]:
+    got: list[str] = []
+    deadline = time.monotonic() + timeout
+    while len(got) < n and time.monotonic() < deadline:
+        got += [r.value.decode() for r in c.poll(timeout=0.3) if r.value is not None]
+    return got
+
+
+def test_producer_appends_to_its_topic_and_nothing_else(acl: AclSetup) -> None:
+    before = acl.root.xlen(f"{NS}:t:{{other:0}}")
+    with acl.connect("producer") as pc:
+        with Producer(pc, ProducerConfig(linger_ms=1)) as p:
+            metas = [p.send("orders", f"p{i}", key=f"k{i}").result(5) for i in range(5)]
+            assert {m.topic for m in metas} == {"orders"}
+            with pytest.raises(PermissionDeniedError, match=r"ACL.*partstream acl print"):
+                p.send("other", "x")  # cannot even read the other topic's metadata
+        # Outside its rights even with raw commands: no reads as a group, no other topic, no
+        # DEL, no dead-letter stream, no group keys.
+        stream = pc.keys.stream("orders", 0)
+        refused = [
+            ("XREADGROUP", "GROUP", "billing", "c", "STREAMS", stream, ">"),
+            ("XACK", stream, "billing", "0-1"),
+            ("XGROUP", "CREATE", stream, "mine", "0"),
+            ("XADD", pc.keys.stream("other", 0), "*", "k", "v"),
+            ("XADD", pc.keys.dlq("orders", 0), "*", "k", "v"),
+            ("DEL", stream),
+            ("HSET", pc.keys.topic_meta("orders"), "partitions", "1"),
+            ("HGETALL", pc.keys.group_cfg("billing")),
+            ("KEYS", "*"),
+            ("CONFIG", "GET", "requirepass"),
+        ]
+        for cmd in refused:
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                pc.client.execute_command(*cmd)
+        # A consumer needs group rights the producer does not have.
+        with pytest.raises(PermissionDeniedError, match="group billing"):
+            Consumer("billing", "orders", conn=pc)
+    assert acl.root.xlen(f"{NS}:t:{{other:0}}") == before
+
+
+def test_consumer_reads_acks_and_dead_letters_its_group_only(acl: AclSetup) -> None:
+    with acl.connect("admin") as admin, Producer(admin, ProducerConfig(linger_ms=1)) as p:
+        for i in range(6):
+            p.send("orders", f"c{i}", key=f"k{i}")
+    with acl.connect("consumer") as cc:
+        with Consumer("billing", "orders", conn=cc, group_settings=FAST) as c:
+            got = _drain(c, 6)
+            assert len(got) >= 6
+            # The dead-letter write (XADD to the dlq inside consume.lua) is allowed.
+            rec = c.poll(timeout=0.1) or []
+            assert rec == []
+        dlq_before = sum(acl.root.xlen(cc.keys.dlq("orders", p)) for p in range(2))
+        with acl.connect("admin") as admin, Producer(admin, ProducerConfig(linger_ms=1)) as p:
+            p.send("orders", "poison", key="poison").result(5)
+        with Consumer("billing", "orders", conn=cc, group_settings=FAST) as c:
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                recs = c.poll(timeout=0.3)
+                if recs:
+                    c.dead_letter(recs[0], "rejected")
+                    break
+        dlq_after = sum(acl.root.xlen(cc.keys.dlq("orders", p)) for p in range(2))
+        assert dlq_after == dlq_before + 1
+        # Refused outside its rights.
+        with (
+            pytest.raises(PermissionDeniedError, match="appending to orders"),
+            Producer(cc, ProducerConfig(linger_ms=1)) as p,
+        ):
+            p.send("orders", "forged").result(5)
+        with pytest.raises(PermissionDeniedError, match="group audit"):
+            Consumer("audit", "orders", conn=cc, group_settings=FAST)
+        with pytest.raises(PermissionDeniedError, match="reading topic other"):
+            Consumer("billing", "other", conn=cc, group_settings=FAST)
+        stream = cc.keys.stream("orders", 0)
+        refused = [
+            ("XADD", stream, "*", "key", "k", "value", "forged"),
+            ("XTRIM", stream, "MAXLEN", "0"),
+            ("DEL", stream),
+            ("XGROUP", "DESTROY", stream, "billing"),
+            ("HGETALL", cc.keys.group_members("audit")),
+            ("XREADGROUP", "GROUP", "g", "c", "STREAMS", cc.keys.stream("other", 0), ">"),
+            ("HSET", cc.keys.topic_meta("orders"), "partitions", "1"),
+        ]
+        for cmd in refused:
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                cc.client.execute_command(*cmd)
+        # A script runs with the caller's rights: it cannot XADD to the topic stream either.
+        with pytest.raises(redis.exceptions.ResponseError) as err:
+            cc.client.eval("return redis.call('XADD', KEYS[1], '*', 'k', 'v')", 1, stream)
+        assert isinstance(translate(err.value), PermissionDeniedError)
+    assert b"forged" not in str(acl.root.xrange(f"{NS}:t:{{orders:0}}")).encode()
+
+
+def test_admin_owns_the_namespace_and_nothing_dangerous(acl: AclSetup) -> None:
+    with acl.connect("admin") as admin:
+        topics = TopicAdmin(admin)
+        topics.create(TopicSpec("scratch", 3))
+        assert "scratch" in topics.names()
+        assert topics.delete("scratch") is True
+        GroupAdmin(admin.client, admin.keys).create("temp", FAST)
+        assert GroupAdmin(admin.client, admin.keys).delete("temp") is True
+        for cmd in (
+            ("FLUSHALL",),
+            ("KEYS", "*"),
+            ("CONFIG", "GET", "requirepass"),
+            ("ACL", "LIST"),
+            ("SET", "outside:the:namespace", "1"),
+            ("GET", "other-ns:t:{orders}:meta"),
+        ):
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                admin.client.execute_command(*cmd)
+
+
+def test_cli_works_with_acl_users_and_refuses_in_one_line(acl: AclSetup) -> None:
+    runner = CliRunner()
+
+    def cli(user: str, *args: str, input: str | None = None) -> tuple[int, str, str]:
+        res = runner.invoke(main, ["--url", acl.url(user), "--namespace", NS, *args], input=input)
+        return res.exit_code, res.stdout, res.stderr
+
+    code, out, err = cli("producer", "produce", "orders", "-k", "cli", input="from-cli\n")
+    assert code == 0, err
+    assert "Produced to partition" in out
+    code, out, err = cli("consumer", "consume", "orders", "-g", "billing", "--timeout", "3")
+    assert code == 0, err
+    assert "from-cli" in out
+    code, _, err = cli("producer", "topic", "create", "evil", "-p", "1")
+    assert code == 1
+    assert err.startswith("error: PermissionDeniedError") and err.count("\n") == 1
+    code, _, err = cli("consumer", "produce", "orders", input="forged\n")
+    assert code == 1 and "PermissionDeniedError" in err and err.count("\n") == 1
+    for out_or_err in (out, err):
+        assert PASSWORD not in out_or_err
+
+
+def test_acl_print_output_creates_a_working_user(
+    acl: AclSetup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PARTSTREAM_ACL_PASSWORD", "printed-user-pw")
+    res = CliRunner().invoke(
+        main,
+        [
+            *("--namespace", NS, "acl", "print", "--role", "producer", "--topic", "orders"),
+            *("--user", "printed", "--with-password"),
+        ],
+    )
+    assert res.exit_code == 0, res.stderr
+    assert "printed-user-pw" not in res.stdout
+    words = shlex.split(res.stdout)
+    assert words[:5] == ["ACL", "SETUSER", "printed", "reset", "on"]
+    assert words[5].startswith("#")  # the password's SHA-256, not the password
+    acl.root.execute_command("ACL", "SETUSER", *words[2:])
+    with connect(ClientConfig(url=acl.url("printed", "printed-user-pw"), namespace=NS)) as pc:
+        with Producer(pc, ProducerConfig(linger_ms=1)) as p:
+            assert p.send("orders", "ok").result(5).topic == "orders"
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            pc.client.execute_command("XREADGROUP", "GROUP", "g", "c", "STREAMS", "x", ">")
+    res = CliRunner().invoke(
+        main, ["acl", "print", "--role", "consumer", "--topic", "t", "--user", "u"]
+    )
+    assert res.exit_code == 1 and "needs at least one group" in res.stderr
+
+
+# -- passwords never printed ------------------------------------------------------------------
+def _assert_no_password(*texts: str) -> None:
+    for text in texts:
+        assert PASSWORD not in text, text
+
+
+def test_failed_auth_and_unreachable_server_never_show_the_password(
+    acl: AclSetup, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    wrong = f"redis://producer:{PASSWORD}x@{acl.server.host_port}"  # wrong password
+    nobody = f"redis://ghost:{PASSWORD}@{acl.server.host_port}"  # unknown user
+    closed = f"redis://producer:{PASSWORD}@127.0.0.1:{free_port()}"  # nothing listens
+    for url, kind in (
+        (wrong, PermissionDeniedError),
+        (nobody, PermissionDeniedError),
+        (closed, ConnectionFailedError),
+    ):
+        config = ClientConfig(url=url, namespace=NS, connect_timeout=1)
+        _assert_no_password(repr(config), str(config))
+        with pytest.raises(kind) as info:
+            connect(config)
+        _assert_no_password(str(info.value), repr(info.value))
+        _assert_no_password("".join(traceback.format_exception(info.value)))
+        res = CliRunner().invoke(main, ["--url", url, "topic", "list"])
+        assert res.exit_code == 1 and res.stderr.count("\n") == 1
+        assert res.stderr.startswith(f"error: {kind.__name__}")
+        _assert_no_password(res.stdout, res.stderr)
+    with connect(acl.config("admin")) as conn:
+        _assert_no_password(repr(conn), str(conn), repr(conn.config), repr(conn.client))
+        assert "***" in repr(conn)
+    _assert_no_password(caplog.text, *(r.getMessage() for r in caplog.records))
+
+
+# -- TLS --------------------------------------------------------------------------------------
+@dataclass
+class Certs:
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+    rogue_ca: Path
+
+
+def _openssl(*args: str | Path) -> None:
+    subprocess.run(["openssl", *map(str, args)], check=True, capture_output=True)
+
+
+def _make_certs(d: Path) -> Certs:
+    for name in ("ca", "rogue"):
+        _openssl(
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            "-keyout", d / f"{name}.key", "-out", d / f"{name}.pem", "-subj", f"/CN=ps-test-{name}",
+        )  # fmt: skip
+    ext = d / "san.ext"
+    ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    for name in ("server", "client"):
+        _openssl(
+            "req", "-newkey", "rsa:2048", "-nodes", "-keyout", d / f"{name}.key",
+            "-out", d / f"{name}.csr", "-subj", f"/CN=ps-test-{name}",
+        )  # fmt: skip
+        _openssl(
+            "x509", "-req", "-in", d / f"{name}.csr", "-CA", d / "ca.pem", "-CAkey", d / "ca.key",
+            "-CAcreateserial", "-days", "2", "-out", d / f"{name}.pem", "-extfile", ext,
+        )  # fmt: skip
+    return Certs(
+        d / "ca.pem",
+        d / "server.pem",
+        d / "server.key",
+        d / "client.pem",
+        d / "client.key",
+        d / "rogue.pem",
+    )
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
+    if shutil.which("openssl") is None:
+        missing("the openssl command is needed to make test certificates")
+    return _make_certs(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture(scope="module")
+def tls_server(certs: Certs) -> Iterator[OwnServer]:
+    yield from _start_tls(certs, auth_clients=False)
+
+
+@pytest.fixture(scope="module")
+def mtls_server(certs: Certs) -> Iterator[OwnServer]:
+    yield from _start_tls(certs, auth_clients=True)
+
+
+def _start_tls(certs: Certs, auth_clients: bool) -> Iterator[OwnServer]:
+    tls_args = [
+        "--tls-cert-file", str(certs.server_cert), "--tls-key-file", str(certs.server_key),
+        "--tls-ca-cert-file", str(certs.ca),
+        "--tls-auth-clients", "yes" if auth_clients else "no",
+    ]  # fmt: skip
+    errors = []
+    for binary in server_binaries():
+        try:
+            cm = own_server(binary=binary, tls_args=tls_args)
+            server = cm.__enter__()
+        except RuntimeError as err:  # built without TLS: try the next binary
+            errors.append(f"{binary}: {err}")
+            continue
+        try:
+            yield server
+        finally:
+            cm.__exit__(None, None, None)
+        return
+    missing("no server binary with TLS support: " + "; ".join(errors))
+
+
+def test_tls_with_the_ca_works_and_is_verified_by_default(
+    tls_server: OwnServer, certs: Certs
+) -> None:
+    url = f"rediss://{tls_server.host_port}"
+    with connect(ClientConfig(url=url, namespace=NS, ssl_ca_certs=str(certs.ca))) as conn:
+        TopicAdmin(conn).create(TopicSpec("tls", 1), exist_ok=True)
+        with Producer(conn, ProducerConfig(linger_ms=1)) as p:
+            assert p.send("tls", "over tls").result(5).topic == "tls"
+        with Consumer("g", "tls", conn=conn, group_settings=FAST, config=ConsumerConfig()) as c:
+            assert _drain(c, 1) == ["over tls"]
+    # No CA given: the system store does not know the test CA; a wrong CA: refused too.
+    for ca in (None, str(certs.rogue_ca)):
+        with pytest.raises(ConfigError, match="TLS certificate could not be verified"):
+            connect(ClientConfig(url=url, namespace=NS, ssl_ca_certs=ca, connect_timeout=2))
+    # A plain connection to the TLS port fails; TLS options on redis:// are refused up front.
+    with pytest.raises(ConnectionFailedError):
+        connect(ClientConfig(url=f"redis://{tls_server.host_port}", connect_timeout=2))
+    with pytest.raises(ConfigError, match="use rediss://"):
+        connect(ClientConfig(url=f"redis://{tls_server.host_port}", ssl_ca_certs=str(certs.ca)))
+
+
+def test_tls_settings_from_env_and_cli(
+    tls_server: OwnServer, certs: Certs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = f"rediss://{tls_server.host_port}"
+    res = CliRunner().invoke(main, ["--url", url, "--namespace", NS, "topic", "list"])
+    assert res.exit_code == 1 and "TLS certificate could not be verified" in res.stderr
+    assert res.stderr.count("\n") == 1
+    monkeypatch.setenv("PARTSTREAM_TLS_CA", str(certs.ca))
+    assert ClientConfig.from_env(url=url).ssl_ca_certs == str(certs.ca)
+    res = CliRunner().invoke(main, ["--url", url, "--namespace", NS, "topic", "list"])
+    assert res.exit_code == 0, res.stderr
+    monkeypatch.setenv("PARTSTREAM_TLS_CA", str(certs.ca) + ".missing")
+    with pytest.raises(ConfigError, match="ssl_ca_certs"):
+        ClientConfig.from_env(url=url)
+
+
+def test_mutual_tls_needs_the_client_certificate(
+    mtls_server: OwnServer, certs: Certs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = f"rediss://{mtls_server.host_port}"
+    with pytest.raises(ConnectionFailedError):
+        connect(ClientConfig(url=url, namespace=NS, ssl_ca_certs=str(certs.ca), connect_timeout=2))
+    config = ClientConfig(
+        url=url,
+        namespace=NS,
+        ssl_ca_certs=str(certs.ca),
+        ssl_certfile=str(certs.client_cert),
+        ssl_keyfile=str(certs.client_key),
+    )
+    with connect(config) as conn:
+        assert conn.client.ping()
+    monkeypatch.setenv("PARTSTREAM_TLS_CA", str(certs.ca))
+    monkeypatch.setenv("PARTSTREAM_TLS_CERT", str(certs.client_cert))
+    monkeypatch.setenv("PARTSTREAM_TLS_KEY", str(certs.client_key))
+    with connect(ClientConfig.from_env(url=url, namespace=NS)) as conn:
+        assert conn.client.ping()

@@ -15,6 +15,7 @@ import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -46,7 +47,7 @@ FAST = GroupSettings(session_timeout_ms=3000, heartbeat_interval_ms=500)
 @dataclass
 class AclSetup:
     server: OwnServer
-    root: redis.Redis
+    root: Any  # redis.Redis (execute_command is untyped)
 
     def url(self, user: str, password: str = PASSWORD) -> str:
         return f"redis://{user}:{password}@{self.server.host_port}"
@@ -61,7 +62,7 @@ class AclSetup:
 @pytest.fixture(scope="module")
 def acl() -> Iterator[AclSetup]:
     with own_server() as server:
-        root = redis.Redis(port=server.port)
+        root: Any = redis.Redis(port=server.port)
         users = {
             "producer": acl_rules(
                 "producer", user="producer", topics=["orders"], namespace=NS, password=PASSWORD

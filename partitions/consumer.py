@@ -344,6 +344,7 @@ class Consumer:
             self._closed = True
             with self._events_lock:
                 self._events.clear()
+            self._fetcher.close()
             if self._blocker is not None:
                 self._blocker.close()
             if self._owns_conn:

@@ -16,7 +16,6 @@ Not thread-safe: used by one consumer on its own thread.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
 from typing import Any
 
 import redis.exceptions as rex
@@ -31,6 +30,7 @@ from partitions.records import (
     Record,
     ack_result,
     fetch_result,
+    records_from_read,
     retry_result,
 )
 
@@ -46,7 +46,7 @@ class PartitionState:
     """What the consumer tracks for one owned partition."""
 
     __slots__ = (
-        "args", "cursor", "fence", "keys", "last_id", "next_reclaim", "partition",
+        "args", "cursor", "fence", "fence_bytes", "keys", "last_id", "next_reclaim", "partition",
         "tail", "topic", "tp",
     )  # fmt: skip
 
@@ -63,6 +63,7 @@ class PartitionState:
             k.dlq(tp.topic, tp.partition),
         ]
         self.fence = fence_value(member_id, token)
+        self.fence_bytes = self.fence.encode()
         # Common ARGV after the op: group, fence value, topic, partition, consumer.
         self.args = [group, self.fence, tp.topic, str(tp.partition), STREAM_CONSUMER]
         # '-': first redeliver every entry the previous owner left unacked (takeover).
@@ -82,6 +83,7 @@ class Fetcher:
         self.start = start  # '0' or '$': where a group starts on a partition it never read
         self.refused_acks = 0  # acks the fence refused (we had lost the partition)
         self.dead_lettered = 0
+        self._conn: Any = None  # a dedicated connection for WATCH/MULTI (fast path)
         conn.scripts.load("consume")
         conn.scripts.load("seek")
 
@@ -99,6 +101,12 @@ class Fetcher:
         fence refused (not owner). Raises StateLostError if a stream or group vanished.
         """
         now = time.monotonic()
+        if self._fast_ok(parts, reclaim_ms, now):
+            fast = self._fast_fetch(parts, acks)
+            if fast:
+                return fast, []
+            # Nothing new (or the fast path stepped aside): the script path below also
+            # answers each partition's tail, which a blocking wait needs.
         calls: list[tuple[PartitionState, list[Any]]] = []
         for st in parts:
             ids = acks.pop(st.tp, None) or []
@@ -123,20 +131,73 @@ class Fetcher:
                 records += res.records
         return records, refused
 
-    def wait(self, parts: Iterable[PartitionState], block_ms: int) -> None:
-        """Block until one of the partitions gets an entry after its tail, or ``block_ms``."""
-        waiting = [st for st in parts if st.tail and not st.cursor]
-        if block_ms <= 0:
-            return
-        if not waiting or self.conn.is_cluster:
-            # A cluster cannot XREAD streams of several slots in one call: poll instead.
-            time.sleep(min(block_ms, 10 if waiting else block_ms) / 1000)
-            return
-        streams = {st.keys[0]: st.tail for st in waiting}
+    # -- the fast path ------------------------------------------------------------------------
+    # Steady state (no takeover recovery, no reclaim due, single node): WATCH the fences,
+    # check them, then MULTI / XACK ... / one XREADGROUP over all streams / EXEC. If a fence
+    # changes before EXEC the transaction does not run at all, so this is exactly as fenced
+    # as consume.lua, without the cost of copying every entry through Lua.
+    def _fast_ok(self, parts: list[PartitionState], reclaim_ms: int, now: float) -> bool:
+        if self.conn.is_cluster or not parts:
+            return False
+        return all(not st.cursor and not (reclaim_ms and now >= st.next_reclaim) for st in parts)
+
+    def _fast_fetch(
+        self, parts: list[PartitionState], acks: dict[TopicPartition, list[str]]
+    ) -> list[Record] | None:
+        c = self._txn_conn()
+        group = parts[0].args[0]
         try:
-            self.client.xread(streams, count=1, block=block_ms)
+            check: list[tuple[Any, ...]] = [("WATCH", *[st.keys[1] for st in parts])]
+            check += [("HGET", st.keys[1], group) for st in parts]
+            c.send_packed_command(c.pack_commands(check))
+            held = [c.read_response() for _ in check][1:]
+            if any(h != st.fence_bytes for h, st in zip(held, parts, strict=True)):
+                c.send_command("UNWATCH")
+                c.read_response()
+                return None  # a fence moved: the script path reports who holds it
+            txn: list[tuple[Any, ...]] = [("MULTI",)]
+            for st in parts:
+                ids = acks.get(st.tp)
+                if ids:
+                    txn.append(("XACK", st.keys[0], group, *ids))
+            streams = [st.keys[0] for st in parts]
+            txn.append(("XREADGROUP", "GROUP", group, STREAM_CONSUMER, "COUNT", self.fetch_count,
+                        "STREAMS", *streams, *(">" for _ in parts)))  # fmt: skip
+            txn.append(("EXEC",))
+            c.send_packed_command(c.pack_commands(txn))
+            out = [c.read_response() for _ in txn][-1]
+        except rex.ResponseError:
+            c.disconnect()
+            return None
         except rex.RedisError as err:
-            raise translate(err, "waiting for new entries") from err
+            c.disconnect()
+            raise translate(err, "reading partitions") from err
+        if out is None or any(isinstance(r, Exception) for r in out):
+            return None  # a fence changed meanwhile, or a group is missing: script path
+        for st in parts:
+            acks.pop(st.tp, None)
+        reply = out[-1]
+        if not reply:
+            return []
+        by_stream = {st.keys[0].encode(): st for st in parts}
+        records: list[Record] = []
+        # RESP3 answers a map {stream: entries}, RESP2 a list of [stream, entries].
+        for name, entries in reply.items() if isinstance(reply, dict) else reply:
+            st = by_stream[name]
+            st.tail = ""
+            records += records_from_read(st.topic, st.partition, entries)
+        return records
+
+    def _txn_conn(self) -> Any:
+        if self._conn is None:
+            self._conn = self.client.connection_pool.get_connection()
+        return self._conn
+
+    def close(self) -> None:
+        """Give back the transaction connection."""
+        if self._conn is not None:
+            self.client.connection_pool.release(self._conn)
+            self._conn = None
 
     # -- acks, retries, dead letters --------------------------------------------------------
     def ack(

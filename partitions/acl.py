@@ -18,9 +18,12 @@ table in :mod:`coordinator.keys`:
 
 Every role also gets the keyless commands a client needs to connect: PING, INFO (server
 version and features), TIME, SCRIPT LOAD, EVALSHA, CLIENT ID, and the cluster discovery
-commands (CLUSTER SLOTS/SHARDS/NODES, COMMAND, ASKING, READONLY). CONFIG is never granted
-(``CONFIG GET`` would reveal ``requirepass``), so a non-admin connection cannot read
-``maxmemory-policy`` and skips that check.
+commands (CLUSTER SLOTS/SHARDS/NODES, COMMAND, ASKING, READONLY). A consumer also gets
+MULTI/EXEC/DISCARD/UNWATCH and WATCH on its fences (the fast fetch path) and CLIENT UNBLOCK
+(to wake its own blocking read on a rebalance). CONFIG is never granted (``CONFIG GET`` would
+reveal ``requirepass``), so a producer or consumer cannot read ``maxmemory-policy``: the
+eviction check is skipped for them (one refused CONFIG GET per connect shows in the ACL LOG);
+run it with the admin user.
 
 How this holds with scripts: the server checks every command a script runs against the
 caller's ACL, command and keys together, as if the caller had sent it. EVALSHA itself needs
@@ -80,8 +83,10 @@ _CONSUMER_STREAM = (
     "+xgroup|setid",
     "+exists",
 )
-# fence.lua and the group marks of consume.lua/seek.lua.
-_CONSUMER_FENCE = ("+hget", "+hset", "+hdel", "+hexists")
+# fence.lua, the group marks of consume.lua/seek.lua, and the fast path's WATCH of fences.
+_CONSUMER_FENCE = ("+hget", "+hset", "+hdel", "+hexists", "+watch")
+# The fast fetch path: WATCH fences, then MULTI / XACK / XREADGROUP / EXEC.
+_CONSUMER_TXN = ("+multi", "+exec", "+discard", "+unwatch")
 # member.lua and the describe/assign operations of admin.lua on the group's keys (assign
 # replaces the target hash with DEL + HSET).
 _CONSUMER_GROUP = (
@@ -179,6 +184,11 @@ def acl_rules(
         "-@all",
         *_BASE_COMMANDS,
         "+eval",  # Scripts.call falls back to EVAL after NOSCRIPT
+        *_CONSUMER_TXN,
+        # Wakes the consumer's own blocking XREAD on a rebalance. It could also unblock other
+        # clients' blocking reads (they return early, nothing is lost); without it a
+        # rebalance is noticed only after block_ms and every wake-up lands in the ACL LOG.
+        "+client|unblock",
         *streams,  # root keys: what the consumer's scripts may declare
         *fences,
         *dlqs,

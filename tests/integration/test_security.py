@@ -100,10 +100,12 @@ def _drain(c: Consumer, n: int, timeout: float = 10.0) -> list[str]:
 
 def test_producer_appends_to_its_topic_and_nothing_else(acl: AclSetup) -> None:
     before = acl.root.xlen(f"{NS}:t:{{other:0}}")
+    acl.root.execute_command("ACL", "LOG", "RESET")
     with acl.connect("producer") as pc:
         with Producer(pc, ProducerConfig(linger_ms=1)) as p:
             metas = [p.send("orders", f"p{i}", key=f"k{i}").result(5) for i in range(5)]
             assert {m.topic for m in metas} == {"orders"}
+            assert acl_denials(acl, "producer") == []
             with pytest.raises(PermissionDeniedError, match=r"ACL.*partstream acl print"):
                 p.send("other", "x")  # cannot even read the other topic's metadata
         # Outside its rights even with raw commands: no reads as a group, no other topic, no
@@ -130,10 +132,31 @@ def test_producer_appends_to_its_topic_and_nothing_else(acl: AclSetup) -> None:
     assert acl.root.xlen(f"{NS}:t:{{other:0}}") == before
 
 
+def acl_denials(acl: AclSetup, user: str) -> list[Any]:
+    """ACL LOG entries of ``user``: refusals a client swallowed would show up here.
+
+    CONFIG GET maxmemory-policy at connect is refused by design (CONFIG is never granted).
+    """
+    entries = acl.root.execute_command("ACL", "LOG")
+    return [
+        e for e in entries if _field(e, "username") == user and _field(e, "object") != "config|get"
+    ]
+
+
+def _field(entry: Any, name: str) -> Any:
+    if isinstance(entry, dict):
+        value = entry.get(name, entry.get(name.encode()))
+    else:
+        items = dict(zip(entry[::2], entry[1::2], strict=True))
+        value = items.get(name.encode(), items.get(name))
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def test_consumer_reads_acks_and_dead_letters_its_group_only(acl: AclSetup) -> None:
     with acl.connect("admin") as admin, Producer(admin, ProducerConfig(linger_ms=1)) as p:
         for i in range(6):
             p.send("orders", f"c{i}", key=f"k{i}")
+    acl.root.execute_command("ACL", "LOG", "RESET")
     with acl.connect("consumer") as cc:
         with Consumer("billing", "orders", conn=cc, group_settings=FAST) as c:
             got = _drain(c, 6)
@@ -153,6 +176,8 @@ def test_consumer_reads_acks_and_dead_letters_its_group_only(acl: AclSetup) -> N
                     break
         dlq_after = sum(acl.root.xlen(cc.keys.dlq("orders", p)) for p in range(2))
         assert dlq_after == dlq_before + 1
+        # Nothing the consumer does in normal work was refused (and silently worked around).
+        assert acl_denials(acl, "consumer") == []
         # Refused outside its rights.
         with (
             pytest.raises(PermissionDeniedError, match="appending to orders"),

@@ -34,10 +34,8 @@ from typing import Any
 import redis.exceptions as rex
 
 from coordinator.errors import ClosedError, ConfigError, NotOwnerError, PartstreamError
-from coordinator.fence import claim_fence, release_fence
 from coordinator.keys import validate_name
 from coordinator.member import Member
-from coordinator.records import Grant
 from coordinator.runner import MemberRunner, RebalanceListener
 from coordinator.settings import GroupSettings
 from coordinator.types import TopicPartition
@@ -45,51 +43,14 @@ from partitions.config import ClientConfig, ConsumerConfig
 from partitions.connection import Connection, connect
 from partitions.fetcher import Fetcher, PartitionState
 from partitions.offsets import target_id
+from partitions.rebalance import Bridge, RebalanceMixin
 from partitions.records import Record
 from partitions.topics import TopicAdmin
 
 log = logging.getLogger("partstream.consumer")
 
 
-class _Bridge:
-    """The runner's listener: turns heartbeat-thread callbacks into events for the consumer."""
-
-    def __init__(self, consumer: Consumer) -> None:
-        self.c = consumer
-
-    def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        c = self.c
-        if threading.get_ident() == c._thread_id:  # close(): we are the consumer thread
-            c._revoke(revoked)
-            return
-        done = threading.Event()
-        c._post(("revoke", revoked, done))
-        # Wait for the consumer to finish and commit, but never so long that the session
-        # (which this thread keeps alive) expires: then the records are simply redelivered.
-        if not c._closing and not done.wait(c._settings.session_timeout_ms / 2000):
-            log.warning(
-                "consumer did not hand back %s in time; uncommitted records of "
-                "them will be redelivered",
-                sorted(revoked),
-            )
-
-    def on_partitions_assigned(self, assigned: dict[TopicPartition, Grant]) -> None:
-        c = self.c
-        mine = {}
-        for tp, grant in assigned.items():
-            if claim_fence(
-                c._client, c._keys, c.group, tp.topic, tp.partition, c.member_id, grant.token
-            ):
-                mine[tp] = grant
-            else:
-                log.info("%s: a newer grant already holds the fence", tp)
-        c._post(("assign", mine, None))
-
-    def on_partitions_lost(self, lost: set[TopicPartition]) -> None:
-        self.c._post(("lost", lost, None))
-
-
-class Consumer:
+class Consumer(RebalanceMixin):
     """Reads records of ``topics`` as a member of ``group``; iterable, with :meth:`poll`.
 
     ``group_settings`` apply only when this member creates the group. Use as a context
@@ -146,7 +107,7 @@ class Consumer:
             settings=group_settings,
         )
         self.member_id = member.member_id
-        self._runner = MemberRunner(member, _Bridge(self))
+        self._runner = MemberRunner(member, Bridge(self))
         self._runner.start()
 
     # -- reading ----------------------------------------------------------------------------
@@ -362,11 +323,6 @@ class Consumer:
         self.close()
 
     # -- internals --------------------------------------------------------------------------
-    @property
-    def _settings(self) -> GroupSettings:
-        last = self._runner.member.last
-        return last.settings if last is not None else self._runner.member.settings
-
     def _enter(self) -> None:
         if self._closed:
             raise ClosedError("the consumer is closed")
@@ -381,106 +337,6 @@ class Consumer:
             return False
         self._check_at = now + min(0.05, margin)
         return True
-
-    def _post(self, event: tuple[str, Any, threading.Event | None]) -> None:
-        with self._events_lock:
-            self._events.append(event)
-        self._wake()
-
-    def _wake(self) -> None:
-        """Interrupt a blocking wait of the consumer thread (from the heartbeat thread)."""
-        if self._blocker is None:
-            return
-        try:
-            if self._blocker_id is None:
-                return
-            self._client.client_unblock(self._blocker_id)
-        except rex.RedisError:
-            pass
-
-    def _sync(self) -> None:
-        """Apply rebalance events posted by the heartbeat thread, in order."""
-        if self._blocker is not None and self._blocker_id is None:
-            self._blocker_id = self._blocker.client_id()
-        while True:
-            with self._events_lock:
-                if not self._events:
-                    return
-                kind, tps, done = self._events.popleft()
-            try:
-                if kind == "revoke":
-                    self._revoke(tps)
-                elif kind == "assign":
-                    self._assign(tps)
-                else:
-                    self._flush_lost(tps)
-                    self._drop(tps)
-                    lost_cb = getattr(self._listener, "on_partitions_lost", None)
-                    if lost_cb is not None:
-                        lost_cb(set(tps))
-            finally:
-                if done is not None:
-                    done.set()
-
-    def _assign(self, grants: dict[TopicPartition, Grant]) -> None:
-        for tp, grant in grants.items():
-            self._parts[tp] = PartitionState(
-                self._conn, self.group, tp, self.member_id, grant.token
-            )
-        if self._listener is not None and grants:
-            self._listener.on_partitions_assigned(dict(grants))
-
-    def _revoke(self, revoked: set[TopicPartition]) -> None:
-        known = {tp for tp in revoked if tp in self._parts}
-        if self._listener is not None and known:
-            self._listener.on_partitions_revoked(set(known))
-        if self.config.auto_commit:
-            keep = [r for r in self._handed if (r.topic, r.partition) not in known]
-            self._confirm([r for r in self._handed if (r.topic, r.partition) in known])
-            self._handed = keep
-        try:
-            self._commit_acks(only=known)
-        except PartstreamError as err:
-            log.warning("commit on revoke failed: %s", err)
-        for tp in known:
-            st = self._parts[tp]
-            try:
-                release_fence(
-                    self._client,
-                    self._keys,
-                    self.group,
-                    tp.topic,
-                    tp.partition,
-                    self.member_id,
-                    int(st.fence.split(" ")[1]),
-                )
-            except PartstreamError as err:
-                log.warning("release of %s failed: %s", tp, err)
-        self._drop(known)
-
-    def _flush_lost(self, tps: set[TopicPartition]) -> None:
-        # Acks of records processed before the loss still go out, through the fence: if a
-        # new owner holds it they are refused (and counted), else they record real work.
-        if self.config.auto_commit:
-            self._confirm([r for r in self._handed if (r.topic, r.partition) in tps])
-        try:
-            self._commit_acks(only={tp for tp in tps if tp in self._parts})
-        except PartstreamError as err:
-            log.info("acks of lost partitions not sent: %s", err)
-
-    def _drop(self, tps: set[TopicPartition]) -> None:
-        self._drop_buffered(tps)
-        for tp in tps:
-            self._parts.pop(tp, None)
-            self._acks.pop(tp, None)
-        self._handed = [r for r in self._handed if (r.topic, r.partition) not in tps]
-        if self._current is not None and (self._current.topic, self._current.partition) in tps:
-            self._current = None
-
-    def _drop_buffered(self, tps: set[TopicPartition]) -> None:
-        if self._pos < len(self._buf):
-            self._buf = [r for r in self._buf[self._pos :] if (r.topic, r.partition) not in tps]
-            self._pos = 0
 
     def _confirm(self, records: Iterable[Record]) -> None:
         acks, parts = self._acks, self._parts

@@ -71,9 +71,7 @@ def run(conn: Connection, echo: Callable[[str], None] = print, orders: int = 400
         producer.flush()
         for tenant, fut in futures:
             placed[tenant].add(fut.result().partition)
-    echo(
-        f"3. Produced {orders} order events for {len(placed)} tenants, keyed by tenant, by region"
-    )
+    echo(f"3. Produced {orders} order events for {len(placed)} tenants, keyed by tenant, by region")
     one_partition = all(len(p) == 1 for p in placed.values())
     echo(f"   every tenant's events went to exactly one partition: {one_partition}")
 

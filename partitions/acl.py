@@ -132,13 +132,17 @@ def acl_rules(
     groups: Sequence[str] = (),
     namespace: str = DEFAULT_NAMESPACE,
     password: str | None = None,
+    client_setinfo: bool = False,
 ) -> list[str]:
     """The arguments of ``ACL SETUSER`` for a ``role`` user (after the words ACL SETUSER).
 
     The rules start with ``reset``, so applying them again replaces the user's rights. With no
     ``password`` the user has none and cannot log in until one is set (``>secret`` or
     ``#sha256``); a given password is put in as its SHA-256 (``#...``), never in clear.
-    Raises ConfigError for an unknown role or a missing topic/group.
+    ``client_setinfo`` grants CLIENT SETINFO, which redis-py sends on connect (its refusal is
+    harmless but lands in the ACL LOG); only for Redis >= 7.2 and Valkey, since Redis 7.0
+    rejects rules naming a command it does not know. Raises ConfigError for an unknown role
+    or a missing topic/group.
     """
     if role not in ROLES:
         raise ConfigError(f"unknown role {role!r}; use one of {', '.join(ROLES)}")
@@ -152,9 +156,10 @@ def acl_rules(
             raise ConfigError("an ACL password must not be empty")
         head.append(password_hash(password))
     head.append("resetchannels")
+    setinfo = ["+client|setinfo"] if client_setinfo else []
     ns = namespace
     if role == "admin":
-        return [*head, f"~{ns}:*", *_ADMIN_COMMANDS]
+        return [*head, f"~{ns}:*", *_ADMIN_COMMANDS, *setinfo]
     if not topics:
         raise ConfigError(f"a {role} user needs at least one topic")
     meta = [f"%R~{ns}:t:{{{t}}}:meta" for t in topics]
@@ -167,6 +172,7 @@ def acl_rules(
             *head,
             "-@all",
             *_BASE_COMMANDS,
+            *setinfo,
             *streams,  # root keys: what EVALSHA append may declare
             *seqs,
             _selector(_PRODUCER_STREAM, *streams),
@@ -183,6 +189,7 @@ def acl_rules(
         *head,
         "-@all",
         *_BASE_COMMANDS,
+        *setinfo,
         "+eval",  # Scripts.call falls back to EVAL after NOSCRIPT
         *_CONSUMER_TXN,
         # Wakes the consumer's own blocking XREAD on a rebalance. It could also unblock other

@@ -26,6 +26,11 @@ def acl() -> None:
     help="Add the password's SHA-256 (#...) to the rules: read from $PARTSTREAM_ACL_PASSWORD, "
     "else prompted. The clear password is never printed.",
 )
+@click.option(
+    "--client-setinfo",
+    is_flag=True,
+    help="Also allow CLIENT SETINFO (sent by redis-py on connect); Redis >= 7.2 / Valkey only.",
+)
 @format_option
 @pass_state
 def acl_print(
@@ -35,6 +40,7 @@ def acl_print(
     groups: tuple[str, ...],
     user: str,
     with_password: bool,
+    client_setinfo: bool,
     fmt: str,
 ) -> None:
     """Print the ACL SETUSER command for a ROLE user (nothing is sent to the server).
@@ -49,6 +55,12 @@ def acl_print(
         )
     namespace = state.client_config.namespace
     rules = acl_rules(
-        role, user=user, topics=topics, groups=groups, namespace=namespace, password=password
+        role,
+        user=user,
+        topics=topics,
+        groups=groups,
+        namespace=namespace,
+        password=password,
+        client_setinfo=client_setinfo,
     )
     emit(fmt, rules, lambda r: setuser_command(r))

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-SYSTEM_REDIS = "/usr/bin/redis-server"
+SYSTEM_REDIS = os.environ.get("PARTSTREAM_TEST_REDIS_SERVER", "/usr/bin/redis-server")
 
 
 def server_binaries() -> list[str]:

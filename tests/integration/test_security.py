@@ -63,9 +63,19 @@ class AclSetup:
 def acl() -> Iterator[AclSetup]:
     with own_server() as server:
         root: Any = redis.Redis(port=server.port)
+        info = root.info("server")
+        # CLIENT SETINFO exists from Redis 7.2 on (and in every Valkey).
+        setinfo = "valkey_version" in info or tuple(
+            int(x) for x in str(info["redis_version"]).split(".")[:2]
+        ) >= (7, 2)
         users = {
             "producer": acl_rules(
-                "producer", user="producer", topics=["orders"], namespace=NS, password=PASSWORD
+                "producer",
+                user="producer",
+                topics=["orders"],
+                namespace=NS,
+                password=PASSWORD,
+                client_setinfo=setinfo,
             ),
             "consumer": acl_rules(
                 "consumer",
@@ -74,6 +84,7 @@ def acl() -> Iterator[AclSetup]:
                 groups=["billing"],
                 namespace=NS,
                 password=PASSWORD,
+                client_setinfo=setinfo,
             ),
             "admin": acl_rules("admin", user="admin", namespace=NS, password=PASSWORD),
         }

@@ -19,23 +19,26 @@ for benchmarks and tools that want the cluster only if it is already up.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
-import os
 import random
-import signal
 import socket
-import subprocess
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import redis
 
 from coordinator.errors import ConfigError, ConnectionFailedError
-from partitions.server import default_data_dir, valkey_binary
+from partitions.server import (
+    PERSISTENCE_ARGS,
+    default_data_dir,
+    dir_lock,
+    ping,
+    read_pid,
+    start_daemon,
+    stop_pids,
+    valkey_binary,
+)
 
 SLOTS = 16384
 _STATE_NAME = "cluster.json"
@@ -122,12 +125,7 @@ class EmbeddedCluster:
 
     def pid(self, port: int) -> int | None:
         """The pid of the node on ``port`` if its pid file names a live process."""
-        try:
-            pid = int((self.node_dir(port) / "valkey.pid").read_text().strip())
-            os.kill(pid, 0)
-        except (OSError, ValueError):
-            return None
-        return pid
+        return read_pid(self.node_dir(port) / "valkey.pid")
 
     def pids(self) -> list[int]:
         return [pid for port in self.ports if (pid := self.pid(port)) is not None]
@@ -150,7 +148,7 @@ class EmbeddedCluster:
         if self.is_running():
             return self.url
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        with self._lock():
+        with dir_lock(self.data_dir):
             self._ports = self._load_state()
             if self.is_running():
                 return self.url
@@ -170,16 +168,7 @@ class EmbeddedCluster:
     def stop(self, timeout: float = 15.0) -> bool:
         """Stop every node (each writes its AOF first). False if none was running."""
         pids = self.pids()
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        for pid in pids:
-            while time.monotonic() < deadline and _alive(pid):
-                time.sleep(0.05)
-            if _alive(pid):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+        stop_pids(pids, timeout)
         return bool(pids)
 
     def client(self, port: int) -> redis.Redis:
@@ -259,25 +248,15 @@ class EmbeddedCluster:
             "--cluster-enabled", "yes",
             "--cluster-config-file", "nodes.conf",
             "--cluster-node-timeout", "5000",
-            "--appendonly", "yes",
-            "--appendfsync", "everysec",
-            "--save", "3600 1 300 100 60 10000",
-            "--maxmemory-policy", "noeviction",
+            *PERSISTENCE_ARGS,
         ]  # fmt: skip
-        proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout, check=False)
-        if proc.returncode != 0:
-            raise ConnectionFailedError(
-                f"cluster node on port {port} failed to start: "
-                f"{proc.stderr.strip() or proc.stdout} (see {d / 'valkey.log'})"
-            )
-        deadline = time.monotonic() + timeout
-        while not (self.pid(port) and self._ping(port)):
-            if time.monotonic() > deadline:
-                raise ConnectionFailedError(
-                    f"cluster node on port {port} did not answer within {timeout}s; "
-                    f"see {d / 'valkey.log'}"
-                )
-            time.sleep(0.05)
+        start_daemon(
+            args,
+            f"cluster node on port {port}",
+            d / "valkey.log",
+            lambda: self.pid(port) is not None and self._ping(port),
+            timeout,
+        )
 
     def _form(self) -> None:
         """Give each node its slot range, then introduce them all to the first node."""
@@ -318,31 +297,7 @@ class EmbeddedCluster:
         )
 
     def _ping(self, port: int) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", port), 2.0) as sock:
-                sock.sendall(b"*1\r\n$4\r\nPING\r\n")
-                return sock.recv(16).startswith(b"+PONG")
-        except OSError:
-            return False
-
-    @contextlib.contextmanager
-    def _lock(self) -> Iterator[None]:
-        with open(self.data_dir / "lock", "w") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        return ping(socket.AF_INET, ("127.0.0.1", port))
 
 
 def running_cluster_url(data_dir: Path | str | None = None) -> str | None:

@@ -18,7 +18,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,6 +52,88 @@ def valkey_binary() -> Path:
     return Path(get_binary_path())
 
 
+# Persistence and safety settings of every server partstream starts itself: AOF fsynced every
+# second plus snapshots, and no eviction (eviction would silently delete streams and groups).
+PERSISTENCE_ARGS = [
+    "--appendonly", "yes",
+    "--appendfsync", "everysec",
+    "--save", "3600 1 300 100 60 10000",
+    "--maxmemory-policy", "noeviction",
+]  # fmt: skip
+
+
+def read_pid(path: Path) -> int | None:
+    """The pid in a pid file if it names a live process, else None."""
+    try:
+        pid = int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return pid if pid_alive(pid) else None
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def start_daemon(
+    args: list[str], label: str, log_path: Path, ready: Callable[[], bool], timeout: float
+) -> None:
+    """Run a ``--daemonize yes`` server command line and wait until ``ready()``."""
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout, check=False)
+    if proc.returncode != 0:
+        raise ConnectionFailedError(
+            f"{label} failed to start: {proc.stderr.strip() or proc.stdout} (see {log_path})"
+        )
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if time.monotonic() > deadline:
+            raise ConnectionFailedError(f"{label} did not answer within {timeout}s; see {log_path}")
+        time.sleep(0.05)
+
+
+def stop_pids(pids: list[int], timeout: float) -> None:
+    """SIGTERM each (servers write their AOF on the way out), SIGKILL what outlives ``timeout``."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for pid in pids:
+        while time.monotonic() < deadline and pid_alive(pid):
+            time.sleep(0.05)
+        if pid_alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def ping(family: int, address: str | tuple[str, int]) -> bool:
+    """A real RESP PING (a bare connect also succeeds on a server still loading its data)."""
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.settimeout(2.0)
+            sock.connect(address)
+            sock.sendall(b"*1\r\n$4\r\nPING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def dir_lock(directory: Path) -> Iterator[None]:
+    """An exclusive flock on ``directory/lock``: one process starts servers there at a time."""
+    with open(directory / "lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 @dataclass(frozen=True, slots=True)
 class ServerStatus:
     """What ``partstream server status`` reports."""
@@ -83,17 +165,7 @@ class EmbeddedServer:
     # -- state ----------------------------------------------------------------------------
     def pid(self) -> int | None:
         """The server's pid if its pid file names a live process, else None."""
-        try:
-            pid = int(self.pid_path.read_text().strip())
-        except (OSError, ValueError):
-            return None
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return None
-        except PermissionError:
-            return pid
-        return pid
+        return read_pid(self.pid_path)
 
     def is_running(self) -> bool:
         return self.pid() is not None and self._ping()
@@ -113,7 +185,7 @@ class EmbeddedServer:
         if self.is_running():
             return self.url
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        with self._lock():
+        with dir_lock(self.data_dir):
             if self.is_running():  # someone else started it while we waited for the lock
                 return self.url
             self._start(timeout)
@@ -124,16 +196,7 @@ class EmbeddedServer:
         pid = self.pid()
         if pid is None:
             return False
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.05)
-        else:
-            os.kill(pid, signal.SIGKILL)
+        stop_pids([pid], timeout)
         with contextlib.suppress(FileNotFoundError):
             self.pid_path.unlink()
         return True
@@ -150,41 +213,15 @@ class EmbeddedServer:
             "--pidfile", str(self.pid_path),
             "--dir", str(self.data_dir),
             "--logfile", str(self.log_path),
-            "--appendonly", "yes",
-            "--appendfsync", "everysec",
-            "--save", "3600 1 300 100 60 10000",
-            "--maxmemory-policy", "noeviction",
+            *PERSISTENCE_ARGS,
         ]  # fmt: skip
-        proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout, check=False)
-        if proc.returncode != 0:
-            raise ConnectionFailedError(
-                f"embedded valkey-server failed to start: {proc.stderr.strip() or proc.stdout}"
-                f" (see {self.log_path})"
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.pid() is not None and self._ping():
-                return
-            time.sleep(0.05)
-        raise ConnectionFailedError(
-            f"embedded valkey-server did not answer within {timeout}s; see {self.log_path}"
+        start_daemon(
+            args,
+            "embedded valkey-server",
+            self.log_path,
+            lambda: self.pid() is not None and self._ping(),
+            timeout,
         )
 
-    @contextlib.contextmanager
-    def _lock(self) -> Iterator[None]:
-        with open(self.data_dir / "lock", "w") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
-
     def _ping(self) -> bool:
-        try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-                sock.settimeout(2.0)
-                sock.connect(str(self.socket_path))
-                sock.sendall(b"*1\r\n$4\r\nPING\r\n")
-                return sock.recv(16).startswith(b"+PONG")
-        except OSError:
-            return False
+        return ping(socket.AF_UNIX, str(self.socket_path))

@@ -128,11 +128,18 @@ def _display_value(raw: bytes | None) -> Any:
 
 
 # -- encoding -----------------------------------------------------------------------------
+def _utf8(text: str, what: str) -> bytes:
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise SerializationError(f"{what} is not valid UTF-8 text: {err}") from None
+
+
 def encode_key(key: Key) -> bytes | None:
     if key is None or type(key) is bytes:
         return key
     if isinstance(key, str):
-        return key.encode("utf-8")
+        return _utf8(key, "key")
     if isinstance(key, int) and not isinstance(key, bool):
         return str(key).encode()
     if isinstance(key, bytearray | memoryview):
@@ -145,7 +152,7 @@ def encode_value(value: Value) -> bytes | None:
     if type(value) is bytes:
         return value
     if isinstance(value, str):
-        return value.encode("utf-8")
+        return _utf8(value, "value")
     if value is None:
         return None
     if isinstance(value, bytearray | memoryview):
@@ -166,9 +173,9 @@ def encode_headers(headers: Mapping[str, str | bytes] | None) -> list[bytes]:
     for name, val in headers.items():
         if not isinstance(name, str) or not name:
             raise SerializationError(f"header names must be non-empty strings, got {name!r}")
-        out.append(HEADER_PREFIX + name.encode("utf-8"))
+        out.append(HEADER_PREFIX + _utf8(name, f"header name {name!r}"))
         if isinstance(val, str):
-            out.append(val.encode("utf-8"))
+            out.append(_utf8(val, f"header {name!r}"))
         elif isinstance(val, bytes | bytearray):
             out.append(bytes(val))
         else:

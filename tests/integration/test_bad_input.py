@@ -86,11 +86,6 @@ def test_bad_names_at_every_entry_point_write_nothing(conn: Connection) -> None:
     assert snapshot(conn) == before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="records.encode_headers/encode_key raise UnicodeEncodeError (not typed) for a str "
-    "that is not valid UTF-8 (lone surrogate); fix belongs in partitions/records.py",
-)
 def test_header_name_that_is_not_utf8_is_a_serialization_error(conn: Connection) -> None:
     TopicAdmin(conn).create(TopicSpec("ok", 1))
     with Producer(conn, ProducerConfig(linger_ms=1)) as p, pytest.raises(SerializationError):

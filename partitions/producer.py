@@ -438,7 +438,14 @@ class Producer:
                 batches = self._take_round()
             if not batches:
                 return
-            retry = self._send_round(batches)
+            try:
+                retry = self._send_round(batches)
+            except Exception as err:  # a dead sender thread would hang every flush()
+                log.exception("producer sender failed a round")
+                for batch in batches:
+                    if not batch.event.is_set():
+                        self._fail(batch, err)
+                retry = []
             with self._cond:
                 done = sum(b.count for b in batches if b.event.is_set())
                 self._buffered -= done
@@ -547,7 +554,10 @@ class Producer:
     def _pipeline(self, pool: Any, batches: list[_Batch]) -> list[Any]:
         """Write all batches' commands at once, then read one reply per batch."""
         replies: list[Any] = []
-        conn = pool.get_connection()
+        try:
+            conn = pool.get_connection()
+        except (rex.ConnectionError, rex.TimeoutError, OSError) as err:
+            return [err] * len(batches)  # nothing was sent: retried like any lost connection
         try:
             # One buffer, one sendall: redis-py would otherwise write each item separately.
             conn.send_packed_command(

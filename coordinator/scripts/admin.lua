@@ -39,6 +39,16 @@ local function settings_from(first)
   return fields
 end
 
+-- A key of the wrong type (written by someone else) must stop us before any write.
+local EXPECTED = {'hash', 'hash', 'hash', 'zset', 'hash', 'hash', 'hash'}
+for i = 1, 7 do
+  local t = redis.call('TYPE', KEYS[i])['ok']
+  if t ~= 'none' and t ~= EXPECTED[i] then
+    return redis.error_reply('WRONGTYPE key ' .. KEYS[i] .. ' holds a ' .. t .. ', not a ' ..
+      EXPECTED[i] .. ': something else wrote it; delete it or use another namespace')
+  end
+end
+
 if op == 'create' then
   if redis.call('EXISTS', K_CFG) == 1 then return {'EXISTS'} end
   local now = now_ms()

@@ -191,6 +191,15 @@ end
 local now = now_ms()
 
 if op == 'join' then
+  -- A key of the wrong type (written by someone else) must stop a join before any write.
+  local expected = {'hash', 'hash', 'hash', 'zset', 'hash', 'hash', 'hash'}
+  for i = 1, 7 do
+    local t = redis.call('TYPE', KEYS[i])['ok']
+    if t ~= 'none' and t ~= expected[i] then
+      return redis.error_reply('WRONGTYPE key ' .. KEYS[i] .. ' holds a ' .. t .. ', not a ' ..
+        expected[i] .. ': something else wrote it; delete it or use another namespace')
+    end
+  end
   local instance, client, topics = ARGV[3], ARGV[4], ARGV[5]
   local created = ensure_group(now, 6)
   evict(now, tonumber(redis.call('HGET', K_CFG, 'session_timeout_ms')))

@@ -163,12 +163,6 @@ def test_wrongtype_keys_for_produce_consume_and_describe(
     assert conn.client.get(stream) == b"someone else's string"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="admin.lua create: a string on the group's cfg key reads as 'already exists', and "
-    "on its state key the cfg hash is written before WRONGTYPE stops the script (no type "
-    "check before writing); fix belongs in coordinator/group.py or admin.lua",
-)
 @pytest.mark.parametrize("clash", ["cfg", "state"])
 def test_group_create_over_a_wrongtype_key_is_refused_before_writing(
     conn: Connection, clash: str

@@ -1,6 +1,7 @@
 """partstream: Kafka-style partitioned streaming on Redis Streams.
 
-The data plane and public API: topics, routing, the producer, replay, the embedded server.
+The data plane and public API: topics, routing, the producer, the consumer, replay, offsets
+and lag, dead letters, ACL rules, the embedded server.
 Consumer groups are coordinated by :mod:`coordinator`, re-exported here where users need it.
 """
 
@@ -33,10 +34,15 @@ from coordinator.errors import (
     WrongTypeError,
 )
 from coordinator.group import GroupAdmin
+from coordinator.runner import RebalanceListener
 from coordinator.settings import GroupSettings
 from coordinator.types import TopicPartition
-from partitions.config import ClientConfig, ProducerConfig
+from partitions.acl import acl_rules
+from partitions.config import ClientConfig, ConsumerConfig, ProducerConfig
 from partitions.connection import Connection, ServerInfo, connect
+from partitions.consumer import Consumer
+from partitions.deadletter import DeadLetters
+from partitions.offsets import execute_group_seek, group_lag, plan_group_seek
 from partitions.producer import Producer, RecordFuture, RecordMetadata
 from partitions.records import Record
 from partitions.replay import Position, replay
@@ -51,6 +57,9 @@ __all__ = [
     "ConfigError",
     "Connection",
     "ConnectionFailedError",
+    "Consumer",
+    "ConsumerConfig",
+    "DeadLetters",
     "DuplicateInstanceError",
     "EmbeddedServer",
     "EvictionPolicyError",
@@ -66,6 +75,7 @@ __all__ = [
     "Position",
     "Producer",
     "ProducerConfig",
+    "RebalanceListener",
     "Record",
     "RecordFuture",
     "RecordMetadata",
@@ -87,6 +97,10 @@ __all__ = [
     "UnknownMemberError",
     "UnknownTopicError",
     "WrongTypeError",
+    "acl_rules",
     "connect",
+    "execute_group_seek",
+    "group_lag",
+    "plan_group_seek",
     "replay",
 ]

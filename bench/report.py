@@ -1,0 +1,116 @@
+"""Render the README's figures table from saved results: ``python -m bench.report FILES``.
+
+Each file is the JSON that ``partstream bench MODE ... --out FILE`` wrote; nothing in the
+table is typed by hand. With ``--write README``, the table replaces the text between the
+``<!-- figures -->`` and ``<!-- /figures -->`` markers of that file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+BEGIN, END = "<!-- figures -->", "<!-- /figures -->"
+
+
+def _server(env: dict[str, Any]) -> str:
+    srv = env["server"]
+    where = "embedded" if srv.get("embedded") else "url"
+    return f"{srv['flavor']} {srv['version']} ({where})"
+
+
+def _run(data: dict[str, Any], name: str) -> dict[str, Any] | None:
+    runs = [r for r in data["runs"] if r["name"] == name]
+    if not runs:
+        return None
+    # The median round by rate, like the ratio (for one round, that round).
+    runs.sort(key=lambda r: r["records_per_s"])
+    return runs[len(runs) // 2]
+
+
+def _rate(run: dict[str, Any] | None) -> str:
+    return "-" if run is None else f"{run['records_per_s']:,.0f}/s"
+
+
+def _lat(run: dict[str, Any] | None) -> str:
+    if run is None:
+        return "-"
+    lat = run["latency_ms"]
+    return f"p50 {lat['p50']:.2f} / p99 {lat['p99']:.2f} / p99.9 {lat['p999']:.2f} ms"
+
+
+def _targets(data: dict[str, Any]) -> str:
+    return "<br>".join(
+        f"{t['value']:.2f}x {'>=' if t['higher_is_better'] else '<='} {t['goal']:g}x: "
+        f"{'met' if t['met'] else '**missed**'}"
+        for t in data["targets"]
+    )
+
+
+def row(data: dict[str, Any]) -> str:
+    mode, env = data["mode"], data["env"]
+    if mode == "produce":
+        ps, base = _run(data, "partstream"), _run(data, "redis-py")
+        rb = _run(data, "redis-benchmark")
+        figures = f"partstream {_rate(ps)}, redis-py {_rate(base)}, redis-benchmark {_rate(rb)}"
+    elif mode == "consume":
+        ps, base = _run(data, "partstream"), _run(data, "redis-py")
+        figures = f"partstream {_rate(ps)}, redis-py {_rate(base)}"
+    elif mode == "e2e":
+        ps, base = _run(data, "partstream"), _run(data, "raw")
+        figures = f"partstream {_lat(ps)}; raw {_lat(base)}"
+    else:
+        figures = "<br>".join(
+            f"{e['event']}: reconciled {e['reconcile_ms']:.0f} ms, unmoved max "
+            f"{e['unmoved_max_ms']:.1f} ms (steady {e['steady_max_ms']:.1f} ms), moved max "
+            f"{e['moved_max_ms']:.0f} ms"
+            for e in data["extra"]["events"]
+        )
+    rounds = data["config"].get("repeat", 1)
+    ratios = ", ".join(f"{k} {v:.2f}x" for k, v in data["ratios"].items())
+    return (
+        f"| {mode} | {_server(env)} | {figures} | {ratios} | {_targets(data)} | "
+        f"{rounds} | `{data['command']}` | {env['time_utc']}, load {env['load_avg_1m']} |"
+    )
+
+
+def table(files: list[Path]) -> str:
+    order = {"produce": 0, "consume": 1, "e2e": 2, "rebalance": 3}
+    datas = [json.loads(f.read_text()) for f in files]
+    datas.sort(key=lambda d: (order.get(d["mode"], 9), _server(d["env"])))
+    head = (
+        "| mode | server | figures (median round) | ratios (median of rounds) | targets | "
+        "rounds | command | when |\n|---|---|---|---|---|---|---|---|"
+    )
+    lines = [head, *(row(d) for d in datas)]
+    if datas:
+        env = datas[0]["env"]
+        pk = env["packages"]
+        lines.append(
+            f"\nMachine: {env['cpu_count']} CPUs, {env['platform']}, Python {env['python']}, "
+            f"redis-py {pk.get('redis')}, hiredis {pk.get('hiredis')}, "
+            f"{env.get('redis_benchmark') or 'no redis-benchmark'}."
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.report")
+    ap.add_argument("files", nargs="+", type=Path)
+    ap.add_argument("--write", type=Path, help="Replace the figures block of this file.")
+    args = ap.parse_args(argv)
+    text = table(args.files)
+    if args.write is None:
+        sys.stdout.write(text)
+        return 0
+    doc = args.write.read_text()
+    start, end = doc.index(BEGIN) + len(BEGIN), doc.index(END)
+    args.write.write_text(doc[:start] + "\n" + text + doc[end:])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -15,6 +15,7 @@ from partitions.cli import produce as _produce  # noqa: F401  isort: skip
 from partitions.cli import server as _server  # noqa: F401  isort: skip
 from partitions.cli import bench as _bench  # noqa: F401  isort: skip
 from partitions.cli import demo as _demo  # noqa: F401  isort: skip
+from partitions.cli import dashboard as _dashboard  # noqa: F401  isort: skip
 from partitions.cli import consume as _consume  # noqa: F401  isort: skip
 from partitions.cli import groups as _groups  # noqa: F401  isort: skip
 from partitions.cli import dlq as _dlq  # noqa: F401  isort: skip

@@ -84,6 +84,9 @@ class Fetcher:
         self.start = start  # '0' or '$': where a group starts on a partition it never read
         self.refused_acks = 0  # acks the fence refused (we had lost the partition)
         self.dead_lettered = 0
+        # Acks whose call failed with the outcome unknown: sent again (XACK is idempotent)
+        # with the next read of their partition, so they do not sit pending until reclaimed.
+        self._unsent_acks: dict[TopicPartition, list[str]] = {}
         self._conn: Any = None  # a dedicated connection for WATCH/MULTI (fast path)
         conn.scripts.load("consume")
         conn.scripts.load("seek")
@@ -101,6 +104,12 @@ class Fetcher:
         Returns the records, recovered ones first per partition, and the partitions the
         fence refused (not owner). Raises StateLostError if a stream or group vanished.
         """
+        if self._unsent_acks:
+            for st in parts:
+                ids = self._unsent_acks.get(st.tp)
+                if ids:
+                    acks.setdefault(st.tp, [])[:0] = ids
+            self._unsent_acks.clear()
         try:
             return self._fetch(parts, acks, max_deliveries, reclaim_ms)
         except ConnectionFailedError:
@@ -244,9 +253,13 @@ class Fetcher:
         refused: list[tuple[PartitionState, FetchResult]] = []
         if not calls:
             return refused
-        for (st, call), reply in zip(
-            calls, self._run(calls, _CONSUME, "consume", "committing"), strict=True
-        ):
+        try:
+            replies = self._run(calls, _CONSUME, "consume", "committing")
+        except ConnectionFailedError:
+            for st, call in calls:
+                self._unsent_acks.setdefault(st.tp, []).extend(call[6:])
+            raise
+        for (st, call), reply in zip(calls, replies, strict=True):
             res = ack_result(reply)
             if res.status != 1:
                 self._refuse(st, res, len(call) - 6, refused)

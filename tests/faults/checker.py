@@ -27,6 +27,7 @@ record again). Entry ids order the records of a partition: that is the append or
 
 from __future__ import annotations
 
+import itertools
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -221,7 +222,7 @@ def check(
         sends[key].append((parse_id(rid), seq))
     for key, pairs in sends.items():
         seqs = [seq for _, seq in sorted(pairs)]
-        bad = sum(1 for a, b in zip(seqs, seqs[1:], strict=False) if b <= a)
+        bad = sum(1 for a, b in itertools.pairwise(seqs) if b <= a)
         if bad:
             v.order_violations += bad
             v.details.append(f"O: {key} appended out of send order {bad} time(s)")

@@ -108,13 +108,21 @@ class Scenario:
             if w.role == "produce":
                 w.popen.wait(timeout=timeout)
 
+        last: list[object] = []
+
         def drained() -> bool:
             try:
-                return self.lag() == 0
-            except Exception:
+                lag = group_lag(self.conn(), GROUP, TOPIC)
+            except Exception as err:  # the server may still be loading: ask again
+                last[:] = [err]
                 return False
+            last[:] = [[(p.partition, p.pending, p.lag) for p in lag.partitions]]
+            return lag.total_lag == 0
 
-        wait_for(drained, timeout, "the group to drain (lag 0)", step=0.2)
+        try:
+            wait_for(drained, timeout, "the group to drain (lag 0)", step=0.2)
+        except AssertionError as err:
+            raise AssertionError(f"{err}; last: {last}") from None
 
     def dead_letters(self) -> list[tuple[int, str]]:
         out = []

@@ -1,0 +1,184 @@
+"""Server faults: kill -9 with AOF always / everysec, restart empty, CLIENT KILL, CLIENT PAUSE
+WRITE, and the server SIGSTOPped past the session timeout. Each test owns its server."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import pytest
+
+from tests.faults.scenario import GROUP, TOPIC, Scenario
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def groups_on(s: Scenario) -> dict[int, list[dict[str, object]]]:
+    """Per partition, XINFO GROUPS of its stream ([] when the stream is gone)."""
+    r = s.server.client(decode_responses=True)
+    out = {}
+    for p in range(s.partitions):
+        key = s.conn().keys.stream(TOPIC, p)
+        out[p] = r.xinfo_groups(key) if r.exists(key) else []
+    r.close()
+    return out
+
+
+def kill_and_restart(s: Scenario, down: float = 0.5) -> float:
+    """kill -9 the server, keep it down ``down`` s, restart it on the same port and dir."""
+    t = time.time()
+    s.server.kill9()
+    time.sleep(down)
+    s.server.start()
+    s.reconnect()
+    return t
+
+
+@pytest.mark.parametrize("binary", ["valkey", "redis7"])
+def test_server_kill9_aof_always_loses_nothing(binary: str) -> None:
+    """kill -9 of the server under load, restart from its AOF (appendfsync always): every
+    acknowledged send and every accepted ack survived, the group and its pending entries
+    are intact (no StateLostError), producers' retries are deduplicated."""
+    name = f"server-kill9-always-{binary}"
+    with Scenario(name, "server kill -9, AOF always", binary=binary) as s:
+        s.consumers(2, work_ms=1)
+        s.fleet.producer(count=3000, keys=12, rate=1000)
+        s.wait_processing(800)
+        kill_and_restart(s)
+        assert all(groups_on(s).values()), "the group vanished with AOF always"
+        v = s.finish()
+        lost_state = [e for e in s.events("consume") if e.get("type") == "StateLostError"]
+        assert not lost_state, lost_state
+        assert v.ok and v.in_doubt == 0, v.details
+
+
+def test_server_kill9_aof_everysec_bounded_and_reported() -> None:
+    """kill -9 with appendfsync everysec: up to ~1 s of acknowledged writes may be lost.
+    The loss must be bounded (only sends acked in the last 2 s before the kill) and
+    reported, and the group must not be silently reset (no mass redelivery, no group
+    re-created at 0 or $): redelivered-after-ack is bounded by the acks of that window."""
+    with Scenario(
+        "server-kill9-everysec", "server kill -9, AOF everysec", persistence="everysec"
+    ) as s:
+        s.consumers(2, work_ms=1)
+        s.fleet.producer(count=3000, keys=12, rate=1000)
+        s.wait_processing(800)
+        t_kill = kill_and_restart(s)
+        assert all(groups_on(s).values()), "the group vanished"
+        window = 2.0
+        v0 = s.events("produce")
+        recent_sends = sum(1 for e in v0 if e.get("ok") and e["t"] > t_kill - window)
+        recent_acks = sum(
+            len(e["ids"])
+            for e in s.events("consume")
+            if e["ev"] == "ack" and e["outcome"] == "ok" and e["t"] > t_kill - window
+        )
+        v = s.finish(allowed_loss=recent_sends, allowed_duplicate_violations=recent_acks)
+        s.note(v, f"lost {v.lost} of {recent_sends} sends acked in the last {window:.0f}s")
+        assert v.ok, v.details
+
+
+def test_server_restarted_empty_is_a_loud_typed_error() -> None:
+    """The server restarts with no persistence: every live consumer fails with
+    StateLostError (typed, loud) instead of silently re-creating the group at 0 (duplicates)
+    or $ (loss); no consumer group is re-created on the partitions."""
+    with Scenario("server-restart-empty", "server kill -9, restart empty", persistence="none") as s:
+        consumers = s.consumers(2, work_ms=1)
+        s.fleet.producer(count=2000, keys=8, rate=1000)
+        s.wait_processing(400)
+        kill_and_restart(s)
+        for w in consumers:
+            w.popen.wait(timeout=20)
+        errors = {w.name: [e for e in w.events() if e["ev"] == "error"] for w in consumers}
+        typed = [
+            n for n, errs in errors.items() if any(e["type"] == "StateLostError" for e in errs)
+        ]
+        regrouped = {p: g for p, g in groups_on(s).items() if g}
+        v = s.finish(drain=False, allowed_loss=10**9)
+        s.note(
+            v,
+            f"StateLostError in {len(typed)}/{len(consumers)} consumers; groups re-created: {len(regrouped)}",
+        )
+        assert len(typed) == len(consumers), errors
+        assert not regrouped, regrouped
+        assert v.order_violations == 0 and v.fencing_violations == 0
+
+
+def test_client_kill_of_producer_and_consumer_connections() -> None:
+    """CLIENT KILL of every client connection (producer, consumers, heartbeats, blocked
+    reads) three times under load: clients reconnect; retried batches are deduplicated; no
+    loss, order kept, duplicates only among unacked records."""
+    with Scenario("client-kill", "CLIENT KILL TYPE normal x3") as s:
+        s.consumers(2, work_ms=1)
+        s.fleet.producer(count=3000, keys=12, rate=1000)
+        s.wait_processing(300)
+        killed = 0
+        r = s.server.client()
+        for _ in range(3):
+            killed += int(r.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"))
+            time.sleep(0.7)
+        r.close()
+        v = s.finish()
+        s.note(v, f"{killed} connections killed")
+        assert killed >= 3 and v.ok, v.details
+
+
+def test_client_pause_write() -> None:
+    """CLIENT PAUSE WRITE for 3 s (3 sessions): appends, reads (XREADGROUP writes) and
+    heartbeats stall; after it the coordinator evicts and reassigns; L, G, O, D hold."""
+    with Scenario("client-pause-write", "CLIENT PAUSE 3000 WRITE") as s:
+        s.consumers(2, work_ms=1)
+        s.fleet.producer(count=3000, keys=12, rate=800)
+        s.wait_processing(500)
+        r = s.server.client()
+        r.execute_command("CLIENT", "PAUSE", "3000", "WRITE")
+        r.close()
+        time.sleep(3.0)
+        v = s.finish()
+        assert v.ok, v.details
+
+
+def test_server_sigstop_longer_than_the_session() -> None:
+    """The server SIGSTOPped for 2.5 s (session 1 s), then SIGCONTed: clients wait (socket
+    timeout 10 s), then sessions look expired to the server's clock; members are evicted,
+    rejoin, and partitions move under fencing. L, G, O, D hold."""
+    with Scenario("server-sigstop", "server SIGSTOP 2.5s (session 1s)") as s:
+        s.consumers(2, work_ms=1)
+        s.fleet.producer(count=3000, keys=12, rate=800)
+        s.wait_processing(500)
+        s.server.signal(signal.SIGSTOP)
+        try:
+            time.sleep(2.5)
+        finally:
+            s.server.signal(signal.SIGCONT)
+        v = s.finish()
+        assert v.ok, v.details
+
+
+def test_group_survives_restart_with_pending_entries() -> None:
+    """With AOF always, a group's pending entries (read, not acked) survive a kill -9
+    restart: XPENDING is the same before and after."""
+    with Scenario("pending-survives", "server kill -9 with pending, AOF always") as s:
+        w = s.fleet.consumer(work_ms=50, max_records=20)
+        s.fleet.wait_ready([w])
+        s.fleet.producer(count=200, keys=4, rate=2000)
+        s.wait_processing(5)
+        s.fleet.kill9(w)  # leaves a pending batch
+        r = s.server.client()
+        before = {
+            p: r.xpending(s.conn().keys.stream(TOPIC, p), GROUP)["pending"]
+            for p in range(s.partitions)
+        }
+        r.close()
+        kill_and_restart(s)
+        r = s.server.client()
+        after = {
+            p: r.xpending(s.conn().keys.stream(TOPIC, p), GROUP)["pending"]
+            for p in range(s.partitions)
+        }
+        r.close()
+        assert sum(before.values()) > 0 and before == after, (before, after)
+        s.consumers(1)
+        v = s.finish()
+        s.note(v, f"pending before/after restart: {sum(before.values())}/{sum(after.values())}")
+        assert v.ok, v.details

@@ -175,7 +175,7 @@ class Consumer(RebalanceMixin):
         block_ms = int(
             min(remaining * 1000, self.config.block_ms, self._settings.heartbeat_interval_ms)
         )
-        if not self._alive() or not self._parts or self._blocker is None:
+        if not self._alive() or not self._parts:
             with self._events_lock:
                 if self._events:
                     return
@@ -188,6 +188,9 @@ class Consumer(RebalanceMixin):
                 return
         waiting = {st.keys[0]: st.tail for st in self._parts.values() if st.tail and not st.cursor}
         if not waiting or block_ms <= 0:
+            return
+        if self._blocker is None:  # a cluster: no blocking read across slots
+            self._fetcher.poll_wait(waiting, block_ms, lambda: bool(self._events))
             return
         try:
             self._blocker.xread(waiting, count=1, block=block_ms)

@@ -12,10 +12,8 @@ import builtins
 from dataclasses import dataclass
 from typing import Any
 
-import redis.exceptions as rex
-
-from coordinator.errors import translate
 from partitions.connection import Connection
+from partitions.nodes import execute_per_key
 from partitions.producer import Producer
 from partitions.records import DeadLetter, dead_letter_from_entry
 from partitions.topics import TopicAdmin
@@ -48,13 +46,15 @@ class DeadLetters:
     ) -> list[DeadLetter]:
         """Up to ``limit`` dead letters per partition of ``topic``, oldest first."""
         parts = self._partitions(topic, partition)
-        pipe = self.conn.client.pipeline(transaction=False)
-        for p in parts:
-            pipe.execute_command(b"XRANGE", self.conn.keys.dlq(topic, p), "-", "+", "COUNT", limit)
-        try:
-            replies = pipe.execute()
-        except rex.RedisError as err:
-            raise translate(err, f"reading dead letters of {topic}") from err
+        keys = [self.conn.keys.dlq(topic, p) for p in parts]
+        replies = execute_per_key(
+            self.conn,
+            [(k, (b"XRANGE", k, "-", "+", "COUNT", limit)) for k in keys],
+            f"reading dead letters of {topic}",
+        )
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
         out = [dead_letter_from_entry(e) for reply in replies for e in reply]
         if group is not None:
             out = [d for d in out if d.group == group]
@@ -90,13 +90,15 @@ class DeadLetters:
             producer.flush()
         for _, fut in futures:
             fut.result()
-        pipe = self.conn.client.pipeline(transaction=False)
-        for d, _ in futures:
-            pipe.xdel(self.conn.keys.dlq(topic, d.partition), d.dlq_id)
-        try:
-            pipe.execute()
-        except rex.RedisError as err:
-            raise translate(err, f"removing replayed dead letters of {topic}") from err
+        dels = [(self.conn.keys.dlq(topic, d.partition), d.dlq_id) for d, _ in futures]
+        replies = execute_per_key(
+            self.conn,
+            [(k, ("XDEL", k, i)) for k, i in dels],
+            f"removing replayed dead letters of {topic}",
+        )
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
         return ReplayResult(len(futures), len(letters) - len(futures))
 
     def _partitions(self, topic: str, partition: int | None) -> builtins.list[int]:

@@ -6,9 +6,15 @@ grant was superseded can neither receive entries nor ack them. All owned partiti
 in one pipelined round trip (one per node in a cluster), and the previous batch's acks ride
 along in the same calls.
 
-When a fetch comes back empty, :meth:`Fetcher.wait` blocks on ``XREAD BLOCK`` over the owned
+When a fetch comes back empty, the consumer blocks on ``XREAD BLOCK`` over the owned
 streams from the ids the fetch saw last (explicit ids: no lost wake-up), for at most
-``block_ms``, well below the socket timeout. Heartbeats run on another thread.
+``block_ms``, well below the socket timeout. On a cluster, where a multi-key read must stay
+in one slot, :meth:`Fetcher.poll_wait` polls each node instead. Heartbeats run on another
+thread.
+
+On a cluster, a call whose partition's slot is being migrated (``TRYAGAIN``, or redirections
+beyond a few quick attempts) did not run: that partition is skipped for this fetch, its acks
+are kept and sent with a later call, and no record is lost or reordered.
 
 Not thread-safe: used by one consumer on its own thread.
 """
@@ -17,6 +23,7 @@ from __future__ import annotations
 
 import gc
 import time
+from collections.abc import Callable
 from typing import Any
 
 import redis.exceptions as rex
@@ -26,6 +33,7 @@ from coordinator.fence import fence_value
 from coordinator.scripts import is_noscript, sha
 from coordinator.types import TopicPartition
 from partitions.connection import Connection
+from partitions.nodes import is_redirect, pipeline_per_node
 from partitions.records import (
     FetchResult,
     Record,
@@ -145,11 +153,12 @@ class Fetcher:
             args = ["read", *st.args, self.fetch_count, st.cursor, max_deliveries, reclaim]
             calls.append((st, [*args, self.start, len(ids), *ids]))
         replies = self._run(calls, _CONSUME, "consume", "reading partitions")
-        for st in parts:
-            acks.pop(st.tp, None)
         records: list[Record] = []
         refused: list[tuple[PartitionState, FetchResult]] = []
         for (st, call), reply in zip(calls, replies, strict=True):
+            if isinstance(reply, Exception):
+                continue  # its slot is moving: nothing ran; read and ack it next time
+            acks.pop(st.tp, None)
             res = fetch_result(st.topic, st.partition, reply)
             if res.status != 1:
                 self._refuse(st, res, int(call[11]), refused)
@@ -160,6 +169,31 @@ class Fetcher:
             if res.records:
                 records += res.records
         return records, refused
+
+    def poll_wait(
+        self, waiting: dict[str, str], block_ms: int, interrupted: Callable[[], bool]
+    ) -> None:
+        """Cluster: wait up to ``block_ms`` until a stream in ``waiting`` (stream -> tail id)
+        has an entry after its tail, or ``interrupted()``.
+
+        A blocking read over several streams exists only for keys of one slot, and every
+        partition has its own slot: so each node's streams are polled (one pipeline per node
+        of single-key XREADs, no BLOCK) every 2 ms at first, backing off to 25 ms while idle.
+        New data is seen within that interval."""
+        deadline = time.monotonic() + block_ms / 1000
+        commands = [
+            (key, (b"XREAD", "COUNT", 1, "STREAMS", key, tail)) for key, tail in waiting.items()
+        ]
+        pause = 0.002
+        while True:
+            replies = pipeline_per_node(self.conn, commands, attempts=1)
+            if any(r is not None for r in replies):
+                return  # data, or a slot moved: the next fetch finds out
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or interrupted():
+                return
+            time.sleep(min(pause, remaining))
+            pause = min(pause * 2, 0.025)
 
     # -- the fast path ------------------------------------------------------------------------
     # Steady state (no takeover recovery, no reclaim due, single node): WATCH the fences,
@@ -260,6 +294,9 @@ class Fetcher:
                 self._unsent_acks.setdefault(st.tp, []).extend(call[6:])
             raise
         for (st, call), reply in zip(calls, replies, strict=True):
+            if isinstance(reply, Exception):  # its slot is moving: nothing ran
+                self._unsent_acks.setdefault(st.tp, []).extend(call[6:])
+                continue
             res = ack_result(reply)
             if res.status != 1:
                 self._refuse(st, res, len(call) - 6, refused)
@@ -276,6 +313,8 @@ class Fetcher:
     def seek(self, st: PartitionState, new_id: str) -> str:
         """Fenced XGROUP SETID of the partition (pending entries are forgotten)."""
         reply = self._run([(st, [st.args[0], st.fence, new_id, "0"])], _SEEK, "seek", "seeking")[0]
+        if isinstance(reply, Exception):
+            raise translate(reply, f"seeking {st.topic}/{st.partition} (its slot is moving)")
         status = int(reply[0])
         if status != 1:
             detail = reply[1].decode() if isinstance(reply[1], bytes) else str(reply[1])
@@ -287,9 +326,10 @@ class Fetcher:
 
     # -- plumbing ---------------------------------------------------------------------------
     def _one(self, st: PartitionState, args: list[Any], what: str) -> list[Record]:
-        res = retry_result(
-            st.topic, st.partition, self._run([(st, args)], _CONSUME, "consume", what)[0]
-        )
+        reply = self._run([(st, args)], _CONSUME, "consume", what)[0]
+        if isinstance(reply, Exception):
+            raise translate(reply, f"{what} {st.topic}/{st.partition} (its slot is moving)")
+        res = retry_result(st.topic, st.partition, reply)
         if res.status == 0:
             raise NotOwnerError(f"{what} {st.topic}/{st.partition}: {res.detail} owns it now")
         if res.status == -1:
@@ -312,6 +352,10 @@ class Fetcher:
     def _run(
         self, calls: list[tuple[PartitionState, list[Any]]], digest: str, name: str, what: str
     ) -> list[Any]:
+        """EVALSHA each call; on a cluster a call the cluster cannot serve right now (its
+        slot is mid-migration) gets its redirect error in place: it did not run."""
+        if self.conn.is_cluster:
+            return self._run_on_nodes(calls, digest, name, what)
         for attempt in (0, 1):
             pipe = self.client.pipeline(transaction=False)
             for st, args in calls:
@@ -330,6 +374,23 @@ class Fetcher:
                 continue
             raise translate(errors[0], what) from errors[0]
         raise AssertionError("unreachable")
+
+    def _run_on_nodes(
+        self, calls: list[tuple[PartitionState, list[Any]]], digest: str, name: str, what: str
+    ) -> list[Any]:
+        # One pipeline per node (a cluster pipeline refuses EVALSHA); every call touches the
+        # keys of one partition, hence one slot.
+        commands = [
+            (st.keys[0], ("EVALSHA", digest, len(_keys(st, name)), *_keys(st, name), *args))
+            for st, args in calls
+        ]
+        replies = pipeline_per_node(
+            self.conn, commands, on_noscript=lambda node: self.conn.scripts.load(name, node)
+        )
+        for reply in replies:
+            if isinstance(reply, Exception) and not is_redirect(reply):
+                raise translate(reply, what) from reply
+        return replies
 
 
 def _keys(st: PartitionState, name: str) -> list[str]:

@@ -20,12 +20,13 @@ out is sent again.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis.exceptions as rex
 
 from coordinator.errors import translate
+from coordinator.scripts import is_noscript
 from partitions.connection import Connection
 
 MAX_ATTEMPTS = 10
@@ -169,4 +170,62 @@ def execute_per_key(
             elif isinstance(reply, rex.RedisError):
                 reply = translate(reply, context)
             out[i] = reply
+    return out
+
+
+def pipeline_per_node(
+    conn: Connection,
+    commands: Sequence[tuple[str | bytes, Sequence[Any]]],
+    *,
+    on_noscript: Callable[[Any], None] | None = None,
+    attempts: int = 4,
+) -> list[Any]:
+    """Run single-slot commands (EVALSHA included), one pipeline per node; replies in order.
+
+    Unlike :func:`execute_per_key` nothing waits long: ``MOVED`` is followed at once, ``ASK``
+    by ``ASKING`` + the command on the importing node (same pipeline), ``TRYAGAIN`` and
+    ``CLUSTERDOWN`` after a few ms, for at most ``attempts`` rounds. A command the cluster
+    still cannot serve then (a slot mid-migration) keeps its redis-py error in place, never
+    run: :func:`is_redirect` tells it apart, and the caller simply tries again later.
+    ``NOSCRIPT`` calls ``on_noscript(node)`` (load the script there) and retries. Other
+    server errors stay in place, untranslated. A connection error raises, translated.
+    """
+    out: list[Any] = [None] * len(commands)
+    todo: list[tuple[int, Any]] = [(i, None) for i in range(len(commands))]  # (index, ASK node)
+    for attempt in range(1, attempts + 1):
+        groups: dict[int, tuple[Any, list[tuple[int, bool]]]] = {}
+        for i, ask in todo:
+            node = ask if ask is not None else node_for_key(conn, commands[i][0])
+            groups.setdefault(id(node), (node, []))[1].append((i, ask is not None))
+        todo = []
+        wait = False
+        for node, items in groups.values():
+            pipe = node.pipeline(transaction=False)
+            for i, asking in items:
+                if asking:
+                    pipe.execute_command("ASKING")
+                pipe.execute_command(*commands[i][1])
+            try:
+                replies = iter(pipe.execute(raise_on_error=False))
+            except rex.RedisError as err:
+                if _retriable(conn, err):
+                    redirect(conn, err)
+                raise translate(err, "running commands per node") from err
+            for i, asking in items:
+                if asking:
+                    next(replies)  # ASKING's own OK
+                reply = out[i] = next(replies)
+                if not isinstance(reply, Exception) or attempt == attempts:
+                    continue
+                if on_noscript is not None and is_noscript(reply):
+                    on_noscript(node)
+                    todo.append((i, node if asking else None))
+                elif is_redirect(reply):
+                    ask_node = redirect(conn, reply)
+                    todo.append((i, ask_node))
+                    wait = wait or not isinstance(reply, rex.AskError)
+        if not todo:
+            break
+        if wait:
+            time.sleep(0.005 * attempt)
     return out

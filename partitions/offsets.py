@@ -15,12 +15,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import redis.exceptions as rex
-
 from coordinator.errors import ConfigError, PartstreamError, StateLostError, translate
 from coordinator.group import GroupAdmin
 from coordinator.keys import validate_name
 from partitions.connection import Connection
+from partitions.nodes import execute_per_key
 from partitions.records import GroupStreamInfo, group_infos_from_reply, parse_id
 from partitions.topics import TopicAdmin
 
@@ -118,13 +117,10 @@ def _group_infos(
     conn: Connection, group: str, topics: dict[str, int]
 ) -> list[tuple[str, int, GroupStreamInfo | None]]:
     parts = [(t, p) for t, n in topics.items() for p in range(n)]
-    pipe = conn.client.pipeline(transaction=False)
-    for t, p in parts:
-        pipe.execute_command("XINFO", "GROUPS", conn.keys.stream(t, p))
-    try:
-        replies = pipe.execute(raise_on_error=False)
-    except rex.RedisError as err:
-        raise translate(err, f"reading positions of group {group}") from err
+    keys = [conn.keys.stream(t, p) for t, p in parts]
+    replies = execute_per_key(
+        conn, [(k, ("XINFO", "GROUPS", k)) for k in keys], f"reading positions of group {group}"
+    )
     out: list[tuple[str, int, GroupStreamInfo | None]] = []
     for (t, p), reply in zip(parts, replies, strict=True):
         info = None

@@ -63,7 +63,7 @@ def run(label: str, cmd: list[str], env: dict[str, str] | None = None) -> tuple[
     return (1, 0, 0) if proc.returncode == 0 else (0, 1, 0)
 
 
-# The integration modules that run on the local 3-master cluster too (about 30 s in all).
+# The integration modules that run on the local 3-master cluster too (about 60 s in all).
 # A module joins once its code works on a cluster; test_cluster.py migrates slots live.
 CLUSTER_READY = [
     "tests/integration/test_cluster.py",
@@ -71,6 +71,9 @@ CLUSTER_READY = [
     "tests/integration/test_cli_data.py",
     "tests/integration/test_walkthrough.py",
     "tests/integration/test_coordinator.py",
+    "tests/integration/test_consumer.py",
+    "tests/integration/test_cli_consumer.py",
+    "tests/integration/test_consumer_processes.py",
 ]
 
 

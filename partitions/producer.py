@@ -105,7 +105,8 @@ class _Batch:
         self.attempts = 0
         # On a cluster: the importing node's client after an ASK, for the next attempt only.
         self.ask: Any = None
-        self.ids: list[str] | None = None
+        # The server's ids, kept as bytes until a future asks: most are never read.
+        self.ids: list[bytes] | None = None
         self.error: BaseException | None = None
         self.event = threading.Event()
         self.callbacks: list[tuple[int, Callable[[RecordFuture], None]]] | None = None
@@ -127,7 +128,7 @@ class _Batch:
         )
         return head + b"".join(self.chunks)
 
-    def complete(self, ids: list[str] | None, error: BaseException | None) -> None:
+    def complete(self, ids: list[bytes] | None, error: BaseException | None) -> None:
         self.ids = ids
         self.error = error
         self.chunks = []
@@ -166,7 +167,7 @@ class RecordFuture:
         if b.error is not None:
             raise b.error
         assert b.ids is not None
-        return RecordMetadata(b.topic, b.partition, b.ids[self._index])
+        return RecordMetadata(b.topic, b.partition, b.ids[self._index].decode())
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         if not self._batch.event.wait(timeout):
@@ -222,7 +223,10 @@ class Producer:
         self._seqs: dict[tuple[str, int], int] = {}
         self._routes: dict[str, _Route] = {}
         self._sticky = StickyPartitioner()
-        self._cond = threading.Condition(threading.Lock())
+        # send() takes the bare lock (the Condition's own __enter__/__exit__ are Python-level
+        # calls, measurable per record); waits and notifications go through the Condition.
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._open: dict[tuple[str, int], _Batch] = {}
         self._ready: deque[_Batch] = deque()
         self._buffered = 0
@@ -283,7 +287,7 @@ class Producer:
             nargs = 1 + len(fields)
         if size > self._max_bytes:
             check_size(size, self._max_bytes)
-        with self._cond:
+        with self._lock:
             if self._closed:
                 raise ClosedError("send() on a closed producer")
             if self._buffered >= self.config.buffer_records:
@@ -468,9 +472,7 @@ class Producer:
             for batch, reply in zip(group, replies, strict=True):
                 if isinstance(reply, list):
                     batch.complete(
-                        [i.decode() for i in reply[1:]]
-                        if reply[0] == 1
-                        else self._dup_ids(batch, reply),
+                        reply[1:] if reply[0] == 1 else self._dup_ids(batch, reply),
                         None,
                     )
                 elif self._should_retry(batch, reply):
@@ -479,11 +481,11 @@ class Producer:
                     self._fail(batch, reply)
         return retry
 
-    def _dup_ids(self, batch: _Batch, reply: list[Any]) -> list[str]:
-        ids = [i.decode() for i in reply[1:]]
+    def _dup_ids(self, batch: _Batch, reply: list[Any]) -> list[bytes]:
+        ids: list[bytes] = reply[1:]
         log.info("dropped a retried duplicate batch on %s/%d", batch.topic, batch.partition)
         if len(ids) != batch.count:  # the original batch was trimmed meanwhile
-            ids += ["0-0"] * (batch.count - len(ids))
+            ids += [b"0-0"] * (batch.count - len(ids))
         return ids
 
     def _should_retry(self, batch: _Batch, err: Exception) -> bool:

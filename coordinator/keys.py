@@ -27,7 +27,11 @@ key                                   type    contents / written by
 {ns}:t:{<topic>:<p>}:groups           hash    group -> "<created_ms> <start id>": the group
                                               has touched this partition; a marked group
                                               missing from the stream = state lost /
-                                              consume.lua, seek.lua (first touch only)
+                                              consume.lua, seek.lua (first touch only).
+                                              "<group>:reclaim" -> min idle ms: a "reclaim
+                                              stuck entries now" request (':' is never in
+                                              a name) / offsets.reclaim_now writes it, the
+                                              owner's consume.lua read serves and clears it
 {ns}:groups                           set     group names / GroupAdmin.create, Member.join
                                               (client side: another slot than the group)
 {ns}:g:{<group>}:cfg                  hash    GroupSettings fields (assignor, session and

@@ -92,6 +92,7 @@ class Fetcher:
         self.start = start  # '0' or '$': where a group starts on a partition it never read
         self.refused_acks = 0  # acks the fence refused (we had lost the partition)
         self.dead_lettered = 0
+        self.reclaimed = 0  # entries delivered again by reclaim passes (periodic or asked)
         # Acks whose call failed with the outcome unknown: sent again (XACK is idempotent)
         # with the next read of their partition, so they do not sit pending until reclaimed.
         self._unsent_acks: dict[TopicPartition, list[str]] = {}
@@ -166,6 +167,7 @@ class Fetcher:
             st.cursor = res.cursor
             st.tail = res.tail
             self.dead_lettered += res.dead
+            self.reclaimed += res.reclaimed
             if res.records:
                 records += res.records
         return records, refused
@@ -227,12 +229,15 @@ class Fetcher:
         try:
             check: list[tuple[Any, ...]] = [("WATCH", *[st.keys[1] for st in parts])]
             check += [("HGET", st.keys[1], group) for st in parts]
+            # An admin's "reclaim stuck entries now" request: consume.lua serves it.
+            check += [("HGET", st.keys[2], f"{group}:reclaim") for st in parts]
             c.send_packed_command(c.pack_commands(check))
-            held = [c.read_response() for _ in check][1:]
-            if any(h != st.fence_bytes for h, st in zip(held, parts, strict=True)):
+            answers = [c.read_response() for _ in check]
+            held, asked = answers[1 : len(parts) + 1], answers[len(parts) + 1 :]
+            if any(asked) or any(h != st.fence_bytes for h, st in zip(held, parts, strict=True)):
                 c.send_command("UNWATCH")
                 c.read_response()
-                return None  # a fence moved: the script path reports who holds it
+                return None  # a fence moved (the script path reports who holds it) or asked
             txn: list[tuple[Any, ...]] = [("MULTI",)]
             for st in parts:
                 ids = acks.get(st.tp)

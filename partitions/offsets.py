@@ -236,6 +236,70 @@ def execute_group_seek(conn: Connection, plan: SeekPlan, *, force: bool = False)
 execute = execute_group_seek
 
 
+# XPENDING IDLE counts stop here per partition (the owner still reclaims them all).
+RECLAIM_COUNT_LIMIT = 10_000
+
+
+def reclaim_now(
+    conn: Connection, group: str, topic: str | None = None, min_idle_ms: int = 1000
+) -> dict[str, Any]:
+    """Ask the owners to redeliver, on their next read, the group's entries pending longer
+    than ``min_idle_ms`` ("reclaim stuck entries now"), on every partition of the group's
+    topics (or of ``topic``).
+
+    Nothing is claimed here: where such entries exist, field ``<group>:reclaim`` of the
+    partition's groups hash (``Keys.stream_groups``, the partition's slot) is set to
+    ``min_idle_ms``; the partition's current owner serves it inside its fenced read
+    (``consume.lua``: one HGET), delivers those entries again in id order before new ones
+    (delivery count + 1; past ``max_deliveries`` they are dead-lettered), then clears it.
+    So only the owner delivers them (G holds); a partition without owner is served by its
+    next owner after its takeover recovery. Safe to call any time, from any client.
+
+    Returns ``{"group", "min_idle_ms", "stuck", "requested", "partitions": [{"topic",
+    "partition", "stuck", "requested"}]}``: ``stuck`` counts pending entries idle past the
+    threshold (XPENDING IDLE, at most :data:`RECLAIM_COUNT_LIMIT` per partition);
+    ``requested`` says whether a request was written (only where something is stuck).
+    """
+    validate_name(group, "group")
+    if isinstance(min_idle_ms, bool) or not isinstance(min_idle_ms, int) or min_idle_ms < 0:
+        raise ConfigError(f"min_idle_ms must be an integer >= 0, got {min_idle_ms!r}")
+    parts = [(t, p) for t, n in _group_topics(conn, group, topic).items() for p in range(n)]
+    k = conn.keys
+    streams = [k.stream(t, p) for t, p in parts]
+    pending = execute_per_key(
+        conn,
+        [
+            (s, (b"XPENDING", s, group, "IDLE", min_idle_ms, "-", "+", RECLAIM_COUNT_LIMIT))
+            for s in streams
+        ],
+        f"reading pending entries of group {group}",
+    )
+    stuck: list[int] = []
+    for reply in pending:
+        if isinstance(reply, StateLostError):  # NOGROUP: the group never read it
+            reply = None
+        elif isinstance(reply, Exception):
+            raise reply
+        stuck.append(len(reply) if reply else 0)
+    field = f"{group}:reclaim"
+    asks = [(k.stream_groups(t, p), ("HSET", k.stream_groups(t, p), field, min_idle_ms))
+            for (t, p), n in zip(parts, stuck, strict=True) if n]  # fmt: skip
+    for reply in execute_per_key(conn, asks, f"requesting a reclaim for group {group}"):
+        if isinstance(reply, Exception):
+            raise reply
+    rows = [
+        {"topic": t, "partition": p, "stuck": n, "requested": n > 0}
+        for (t, p), n in zip(parts, stuck, strict=True)
+    ]
+    return {
+        "group": group,
+        "min_idle_ms": min_idle_ms,
+        "stuck": sum(stuck),
+        "requested": len(asks),
+        "partitions": rows,
+    }
+
+
 def describe_with_lag(conn: Connection, group: str) -> dict[str, Any]:
     """``GroupDescription.to_dict()`` plus, per partition of the group's topics,
     ``last_delivered_id``, ``pending`` and ``lag``, and the group's ``total_lag``.

@@ -308,7 +308,7 @@ class FetchResult:
     ``detail`` says what vanished: fence, stream or group).
     """
 
-    __slots__ = ("acked", "cursor", "dead", "detail", "records", "status", "tail")
+    __slots__ = ("acked", "cursor", "dead", "detail", "reclaimed", "records", "status", "tail")
 
     def __init__(
         self,
@@ -319,6 +319,7 @@ class FetchResult:
         cursor: str = "",
         tail: str = "",
         dead: int = 0,
+        reclaimed: int = 0,
     ) -> None:
         self.status = status
         self.detail = detail
@@ -327,6 +328,7 @@ class FetchResult:
         self.cursor = cursor
         self.tail = tail
         self.dead = dead
+        self.reclaimed = reclaimed
 
 
 def records_from_read(topic: str, partition: int, entries: list[Any]) -> list[Record]:
@@ -346,14 +348,15 @@ def records_from_read(topic: str, partition: int, entries: list[Any]) -> list[Re
 
 
 def fetch_result(topic: str, partition: int, reply: Any) -> FetchResult:
-    """Parse consume.lua's ``read`` reply: {1, acked, entries, cursor, tail, dead}."""
+    """Parse consume.lua's ``read`` reply: {1, acked, entries, cursor, tail, dead, reclaimed}."""
     status = int(reply[0])
     if status != 1:
         return FetchResult(status, _text(reply[1]))
     entries = reply[2]
     records = records_from_read(topic, partition, entries) if entries else []
+    reclaimed = int(reply[6]) if len(reply) > 6 else 0
     return FetchResult(
-        1, "", int(reply[1]), records, _text(reply[3]), _text(reply[4]), int(reply[5])
+        1, "", int(reply[1]), records, _text(reply[3]), _text(reply[4]), int(reply[5]), reclaimed
     )
 
 

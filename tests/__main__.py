@@ -74,6 +74,7 @@ CLUSTER_READY = [
     "tests/integration/test_consumer.py",
     "tests/integration/test_cli_consumer.py",
     "tests/integration/test_consumer_processes.py",
+    "tests/integration/test_reclaim.py",
 ]
 
 

@@ -4,7 +4,9 @@ KEYS (all under the PARTITION's hash tag {<topic>:<p>}, so one slot in a cluster
   1 stream  stream  the partition
   2 fence   hash    group -> "<member_id> <token>": the only grant allowed to read and ack
   3 groups  hash    group -> "<created_ms> <start>": set when the group first touched the
-                    partition; a marked group missing from the stream means state was lost
+                    partition; a marked group missing from the stream means state was lost.
+                    "<group>:reclaim" -> min idle ms: an admin's "reclaim stuck entries now"
+                    request, served (then cleared) by the owner's next read
   4 dlq     stream  dead letters of the partition
 
 ARGV (common): 1 op, 2 group, 3 fence value "<member_id> <token>", 4 topic, 5 partition,
@@ -26,11 +28,12 @@ Replies (status first):
    0, "<holder>"            not owner: the fence holds another grant or was released by
                             a later owner ("nobody"); nothing was read or acked
   -1, "<what vanished>"     state lost: fence, stream or group gone under a live owner
-   1, acked, entries, cursor, tail, dead    (read)
+   1, acked, entries, cursor, tail, dead, reclaimed    (read)
         entries  {{id, {field, value, ...}}, ...} recovered/reclaimed first, then new
         cursor   next recovery cursor, '' once recovery is done
         tail     when no new entry was read: the last entry id ('0-0' if empty), else ''
         dead     number of entries dead-lettered by this call
+        reclaimed  entries the reclaim pass (periodic or requested) delivered again
    1, acked                 (ack)
    1, entries, dead         (retry, dead)
 ]]
@@ -115,6 +118,10 @@ end
 local function ensure_group(start)
   if redis.call('HEXISTS', groups, group) == 1 then return false end
   redis.call('XGROUP', 'CREATE', stream, group, start, 'MKSTREAM')
+  -- An empty dead-letter stream: while a cluster slot migrates, a script whose declared keys
+  -- partly do not exist gets TRYAGAIN until the move ends; with every key present it is
+  -- served by one side or the other (ASK) during all but the key-moving steps.
+  if redis.call('EXISTS', dlq) == 0 then redis.call('XADD', dlq, 'MAXLEN', '0', '*', 'x', '') end
   local t = redis.call('TIME')
   redis.call('HSET', groups, group, t[1] .. string.format('%03d', math.floor(t[2] / 1000)) ..
     ' ' .. start)
@@ -127,7 +134,15 @@ if op == 'read' then
   local nacks = tonumber(ARGV[12])
   local acked = 0
   if nacks > 0 then acked = ack_range(13, 12 + nacks) end
-  if count == 0 then return {1, acked, {}, cursor, '', 0} end
+  if count == 0 then return {1, acked, {}, cursor, '', 0, 0} end
+
+  -- "Reclaim stuck entries now" (offsets.reclaim_now): served once recovery is done.
+  local asked = cursor == '' and redis.call('HGET', groups, group .. ':reclaim')
+  if asked then
+    redis.call('HDEL', groups, group .. ':reclaim')
+    reclaim_ms = tonumber(asked) or 0
+  end
+  local reclaimed = 0
 
   -- A missing group (or stream) shows as a NOGROUP error: only the first read pays for it.
   local out = {}
@@ -140,12 +155,17 @@ if op == 'read' then
     end
     redeliver(pend, max_deliveries, out)
     if #pend == count then
-      return {1, acked, out, pend[#pend][1], '', dead}
+      return {1, acked, out, pend[#pend][1], '', dead, 0}
     end
     cursor = ''
-  elseif reclaim_ms > 0 then
+  elseif reclaim_ms > 0 or asked then
     local pend = redis.pcall('XPENDING', stream, group, 'IDLE', reclaim_ms, '-', '+', count)
-    if type(pend) == 'table' and not pend.err then redeliver(pend, max_deliveries, out) end
+    if type(pend) == 'table' and not pend.err then
+      redeliver(pend, max_deliveries, out)
+      reclaimed = #out
+      -- More stuck entries than one read takes: the request stands for the next read.
+      if asked and #pend == count then redis.call('HSET', groups, group .. ':reclaim', asked) end
+    end
   end
   local want = count - #out
   if want > 0 then
@@ -158,11 +178,11 @@ if op == 'read' then
     end
     if r then
       for _, e in ipairs(r[1][2]) do out[#out + 1] = e end
-      return {1, acked, out, cursor, '', dead}
+      return {1, acked, out, cursor, '', dead, reclaimed}
     end
   end
   local last = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)[1]
-  return {1, acked, out, cursor, last and last[1] or '0-0', dead}
+  return {1, acked, out, cursor, last and last[1] or '0-0', dead, reclaimed}
 end
 
 if op == 'ack' then

@@ -1,4 +1,5 @@
-"""``partstream group ...``: create, alter, list, describe (with lag), seek and delete groups."""
+"""``partstream group ...``: create, alter, list, describe (with lag), seek, reclaim and delete
+groups."""
 
 from __future__ import annotations
 
@@ -9,7 +10,12 @@ import click
 from coordinator.group import GroupAdmin
 from coordinator.settings import GroupSettings
 from partitions.cli.common import State, emit, format_option, main, pass_state
-from partitions.offsets import describe_with_lag, execute_group_seek, plan_group_seek
+from partitions.offsets import (
+    describe_with_lag,
+    execute_group_seek,
+    plan_group_seek,
+    reclaim_now,
+)
 
 
 def _settings_options(fn: Any) -> Any:
@@ -122,6 +128,33 @@ def group_seek(
     if execute:
         plan = execute_group_seek(state.conn, plan, force=force)
     emit(fmt, plan.to_dict(), _plan_text)
+
+
+def _reclaim_text(d: dict[str, Any]) -> str:
+    lines = [
+        f"group {d['group']}: {d['stuck']} entries idle over {d['min_idle_ms']} ms; "
+        f"reclaim requested on {d['requested']} partition(s), served by each owner's next read"
+    ]
+    lines += [
+        f"  {p['topic']}/{p['partition']}  stuck {p['stuck']}"
+        for p in d["partitions"]
+        if p["requested"]
+    ]
+    return "\n".join(lines)
+
+
+@group.command("reclaim")
+@click.argument("name")
+@click.option("--topic", help="Only this topic (default: all the group's topics).")
+@click.option(
+    "--min-idle-ms", type=click.IntRange(min=0), default=1000, show_default=True,
+    help="Reclaim entries pending (delivered, unacked) at least this long.",
+)  # fmt: skip
+@format_option
+@pass_state
+def group_reclaim(state: State, name: str, topic: str | None, min_idle_ms: int, fmt: str) -> None:
+    """Make the owners of group NAME's partitions redeliver stuck entries now."""
+    emit(fmt, reclaim_now(state.conn, name, topic, min_idle_ms), _reclaim_text)
 
 
 @group.command("delete")

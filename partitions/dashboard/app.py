@@ -113,6 +113,13 @@ class Dashboard:
         plan = plan_group_seek(self.conn, group, to, topic=self.topic)
         return execute_group_seek(self.conn, plan, force=True).to_dict()
 
+    def reclaim(self, group: str, min_idle_ms: int = 1000) -> dict[str, Any]:
+        """Reclaim stuck entries now: each owner redelivers its entries idle past
+        ``min_idle_ms`` on its next read (see :func:`partitions.offsets.reclaim_now`)."""
+        from partitions.offsets import reclaim_now
+
+        return reclaim_now(self.conn, group, topic=self.topic, min_idle_ms=min_idle_ms)
+
     def trim(self, partition: int, max_length: int) -> dict[str, Any]:
         removed = TopicAdmin(self.conn).trim(self.topic, partition, max_length=max_length)
         return {"partition": partition, "removed": removed}
@@ -202,6 +209,11 @@ def create_app(dash: Dashboard) -> Starlette:
         b = await body(request)
         return await run(dash.reset_group, request.path_params["group"], str(b["to"]))
 
+    async def reclaim(request: Request) -> Response:
+        b = await body(request)
+        idle = int(b.get("min_idle_ms", 1000))
+        return await run(dash.reclaim, request.path_params["group"], idle)
+
     async def trim(request: Request) -> Response:
         b = await body(request)
         return await run(dash.trim, int(b["partition"]), int(b["max_length"]))
@@ -228,6 +240,7 @@ def create_app(dash: Dashboard) -> Starlette:
         Route("/api/workers/{wid}/{action}", worker_action, methods=["POST"]),
         Route("/api/groups", create_group, methods=["POST"]),
         Route("/api/groups/{group}/reset", reset_group, methods=["POST"]),
+        Route("/api/groups/{group}/reclaim", reclaim, methods=["POST"]),
         Route("/api/trim", trim, methods=["POST"]),
         Route("/api/fail", fail, methods=["POST"]),
         Route("/api/latest", latest),

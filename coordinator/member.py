@@ -73,6 +73,8 @@ class Member:
         self._scripts = Scripts(client)
         self._lock = threading.RLock()
         self._epoch: int | None = None
+        # Once joined, a rejoin must find the group: a vanished group is lost state.
+        self._was_member = False
         self.last: HeartbeatResult | None = None
 
     @property
@@ -120,8 +122,10 @@ class Member:
                 self.instance_id or "",
                 self.client_info,
                 self._spec,
+                "1" if self._was_member else "0",
                 *self.settings.to_fields(),
             )
+            self._was_member = True
             self._spec_dirty = False
             try:
                 self.client.sadd(self.keys.groups, self.group)

@@ -15,6 +15,7 @@ from coordinator.errors import (
     FencedError,
     MembershipError,
     PartstreamError,
+    StateLostError,
     UnknownGroupError,
     UnknownMemberError,
 )
@@ -160,6 +161,7 @@ _ERRORS: dict[str, type[PartstreamError]] = {
     "UNKNOWN_MEMBER": UnknownMemberError,
     "DUPLICATE_INSTANCE": DuplicateInstanceError,
     "UNKNOWN_GROUP": UnknownGroupError,
+    "STATE_LOST": StateLostError,
 }
 
 

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Protocol
 
-from coordinator.errors import MembershipError, PartstreamError
+from coordinator.errors import MembershipError, PartstreamError, StateLostError
 from coordinator.heartbeat import Heartbeat
 from coordinator.member import Member
 from coordinator.records import Grant, HeartbeatResult
@@ -75,6 +75,9 @@ class MemberRunner:
         self._reconciling = True
         self._thread: threading.Thread | None = None
         self.last_error: BaseException | None = None
+        # An error the member cannot recover from by rejoining (its group vanished): the
+        # loop stops, every partition is reported lost, and the owner raises it.
+        self.fatal: StateLostError | None = None
 
     # -- public --------------------------------------------------------------------------
     def start(self) -> MemberRunner:
@@ -159,6 +162,11 @@ class MemberRunner:
                     self._hb.succeeded()
                     self._releasing -= released
                 self._apply(result)
+            except StateLostError as err:
+                self.last_error = self.fatal = err
+                log.error("member %s: %s", self.member.member_id, err)
+                self._drop_all()
+                return
             except MembershipError as err:
                 self.last_error = err
                 log.info("member %s: %s", self.member.member_id, err)

@@ -329,6 +329,8 @@ class Consumer(RebalanceMixin):
     def _enter(self) -> None:
         if self._closed:
             raise ClosedError("the consumer is closed")
+        if self._runner.fatal is not None:
+            raise self._runner.fatal
         self._thread_id = threading.get_ident()
 
     def _alive(self) -> bool:

@@ -13,7 +13,9 @@ KEYS (all under the group's hash tag {<group>}):
 
 ARGV[1] = op, ARGV[2] = member_id, then per op:
   join:       3 instance_id ("" = dynamic), 4 client info, 5 topics "name=count ...",
-              6.. settings as name, value pairs (used only if the group does not exist)
+              6 "1" = this member was in the group before: the group must still exist
+              (a vanished group is STATE_LOST, never silently re-created), "0" = first join,
+              7.. settings as name, value pairs (used only if the group does not exist)
   heartbeat:  3 member epoch, 4 released partitions "topic:p ...",
               5 topics "name=count ..." ("" = unchanged)
   leave:      3 member epoch, 4 "1" = temporary (static members keep their partitions
@@ -24,7 +26,8 @@ partitions and bumping the group epoch.
 
 Reply: {"OK", member_id, member_epoch, group_epoch, target_epoch, settings {k, v, ...},
         owned {"topic:p", token, grant_epoch, ...}, to_revoke {...}, pending {...}, created}
-   or  {"ERR", code, message} with code FENCED | UNKNOWN_MEMBER | DUPLICATE_INSTANCE.
+   or  {"ERR", code, message} with code FENCED | UNKNOWN_MEMBER | DUPLICATE_INSTANCE |
+       STATE_LOST.
 Tokens are decimal strings: they exceed cjson's and Lua's integer precision for printing.
 ]]
 
@@ -201,7 +204,13 @@ if op == 'join' then
     end
   end
   local instance, client, topics = ARGV[3], ARGV[4], ARGV[5]
-  local created = ensure_group(now, 6)
+  if ARGV[6] == '1' and redis.call('EXISTS', K_CFG) == 0 then
+    return {'ERR', 'STATE_LOST', 'the group vanished while this member was in it (the server ' ..
+            'restarted without persistence, or the group was deleted); it is not re-created ' ..
+            'silently: recreate it (partstream group create) and choose where it starts ' ..
+            '(partstream group seek), then restart the consumers'}
+  end
+  local created = ensure_group(now, 7)
   evict(now, tonumber(redis.call('HGET', K_CFG, 'session_timeout_ms')))
   local rec = get_member(member_id)
   if instance ~= '' then

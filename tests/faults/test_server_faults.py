@@ -88,16 +88,6 @@ def test_server_kill9_aof_everysec_bounded_and_reported() -> None:
         assert v.ok, v.details
 
 
-EMPTY_RESTART_BUG = (
-    "BUG (not fixed here): after a restart without persistence, a consumer whose heartbeat "
-    "thread notices first gets UNKNOWN_MEMBER, rejoins, and member.lua silently re-creates "
-    "the coordinator group; the new grant then lets consume.lua's ensure_group re-create the "
-    "stream group at the start id (no partstream mark survived to tell it state was lost). "
-    "Only a consumer whose read thread notices first raises StateLostError."
-)
-
-
-@pytest.mark.xfail(strict=False, reason=EMPTY_RESTART_BUG + " Races: passes when reads win.")
 def test_server_restarted_empty_is_a_loud_typed_error() -> None:
     """The server restarts with no persistence: every live consumer fails with
     StateLostError (typed, loud) instead of silently re-creating the group at 0 (duplicates)
@@ -202,12 +192,11 @@ def test_group_survives_restart_with_pending_entries() -> None:
         assert v.ok, v.details
 
 
-@pytest.mark.xfail(strict=True, reason=EMPTY_RESTART_BUG)
-def test_restart_empty_after_the_heartbeat_rejoined_is_still_a_loud_error() -> None:
-    """The deterministic form of the race above, in-process: the server restarts empty, the
-    consumer does not read until its heartbeat thread has rejoined (and been granted
-    partitions again); its next poll must still raise StateLostError, and no stream group
-    may have been re-created."""
+def test_restart_empty_noticed_by_the_heartbeat_is_still_a_loud_error() -> None:
+    """The deterministic form of the race above, in-process: the server restarts empty and
+    the consumer does not read until its heartbeat thread has noticed. The rejoin must not
+    re-create the group (member.lua refuses: STATE_LOST for a member that was in it); the
+    next poll raises StateLostError, and no stream group was re-created."""
     from coordinator.errors import ConnectionFailedError, StateLostError
     from coordinator.settings import GroupSettings
     from partitions.config import ConsumerConfig
@@ -234,10 +223,11 @@ def test_restart_empty_after_the_heartbeat_rejoined_is_still_a_loud_error() -> N
             s.server.kill9()
             s.server.start()
             wait_for(
-                lambda: c._runner.owned() and c._runner.owned() != before,
+                lambda: c._runner.fatal is not None and not c._runner.owned(),
                 10,
-                "the heartbeat thread to rejoin and be granted partitions again",
+                "the heartbeat thread to find the group gone",
             )
+            assert before
             raised = None
             for _ in range(10):
                 try:

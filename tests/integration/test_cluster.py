@@ -3,8 +3,8 @@
 Checks that a topic's partitions spread over all nodes, that admin, apply, produce and replay
 never hit CROSSSLOT, that server checks read every primary, and that moving a live
 partition's slot to another node (the classic MIGRATING/IMPORTING resharding) loses no
-record and keeps each key's order (invariants L and O) for the producer and a following
-replay reader.
+record and keeps each key's order (invariants L and O) for the producer, a following
+replay reader and a consumer group whose acks all land.
 
 The cluster cannot start: skipped locally, a failure under CI.
 """
@@ -24,12 +24,15 @@ import pytest
 from click.testing import CliRunner
 
 from coordinator.errors import EvictionPolicyError
+from coordinator.settings import GroupSettings
 from partitions.apply import execute, parse, plan
 from partitions.cli import main
 from partitions.cluster import EmbeddedCluster, free_base_port
 from partitions.config import ClientConfig, ProducerConfig
 from partitions.connection import Connection, connect
+from partitions.consumer import Consumer
 from partitions.nodes import node_name, primaries
+from partitions.offsets import group_lag, group_offsets
 from partitions.producer import Producer, RecordFuture
 from partitions.replay import replay
 from partitions.topics import TopicAdmin, TopicSpec
@@ -243,3 +246,91 @@ def test_resharding_a_live_partition_loses_nothing_and_keeps_key_order(
     # The move was seen by the producer (not a vacuous pass): it was redirected.
     redirects = [r.getMessage() for r in caplog.records if "retrying" in r.getMessage()]
     assert any(e in m for m in redirects for e in ("MovedError", "AskError", "TryAgainError"))
+
+
+def test_consumers_keep_consuming_while_a_partition_slot_migrates(
+    cluster: EmbeddedCluster, cconfig: ClientConfig, cconn: Connection
+) -> None:
+    """Two consumers of one group read 6 partitions while partition 0's slot moves to another
+    node: everything sent is processed (L), each key in order (O), every ack lands."""
+    topic, n_keys = "cmove", 24
+    TopicAdmin(cconn).create(TopicSpec(topic, 6))
+    stream = cconn.keys.stream(topic, 0)
+    slot = int(cconn.client.keyslot(stream))
+    src = cluster.owner_of(slot)
+    dst = next(port for port in cluster.ports if port != src)
+    settings = GroupSettings(session_timeout_ms=6000, heartbeat_interval_ms=500)
+
+    stop_producing, stop_consuming = threading.Event(), threading.Event()
+    futures: list[RecordFuture] = []
+    seen: list[tuple[str, int, int]] = []  # (key, n, partition) in processing order
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+
+    def produce() -> None:
+        with Producer(cconn, ProducerConfig(linger_ms=2, retry_backoff_ms=20)) as p:
+            n = 0
+            while not stop_producing.is_set():
+                for k in range(n_keys):
+                    futures.append(p.send(topic, {"k": k, "n": n}, key=f"key-{k}"))
+                n += 1
+                time.sleep(0.005)
+
+    def consume(name: str) -> None:
+        try:
+            with (
+                connect(cconfig) as conn,
+                Consumer(
+                    "movers", topic, conn=conn, instance_id=name, group_settings=settings
+                ) as c,  # fmt: skip
+            ):
+                while not stop_consuming.is_set():
+                    for rec in c.poll(timeout=0.1):
+                        body = rec.json()
+                        with lock:
+                            seen.append((f"key-{body['k']}", body["n"], rec.partition))
+        except BaseException as err:  # reported by the main thread
+            errors.append(err)
+
+    readers = [threading.Thread(target=consume, args=(f"c{i}",), daemon=True) for i in (1, 2)]
+    for t in readers:
+        t.start()
+    writer = threading.Thread(target=produce, daemon=True)
+    writer.start()
+    time.sleep(1.0)
+    moved = cluster.migrate_slot(slot, dst, keys_per_step=1, step_delay=0.1, finish_delay=1.0)
+    time.sleep(0.5)
+    stop_producing.set()
+    writer.join(20)
+    assert not writer.is_alive()
+    metas = [f.result(10) for f in futures]
+    sent = {(m.partition, m.id) for m in metas}
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        with lock:
+            distinct = {(k, n) for k, n, _ in seen}
+        if len(distinct) >= len(sent) and pending_total(cconn, topic, "movers") == 0:
+            break
+        time.sleep(0.1)
+    stop_consuming.set()
+    for t in readers:
+        t.join(10)
+    assert not errors, errors
+
+    assert moved >= 3 and cluster.owner_of(slot) == dst
+    assert any(m.partition == 0 for m in metas[len(metas) // 2 :])  # sent around the move
+    # L: everything sent was processed; acks landed: nothing pending, no lag.
+    assert {(k, n) for k, n, _ in seen} == {
+        (f"key-{k}", n) for k in range(n_keys) for n in range(len(metas) // n_keys)
+    }
+    assert pending_total(cconn, topic, "movers") == 0
+    assert group_lag(cconn, "movers").total_lag == 0
+    # O: per key, first deliveries come in send order (a redelivery may repeat, never skip).
+    last: dict[str, int] = {}
+    for key, n, _ in seen:
+        assert n <= last.get(key, -1) + 1, f"{key}: {n} after {last.get(key)}"
+        last[key] = max(n, last.get(key, -1))
+
+
+def pending_total(conn: Connection, topic: str, group: str) -> int:
+    return sum(o.pending for o in group_offsets(conn, group, topic))

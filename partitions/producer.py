@@ -532,10 +532,17 @@ class Producer:
                 f"({type(err).__name__} {err}) after {batch.attempts} attempts; is a "
                 "resharding or failover stuck?"
             )
-        elif isinstance(error, PartstreamError) and "OUTOFSEQ" in str(err):
-            error = PartstreamError(f"appending to {batch.topic}/{batch.partition}: {err}")
+        out_of_seq = "OUTOFSEQ" in str(err)
+        if out_of_seq:
+            # The server lost this producer's sequence (a crash lost its last writes, or it
+            # restarted empty): this batch was NOT appended and fails loudly; a new identity
+            # lets later batches through instead of failing forever.
+            error = PartstreamError(
+                f"appending to {batch.topic}/{batch.partition}: {err} (the server lost recent "
+                "writes; this batch was not appended)"
+            )
         batch.complete(None, error)
-        if in_doubt and self.config.idempotent:
+        if (in_doubt or out_of_seq) and self.config.idempotent:
             # The failed batch may or may not be in the stream: start a new producer identity
             # so the next batch of this partition cannot be mistaken for a duplicate of it.
             self._pid = uuid.uuid4().hex[:16].encode()

@@ -211,3 +211,19 @@ def test_replay_positions_count_end_and_follow(conn: Connection) -> None:
     th.join(5)
     stop.set()
     assert got == ["new0", "new1", "new2"]
+
+
+def test_lost_sequence_state_fails_one_batch_loudly_then_recovers(conn: Connection) -> None:
+    """The server forgot this producer's sequence (crash lost its last writes): the next batch
+    fails, is not appended, and the producer goes on under a new identity."""
+    TopicAdmin(conn).create(TopicSpec("seq", 1))
+    key = conn.keys.stream("seq", 0)
+    with Producer(conn, ProducerConfig(linger_ms=0)) as p:
+        p.send("seq", "a", key="k").result(5)
+        p.send("seq", "b", key="k").result(5)
+        conn.client.delete(conn.keys.seq("seq", 0))
+        lost = p.send("seq", "c", key="k")
+        with pytest.raises(Exception, match="OUTOFSEQ"):
+            lost.result(5)
+        assert p.send("seq", "d", key="k").result(5).partition == 0
+    assert [r.value for r in replay(conn, "seq")] == [b"a", b"b", b"d"]

@@ -88,8 +88,9 @@ _CONSUMER_FENCE = ("+hget", "+hset", "+hdel", "+hexists", "+watch")
 # The fast fetch path: WATCH fences, then MULTI / XACK / XREADGROUP / EXEC.
 _CONSUMER_TXN = ("+multi", "+exec", "+discard", "+unwatch")
 # member.lua and the describe/assign operations of admin.lua on the group's keys (assign
-# replaces the target hash with DEL + HSET).
+# replaces the target hash with DEL + HSET; a join first checks every key's TYPE).
 _CONSUMER_GROUP = (
+    "+type",
     "+del",
     "+hget",
     "+hset",
@@ -202,7 +203,7 @@ def acl_rules(
         *group_keys,
         _selector(_CONSUMER_STREAM, *streams),
         _selector(_CONSUMER_FENCE, *fences),
-        _selector(["+xadd"], *dlqs),
+        _selector(["+xadd", "+exists"], *dlqs),
         _selector(_CONSUMER_GROUP, *group_keys),
         _selector(["+sadd"], f"~{ns}:groups"),
         _selector(["+hgetall"], *meta),

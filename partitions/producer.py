@@ -24,9 +24,9 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from types import TracebackType
-from typing import Any, NamedTuple
+from typing import Any
 
 import redis.exceptions as rex
 from xxhash import xxh3_64_intdigest as _xxh3
@@ -39,7 +39,8 @@ from coordinator.errors import (
     PartstreamError,
     translate,
 )
-from coordinator.scripts import is_noscript, sha, source
+from coordinator.scripts import is_noscript, source
+from partitions.batch import Batch, RecordFuture, RecordMetadata, Route, bulk
 from partitions.config import ClientConfig, ProducerConfig
 from partitions.connection import Connection, connect
 from partitions.nodes import is_redirect, node_for_key, redirect
@@ -52,154 +53,20 @@ from partitions.records import (
     encode_value,
     entry_fields,
 )
-from partitions.router import Router, StickyPartitioner
-from partitions.topics import TopicAdmin, TopicMeta
+from partitions.router import StickyPartitioner
+from partitions.topics import TopicAdmin
+
+__all__ = ["Producer", "RecordFuture", "RecordMetadata"]
 
 log = logging.getLogger("partstream.producer")
 
 # Re-read topic metadata this often, to pick up added partitions and retention changes.
 METADATA_MAX_AGE_S = 30.0
 
-_APPEND_SHA = sha("append").encode()
-_EVALSHA_HEAD = b"$7\r\nEVALSHA\r\n$40\r\n" + _APPEND_SHA + b"\r\n$1\r\n2\r\n"
-# Header args between the two keys and the records: pid, seq, maxlen, retention_ms, safe, n.
-_HEADER_ARGS = 6
-
-
 _ASKING = b"*1\r\n$6\r\nASKING\r\n"
 # A resharding can answer MOVED, ASK and TRYAGAIN several times for one batch before its
 # slot settles; these attempts come on top of ``ProducerConfig.retries`` on a cluster.
 _CLUSTER_EXTRA_RETRIES = 20
-
-
-def _bulk(data: bytes) -> bytes:
-    return b"$%d\r\n%b\r\n" % (len(data), data)
-
-
-class RecordMetadata(NamedTuple):
-    """Where a record was appended."""
-
-    topic: str
-    partition: int
-    id: str
-
-
-class _Batch:
-    """Records of one partition sent together. Its futures share one event."""
-
-    __slots__ = (
-        "ask", "attempts", "callbacks", "chunks", "count", "created", "error", "event",
-        "ids", "nargs", "nbytes", "partition", "route", "seq", "topic",
-    )  # fmt: skip
-
-    def __init__(self, topic: str, partition: int, route: _Route, now: float) -> None:
-        self.topic = topic
-        self.partition = partition
-        self.route = route
-        self.chunks: list[bytes] = []
-        self.count = 0
-        self.nargs = 0
-        self.nbytes = 0
-        self.created = now
-        self.seq = 0
-        self.attempts = 0
-        # On a cluster: the importing node's client after an ASK, for the next attempt only.
-        self.ask: Any = None
-        # The server's ids, kept as bytes until a future asks: most are never read.
-        self.ids: list[bytes] | None = None
-        self.error: BaseException | None = None
-        self.event = threading.Event()
-        self.callbacks: list[tuple[int, Callable[[RecordFuture], None]]] | None = None
-
-    def packed(self, pid: bytes) -> bytes:
-        spec = self.route.meta.spec
-        keys = self.route.stream_keys[self.partition], self.route.seq_keys[self.partition]
-        head = (
-            b"*%d\r\n" % (5 + _HEADER_ARGS + self.nargs)
-            + _EVALSHA_HEAD
-            + _bulk(keys[0])
-            + _bulk(keys[1])
-            + _bulk(pid)
-            + _bulk(b"%d" % self.seq)
-            + _bulk(b"%d" % (spec.max_length or 0))
-            + _bulk(b"%d" % (spec.retention_ms or 0))
-            + (b"$1\r\n1\r\n" if spec.safe_retention else b"$1\r\n0\r\n")
-            + _bulk(b"%d" % self.count)
-        )
-        return head + b"".join(self.chunks)
-
-    def complete(self, ids: list[bytes] | None, error: BaseException | None) -> None:
-        self.ids = ids
-        self.error = error
-        self.chunks = []
-        with _callback_lock:
-            self.event.set()
-            callbacks, self.callbacks = self.callbacks, None
-        for i, cb in callbacks or ():
-            try:
-                cb(RecordFuture(self, i))
-            except Exception:
-                log.exception("producer callback raised")
-
-
-# Guards registering callbacks against a batch completing at the same moment; callbacks are
-# rare, so one lock for all batches costs nothing on the hot path.
-_callback_lock = threading.Lock()
-
-
-class RecordFuture:
-    """The outcome of one :meth:`Producer.send`: resolves to :class:`RecordMetadata`."""
-
-    __slots__ = ("_batch", "_index")
-
-    def __init__(self, batch: _Batch, index: int) -> None:
-        self._batch = batch
-        self._index = index
-
-    def done(self) -> bool:
-        return self._batch.event.is_set()
-
-    def result(self, timeout: float | None = None) -> RecordMetadata:
-        """Block until the record is appended; raise the error if it could not be."""
-        b = self._batch
-        if not b.event.wait(timeout):
-            raise TimeoutError(f"record not acknowledged within {timeout}s")
-        if b.error is not None:
-            raise b.error
-        assert b.ids is not None
-        return RecordMetadata(b.topic, b.partition, b.ids[self._index].decode())
-
-    def exception(self, timeout: float | None = None) -> BaseException | None:
-        if not self._batch.event.wait(timeout):
-            raise TimeoutError(f"record not acknowledged within {timeout}s")
-        return self._batch.error
-
-    def add_done_callback(self, fn: Callable[[RecordFuture], None]) -> None:
-        """Call ``fn(future)`` from the sender thread once done (now if already done)."""
-        b = self._batch
-        with _callback_lock:
-            if not b.event.is_set():
-                if b.callbacks is None:
-                    b.callbacks = []
-                b.callbacks.append((self._index, fn))
-                return
-        fn(self)
-
-
-class _Route:
-    """Per-topic routing state cached by the producer."""
-
-    __slots__ = ("fetched", "meta", "modulo", "n", "router", "seq_keys", "stream_keys")
-
-    def __init__(self, meta: TopicMeta, conn: Connection) -> None:
-        self.meta = meta
-        self.router: Router = meta.spec.router()
-        self.n = meta.partitions
-        self.modulo = meta.spec.routing == "modulo"
-        k = conn.keys
-        self.stream_keys = [k.stream(meta.name, p).encode() for p in range(self.n)]
-        self.seq_keys = [k.seq(meta.name, p).encode() for p in range(self.n)]
-        self.fetched = time.monotonic()
 
 
 class Producer:
@@ -221,14 +88,14 @@ class Producer:
         self._admin = TopicAdmin(self._conn)
         self._pid = uuid.uuid4().hex[:16].encode() if self.config.idempotent else b""
         self._seqs: dict[tuple[str, int], int] = {}
-        self._routes: dict[str, _Route] = {}
+        self._routes: dict[str, Route] = {}
         self._sticky = StickyPartitioner()
         # send() takes the bare lock (the Condition's own __enter__/__exit__ are Python-level
         # calls, measurable per record); waits and notifications go through the Condition.
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
-        self._open: dict[tuple[str, int], _Batch] = {}
-        self._ready: deque[_Batch] = deque()
+        self._open: dict[tuple[str, int], Batch] = {}
+        self._ready: deque[Batch] = deque()
         self._buffered = 0
         self._flushing = 0
         self._closed = False
@@ -283,7 +150,7 @@ class Producer:
         else:
             fields = entry_fields(kb, vb, encode_headers(headers))
             size = sum(len(f) for f in fields)
-            chunk = b"%b%b" % (_bulk(b"%d" % len(fields)), b"".join(_bulk(f) for f in fields))
+            chunk = b"%b%b" % (bulk(b"%d" % len(fields)), b"".join(bulk(f) for f in fields))
             nargs = 1 + len(fields)
         if size > self._max_bytes:
             check_size(size, self._max_bytes)
@@ -297,7 +164,7 @@ class Producer:
                 p = self._sticky.partition(topic, region, first, last)
             batch = self._open.get((topic, p))
             if batch is None:
-                batch = _Batch(topic, p, route, time.monotonic())
+                batch = Batch(topic, p, route, time.monotonic())
                 self._open[(topic, p)] = batch
                 if len(self._open) == 1:
                     self._cond.notify_all()
@@ -370,8 +237,8 @@ class Producer:
         return route.router.route(encode_key(key), region)
 
     # -- internals ------------------------------------------------------------------------
-    def _refresh(self, topic: str) -> _Route:
-        route = _Route(self._admin.get(topic), self._conn)
+    def _refresh(self, topic: str) -> Route:
+        route = Route(self._admin.get(topic), self._conn)
         self._routes[topic] = route
         return route
 
@@ -398,13 +265,13 @@ class Producer:
             if self._closed:
                 raise ClosedError("producer closed while send() waited for buffer space")
 
-    def _seal(self, batch: _Batch) -> None:
+    def _seal(self, batch: Batch) -> None:
         del self._open[(batch.topic, batch.partition)]
         self._ready.append(batch)
         self._sticky.rotate(batch.topic, batch.partition)
         self._cond.notify_all()
 
-    def _take_round(self) -> list[_Batch]:
+    def _take_round(self) -> list[Batch]:
         """With the lock held: wait for batches to send; at most one per partition."""
         while True:
             now = time.monotonic()
@@ -416,9 +283,9 @@ class Producer:
                     if now - batch.created >= self._linger:
                         self._seal(batch)
             if self._ready:
-                taken: list[_Batch] = []
+                taken: list[Batch] = []
                 seen: set[tuple[str, int]] = set()
-                rest: deque[_Batch] = deque()
+                rest: deque[Batch] = deque()
                 for batch in self._ready:
                     tp = (batch.topic, batch.partition)
                     if tp in seen:
@@ -459,14 +326,14 @@ class Producer:
             if retry:
                 time.sleep(self.config.retry_backoff_ms / 1000.0)
 
-    def _send_round(self, batches: list[_Batch]) -> list[_Batch]:
+    def _send_round(self, batches: list[Batch]) -> list[Batch]:
         """Send one round (one pipeline per node); returns the batches to try again."""
         for batch in batches:
             if batch.seq == 0:
                 tp = (batch.topic, batch.partition)
                 batch.seq = self._seqs.get(tp, 0) + 1
                 self._seqs[tp] = batch.seq
-        retry: list[_Batch] = []
+        retry: list[Batch] = []
         for pool, group in self._by_node(batches):
             replies = self._pipeline(pool, group)
             for batch, reply in zip(group, replies, strict=True):
@@ -481,14 +348,14 @@ class Producer:
                     self._fail(batch, reply)
         return retry
 
-    def _dup_ids(self, batch: _Batch, reply: list[Any]) -> list[bytes]:
+    def _dup_ids(self, batch: Batch, reply: list[Any]) -> list[bytes]:
         ids: list[bytes] = reply[1:]
         log.info("dropped a retried duplicate batch on %s/%d", batch.topic, batch.partition)
         if len(ids) != batch.count:  # the original batch was trimmed meanwhile
             ids += [b"0-0"] * (batch.count - len(ids))
         return ids
 
-    def _should_retry(self, batch: _Batch, err: Exception) -> bool:
+    def _should_retry(self, batch: Batch, err: Exception) -> bool:
         if is_noscript(err):
             if self._conn.is_cluster:  # a node restarted, failed over or joined
                 self._conn.client.nodes_manager.initialize()
@@ -521,7 +388,7 @@ class Producer:
             _CLUSTER_EXTRA_RETRIES if self._conn.is_cluster else 0
         )
 
-    def _fail(self, batch: _Batch, err: Exception) -> None:
+    def _fail(self, batch: Batch, err: Exception) -> None:
         # A script error means the script refused before writing; a lost connection or a
         # timeout leaves the outcome unknown.
         in_doubt = not isinstance(err, rex.ResponseError)
@@ -548,10 +415,10 @@ class Producer:
             self._pid = uuid.uuid4().hex[:16].encode()
             self._seqs.clear()
 
-    def _by_node(self, batches: list[_Batch]) -> list[tuple[Any, list[_Batch]]]:
+    def _by_node(self, batches: list[Batch]) -> list[tuple[Any, list[Batch]]]:
         if not self._conn.is_cluster:
             return [(self._conn.client.connection_pool, batches)]
-        groups: dict[int, tuple[Any, list[_Batch]]] = {}
+        groups: dict[int, tuple[Any, list[Batch]]] = {}
         for batch in batches:
             node = batch.ask or node_for_key(self._conn, batch.route.stream_keys[batch.partition])
             entry = groups.get(id(node))
@@ -560,7 +427,7 @@ class Producer:
             entry[1].append(batch)
         return list(groups.values())
 
-    def _pipeline(self, pool: Any, batches: list[_Batch]) -> list[Any]:
+    def _pipeline(self, pool: Any, batches: list[Batch]) -> list[Any]:
         """Write all batches' commands at once, then read one reply per batch."""
         replies: list[Any] = []
         try:

@@ -1,0 +1,158 @@
+"""A producer batch, the futures of its records and the per-topic route it is packed for.
+
+A :class:`Batch` holds the records of one partition, already encoded as the RESP arguments of
+one ``append.lua`` call; :meth:`Batch.packed` prefixes the call's header. Each record's
+:class:`RecordFuture` points into its batch, so a record costs one small object, and all
+futures of a batch share one event. Used by :mod:`partitions.producer`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from coordinator.scripts import sha
+from partitions.connection import Connection
+from partitions.router import Router
+from partitions.topics import TopicMeta
+
+log = logging.getLogger("partstream.producer")
+
+_APPEND_SHA = sha("append").encode()
+_EVALSHA_HEAD = b"$7\r\nEVALSHA\r\n$40\r\n" + _APPEND_SHA + b"\r\n$1\r\n2\r\n"
+# Header args between the two keys and the records: pid, seq, maxlen, retention_ms, safe, n.
+_HEADER_ARGS = 6
+
+
+def bulk(data: bytes) -> bytes:
+    """One RESP bulk string."""
+    return b"$%d\r\n%b\r\n" % (len(data), data)
+
+
+class RecordMetadata(NamedTuple):
+    """Where a record was appended."""
+
+    topic: str
+    partition: int
+    id: str
+
+
+class Batch:
+    """Records of one partition sent together. Its futures share one event."""
+
+    __slots__ = (
+        "ask", "attempts", "callbacks", "chunks", "count", "created", "error", "event",
+        "ids", "nargs", "nbytes", "partition", "route", "seq", "topic",
+    )  # fmt: skip
+
+    def __init__(self, topic: str, partition: int, route: Route, now: float) -> None:
+        self.topic = topic
+        self.partition = partition
+        self.route = route
+        self.chunks: list[bytes] = []
+        self.count = 0
+        self.nargs = 0
+        self.nbytes = 0
+        self.created = now
+        self.seq = 0
+        self.attempts = 0
+        # On a cluster: the importing node's client after an ASK, for the next attempt only.
+        self.ask: Any = None
+        # The server's ids, kept as bytes until a future asks: most are never read.
+        self.ids: list[bytes] | None = None
+        self.error: BaseException | None = None
+        self.event = threading.Event()
+        self.callbacks: list[tuple[int, Callable[[RecordFuture], None]]] | None = None
+
+    def packed(self, pid: bytes) -> bytes:
+        spec = self.route.meta.spec
+        keys = self.route.stream_keys[self.partition], self.route.seq_keys[self.partition]
+        head = (
+            b"*%d\r\n" % (5 + _HEADER_ARGS + self.nargs)
+            + _EVALSHA_HEAD
+            + bulk(keys[0])
+            + bulk(keys[1])
+            + bulk(pid)
+            + bulk(b"%d" % self.seq)
+            + bulk(b"%d" % (spec.max_length or 0))
+            + bulk(b"%d" % (spec.retention_ms or 0))
+            + (b"$1\r\n1\r\n" if spec.safe_retention else b"$1\r\n0\r\n")
+            + bulk(b"%d" % self.count)
+        )
+        return head + b"".join(self.chunks)
+
+    def complete(self, ids: list[bytes] | None, error: BaseException | None) -> None:
+        self.ids = ids
+        self.error = error
+        self.chunks = []
+        with _callback_lock:
+            self.event.set()
+            callbacks, self.callbacks = self.callbacks, None
+        for i, cb in callbacks or ():
+            try:
+                cb(RecordFuture(self, i))
+            except Exception:
+                log.exception("producer callback raised")
+
+
+# Guards registering callbacks against a batch completing at the same moment; callbacks are
+# rare, so one lock for all batches costs nothing on the hot path.
+_callback_lock = threading.Lock()
+
+
+class RecordFuture:
+    """The outcome of one :meth:`Producer.send`: resolves to :class:`RecordMetadata`."""
+
+    __slots__ = ("_batch", "_index")
+
+    def __init__(self, batch: Batch, index: int) -> None:
+        self._batch = batch
+        self._index = index
+
+    def done(self) -> bool:
+        return self._batch.event.is_set()
+
+    def result(self, timeout: float | None = None) -> RecordMetadata:
+        """Block until the record is appended; raise the error if it could not be."""
+        b = self._batch
+        if not b.event.wait(timeout):
+            raise TimeoutError(f"record not acknowledged within {timeout}s")
+        if b.error is not None:
+            raise b.error
+        assert b.ids is not None
+        return RecordMetadata(b.topic, b.partition, b.ids[self._index].decode())
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        if not self._batch.event.wait(timeout):
+            raise TimeoutError(f"record not acknowledged within {timeout}s")
+        return self._batch.error
+
+    def add_done_callback(self, fn: Callable[[RecordFuture], None]) -> None:
+        """Call ``fn(future)`` from the sender thread once done (now if already done)."""
+        b = self._batch
+        with _callback_lock:
+            if not b.event.is_set():
+                if b.callbacks is None:
+                    b.callbacks = []
+                b.callbacks.append((self._index, fn))
+                return
+        fn(self)
+
+
+class Route:
+    """Per-topic routing state cached by the producer."""
+
+    __slots__ = ("fetched", "meta", "modulo", "n", "router", "seq_keys", "stream_keys")
+
+    def __init__(self, meta: TopicMeta, conn: Connection) -> None:
+        self.meta = meta
+        self.router: Router = meta.spec.router()
+        self.n = meta.partitions
+        self.modulo = meta.spec.routing == "modulo"
+        k = conn.keys
+        self.stream_keys = [k.stream(meta.name, p).encode() for p in range(self.n)]
+        self.seq_keys = [k.seq(meta.name, p).encode() for p in range(self.n)]
+        self.fetched = time.monotonic()

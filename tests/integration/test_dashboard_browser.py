@@ -134,6 +134,11 @@ def test_demo_in_chromium(demo: str) -> None:
             page.get_by_test_id("reset-group").click()
             _wait(lambda: int(lag.inner_text()) > 0, 15, "lag to rise after the reset")
             _wait(lambda: lag.inner_text() == "0", 90, "lag to drain after the reset")
+            # reclaim stuck entries now: the request goes through and is reported
+            page.get_by_test_id("reclaim").click()
+            page.wait_for_function(
+                "document.getElementById('log').textContent.includes('reclaim notifications')"
+            )
             page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
             # every consumer process saw each tenant's events in order
             state = _state(demo)

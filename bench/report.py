@@ -50,15 +50,28 @@ def _targets(data: dict[str, Any]) -> str:
     )
 
 
+# Optional peers (``--peers``): shown after the baselines when the run has them.
+PEERS = ("nats-jetstream", "faststream-redis")
+
+
+def _peers(data: dict[str, Any]) -> str:
+    return "".join(
+        f", {name} {_rate(run)}" for name in PEERS if (run := _run(data, name)) is not None
+    )
+
+
 def row(data: dict[str, Any]) -> str:
     mode, env = data["mode"], data["env"]
     if mode == "produce":
         ps, base = _run(data, "partstream"), _run(data, "redis-py")
         rb = _run(data, "redis-benchmark")
-        figures = f"partstream {_rate(ps)}, redis-py {_rate(base)}, redis-benchmark {_rate(rb)}"
+        figures = (
+            f"partstream {_rate(ps)}, redis-py {_rate(base)}, redis-benchmark {_rate(rb)}"
+            + _peers(data)
+        )
     elif mode == "consume":
         ps, base = _run(data, "partstream"), _run(data, "redis-py")
-        figures = f"partstream {_rate(ps)}, redis-py {_rate(base)}"
+        figures = f"partstream {_rate(ps)}, redis-py {_rate(base)}" + _peers(data)
     elif mode == "e2e":
         ps, base = _run(data, "partstream"), _run(data, "raw")
         figures = f"partstream {_lat(ps)}; raw {_lat(base)}"
@@ -75,6 +88,23 @@ def row(data: dict[str, Any]) -> str:
         f"| {mode} | {_server(env)} | {figures} | {ratios} | {_targets(data)} | "
         f"{rounds} | `{data['command']}` | {env['time_utc']}, load {env['load_avg_1m']} |"
     )
+
+
+def _peer_line(peers: dict[str, Any], pk: dict[str, Any]) -> str:
+    parts = []
+    if "nats-jetstream" in peers:
+        n = peers["nats-jetstream"]
+        parts.append(
+            f"NATS server {n['server_version']} (JetStream, {n['storage']} storage) via nats-py "
+            f"{pk.get('nats-py')}, async publish with at most {n['max_inflight_acks']:,} acks "
+            "in flight, durable pull consumer: fetch + ack per message"
+        )
+    if "faststream-redis" in peers:
+        parts.append(
+            f"FastStream {pk.get('faststream')} on the same server as partstream: "
+            "publish(stream=..., pipeline=...) executed every batch, batch StreamSub per partition"
+        )
+    return "Peers (`--peers`): " + "; ".join(parts) + "."
 
 
 def table(files: list[Path]) -> str:
@@ -94,6 +124,9 @@ def table(files: list[Path]) -> str:
             f"redis-py {pk.get('redis')}, hiredis {pk.get('hiredis')}, "
             f"{env.get('redis_benchmark') or 'no redis-benchmark'}."
         )
+        peers = next((d["extra"]["peers"] for d in datas if d["extra"].get("peers")), None)
+        if peers:
+            lines.append(_peer_line(peers, pk))
     return "\n".join(lines) + "\n"
 
 

@@ -124,3 +124,36 @@ def test_text_output(url: str) -> None:
     assert "partstream: 1000 records in" in result.stdout
     assert "99.9th" in result.stdout and "ratio partstream/redis-py:" in result.stdout
     assert "target produce partstream/redis-py" in result.stdout
+
+
+def test_peers(url: str) -> None:
+    """``--peers`` runs each installed peer in the rounds; skips when none is installed."""
+    from partitions.bench import peers
+
+    found = [p for p in peers.PEERS if peers.installed(p)]
+    if not found:
+        pytest.skip("no peer client library installed (pip install 'partstream[peers]')")
+    for mode in ("produce", "consume"):
+        data = bench(url, mode, "-n", "500", "-p", "4", "--peers", "--no-redis-benchmark")
+        notes = " ".join(data["notes"])
+        for peer in peers.PEERS:
+            if peer not in found:
+                assert f"peer {peer}: " in notes and "not installed" in notes
+            elif peer == peers.NATS and "no JetStream" in notes:
+                continue  # installed, but no server here
+            else:
+                assert runs(data, peer)[0]["records"] >= 500
+                assert data["ratios"][f"partstream/{peer}"] > 0
+        if peers.FASTSTREAM in found:
+            assert f"{mode} partstream/faststream-redis" in [t["name"] for t in data["targets"]]
+
+
+def test_peers_missing(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the client libraries, ``--peers`` says so and runs the rest."""
+    from partitions.bench import peers
+
+    monkeypatch.setattr(peers, "installed", lambda peer: False)
+    data = bench(url, "produce", "-n", "500", "-p", "2", "--peers", "--no-redis-benchmark")
+    assert [r["name"] for r in data["runs"]] == ["partstream", "redis-py"]
+    for peer in peers.PEERS:
+        assert any(n.startswith(f"peer {peer}: ") and "not installed" in n for n in data["notes"])

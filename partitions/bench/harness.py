@@ -32,6 +32,12 @@ E2E_P99_GOAL = 1.5  # partstream p99 / raw p99, at most
 # Unmoved partitions while a group reconciles: highest latency / the steady phase's highest.
 REBALANCE_GOAL = 1.5
 
+# One side of a round (partstream, a baseline or a peer): run round r, return its measurement.
+Side = Callable[[int], RunResult]
+# partstream / FastStream-Redis records/s, produce and consume (the issue: "ahead of" it).
+PEER_GOAL = 1.0
+FASTSTREAM_PEER = "faststream-redis"
+
 
 class Bench:
     """One invocation's context: server, options, where progress goes."""
@@ -62,23 +68,26 @@ def _produce(b: Bench, result: BenchResult) -> None:
         f"{o.records} records of {o.record_size} B, {o.partitions} partitions, "
         f"{o.keys} keys, batch {o.batch_size}, {o.producers} producer process(es)"
     )
-    sides = [("partstream", produce.run_partstream), ("redis-py", produce.run_redis_py)]
-    rounds: list[float] = []
-    for r in range(o.repeat):
-        got: dict[str, RunResult] = {}
-        for name, fn in sides if r % 2 == 0 else sides[::-1]:
-            b.say(phase_header(name, shape + f", linger {o.linger('produce')} ms"))
+
+    def own(fn: Callable[..., RunResult]) -> Side:
+        def run(_: int) -> RunResult:
             produce.create_topics(b.server, b.ns, o, produce.PS_TOPIC, produce.RAW_TOPIC)
             try:
-                got[name] = fn(b.server, b.ns, o, b.progress)
+                return fn(b.server, b.ns, o, b.progress)
             finally:
                 produce.delete_topics(b.server, b.ns, produce.PS_TOPIC, produce.RAW_TOPIC)
-            got[name].extra["round"] = r
-            result.runs.append(got[name])
-        rounds.append(ratio(got["partstream"].rate, got["redis-py"].rate))
-    result.ratios["partstream/redis-py"] = median(rounds)
-    if o.repeat > 1:
-        result.extra["round_ratios"] = [round(x, 3) for x in rounds]
+
+        return run
+
+    sides: list[tuple[str, Side]] = [
+        ("partstream", own(produce.run_partstream)),
+        ("redis-py", own(produce.run_redis_py)),
+    ]
+    if o.peers:
+        from partitions.bench.peers import produce_sides
+
+        sides += produce_sides(b, result)
+    rounds = _rounds(b, result, sides, shape + f", linger {o.linger('produce')} ms")
     if o.redis_benchmark:
         b.say(
             phase_header("redis-benchmark", f"XADD -P {o.batch_size} over {o.partitions} streams")
@@ -91,9 +100,43 @@ def _produce(b: Bench, result: BenchResult) -> None:
             result.runs.append(rb)
             best = max(r.rate for r in result.runs if r.name == "partstream")
             result.ratios["partstream/redis-benchmark"] = ratio(best, rb.rate)
+    _targets(result, "produce", rounds, PRODUCE_GOAL)
+
+
+def _rounds(
+    b: Bench,
+    result: BenchResult,
+    sides: list[tuple[str, Side]],
+    shape: str,
+) -> dict[str, list[float]]:
+    """``repeat`` rounds of every side, order alternating; partstream/other ratio per round."""
+    rounds: dict[str, list[float]] = {name: [] for name, _ in sides[1:]}
+    for r in range(b.opts.repeat):
+        got: dict[str, RunResult] = {}
+        for name, fn in sides if r % 2 == 0 else sides[::-1]:
+            b.say(phase_header(name, shape))
+            got[name] = fn(r)
+            got[name].extra["round"] = r
+            result.runs.append(got[name])
+        for name in rounds:
+            rounds[name].append(ratio(got["partstream"].rate, got[name].rate))
+    for name, values in rounds.items():
+        result.ratios[f"partstream/{name}"] = median(values)
+    if b.opts.repeat > 1:
+        result.extra["round_ratios"] = [round(x, 3) for x in rounds["redis-py"]]
+        for name, values in rounds.items():
+            if name != "redis-py":
+                result.extra[f"round_ratios {name}"] = [round(x, 3) for x in values]
+    return rounds
+
+
+def _targets(result: BenchResult, mode: str, rounds: dict[str, list[float]], goal: float) -> None:
     result.targets.append(
-        Target("produce partstream/redis-py", result.ratios["partstream/redis-py"], PRODUCE_GOAL)
+        Target(f"{mode} partstream/redis-py", result.ratios["partstream/redis-py"], goal)
     )
+    if FASTSTREAM_PEER in rounds:
+        key = f"partstream/{FASTSTREAM_PEER}"
+        result.targets.append(Target(f"{mode} {key}", result.ratios[key], PEER_GOAL))
 
 
 def _consume(b: Bench, result: BenchResult) -> None:
@@ -106,23 +149,29 @@ def _consume(b: Bench, result: BenchResult) -> None:
         f"{o.records} records of {o.record_size} B, {o.partitions} partitions, "
         f"read {o.batch_size} at a time, {o.consumers} consumer process(es)"
     )
-    sides = [("partstream", consume.run_partstream), ("redis-py", consume.run_redis_py)]
-    rounds: list[float] = []
-    for r in range(o.repeat):
-        got: dict[str, RunResult] = {}
-        for name, fn in sides if r % 2 == 0 else sides[::-1]:
-            b.say(phase_header(name, shape))
-            got[name] = fn(b.server, b.ns, o, b.progress, f"{name.replace('-', '')}{r}")
-            got[name].extra["round"] = r
-            result.runs.append(got[name])
-        rounds.append(ratio(got["partstream"].rate, got["redis-py"].rate))
-    result.ratios["partstream/redis-py"] = median(rounds)
-    if o.repeat > 1:
-        result.extra["round_ratios"] = [round(x, 3) for x in rounds]
+
+    def own(name: str, fn: Callable[..., RunResult]) -> Side:
+        def run(r: int) -> RunResult:
+            return fn(b.server, b.ns, o, b.progress, f"{name.replace('-', '')}{r}")
+
+        return run
+
+    sides: list[tuple[str, Side]] = [
+        ("partstream", own("partstream", consume.run_partstream)),
+        ("redis-py", own("redis-py", consume.run_redis_py)),
+    ]
+    cleanup: Callable[[], None] = lambda: None  # noqa: E731
+    try:
+        if o.peers:
+            from partitions.bench.peers import consume_sides
+
+            peer_sides, cleanup = consume_sides(b, result)
+            sides += peer_sides
+        rounds = _rounds(b, result, sides, shape)
+    finally:
+        cleanup()
     result.notes.append("consume latency = duration of one poll / XREADGROUP+XACK call")
-    result.targets.append(
-        Target("consume partstream/redis-py", result.ratios["partstream/redis-py"], CONSUME_GOAL)
-    )
+    _targets(result, "consume", rounds, CONSUME_GOAL)
 
 
 def _e2e(b: Bench, result: BenchResult) -> None:
@@ -227,10 +276,8 @@ def run_bench(
         result = BenchResult(mode, command, opts.to_dict(mode), env)
         try:
             MODES[mode](b, result)
-            if opts.peers:
-                from partitions.bench.peers import run_peers
-
-                run_peers(b, result)
+            if opts.peers and mode not in ("produce", "consume"):
+                result.notes.append(f"peers: compared in produce and consume only, not {mode}")
         finally:
             b.cleanup()
     if out is not None:

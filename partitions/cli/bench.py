@@ -108,7 +108,12 @@ def _options(fn: Callable[..., Any]) -> Callable[..., Any]:
             show_default=True,
             help="Also run redis-benchmark (produce).",
         ),
-        click.option("--peers", is_flag=True, help="Also run NATS / FastStream if installed."),
+        click.option(
+            "--peers",
+            is_flag=True,
+            help="Also run NATS JetStream and FastStream-Redis (produce, consume) where "
+            "installed: pip install 'partstream[peers]'.",
+        ),
         click.option(
             "--url",
             "bench_url",

@@ -34,6 +34,7 @@ class Checker:
     def __init__(self, runtime: Path) -> None:
         self.control = runtime / "control.json"
         self.version = 0
+        self.mtime = 0
         self.granted: dict[str, int] = {}  # tenant -> failures already taken from control
         self.remaining: dict[str, int] = {}
         self.poison: set[str] = set()
@@ -45,6 +46,10 @@ class Checker:
 
     def refresh_control(self) -> None:
         try:
+            mtime = self.control.stat().st_mtime_ns
+            if mtime == self.mtime:
+                return
+            self.mtime = mtime
             data = json.loads(self.control.read_text())
         except (OSError, ValueError):
             return
@@ -127,8 +132,10 @@ def main() -> None:
             if os.getppid() != parent:
                 break  # the demo that started us is gone: leave the group cleanly
 
+            records = consumer.poll(timeout=0.3)
+            # After the poll: an instruction written while it waited applies to what it got.
             checker.refresh_control()
-            for record in consumer.poll(timeout=0.3):
+            for record in records:
                 event = record.json()
                 tenant = str(event.get("tenant"))
                 if checker.should_fail(record, tenant):

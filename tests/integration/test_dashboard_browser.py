@@ -134,6 +134,21 @@ def test_demo_in_chromium(demo: str) -> None:
             page.get_by_test_id("reset-group").click()
             _wait(lambda: int(lag.inner_text()) > 0, 15, "lag to rise after the reset")
             _wait(lambda: lag.inner_text() == "0", 90, "lag to drain after the reset")
+            # poison: the next 2 records of a tenant fail every delivery and are dead-lettered
+            page.fill("#fail-count", "2")
+            page.select_option("#fail-tenant", "tenant-03")
+            page.get_by_test_id("fail").click()
+            page.wait_for_function(
+                "document.getElementById('log').textContent.includes('will fail')"
+            )
+            page.fill("#produce-count", "20")
+            page.select_option("#produce-tenant", "tenant-03")
+            page.get_by_test_id("produce").click()
+            dlq_rows = page.locator("[data-testid=dlq] tbody tr")
+            _wait(lambda: dlq_rows.count() >= 4, 30, "2 dead letters in each of the 2 groups")
+            assert "max_deliveries" in page.get_by_test_id("dlq").inner_text()
+            _wait(lambda: lag.inner_text() == "0", 30, "the partition to flow past the poison")
+
             # reclaim stuck entries now: the request goes through and is reported
             page.get_by_test_id("reclaim").click()
             page.wait_for_function(

@@ -217,7 +217,6 @@ def test_lost_sequence_state_fails_one_batch_loudly_then_recovers(conn: Connecti
     """The server forgot this producer's sequence (crash lost its last writes): the next batch
     fails, is not appended, and the producer goes on under a new identity."""
     TopicAdmin(conn).create(TopicSpec("seq", 1))
-    key = conn.keys.stream("seq", 0)
     with Producer(conn, ProducerConfig(linger_ms=0)) as p:
         p.send("seq", "a", key="k").result(5)
         p.send("seq", "b", key="k").result(5)

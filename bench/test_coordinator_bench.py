@@ -8,7 +8,6 @@ threshold (5 s). Run: ``.venv/bin/pytest bench/test_coordinator_bench.py -s``
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -32,8 +31,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 
 @pytest.fixture(scope="module")
-def conn() -> Iterator[Connection]:
-    c = connect(url=os.environ.get("PARTSTREAM_TEST_URL"), namespace="b" + uuid.uuid4().hex[:12])
+def conn(server_url: str) -> Iterator[Connection]:
+    c = connect(url=server_url, namespace="b" + uuid.uuid4().hex[:12])
     try:
         yield c
     finally:

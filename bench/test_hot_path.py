@@ -14,12 +14,8 @@ Run and save:  ``.venv/bin/pytest bench/test_hot_path.py --benchmark-only
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import hiredis
@@ -30,7 +26,6 @@ from partitions.connection import Connection, connect
 from partitions.producer import Producer, RecordFuture
 from partitions.records import Record, read_reply_items, records_from_entries
 from partitions.router import Router
-from partitions.server import EmbeddedServer
 from partitions.topics import TopicAdmin, TopicSpec
 
 N = 10_000
@@ -40,22 +35,14 @@ VALUES = [(b"v%05d" % i) * 16 + b"0123" for i in range(N)]  # 100 bytes
 
 
 @pytest.fixture(scope="module")
-def conn() -> Iterator[Connection]:
-    url = os.environ.get("PARTSTREAM_TEST_URL") or None
-    data_dir = None
-    if url is None:
-        data_dir = Path(tempfile.mkdtemp(prefix="ps-hot-", dir="/tmp"))
-        url = EmbeddedServer(data_dir).ensure_running()
-    c = connect(ClientConfig(url=url, namespace="hot" + uuid.uuid4().hex[:10]))
+def conn(server_url: str) -> Iterator[Connection]:
+    c = connect(ClientConfig(url=server_url, namespace="hot" + uuid.uuid4().hex[:10]))
     TopicAdmin(c).create(TopicSpec("hot", PARTITIONS))
     try:
         yield c
     finally:
         TopicAdmin(c).delete("hot")
         c.close()
-        if data_dir is not None:
-            EmbeddedServer(data_dir).stop()
-            shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def _send_all(producer: Producer) -> list[RecordFuture]:

@@ -130,13 +130,24 @@ def main() -> int:
         steps.append(("faults", [*pytest, "tests/faults"], {"PARTSTREAM_TEST_URL": ""}))
     if any((ROOT / "bench").glob("test_*.py")):
         steps.append(("bench smoke", [*pytest, "bench"], {"PARTSTREAM_TEST_URL": ""}))
+    # Anything that falls back to the default embedded server during the run gets a private
+    # data directory, stopped and removed at the end: the run leaves no server behind.
+    data_dir = Path(tempfile.mkdtemp(prefix="ps-ci-data-", dir="/tmp"))
+    os.environ["PARTSTREAM_DATA_DIR"] = str(data_dir)
     passed = failed = skipped = 0
-    for label, cmd, env in steps:
-        p, f, s = run(label, cmd, env)
-        passed, failed, skipped = passed + p, failed + f, skipped + s
-        if label == "integration (embedded valkey)":
-            p, f, s = run_on_cluster(pytest)
+    try:
+        for label, cmd, env in steps:
+            p, f, s = run(label, cmd, env)
             passed, failed, skipped = passed + p, failed + f, skipped + s
+            if label == "integration (embedded valkey)":
+                p, f, s = run_on_cluster(pytest)
+                passed, failed, skipped = passed + p, failed + f, skipped + s
+    finally:
+        from partitions.server import EmbeddedServer
+
+        if EmbeddedServer(data_dir).stop():
+            print(f"note: stopped an embedded server left in {data_dir}")
+        shutil.rmtree(data_dir, ignore_errors=True)
     print(f"\n{passed} passed, {failed} failed, {skipped} skipped")
     return 1 if failed or passed == 0 else 0
 

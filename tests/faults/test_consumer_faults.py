@@ -23,11 +23,17 @@ def test_consumer_kill9_mid_batch() -> None:
         s.fleet.producer(count=3000, keys=12, rate=1500)
         s.wait_processing(600)
 
-        def mid_batch() -> bool:  # its last logged line is a processed, not yet acked record
+        def stopped_mid_batch() -> bool:
+            # Freeze it first, then look: its last logged line (flushed per line) is a
+            # processed, not yet acked record. Frozen, it cannot ack before the kill lands.
+            os.kill(victim.pid, signal.SIGSTOP)
             evs = victim.events()
-            return bool(evs) and evs[-1]["ev"] == "proc"
+            if evs and evs[-1]["ev"] == "proc":
+                return True
+            os.kill(victim.pid, signal.SIGCONT)
+            return False
 
-        wait_for(mid_batch, 10, "the victim to be mid-batch", step=0.001)
+        wait_for(stopped_mid_batch, 15, "the victim to be mid-batch", step=0.003)
         s.fleet.kill9(victim)
         v = s.finish()
         evs = victim.events()

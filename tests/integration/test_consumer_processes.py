@@ -162,7 +162,7 @@ def test_kill9_mid_batch_loses_nothing_keeps_order_and_bounds_duplicates(
 ) -> None:
     TopicAdmin(conn).create(TopicSpec(TOPIC, 12))
     workers = [fleet.spawn("--pause-every", "20") for _ in range(3)]
-    wait_for(lambda: fleet.balanced(3, 12), 20, "never balanced")
+    wait_for(lambda: fleet.balanced(3, 12), 45, "never balanced")
     produce_keyed(conn, 50_000)
     victim = workers[1]
     wait_for(lambda: len(victim.records()) > 3000, 30, "victim never processed")
@@ -194,7 +194,7 @@ def test_sigstopped_member_cannot_read_or_ack_after_losing_its_partitions(
 ) -> None:
     TopicAdmin(conn).create(TopicSpec(TOPIC, 12))
     workers = [fleet.spawn("--pause-every", "5") for _ in range(3)]
-    wait_for(lambda: fleet.balanced(3, 12), 20, "never balanced")
+    wait_for(lambda: fleet.balanced(3, 12), 45, "never balanced")
     produce_keyed(conn, 15_000)
     zombie = workers[0]
     wait_for(lambda: len(zombie.records()) > 300, 20, "zombie never processed")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -90,12 +91,19 @@ def row(data: dict[str, Any]) -> str:
     )
 
 
+def _semver(text: str) -> str:
+    """``2.9.10`` out of what a results file says (older ones: ``<nats server v2.9.10>``)."""
+    m = re.search(r"\d+\.\d+\.\d+", text)
+    return m.group(0) if m else text
+
+
 def _peer_line(peers: dict[str, Any], pk: dict[str, Any]) -> str:
     parts = []
     if "nats-jetstream" in peers:
         n = peers["nats-jetstream"]
         parts.append(
-            f"NATS server {n['server_version']} (JetStream, {n['storage']} storage) via nats-py "
+            f"NATS server {_semver(n['server_version'])} (JetStream, {n['storage']} storage) "
+            f"via nats-py "
             f"{pk.get('nats-py')}, async publish with at most {n['max_inflight_acks']:,} acks "
             "in flight, durable pull consumer: fetch + ack per message"
         )

@@ -146,7 +146,8 @@ class NatsTarget:
 
         async def go(js: Any) -> str:
             await js.account_info()
-            return str(js._nc.connected_server_version)
+            v = js._nc.connected_server_version
+            return f"{v.major}.{v.minor}.{v.patch}"
 
         return str(asyncio.run(self._admin(go)))
 

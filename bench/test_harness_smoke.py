@@ -80,6 +80,15 @@ def test_produce(url: str, tmp_path: Path) -> None:
     assert saved["runs"] == data["runs"] and saved["env"] == data["env"]
 
 
+def test_produce_on_a_cluster_beside_single_node(url: str) -> None:
+    data = bench(url, "produce", "-n", "2000", "--cluster", "3", "--no-redis-benchmark")
+    single, clustered = runs(data, "partstream")[0], runs(data, "partstream-cluster")[0]
+    assert single["records"] == clustered["records"] == 2000
+    expected = clustered["records_per_s"] / single["records_per_s"]
+    assert data["ratios"]["partstream-cluster/partstream"] == pytest.approx(expected, rel=1e-2)
+    assert any("3-master cluster" in n for n in data["notes"])
+
+
 def test_consume_csv(url: str) -> None:
     data = bench(url, "consume", "-n", "2000", "-p", "4", "--consumers", "2")
     for name in ("partstream", "redis-py"):

@@ -90,6 +90,20 @@ def bench_server(url: str | None) -> Iterator[BenchServer]:
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def bench_cluster(masters: int) -> Iterator[BenchServer]:
+    """A private embedded cluster of ``masters`` Valkey primaries, stopped when done."""
+    from partitions.cluster import EmbeddedCluster
+
+    data_dir = Path(tempfile.mkdtemp(prefix="ps-bench-cluster-", dir="/tmp"))
+    cluster = EmbeddedCluster(data_dir, masters=masters)
+    try:
+        yield BenchServer(cluster.ensure_running(), embedded=True)
+    finally:
+        cluster.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
 def new_namespace() -> str:
     return "bench" + uuid.uuid4().hex[:10]
 

@@ -8,6 +8,7 @@ writes the results file (``out``) and plot (``plot``) when asked.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import orjson
 
 from partitions.bench.env import (
     BenchServer,
+    bench_cluster,
     bench_server,
     drop_namespace,
     environment,
@@ -87,7 +89,21 @@ def _produce(b: Bench, result: BenchResult) -> None:
         from partitions.bench.peers import produce_sides
 
         sides += produce_sides(b, result)
-    rounds = _rounds(b, result, sides, shape + f", linger {o.linger('produce')} ms")
+    with contextlib.ExitStack() as stack:
+        if o.cluster:
+            cluster = stack.enter_context(bench_cluster(o.cluster))
+            sides.append(("partstream-cluster", _on_cluster(b, cluster)))
+        rounds = _rounds(b, result, sides, shape + f", linger {o.linger('produce')} ms")
+    if o.cluster:
+        vs_single = median([1.0 / x for x in rounds["partstream-cluster"] if x > 0])
+        result.ratios["partstream-cluster/partstream"] = vs_single
+        result.notes.append(
+            f"cluster: partstream's producer on a local {o.cluster}-master cluster (the same "
+            f"valkey binary, {o.partitions} partitions spread over the masters, one pipeline "
+            f"per node per round) runs at {vs_single:.2f}x its single-node rate; on 2 cores "
+            "every extra node shares the same CPUs as the client, so more nodes add per-node "
+            "pipelines (round trips) without adding server capacity"
+        )
     if o.redis_benchmark:
         b.say(
             phase_header("redis-benchmark", f"XADD -P {o.batch_size} over {o.partitions} streams")
@@ -101,6 +117,19 @@ def _produce(b: Bench, result: BenchResult) -> None:
             best = max(r.rate for r in result.runs if r.name == "partstream")
             result.ratios["partstream/redis-benchmark"] = ratio(best, rb.rate)
     _targets(result, "produce", rounds, PRODUCE_GOAL)
+
+
+def _on_cluster(b: Bench, cluster: BenchServer) -> Side:
+    from partitions.bench import produce
+
+    def run(_: int) -> RunResult:
+        produce.create_topics(cluster, b.ns, b.opts, produce.PS_TOPIC)
+        try:
+            return produce.run_partstream_cluster(cluster, b.ns, b.opts, b.progress)
+        finally:
+            produce.delete_topics(cluster, b.ns, produce.PS_TOPIC)
+
+    return run
 
 
 def _rounds(

@@ -44,6 +44,8 @@ class BenchOptions:
     # Also run redis-benchmark (produce) and the optional peers (NATS, FastStream).
     redis_benchmark: bool = True
     peers: bool = False
+    # produce: also run partstream's producer on a local N-master embedded cluster (0 = no).
+    cluster: int = 0
 
     def __post_init__(self) -> None:
         positive = (
@@ -66,6 +68,8 @@ class BenchOptions:
             raise ConfigError("bench: linger_ms must be >= 0")
         if self.rate <= 0 or self.duration <= 0 or self.interval <= 0:
             raise ConfigError("bench: rate, duration and interval must be positive")
+        if isinstance(self.cluster, bool) or not 0 <= self.cluster <= 8:
+            raise ConfigError("bench: cluster must be 0 (none) or 1..8 masters")
         if self.records < self.producers:
             raise ConfigError("bench: need at least one record per producer")
 

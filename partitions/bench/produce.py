@@ -142,6 +142,13 @@ def run_partstream(
     return _run("partstream", produce_partstream, server, ns, opts, progress, topic)
 
 
+def run_partstream_cluster(
+    server: BenchServer, ns: str, opts: BenchOptions, progress: Progress, topic: str = PS_TOPIC
+) -> RunResult:
+    """partstream's producer on a cluster: one pipeline per node per round."""
+    return _run("partstream-cluster", produce_partstream, server, ns, opts, progress, topic)
+
+
 def run_redis_py(
     server: BenchServer, ns: str, opts: BenchOptions, progress: Progress, topic: str = RAW_TOPIC
 ) -> RunResult:

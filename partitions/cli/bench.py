@@ -115,6 +115,14 @@ def _options(fn: Callable[..., Any]) -> Callable[..., Any]:
             "installed: pip install 'partstream[peers]'.",
         ),
         click.option(
+            "--cluster",
+            type=int,
+            default=0,
+            show_default=True,
+            help="produce: also run partstream's producer on a local N-master embedded "
+            "cluster, beside the single-node run (0 = no).",
+        ),
+        click.option(
             "--url",
             "bench_url",
             help="Server URL [default: the global --url, "

@@ -100,12 +100,13 @@ class GroupAdmin:
         return [name for name, ok in zip(names, exists, strict=True) if ok]
 
     def delete(self, group: str, *, force: bool = False) -> bool:
-        """Delete the group's coordinator state; refuses while live members remain unless forced.
-
-        Fences the group left on partitions are not touched: tokens of a re-created group
-        start above them, so they are harmless and overwritten on the next claim.
+        """Delete the group: its coordinator state, and on every partition of its topics its
+        stream consumer group (positions and pending entries), its marks and its fence, so a
+        group re-created under the same name starts afresh, as after Kafka's delete-group.
+        Refuses while live members remain unless forced. False if the group did not exist.
         """
         validate_name(group, "group")
+        topics = self._topics(group)
         reply: list[Any] = self.scripts.call(
             "admin", self.keys.group_keys(group), ["delete", "1" if force else "0"]
         )
@@ -118,8 +119,35 @@ class GroupAdmin:
                 f"group {group!r} still has live members; stop them or use force=True"
             )
         raise_for_status(reply, group)
+        self._drop_partition_state(group, topics)
         self._unregister(group)
         return int(reply[1]) > 0
+
+    def _topics(self, group: str) -> dict[str, int]:
+        """{topic: partitions} the group's members subscribed to (from its state hash)."""
+        try:
+            raw = self.client.hgetall(self.keys.group_state(group))
+        except rex.RedisError as err:
+            raise translate(err, f"reading group {group}") from err
+        out: dict[str, int] = {}
+        for k, v in raw.items():
+            name = _s(k)
+            if name.startswith("topic:"):
+                out[name[len("topic:") :]] = int(_s(v))
+        return out
+
+    def _drop_partition_state(self, group: str, topics: dict[str, int]) -> None:
+        # Each command touches one partition's keys: fine on a cluster (no multi-slot call).
+        pipe = self.client.pipeline(transaction=False)
+        for topic, count in topics.items():
+            for p in range(count):
+                pipe.execute_command("XGROUP", "DESTROY", self.keys.stream(topic, p), group)
+                pipe.hdel(self.keys.stream_groups(topic, p), group, f"{group}:reclaim")
+                pipe.hdel(self.keys.fence(topic, p), group)
+        try:
+            pipe.execute(raise_on_error=False)  # a partition never written has no stream
+        except rex.RedisError as err:
+            raise translate(err, f"deleting group {group} from its partitions") from err
 
     def _unregister(self, group: str) -> None:
         try:

@@ -75,6 +75,8 @@ CLUSTER_READY = [
     "tests/integration/test_cli_consumer.py",
     "tests/integration/test_consumer_processes.py",
     "tests/integration/test_reclaim.py",
+    "tests/integration/test_group_delete.py",
+    "tests/integration/test_group_model.py",
 ]
 
 

@@ -1,0 +1,46 @@
+"""Deleting a group removes its positions too: a group re-created under the name starts afresh."""
+
+from __future__ import annotations
+
+import time
+
+from coordinator.group import GroupAdmin
+from coordinator.settings import GroupSettings
+from partitions.config import ConsumerConfig
+from partitions.connection import Connection
+from partitions.consumer import Consumer
+from partitions.producer import Producer
+from partitions.records import group_infos_from_reply
+from partitions.topics import TopicAdmin, TopicSpec
+
+FAST = GroupSettings(session_timeout_ms=1000, heartbeat_interval_ms=200)
+
+
+def _drain(conn: Connection, group: str, want: int) -> int:
+    got = 0
+    with Consumer(group, "t", conn=conn, config=ConsumerConfig(block_ms=100),
+                  group_settings=FAST) as c:  # fmt: skip
+        end = time.monotonic() + 20
+        while got < want and time.monotonic() < end:
+            got += len(c.poll(timeout=0.2))
+        c.poll(timeout=0.05)  # commit the last batch
+    return got
+
+
+def test_delete_group_drops_positions_marks_and_fences(conn: Connection) -> None:
+    TopicAdmin(conn).create(TopicSpec("t", 3))
+    with Producer(conn) as p:
+        for i in range(60):
+            p.send("t", str(i), key=f"k{i}")
+    assert _drain(conn, "g", 60) == 60
+    k = conn.keys
+    assert any(conn.client.hexists(k.stream_groups("t", p), "g") for p in range(3))
+
+    assert GroupAdmin(conn.client, conn.keys).delete("g", force=True) is True
+    for p in range(3):
+        infos = group_infos_from_reply(conn.client.xinfo_groups(k.stream("t", p)))
+        assert [i.name for i in infos] == []  # the stream group is gone
+        assert not conn.client.hexists(k.stream_groups("t", p), "g")
+        assert not conn.client.hexists(k.fence("t", p), "g")
+    # a group re-created under the same name reads everything again, not from old positions
+    assert _drain(conn, "g", 60) == 60

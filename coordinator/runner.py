@@ -99,6 +99,10 @@ class MemberRunner:
         with self._lock:
             return self.member.joined and not self._hb.session_expired(margin)
 
+    def wake(self) -> None:
+        """Heartbeat now (e.g. the subscription changed) instead of at the next interval."""
+        self._wake.set()
+
     def close(self, *, leave: bool = True, temporary: bool = False) -> None:
         """Stop heartbeating; revoke what is owned (listener commits) and leave the group."""
         self._stop.set()

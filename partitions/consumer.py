@@ -43,6 +43,7 @@ from partitions.config import ClientConfig, ConsumerConfig
 from partitions.connection import Connection, connect
 from partitions.fetcher import Fetcher, PartitionState
 from partitions.offsets import target_id
+from partitions.producer import METADATA_MAX_AGE_S
 from partitions.rebalance import Bridge, RebalanceMixin
 from partitions.records import Record
 from partitions.topics import TopicAdmin
@@ -78,8 +79,12 @@ class Consumer(RebalanceMixin):
         self._conn = conn or connect(client_config)
         self.config.check_against(self._conn.config)
         self._client, self._keys = self._conn.client, self._conn.keys
-        counts = {name: TopicAdmin(self._conn).get(name).partitions for name in names}
+        self._admin = TopicAdmin(self._conn)
+        counts = {name: self._admin.get(name).partitions for name in names}
         self.topics = tuple(names)
+        # Partition counts as last read: a topic that grows is picked up within this age.
+        self._counts = counts
+        self._meta_at = time.monotonic() + METADATA_MAX_AGE_S
         start = "0" if self.config.auto_offset_reset == "earliest" else "$"
         self._fetcher = Fetcher(self._conn, fetch_count=self.config.fetch_count, start=start)
         self._listener = listener
@@ -331,7 +336,20 @@ class Consumer(RebalanceMixin):
             raise ClosedError("the consumer is closed")
         if self._runner.fatal is not None:
             raise self._runner.fatal
+        if time.monotonic() >= self._meta_at:
+            self._refresh_topics()
         self._thread_id = threading.get_ident()
+
+    def _refresh_topics(self) -> None:
+        """Re-read partition counts; a grown topic joins the group's assignment (the member
+        sends the new counts with its next heartbeat, which the runner sends at once)."""
+        self._meta_at = time.monotonic() + METADATA_MAX_AGE_S
+        counts = {name: self._admin.get(name).partitions for name in self.topics}
+        if counts != self._counts:
+            log.info("topic partitions changed %s -> %s", self._counts, counts)
+            self._counts = counts
+            self._runner.member.update_topics(counts)
+            self._runner.wake()
 
     def _alive(self) -> bool:
         now = time.monotonic()

@@ -24,7 +24,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
 
@@ -177,15 +177,6 @@ class Producer:
             if batch.count >= self._batch_size or batch.nbytes >= self._batch_bytes:
                 self._seal(batch)
         return RecordFuture(batch, index)
-
-    def send_many(
-        self,
-        topic: str,
-        records: Iterable[tuple[Key, Value]],
-        headers: Mapping[str, str | bytes] | None = None,
-    ) -> list[RecordFuture]:
-        """Send (key, value) pairs; a convenience over :meth:`send`."""
-        return [self.send(topic, v, key=k, headers=headers) for k, v in records]
 
     def flush(self, timeout: float | None = None) -> bool:
         """Send everything buffered now and wait for it. False if ``timeout`` ran out."""

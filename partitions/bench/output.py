@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -145,7 +144,3 @@ def csv_text(result: BenchResult) -> str:
 
 def phase_header(name: str, detail: str) -> str:
     return f"-- {name}: {detail}"
-
-
-def runs_named(runs: Sequence[RunResult], name: str) -> list[RunResult]:
-    return [r for r in runs if r.name == name]

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -91,12 +90,3 @@ def json_line(data: Any) -> None:
     """One compact JSON object per line, flushed (for streams of records)."""
     sys.stdout.write(orjson.dumps(data).decode() + "\n")
     sys.stdout.flush()
-
-
-@contextmanager
-def graceful_interrupt() -> Iterator[None]:
-    """Ctrl-C ends a long-running command quietly (after its own cleanup ran)."""
-    try:
-        yield
-    except KeyboardInterrupt:
-        click.echo("", err=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -116,3 +117,16 @@ def split(total: int, parts: int) -> list[int]:
     """``total`` as ``parts`` near-equal shares."""
     base, extra = divmod(total, parts)
     return [base + (1 if i < extra else 0) for i in range(parts)]
+
+
+def iter_chunks(opts: BenchOptions, count: int, first: int) -> Iterator[list[tuple[bytes, bytes]]]:
+    """One worker's ``count`` records from ``first``, chunk by chunk (every side sends these)."""
+    chunks = make_chunks(opts, count, first)
+    left, c = count, 0
+    while left > 0:
+        chunk = chunks[c % len(chunks)]
+        if len(chunk) > left:
+            chunk = chunk[:left]
+        left -= len(chunk)
+        c += 1
+        yield chunk

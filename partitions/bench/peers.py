@@ -33,12 +33,12 @@ import importlib.util
 import os
 import time
 from array import array
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from xxhash import xxh3_64_intdigest
 
-from partitions.bench.options import BenchOptions, make_chunks, make_keys
+from partitions.bench.options import BenchOptions, iter_chunks, make_keys
 from partitions.bench.stats import RunResult
 from partitions.bench.workers import Counters, WorkerOutput, run_workers
 
@@ -88,19 +88,6 @@ def _mod(name: str) -> Any:
 
 def _timeout(opts: BenchOptions) -> float:
     return max(120.0, opts.records / 2000.0)
-
-
-def _records(opts: BenchOptions, count: int, first: int) -> Iterator[list[tuple[bytes, bytes]]]:
-    """The same chunks of (key, value) the partstream and redis-py sides send."""
-    chunks = make_chunks(opts, count, first)
-    left, c = count, 0
-    while left > 0:
-        chunk = chunks[c % len(chunks)]
-        if len(chunk) > left:
-            chunk = chunk[:left]
-        left -= len(chunk)
-        c += 1
-        yield chunk
 
 
 def _partition(key: bytes, n: int) -> int:
@@ -209,7 +196,7 @@ class NatsTarget:
         nc = await nats.connect(self.url, max_reconnect_attempts=0)
         js = nc.jetstream(publish_async_max_pending=nats_inflight(opts))
         subjects = _nats_subjects(opts, self.prefix)
-        chunks = list(_records(opts, count, first)) if count <= 100_000 else None
+        chunks = list(iter_chunks(opts, count, first)) if count <= 100_000 else None
         lat = array("d")
         perf = time.perf_counter
 
@@ -230,7 +217,7 @@ class NatsTarget:
         started = time.monotonic()
         publish = js.publish_async
         done = 0
-        for chunk in chunks if chunks is not None else _records(opts, count, first):
+        for chunk in chunks if chunks is not None else iter_chunks(opts, count, first):
             k0, v0 = chunk[0]
             sent = perf()
             (await publish(subjects[k0], v0)).add_done_callback(sampled(sent))
@@ -245,7 +232,7 @@ class NatsTarget:
         return WorkerOutput(count, started, ended, lat)
 
 
-def _nats_produce_worker(
+def _publish_worker(
     index: int, counters: Counters, ready: Callable[[], None], arg: Any
 ) -> WorkerOutput:
     target, count, first = arg
@@ -331,7 +318,7 @@ class FastStreamTarget:
         pipe = client.pipeline(transaction=False)
         route = {k: self.streams[_partition(k, opts.partitions)] for k in make_keys(opts.keys)}
         headers = {k: {"key": k.decode()} for k in route}
-        chunks = list(_records(opts, count, first)) if count <= 100_000 else None
+        chunks = list(iter_chunks(opts, count, first)) if count <= 100_000 else None
         lat = array("d")
         perf = time.perf_counter
         pending: list[float] = []
@@ -342,7 +329,7 @@ class FastStreamTarget:
         started = time.monotonic()
         publish = broker.publish
         done = queued = 0
-        for chunk in chunks if chunks is not None else _records(opts, count, first):
+        for chunk in chunks if chunks is not None else iter_chunks(opts, count, first):
             pending.append(perf())
             for k, v in chunk:
                 await publish(v, stream=route[k], headers=headers[k], pipeline=pipe)
@@ -367,14 +354,6 @@ class FastStreamTarget:
         ended = time.monotonic()
         await broker.stop()
         return WorkerOutput(count, started, ended, lat)
-
-
-def _fs_produce_worker(
-    index: int, counters: Counters, ready: Callable[[], None], arg: Any
-) -> WorkerOutput:
-    target, count, first = arg
-    out: WorkerOutput = asyncio.run(target._publish(count, first, counters, ready))
-    return out
 
 
 def _fs_consume_worker(
@@ -482,7 +461,7 @@ def produce_sides(b: Bench, result: BenchResult) -> list[tuple[str, Side]]:
             try:
                 got = run_workers(
                     NATS,
-                    _nats_produce_worker,
+                    _publish_worker,
                     [(nats_target, c, f) for c, f in shares],
                     opts.record_size,
                     b.progress,
@@ -505,7 +484,7 @@ def produce_sides(b: Bench, result: BenchResult) -> list[tuple[str, Side]]:
             try:
                 return run_workers(
                     FASTSTREAM,
-                    _fs_produce_worker,
+                    _publish_worker,
                     [(fs_target, c, f) for c, f in shares],
                     opts.record_size,
                     b.progress,

@@ -27,7 +27,7 @@ from typing import Any
 from xxhash import xxh3_64_intdigest
 
 from partitions.bench.env import BenchServer
-from partitions.bench.options import BenchOptions, make_chunks, make_values, split
+from partitions.bench.options import BenchOptions, iter_chunks, make_values, split
 from partitions.bench.stats import Latency, RunResult
 from partitions.bench.workers import Counters, Progress, WorkerOutput, run_workers
 from partitions.config import ProducerConfig
@@ -36,19 +36,6 @@ from partitions.topics import TopicAdmin, TopicSpec
 
 RAW_TOPIC = "raw"
 PS_TOPIC = "ps"
-
-
-def _chunks_for(opts: BenchOptions, count: int, first: int) -> Any:
-    """Yield the ``count`` records of one worker, chunk by chunk."""
-    chunks = make_chunks(opts, count, first)
-    left, c = count, 0
-    while left > 0:
-        chunk = chunks[c % len(chunks)]
-        if len(chunk) > left:
-            chunk = chunk[:left]
-        left -= len(chunk)
-        c += 1
-        yield chunk
 
 
 def produce_partstream(
@@ -73,14 +60,14 @@ def produce_partstream(
 
         return done
 
-    chunks = list(_chunks_for(opts, count, first)) if count <= 100_000 else None
+    chunks = list(iter_chunks(opts, count, first)) if count <= 100_000 else None
     with Producer(conn, cfg) as producer:
         send = producer.send
         send(topic, b"warm-up", key=b"warm-up").result(30)  # metadata + script cached
         ready()
         started = time.monotonic()
         done = 0
-        for chunk in chunks if chunks is not None else _chunks_for(opts, count, first):
+        for chunk in chunks if chunks is not None else iter_chunks(opts, count, first):
             k0, v0 = chunk[0]
             send(topic, v0, key=k0).add_done_callback(sampled(perf()))
             for k, v in chunk[1:]:
@@ -106,12 +93,12 @@ def produce_redis_py(
     perf = time.perf_counter
     pending: list[float] = []
     batch = opts.batch_size
-    chunks = list(_chunks_for(opts, count, first)) if count <= 100_000 else None
+    chunks = list(iter_chunks(opts, count, first)) if count <= 100_000 else None
     conn.client.ping()
     ready()
     started = time.monotonic()
     done = queued = 0
-    for chunk in chunks if chunks is not None else _chunks_for(opts, count, first):
+    for chunk in chunks if chunks is not None else iter_chunks(opts, count, first):
         pending.append(perf())
         for k, v in chunk:
             pipe.xadd(streams[xxh3_64_intdigest(k) % n], {b"key": k, b"value": v})

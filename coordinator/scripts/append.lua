@@ -39,16 +39,19 @@ if pid ~= '' then
   end
 end
 
+-- The hot loop: locals instead of global/table lookups, a string test for the common form.
 local ids = {1}
 local n = tonumber(ARGV[6])
 local i = 7
-for r = 1, n do
-  local f = tonumber(ARGV[i])
-  if f == 0 then
-    ids[r + 1] = redis.call('XADD', stream, '*', 'key', ARGV[i + 1], 'value', ARGV[i + 2])
+local call, argv = redis.call, ARGV
+for r = 2, n + 1 do
+  local f = argv[i]
+  if f == '0' then
+    ids[r] = call('XADD', stream, '*', 'key', argv[i + 1], 'value', argv[i + 2])
     i = i + 3
   else
-    ids[r + 1] = redis.call('XADD', stream, '*', unpack(ARGV, i + 1, i + f))
+    f = tonumber(f)
+    ids[r] = call('XADD', stream, '*', unpack(argv, i + 1, i + f))
     i = i + f + 1
   end
 end

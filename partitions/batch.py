@@ -45,7 +45,7 @@ class Batch:
 
     __slots__ = (
         "ask", "attempts", "callbacks", "chunks", "count", "created", "error", "event",
-        "ids", "nargs", "nbytes", "partition", "route", "seq", "topic",
+        "ids", "nargs", "nbytes", "partition", "pid", "route", "seq", "topic",
     )  # fmt: skip
 
     def __init__(self, topic: str, partition: int, route: Route, now: float) -> None:
@@ -58,6 +58,7 @@ class Batch:
         self.nbytes = 0
         self.created = now
         self.seq = 0
+        self.pid = b""  # the producer id its sequence number belongs to (set with seq)
         self.attempts = 0
         # On a cluster: the importing node's client after an ASK, for the next attempt only.
         self.ask: Any = None
@@ -67,7 +68,7 @@ class Batch:
         self.event = threading.Event()
         self.callbacks: list[tuple[int, Callable[[RecordFuture], None]]] | None = None
 
-    def packed(self, pid: bytes) -> bytes:
+    def packed(self) -> bytes:
         spec = self.route.meta.spec
         keys = self.route.stream_keys[self.partition], self.route.seq_keys[self.partition]
         head = (
@@ -75,7 +76,7 @@ class Batch:
             + _EVALSHA_HEAD
             + bulk(keys[0])
             + bulk(keys[1])
-            + bulk(pid)
+            + bulk(self.pid)
             + bulk(b"%d" % self.seq)
             + bulk(b"%d" % (spec.max_length or 0))
             + bulk(b"%d" % (spec.retention_ms or 0))

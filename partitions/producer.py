@@ -60,6 +60,9 @@ __all__ = ["Producer", "RecordFuture", "RecordMetadata"]
 
 log = logging.getLogger("partstream.producer")
 
+# Sender threads per producer (see Producer.__init__).
+SENDERS = 2
+
 # Re-read topic metadata this often, to pick up added partitions and retention changes.
 METADATA_MAX_AGE_S = 30.0
 
@@ -104,8 +107,17 @@ class Producer:
         self._batch_bytes = 4 * 1024 * 1024
         self._max_bytes = self.config.max_record_bytes
         self._load_script()
-        self._sender = threading.Thread(target=self._run, name="partstream-producer", daemon=True)
-        self._sender.start()
+        # Partitions with a batch on the wire: a partition is never in two rounds at once, so
+        # its batches are appended (and retried) strictly in order.
+        self._inflight: set[tuple[str, int]] = set()
+        # Two senders: while one waits for the server to run its round, the other packs and
+        # sends the next, so the server is not idle between rounds.
+        self._senders = [
+            threading.Thread(target=self._run, name=f"partstream-producer-{i}", daemon=True)
+            for i in range(SENDERS)
+        ]
+        for t in self._senders:
+            t.start()
 
     # -- public API -----------------------------------------------------------------------
     def send(
@@ -203,7 +215,8 @@ class Producer:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
-        self._sender.join(timeout)
+        for t in self._senders:
+            t.join(timeout)
         if self._owns_conn:
             self._conn.close()
 
@@ -275,7 +288,7 @@ class Producer:
                         self._seal(batch)
             if self._ready:
                 taken: list[Batch] = []
-                seen: set[tuple[str, int]] = set()
+                seen = set(self._inflight)
                 rest: deque[Batch] = deque()
                 for batch in self._ready:
                     tp = (batch.topic, batch.partition)
@@ -285,7 +298,9 @@ class Producer:
                         seen.add(tp)
                         taken.append(batch)
                 self._ready = rest
-                return taken
+                if taken:
+                    self._inflight.update((b.topic, b.partition) for b in taken)
+                    return taken
             if self._closed:
                 return []
             timeout = None
@@ -311,19 +326,24 @@ class Producer:
             with self._cond:
                 done = sum(b.count for b in batches if b.event.is_set())
                 self._buffered -= done
+                # Back in front before the partitions are free again: a retried batch goes
+                # out before any later batch of its partition.
                 for batch in reversed(retry):
                     self._ready.appendleft(batch)
+                self._inflight.difference_update((b.topic, b.partition) for b in batches)
                 self._cond.notify_all()
             if retry:
                 time.sleep(self.config.retry_backoff_ms / 1000.0)
 
     def _send_round(self, batches: list[Batch]) -> list[Batch]:
         """Send one round (one pipeline per node); returns the batches to try again."""
-        for batch in batches:
-            if batch.seq == 0:
-                tp = (batch.topic, batch.partition)
-                batch.seq = self._seqs.get(tp, 0) + 1
-                self._seqs[tp] = batch.seq
+        with self._lock:
+            for batch in batches:
+                if batch.seq == 0:
+                    tp = (batch.topic, batch.partition)
+                    batch.seq = self._seqs.get(tp, 0) + 1
+                    batch.pid = self._pid
+                    self._seqs[tp] = batch.seq
         retry: list[Batch] = []
         for pool, group in self._by_node(batches):
             replies = self._pipeline(pool, group)
@@ -403,8 +423,9 @@ class Producer:
         if (in_doubt or out_of_seq) and self.config.idempotent:
             # The failed batch may or may not be in the stream: start a new producer identity
             # so the next batch of this partition cannot be mistaken for a duplicate of it.
-            self._pid = uuid.uuid4().hex[:16].encode()
-            self._seqs.clear()
+            with self._lock:
+                self._pid = uuid.uuid4().hex[:16].encode()
+                self._seqs.clear()
 
     def _by_node(self, batches: list[Batch]) -> list[tuple[Any, list[Batch]]]:
         if not self._conn.is_cluster:
@@ -428,7 +449,7 @@ class Producer:
         try:
             # One buffer, one sendall: redis-py would otherwise write each item separately.
             conn.send_packed_command(
-                [b"".join([(_ASKING if b.ask else b"") + b.packed(self._pid) for b in batches])],
+                [b"".join([(_ASKING if b.ask else b"") + b.packed() for b in batches])],
                 check_health=False,
             )
             for batch in batches:

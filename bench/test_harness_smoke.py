@@ -8,10 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import shutil
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +16,6 @@ import pytest
 from click.testing import CliRunner
 
 from partitions.cli import main
-from partitions.server import EmbeddedServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -27,18 +23,9 @@ LATENCY_KEYS = {"samples", "avg", "max", "p50", "p95", "p99", "p999"}
 
 
 @pytest.fixture(scope="module")
-def url() -> Iterator[str]:
-    env = os.environ.get("PARTSTREAM_TEST_URL")
-    if env:
-        yield env
-        return
-    data_dir = Path(tempfile.mkdtemp(prefix="ps-smoke-", dir="/tmp"))
-    server = EmbeddedServer(data_dir)
-    try:
-        yield server.ensure_running()
-    finally:
-        server.stop()
-        shutil.rmtree(data_dir, ignore_errors=True)
+def url(server_url: str) -> str:
+    """The suite's server (bench/conftest.py): $PARTSTREAM_TEST_URL or a private embedded one."""
+    return server_url
 
 
 def bench(url: str, *args: str) -> dict[str, Any]:

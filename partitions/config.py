@@ -203,6 +203,7 @@ class ProducerConfig:
 
 
 OFFSET_RESETS = ("earliest", "latest")
+FOREIGN_ENTRIES = ("deliver", "dead_letter")
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,6 +224,10 @@ class ConsumerConfig:
     # Longest single blocking wait for new data (XREAD BLOCK); must stay well below the
     # client's socket timeout, so a quiet stream never looks like a dead server.
     block_ms: int = 500
+    # Entries another client wrote to a partition (fields other than partstream's key, value
+    # and h:*): "deliver" them (their data is in Record.fields) or "dead_letter" them with
+    # reason "malformed".
+    foreign_entries: str = "deliver"
 
     def __post_init__(self) -> None:
         for name in ("fetch_count", "max_poll_records", "block_ms"):
@@ -233,6 +238,11 @@ class ConsumerConfig:
             raise ConfigError(f"auto_commit must be true or false, got {self.auto_commit!r}")
         if self.fetch_count > 10_000:
             raise ConfigError("fetch_count must be at most 10000")
+        if self.foreign_entries not in FOREIGN_ENTRIES:
+            raise ConfigError(
+                f"foreign_entries must be one of {', '.join(FOREIGN_ENTRIES)}, "
+                f"got {self.foreign_entries!r}"
+            )
         if self.auto_offset_reset not in OFFSET_RESETS:
             raise ConfigError(
                 f"auto_offset_reset must be one of {', '.join(OFFSET_RESETS)}, "

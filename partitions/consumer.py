@@ -155,6 +155,10 @@ class Consumer(RebalanceMixin):
                 self._pos += len(out)
                 if self._pos >= len(self._buf):
                     self._buf, self._pos = [], 0
+                if any(r._claim for r in out):
+                    out = self._record_handout(out)
+                    if not out:
+                        continue
                 self._note_positions(out)
                 return out
             if self._alive() and self._parts:
@@ -174,7 +178,45 @@ class Consumer(RebalanceMixin):
         for st, res in refused:
             log.info("%s/%s is %s's now: dropping it", st.topic, st.partition, res.detail)
             self._drop({st.tp})
+        if self.config.foreign_entries == "dead_letter":
+            records = self._dead_letter_foreign(records)
         self._buf, self._pos = records, 0
+
+    def _record_handout(self, out: list[Record]) -> list[Record]:
+        """Before recovered records are handed out, record the hand-out on the server (so a
+        record that crashes its consumer is counted every time, and one that only sat in a
+        buffer never is); what is no longer pending (trimmed, dead-lettered) is skipped."""
+        claims: dict[TopicPartition, list[Record]] = {}
+        for r in out:
+            if r._claim:
+                claims.setdefault(TopicPartition(r.topic, r.partition), []).append(r)
+        gone, refused, again = self._fetcher.hand(self._parts, claims, self._acks)
+        for st, res in refused:
+            log.info("%s/%s is %s's now: dropping it", st.topic, st.partition, res.detail)
+        lost = {st.tp for st, _ in refused} | again
+        if again:
+            self._drop_buffered(again)
+        self._drop({st.tp for st, _ in refused})
+        kept = []
+        for r in out:
+            if (r._claim and r.id in gone) or (r.topic, r.partition) in lost:
+                continue
+            r._claim = False
+            kept.append(r)
+        return kept
+
+    def _dead_letter_foreign(self, records: list[Record]) -> list[Record]:
+        """ConsumerConfig(foreign_entries="dead_letter"): entries another client wrote go to
+        the dead-letter stream as ``malformed`` instead of to the application."""
+        foreign: dict[TopicPartition, list[Record]] = {}
+        for r in records:
+            if r.foreign:
+                foreign.setdefault(TopicPartition(r.topic, r.partition), []).append(r)
+        if not foreign:
+            return records
+        for tp, recs in foreign.items():
+            self._fetcher.dead_letter(self._parts[tp], recs, "malformed", handed=False)
+        return [r for r in records if not r.foreign]
 
     def _idle(self, remaining: float) -> None:
         block_ms = int(
@@ -235,16 +277,16 @@ class Consumer(RebalanceMixin):
         self._enter()
         st = self._owned_state(record)
         self._forget(record)
-        again = self._fetcher.retry(st, [record.id], self._settings.max_deliveries)
-        if again:
-            self._buf[self._pos : self._pos] = again
+        if self._fetcher.retry(st, [record], self._settings.max_deliveries):
+            again = record.again()
+            self._buf[self._pos : self._pos] = [again]
 
     def dead_letter(self, record: Record, reason: str = "rejected") -> None:
         """Move ``record`` to its partition's dead-letter stream now, with ``reason``."""
         self._enter()
         st = self._owned_state(record)
         self._forget(record)
-        self._fetcher.dead_letter(st, [record.id], reason)
+        self._fetcher.dead_letter(st, [record], reason)
 
     # -- positions --------------------------------------------------------------------------
     def seek(self, topic: str, partition: int, to: str | int) -> None:

@@ -70,9 +70,13 @@ class DeadLetters:
     ) -> ReplayResult:
         """Re-produce dead letters to their original partition, then delete them from the
         dead-letter stream (only once the append succeeded: a failure replays again, never
-        loses). Trimmed ones have no payload and stay."""
+        loses). Trimmed ones have no payload and stay; so do entries another client wrote
+        (``malformed``: the producer writes only key, value and headers, so re-producing would
+        drop their fields) and dead letters whose metadata cannot be read."""
         letters = self.list(topic, partition=partition, group=group, limit=limit)
-        replayable = [d for d in letters if d.reason != "trimmed"]
+        replayable = [
+            d for d in letters if d.reason != "trimmed" and not d.record.foreign and not d.problems
+        ]
         with Producer(self.conn) as producer:
             futures = [
                 (
@@ -82,7 +86,7 @@ class DeadLetters:
                         d.record.value,
                         key=d.record.key,
                         headers=d.record.headers or None,
-                        partition=d.partition,
+                        partition=d.partition or 0,
                     ),
                 )
                 for d in replayable
@@ -90,7 +94,7 @@ class DeadLetters:
             producer.flush()
         for _, fut in futures:
             fut.result()
-        dels = [(self.conn.keys.dlq(topic, d.partition), d.dlq_id) for d, _ in futures]
+        dels = [(self.conn.keys.dlq(topic, d.partition or 0), d.dlq_id) for d, _ in futures]
         replies = execute_per_key(
             self.conn,
             [(k, ("XDEL", k, i)) for k, i in dels],

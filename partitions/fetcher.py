@@ -39,6 +39,7 @@ from partitions.records import (
     Record,
     ack_result,
     fetch_result,
+    hand_result,
     records_from_read,
     retry_result,
 )
@@ -307,13 +308,61 @@ class Fetcher:
                 self._refuse(st, res, len(call) - 6, refused)
         return refused
 
-    def retry(self, st: PartitionState, ids: list[str], max_deliveries: int) -> list[Record]:
-        """Deliver pending ids again (or dead-letter those out of deliveries)."""
-        return self._one(st, ["retry", *st.args, max_deliveries, *ids], "retrying")
+    def hand(
+        self,
+        parts: dict[TopicPartition, PartitionState],
+        claims: dict[TopicPartition, list[Record]],
+        acks: dict[TopicPartition, list[str]],
+    ) -> tuple[set[str], list[tuple[PartitionState, FetchResult]], set[TopicPartition]]:
+        """Record on the server, in one round trip, that recovered records are handed out now
+        (the partitions' pending acks ride along).
 
-    def dead_letter(self, st: PartitionState, ids: list[str], reason: str) -> None:
-        """Move pending ids to the dead-letter stream with ``reason``, and ack them."""
-        self._one(st, ["dead", *st.args, reason, *ids], "dead-lettering")
+        Returns the ids no longer pending (trimmed: dead-lettered; not to hand out), the
+        partitions the fence refused, and the partitions whose call did not run (a cluster
+        slot mid-migration): hand out nothing more of those; their next read recovers
+        everything after the last record handed out."""
+        calls: list[tuple[PartitionState, list[Any]]] = []
+        for tp, recs in claims.items():
+            st = parts[tp]
+            ids = acks.pop(tp, None) or []
+            pairs = [x for r in recs for x in (r.id, r.deliveries)]
+            calls.append((st, ["hand", *st.args, len(ids), *ids, *pairs]))
+        try:
+            replies = self._run(calls, _CONSUME, "consume", "handing out recovered records")
+        except ConnectionFailedError:
+            for st, call in calls:
+                self._unsent_acks.setdefault(st.tp, []).extend(call[7 : 7 + int(call[6])])
+            raise
+        gone: set[str] = set()
+        refused: list[tuple[PartitionState, FetchResult]] = []
+        again: set[TopicPartition] = set()
+        for (st, call), reply in zip(calls, replies, strict=True):
+            if isinstance(reply, Exception):  # its slot is moving: nothing ran
+                self._unsent_acks.setdefault(st.tp, []).extend(call[7 : 7 + int(call[6])])
+                again.add(st.tp)
+                st.cursor = st.last_id or "-"
+                continue
+            res = hand_result(reply)
+            if res.status != 1:
+                self._refuse(st, FetchResult(res.status, res.detail), int(call[6]), refused)
+                continue
+            gone |= res.ids
+        return gone, refused, again
+
+    def retry(self, st: PartitionState, records: list[Record], max_deliveries: int) -> set[str]:
+        """Keep handed-out records pending for another hand-out, or dead-letter those out of
+        deliveries; returns the ids kept."""
+        pairs = [x for r in records for x in (r.id, r.deliveries)]
+        return self._one(st, ["retry", *st.args, max_deliveries, *pairs], "retrying")
+
+    def dead_letter(
+        self, st: PartitionState, records: list[Record], reason: str, *, handed: bool = True
+    ) -> None:
+        """Move pending records to the dead-letter stream with ``reason``, and ack them
+        (``handed=False``: they were never handed out, so not counted as delivered)."""
+        less = 0 if handed else 1
+        pairs = [x for r in records for x in (r.id, r.deliveries - less)]
+        self._one(st, ["dead", *st.args, reason, *pairs], "dead-lettering")
 
     def seek(self, st: PartitionState, new_id: str) -> str:
         """Fenced XGROUP SETID of the partition (pending entries are forgotten)."""
@@ -330,17 +379,17 @@ class Fetcher:
         return reply[1].decode() if isinstance(reply[1], bytes) else str(reply[1])
 
     # -- plumbing ---------------------------------------------------------------------------
-    def _one(self, st: PartitionState, args: list[Any], what: str) -> list[Record]:
+    def _one(self, st: PartitionState, args: list[Any], what: str) -> set[str]:
         reply = self._run([(st, args)], _CONSUME, "consume", what)[0]
         if isinstance(reply, Exception):
             raise translate(reply, f"{what} {st.topic}/{st.partition} (its slot is moving)")
-        res = retry_result(st.topic, st.partition, reply)
+        res = retry_result(reply)
         if res.status == 0:
             raise NotOwnerError(f"{what} {st.topic}/{st.partition}: {res.detail} owns it now")
         if res.status == -1:
             raise _lost(st, res.detail)
         self.dead_lettered += res.dead
-        return res.records
+        return res.ids
 
     def _refuse(
         self,

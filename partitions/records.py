@@ -30,9 +30,18 @@ Key = bytes | str | int | None
 
 
 class Record:
-    """One record read from a partition. Immutable by convention; cheap to create."""
+    """One record read from a partition. Immutable by convention; cheap to create.
 
-    __slots__ = ("headers", "id", "key", "partition", "topic", "value")
+    ``key``, ``value`` and ``headers`` are partstream's own fields. An entry another client
+    wrote (a raw ``XADD`` with fields of its own) is delivered too: its data is in
+    :attr:`fields` and :attr:`foreign` is true (or, by the consumer's ``on_foreign`` option,
+    it goes to the dead-letter stream as ``malformed`` instead).
+    """
+
+    __slots__ = (
+        "_claim", "_foreign", "_raw", "deliveries", "headers", "id", "key", "partition", "topic",
+        "value",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -42,6 +51,8 @@ class Record:
         key: bytes | None,
         value: bytes | None,
         headers: dict[str, bytes],
+        raw: list[bytes] | None = None,
+        foreign: bool = False,
     ) -> None:
         self.topic = topic
         self.partition = partition
@@ -49,15 +60,50 @@ class Record:
         self.key = key
         self.value = value
         self.headers = headers
+        # Hand-outs of this record to the application, this one included, as the server has
+        # recorded them (see consume.lua): 1 for a record read for the first time. A record
+        # whose previous consumer crashed before acking it may have been handed out once
+        # more than this says (a first hand-out is not written on the hot path).
+        self.deliveries = 1
+        self._raw = raw
+        self._foreign = foreign
+        self._claim = False  # recovered: its hand-out is recorded on the server first
+
+    def again(self) -> Record:
+        """This record as it is delivered again after a nack (one more delivery, whose
+        hand-out the consumer records on the server first)."""
+        rec = Record(
+            self.topic,
+            self.partition,
+            self.id,
+            self.key,
+            self.value,
+            self.headers,
+            self._raw,
+            self._foreign,
+        )
+        rec.deliveries = self.deliveries + 1
+        rec._claim = True
+        return rec
+
+    @property
+    def fields(self) -> dict[bytes, bytes]:
+        """The stream entry's raw fields, as any Redis client sees them (a field given twice
+        keeps its last value)."""
+        raw = self._raw
+        if raw is None:
+            return {}
+        return dict(zip(raw[::2], raw[1::2], strict=False))
+
+    @property
+    def foreign(self) -> bool:
+        """True if the entry has fields partstream does not write (another client's entry)."""
+        return self._foreign
 
     @property
     def timestamp(self) -> int:
         """Append time in epoch milliseconds (the entry ID's first part)."""
         return int(self.id.partition("-")[0])
-
-    @property
-    def offset(self) -> str:
-        return self.id
 
     def text(self) -> str | None:
         """The value decoded as UTF-8."""
@@ -210,25 +256,25 @@ def _text(raw: Any) -> str:
 
 
 def record_from_entry(topic: str, partition: int, entry: Any) -> Record:
-    """Build a Record from a raw ``[id, [field, value, ...]]`` entry."""
+    """Build a Record from a raw ``[id, [field, value, ...]]`` entry (any client's)."""
     raw_id, flat = entry[0], entry[1]
     if isinstance(flat, dict):  # redis-py's parsed form: {field: value}
         flat = [x for kv in flat.items() for x in kv]
+    flat = flat or []
     key = value = None
     headers: dict[str, bytes] = {}
-    if flat:
-        n = len(flat)
-        i = 0
-        while i < n:
-            name = flat[i]
-            if name == KEY_FIELD:
-                key = flat[i + 1]
-            elif name == VALUE_FIELD:
-                value = flat[i + 1]
-            elif name.startswith(HEADER_PREFIX) and len(name) > 2:
-                headers[name[2:].decode("utf-8", "replace")] = flat[i + 1]
-            i += 2
-    return Record(topic, partition, _text(raw_id), key, value, headers)
+    foreign = len(flat) % 2 == 1
+    for i in range(0, len(flat) - 1, 2):
+        name = flat[i]
+        if name == KEY_FIELD and key is None:
+            key = flat[i + 1]
+        elif name == VALUE_FIELD and value is None:
+            value = flat[i + 1]
+        elif name.startswith(HEADER_PREFIX) and len(name) > 2:
+            headers[name[2:].decode("utf-8", "replace")] = flat[i + 1]
+        elif name != HEADER_PREFIX or flat[i + 1] != b"" or len(flat) != 2:
+            foreign = True  # not one of partstream's fields (the lone b"h:" marks a tombstone)
+    return Record(topic, partition, _text(raw_id), key, value, headers, flat, foreign)
 
 
 def records_from_entries(topic: str, partition: int, entries: Iterable[Any]) -> list[Record]:
@@ -341,23 +387,28 @@ def records_from_read(topic: str, partition: int, entries: list[Any]) -> list[Re
     for e in entries:
         flat = e[1]
         if len(flat) == 4 and flat[0] == KEY_FIELD and flat[2] == VALUE_FIELD:
-            append(Record(topic, partition, e[0].decode(), flat[1], flat[3], {}))
+            append(Record(topic, partition, e[0].decode(), flat[1], flat[3], {}, flat))
         else:
             append(record_from_entry(topic, partition, e))
     return out
 
 
 def fetch_result(topic: str, partition: int, reply: Any) -> FetchResult:
-    """Parse consume.lua's ``read`` reply: {1, acked, entries, cursor, tail, dead, reclaimed}."""
+    """Parse consume.lua's ``read`` reply: {1, acked, entries, cursor, tail, dead, reclaimed,
+    counts}. The leading ``len(counts)`` entries were recovered from the group's pending
+    list: their next hand-out is recorded first (``_claim``), with their deliveries."""
     status = int(reply[0])
     if status != 1:
         return FetchResult(status, _text(reply[1]))
     entries = reply[2]
     records = records_from_read(topic, partition, entries) if entries else []
-    reclaimed = int(reply[6]) if len(reply) > 6 else 0
+    for rec, recorded in zip(records, reply[7], strict=False):
+        rec.deliveries = int(recorded) + 1
+        rec._claim = True
     return FetchResult(
-        1, "", int(reply[1]), records, _text(reply[3]), _text(reply[4]), int(reply[5]), reclaimed
-    )
+        1, "", int(reply[1]), records, _text(reply[3]), _text(reply[4]), int(reply[5]),
+        int(reply[6]),
+    )  # fmt: skip
 
 
 def ack_result(reply: Any) -> FetchResult:
@@ -368,33 +419,67 @@ def ack_result(reply: Any) -> FetchResult:
     return FetchResult(1, acked=int(reply[1]))
 
 
-def retry_result(topic: str, partition: int, reply: Any) -> FetchResult:
-    """Parse consume.lua's ``retry``/``dead`` reply: {1, entries, dead}."""
+class IdsResult:
+    """consume.lua's answer to ``hand``, ``retry`` and ``dead``: status, detail and ids.
+
+    ``ids``: for ``hand`` the ids no longer pending (not to hand out), for ``retry`` the ids
+    kept for another hand-out; ``acked`` and ``dead`` count what the call acked and
+    dead-lettered."""
+
+    __slots__ = ("acked", "dead", "detail", "ids", "status")
+
+    def __init__(
+        self, status: int, detail: str = "", ids: set[str] | None = None, acked: int = 0,
+        dead: int = 0,
+    ) -> None:  # fmt: skip
+        self.status = status
+        self.detail = detail
+        self.ids = ids if ids is not None else set()
+        self.acked = acked
+        self.dead = dead
+
+
+def hand_result(reply: Any) -> IdsResult:
+    """Parse consume.lua's ``hand`` reply: {1, acked, gone ids}."""
     status = int(reply[0])
     if status != 1:
-        return FetchResult(status, _text(reply[1]))
-    records = [record_from_entry(topic, partition, e) for e in reply[1]]
-    return FetchResult(1, records=records, dead=int(reply[2]))
+        return IdsResult(status, _text(reply[1]))
+    return IdsResult(1, ids={_text(i) for i in reply[2]}, acked=int(reply[1]))
+
+
+def retry_result(reply: Any) -> IdsResult:
+    """Parse consume.lua's ``retry``/``dead`` reply: {1, kept ids, dead}."""
+    status = int(reply[0])
+    if status != 1:
+        return IdsResult(status, _text(reply[1]))
+    return IdsResult(1, ids={_text(i) for i in reply[1]}, dead=int(reply[2]))
 
 
 DLQ_PREFIX = b"dlq."
+# The metadata consume.lua writes first in every dead letter, in this order.
+DLQ_META = ("topic", "partition", "id", "group", "deliveries", "reason")
 
 
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
-    """One entry of a partition's dead-letter stream: the original record and why it died."""
+    """One entry of a partition's dead-letter stream: the original record and why it died.
+
+    ``problems`` lists what could not be read of a malformed dead-letter entry (one written
+    by another client or damaged by hand); its other fields are then best effort."""
 
     dlq_id: str
     topic: str
-    partition: int
+    partition: int | None  # None if the entry does not say (malformed)
     original_id: str
     group: str
     deliveries: int
     reason: str
-    record: Record  # key, value and headers as they were (none if the payload was trimmed)
+    record: Record  # the original entry's fields as they were (none if it was trimmed)
+    omitted: int = 0  # original fields left out (another client's entry with thousands)
+    problems: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "dlq_id": self.dlq_id,
             "topic": self.topic,
             "partition": self.partition,
@@ -406,29 +491,67 @@ class DeadLetter:
             "value": _display_value(self.record.value),
             "headers": {k: _display(v) for k, v in self.record.headers.items()},
         }
+        if self.record.foreign:
+            out["fields"] = {_display(k): _display(v) for k, v in self.record.fields.items()}
+        if self.omitted:
+            out["omitted"] = self.omitted
+        if self.problems:
+            out["problems"] = list(self.problems)
+        return out
 
 
 def dead_letter_from_entry(entry: Any) -> DeadLetter:
-    """Parse one raw dead-letter stream entry ``[id, [field, value, ...]]``."""
+    """Parse one raw dead-letter stream entry ``[id, [field, value, ...]]``.
+
+    The metadata is read by position (the first six pairs, as consume.lua writes them), so an
+    original field named ``dlq.*`` is part of the original record, never its metadata. An
+    entry that does not have that shape is listed with what could be read."""
     flat = entry[1] or []
-    meta = {
-        _text(flat[i])[4:]: _text(flat[i + 1])
-        for i in range(0, len(flat), 2)
-        if flat[i].startswith(DLQ_PREFIX)
-    }
-    topic, partition = meta.get("topic", ""), int(meta.get("partition", "0") or 0)
-    original_id = meta.get("id", "0-0")
-    record = record_from_entry(topic, partition, [original_id.encode(), flat])
+    if isinstance(flat, dict):
+        flat = [x for kv in flat.items() for x in kv]
+    meta: dict[str, str] = {}
+    problems: list[str] = []
+    i = 0
+    for name in DLQ_META:
+        if i + 1 < len(flat) and flat[i] == DLQ_PREFIX + name.encode():
+            meta[name] = _text(flat[i + 1])
+            i += 2
+        else:
+            problems.append(f"no dlq.{name}")
+    omitted = 0
+    if i + 1 < len(flat) and flat[i] == b"dlq.omitted":
+        omitted = _int(_text(flat[i + 1]), "omitted", problems) or 0
+        i += 2
+    topic = meta.get("topic", "")
+    partition = _int(meta["partition"], "partition", problems) if "partition" in meta else None
+    original_id = meta.get("id", "")
+    if original_id:
+        try:
+            parse_id(original_id)
+        except ValueError:
+            problems.append(f"dlq.id {original_id!r} is not a stream id")
+    deliveries = _int(meta["deliveries"], "deliveries", problems) if "deliveries" in meta else 0
+    record = record_from_entry(topic, partition or 0, [original_id.encode(), flat[i:]])
     return DeadLetter(
         dlq_id=_text(entry[0]),
         topic=topic,
         partition=partition,
         original_id=original_id,
         group=meta.get("group", ""),
-        deliveries=int(meta.get("deliveries", "0") or 0),
+        deliveries=deliveries or 0,
         reason=meta.get("reason", ""),
         record=record,
+        omitted=omitted,
+        problems=tuple(problems),
     )
+
+
+def _int(text: str, what: str, problems: list[str]) -> int | None:
+    try:
+        return int(text)
+    except ValueError:
+        problems.append(f"dlq.{what} {text!r} is not an integer")
+        return None
 
 
 @dataclass(frozen=True, slots=True)

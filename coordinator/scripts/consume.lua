@@ -1,4 +1,4 @@
---[[ consume.lua: fenced reads, acks and dead letters of one partition for one group.
+--[[ consume.lua: fenced reads, hand-outs, acks and dead letters of one partition for one group.
 
 KEYS (all under the PARTITION's hash tag {<topic>:<p>}, so one slot in a cluster):
   1 stream  stream  the partition
@@ -11,31 +11,50 @@ KEYS (all under the PARTITION's hash tag {<topic>:<p>}, so one slot in a cluster
 
 ARGV (common): 1 op, 2 group, 3 fence value "<member_id> <token>", 4 topic, 5 partition,
                6 consumer name (the stream-level consumer all owners of a partition share)
-  read   7 count (0 = only ack), 8 cursor: '' = new entries only; else first redeliver the
+  read   7 count (0 = only ack), 8 cursor: '' = new entries only; else first recover the
          group's pending entries after this id ('-' = all), in id order (takeover recovery),
          9 max_deliveries, 10 reclaim idle ms (0 = no reclaim this call), 11 start id if the
          group is created here ('0' | '$'), 12 n acks, 13.. ids to ack first (piggy-backed)
+  hand   7 n acks, 8.. ids to ack, then pairs id, deliveries: record that these recovered
+         entries are handed out now (XCLAIM ... RETRYCOUNT deliveries + 1)
   ack    7.. ids to ack
-  retry  7 max_deliveries, 8.. pending ids to deliver again (XCLAIM: delivery count + 1);
-         an id already delivered max_deliveries times is dead-lettered instead
-  dead   7 reason, 8.. pending ids to dead-letter with a user reason
+  retry  7 max_deliveries, 8.. pairs id, deliveries (the hand-out being retried included):
+         keep each for another hand-out, or dead-letter it once deliveries >= max_deliveries
+  dead   7 reason, 8.. pairs id, deliveries: dead-letter with a user reason
+
+Delivery counts. A delivery is a hand-out to the application, never a fetch into a buffer.
+The PEL's delivery counter of an entry holds 1 + the hand-outs recorded on the server: the
+'>' read that first fetches an entry sets it to 1 and counts nothing (the fetch may never be
+handed out: prefetch, close, crash), and its first hand-out goes unrecorded on the hot path.
+An entry recovered from the PEL (takeover, reclaim, retry) is returned with its recorded
+count and is recorded by 'hand' (one call, acks riding along) right before the consumer hands
+it out: a record that crashes its consumer every time is counted each time and reaches the
+dead-letter stream after at most max_deliveries + 1 hand-outs, alone; what sat in a buffer
+was never counted.
 
 A pending entry whose payload is gone (trimmed before it was acked) is always dead-lettered
-with reason "trimmed". Dead-lettering = XADD to the dlq with the origin, group, delivery count,
-reason and the original fields, then XACK: both in this one atomic call.
+with reason "trimmed". Dead-lettering = XADD to the dlq with the origin, group, deliveries,
+reason, then the original fields, and XACK: both in this one atomic call. The first twelve
+values of a dead letter are always its dlq.* metadata (original fields cannot override it).
+
+Every loop is bounded by the call's own arguments (count <= 10000 by ConsumerConfig, acks
+chunked by 1000): no Lua stack or reply limit is reachable.
 
 Replies (status first):
    0, "<holder>"            not owner: the fence holds another grant or was released by
                             a later owner ("nobody"); nothing was read or acked
   -1, "<what vanished>"     state lost: fence, stream or group gone under a live owner
-   1, acked, entries, cursor, tail, dead, reclaimed    (read)
+   1, acked, entries, cursor, tail, dead, reclaimed, counts    (read)
         entries  {{id, {field, value, ...}}, ...} recovered/reclaimed first, then new
         cursor   next recovery cursor, '' once recovery is done
         tail     when no new entry was read: the last entry id ('0-0' if empty), else ''
         dead     number of entries dead-lettered by this call
         reclaimed  entries the reclaim pass (periodic or requested) delivered again
+        counts   recorded deliveries of the leading recovered entries (one each, in order);
+                 the entries after them are new
+   1, acked, gone           (hand) gone: ids no longer pending (trimmed: dead-lettered)
    1, acked                 (ack)
-   1, entries, dead         (retry, dead)
+   1, kept, dead            (retry, dead) kept: ids left pending for another hand-out
 ]]
 
 local stream, fence, groups, dlq = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
@@ -59,55 +78,48 @@ local function ack_range(first, last)
   return acked
 end
 
+-- Original fields copied into one dead letter at most: one XADD takes them all as arguments,
+-- and Lua's stack holds about 8,000 (partstream's own entries have at most 2 + 2 + 2 x 1,000
+-- header fields). An entry of another client with more keeps its first ones and says so.
+local MAX_COPIED = 7000
+
 local dead = 0
-local function dead_letter(id, count, reason)
-  local e = redis.call('XRANGE', stream, id, id)[1]
+local function dead_letter(id, deliveries, reason, e)
+  if e == nil then e = redis.call('XRANGE', stream, id, id)[1] end
   if not e then reason = 'trimmed' end
   local f = {'dlq.topic', topic, 'dlq.partition', partition, 'dlq.id', id, 'dlq.group', group,
-             'dlq.deliveries', tostring(count), 'dlq.reason', reason}
+             'dlq.deliveries', tostring(deliveries), 'dlq.reason', reason}
   if e then
-    for _, v in ipairs(e[2]) do f[#f + 1] = v end
+    local src = e[2]
+    local n = #src
+    if n > MAX_COPIED then
+      f[#f + 1] = 'dlq.omitted'
+      f[#f + 1] = tostring(n - MAX_COPIED)
+      n = MAX_COPIED
+    end
+    for i = 1, n do f[#f + 1] = src[i] end
   end
   redis.call('XADD', dlq, '*', unpack(f))
   redis.call('XACK', stream, group, id)
   dead = dead + 1
 end
 
--- Deliver again the pending entries described by an extended XPENDING reply
--- ({id, consumer, idle, count} each), in id order; returns their entries.
-local function redeliver(pend, max_deliveries, out)
-  local claim = {}
+-- Recover the pending entries of an extended XPENDING reply ({id, consumer, idle, count}
+-- each), in id order, without counting a delivery: their payloads (and recorded counts) are
+-- appended to out/counts; spent or trimmed ones are dead-lettered.
+local function recover(pend, max_deliveries, out, counts)
   for _, p in ipairs(pend) do
-    if tonumber(p[4]) >= max_deliveries then
-      dead_letter(p[1], p[4], 'max_deliveries')
+    local recorded = math.max(tonumber(p[4]) - 1, 0)
+    local e = redis.call('XRANGE', stream, p[1], p[1])[1]
+    if not e then
+      dead_letter(p[1], recorded, 'trimmed', false)
+    elseif recorded >= max_deliveries then
+      dead_letter(p[1], recorded, 'max_deliveries', e)
     else
-      claim[#claim + 1] = p[1]
-    end
-  end
-  if #claim == 0 then return out end
-  -- XCLAIM (not XAUTOCLAIM): we need each entry's delivery count, which XPENDING gave us.
-  -- Entries whose payload was trimmed are dropped from the PEL and not returned.
-  local got = redis.call('XCLAIM', stream, group, consumer, 0, unpack(claim))
-  local j = 1
-  for _, id in ipairs(claim) do
-    local e = got[j]
-    if e and e[1] == id then
       out[#out + 1] = e
-      j = j + 1
-    else
-      dead_letter(id, 0, 'trimmed')
+      counts[#counts + 1] = recorded
     end
   end
-  return out
-end
-
-local function pending_of(ids_from)
-  local pend = {}
-  for i = ids_from, #ARGV do
-    local p = redis.call('XPENDING', stream, group, ARGV[i], ARGV[i], 1)[1]
-    if p then pend[#pend + 1] = p end
-  end
-  return pend
 end
 
 local function lost()
@@ -131,10 +143,10 @@ end
 if op == 'read' then
   local count, cursor = tonumber(ARGV[7]), ARGV[8]
   local max_deliveries, reclaim_ms = tonumber(ARGV[9]), tonumber(ARGV[10])
-  local nacks = tonumber(ARGV[12])
+  local start_id, nacks = ARGV[11], tonumber(ARGV[12])
   local acked = 0
   if nacks > 0 then acked = ack_range(13, 12 + nacks) end
-  if count == 0 then return {1, acked, {}, cursor, '', 0, 0} end
+  if count == 0 then return {1, acked, {}, cursor, '', 0, 0, {}} end
 
   -- "Reclaim stuck entries now" (offsets.reclaim_now): served once recovery is done.
   local asked = cursor == '' and redis.call('HGET', groups, group .. ':reclaim')
@@ -145,23 +157,23 @@ if op == 'read' then
   local reclaimed = 0
 
   -- A missing group (or stream) shows as a NOGROUP error: only the first read pays for it.
-  local out = {}
+  local out, counts = {}, {}
   if cursor ~= '' then
-    local start = cursor == '-' and '-' or '(' .. cursor
-    local pend = redis.pcall('XPENDING', stream, group, start, '+', count)
+    local from = cursor == '-' and '-' or '(' .. cursor
+    local pend = redis.pcall('XPENDING', stream, group, from, '+', count)
     if type(pend) == 'table' and pend.err then
-      if not ensure_group(ARGV[11]) then return lost() end
+      if not ensure_group(start_id) then return lost() end
       pend = {}
     end
-    redeliver(pend, max_deliveries, out)
+    recover(pend, max_deliveries, out, counts)
     if #pend == count then
-      return {1, acked, out, pend[#pend][1], '', dead, 0}
+      return {1, acked, out, pend[#pend][1], '', dead, 0, counts}
     end
     cursor = ''
   elseif reclaim_ms > 0 or asked then
     local pend = redis.pcall('XPENDING', stream, group, 'IDLE', reclaim_ms, '-', '+', count)
     if type(pend) == 'table' and not pend.err then
-      redeliver(pend, max_deliveries, out)
+      recover(pend, max_deliveries, out, counts)
       reclaimed = #out
       -- More stuck entries than one read takes: the request stands for the next read.
       if asked and #pend == count then redis.call('HSET', groups, group .. ':reclaim', asked) end
@@ -172,17 +184,37 @@ if op == 'read' then
     local r = redis.pcall('XREADGROUP', 'GROUP', group, consumer, 'COUNT', want,
                           'STREAMS', stream, '>')
     if type(r) == 'table' and r.err then
-      if not ensure_group(ARGV[11]) then return lost() end
+      if not ensure_group(start_id) then return lost() end
       r = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', want,
                      'STREAMS', stream, '>')
     end
     if r then
       for _, e in ipairs(r[1][2]) do out[#out + 1] = e end
-      return {1, acked, out, cursor, '', dead, reclaimed}
+      return {1, acked, out, cursor, '', dead, reclaimed, counts}
     end
   end
   local last = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)[1]
-  return {1, acked, out, cursor, last and last[1] or '0-0', dead, reclaimed}
+  return {1, acked, out, cursor, last and last[1] or '0-0', dead, reclaimed, counts}
+end
+
+if op == 'hand' then
+  local nacks = tonumber(ARGV[7])
+  local acked = 0
+  if nacks > 0 then acked = ack_range(8, 7 + nacks) end
+  local gone = {}
+  for i = 8 + nacks, #ARGV, 2 do
+    local id = ARGV[i]
+    local got = redis.call('XCLAIM', stream, group, consumer, 0, id,
+                           'RETRYCOUNT', tonumber(ARGV[i + 1]) + 1, 'JUSTID')
+    if #got == 0 then
+      -- XCLAIM drops a pending entry whose payload is gone; an acked one is simply gone.
+      gone[#gone + 1] = id
+      if redis.call('XRANGE', stream, id, id)[1] == nil then
+        dead_letter(id, tonumber(ARGV[i + 1]) - 1, 'trimmed', false)
+      end
+    end
+  end
+  return {1, acked, gone}
 end
 
 if op == 'ack' then
@@ -190,13 +222,33 @@ if op == 'ack' then
   return {1, ack_range(7, #ARGV)}
 end
 
+-- The pairs of 'retry' and 'dead' that are still pending (an acked or foreign id is skipped).
+local function pending_pairs(first)
+  local out = {}
+  for i = first, #ARGV, 2 do
+    if redis.call('XPENDING', stream, group, ARGV[i], ARGV[i], 1)[1] then
+      out[#out + 1] = {ARGV[i], tonumber(ARGV[i + 1])}
+    end
+  end
+  return out
+end
+
 if op == 'retry' then
-  local out = redeliver(pending_of(8), tonumber(ARGV[7]), {})
-  return {1, out, dead}
+  local max_deliveries, kept = tonumber(ARGV[7]), {}
+  for _, p in ipairs(pending_pairs(8)) do
+    if p[2] >= max_deliveries then
+      dead_letter(p[1], p[2], 'max_deliveries')
+    else
+      local got = redis.call('XCLAIM', stream, group, consumer, 0, p[1],
+                             'RETRYCOUNT', p[2] + 1, 'JUSTID')
+      if #got == 0 then dead_letter(p[1], p[2], 'trimmed', false) else kept[#kept + 1] = p[1] end
+    end
+  end
+  return {1, kept, dead}
 end
 
 if op == 'dead' then
-  for _, p in ipairs(pending_of(8)) do dead_letter(p[1], p[4], ARGV[7]) end
+  for _, p in ipairs(pending_pairs(8)) do dead_letter(p[1], p[2], ARGV[7]) end
   return {1, {}, dead}
 end
 

@@ -16,14 +16,19 @@ def dlq() -> None:
 
 
 def _list_text(rows: list[dict[str, Any]]) -> str:
-    return (
-        "\n".join(
-            f"{r['topic']}/{r['partition']}  {r['id']}  group {r['group']}  "
-            f"{r['reason']} after {r['deliveries']} deliveries  key {r['key']}  value {r['value']}"
-            for r in rows
-        )
-        or "(no dead letters)"
+    return "\n".join(_line(r) for r in rows) or "(no dead letters)"
+
+
+def _line(r: dict[str, Any]) -> str:
+    line = (
+        f"{r['topic']}/{r['partition']}  {r['id']}  group {r['group']}  "
+        f"{r['reason']} after {r['deliveries']} deliveries  key {r['key']}  value {r['value']}"
     )
+    if "fields" in r:
+        line += f"  fields {r['fields']}"
+    if "problems" in r:
+        line += f"  (malformed dead letter {r['dlq_id']}: {'; '.join(r['problems'])})"
+    return line
 
 
 @dlq.command("list")
@@ -55,5 +60,8 @@ def dlq_replay(
     emit(
         fmt,
         result.to_dict(),
-        lambda d: f"replayed {d['replayed']}, skipped {d['skipped']} (trimmed: no payload)",
+        lambda d: (
+            f"replayed {d['replayed']}, skipped {d['skipped']} "
+            "(trimmed, another client's entry, or malformed: see dlq list)"
+        ),
     )

@@ -201,7 +201,7 @@ class Consumer(RebalanceMixin):
         for r in out:
             if (r._claim and r.id in gone) or (r.topic, r.partition) in lost:
                 continue
-            r._claim = False
+            r._recorded()
             kept.append(r)
         return kept
 

@@ -34,14 +34,19 @@ class Record:
 
     ``key``, ``value`` and ``headers`` are partstream's own fields. An entry another client
     wrote (a raw ``XADD`` with fields of its own) is delivered too: its data is in
-    :attr:`fields` and :attr:`foreign` is true (or, by the consumer's ``on_foreign`` option,
+    :attr:`fields` and :attr:`foreign` is true (or, by ConsumerConfig's ``foreign_entries``,
     it goes to the dead-letter stream as ``malformed`` instead).
     """
 
-    __slots__ = (
-        "_claim", "_foreign", "_raw", "deliveries", "headers", "id", "key", "partition", "topic",
-        "value",
-    )  # fmt: skip
+    __slots__ = ("_raw", "headers", "id", "key", "partition", "topic", "value")
+
+    # Hand-outs of this record to the application, this one included, as the server has
+    # recorded them (see consume.lua): 1 for a record read for the first time. A record
+    # whose previous consumer crashed before acking it may have been handed out once more
+    # than this says (a first hand-out is not written on the hot path). A class default:
+    # only redelivered records (_Redelivered) carry their own.
+    deliveries = 1
+    _claim = False  # a recovered record: its hand-out is recorded on the server first
 
     def __init__(
         self,
@@ -52,7 +57,6 @@ class Record:
         value: bytes | None,
         headers: dict[str, bytes],
         raw: list[bytes] | None = None,
-        foreign: bool = False,
     ) -> None:
         self.topic = topic
         self.partition = partition
@@ -60,31 +64,15 @@ class Record:
         self.key = key
         self.value = value
         self.headers = headers
-        # Hand-outs of this record to the application, this one included, as the server has
-        # recorded them (see consume.lua): 1 for a record read for the first time. A record
-        # whose previous consumer crashed before acking it may have been handed out once
-        # more than this says (a first hand-out is not written on the hot path).
-        self.deliveries = 1
         self._raw = raw
-        self._foreign = foreign
-        self._claim = False  # recovered: its hand-out is recorded on the server first
 
     def again(self) -> Record:
-        """This record as it is delivered again after a nack (one more delivery, whose
-        hand-out the consumer records on the server first)."""
-        rec = Record(
-            self.topic,
-            self.partition,
-            self.id,
-            self.key,
-            self.value,
-            self.headers,
-            self._raw,
-            self._foreign,
-        )
-        rec.deliveries = self.deliveries + 1
-        rec._claim = True
-        return rec
+        """This record as it is delivered again after a nack: one more delivery, whose
+        hand-out the consumer records on the server first."""
+        return _Redelivered(self, self.deliveries + 1)
+
+    def _recorded(self) -> None:
+        """Its hand-out is on the server now (only a recovered record has one to record)."""
 
     @property
     def fields(self) -> dict[bytes, bytes]:
@@ -98,7 +86,7 @@ class Record:
     @property
     def foreign(self) -> bool:
         """True if the entry has fields partstream does not write (another client's entry)."""
-        return self._foreign
+        return _is_foreign(self._raw or [])
 
     @property
     def timestamp(self) -> int:
@@ -145,6 +133,43 @@ class Record:
             f"Record(topic={self.topic!r}, partition={self.partition}, id={self.id!r}, "
             f"key={self.key!r}, value={_short(self.value)})"
         )
+
+
+class _Redelivered(Record):
+    """A record recovered from the group's pending list (takeover, reclaim, nack): it knows
+    its deliveries, and its hand-out is recorded on the server before it happens."""
+
+    __slots__ = ("_claim", "deliveries")
+
+    def __init__(self, rec: Record, deliveries: int) -> None:
+        super().__init__(
+            rec.topic, rec.partition, rec.id, rec.key, rec.value, rec.headers, rec._raw
+        )
+        self.deliveries = deliveries
+        self._claim = True
+
+    def _recorded(self) -> None:
+        self._claim = False
+
+
+def _is_foreign(flat: list[bytes]) -> bool:
+    if len(flat) % 2:
+        return True
+    if len(flat) == 2 and flat[0] == HEADER_PREFIX and flat[1] == b"":
+        return False  # an empty tombstone
+    seen_key = seen_value = False
+    for name in flat[::2]:
+        if name == KEY_FIELD:
+            if seen_key:
+                return True
+            seen_key = True
+        elif name == VALUE_FIELD:
+            if seen_value:
+                return True
+            seen_value = True
+        elif not (name.startswith(HEADER_PREFIX) and len(name) > 2):
+            return True
+    return False
 
 
 def _short(value: bytes | None) -> str:
@@ -263,7 +288,6 @@ def record_from_entry(topic: str, partition: int, entry: Any) -> Record:
     flat = flat or []
     key = value = None
     headers: dict[str, bytes] = {}
-    foreign = len(flat) % 2 == 1
     for i in range(0, len(flat) - 1, 2):
         name = flat[i]
         if name == KEY_FIELD and key is None:
@@ -272,9 +296,7 @@ def record_from_entry(topic: str, partition: int, entry: Any) -> Record:
             value = flat[i + 1]
         elif name.startswith(HEADER_PREFIX) and len(name) > 2:
             headers[name[2:].decode("utf-8", "replace")] = flat[i + 1]
-        elif name != HEADER_PREFIX or flat[i + 1] != b"" or len(flat) != 2:
-            foreign = True  # not one of partstream's fields (the lone b"h:" marks a tombstone)
-    return Record(topic, partition, _text(raw_id), key, value, headers, flat, foreign)
+    return Record(topic, partition, _text(raw_id), key, value, headers, flat)
 
 
 def records_from_entries(topic: str, partition: int, entries: Iterable[Any]) -> list[Record]:
@@ -402,9 +424,9 @@ def fetch_result(topic: str, partition: int, reply: Any) -> FetchResult:
         return FetchResult(status, _text(reply[1]))
     entries = reply[2]
     records = records_from_read(topic, partition, entries) if entries else []
-    for rec, recorded in zip(records, reply[7], strict=False):
-        rec.deliveries = int(recorded) + 1
-        rec._claim = True
+    counts = reply[7]
+    for i, recorded in enumerate(counts):
+        records[i] = _Redelivered(records[i], int(recorded) + 1)
     return FetchResult(
         1, "", int(reply[1]), records, _text(reply[3]), _text(reply[4]), int(reply[5]),
         int(reply[6]),

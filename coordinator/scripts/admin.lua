@@ -115,7 +115,10 @@ if op == 'assign' then
     pairs_[#pairs_ + 1] = tps
   end
   redis.call('DEL', K_TARGET)
-  if #pairs_ > 0 then redis.call('HSET', K_TARGET, unpack(pairs_)) end
+  -- In chunks: one HSET of thousands of members would pass Lua's stack limit (~8,000).
+  for i = 1, #pairs_, 1000 do
+    redis.call('HSET', K_TARGET, unpack(pairs_, i, math.min(i + 999, #pairs_)))
+  end
   redis.call('HSET', K_STATE, 'target_epoch', epoch)
   return {'OK'}
 end

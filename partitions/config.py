@@ -11,47 +11,10 @@ import os
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from coordinator.errors import ConfigError
 from coordinator.keys import DEFAULT_NAMESPACE, validate_name
-
-_URL_SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
-
-
-def validate_url(url: str) -> str:
-    """Check a server URL's form (scheme, host, port, db) without connecting."""
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as err:
-        raise ConfigError(f"invalid server URL: {err}") from None
-    if parts.scheme not in _URL_SCHEMES:
-        raise ConfigError(
-            f"unsupported URL scheme {parts.scheme!r}: use one of "
-            + ", ".join(f"{s}://" for s in _URL_SCHEMES)
-        )
-    if parts.scheme == "unix":
-        if not parts.path:
-            raise ConfigError("a unix:// URL needs a socket path, e.g. unix:///run/redis.sock")
-    elif not parts.hostname:
-        raise ConfigError(f"URL {redact_url(url)} has no host")
-    if port is not None and not 0 < port < 65536:
-        raise ConfigError(f"URL {redact_url(url)} has an invalid port")
-    return url
-
-
-def redact_url(url: str) -> str:
-    """The URL with any password replaced by ``***`` (for logs and errors)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<invalid url>"
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return parts._replace(netloc=netloc).geturl()
-
+from partitions.urls import redact_url, validate_url
 
 _TLS_ENV = {
     "PARTSTREAM_TLS_CA": "ssl_ca_certs",
@@ -76,7 +39,8 @@ class ClientConfig:
     ``url=None`` means the embedded Valkey server in ``data_dir``.
     """
 
-    # redis://, rediss://, unix://, redis+cluster://; None = embedded server.
+    # redis://, rediss://, unix://, redis+cluster://, redis+sentinel:// (see partitions.urls);
+    # None = embedded server.
     url: str | None = None
     # Key namespace; lets several deployments or test runs share a server.
     namespace: str = DEFAULT_NAMESPACE

@@ -53,7 +53,8 @@ class PartstreamGroup(click.Group):
 @click.option(
     "--url",
     envvar="PARTSTREAM_URL",
-    help="Server URL (redis://, rediss://, unix://, redis+cluster://). "
+    help="Server URL (redis://, rediss://, unix://, redis+cluster://, "
+    "redis+sentinel://HOST:PORT[,HOST:PORT...]/MASTER). "
     "Default: the embedded Valkey server.",
 )
 @click.option("--namespace", envvar="PARTSTREAM_NAMESPACE", help="Key namespace (default: ps).")

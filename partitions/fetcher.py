@@ -251,10 +251,10 @@ class Fetcher:
             c.send_packed_command(c.pack_commands(txn))
             out = [c.read_response() for _ in txn][-1]
         except rex.ResponseError:
-            c.disconnect()
+            self._drop_conn()
             return None
         except rex.RedisError as err:
-            c.disconnect()
+            self._drop_conn()
             raise translate(err, "reading partitions") from err
         if out is None or any(isinstance(r, Exception) for r in out):
             return None  # a fence changed meanwhile, or a group is missing: script path
@@ -274,8 +274,20 @@ class Fetcher:
 
     def _txn_conn(self) -> Any:
         if self._conn is None:
-            self._conn = self.client.connection_pool.get_connection()
+            try:
+                self._conn = self.client.connection_pool.get_connection()
+            except rex.RedisError as err:
+                raise translate(err, "connecting") from err
         return self._conn
+
+    def _drop_conn(self) -> None:
+        """Disconnect and give back the fetcher's connection after an error: the next one
+        comes from the pool, which connects it where the primary is now (a connection
+        reconnecting by itself would go back to its old address, after a failover too)."""
+        c, self._conn = self._conn, None
+        if c is not None:
+            c.disconnect()
+            self.client.connection_pool.release(c)
 
     def close(self) -> None:
         """Give back the transaction connection."""
@@ -410,24 +422,41 @@ class Fetcher:
         slot is mid-migration) gets its redirect error in place: it did not run."""
         if self.conn.is_cluster:
             return self._run_on_nodes(calls, digest, name, what)
-        for attempt in (0, 1):
-            pipe = self.client.pipeline(transaction=False)
-            for st, args in calls:
-                pipe.evalsha(
-                    digest, len(st.keys) if name == "consume" else 3, *_keys(st, name), *args
-                )
-            try:
-                replies: list[Any] = pipe.execute(raise_on_error=False)
-            except rex.RedisError as err:
-                raise translate(err, what) from err
-            errors = [r for r in replies if isinstance(r, Exception)]
-            if not errors:
-                return replies
-            if attempt == 0 and any(is_noscript(e) for e in errors):
-                self.conn.scripts.load(name)  # the server restarted or flushed its scripts
-                continue
-            raise translate(errors[0], what) from errors[0]
-        raise AssertionError("unreachable")
+        commands = [
+            ("EVALSHA", digest, len(_keys(st, name)), *_keys(st, name), *args) for st, args in calls
+        ]
+        replies = self._send(commands, what)
+        again = [i for i, r in enumerate(replies) if isinstance(r, Exception) and is_noscript(r)]
+        if again:  # the server restarted, failed over or flushed its scripts: nothing ran
+            self.conn.scripts.load(name)
+            for i, reply in zip(again, self._send([commands[i] for i in again], what), strict=True):
+                replies[i] = reply
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise translate(reply, what) from reply
+        return replies
+
+    def _send(self, commands: list[tuple[Any, ...]], what: str) -> list[Any]:
+        """Send ``commands`` in one write on the fetcher's own connection and read a reply
+        (or the server's error) per command. Sent once: a call whose reply was lost is never
+        re-sent behind our back (a read that ran would be skipped by the next '>' read); the
+        caller recovers from ConnectionFailedError instead."""
+        c = self._txn_conn()
+        replies: list[Any] = []
+        try:
+            c.send_packed_command(c.pack_commands(commands))
+            for _ in commands:
+                try:
+                    replies.append(c.read_response())
+                except rex.ResponseError as err:
+                    replies.append(err)
+        except rex.RedisError as err:
+            self._drop_conn()
+            raise translate(err, what) from err
+        except OSError as err:
+            self._drop_conn()
+            raise ConnectionFailedError(f"{what}: connection lost ({err})") from err
+        return replies
 
     def _run_on_nodes(
         self, calls: list[tuple[PartitionState, list[Any]]], digest: str, name: str, what: str

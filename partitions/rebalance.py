@@ -122,8 +122,6 @@ class RebalanceMixin:
 
     def _sync(self) -> None:
         """Apply rebalance events posted by the heartbeat thread, in order."""
-        if self._blocker is not None and self._blocker_id is None:
-            self._blocker_id = self._blocker.client_id()
         while True:
             with self._events_lock:
                 if not self._events:

@@ -19,6 +19,7 @@ from typing import Any
 import redis.exceptions as rex
 
 from coordinator.assignors import assign
+from coordinator.durability import Durability
 from coordinator.errors import ConfigError, MembershipError, UnknownMemberError, translate
 from coordinator.keys import Keys, validate_name
 from coordinator.records import HeartbeatResult, parse_describe, parse_member_reply
@@ -93,12 +94,24 @@ class Member:
             self._topics = dict(topics)
             self._spec_dirty = True
 
+    @property
+    def durability(self) -> Durability:
+        """The group's durability: as stored with the group once known, else this member's."""
+        return (self.last.settings if self.last is not None else self.settings).durability
+
+    def _wait_ms(self) -> int:
+        # A heartbeat that cannot get its replicas within an interval fails, and is retried.
+        s = self.last.settings if self.last is not None else self.settings
+        return s.heartbeat_interval_ms
+
     def _call(self, *args: Any) -> HeartbeatResult:
         reply = self._scripts.call(
             "member",
             self.keys.group_keys(self.group),
             list(args),
             context=f"{args[0]} of {self.member_id} in group {self.group}",
+            durability=self.durability,
+            wait_ms=self._wait_ms(),
         )
         try:
             result = parse_member_reply(reply, self.group)
@@ -167,6 +180,8 @@ class Member:
                 self.keys.group_keys(self.group),
                 ["leave", self.member_id, self._epoch or 0, "1" if temporary else "0"],
                 context=f"leave of {self.member_id} in group {self.group}",
+                durability=self.durability,
+                wait_ms=self._wait_ms(),
             )
             self._epoch = None
             self.last = None
@@ -190,7 +205,12 @@ class Member:
         for member_id in sorted(target):
             args += [member_id, join_partitions(target[member_id])]
         reply = self._scripts.call(
-            "admin", self.keys.group_keys(self.group), args, context="assign"
+            "admin",
+            self.keys.group_keys(self.group),
+            args,
+            context="assign",
+            durability=self.durability,
+            wait_ms=self._wait_ms(),
         )
         status = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
         if status == "ERR":

@@ -17,6 +17,7 @@ from coordinator.errors import (
     FencedError,
     InvalidNameError,
     MembershipError,
+    NotEnoughReplicasError,
     NotOwnerError,
     OperationTimeoutError,
     PartstreamError,
@@ -46,6 +47,7 @@ from partitions.offsets import execute_group_seek, group_lag, plan_group_seek
 from partitions.producer import Producer, RecordFuture, RecordMetadata
 from partitions.records import Record
 from partitions.replay import Position, replay
+from partitions.replicas import EmbeddedReplicaSet
 from partitions.router import Router
 from partitions.server import EmbeddedServer
 from partitions.topics import TopicAdmin, TopicDescription, TopicMeta, TopicSpec
@@ -61,6 +63,7 @@ __all__ = [
     "ConsumerConfig",
     "DeadLetters",
     "DuplicateInstanceError",
+    "EmbeddedReplicaSet",
     "EmbeddedServer",
     "EvictionPolicyError",
     "FencedError",
@@ -68,6 +71,7 @@ __all__ = [
     "GroupSettings",
     "InvalidNameError",
     "MembershipError",
+    "NotEnoughReplicasError",
     "NotOwnerError",
     "OperationTimeoutError",
     "PartstreamError",

@@ -119,6 +119,7 @@ class Consumer(RebalanceMixin):
         # The last connection failure poll() rode out (None: none yet), for diagnostics.
         self.last_error: ConnectionFailedError | None = None
         self._warned_at = 0.0
+        self._durable_for: GroupSettings | None = None
         member = Member(
             self._client,
             self._keys,
@@ -456,6 +457,11 @@ class Consumer(RebalanceMixin):
         if time.monotonic() >= self._meta_at:
             self._refresh_topics()
         self._thread_id = threading.get_ident()
+        settings = self._settings
+        if settings is not self._durable_for:  # the group's stored settings, once known
+            self._durable_for = settings
+            self._fetcher.durability = settings.durability
+            self._fetcher.wait_ms = max(100, min(5000, settings.session_timeout_ms // 3))
 
     def _refresh_topics(self) -> None:
         """Re-read partition counts; a grown topic joins the group's assignment (the member

@@ -28,12 +28,19 @@ from typing import Any
 
 import redis.exceptions as rex
 
-from coordinator.errors import ConnectionFailedError, NotOwnerError, StateLostError, translate
+from coordinator.durability import NONE, Durability
+from coordinator.errors import (
+    ConnectionFailedError,
+    NotEnoughReplicasError,
+    NotOwnerError,
+    StateLostError,
+    translate,
+)
 from coordinator.fence import fence_value
 from coordinator.scripts import is_noscript, sha
 from coordinator.types import TopicPartition
 from partitions.connection import Connection
-from partitions.nodes import is_redirect, pipeline_per_node
+from partitions.nodes import is_redirect, node_for_key, pipeline_per_node
 from partitions.records import (
     FetchResult,
     Record,
@@ -98,6 +105,10 @@ class Fetcher:
         # with the next read of their partition, so they do not sit pending until reclaimed.
         self._unsent_acks: dict[TopicPartition, list[str]] = {}
         self._conn: Any = None  # a dedicated connection for WATCH/MULTI (fast path)
+        # The group's durability: commits (ack), seeks and dead letters wait for it; acks
+        # riding on reads (auto-commit) do not, like Kafka's asynchronous auto-commit.
+        self.durability: Durability = NONE
+        self.wait_ms = 5000
         conn.scripts.load("consume")
         conn.scripts.load("seek")
 
@@ -306,8 +317,9 @@ class Fetcher:
         if not calls:
             return refused
         try:
-            replies = self._run(calls, _CONSUME, "consume", "committing")
-        except ConnectionFailedError:
+            replies = self._run(calls, _CONSUME, "consume", "committing", durable=True)
+        except (ConnectionFailedError, NotEnoughReplicasError):
+            # Unknown or unconfirmed: sent again (XACK is idempotent) with the next read.
             for st, call in calls:
                 self._unsent_acks.setdefault(st.tp, []).extend(call[6:])
             raise
@@ -378,7 +390,8 @@ class Fetcher:
 
     def seek(self, st: PartitionState, new_id: str) -> str:
         """Fenced XGROUP SETID of the partition (pending entries are forgotten)."""
-        reply = self._run([(st, [st.args[0], st.fence, new_id, "0"])], _SEEK, "seek", "seeking")[0]
+        call = (st, [st.args[0], st.fence, new_id, "0"])
+        reply = self._run([call], _SEEK, "seek", "seeking", durable=True)[0]
         if isinstance(reply, Exception):
             raise translate(reply, f"seeking {st.topic}/{st.partition} (its slot is moving)")
         status = int(reply[0])
@@ -392,7 +405,7 @@ class Fetcher:
 
     # -- plumbing ---------------------------------------------------------------------------
     def _one(self, st: PartitionState, args: list[Any], what: str) -> set[str]:
-        reply = self._run([(st, args)], _CONSUME, "consume", what)[0]
+        reply = self._run([(st, args)], _CONSUME, "consume", what, durable=True)[0]
         if isinstance(reply, Exception):
             raise translate(reply, f"{what} {st.topic}/{st.partition} (its slot is moving)")
         res = retry_result(reply)
@@ -416,25 +429,86 @@ class Fetcher:
         refused.append((st, res))
 
     def _run(
-        self, calls: list[tuple[PartitionState, list[Any]]], digest: str, name: str, what: str
+        self,
+        calls: list[tuple[PartitionState, list[Any]]],
+        digest: str,
+        name: str,
+        what: str,
+        *,
+        durable: bool = False,
     ) -> list[Any]:
         """EVALSHA each call; on a cluster a call the cluster cannot serve right now (its
-        slot is mid-migration) gets its redirect error in place: it did not run."""
+        slot is mid-migration) gets its redirect error in place: it did not run.
+
+        ``durable``: with the group's durability, the calls are followed on their connection
+        by WAIT/WAITAOF; NotEnoughReplicasError (after they ran) if not confirmed in time.
+        """
+        waits = self.durability.commands(self.wait_ms) if durable else []
         if self.conn.is_cluster:
+            if waits:
+                return self._run_durable_on_nodes(calls, digest, name, what, waits)
             return self._run_on_nodes(calls, digest, name, what)
         commands = [
             ("EVALSHA", digest, len(_keys(st, name)), *_keys(st, name), *args) for st, args in calls
         ]
-        replies = self._send(commands, what)
+        replies = self._send(commands + waits, what)
+        confirms = replies[len(commands) :]
+        replies = replies[: len(commands)]
         again = [i for i, r in enumerate(replies) if isinstance(r, Exception) and is_noscript(r)]
         if again:  # the server restarted, failed over or flushed its scripts: nothing ran
             self.conn.scripts.load(name)
-            for i, reply in zip(again, self._send([commands[i] for i in again], what), strict=True):
+            rerun = self._send([commands[i] for i in again] + waits, what)
+            for i, reply in zip(again, rerun[: len(again)], strict=True):
                 replies[i] = reply
+            if waits:
+                confirms = rerun[len(again) :]  # the later WAIT covers the earlier writes too
         for reply in replies:
             if isinstance(reply, Exception):
                 raise translate(reply, what) from reply
+        if waits:
+            self.durability.check(confirms, what)
         return replies
+
+    def _run_durable_on_nodes(
+        self,
+        calls: list[tuple[PartitionState, list[Any]]],
+        digest: str,
+        name: str,
+        what: str,
+        waits: list[tuple[Any, ...]],
+    ) -> list[Any]:
+        # WAIT counts what its own connection wrote: each node's calls and its WAIT in one
+        # pipeline on that node. A redirection stays in place (it did not run), as above.
+        by_node: dict[int, tuple[Any, list[int]]] = {}
+        for i, (st, _) in enumerate(calls):
+            node = node_for_key(self.conn, st.keys[0])
+            by_node.setdefault(id(node), (node, []))[1].append(i)
+        out: list[Any] = [None] * len(calls)
+        for node, indexes in by_node.values():
+            for attempt in (0, 1):
+                pipe = node.pipeline(transaction=False)
+                for i in indexes:
+                    st, args = calls[i]
+                    pipe.execute_command("EVALSHA", digest, len(_keys(st, name)),
+                                         *_keys(st, name), *args)  # fmt: skip
+                for cmd in waits:
+                    pipe.execute_command(*cmd)
+                try:
+                    replies = pipe.execute(raise_on_error=False)
+                except rex.RedisError as err:
+                    raise translate(err, what) from err
+                mine, confirms = replies[: len(indexes)], replies[len(indexes) :]
+                if attempt == 0 and any(isinstance(r, Exception) and is_noscript(r) for r in mine):
+                    self.conn.scripts.load(name, node)
+                    continue
+                break
+            for i, reply in zip(indexes, mine, strict=True):
+                if isinstance(reply, Exception) and not is_redirect(reply):
+                    raise translate(reply, what) from reply
+                out[i] = reply
+            if any(not isinstance(r, Exception) for r in mine):
+                self.durability.check(confirms, what)
+        return out
 
     def _send(self, commands: list[tuple[Any, ...]], what: str) -> list[Any]:
         """Send ``commands`` in one write on the fetcher's own connection and read a reply

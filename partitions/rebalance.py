@@ -58,7 +58,14 @@ class Bridge:
         mine = {}
         for tp, grant in assigned.items():
             if claim_fence(
-                c._client, c._keys, c.group, tp.topic, tp.partition, c.member_id, grant.token
+                c._client,
+                c._keys,
+                c.group,
+                tp.topic,
+                tp.partition,
+                c.member_id,
+                grant.token,
+                durability=c._settings.durability,
             ):
                 mine[tp] = grant
             else:
@@ -173,6 +180,7 @@ class RebalanceMixin:
                     tp.partition,
                     self.member_id,
                     int(st.fence.split(" ")[1]),
+                    durability=self._settings.durability,
                 )
             except PartstreamError as err:
                 log.warning("release of %s failed: %s", tp, err)

@@ -197,12 +197,20 @@ class Connection:
         return f"<Connection {self.redacted_url} {self.server.describe()}>"
 
 
-def _client_kwargs(config: ClientConfig) -> dict[str, Any]:
+def _client_kwargs(config: ClientConfig, tls: bool) -> dict[str, Any]:
     kwargs: dict[str, Any] = {
         "socket_timeout": config.socket_timeout,
         "socket_connect_timeout": config.connect_timeout,
         "health_check_interval": 30,
     }
+    if not tls:
+        if config.ssl_ca_certs or config.ssl_certfile or config.ssl_keyfile:
+            raise ConfigError("TLS options were given but the URL is not TLS; use rediss://")
+        return kwargs
+    # The certificate's chain and that it names the host connected to are both checked;
+    # redis-py before 6.0 skipped the name unless told, so it is always said explicitly.
+    kwargs["ssl_cert_reqs"] = "required"
+    kwargs["ssl_check_hostname"] = True
     if config.ssl_ca_certs:
         kwargs["ssl_ca_certs"] = config.ssl_ca_certs
     if config.ssl_certfile:
@@ -224,19 +232,16 @@ def resolve_url(config: ClientConfig) -> str:
 def open_client(url: str, config: ClientConfig) -> tuple[Any, bool]:
     """A redis-py client for ``url``: (client, is_cluster). Nothing is sent yet."""
     scheme = urlsplit(url).scheme
-    kwargs = _client_kwargs(config)
+    if scheme == "unix" and (config.ssl_ca_certs or config.ssl_certfile or config.ssl_keyfile):
+        # A unix socket is local: TLS settings (from the environment, say) do not apply.
+        config = config.with_changes(ssl_ca_certs=None, ssl_certfile=None, ssl_keyfile=None)
+    kwargs = _client_kwargs(config, tls=scheme.startswith("rediss"))
     if scheme.endswith("+cluster"):
         from redis.cluster import RedisCluster
 
         plain = ("rediss" if scheme.startswith("rediss") else "redis") + url[len(scheme) :]
-        if not plain.startswith("rediss"):
-            kwargs = {k: v for k, v in kwargs.items() if not k.startswith("ssl_")}
         kwargs.pop("health_check_interval", None)
         return RedisCluster.from_url(plain, **kwargs), True
-    if scheme == "unix":
-        kwargs = {k: v for k, v in kwargs.items() if not k.startswith("ssl_")}
-    elif scheme == "redis" and any(k.startswith("ssl_") for k in kwargs):
-        raise ConfigError("TLS options were given but the URL is redis://; use rediss://")
     return redis.Redis.from_url(url, **kwargs), False
 
 

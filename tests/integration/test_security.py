@@ -332,6 +332,8 @@ class Certs:
     client_cert: Path
     client_key: Path
     rogue_ca: Path
+    other_cert: Path  # issued by the trusted CA, for another host name
+    other_key: Path
 
 
 def _openssl(*args: str | Path) -> None:
@@ -344,16 +346,17 @@ def _make_certs(d: Path) -> Certs:
             "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
             "-keyout", d / f"{name}.key", "-out", d / f"{name}.pem", "-subj", f"/CN=ps-test-{name}",
         )  # fmt: skip
-    ext = d / "san.ext"
-    ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    for name in ("server", "client"):
+    (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    (d / "other.ext").write_text("subjectAltName=DNS:other.example\n")
+    for name, ext in (("server", "san"), ("client", "san"), ("other", "other")):
         _openssl(
             "req", "-newkey", "rsa:2048", "-nodes", "-keyout", d / f"{name}.key",
             "-out", d / f"{name}.csr", "-subj", f"/CN=ps-test-{name}",
         )  # fmt: skip
         _openssl(
             "x509", "-req", "-in", d / f"{name}.csr", "-CA", d / "ca.pem", "-CAkey", d / "ca.key",
-            "-CAcreateserial", "-days", "2", "-out", d / f"{name}.pem", "-extfile", ext,
+            "-CAcreateserial", "-days", "2", "-out", d / f"{name}.pem",
+            "-extfile", d / f"{ext}.ext",
         )  # fmt: skip
     return Certs(
         d / "ca.pem",
@@ -362,6 +365,8 @@ def _make_certs(d: Path) -> Certs:
         d / "client.pem",
         d / "client.key",
         d / "rogue.pem",
+        d / "other.pem",
+        d / "other.key",
     )
 
 
@@ -382,9 +387,17 @@ def mtls_server(certs: Certs) -> Iterator[OwnServer]:
     yield from _start_tls(certs, auth_clients=True)
 
 
-def _start_tls(certs: Certs, auth_clients: bool) -> Iterator[OwnServer]:
+@pytest.fixture(scope="module")
+def other_name_server(certs: Certs) -> Iterator[OwnServer]:
+    yield from _start_tls(certs, auth_clients=False, cert=(certs.other_cert, certs.other_key))
+
+
+def _start_tls(
+    certs: Certs, auth_clients: bool, cert: tuple[Path, Path] | None = None
+) -> Iterator[OwnServer]:
+    cert_file, key_file = cert or (certs.server_cert, certs.server_key)
     tls_args = [
-        "--tls-cert-file", str(certs.server_cert), "--tls-key-file", str(certs.server_key),
+        "--tls-cert-file", str(cert_file), "--tls-key-file", str(key_file),
         "--tls-ca-cert-file", str(certs.ca),
         "--tls-auth-clients", "yes" if auth_clients else "no",
     ]  # fmt: skip
@@ -423,6 +436,15 @@ def test_tls_with_the_ca_works_and_is_verified_by_default(
         connect(ClientConfig(url=f"redis://{tls_server.host_port}", connect_timeout=2))
     with pytest.raises(ConfigError, match="use rediss://"):
         connect(ClientConfig(url=f"redis://{tls_server.host_port}", ssl_ca_certs=str(certs.ca)))
+
+
+def test_tls_refuses_a_trusted_certificate_issued_for_another_name(
+    other_name_server: OwnServer, certs: Certs
+) -> None:
+    # The chain is good (our CA signed it) but it names other.example, not 127.0.0.1.
+    url = f"rediss://{other_name_server.host_port}"
+    with pytest.raises(ConfigError, match="TLS certificate could not be verified"):
+        connect(ClientConfig(url=url, namespace=NS, ssl_ca_certs=str(certs.ca), connect_timeout=2))
 
 
 def test_tls_settings_from_env_and_cli(

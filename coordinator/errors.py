@@ -20,6 +20,8 @@ Users catch these and never redis-py's types: redis errors are translated where 
     ├── MembershipError             the coordinator refused a member
     │   ├── FencedError             the member's epoch is stale: drop everything and rejoin
     │   ├── UnknownMemberError      the member was evicted (session expired)
+    │   ├── PollIntervalExceededError  the application did not poll within
+    │   │                           max_poll_interval_ms: the member left; poll() rejoins
     │   └── DuplicateInstanceError  another live member holds the same static instance id
     ├── NotOwnerError               read/ack of a partition this member does not own
     ├── SerializationError          a value or header that cannot be encoded/decoded
@@ -123,6 +125,38 @@ class FencedError(MembershipError):
 
 class UnknownMemberError(MembershipError):
     """The member is not (or no longer) in the group; its session expired. Rejoin."""
+
+
+class PollIntervalExceededError(MembershipError):
+    """The application did not ask for records within ``max_poll_interval_ms``, so the member
+    left the group and its partitions went to other members (Kafka's ``max.poll.interval.ms``).
+
+    Raised once, by the first ``poll()``, iteration step or ``commit()`` after the member
+    left; that call has already started the rejoin. Records handed out before it are no
+    longer this member's: drop them unprocessed (their acks would be refused by the fence;
+    the partitions' new owners receive them again). Poll again to continue. If handlers
+    legitimately take this long, raise ``max_poll_interval_ms`` or lower
+    ``max_poll_records``.
+    """
+
+    retriable = True
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        member_id: str = "",
+        max_poll_interval_ms: int = 0,
+        idle_s: float = 0.0,
+        partitions: frozenset[tuple[str, int]] = frozenset(),
+    ) -> None:
+        super().__init__(message)
+        self.member_id = member_id
+        self.max_poll_interval_ms = max_poll_interval_ms
+        # How long the application had been away when the member left.
+        self.idle_s = idle_s
+        # (topic, partition) pairs the member gave up.
+        self.partitions = partitions
 
 
 class DuplicateInstanceError(MembershipError):

@@ -8,6 +8,8 @@ touches the server.
 from __future__ import annotations
 
 import os
+import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -204,6 +206,8 @@ class ProducerConfig:
 
 OFFSET_RESETS = ("earliest", "latest")
 FOREIGN_ENTRIES = ("deliver", "dead_letter")
+# Below this a consumer would leave its group between two records of a busy machine.
+MIN_POLL_INTERVAL_MS = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,9 +232,15 @@ class ConsumerConfig:
     # and h:*): "deliver" them (their data is in Record.fields) or "dead_letter" them with
     # reason "malformed".
     foreign_entries: str = "deliver"
+    # Longest the application may go without asking for records (poll(), an iteration step,
+    # commit()) before the member leaves the group and its partitions move to other members
+    # (Kafka's max.poll.interval.ms, same default). The session timeout detects a dead
+    # process; this detects a live one whose handler is stuck. Time spent waiting inside
+    # poll() does not count.
+    max_poll_interval_ms: int = 300_000
 
     def __post_init__(self) -> None:
-        for name in ("fetch_count", "max_poll_records", "block_ms"):
+        for name in ("fetch_count", "max_poll_records", "block_ms", "max_poll_interval_ms"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
@@ -243,11 +253,42 @@ class ConsumerConfig:
                 f"foreign_entries must be one of {', '.join(FOREIGN_ENTRIES)}, "
                 f"got {self.foreign_entries!r}"
             )
+        if self.max_poll_interval_ms < MIN_POLL_INTERVAL_MS:
+            raise ConfigError(
+                f"max_poll_interval_ms must be at least {MIN_POLL_INTERVAL_MS}, "
+                f"got {self.max_poll_interval_ms}"
+            )
         if self.auto_offset_reset not in OFFSET_RESETS:
             raise ConfigError(
                 f"auto_offset_reset must be one of {', '.join(OFFSET_RESETS)}, "
                 f"got {self.auto_offset_reset!r}"
             )
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str = "[consumer]") -> ConsumerConfig:
+        """Build from a TOML table such as ``[consumer]``; unknown keys are a ConfigError."""
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{where} must be a table")
+        return cls(**known_fields(cls, dict(data), where))
+
+    @classmethod
+    def from_toml(cls, path: str | Path, **overrides: Any) -> ConsumerConfig:
+        """The ``[consumer]`` table of a TOML config file (defaults if it has none), then
+        ``overrides`` whose value is not None (CLI flags win over the file)."""
+        try:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"{path}: invalid TOML: {err}") from None
+        cfg = cls.from_dict(data.get("consumer", {}), f"{path}: [consumer]")
+        return cfg.with_changes(**overrides)
+
+    def with_changes(self, **changes: Any) -> ConsumerConfig:
+        """A copy with the fields whose value is not None changed (validated again)."""
+        changes = {k: v for k, v in changes.items() if v is not None}
+        return replace(self, **known_fields(type(self), changes, "ConsumerConfig"))
 
     def check_against(self, client: ClientConfig) -> None:
         """Cross-check with the client: a blocking read must end well before its socket times

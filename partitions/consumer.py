@@ -6,6 +6,9 @@ Guarantees (see the invariants in DESIGN.md):
   member; once a partition moved on, this consumer neither receives its entries nor acks
   them (refused acks are counted in :attr:`Consumer.refused_acks`). A consumer whose session
   may have expired (it was paused) hands out nothing until its heartbeat thread caught up.
+* **Liveness**: the session detects a dead process, ``max_poll_interval_ms`` a live one
+  that stopped asking for records (a stuck handler): its heartbeat thread then gives its
+  partitions up at once, and the next ``poll()`` raises PollIntervalExceededError and rejoins.
 * **Order** (O): a partition's records come in id order; a new owner first redelivers what
   the previous owner left unacked, in id order, then new records.
 * **At least once, bounded duplicates** (L, D): a record is acked only after it was handed
@@ -112,7 +115,9 @@ class Consumer(RebalanceMixin):
             settings=group_settings,
         )
         self.member_id = member.member_id
-        self._runner = MemberRunner(member, Bridge(self))
+        self._runner = MemberRunner(
+            member, Bridge(self), max_poll_interval_ms=self.config.max_poll_interval_ms
+        )
         self._runner.start()
 
     # -- reading ----------------------------------------------------------------------------
@@ -120,24 +125,29 @@ class Consumer(RebalanceMixin):
         """Up to ``max_records`` records of owned partitions, waiting up to ``timeout`` s.
 
         With auto-commit, the records the previous poll returned are acked first (riding on
-        this poll's reads). Returns [] on timeout.
+        this poll's reads). Returns [] on timeout. Raises PollIntervalExceededError (once, then
+        rejoins) if the previous call returned more than ``max_poll_interval_ms`` ago.
         """
-        self._enter()
-        if self.config.auto_commit and self._handed:
-            self._confirm(self._handed)
-            self._handed = []
-        batch = self._take(max_records or self.config.max_poll_records, timeout)
-        if batch:
-            self._handed = batch
-        return batch
+        with self._runner.polling():
+            self._enter()
+            if self.config.auto_commit and self._handed:
+                self._confirm(self._handed)
+                self._handed = []
+            batch = self._take(max_records or self.config.max_poll_records, timeout)
+            if batch:
+                self._handed = batch
+            return batch
 
     def __iter__(self) -> Iterator[Record]:
         """Records one by one, forever (until close). With auto-commit a record is acked once
         the loop asks for the next one: leaving the loop (break, exception) leaves the last
-        record unacked, to be delivered again."""
+        record unacked, to be delivered again. A handler that keeps a record past
+        ``max_poll_interval_ms`` ends the loop with PollIntervalExceededError (iterate again
+        to continue: the member is rejoining)."""
         while not self._closed:
-            self._enter()
-            batch = self._take(1, self.config.block_ms / 1000)
+            with self._runner.polling():
+                self._enter()
+                batch = self._take(1, self.config.block_ms / 1000)
             if not batch:
                 continue
             rec = self._current = batch[0]
@@ -251,19 +261,21 @@ class Consumer(RebalanceMixin):
         """Ack ``records`` (default: every record handed out and not yet acked) now.
 
         Raises NotOwnerError if a partition moved on meanwhile (its records will be or were
-        redelivered to the new owner).
+        redelivered to the new owner), PollIntervalExceededError (nothing is acked) if the
+        member left the group because it did not poll within ``max_poll_interval_ms``.
         """
-        self._enter()
-        if records is None:
-            handed = self._handed + ([self._current] if self._current else [])
-            self._handed, self._current = [], None
-            self._confirm(handed)
-        else:
-            records = list(records)
-            if self._current is not None and self._current in records:
-                self._current = None
-            self._confirm(records)
-        refused = self._commit_acks()
+        with self._runner.polling():
+            self._enter()
+            if records is None:
+                handed = self._handed + ([self._current] if self._current else [])
+                self._handed, self._current = [], None
+                self._confirm(handed)
+            else:
+                records = list(records)
+                if self._current is not None and self._current in records:
+                    self._current = None
+                self._confirm(records)
+            refused = self._commit_acks()
         if refused:
             raise NotOwnerError(
                 f"commit refused for {', '.join(f'{t}/{p}' for t, p in refused)}: "

@@ -6,6 +6,9 @@ granted partition at once, then posts the event; a revocation waits (at most hal
 so the session it keeps alive never expires) until the consumer ran the user's
 ``on_partitions_revoked``, committed what was processed and released the fence: only then
 does the runner hand the partition back. A blocked ``XREAD`` is cut short with CLIENT UNBLOCK.
+
+A consumer that stopped polling for ``max_poll_interval_ms`` gets a plain "lost" event: the
+runner already released the fences and left, so the acks that event flushes are refused.
 """
 
 from __future__ import annotations

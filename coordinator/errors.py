@@ -12,6 +12,7 @@ Users catch these and never redis-py's types: redis errors are translated where 
     │   ├── ServerTooOldError       below Redis 7.0 / Valkey 7.2
     │   ├── EvictionPolicyError     maxmemory-policy could evict stream keys
     │   ├── ServerOutOfMemoryError  OOM on write (retriable once memory frees up)
+    │   ├── LibraryMissingError     partstream's server-side functions are not loaded there
     │   └── PermissionDeniedError   the ACL user may not run a command or touch a key
     ├── UnknownTopicError / TopicExistsError
     ├── UnknownGroupError
@@ -78,6 +79,11 @@ class ServerOutOfMemoryError(ServerError):
     """The server refused a write because it reached maxmemory (nothing was appended)."""
 
     retriable = True
+
+
+class LibraryMissingError(ServerError):
+    """The server has not loaded this version of partstream's functions, and this user may
+    not load them: run ``partstream functions load`` as an admin."""
 
 
 class PermissionDeniedError(ServerError):
@@ -220,4 +226,9 @@ def translate(err: Exception, context: str = "") -> PartstreamError:
         return WrongTypeError(f"{prefix}a key holds the wrong kind of value ({msg})")
     if msg.startswith("NOGROUP"):
         return StateLostError(f"{prefix}the consumer group or stream is gone ({msg})")
+    if "function not found" in msg.lower():
+        return LibraryMissingError(
+            f"{prefix}the server does not have this version of partstream's server-side "
+            f"functions ({msg}); load them as an admin: `partstream functions load`"
+        )
     return PartstreamError(f"{prefix}{msg}")

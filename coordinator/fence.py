@@ -19,8 +19,8 @@ from typing import Any
 import redis.exceptions as rex
 
 from coordinator.errors import translate
+from coordinator.functions import Functions
 from coordinator.keys import Keys
-from coordinator.scripts import Scripts
 
 
 def fence_value(member_id: str, token: int) -> str:
@@ -35,7 +35,7 @@ def claim_fence(
 
     Idempotent: claiming again with the same member and token returns True.
     """
-    reply = Scripts(client).call(
+    reply = Functions(client).call(
         "fence",
         [keys.fence(topic, partition)],
         ["claim", group, member_id, str(int(token))],
@@ -48,7 +48,7 @@ def release_fence(
     client: Any, keys: Keys, group: str, topic: str, partition: int, member_id: str, token: int
 ) -> bool:
     """Clear the fence only if it still holds this grant; False if someone newer holds it."""
-    reply = Scripts(client).call(
+    reply = Functions(client).call(
         "fence",
         [keys.fence(topic, partition)],
         ["release", group, member_id, str(int(token))],

@@ -17,7 +17,8 @@ table in :mod:`coordinator.keys`:
     every non-dangerous command on every key of the namespace ``{ns}:*``.
 
 Every role also gets the keyless commands a client needs to connect: PING, INFO (server
-version and features), TIME, SCRIPT LOAD, EVALSHA, CLIENT ID, and the cluster discovery
+version and features), TIME, FCALL / FCALL_RO (partstream's server-side functions, never
+SCRIPT or EVAL: no role can load or run code of its own), CLIENT ID, and the cluster discovery
 commands (CLUSTER SLOTS/SHARDS/NODES, COMMAND, ASKING, READONLY). A consumer also gets
 MULTI/EXEC/DISCARD/UNWATCH and WATCH on its fences (the fast fetch path) and CLIENT UNBLOCK
 (to wake its own blocking read on a rebalance). CONFIG is never granted (``CONFIG GET`` would
@@ -25,11 +26,11 @@ reveal ``requirepass``), so a producer or consumer cannot read ``maxmemory-polic
 eviction check is skipped for them (one refused CONFIG GET per connect shows in the ACL LOG);
 run it with the admin user.
 
-How this holds with scripts: the server checks every command a script runs against the
-caller's ACL, command and keys together, as if the caller had sent it. EVALSHA itself needs
+How this holds with functions: the server checks every command a function runs against the
+caller's ACL, command and keys together, as if the caller had sent it. FCALL itself needs
 read/write access to all the keys it declares, granted in the root selector (with no data
 command), while each data command is granted only in a selector naming the keys it may touch.
-So a consumer's script can XADD to a dead-letter stream but not to the topic stream.
+So a consumer's function can XADD to a dead-letter stream but not to the topic stream.
 
 Limits of Redis ACLs (documented, not fixable by rules): an ACL cannot name a *stream
 consumer group* (it is an argument, not a key) nor a hash field, so a consumer of topic T can
@@ -54,8 +55,8 @@ _BASE_COMMANDS = (
     "+info",
     "+time",
     "+client|id",
-    "+script|load",
-    "+evalsha",
+    "+fcall",
+    "+fcall_ro",
     "+cluster|slots",
     "+cluster|shards",
     "+cluster|nodes",
@@ -174,7 +175,7 @@ def acl_rules(
             "-@all",
             *_BASE_COMMANDS,
             *setinfo,
-            *streams,  # root keys: what EVALSHA append may declare
+            *streams,  # root keys: what FCALL append may declare
             *seqs,
             _selector(_PRODUCER_STREAM, *streams),
             _selector(_PRODUCER_SEQ, *seqs),
@@ -191,7 +192,6 @@ def acl_rules(
         "-@all",
         *_BASE_COMMANDS,
         *setinfo,
-        "+eval",  # Scripts.call falls back to EVAL after NOSCRIPT
         *_CONSUMER_TXN,
         # Wakes the consumer's own blocking XREAD on a rebalance. It could also unblock other
         # clients' blocking reads (they return early, nothing is lost); without it a

@@ -14,15 +14,15 @@ import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from coordinator.scripts import sha
+from coordinator.functions import function_name
 from partitions.connection import Connection
 from partitions.router import Router
 from partitions.topics import TopicMeta
 
 log = logging.getLogger("partstream.producer")
 
-_APPEND_SHA = sha("append").encode()
-_EVALSHA_HEAD = b"$7\r\nEVALSHA\r\n$40\r\n" + _APPEND_SHA + b"\r\n$1\r\n2\r\n"
+_APPEND = function_name("append").encode()
+_FCALL_HEAD = b"$5\r\nFCALL\r\n$%d\r\n%s\r\n$1\r\n2\r\n" % (len(_APPEND), _APPEND)
 # Header args between the two keys and the records: pid, seq, maxlen, retention_ms, safe, n.
 _HEADER_ARGS = 6
 
@@ -73,7 +73,7 @@ class Batch:
         keys = self.route.stream_keys[self.partition], self.route.seq_keys[self.partition]
         head = (
             b"*%d\r\n" % (5 + _HEADER_ARGS + self.nargs)
-            + _EVALSHA_HEAD
+            + _FCALL_HEAD
             + bulk(keys[0])
             + bulk(keys[1])
             + bulk(self.pid)

@@ -26,8 +26,8 @@ from coordinator.errors import (
     ServerTooOldError,
     translate,
 )
+from coordinator.functions import Functions
 from coordinator.keys import Keys
-from coordinator.scripts import Scripts
 from partitions.config import ClientConfig, redact_url
 
 log = logging.getLogger("partstream")
@@ -155,7 +155,8 @@ def check_eviction_policy(server: ServerInfo, strict: bool) -> None:
 
 
 class Connection:
-    """An open server: the redis client, its key names, scripts and detected features.
+    """An open server: the redis client, its key names, server-side functions and detected
+    features.
 
     Thread-safe: the underlying redis-py client keeps a connection pool.
     """
@@ -166,7 +167,7 @@ class Connection:
         self.url = url
         self.server = server
         self.keys = Keys(config.namespace)
-        self.scripts = Scripts(client)
+        self.functions = Functions(client)
 
     @property
     def is_cluster(self) -> bool:

@@ -30,7 +30,7 @@ import redis.exceptions as rex
 
 from coordinator.errors import ConnectionFailedError, NotOwnerError, StateLostError, translate
 from coordinator.fence import fence_value
-from coordinator.scripts import is_noscript, sha
+from coordinator.functions import function_name, is_missing
 from coordinator.types import TopicPartition
 from partitions.connection import Connection
 from partitions.nodes import is_redirect, pipeline_per_node
@@ -48,8 +48,8 @@ from partitions.records import (
 # of a partition is then simply "what the group has not acked", whoever read it, and a new
 # owner recovers it in id order.
 STREAM_CONSUMER = "partstream"
-_CONSUME = sha("consume")
-_SEEK = sha("seek")
+_CONSUME = function_name("consume")
+_SEEK = function_name("seek")
 
 
 class PartitionState:
@@ -98,8 +98,6 @@ class Fetcher:
         # with the next read of their partition, so they do not sit pending until reclaimed.
         self._unsent_acks: dict[TopicPartition, list[str]] = {}
         self._conn: Any = None  # a dedicated connection for WATCH/MULTI (fast path)
-        conn.scripts.load("consume")
-        conn.scripts.load("seek")
 
     # -- reads ----------------------------------------------------------------------------
     def fetch(
@@ -404,47 +402,41 @@ class Fetcher:
         refused.append((st, res))
 
     def _run(
-        self, calls: list[tuple[PartitionState, list[Any]]], digest: str, name: str, what: str
+        self, calls: list[tuple[PartitionState, list[Any]]], fname: str, name: str, what: str
     ) -> list[Any]:
-        """EVALSHA each call; on a cluster a call the cluster cannot serve right now (its
-        slot is mid-migration) gets its redirect error in place: it did not run."""
+        """FCALL each call in one pipeline (one per node on a cluster, where a call the
+        cluster cannot serve right now, its slot mid-migration, gets its redirect error in
+        place: it did not run). A server without the library gets it loaded, once."""
+        commands = [
+            (st.keys[0], ("FCALL", fname, len(_keys(st, name)), *_keys(st, name), *args))
+            for st, args in calls
+        ]
+        replies: list[Any]
         if self.conn.is_cluster:
-            return self._run_on_nodes(calls, digest, name, what)
+            replies = pipeline_per_node(self.conn, commands, on_missing=self._load_on)
+            for reply in replies:
+                if isinstance(reply, Exception) and not is_redirect(reply):
+                    raise translate(reply, what) from reply
+            return replies
         for attempt in (0, 1):
             pipe = self.client.pipeline(transaction=False)
-            for st, args in calls:
-                pipe.evalsha(
-                    digest, len(st.keys) if name == "consume" else 3, *_keys(st, name), *args
-                )
+            for _, command in commands:
+                pipe.execute_command(*command)
             try:
-                replies: list[Any] = pipe.execute(raise_on_error=False)
+                replies = pipe.execute(raise_on_error=False)
             except rex.RedisError as err:
                 raise translate(err, what) from err
             errors = [r for r in replies if isinstance(r, Exception)]
             if not errors:
                 return replies
-            if attempt == 0 and any(is_noscript(e) for e in errors):
-                self.conn.scripts.load(name)  # the server restarted or flushed its scripts
+            if attempt == 0 and any(is_missing(e) for e in errors):
+                self.conn.functions.load()  # a server restarted empty, or a new primary
                 continue
             raise translate(errors[0], what) from errors[0]
         raise AssertionError("unreachable")
 
-    def _run_on_nodes(
-        self, calls: list[tuple[PartitionState, list[Any]]], digest: str, name: str, what: str
-    ) -> list[Any]:
-        # One pipeline per node (a cluster pipeline refuses EVALSHA); every call touches the
-        # keys of one partition, hence one slot.
-        commands = [
-            (st.keys[0], ("EVALSHA", digest, len(_keys(st, name)), *_keys(st, name), *args))
-            for st, args in calls
-        ]
-        replies = pipeline_per_node(
-            self.conn, commands, on_noscript=lambda node: self.conn.scripts.load(name, node)
-        )
-        for reply in replies:
-            if isinstance(reply, Exception) and not is_redirect(reply):
-                raise translate(reply, what) from reply
-        return replies
+    def _load_on(self, node: Any) -> None:
+        self.conn.functions.load(node)
 
 
 def _keys(st: PartitionState, name: str) -> list[str]:

@@ -36,10 +36,11 @@ from coordinator.errors import (
     ClosedError,
     ConfigError,
     ConnectionFailedError,
+    LibraryMissingError,
     PartstreamError,
     translate,
 )
-from coordinator.scripts import is_noscript, source
+from coordinator.functions import is_missing
 from partitions.batch import Batch, RecordFuture, RecordMetadata, Route, bulk
 from partitions.config import ClientConfig, ProducerConfig
 from partitions.connection import Connection, connect
@@ -106,7 +107,6 @@ class Producer:
         self._batch_size = self.config.batch_size
         self._batch_bytes = 4 * 1024 * 1024
         self._max_bytes = self.config.max_record_bytes
-        self._load_script()
         # Partitions with a batch on the wire: a partition is never in two rounds at once, so
         # its batches are appended (and retried) strictly in order.
         self._inflight: set[tuple[str, int]] = set()
@@ -247,11 +247,12 @@ class Producer:
         return route
 
     def _load_script(self) -> None:
-        try:
-            # On a cluster, RedisCluster sends SCRIPT LOAD to every primary it knows.
-            self._conn.client.script_load(source("append"))
-        except rex.RedisError as err:
-            raise translate(err, "loading the append script") from err
+        client = self._conn.client
+        if self._conn.is_cluster:  # every primary it knows (a new or failed-over one lacks it)
+            for node in client.get_primaries():
+                self._conn.functions.load(client.get_redis_connection(node))
+        else:
+            self._conn.functions.load()
 
     def _wait_for_room(self) -> None:
         """Called with the lock held while the buffer is full."""
@@ -367,10 +368,13 @@ class Producer:
         return ids
 
     def _should_retry(self, batch: Batch, err: Exception) -> bool:
-        if is_noscript(err):
+        if is_missing(err):
             if self._conn.is_cluster:  # a node restarted, failed over or joined
                 self._conn.client.nodes_manager.initialize()
-            self._load_script()
+            try:
+                self._load_script()
+            except LibraryMissingError:
+                return False  # not ours to load: the batch fails, saying what to run
             return True  # not counted: nothing was executed
         if (
             isinstance(err, rex.ResponseError)

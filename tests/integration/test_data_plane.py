@@ -149,13 +149,13 @@ def test_idempotent_retry_is_not_duplicated(conn: Connection) -> None:
     key = conn.keys.stream("idem", 0)
     seq = conn.keys.seq("idem", 0)
     args = ["pid1", 1, 0, 0, 0, 2, 0, b"k", b"a", 0, b"k", b"b"]
-    first = conn.scripts.call("append", [key, seq], args)
-    again = conn.scripts.call("append", [key, seq], args)
+    first = conn.functions.call("append", [key, seq], args)
+    again = conn.functions.call("append", [key, seq], args)
     assert first[0] == 1 and again[0] == 2
     assert first[1:] == again[1:]  # the retry learns the original ids
     assert conn.client.xlen(key) == 2
     with pytest.raises(Exception, match="OUTOFSEQ"):
-        conn.scripts.call("append", [key, seq], ["pid1", 3, 0, 0, 0, 1, 0, b"k", b"c"])
+        conn.functions.call("append", [key, seq], ["pid1", 3, 0, 0, 0, 1, 0, b"k", b"c"])
     assert conn.client.xlen(key) == 2
 
 

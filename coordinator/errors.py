@@ -26,8 +26,10 @@ Users catch these and never redis-py's types: redis errors are translated where 
     │   └── DuplicateInstanceError  another live member holds the same static instance id
     ├── NotOwnerError               read/ack of a partition this member does not own
     ├── SerializationError          a value or header that cannot be encoded/decoded
-    │   └── RecordTooLargeError     a record over the configured size limit
+    │   ├── RecordTooLargeError     a record over the configured size limit
+    │   └── InvalidRecordError      a record's shape is over a fixed limit (header count)
     ├── BufferFullError             the producer's buffer stayed full past its timeout
+    ├── DeliveryTimeoutError        a record got no turn within delivery_timeout_ms (retriable)
     └── ClosedError                 the producer/consumer was used after close()
 """
 
@@ -181,8 +183,27 @@ class RecordTooLargeError(SerializationError):
     """A record is larger than the producer's ``max_record_bytes``."""
 
 
+class InvalidRecordError(SerializationError):
+    """A record's shape is outside a fixed limit, e.g. more than ``MAX_HEADERS`` headers.
+
+    Raised by ``send()`` before anything is queued; split the headers or move them into the
+    value.
+    """
+
+
 class BufferFullError(PartstreamError):
     """The producer's buffer stayed full for longer than its ``block_timeout``."""
+
+    retriable = True
+
+
+class DeliveryTimeoutError(PartstreamError):
+    """A record was not appended within the producer's ``delivery_timeout_ms``.
+
+    Raised on a future whose batch never got its turn (it waited behind an earlier batch of
+    its partition, or behind a backlog); a batch that was sent and failed carries its last
+    error instead. Nothing of the batch was appended.
+    """
 
     retriable = True
 

@@ -159,26 +159,51 @@ class ClientConfig:
 
 _PRODUCER_INT_FIELDS = ("batch_size", "buffer_records", "max_record_bytes", "retries")
 
+# The largest max_record_bytes accepted. One script call carries at most one record above the
+# producer's 4 MiB batch size (partitions.batch.MAX_BATCH_BYTES), so every call stays far below
+# the server's proto-max-bulk-len (512 MB) and client-query-buffer-limit (1 GB) defaults.
+MAX_RECORD_BYTES_LIMIT = 64 * 1024 * 1024
+
 
 @dataclass(frozen=True, slots=True)
 class ProducerConfig:
-    """Batching, back-pressure and retry settings of a :class:`~partitions.Producer`."""
+    """Batching, back-pressure and retry settings of a :class:`~partitions.Producer`.
+
+    The failure budget is a time, as in Kafka clients: a batch that meets a retriable error
+    (refused or broken connection, server restart or loading, failover, ``BUSY``,
+    ``TRYAGAIN``, ``OOM``) is sent again, after a back-off that doubles from
+    ``retry_backoff_ms`` up to ``retry_backoff_max_ms`` (Kafka's ``retry.backoff.ms`` and
+    ``retry.backoff.max.ms``), until ``delivery_timeout_ms`` (Kafka's ``delivery.timeout.ms``)
+    has passed since its first record was sent; only then do its futures fail, with the last
+    error. The defaults ride out a server restart or a failover. Order per partition and
+    idempotence hold across retries.
+    """
 
     # How long a record may wait for its batch to fill before it is sent.
     linger_ms: float = 5.0
-    # Records per partition batch (one script call appends a whole batch atomically).
+    # Records per partition batch (one script call appends a whole batch atomically). A batch
+    # is also closed before its records would pass 4 MiB, so a call stays small.
     batch_size: int = 1000
     # Records the producer may hold unsent before send() blocks (back-pressure).
     buffer_records: int = 200_000
     # Seconds send() blocks on a full buffer before BufferFullError; 0 = raise at once.
     block_timeout: float = 30.0
-    # A record (key + value + headers) larger than this raises RecordTooLargeError.
+    # A record (key + value + headers) larger than this raises RecordTooLargeError; at most
+    # 64 MiB. A record also has at most MAX_HEADERS (1,000) headers (InvalidRecordError).
     max_record_bytes: int = 1_048_576
     # Drop a retried batch's duplicates (server-side sequence check per producer id).
     idempotent: bool = True
-    # Attempts for a batch that failed with a retriable error before its futures fail.
-    retries: int = 5
+    # Upper bound on the time from send() to a future's outcome (Kafka's delivery.timeout.ms):
+    # retriable errors are retried until it runs out. At least linger_ms plus the client's
+    # socket timeout (checked when the producer starts), as Kafka requires.
+    delivery_timeout_ms: float = 120_000.0
+    # First wait before a batch is retried; doubled on each further failure of that batch (with
+    # +-20 % jitter) up to retry_backoff_max_ms.
     retry_backoff_ms: float = 100.0
+    retry_backoff_max_ms: float = 1_000.0
+    # Optional cap on attempts after the first, within delivery_timeout_ms. The default is
+    # Kafka's (2**31 - 1): the timeout decides.
+    retries: int = 2_147_483_647
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -190,6 +215,8 @@ class ProducerConfig:
                 raise ConfigError(f"{f.name} must be a number, got {value!r}")
             elif f.name in _PRODUCER_INT_FIELDS and not isinstance(value, int):
                 raise ConfigError(f"{f.name} must be an integer, got {value!r}")
+            elif value != value or value in (float("inf"), float("-inf")):
+                raise ConfigError(f"{f.name} must be a finite number, got {value!r}")
         if self.linger_ms < 0:
             raise ConfigError("linger_ms must be >= 0")
         if not 1 <= self.batch_size <= 100_000:
@@ -198,10 +225,33 @@ class ProducerConfig:
             raise ConfigError("buffer_records must be at least batch_size")
         if self.block_timeout < 0:
             raise ConfigError("block_timeout must be >= 0")
-        if not 1 <= self.max_record_bytes <= 512 * 1024 * 1024:
-            raise ConfigError("max_record_bytes must be between 1 byte and 512 MiB")
+        if not 1 <= self.max_record_bytes <= MAX_RECORD_BYTES_LIMIT:
+            raise ConfigError("max_record_bytes must be between 1 byte and 64 MiB")
         if self.retries < 0:
             raise ConfigError("retries must be >= 0")
+        if self.retry_backoff_ms < 0:
+            raise ConfigError("retry_backoff_ms must be >= 0")
+        if self.retry_backoff_max_ms < self.retry_backoff_ms:
+            raise ConfigError(
+                f"retry_backoff_max_ms ({self.retry_backoff_max_ms}) must be at least "
+                f"retry_backoff_ms ({self.retry_backoff_ms})"
+            )
+        if self.delivery_timeout_ms <= self.linger_ms:
+            raise ConfigError(
+                f"delivery_timeout_ms ({self.delivery_timeout_ms}) must be above linger_ms "
+                f"({self.linger_ms}): a record waits up to linger_ms before it is even sent"
+            )
+
+    def check_against(self, client: ClientConfig) -> None:
+        """Cross-check with the client, as Kafka checks ``delivery.timeout.ms >= linger.ms +
+        request.timeout.ms``: one attempt may take the socket timeout, so a shorter delivery
+        timeout could not be kept."""
+        floor = self.linger_ms + client.socket_timeout * 1000
+        if self.delivery_timeout_ms < floor:
+            raise ConfigError(
+                f"delivery_timeout_ms ({self.delivery_timeout_ms:.0f}) must be at least "
+                f"linger_ms + the socket timeout ({floor:.0f} ms)"
+            )
 
 
 OFFSET_RESETS = ("earliest", "latest")

@@ -6,14 +6,54 @@
 -- ARGV[3]  max length (0 = none)            retention by count, approximate (MAXLEN ~)
 -- ARGV[4]  retention ms (0 = none)          retention by age from server time (MINID ~)
 -- ARGV[5]  safe retention (1/0): never trim entries some group has not delivered or acked
--- ARGV[6]  number of records n
+-- ARGV[6]  number of records n (at least 1)
 -- ARGV[7..] per record either 0, key, value            (the common shape: fields key, value)
---           or f > 0, then f field/value args           (key, value, h:<name> ...)
+--           or f, then f field/value args            (key, value, h:<name> ...; f even, 2..4096)
 -- Returns  {1, id1, ..., idn}  appended
 --          {2, id1, ...}        duplicate of an already appended batch (ids of that batch)
--- Errors   OUTOFSEQ when the sequence skips ahead (a batch in between was lost).
+-- Errors   BADBATCH when the arguments are malformed (nothing is written);
+--          OUTOFSEQ when the sequence skips ahead (a batch in between was lost).
+-- All or nothing: every argument is checked before the first write, and nothing after the
+-- first write can fail: a wrong key type fails the HGET or the first XADD, and OOM is refused
+-- only at a script's first write.
+-- A redis.call error does not undo earlier writes, so an error reply from this script always
+-- means that nothing of the batch was written.
+local argv = ARGV
+local function bad(msg)
+  return redis.error_reply('BADBATCH ' .. msg .. ' (nothing written)')
+end
+-- A count as the server's own parsers take it (no sign, no leading zero), below 10^13.
+local function count(s)
+  return type(s) == 'string' and #s <= 13 and (s == '0' or string.match(s, '^[1-9]%d*$') ~= nil)
+end
+if not (count(argv[3]) and count(argv[4]) and count(argv[6])) then
+  return bad('max length, retention ms and record count must be integers below 10^13')
+end
+local pid, seq = argv[1], tonumber(argv[2])
+if pid ~= '' and not (count(argv[2]) and seq >= 1) then
+  return bad('the batch sequence must be a positive integer')
+end
+local n = tonumber(argv[6])
+if n < 1 then return bad('a batch has at least one record') end
+-- Field counts: unpack() below pushes f values on Lua's C stack (about 8,000 slots).
+local i = 7
+for r = 1, n do
+  local f = argv[i]
+  if f == '0' then
+    i = i + 3
+  else
+    local nf = tonumber(f)
+    if not nf or nf < 2 or nf > 4096 or nf % 2 ~= 0 then
+      return bad('record ' .. r .. ' has field count ' .. tostring(f) .. ' (want 0 or 2..4096, even)')
+    end
+    i = i + nf + 1
+  end
+end
+if i ~= #argv + 1 then
+  return bad(n .. ' records do not match the ' .. (#argv - 6) .. ' record arguments')
+end
+
 local stream, seqkey = KEYS[1], KEYS[2]
-local pid, seq = ARGV[1], tonumber(ARGV[2])
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
@@ -41,9 +81,8 @@ end
 
 -- The hot loop: locals instead of global/table lookups, a string test for the common form.
 local ids = {1}
-local n = tonumber(ARGV[6])
-local i = 7
-local call, argv = redis.call, ARGV
+local call = redis.call
+i = 7
 for r = 2, n + 1 do
   local f = argv[i]
   if f == '0' then
@@ -71,9 +110,11 @@ if pid ~= '' then
 end
 
 -- Retention. Without safe retention, plain approximate trims (whole radix-tree nodes, cheap).
-local maxlen, retention_ms, safe = tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5] == '1'
+-- Retention after age only if it reaches back past the epoch: a negative MINID is no id.
+local maxlen, retention_ms, safe = tonumber(argv[3]), tonumber(argv[4]), argv[5] == '1'
+if retention_ms >= now_ms then retention_ms = 0 end
 if not safe then
-  if maxlen > 0 then redis.call('XTRIM', stream, 'MAXLEN', '~', maxlen) end
+  if maxlen > 0 then redis.call('XTRIM', stream, 'MAXLEN', '~', argv[3]) end
   if retention_ms > 0 then redis.call('XTRIM', stream, 'MINID', '~', (now_ms - retention_ms) .. '-0') end
   return ids
 end

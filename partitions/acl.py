@@ -5,9 +5,12 @@
 table in :mod:`coordinator.keys`:
 
 ``producer`` (topics T)
-    append to T's partition streams and idempotence ``:seq`` hashes (through ``append.lua``,
-    or XADD directly), read T's metadata hash. Nothing else: no XREADGROUP/XACK, no other
-    topic, no group key, no dead-letter stream, no DEL.
+    append to T's partition streams (XADD only: the append function, or XADD directly;
+    retention rides on XADD's MAXLEN ~ / MINID ~), keep T's idempotence ``:seq`` hashes
+    (HGET/HSET/HLEN/HRANDFIELD/HDEL: check, record, forget day-old producers), read the
+    safe-retention cut in T's ``:groups`` hashes (HGET/EXISTS, read only) and T's metadata
+    (HGETALL). Nothing else: no XRANGE/XREADGROUP/XPENDING/XINFO (it cannot read the topic),
+    no XTRIM/DEL (it cannot shorten it), no other topic, no group key, no dead-letter stream.
 ``consumer`` (topics T, groups G)
     read, ack, claim and seek G's positions on T's partitions, write their fences and group
     marks, XADD to their dead-letter streams only, run G's coordinator scripts on
@@ -64,9 +67,13 @@ _BASE_COMMANDS = (
     "+asking",
     "+readonly",
 )
-# What append.lua (and a direct XADD) runs on a partition stream.
-_PRODUCER_STREAM = ("+xadd", "+xtrim", "+xrange", "+xlen", "+xinfo|groups", "+xpending")
+# What the append function (and a direct XADD) runs on a partition stream: only XADD, whose
+# MAXLEN ~ / MINID ~ options apply retention. A producer can neither read nor trim a topic.
+_PRODUCER_STREAM = ("+xadd",)
+# The idempotence sequences (append: check, record, forget producers silent for a day).
 _PRODUCER_SEQ = ("+hget", "+hset", "+hlen", "+hrandfield", "+hdel")
+# Safe retention: append reads the partition's "~cut" (read only; consumers write it).
+_PRODUCER_GROUPS = ("+hget", "+exists")
 # consume.lua, seek.lua and the idle XREAD on a partition stream.
 _CONSUMER_STREAM = (
     "+xreadgroup",
@@ -170,6 +177,7 @@ def acl_rules(
             raise ConfigError("a producer user takes no group")
         streams = [f"~{_stream(ns, t)}" for t in topics]
         seqs = [f"~{_stream(ns, t, ':seq')}" for t in topics]
+        marks = [f"~{_stream(ns, t, ':groups')}" for t in topics]
         return [
             *head,
             "-@all",
@@ -177,8 +185,10 @@ def acl_rules(
             *setinfo,
             *streams,  # root keys: what FCALL append may declare
             *seqs,
+            *marks,
             _selector(_PRODUCER_STREAM, *streams),
             _selector(_PRODUCER_SEQ, *seqs),
+            _selector(_PRODUCER_GROUPS, *(f"%R{m}" for m in marks)),
             _selector(["+hgetall"], *meta),
         ]
     if not groups:

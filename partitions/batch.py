@@ -32,7 +32,7 @@ log = logging.getLogger("partstream.producer")
 
 _ASKING = b"*1\r\n$6\r\nASKING\r\n"
 _APPEND = function_name("append").encode()
-_FCALL_HEAD = b"$5\r\nFCALL\r\n$%d\r\n%s\r\n$1\r\n2\r\n" % (len(_APPEND), _APPEND)
+_FCALL_HEAD = b"$5\r\nFCALL\r\n$%d\r\n%s\r\n$1\r\n3\r\n" % (len(_APPEND), _APPEND)
 # Header args between the two keys and the records: pid, seq, maxlen, retention_ms, safe, n.
 _HEADER_ARGS = 6
 # Encoded bytes of one batch's records: a batch is closed before a record would pass this.
@@ -94,12 +94,13 @@ class Batch:
 
     def packed(self) -> bytes:
         spec = self.route.meta.spec
-        keys = self.route.stream_keys[self.partition], self.route.seq_keys[self.partition]
+        route, p = self.route, self.partition
         head = (
-            b"*%d\r\n" % (5 + _HEADER_ARGS + self.nargs)
+            b"*%d\r\n" % (6 + _HEADER_ARGS + self.nargs)
             + _FCALL_HEAD
-            + bulk(keys[0])
-            + bulk(keys[1])
+            + bulk(route.stream_keys[p])
+            + bulk(route.seq_keys[p])
+            + bulk(route.groups_keys[p])
             + bulk(self.pid)
             + bulk(b"%d" % self.seq)
             + bulk(b"%d" % (spec.max_length or 0))
@@ -214,7 +215,9 @@ class RecordFuture:
 class Route:
     """Per-topic routing state cached by the producer."""
 
-    __slots__ = ("fetched", "meta", "modulo", "n", "router", "seq_keys", "stream_keys")
+    __slots__ = (
+        "fetched", "groups_keys", "meta", "modulo", "n", "router", "seq_keys", "stream_keys",
+    )  # fmt: skip
 
     def __init__(self, meta: TopicMeta, conn: Connection) -> None:
         self.meta = meta
@@ -224,4 +227,5 @@ class Route:
         k = conn.keys
         self.stream_keys = [k.stream(meta.name, p).encode() for p in range(self.n)]
         self.seq_keys = [k.seq(meta.name, p).encode() for p in range(self.n)]
+        self.groups_keys = [k.stream_groups(meta.name, p).encode() for p in range(self.n)]
         self.fetched = time.monotonic()

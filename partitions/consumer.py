@@ -49,7 +49,7 @@ from partitions.offsets import target_id
 from partitions.producer import METADATA_MAX_AGE_S
 from partitions.rebalance import Bridge, RebalanceMixin
 from partitions.records import Record
-from partitions.topics import TopicAdmin
+from partitions.topics import TopicAdmin, TopicSpec
 
 log = logging.getLogger("partstream.consumer")
 
@@ -83,10 +83,12 @@ class Consumer(RebalanceMixin):
         self.config.check_against(self._conn.config)
         self._client, self._keys = self._conn.client, self._conn.keys
         self._admin = TopicAdmin(self._conn)
-        counts = {name: self._admin.get(name).partitions for name in names}
+        metas = {name: self._admin.get(name) for name in names}
+        counts = {name: m.partitions for name, m in metas.items()}
         self.topics = tuple(names)
         # Partition counts as last read: a topic that grows is picked up within this age.
         self._counts = counts
+        self._retention = {name: _safe_retention(m.spec) for name, m in metas.items()}
         self._meta_at = time.monotonic() + METADATA_MAX_AGE_S
         start = "0" if self.config.auto_offset_reset == "earliest" else "$"
         self._fetcher = Fetcher(self._conn, fetch_count=self.config.fetch_count, start=start)
@@ -398,7 +400,11 @@ class Consumer(RebalanceMixin):
         """Re-read partition counts; a grown topic joins the group's assignment (the member
         sends the new counts with its next heartbeat, which the runner sends at once)."""
         self._meta_at = time.monotonic() + METADATA_MAX_AGE_S
-        counts = {name: self._admin.get(name).partitions for name in self.topics}
+        metas = {name: self._admin.get(name) for name in self.topics}
+        counts = {name: m.partitions for name, m in metas.items()}
+        self._retention = {name: _safe_retention(m.spec) for name, m in metas.items()}
+        for st in self._parts.values():
+            st.retention = self._retention[st.topic]
         if counts != self._counts:
             log.info("topic partitions changed %s -> %s", self._counts, counts)
             self._counts = counts
@@ -455,3 +461,10 @@ class Consumer(RebalanceMixin):
         if self._current is record:
             self._current = None
         self._handed = [r for r in self._handed if r is not record]
+
+
+def _safe_retention(spec: TopicSpec) -> str:
+    """consume.lua's retention argument: what safe retention keeps, or '' (none)."""
+    if not spec.safe_retention or not (spec.max_length or spec.retention_ms):
+        return ""
+    return f"{spec.max_length or 0} {spec.retention_ms or 0}"

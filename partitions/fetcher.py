@@ -57,7 +57,7 @@ class PartitionState:
 
     __slots__ = (
         "args", "cursor", "fence", "fence_bytes", "keys", "last_id", "next_reclaim", "partition",
-        "tail", "topic", "tp",
+        "retention", "tail", "topic", "tp",
     )  # fmt: skip
 
     def __init__(
@@ -81,6 +81,9 @@ class PartitionState:
         self.tail = ""  # last entry id seen by an empty fetch: where a blocking wait starts
         self.last_id: str | None = None  # last record handed out
         self.next_reclaim = 0.0
+        # "<max length> <retention ms>" of a safe-retention topic: its reclaim-time reads
+        # compute where producers may trim ("~cut"); '' = plain retention, nothing to compute.
+        self.retention = ""
 
 
 class Fetcher:
@@ -151,7 +154,7 @@ class Fetcher:
                 reclaim = reclaim_ms
                 st.next_reclaim = now + min(reclaim_ms / 4000, 5.0)
             args = ["read", *st.args, self.fetch_count, st.cursor, max_deliveries, reclaim]
-            calls.append((st, [*args, self.start, len(ids), *ids]))
+            calls.append((st, [*args, self.start, st.retention, len(ids), *ids]))
         replies = self._run(calls, _CONSUME, "consume", "reading partitions")
         records: list[Record] = []
         refused: list[tuple[PartitionState, FetchResult]] = []
@@ -161,7 +164,7 @@ class Fetcher:
             acks.pop(st.tp, None)
             res = fetch_result(st.topic, st.partition, reply)
             if res.status != 1:
-                self._refuse(st, res, int(call[11]), refused)
+                self._refuse(st, res, int(call[12]), refused)
                 continue
             st.cursor = res.cursor
             st.tail = res.tail

@@ -84,6 +84,7 @@ class RebalanceMixin:
     _listener: RebalanceListener | None
     _runner: MemberRunner
     _parts: dict[TopicPartition, PartitionState]
+    _retention: dict[str, str]
     _buf: list[Record]
     _pos: int
     _handed: list[Record]
@@ -149,9 +150,9 @@ class RebalanceMixin:
 
     def _assign(self, grants: dict[TopicPartition, Grant]) -> None:
         for tp, grant in grants.items():
-            self._parts[tp] = PartitionState(
-                self._conn, self.group, tp, self.member_id, grant.token
-            )
+            st = PartitionState(self._conn, self.group, tp, self.member_id, grant.token)
+            st.retention = self._retention.get(tp.topic, "")
+            self._parts[tp] = st
         if self._listener is not None and grants:
             self._listener.on_partitions_assigned(dict(grants))
 

@@ -93,13 +93,14 @@ def test_append_script_refuses_a_malformed_batch_before_writing(
 ) -> None:
     TopicAdmin(conn).create(TopicSpec("atom", 1))
     stream, seq = conn.keys.stream("atom", 0), conn.keys.seq("atom", 0)
+    groups = conn.keys.stream_groups("atom", 0)
     good = [[0, b"k", b"v%d" % i] for i in range(5)]
     with pytest.raises(Exception, match=r"BADBATCH .*nothing written"):
-        conn.functions.call("append", [stream, seq], _script_args("pidA", 1, [*good, bad]))
+        conn.functions.call("append", [stream, seq, groups], _script_args("pidA", 1, [*good, bad]))
     assert conn.client.xlen(stream) == 0
     assert not conn.client.exists(seq)
     # The refused call did not use up the sequence number: batch 1 is still expected.
-    ok = conn.functions.call("append", [stream, seq], _script_args("pidA", 1, good))
+    ok = conn.functions.call("append", [stream, seq, groups], _script_args("pidA", 1, good))
     assert ok[0] == 1 and conn.client.xlen(stream) == 5
 
 
@@ -119,8 +120,9 @@ def test_append_script_checks_its_header_arguments(
 ) -> None:
     TopicAdmin(conn).create(TopicSpec("hdrargs", 1))
     stream, seq = conn.keys.stream("hdrargs", 0), conn.keys.seq("hdrargs", 0)
+    groups = conn.keys.stream_groups("hdrargs", 0)
     with pytest.raises(Exception, match=f"BADBATCH .*{match}"):
-        conn.functions.call("append", [stream, seq], args)
+        conn.functions.call("append", [stream, seq, groups], args)
     assert not conn.client.exists(stream) and not conn.client.exists(seq)
 
 

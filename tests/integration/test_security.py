@@ -59,9 +59,12 @@ class AclSetup:
         return connect(self.config(user))
 
 
-@pytest.fixture(scope="module")
-def acl() -> Iterator[AclSetup]:
-    with own_server() as server:
+@pytest.fixture(scope="module", params=server_binaries() or ["none"], ids=lambda b: Path(b).name)
+def acl(request: pytest.FixtureRequest) -> Iterator[AclSetup]:
+    """Users of each role on a server the test starts: the machine's Redis 7 and Valkey."""
+    if request.param == "none":
+        missing("no redis-server or valkey-server binary")
+    with own_server(binary=request.param) as server:
         root: Any = redis.Redis(port=server.port)
         info = root.info("server")
         # CLIENT SETINFO exists from Redis 7.2 on (and in every Valkey).
@@ -72,7 +75,7 @@ def acl() -> Iterator[AclSetup]:
             "producer": acl_rules(
                 "producer",
                 user="producer",
-                topics=["orders"],
+                topics=["orders", "kept"],
                 namespace=NS,
                 password=PASSWORD,
                 client_setinfo=setinfo,
@@ -95,6 +98,7 @@ def acl() -> Iterator[AclSetup]:
             topics = TopicAdmin(admin)
             topics.create(TopicSpec("orders", 2))
             topics.create(TopicSpec("other", 1))
+            topics.create(TopicSpec("kept", 1, max_length=10, safe_retention=True))
             GroupAdmin(admin.client, admin.keys).create("billing", FAST)
             GroupAdmin(admin.client, admin.keys).create("audit", FAST)
         yield setup
@@ -119,10 +123,28 @@ def test_producer_appends_to_its_topic_and_nothing_else(acl: AclSetup) -> None:
             assert acl_denials(acl, "producer") == []
             with pytest.raises(PermissionDeniedError, match=r"ACL.*partstream acl print"):
                 p.send("other", "x")  # cannot even read the other topic's metadata
-        # Outside its rights even with raw commands: no reads as a group, no other topic, no
-        # DEL, no dead-letter stream, no group keys.
+        # Safe retention reads the partition's cut (read only), nothing more.
+        acl.root.execute_command("ACL", "LOG", "RESET")
+        with Producer(pc, ProducerConfig(linger_ms=1)) as p:
+            assert p.send("kept", "s").result(5).topic == "kept"
+        assert acl_denials(acl, "producer") == []
+        # Outside its rights even with raw commands: it can neither read nor trim its topic,
+        # no reads as a group, no other topic, no DEL, no dead-letter stream, no group keys,
+        # no code of its own (SCRIPT, EVAL, FUNCTION).
         stream = pc.keys.stream("orders", 0)
         refused = [
+            ("XTRIM", stream, "MAXLEN", "0"),
+            ("XRANGE", stream, "-", "+"),
+            ("XREVRANGE", stream, "+", "-"),
+            ("XLEN", stream),
+            ("XINFO", "GROUPS", stream),
+            ("XPENDING", stream, "billing"),
+            ("XREAD", "STREAMS", stream, "0"),
+            ("SCRIPT", "LOAD", "return 1"),
+            ("EVAL", "return 1", "0"),
+            ("EVAL", "while true do end", "0"),
+            ("FUNCTION", "LOAD", "#!lua name=evil\nredis.register_function('e', function() end)"),
+            ("HSET", pc.keys.stream_groups("orders", 0), "~cut", "9999999999999-0"),
             ("XREADGROUP", "GROUP", "billing", "c", "STREAMS", stream, ">"),
             ("XACK", stream, "billing", "0-1"),
             ("XGROUP", "CREATE", stream, "mine", "0"),
@@ -207,12 +229,17 @@ def test_consumer_reads_acks_and_dead_letters_its_group_only(acl: AclSetup) -> N
             ("XGROUP", "DESTROY", stream, "billing"),
             ("HGETALL", cc.keys.group_members("audit")),
             ("XREADGROUP", "GROUP", "g", "c", "STREAMS", cc.keys.stream("other", 0), ">"),
+            ("XRANGE", cc.keys.stream("other", 0), "-", "+"),
+            ("HSET", cc.keys.fence("other", 0), "billing", "x 1"),
             ("HSET", cc.keys.topic_meta("orders"), "partitions", "1"),
+            ("SCRIPT", "LOAD", "return 1"),
+            ("EVAL", "return 1", "0"),
+            ("FUNCTION", "LOAD", "#!lua name=evil\nredis.register_function('e', function() end)"),
         ]
         for cmd in refused:
             with pytest.raises(redis.exceptions.NoPermissionError):
                 cc.client.execute_command(*cmd)
-        # A script runs with the caller's rights: it cannot XADD to the topic stream either.
+        # No role may run code of its own, so it cannot XADD to the topic that way either.
         with pytest.raises(redis.exceptions.ResponseError) as err:
             cc.client.eval("return redis.call('XADD', KEYS[1], '*', 'k', 'v')", 1, stream)
         assert isinstance(translate(err.value), PermissionDeniedError)

@@ -165,7 +165,7 @@ class Functions:
 def loaded_versions(node: Any) -> list[str]:
     """The versions of partstream's library loaded on one node (a plain client)."""
     try:
-        libs = node.execute_command("FUNCTION", "LIST", "LIBRARYNAME", LIBRARY_PREFIX)
+        libs = node.execute_command("FUNCTION", "LIST", "LIBRARYNAME", LIBRARY_PREFIX + "*")
     except rex.RedisError as err:
         raise translate(err, "listing server-side functions") from err
     out = []

@@ -52,6 +52,13 @@ from coordinator.keys import DEFAULT_NAMESPACE, validate_name
 
 ROLES = ("producer", "consumer", "admin")
 
+# What no rule can do, said wherever rules are printed.
+ACL_LIMITS = (
+    "note: Redis ACLs name keys and commands, not consumer groups or hash fields: a consumer "
+    "of a topic can read, ack or move the positions of another group on that topic, and "
+    "overwrite its fence field. Isolate tenants by topic or by namespace, not by group."
+)
+
 # Keyless commands any partstream client runs (connect, version check, scripts, cluster).
 _BASE_COMMANDS = (
     "+ping",
@@ -225,4 +232,4 @@ def setuser_command(rules: Sequence[str]) -> str:
     return "ACL SETUSER " + shlex.join(rules)
 
 
-__all__ = ["ROLES", "acl_rules", "password_hash", "setuser_command"]
+__all__ = ["ACL_LIMITS", "ROLES", "acl_rules", "password_hash", "setuser_command"]

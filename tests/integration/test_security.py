@@ -24,9 +24,11 @@ from click.testing import CliRunner
 from coordinator.errors import (
     ConfigError,
     ConnectionFailedError,
+    LibraryMissingError,
     PermissionDeniedError,
     translate,
 )
+from coordinator.functions import library_name
 from coordinator.group import GroupAdmin
 from coordinator.settings import GroupSettings
 from partitions.acl import acl_rules
@@ -244,6 +246,22 @@ def test_consumer_reads_acks_and_dead_letters_its_group_only(acl: AclSetup) -> N
             cc.client.eval("return redis.call('XADD', KEYS[1], '*', 'k', 'v')", 1, stream)
         assert isinstance(translate(err.value), PermissionDeniedError)
     assert b"forged" not in str(acl.root.xrange(f"{NS}:t:{{orders:0}}")).encode()
+
+
+def test_users_who_may_not_load_the_library_are_told_what_to_run(acl: AclSetup) -> None:
+    acl.root.execute_command("FUNCTION", "DELETE", library_name())  # e.g. restarted empty
+    with acl.connect("consumer") as cc, pytest.raises(LibraryMissingError, match="functions load"):
+        Consumer("billing", "orders", conn=cc, group_settings=FAST)
+    quick = acl.config("producer").with_changes(socket_timeout=1.0)
+    with connect(quick) as pc, Producer(pc, ProducerConfig(delivery_timeout_ms=2000,
+                                                           linger_ms=1)) as p:  # fmt: skip
+        with pytest.raises(LibraryMissingError, match="functions load"):
+            p.send("orders", "x").result(10)
+    res = CliRunner().invoke(main, ["--url", acl.url("admin"), "--namespace", NS,
+                                    "functions", "load"])  # fmt: skip
+    assert res.exit_code == 0 and "loaded now" in res.output, res.output
+    with acl.connect("producer") as pc, Producer(pc, ProducerConfig(linger_ms=1)) as p:
+        assert p.send("orders", "y").result(10).topic == "orders"
 
 
 def test_admin_owns_the_namespace_and_nothing_dangerous(acl: AclSetup) -> None:

@@ -253,10 +253,13 @@ def test_users_who_may_not_load_the_library_are_told_what_to_run(acl: AclSetup) 
     with acl.connect("consumer") as cc, pytest.raises(LibraryMissingError, match="functions load"):
         Consumer("billing", "orders", conn=cc, group_settings=FAST)
     quick = acl.config("producer").with_changes(socket_timeout=1.0)
-    with connect(quick) as pc, Producer(pc, ProducerConfig(delivery_timeout_ms=2000,
-                                                           linger_ms=1)) as p:  # fmt: skip
-        with pytest.raises(LibraryMissingError, match="functions load"):
-            p.send("orders", "x").result(10)
+    short = ProducerConfig(delivery_timeout_ms=2000, linger_ms=1)
+    with (
+        connect(quick) as pc,
+        Producer(pc, short) as p,
+        pytest.raises(LibraryMissingError, match="functions load"),
+    ):
+        p.send("orders", "x").result(10)
     res = CliRunner().invoke(main, ["--url", acl.url("admin"), "--namespace", NS,
                                     "functions", "load"])  # fmt: skip
     assert res.exit_code == 0 and "loaded now" in res.output, res.output

@@ -81,29 +81,31 @@ _PRODUCER_STREAM = ("+xadd",)
 _PRODUCER_SEQ = ("+hget", "+hset", "+hlen", "+hrandfield", "+hdel")
 # Safe retention: append reads the partition's "~cut" (read only; consumers write it).
 _PRODUCER_GROUPS = ("+hget", "+exists")
-# consume.lua, seek.lua and the idle XREAD on a partition stream.
+# A consumer on its topic's partition streams, and the code path that sends each command:
 _CONSUMER_STREAM = (
-    "+xreadgroup",
-    "+xread",
-    "+xack",
-    "+xpending",
-    "+xclaim",
-    "+xautoclaim",
-    "+xrange",
-    "+xrevrange",
-    "+xlen",
-    "+xinfo|groups",
-    "+xinfo|stream",
-    "+xgroup|create",
-    "+xgroup|setid",
-    "+exists",
+    "+xreadgroup",  # the fast fetch path (MULTI/EXEC) and the consume function's read
+    "+xread",  # the idle wait for new entries (XREAD BLOCK, on a cluster one XREAD per node)
+    "+xack",  # acks riding on the fast path, the consume function's read/ack/hand/dead
+    "+xpending",  # consume: takeover recovery, reclaim, retry/dead checks, the retention cut
+    "+xclaim",  # consume: recording a recovered record's hand-out, a retry's delivery count
+    "+xrange",  # consume: a recovered entry's payload, a dead letter's copy, the cut's page
+    "+xrevrange",  # consume: a partition's tail when a read found nothing new
+    "+xlen",  # consume: the retention cut (how far past max_length the stream is)
+    "+xinfo|groups",  # consume: the cut (every group's position); seek: the group's position
+    "+xgroup|create",  # consume: a group's first read of a partition; seek (create=1)
+    "+xgroup|setid",  # seek (Consumer.seek, group seek as the owner)
+    "+exists",  # consume: stream or group gone (state lost)
 )
-# fence.lua, the group marks of consume.lua/seek.lua, and the fast path's WATCH of fences.
+# The partition's fence and groups hashes: fence claim/release (HGET/HSET/HDEL), the
+# consume/seek functions' group marks, reclaim requests and "~cut" (HGET/HSET/HDEL/HEXISTS),
+# and the fast path's WATCH of the fences.
 _CONSUMER_FENCE = ("+hget", "+hset", "+hdel", "+hexists", "+watch")
-# The fast fetch path: WATCH fences, then MULTI / XACK / XREADGROUP / EXEC.
+# The fast fetch path: WATCH fences, then MULTI / XACK / XREADGROUP / EXEC (UNWATCH when a
+# fence moved, DISCARD never sent but part of the same transaction family).
 _CONSUMER_TXN = ("+multi", "+exec", "+discard", "+unwatch")
-# member.lua and the describe/assign operations of admin.lua on the group's keys (assign
-# replaces the target hash with DEL + HSET; a join first checks every key's TYPE).
+# The member and admin functions on the group's coordinator keys: join checks every key's
+# TYPE, assign replaces the target hash (DEL + HSET), the group bootstrap uses HSETNX and
+# HINCRBY, describe reads with HGETALL/HVALS, heartbeats and evictions use the hb zset.
 _CONSUMER_GROUP = (
     "+type",
     "+del",

@@ -105,8 +105,8 @@ def test_coordinator_scripts_at_200_members_1024_partitions(conn: Connection) ->
     ]  # fmt: skip
 
     def join_leave() -> None:
-        conn.scripts.call("member", keys, raw_join)
-        conn.scripts.call("member", keys, ["leave", "extra", 0, "0"])
+        conn.functions.call("member", keys, raw_join)
+        conn.functions.call("member", keys, ["leave", "extra", 0, "0"])
 
     worst["join+leave"] = report("join + leave scripts (2 calls)", timed(join_leave, 100))
     admin = GroupAdmin(conn.client, conn.keys)
@@ -115,7 +115,7 @@ def test_coordinator_scripts_at_200_members_1024_partitions(conn: Connection) ->
     )
     worst["describe script"] = report(
         "describe script alone (no parsing)",
-        timed(lambda: conn.scripts.call("admin", keys, ["describe"]), 50),
+        timed(lambda: conn.functions.call("admin", keys, ["describe"]), 50),
     )
     d = admin.describe("big")
     epoch = d.epoch
@@ -125,7 +125,7 @@ def test_coordinator_scripts_at_200_members_1024_partitions(conn: Connection) ->
 
     def cas_only() -> None:
         conn.client.hset(conn.keys.group_state("big"), "target_epoch", 0)
-        assert conn.scripts.call("admin", keys, cas_args) == [b"OK"]
+        assert conn.functions.call("admin", keys, cas_args) == [b"OK"]
 
     worst["assign script"] = report("assign (CAS) script alone", timed(cas_only, 20))
 

@@ -12,6 +12,7 @@ Users catch these and never redis-py's types: redis errors are translated where 
     │   ├── ServerTooOldError       below Redis 7.0 / Valkey 7.2
     │   ├── EvictionPolicyError     maxmemory-policy could evict stream keys
     │   ├── ServerOutOfMemoryError  OOM on write (retriable once memory frees up)
+    │   ├── LibraryMissingError     partstream's server-side functions are not loaded there
     │   └── PermissionDeniedError   the ACL user may not run a command or touch a key
     ├── UnknownTopicError / TopicExistsError
     ├── UnknownGroupError
@@ -21,11 +22,15 @@ Users catch these and never redis-py's types: redis errors are translated where 
     ├── MembershipError             the coordinator refused a member
     │   ├── FencedError             the member's epoch is stale: drop everything and rejoin
     │   ├── UnknownMemberError      the member was evicted (session expired)
+    │   ├── PollIntervalExceededError  the application did not poll within
+    │   │                           max_poll_interval_ms: the member left; poll() rejoins
     │   └── DuplicateInstanceError  another live member holds the same static instance id
     ├── NotOwnerError               read/ack of a partition this member does not own
     ├── SerializationError          a value or header that cannot be encoded/decoded
-    │   └── RecordTooLargeError     a record over the configured size limit
+    │   ├── RecordTooLargeError     a record over the configured size limit
+    │   └── InvalidRecordError      a record's shape is over a fixed limit (header count)
     ├── BufferFullError             the producer's buffer stayed full past its timeout
+    ├── DeliveryTimeoutError        a record got no turn within delivery_timeout_ms (retriable)
     └── ClosedError                 the producer/consumer was used after close()
 """
 
@@ -77,6 +82,11 @@ class ServerOutOfMemoryError(ServerError):
     """The server refused a write because it reached maxmemory (nothing was appended)."""
 
     retriable = True
+
+
+class LibraryMissingError(ServerError):
+    """The server has not loaded this version of partstream's functions, and this user may
+    not load them: run ``partstream functions load`` as an admin."""
 
 
 class PermissionDeniedError(ServerError):
@@ -138,6 +148,38 @@ class UnknownMemberError(MembershipError):
     """The member is not (or no longer) in the group; its session expired. Rejoin."""
 
 
+class PollIntervalExceededError(MembershipError):
+    """The application did not ask for records within ``max_poll_interval_ms``, so the member
+    left the group and its partitions went to other members (Kafka's ``max.poll.interval.ms``).
+
+    Raised once, by the first ``poll()``, iteration step or ``commit()`` after the member
+    left; that call has already started the rejoin. Records handed out before it are no
+    longer this member's: drop them unprocessed (their acks would be refused by the fence;
+    the partitions' new owners receive them again). Poll again to continue. If handlers
+    legitimately take this long, raise ``max_poll_interval_ms`` or lower
+    ``max_poll_records``.
+    """
+
+    retriable = True
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        member_id: str = "",
+        max_poll_interval_ms: int = 0,
+        idle_s: float = 0.0,
+        partitions: frozenset[tuple[str, int]] = frozenset(),
+    ) -> None:
+        super().__init__(message)
+        self.member_id = member_id
+        self.max_poll_interval_ms = max_poll_interval_ms
+        # How long the application had been away when the member left.
+        self.idle_s = idle_s
+        # (topic, partition) pairs the member gave up.
+        self.partitions = partitions
+
+
 class DuplicateInstanceError(MembershipError):
     """Another live member already uses this static instance id."""
 
@@ -154,8 +196,27 @@ class RecordTooLargeError(SerializationError):
     """A record is larger than the producer's ``max_record_bytes``."""
 
 
+class InvalidRecordError(SerializationError):
+    """A record's shape is outside a fixed limit, e.g. more than ``MAX_HEADERS`` headers.
+
+    Raised by ``send()`` before anything is queued; split the headers or move them into the
+    value.
+    """
+
+
 class BufferFullError(PartstreamError):
     """The producer's buffer stayed full for longer than its ``block_timeout``."""
+
+    retriable = True
+
+
+class DeliveryTimeoutError(PartstreamError):
+    """A record was not appended within the producer's ``delivery_timeout_ms``.
+
+    Raised on a future whose batch never got its turn (it waited behind an earlier batch of
+    its partition, or behind a backlog); a batch that was sent and failed carries its last
+    error instead. Nothing of the batch was appended.
+    """
 
     retriable = True
 
@@ -199,4 +260,9 @@ def translate(err: Exception, context: str = "") -> PartstreamError:
         return WrongTypeError(f"{prefix}a key holds the wrong kind of value ({msg})")
     if msg.startswith("NOGROUP"):
         return StateLostError(f"{prefix}the consumer group or stream is gone ({msg})")
+    if "function not found" in msg.lower():
+        return LibraryMissingError(
+            f"{prefix}the server does not have this version of partstream's server-side "
+            f"functions ({msg}); load them as an admin: `partstream functions load`"
+        )
     return PartstreamError(f"{prefix}{msg}")

@@ -20,8 +20,8 @@ import redis.exceptions as rex
 
 from coordinator.durability import Durability
 from coordinator.errors import translate
+from coordinator.functions import Functions
 from coordinator.keys import Keys
-from coordinator.scripts import Scripts
 
 
 def fence_value(member_id: str, token: int) -> str:
@@ -45,7 +45,7 @@ def claim_fence(
     Idempotent: claiming again with the same member and token returns True. With the
     group's ``durability`` it returns once the claim is on enough replicas.
     """
-    reply = Scripts(client).call(
+    reply = Functions(client).call(
         "fence",
         [keys.fence(topic, partition)],
         ["claim", group, member_id, str(int(token))],
@@ -67,7 +67,7 @@ def release_fence(
     durability: Durability | None = None,
 ) -> bool:
     """Clear the fence only if it still holds this grant; False if someone newer holds it."""
-    reply = Scripts(client).call(
+    reply = Functions(client).call(
         "fence",
         [keys.fence(topic, partition)],
         ["release", group, member_id, str(int(token))],

@@ -12,9 +12,9 @@ import redis.exceptions as rex
 
 from coordinator.durability import Durability
 from coordinator.errors import ConfigError, UnknownGroupError, translate
+from coordinator.functions import Functions
 from coordinator.keys import Keys, validate_name
 from coordinator.records import GroupDescription, parse_describe, raise_for_status
-from coordinator.scripts import Scripts
 from coordinator.settings import GroupSettings
 
 
@@ -28,10 +28,10 @@ class GroupAdmin:
     def __init__(self, client: Any, keys: Keys) -> None:
         self.client = client
         self.keys = keys
-        self.scripts = Scripts(client)
+        self.functions = Functions(client)
 
     def _admin(self, group: str, *args: Any, durability: Durability | None = None) -> list[Any]:
-        reply: list[Any] = self.scripts.call(
+        reply: list[Any] = self.functions.call(
             "admin",
             self.keys.group_keys(group),
             list(args),
@@ -109,7 +109,7 @@ class GroupAdmin:
         """
         validate_name(group, "group")
         topics = self._topics(group)
-        reply: list[Any] = self.scripts.call(
+        reply: list[Any] = self.functions.call(
             "admin", self.keys.group_keys(group), ["delete", "1" if force else "0"]
         )
         code = _s(reply[1]) if _s(reply[0]) == "ERR" else ""

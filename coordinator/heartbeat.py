@@ -1,4 +1,5 @@
-"""Heartbeat timing: when the next heartbeat is due and when the session must be presumed lost.
+"""Heartbeat timing: when the next heartbeat is due, when the session must be presumed lost,
+and (:class:`PollTimer`) when the application stopped asking for records.
 
 Pure bookkeeping over an injectable monotonic clock (seconds), like kafka-python's
 ``coordinator/heartbeat.py``: no I/O, no threads. The server decides expiry with its own
@@ -86,3 +87,51 @@ class Heartbeat:
     def session_expired(self, margin: float = 0.0) -> bool:
         """True once the session may be lost (``margin`` seconds early): stop reading."""
         return self.clock() >= self.session_deadline() - margin
+
+
+class PollTimer:
+    """When the application last asked for records, and whether it has been away too long.
+
+    Kafka's ``max.poll.interval.ms``: the heartbeat thread proves the *process* is alive, this
+    proves the *application* still consumes. Each request for records (a ``poll()``, an
+    iteration step, a ``commit()``) is bracketed by :meth:`begin` and :meth:`end`; time spent
+    inside one (waiting for data) never counts, so a long ``poll(timeout)`` on a quiet topic is
+    not mistaken for a stuck handler. The interval runs from the end of the last request.
+    Not thread-safe: guard it with the caller's lock.
+    """
+
+    def __init__(self, max_interval_ms: int, *, clock: Clock = time.monotonic) -> None:
+        self.clock = clock
+        self.max_interval_ms = max_interval_ms
+        self.max_interval = max_interval_ms / 1000
+        self.last_poll = clock()
+        self.active = 0  # requests in progress (several threads may poll one consumer shell)
+
+    def begin(self) -> None:
+        """A request for records starts: the interval stops running."""
+        self.active += 1
+        self.last_poll = self.clock()
+
+    def end(self) -> None:
+        """A request for records returned: the interval starts again from now."""
+        self.active = max(0, self.active - 1)
+        self.last_poll = self.clock()
+
+    def reset(self) -> None:
+        """The application is back after the interval expired: start it again from now."""
+        self.active = 0
+        self.last_poll = self.clock()
+
+    def since_poll(self) -> float:
+        """Seconds since the last request for records returned (0 while one is in progress)."""
+        return 0.0 if self.active else max(0.0, self.clock() - self.last_poll)
+
+    def time_to_expiry(self) -> float:
+        """Seconds until the interval expires (inf while a request is in progress)."""
+        if self.active:
+            return float("inf")
+        return max(0.0, self.last_poll + self.max_interval - self.clock())
+
+    def expired(self) -> bool:
+        """True once no request for records was in progress or made for the whole interval."""
+        return not self.active and self.clock() >= self.last_poll + self.max_interval

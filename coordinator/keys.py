@@ -17,8 +17,9 @@ key                                   type    contents / written by
                                               and ack this partition for each group /
                                               the owning consumer (fence.lua claim/release;
                                               read/ack scripts compare the exact string)
-{ns}:t:{<topic>:<p>}:seq              hash    producer id -> last appended batch sequence,
-                                              the idempotence fallback / append.lua
+{ns}:t:{<topic>:<p>}:seq              hash    producer id -> "seq first_id last_id ms" of
+                                              its last appended batch (the idempotence
+                                              fallback) / append.lua
 {ns}:t:{<topic>:<p>}:dlq              stream  dead letters of this partition: fields dlq.topic,
                                               dlq.partition, dlq.id, dlq.group,
                                               dlq.deliveries, dlq.reason + the original
@@ -31,7 +32,10 @@ key                                   type    contents / written by
                                               "<group>:reclaim" -> min idle ms: a "reclaim
                                               stuck entries now" request (':' is never in
                                               a name) / offsets.reclaim_now writes it, the
-                                              owner's consume.lua read serves and clears it
+                                              owner's consume.lua read serves and clears it.
+                                              "~cut" -> id: safe retention trims below it /
+                                              consume.lua (reclaim-time reads), cleared by a
+                                              new group or a seek; append.lua reads it
 {ns}:groups                           set     group names / GroupAdmin.create, Member.join
                                               (client side: another slot than the group)
 {ns}:g:{<group>}:cfg                  hash    GroupSettings fields (assignor, session and

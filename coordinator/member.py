@@ -21,9 +21,9 @@ import redis.exceptions as rex
 from coordinator.assignors import assign
 from coordinator.durability import Durability
 from coordinator.errors import ConfigError, MembershipError, UnknownMemberError, translate
+from coordinator.functions import Functions
 from coordinator.keys import Keys, validate_name
 from coordinator.records import HeartbeatResult, parse_describe, parse_member_reply
-from coordinator.scripts import Scripts
 from coordinator.settings import GroupSettings
 from coordinator.types import MemberSubscription, TopicPartition, join_partitions
 
@@ -71,7 +71,7 @@ class Member:
         self._topics = dict(topics)
         self._spec = topics_spec(self._topics)
         self._spec_dirty = False
-        self._scripts = Scripts(client)
+        self._functions = Functions(client)
         self._lock = threading.RLock()
         self._epoch: int | None = None
         # Once joined, a rejoin must find the group: a vanished group is lost state.
@@ -105,7 +105,7 @@ class Member:
         return s.heartbeat_interval_ms
 
     def _call(self, *args: Any) -> HeartbeatResult:
-        reply = self._scripts.call(
+        reply = self._functions.call(
             "member",
             self.keys.group_keys(self.group),
             list(args),
@@ -175,7 +175,7 @@ class Member:
         """Leave the group. ``temporary`` (static members only) keeps the partitions reserved
         for this instance id until the session timeout; otherwise they move now."""
         with self._lock:
-            self._scripts.call(
+            self._functions.call(
                 "member",
                 self.keys.group_keys(self.group),
                 ["leave", self.member_id, self._epoch or 0, "1" if temporary else "0"],
@@ -188,7 +188,7 @@ class Member:
 
     def compute_target(self, epoch: int) -> bool:
         """Compute the target at group ``epoch`` and CAS it; True if a target now exists there."""
-        reply = self._scripts.call(
+        reply = self._functions.call(
             "admin", self.keys.group_keys(self.group), ["describe"], context="describe"
         )
         desc = parse_describe(reply, self.group)
@@ -204,7 +204,7 @@ class Member:
         args: list[Any] = ["assign", desc.epoch]
         for member_id in sorted(target):
             args += [member_id, join_partitions(target[member_id])]
-        reply = self._scripts.call(
+        reply = self._functions.call(
             "admin",
             self.keys.group_keys(self.group),
             args,

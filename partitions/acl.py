@@ -5,9 +5,12 @@
 table in :mod:`coordinator.keys`:
 
 ``producer`` (topics T)
-    append to T's partition streams and idempotence ``:seq`` hashes (through ``append.lua``,
-    or XADD directly), read T's metadata hash. Nothing else: no XREADGROUP/XACK, no other
-    topic, no group key, no dead-letter stream, no DEL.
+    append to T's partition streams (XADD only: the append function, or XADD directly;
+    retention rides on XADD's MAXLEN ~ / MINID ~), keep T's idempotence ``:seq`` hashes
+    (HGET/HSET/HLEN/HRANDFIELD/HDEL: check, record, forget day-old producers), read the
+    safe-retention cut in T's ``:groups`` hashes (HGET/EXISTS, read only) and T's metadata
+    (HGETALL). Nothing else: no XRANGE/XREADGROUP/XPENDING/XINFO (it cannot read the topic),
+    no XTRIM/DEL (it cannot shorten it), no other topic, no group key, no dead-letter stream.
 ``consumer`` (topics T, groups G)
     read, ack, claim and seek G's positions on T's partitions, write their fences and group
     marks, XADD to their dead-letter streams only, run G's coordinator scripts on
@@ -17,7 +20,8 @@ table in :mod:`coordinator.keys`:
     every non-dangerous command on every key of the namespace ``{ns}:*``.
 
 Every role also gets the keyless commands a client needs to connect: PING, INFO (server
-version and features), TIME, SCRIPT LOAD, EVALSHA, CLIENT ID, and the cluster discovery
+version and features), TIME, FCALL / FCALL_RO (partstream's server-side functions, never
+SCRIPT or EVAL: no role can load or run code of its own), CLIENT ID, and the cluster discovery
 commands (CLUSTER SLOTS/SHARDS/NODES, COMMAND, ASKING, READONLY). A consumer also gets
 MULTI/EXEC/DISCARD/UNWATCH and WATCH on its fences (the fast fetch path) and CLIENT UNBLOCK
 (to wake its own blocking read on a rebalance). CONFIG is never granted (``CONFIG GET`` would
@@ -25,11 +29,11 @@ reveal ``requirepass``), so a producer or consumer cannot read ``maxmemory-polic
 eviction check is skipped for them (one refused CONFIG GET per connect shows in the ACL LOG);
 run it with the admin user.
 
-How this holds with scripts: the server checks every command a script runs against the
-caller's ACL, command and keys together, as if the caller had sent it. EVALSHA itself needs
+How this holds with functions: the server checks every command a function runs against the
+caller's ACL, command and keys together, as if the caller had sent it. FCALL itself needs
 read/write access to all the keys it declares, granted in the root selector (with no data
 command), while each data command is granted only in a selector naming the keys it may touch.
-So a consumer's script can XADD to a dead-letter stream but not to the topic stream.
+So a consumer's function can XADD to a dead-letter stream but not to the topic stream.
 
 Limits of Redis ACLs (documented, not fixable by rules): an ACL cannot name a *stream
 consumer group* (it is an argument, not a key) nor a hash field, so a consumer of topic T can
@@ -48,14 +52,21 @@ from coordinator.keys import DEFAULT_NAMESPACE, validate_name
 
 ROLES = ("producer", "consumer", "admin")
 
+# What no rule can do, said wherever rules are printed.
+ACL_LIMITS = (
+    "note: Redis ACLs name keys and commands, not consumer groups or hash fields: a consumer "
+    "of a topic can read, ack or move the positions of another group on that topic, and "
+    "overwrite its fence field. Isolate tenants by topic or by namespace, not by group."
+)
+
 # Keyless commands any partstream client runs (connect, version check, scripts, cluster).
 _BASE_COMMANDS = (
     "+ping",
     "+info",
     "+time",
     "+client|id",
-    "+script|load",
-    "+evalsha",
+    "+fcall",
+    "+fcall_ro",
     "+cluster|slots",
     "+cluster|shards",
     "+cluster|nodes",
@@ -63,32 +74,38 @@ _BASE_COMMANDS = (
     "+asking",
     "+readonly",
 )
-# What append.lua (and a direct XADD) runs on a partition stream.
-_PRODUCER_STREAM = ("+xadd", "+xtrim", "+xrange", "+xlen", "+xinfo|groups", "+xpending")
+# What the append function (and a direct XADD) runs on a partition stream: only XADD, whose
+# MAXLEN ~ / MINID ~ options apply retention. A producer can neither read nor trim a topic.
+_PRODUCER_STREAM = ("+xadd",)
+# The idempotence sequences (append: check, record, forget producers silent for a day).
 _PRODUCER_SEQ = ("+hget", "+hset", "+hlen", "+hrandfield", "+hdel")
-# consume.lua, seek.lua and the idle XREAD on a partition stream.
+# Safe retention: append reads the partition's "~cut" (read only; consumers write it).
+_PRODUCER_GROUPS = ("+hget", "+exists")
+# A consumer on its topic's partition streams, and the code path that sends each command:
 _CONSUMER_STREAM = (
-    "+xreadgroup",
-    "+xread",
-    "+xack",
-    "+xpending",
-    "+xclaim",
-    "+xautoclaim",
-    "+xrange",
-    "+xrevrange",
-    "+xlen",
-    "+xinfo|groups",
-    "+xinfo|stream",
-    "+xgroup|create",
-    "+xgroup|setid",
-    "+exists",
+    "+xreadgroup",  # the fast fetch path (MULTI/EXEC) and the consume function's read
+    "+xread",  # the idle wait for new entries (XREAD BLOCK, on a cluster one XREAD per node)
+    "+xack",  # acks riding on the fast path, the consume function's read/ack/hand/dead
+    "+xpending",  # consume: takeover recovery, reclaim, retry/dead checks, the retention cut
+    "+xclaim",  # consume: recording a recovered record's hand-out, a retry's delivery count
+    "+xrange",  # consume: a recovered entry's payload, a dead letter's copy, the cut's page
+    "+xrevrange",  # consume: a partition's tail when a read found nothing new
+    "+xlen",  # consume: the retention cut (how far past max_length the stream is)
+    "+xinfo|groups",  # consume: the cut (every group's position); seek: the group's position
+    "+xgroup|create",  # consume: a group's first read of a partition; seek (create=1)
+    "+xgroup|setid",  # seek (Consumer.seek, group seek as the owner)
+    "+exists",  # consume: stream or group gone (state lost)
 )
-# fence.lua, the group marks of consume.lua/seek.lua, and the fast path's WATCH of fences.
+# The partition's fence and groups hashes: fence claim/release (HGET/HSET/HDEL), the
+# consume/seek functions' group marks, reclaim requests and "~cut" (HGET/HSET/HDEL/HEXISTS),
+# and the fast path's WATCH of the fences.
 _CONSUMER_FENCE = ("+hget", "+hset", "+hdel", "+hexists", "+watch")
-# The fast fetch path: WATCH fences, then MULTI / XACK / XREADGROUP / EXEC.
+# The fast fetch path: WATCH fences, then MULTI / XACK / XREADGROUP / EXEC (UNWATCH when a
+# fence moved, DISCARD never sent but part of the same transaction family).
 _CONSUMER_TXN = ("+multi", "+exec", "+discard", "+unwatch")
-# member.lua and the describe/assign operations of admin.lua on the group's keys (assign
-# replaces the target hash with DEL + HSET; a join first checks every key's TYPE).
+# The member and admin functions on the group's coordinator keys: join checks every key's
+# TYPE, assign replaces the target hash (DEL + HSET), the group bootstrap uses HSETNX and
+# HINCRBY, describe reads with HGETALL/HVALS, heartbeats and evictions use the hb zset.
 _CONSUMER_GROUP = (
     "+type",
     "+del",
@@ -169,15 +186,18 @@ def acl_rules(
             raise ConfigError("a producer user takes no group")
         streams = [f"~{_stream(ns, t)}" for t in topics]
         seqs = [f"~{_stream(ns, t, ':seq')}" for t in topics]
+        marks = [f"~{_stream(ns, t, ':groups')}" for t in topics]
         return [
             *head,
             "-@all",
             *_BASE_COMMANDS,
             *setinfo,
-            *streams,  # root keys: what EVALSHA append may declare
+            *streams,  # root keys: what FCALL append may declare
             *seqs,
+            *marks,
             _selector(_PRODUCER_STREAM, *streams),
             _selector(_PRODUCER_SEQ, *seqs),
+            _selector(_PRODUCER_GROUPS, *(f"%R{m}" for m in marks)),
             _selector(["+hgetall"], *meta),
         ]
     if not groups:
@@ -191,7 +211,6 @@ def acl_rules(
         "-@all",
         *_BASE_COMMANDS,
         *setinfo,
-        "+eval",  # Scripts.call falls back to EVAL after NOSCRIPT
         *_CONSUMER_TXN,
         # Wakes the consumer's own blocking XREAD on a rebalance. It could also unblock other
         # clients' blocking reads (they return early, nothing is lost); without it a
@@ -215,4 +234,4 @@ def setuser_command(rules: Sequence[str]) -> str:
     return "ACL SETUSER " + shlex.join(rules)
 
 
-__all__ = ["ROLES", "acl_rules", "password_hash", "setuser_command"]
+__all__ = ["ACL_LIMITS", "ROLES", "acl_rules", "password_hash", "setuser_command"]

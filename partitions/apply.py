@@ -14,10 +14,15 @@ A config file has two kinds of tables::
     heartbeat_interval_ms = 3000
     max_deliveries = 5
 
+    [consumer]                    # client settings, read by `partstream consume --config`
+    max_poll_interval_ms = 300000
+
 :func:`plan` compares the file with the server and :func:`execute` carries the plan out:
 what is missing is created, safe differences (more partitions, retention, group settings) are
 changed, and destructive ones (fewer partitions, another routing, moved regions) are refused
-unless forced. Every table is validated before anything is written.
+unless forced. Every table is validated before anything is written. The ``[consumer]`` table
+holds :class:`~partitions.config.ConsumerConfig` fields: it is validated here but applies to
+consumer processes, not to the server.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from coordinator.errors import ConfigError, UnknownGroupError, UnknownTopicError
 from coordinator.group import GroupAdmin
 from coordinator.keys import validate_name
 from coordinator.settings import GroupSettings
+from partitions.config import ConsumerConfig
 from partitions.connection import Connection
 from partitions.topics import TopicAdmin, TopicSpec
 
@@ -42,6 +48,7 @@ class Declared:
 
     topics: dict[str, TopicSpec] = field(default_factory=dict)
     groups: dict[str, GroupSettings] = field(default_factory=dict)
+    consumer: ConsumerConfig | None = None  # the [consumer] table, if the file has one
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,10 +80,11 @@ def load(path: str | Path) -> Declared:
 
 
 def parse(data: Mapping[str, Any], source: str = "config") -> Declared:
-    unknown = sorted(set(data) - {"topics", "groups"})
+    unknown = sorted(set(data) - {"topics", "groups", "consumer"})
     if unknown:
         raise ConfigError(
-            f"{source}: unknown table(s) {', '.join(unknown)}; use [topics.*] and [groups.*]"
+            f"{source}: unknown table(s) {', '.join(unknown)}; use [topics.*], [groups.*] "
+            "and [consumer]"
         )
     topics: dict[str, TopicSpec] = {}
     for name, table in _tables(data, "topics", source).items():
@@ -88,7 +96,10 @@ def parse(data: Mapping[str, Any], source: str = "config") -> Declared:
             groups[name] = GroupSettings.from_dict(table)
         except ConfigError as err:
             raise ConfigError(f"{source}: [groups.{name}]: {err}") from None
-    return Declared(topics, groups)
+    consumer = None
+    if "consumer" in data:
+        consumer = ConsumerConfig.from_dict(data["consumer"], f"{source}: [consumer]")
+    return Declared(topics, groups, consumer)
 
 
 def _tables(data: Mapping[str, Any], section: str, source: str) -> dict[str, Mapping[str, Any]]:

@@ -4,6 +4,13 @@ A :class:`Batch` holds the records of one partition, already encoded as the RESP
 one ``append.lua`` call; :meth:`Batch.packed` prefixes the call's header. Each record's
 :class:`RecordFuture` points into its batch, so a record costs one small object, and all
 futures of a batch share one event. Used by :mod:`partitions.producer`.
+
+Every script call is bounded: a batch holds at most ``batch_size`` records (at most 100,000,
+so the reply is at most that many ids) and is closed before a record would take it past
+:data:`MAX_BATCH_BYTES`; a record larger than that (up to ``max_record_bytes``, at most
+64 MiB) goes alone. A record has at most 1,000 headers (``records.MAX_HEADERS``). So a call
+stays far below the server's ``proto-max-bulk-len`` (512 MB), its ``client-query-buffer-limit``
+(1 GB) and Lua's ~8,000-slot C stack, whatever ``ProducerConfig`` allows.
 """
 
 from __future__ import annotations
@@ -14,17 +21,22 @@ import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from coordinator.scripts import sha
+import redis.exceptions as rex
+
+from coordinator.functions import function_name
 from partitions.connection import Connection
 from partitions.router import Router
 from partitions.topics import TopicMeta
 
 log = logging.getLogger("partstream.producer")
 
-_APPEND_SHA = sha("append").encode()
-_EVALSHA_HEAD = b"$7\r\nEVALSHA\r\n$40\r\n" + _APPEND_SHA + b"\r\n$1\r\n2\r\n"
+_ASKING = b"*1\r\n$6\r\nASKING\r\n"
+_APPEND = function_name("append").encode()
+_FCALL_HEAD = b"$5\r\nFCALL\r\n$%d\r\n%s\r\n$1\r\n3\r\n" % (len(_APPEND), _APPEND)
 # Header args between the two keys and the records: pid, seq, maxlen, retention_ms, safe, n.
 _HEADER_ARGS = 6
+# Encoded bytes of one batch's records: a batch is closed before a record would pass this.
+MAX_BATCH_BYTES = 4 * 1024 * 1024
 
 
 def bulk(data: bytes) -> bytes:
@@ -41,14 +53,22 @@ class RecordMetadata(NamedTuple):
 
 
 class Batch:
-    """Records of one partition sent together. Its futures share one event."""
+    """Records of one partition sent together. Its futures share one event.
+
+    ``deadline`` is when it stops being retried (``delivery_timeout_ms`` after it was opened),
+    ``retry_at`` when it may be sent again, ``in_doubt`` whether an earlier attempt may have
+    been appended although no reply came, ``last_error`` the error of its latest attempt.
+    """
 
     __slots__ = (
-        "ask", "attempts", "callbacks", "chunks", "count", "created", "error", "event",
-        "ids", "nargs", "nbytes", "partition", "pid", "route", "seq", "topic",
+        "ask", "attempts", "callbacks", "chunks", "count", "created", "deadline", "error",
+        "event", "ids", "in_doubt", "last_error", "nargs", "nbytes", "partition", "pid",
+        "retry_at", "route", "seq", "topic",
     )  # fmt: skip
 
-    def __init__(self, topic: str, partition: int, route: Route, now: float) -> None:
+    def __init__(
+        self, topic: str, partition: int, route: Route, now: float, deadline: float
+    ) -> None:
         self.topic = topic
         self.partition = partition
         self.route = route
@@ -57,7 +77,11 @@ class Batch:
         self.nargs = 0
         self.nbytes = 0
         self.created = now
-        self.seq = 0
+        self.deadline = deadline
+        self.retry_at = 0.0
+        self.in_doubt = False
+        self.last_error: Exception | None = None
+        self.seq = 0  # 0 until first sent
         self.pid = b""  # the producer id its sequence number belongs to (set with seq)
         self.attempts = 0
         # On a cluster: the importing node's client after an ASK, for the next attempt only.
@@ -70,12 +94,13 @@ class Batch:
 
     def packed(self) -> bytes:
         spec = self.route.meta.spec
-        keys = self.route.stream_keys[self.partition], self.route.seq_keys[self.partition]
+        route, p = self.route, self.partition
         head = (
-            b"*%d\r\n" % (5 + _HEADER_ARGS + self.nargs)
-            + _EVALSHA_HEAD
-            + bulk(keys[0])
-            + bulk(keys[1])
+            b"*%d\r\n" % (6 + _HEADER_ARGS + self.nargs)
+            + _FCALL_HEAD
+            + bulk(route.stream_keys[p])
+            + bulk(route.seq_keys[p])
+            + bulk(route.groups_keys[p])
             + bulk(self.pid)
             + bulk(b"%d" % self.seq)
             + bulk(b"%d" % (spec.max_length or 0))
@@ -97,6 +122,50 @@ class Batch:
                 cb(RecordFuture(self, i))
             except Exception:
                 log.exception("producer callback raised")
+
+
+class NotSentError(rex.ConnectionError):
+    """No connection could be opened, so nothing of the call was written (never in doubt)."""
+
+
+def pipeline(pool: Any, batches: list[Batch]) -> list[Any]:
+    """Write all batches' calls at once on one connection of ``pool``, then read one reply per
+    batch: the script's reply, or the error that stands for it.
+
+    An error reply is a refusal (nothing of that batch was written). A connection that breaks
+    leaves the unread batches in doubt, except before anything was written
+    (:class:`NotSentError`).
+    """
+    replies: list[Any] = []
+    try:
+        conn = pool.get_connection()
+    except (rex.ConnectionError, rex.TimeoutError, OSError) as err:
+        return [NotSentError(f"{type(err).__name__}: {err}")] * len(batches)
+    try:
+        # One buffer, one sendall: redis-py would otherwise write each item separately.
+        conn.send_packed_command(
+            [b"".join([(_ASKING if b.ask else b"") + b.packed() for b in batches])],
+            check_health=False,
+        )
+        for batch in batches:
+            try:
+                if batch.ask is not None:
+                    batch.ask = None  # one attempt only: a later ASK says again
+                    conn.read_response()  # +OK of ASKING
+                replies.append(conn.read_response())
+            except rex.ResponseError as err:
+                replies.append(err)
+    except (rex.ConnectionError, rex.TimeoutError, OSError) as err:
+        conn.disconnect()
+        if isinstance(err, rex.BusyLoadingError):
+            # redis-py drops the connection on a LOADING reply: that batch was refused, the
+            # ones after it are unread, so in doubt.
+            replies.append(err)
+            err = rex.ConnectionError(f"connection dropped after a LOADING reply ({err})")
+        replies += [err] * (len(batches) - len(replies))
+    finally:
+        pool.release(conn)
+    return replies
 
 
 # Guards registering callbacks against a batch completing at the same moment; callbacks are
@@ -146,7 +215,9 @@ class RecordFuture:
 class Route:
     """Per-topic routing state cached by the producer."""
 
-    __slots__ = ("fetched", "meta", "modulo", "n", "router", "seq_keys", "stream_keys")
+    __slots__ = (
+        "fetched", "groups_keys", "meta", "modulo", "n", "router", "seq_keys", "stream_keys",
+    )  # fmt: skip
 
     def __init__(self, meta: TopicMeta, conn: Connection) -> None:
         self.meta = meta
@@ -156,4 +227,5 @@ class Route:
         k = conn.keys
         self.stream_keys = [k.stream(meta.name, p).encode() for p in range(self.n)]
         self.seq_keys = [k.seq(meta.name, p).encode() for p in range(self.n)]
+        self.groups_keys = [k.stream_groups(meta.name, p).encode() for p in range(self.n)]
         self.fetched = time.monotonic()

@@ -8,6 +8,8 @@ touches the server.
 from __future__ import annotations
 
 import os
+import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -121,26 +123,51 @@ class ClientConfig:
 
 _PRODUCER_INT_FIELDS = ("batch_size", "buffer_records", "max_record_bytes", "retries")
 
+# The largest max_record_bytes accepted. One script call carries at most one record above the
+# producer's 4 MiB batch size (partitions.batch.MAX_BATCH_BYTES), so every call stays far below
+# the server's proto-max-bulk-len (512 MB) and client-query-buffer-limit (1 GB) defaults.
+MAX_RECORD_BYTES_LIMIT = 64 * 1024 * 1024
+
 
 @dataclass(frozen=True, slots=True)
 class ProducerConfig:
-    """Batching, back-pressure and retry settings of a :class:`~partitions.Producer`."""
+    """Batching, back-pressure and retry settings of a :class:`~partitions.Producer`.
+
+    The failure budget is a time, as in Kafka clients: a batch that meets a retriable error
+    (refused or broken connection, server restart or loading, failover, ``BUSY``,
+    ``TRYAGAIN``, ``OOM``) is sent again, after a back-off that doubles from
+    ``retry_backoff_ms`` up to ``retry_backoff_max_ms`` (Kafka's ``retry.backoff.ms`` and
+    ``retry.backoff.max.ms``), until ``delivery_timeout_ms`` (Kafka's ``delivery.timeout.ms``)
+    has passed since its first record was sent; only then do its futures fail, with the last
+    error. The defaults ride out a server restart or a failover. Order per partition and
+    idempotence hold across retries.
+    """
 
     # How long a record may wait for its batch to fill before it is sent.
     linger_ms: float = 5.0
-    # Records per partition batch (one script call appends a whole batch atomically).
+    # Records per partition batch (one script call appends a whole batch atomically). A batch
+    # is also closed before its records would pass 4 MiB, so a call stays small.
     batch_size: int = 1000
     # Records the producer may hold unsent before send() blocks (back-pressure).
     buffer_records: int = 200_000
     # Seconds send() blocks on a full buffer before BufferFullError; 0 = raise at once.
     block_timeout: float = 30.0
-    # A record (key + value + headers) larger than this raises RecordTooLargeError.
+    # A record (key + value + headers) larger than this raises RecordTooLargeError; at most
+    # 64 MiB. A record also has at most MAX_HEADERS (1,000) headers (InvalidRecordError).
     max_record_bytes: int = 1_048_576
     # Drop a retried batch's duplicates (server-side sequence check per producer id).
     idempotent: bool = True
-    # Attempts for a batch that failed with a retriable error before its futures fail.
-    retries: int = 5
+    # Upper bound on the time from send() to a future's outcome (Kafka's delivery.timeout.ms):
+    # retriable errors are retried until it runs out. At least linger_ms plus the client's
+    # socket timeout (checked when the producer starts), as Kafka requires.
+    delivery_timeout_ms: float = 120_000.0
+    # First wait before a batch is retried; doubled on each further failure of that batch (with
+    # +-20 % jitter) up to retry_backoff_max_ms.
     retry_backoff_ms: float = 100.0
+    retry_backoff_max_ms: float = 1_000.0
+    # Optional cap on attempts after the first, within delivery_timeout_ms. The default is
+    # Kafka's (2**31 - 1): the timeout decides.
+    retries: int = 2_147_483_647
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -152,6 +179,8 @@ class ProducerConfig:
                 raise ConfigError(f"{f.name} must be a number, got {value!r}")
             elif f.name in _PRODUCER_INT_FIELDS and not isinstance(value, int):
                 raise ConfigError(f"{f.name} must be an integer, got {value!r}")
+            elif value != value or value in (float("inf"), float("-inf")):
+                raise ConfigError(f"{f.name} must be a finite number, got {value!r}")
         if self.linger_ms < 0:
             raise ConfigError("linger_ms must be >= 0")
         if not 1 <= self.batch_size <= 100_000:
@@ -160,14 +189,39 @@ class ProducerConfig:
             raise ConfigError("buffer_records must be at least batch_size")
         if self.block_timeout < 0:
             raise ConfigError("block_timeout must be >= 0")
-        if not 1 <= self.max_record_bytes <= 512 * 1024 * 1024:
-            raise ConfigError("max_record_bytes must be between 1 byte and 512 MiB")
+        if not 1 <= self.max_record_bytes <= MAX_RECORD_BYTES_LIMIT:
+            raise ConfigError("max_record_bytes must be between 1 byte and 64 MiB")
         if self.retries < 0:
             raise ConfigError("retries must be >= 0")
+        if self.retry_backoff_ms < 0:
+            raise ConfigError("retry_backoff_ms must be >= 0")
+        if self.retry_backoff_max_ms < self.retry_backoff_ms:
+            raise ConfigError(
+                f"retry_backoff_max_ms ({self.retry_backoff_max_ms}) must be at least "
+                f"retry_backoff_ms ({self.retry_backoff_ms})"
+            )
+        if self.delivery_timeout_ms <= self.linger_ms:
+            raise ConfigError(
+                f"delivery_timeout_ms ({self.delivery_timeout_ms}) must be above linger_ms "
+                f"({self.linger_ms}): a record waits up to linger_ms before it is even sent"
+            )
+
+    def check_against(self, client: ClientConfig) -> None:
+        """Cross-check with the client, as Kafka checks ``delivery.timeout.ms >= linger.ms +
+        request.timeout.ms``: one attempt may take the socket timeout, so a shorter delivery
+        timeout could not be kept."""
+        floor = self.linger_ms + client.socket_timeout * 1000
+        if self.delivery_timeout_ms < floor:
+            raise ConfigError(
+                f"delivery_timeout_ms ({self.delivery_timeout_ms:.0f}) must be at least "
+                f"linger_ms + the socket timeout ({floor:.0f} ms)"
+            )
 
 
 OFFSET_RESETS = ("earliest", "latest")
 FOREIGN_ENTRIES = ("deliver", "dead_letter")
+# Below this a consumer would leave its group between two records of a busy machine.
+MIN_POLL_INTERVAL_MS = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,9 +246,15 @@ class ConsumerConfig:
     # and h:*): "deliver" them (their data is in Record.fields) or "dead_letter" them with
     # reason "malformed".
     foreign_entries: str = "deliver"
+    # Longest the application may go without asking for records (poll(), an iteration step,
+    # commit()) before the member leaves the group and its partitions move to other members
+    # (Kafka's max.poll.interval.ms, same default). The session timeout detects a dead
+    # process; this detects a live one whose handler is stuck. Time spent waiting inside
+    # poll() does not count.
+    max_poll_interval_ms: int = 300_000
 
     def __post_init__(self) -> None:
-        for name in ("fetch_count", "max_poll_records", "block_ms"):
+        for name in ("fetch_count", "max_poll_records", "block_ms", "max_poll_interval_ms"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
@@ -207,11 +267,42 @@ class ConsumerConfig:
                 f"foreign_entries must be one of {', '.join(FOREIGN_ENTRIES)}, "
                 f"got {self.foreign_entries!r}"
             )
+        if self.max_poll_interval_ms < MIN_POLL_INTERVAL_MS:
+            raise ConfigError(
+                f"max_poll_interval_ms must be at least {MIN_POLL_INTERVAL_MS}, "
+                f"got {self.max_poll_interval_ms}"
+            )
         if self.auto_offset_reset not in OFFSET_RESETS:
             raise ConfigError(
                 f"auto_offset_reset must be one of {', '.join(OFFSET_RESETS)}, "
                 f"got {self.auto_offset_reset!r}"
             )
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str = "[consumer]") -> ConsumerConfig:
+        """Build from a TOML table such as ``[consumer]``; unknown keys are a ConfigError."""
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{where} must be a table")
+        return cls(**known_fields(cls, dict(data), where))
+
+    @classmethod
+    def from_toml(cls, path: str | Path, **overrides: Any) -> ConsumerConfig:
+        """The ``[consumer]`` table of a TOML config file (defaults if it has none), then
+        ``overrides`` whose value is not None (CLI flags win over the file)."""
+        try:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"{path}: invalid TOML: {err}") from None
+        cfg = cls.from_dict(data.get("consumer", {}), f"{path}: [consumer]")
+        return cfg.with_changes(**overrides)
+
+    def with_changes(self, **changes: Any) -> ConsumerConfig:
+        """A copy with the fields whose value is not None changed (validated again)."""
+        changes = {k: v for k, v in changes.items() if v is not None}
+        return replace(self, **known_fields(type(self), changes, "ConsumerConfig"))
 
     def check_against(self, client: ClientConfig) -> None:
         """Cross-check with the client: a blocking read must end well before its socket times

@@ -26,8 +26,8 @@ from coordinator.errors import (
     ServerTooOldError,
     translate,
 )
+from coordinator.functions import Functions
 from coordinator.keys import Keys
-from coordinator.scripts import Scripts
 from partitions.config import ClientConfig
 from partitions.urls import parse_cluster, parse_sentinel, redact_url
 
@@ -174,7 +174,8 @@ def check_eviction_policy(server: ServerInfo, strict: bool) -> None:
 
 
 class Connection:
-    """An open server: the redis client, its key names, scripts and detected features.
+    """An open server: the redis client, its key names, server-side functions and detected
+    features.
 
     Thread-safe: the underlying redis-py client keeps a connection pool.
     """
@@ -185,7 +186,7 @@ class Connection:
         self.url = url
         self.server = server
         self.keys = Keys(config.namespace)
-        self.scripts = Scripts(client)
+        self.functions = Functions(client)
 
     @property
     def is_cluster(self) -> bool:
@@ -213,12 +214,20 @@ class Connection:
         return f"<Connection {self.redacted_url} {self.server.describe()}>"
 
 
-def _client_kwargs(config: ClientConfig) -> dict[str, Any]:
+def _client_kwargs(config: ClientConfig, tls: bool) -> dict[str, Any]:
     kwargs: dict[str, Any] = {
         "socket_timeout": config.socket_timeout,
         "socket_connect_timeout": config.connect_timeout,
         "health_check_interval": 30,
     }
+    if not tls:
+        if config.ssl_ca_certs or config.ssl_certfile or config.ssl_keyfile:
+            raise ConfigError("TLS options were given but the URL is not TLS; use rediss://")
+        return kwargs
+    # The certificate's chain and that it names the host connected to are both checked;
+    # redis-py before 6.0 skipped the name unless told, so it is always said explicitly.
+    kwargs["ssl_cert_reqs"] = "required"
+    kwargs["ssl_check_hostname"] = True
     if config.ssl_ca_certs:
         kwargs["ssl_ca_certs"] = config.ssl_ca_certs
     if config.ssl_certfile:
@@ -246,15 +255,10 @@ def open_client(url: str, config: ClientConfig) -> tuple[Any, bool]:
     SentinelManagedConnection turns it into a ConnectionError).
     """
     scheme = urlsplit(url).scheme
-    kwargs = _client_kwargs(config)
-    tls = scheme.startswith("rediss")
-    if scheme in ("redis", "redis+sentinel") and any(k.startswith("ssl_") for k in kwargs):
-        raise ConfigError(
-            f"TLS options were given but the URL is {scheme}://; use "
-            f"{scheme.replace('redis', 'rediss', 1)}://"
-        )
-    if not tls:
-        kwargs = {k: v for k, v in kwargs.items() if not k.startswith("ssl_")}
+    if scheme == "unix" and (config.ssl_ca_certs or config.ssl_certfile or config.ssl_keyfile):
+        # A unix socket is local: TLS settings (from the environment, say) do not apply.
+        config = config.with_changes(ssl_ca_certs=None, ssl_certfile=None, ssl_keyfile=None)
+    kwargs = _client_kwargs(config, tls=scheme.startswith("rediss"))
     if scheme.endswith("+cluster"):
         return _cluster_client(url, kwargs), True
     if scheme.endswith("+sentinel"):

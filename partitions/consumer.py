@@ -6,6 +6,9 @@ Guarantees (see the invariants in DESIGN.md):
   member; once a partition moved on, this consumer neither receives its entries nor acks
   them (refused acks are counted in :attr:`Consumer.refused_acks`). A consumer whose session
   may have expired (it was paused) hands out nothing until its heartbeat thread caught up.
+* **Liveness**: the session detects a dead process, ``max_poll_interval_ms`` a live one
+  that stopped asking for records (a stuck handler): its heartbeat thread then gives its
+  partitions up at once, and the next ``poll()`` raises PollIntervalExceededError and rejoins.
 * **Order** (O): a partition's records come in id order; a new owner first redelivers what
   the previous owner left unacked, in id order, then new records.
 * **At least once, bounded duplicates** (L, D): a record is acked only after it was handed
@@ -54,7 +57,7 @@ from partitions.offsets import target_id
 from partitions.producer import METADATA_MAX_AGE_S
 from partitions.rebalance import Bridge, RebalanceMixin
 from partitions.records import Record
-from partitions.topics import TopicAdmin
+from partitions.topics import TopicAdmin, TopicSpec
 
 log = logging.getLogger("partstream.consumer")
 
@@ -91,10 +94,12 @@ class Consumer(RebalanceMixin):
         self.config.check_against(self._conn.config)
         self._client, self._keys = self._conn.client, self._conn.keys
         self._admin = TopicAdmin(self._conn)
-        counts = {name: self._admin.get(name).partitions for name in names}
+        metas = {name: self._admin.get(name) for name in names}
+        counts = {name: m.partitions for name, m in metas.items()}
         self.topics = tuple(names)
         # Partition counts as last read: a topic that grows is picked up within this age.
         self._counts = counts
+        self._retention = {name: _safe_retention(m.spec) for name, m in metas.items()}
         self._meta_at = time.monotonic() + METADATA_MAX_AGE_S
         start = "0" if self.config.auto_offset_reset == "earliest" else "$"
         self._fetcher = Fetcher(self._conn, fetch_count=self.config.fetch_count, start=start)
@@ -130,7 +135,9 @@ class Consumer(RebalanceMixin):
             settings=group_settings,
         )
         self.member_id = member.member_id
-        self._runner = MemberRunner(member, Bridge(self))
+        self._runner = MemberRunner(
+            member, Bridge(self), max_poll_interval_ms=self.config.max_poll_interval_ms
+        )
         self._runner.start()
 
     # -- reading ----------------------------------------------------------------------------
@@ -138,24 +145,29 @@ class Consumer(RebalanceMixin):
         """Up to ``max_records`` records of owned partitions, waiting up to ``timeout`` s.
 
         With auto-commit, the records the previous poll returned are acked first (riding on
-        this poll's reads). Returns [] on timeout.
+        this poll's reads). Returns [] on timeout. Raises PollIntervalExceededError (once, then
+        rejoins) if the previous call returned more than ``max_poll_interval_ms`` ago.
         """
-        self._enter()
-        if self.config.auto_commit and self._handed:
-            self._confirm(self._handed)
-            self._handed = []
-        batch = self._take(max_records or self.config.max_poll_records, timeout)
-        if batch:
-            self._handed = batch
-        return batch
+        with self._runner.polling():
+            self._enter()
+            if self.config.auto_commit and self._handed:
+                self._confirm(self._handed)
+                self._handed = []
+            batch = self._take(max_records or self.config.max_poll_records, timeout)
+            if batch:
+                self._handed = batch
+            return batch
 
     def __iter__(self) -> Iterator[Record]:
         """Records one by one, forever (until close). With auto-commit a record is acked once
         the loop asks for the next one: leaving the loop (break, exception) leaves the last
-        record unacked, to be delivered again."""
+        record unacked, to be delivered again. A handler that keeps a record past
+        ``max_poll_interval_ms`` ends the loop with PollIntervalExceededError (iterate again
+        to continue: the member is rejoining)."""
         while not self._closed:
-            self._enter()
-            batch = self._take(1, self.config.block_ms / 1000)
+            with self._runner.polling():
+                self._enter()
+                batch = self._take(1, self.config.block_ms / 1000)
             if not batch:
                 continue
             rec = self._current = batch[0]
@@ -327,19 +339,21 @@ class Consumer(RebalanceMixin):
         """Ack ``records`` (default: every record handed out and not yet acked) now.
 
         Raises NotOwnerError if a partition moved on meanwhile (its records will be or were
-        redelivered to the new owner).
+        redelivered to the new owner), PollIntervalExceededError (nothing is acked) if the
+        member left the group because it did not poll within ``max_poll_interval_ms``.
         """
-        self._enter()
-        if records is None:
-            handed = self._handed + ([self._current] if self._current else [])
-            self._handed, self._current = [], None
-            self._confirm(handed)
-        else:
-            records = list(records)
-            if self._current is not None and self._current in records:
-                self._current = None
-            self._confirm(records)
-        refused = self._commit_acks()
+        with self._runner.polling():
+            self._enter()
+            if records is None:
+                handed = self._handed + ([self._current] if self._current else [])
+                self._handed, self._current = [], None
+                self._confirm(handed)
+            else:
+                records = list(records)
+                if self._current is not None and self._current in records:
+                    self._current = None
+                self._confirm(records)
+            refused = self._commit_acks()
         if refused:
             raise NotOwnerError(
                 f"commit refused for {', '.join(f'{t}/{p}' for t, p in refused)}: "
@@ -467,7 +481,11 @@ class Consumer(RebalanceMixin):
         """Re-read partition counts; a grown topic joins the group's assignment (the member
         sends the new counts with its next heartbeat, which the runner sends at once)."""
         self._meta_at = time.monotonic() + METADATA_MAX_AGE_S
-        counts = {name: self._admin.get(name).partitions for name in self.topics}
+        metas = {name: self._admin.get(name) for name in self.topics}
+        counts = {name: m.partitions for name, m in metas.items()}
+        self._retention = {name: _safe_retention(m.spec) for name, m in metas.items()}
+        for st in self._parts.values():
+            st.retention = self._retention[st.topic]
         if counts != self._counts:
             log.info("topic partitions changed %s -> %s", self._counts, counts)
             self._counts = counts
@@ -524,3 +542,10 @@ class Consumer(RebalanceMixin):
         if self._current is record:
             self._current = None
         self._handed = [r for r in self._handed if r is not record]
+
+
+def _safe_retention(spec: TopicSpec) -> str:
+    """consume.lua's retention argument: what safe retention keeps, or '' (none)."""
+    if not spec.safe_retention or not (spec.max_length or spec.retention_ms):
+        return ""
+    return f"{spec.max_length or 0} {spec.retention_ms or 0}"

@@ -9,7 +9,7 @@ count and reason (``max_deliveries``, ``trimmed`` or a user reason).
 from __future__ import annotations
 
 import builtins
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from partitions.connection import Connection
@@ -24,10 +24,11 @@ class ReplayResult:
     """What a replay did: entries re-produced (and removed) and entries it could not replay."""
 
     replayed: int
-    skipped: int  # payload trimmed before it was dead-lettered: nothing to re-produce
+    skipped: int  # nothing to re-produce: trimmed, another client's entry, or refused
+    refused: tuple[str, ...] = ()  # why malformed or mismatched entries were not replayed
 
     def to_dict(self) -> dict[str, Any]:
-        return {"replayed": self.replayed, "skipped": self.skipped}
+        return {"replayed": self.replayed, "skipped": self.skipped, "refused": list(self.refused)}
 
 
 class DeadLetters:
@@ -55,7 +56,11 @@ class DeadLetters:
         for reply in replies:
             if isinstance(reply, Exception):
                 raise reply
-        out = [dead_letter_from_entry(e) for reply in replies for e in reply]
+        out = [
+            _check_origin(dead_letter_from_entry(e), topic, p)
+            for p, reply in zip(parts, replies, strict=True)
+            for e in reply
+        ]
         if group is not None:
             out = [d for d in out if d.group == group]
         return out
@@ -103,8 +108,22 @@ class DeadLetters:
         for reply in replies:
             if isinstance(reply, Exception):
                 raise reply
-        return ReplayResult(len(futures), len(letters) - len(futures))
+        refused = tuple(f"{d.dlq_id}: {'; '.join(d.problems)}" for d in letters if d.problems)
+        return ReplayResult(len(futures), len(letters) - len(futures), refused)
 
     def _partitions(self, topic: str, partition: int | None) -> builtins.list[int]:
         n = TopicAdmin(self.conn).get(topic).partitions
         return list(range(n)) if partition is None else [partition]
+
+
+def _check_origin(d: DeadLetter, topic: str, partition: int) -> DeadLetter:
+    """A dead letter must say it came from the partition whose dead-letter stream holds it:
+    one that names another origin (written by hand, or by a client that may append there)
+    is never replayed anywhere."""
+    if d.problems or (d.topic == topic and d.partition == partition):
+        return d
+    problem = (
+        f"its origin {d.topic}/{d.partition} does not match the dead-letter stream it sits in "
+        f"({topic}/{partition}): not replayed"
+    )
+    return replace(d, problems=(*d.problems, problem))

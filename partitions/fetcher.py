@@ -37,7 +37,7 @@ from coordinator.errors import (
     translate,
 )
 from coordinator.fence import fence_value
-from coordinator.scripts import is_noscript, sha
+from coordinator.functions import function_name, is_missing
 from coordinator.types import TopicPartition
 from partitions.connection import Connection
 from partitions.nodes import is_redirect, node_for_key, pipeline_per_node
@@ -55,8 +55,8 @@ from partitions.records import (
 # of a partition is then simply "what the group has not acked", whoever read it, and a new
 # owner recovers it in id order.
 STREAM_CONSUMER = "partstream"
-_CONSUME = sha("consume")
-_SEEK = sha("seek")
+_CONSUME = function_name("consume")
+_SEEK = function_name("seek")
 
 
 class PartitionState:
@@ -64,7 +64,7 @@ class PartitionState:
 
     __slots__ = (
         "args", "cursor", "fence", "fence_bytes", "keys", "last_id", "next_reclaim", "partition",
-        "tail", "topic", "tp",
+        "retention", "tail", "topic", "tp",
     )  # fmt: skip
 
     def __init__(
@@ -88,6 +88,9 @@ class PartitionState:
         self.tail = ""  # last entry id seen by an empty fetch: where a blocking wait starts
         self.last_id: str | None = None  # last record handed out
         self.next_reclaim = 0.0
+        # "<max length> <retention ms>" of a safe-retention topic: its reclaim-time reads
+        # compute where producers may trim ("~cut"); '' = plain retention, nothing to compute.
+        self.retention = ""
 
 
 class Fetcher:
@@ -109,8 +112,6 @@ class Fetcher:
         # riding on reads (auto-commit) do not, like Kafka's asynchronous auto-commit.
         self.durability: Durability = NONE
         self.wait_ms = 5000
-        conn.scripts.load("consume")
-        conn.scripts.load("seek")
 
     # -- reads ----------------------------------------------------------------------------
     def fetch(
@@ -164,7 +165,7 @@ class Fetcher:
                 reclaim = reclaim_ms
                 st.next_reclaim = now + min(reclaim_ms / 4000, 5.0)
             args = ["read", *st.args, self.fetch_count, st.cursor, max_deliveries, reclaim]
-            calls.append((st, [*args, self.start, len(ids), *ids]))
+            calls.append((st, [*args, self.start, st.retention, len(ids), *ids]))
         replies = self._run(calls, _CONSUME, "consume", "reading partitions")
         records: list[Record] = []
         refused: list[tuple[PartitionState, FetchResult]] = []
@@ -174,7 +175,7 @@ class Fetcher:
             acks.pop(st.tp, None)
             res = fetch_result(st.topic, st.partition, reply)
             if res.status != 1:
-                self._refuse(st, res, int(call[11]), refused)
+                self._refuse(st, res, int(call[12]), refused)
                 continue
             st.cursor = res.cursor
             st.tail = res.tail
@@ -431,33 +432,41 @@ class Fetcher:
     def _run(
         self,
         calls: list[tuple[PartitionState, list[Any]]],
-        digest: str,
+        fname: str,
         name: str,
         what: str,
         *,
         durable: bool = False,
     ) -> list[Any]:
-        """EVALSHA each call; on a cluster a call the cluster cannot serve right now (its
-        slot is mid-migration) gets its redirect error in place: it did not run.
+        """FCALL each call in one pipeline (one per node on a cluster, where a call the
+        cluster cannot serve right now, its slot mid-migration, gets its redirect error in
+        place: it did not run). A server without the library gets it loaded, once.
 
         ``durable``: with the group's durability, the calls are followed on their connection
         by WAIT/WAITAOF; NotEnoughReplicasError (after they ran) if not confirmed in time.
         """
         waits = self.durability.commands(self.wait_ms) if durable else []
+        commands = [
+            (st.keys[0], ("FCALL", fname, len(_keys(st, name)), *_keys(st, name), *args))
+            for st, args in calls
+        ]
+        replies: list[Any]
         if self.conn.is_cluster:
             if waits:
-                return self._run_durable_on_nodes(calls, digest, name, what, waits)
-            return self._run_on_nodes(calls, digest, name, what)
-        commands = [
-            ("EVALSHA", digest, len(_keys(st, name)), *_keys(st, name), *args) for st, args in calls
-        ]
-        replies = self._send(commands + waits, what)
-        confirms = replies[len(commands) :]
-        replies = replies[: len(commands)]
-        again = [i for i, r in enumerate(replies) if isinstance(r, Exception) and is_noscript(r)]
-        if again:  # the server restarted, failed over or flushed its scripts: nothing ran
-            self.conn.scripts.load(name)
-            rerun = self._send([commands[i] for i in again] + waits, what)
+                return self._run_durable_on_nodes(commands, what, waits)
+            replies = pipeline_per_node(self.conn, commands, on_missing=self._load_on)
+            for reply in replies:
+                if isinstance(reply, Exception) and not is_redirect(reply):
+                    raise translate(reply, what) from reply
+            return replies
+        plain = [command for _, command in commands]
+        replies = self._send(plain + waits, what)
+        confirms = replies[len(plain) :]
+        replies = replies[: len(plain)]
+        again = [i for i, r in enumerate(replies) if isinstance(r, Exception) and is_missing(r)]
+        if again:  # a server restarted empty, or a new primary without the library: nothing ran
+            self.conn.functions.load()
+            rerun = self._send([plain[i] for i in again] + waits, what)
             for i, reply in zip(again, rerun[: len(again)], strict=True):
                 replies[i] = reply
             if waits:
@@ -471,26 +480,22 @@ class Fetcher:
 
     def _run_durable_on_nodes(
         self,
-        calls: list[tuple[PartitionState, list[Any]]],
-        digest: str,
-        name: str,
+        commands: list[tuple[str, tuple[Any, ...]]],
         what: str,
         waits: list[tuple[Any, ...]],
     ) -> list[Any]:
         # WAIT counts what its own connection wrote: each node's calls and its WAIT in one
         # pipeline on that node. A redirection stays in place (it did not run), as above.
         by_node: dict[int, tuple[Any, list[int]]] = {}
-        for i, (st, _) in enumerate(calls):
-            node = node_for_key(self.conn, st.keys[0])
+        for i, (key, _) in enumerate(commands):
+            node = node_for_key(self.conn, key)
             by_node.setdefault(id(node), (node, []))[1].append(i)
-        out: list[Any] = [None] * len(calls)
+        out: list[Any] = [None] * len(commands)
         for node, indexes in by_node.values():
             for attempt in (0, 1):
                 pipe = node.pipeline(transaction=False)
                 for i in indexes:
-                    st, args = calls[i]
-                    pipe.execute_command("EVALSHA", digest, len(_keys(st, name)),
-                                         *_keys(st, name), *args)  # fmt: skip
+                    pipe.execute_command(*commands[i][1])
                 for cmd in waits:
                     pipe.execute_command(*cmd)
                 try:
@@ -498,8 +503,8 @@ class Fetcher:
                 except rex.RedisError as err:
                     raise translate(err, what) from err
                 mine, confirms = replies[: len(indexes)], replies[len(indexes) :]
-                if attempt == 0 and any(isinstance(r, Exception) and is_noscript(r) for r in mine):
-                    self.conn.scripts.load(name, node)
+                if attempt == 0 and any(isinstance(r, Exception) and is_missing(r) for r in mine):
+                    self._load_on(node)
                     continue
                 break
             for i, reply in zip(indexes, mine, strict=True):
@@ -532,22 +537,8 @@ class Fetcher:
             raise ConnectionFailedError(f"{what}: connection lost ({err})") from err
         return replies
 
-    def _run_on_nodes(
-        self, calls: list[tuple[PartitionState, list[Any]]], digest: str, name: str, what: str
-    ) -> list[Any]:
-        # One pipeline per node (a cluster pipeline refuses EVALSHA); every call touches the
-        # keys of one partition, hence one slot.
-        commands = [
-            (st.keys[0], ("EVALSHA", digest, len(_keys(st, name)), *_keys(st, name), *args))
-            for st, args in calls
-        ]
-        replies = pipeline_per_node(
-            self.conn, commands, on_noscript=lambda node: self.conn.scripts.load(name, node)
-        )
-        for reply in replies:
-            if isinstance(reply, Exception) and not is_redirect(reply):
-                raise translate(reply, what) from reply
-        return replies
+    def _load_on(self, node: Any) -> None:
+        self.conn.functions.load(node)
 
 
 def _keys(st: PartitionState, name: str) -> list[str]:

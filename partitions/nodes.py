@@ -26,7 +26,7 @@ from typing import Any
 import redis.exceptions as rex
 
 from coordinator.errors import translate
-from coordinator.scripts import is_noscript
+from coordinator.functions import is_missing
 from partitions.connection import Connection
 
 MAX_ATTEMPTS = 10
@@ -177,17 +177,18 @@ def pipeline_per_node(
     conn: Connection,
     commands: Sequence[tuple[str | bytes, Sequence[Any]]],
     *,
-    on_noscript: Callable[[Any], None] | None = None,
+    on_missing: Callable[[Any], None] | None = None,
     attempts: int = 4,
 ) -> list[Any]:
-    """Run single-slot commands (EVALSHA included), one pipeline per node; replies in order.
+    """Run single-slot commands (FCALL included), one pipeline per node; replies in order.
 
     Unlike :func:`execute_per_key` nothing waits long: ``MOVED`` is followed at once, ``ASK``
     by ``ASKING`` + the command on the importing node (same pipeline), ``TRYAGAIN`` and
     ``CLUSTERDOWN`` after a few ms, for at most ``attempts`` rounds. A command the cluster
     still cannot serve then (a slot mid-migration) keeps its redis-py error in place, never
     run: :func:`is_redirect` tells it apart, and the caller simply tries again later.
-    ``NOSCRIPT`` calls ``on_noscript(node)`` (load the script there) and retries. Other
+    A function the node lacks calls ``on_missing(node)`` (load the library there) and
+    retries. Other
     server errors stay in place, untranslated. A connection error raises, translated.
     """
     out: list[Any] = [None] * len(commands)
@@ -217,8 +218,8 @@ def pipeline_per_node(
                 reply = out[i] = next(replies)
                 if not isinstance(reply, Exception) or attempt == attempts:
                     continue
-                if on_noscript is not None and is_noscript(reply):
-                    on_noscript(node)
+                if on_missing is not None and is_missing(reply):
+                    on_missing(node)
                     todo.append((i, node if asking else None))
                 elif is_redirect(reply):
                     ask_node = redirect(conn, reply)

@@ -147,7 +147,7 @@ def group_offsets(conn: Connection, group: str, topic: str | None = None) -> lis
         if info.lag is not None:
             undelivered = info.lag
         else:
-            reply = conn.scripts.call(
+            reply = conn.functions.call(
                 "lag", [key], [info.last_delivered_id, LAG_COUNT_LIMIT], f"lag of {t}/{p}"
             )
             undelivered, exact = int(reply[0]), bool(int(reply[1]))
@@ -218,7 +218,7 @@ def execute_group_seek(conn: Connection, plan: SeekPlan, *, force: bool = False)
             )
     k = conn.keys
     for s in plan.steps:
-        reply = conn.scripts.call(
+        reply = conn.functions.call(
             "seek",
             [
                 k.stream(s.topic, s.partition),

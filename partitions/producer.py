@@ -7,13 +7,21 @@ Guarantees:
 * **No silent duplicates** (``idempotent=True``, the default): each batch carries this
   producer's id and a per-partition sequence number; the append script drops a batch it has
   already appended and answers with the original ids. A retry after a timeout is safe.
-* **Atomic batches**: one script call appends a whole batch (all or nothing) and applies
-  the topic's retention.
+* **Atomic batches**: one script call appends a whole batch (all or nothing: the script
+  checks everything before its first write) and applies the topic's retention. A batch that
+  fails fails only its own records, and never the next batch of its partition.
+* **A time budget for failures** (Kafka's ``delivery.timeout.ms``): retriable errors (a
+  restart, a failover, ``BUSY``, ``OOM``, ...) are retried with capped exponential back-off
+  until ``delivery_timeout_ms``; only then do the futures fail, with the last error. See
+  :mod:`partitions.delivery`.
 * **Back-pressure, never drops**: when ``buffer_records`` are unsent, :meth:`send` blocks up
   to ``block_timeout`` and then raises :class:`BufferFullError`.
+* **Bounded calls**: a record's shape is checked in :meth:`send` (size, header count) and
+  batches are closed by records and bytes (:mod:`partitions.batch`), so no script or reply
+  limit of the server can be reached.
 
-Thread-safe: any number of threads may call :meth:`send` and :meth:`flush` concurrently. One
-background thread sends the batches. The hot path does no per-record round trip: each record
+Thread-safe: any number of threads may call :meth:`send` and :meth:`flush` concurrently. Two
+background threads send the batches. The hot path does no per-record round trip: each record
 is encoded once, straight into the RESP bytes of its batch's script call.
 """
 
@@ -35,14 +43,27 @@ from coordinator.errors import (
     BufferFullError,
     ClosedError,
     ConfigError,
-    ConnectionFailedError,
-    PartstreamError,
-    translate,
 )
-from coordinator.scripts import is_noscript, source
-from partitions.batch import Batch, RecordFuture, RecordMetadata, Route, bulk
+from coordinator.functions import is_missing
+from partitions.batch import (
+    MAX_BATCH_BYTES,
+    Batch,
+    RecordFuture,
+    RecordMetadata,
+    Route,
+    bulk,
+    pipeline,
+)
 from partitions.config import ClientConfig, ProducerConfig
 from partitions.connection import Connection, connect
+from partitions.delivery import (
+    DeliveryPolicy,
+    closed_error,
+    expiry_error,
+    final_error,
+    in_doubt,
+    is_out_of_seq,
+)
 from partitions.nodes import is_redirect, node_for_key, redirect
 from partitions.records import (
     Key,
@@ -66,10 +87,30 @@ SENDERS = 2
 # Re-read topic metadata this often, to pick up added partitions and retention changes.
 METADATA_MAX_AGE_S = 30.0
 
-_ASKING = b"*1\r\n$6\r\nASKING\r\n"
+# Encoded bytes one round (one pipeline per node) takes at most, beyond its first batch: with
+# two senders, a paused server buffers at most about twice this from one producer.
+ROUND_BYTES = 64 * 1024 * 1024
+
 # A resharding can answer MOVED, ASK and TRYAGAIN several times for one batch before its
 # slot settles; these attempts come on top of ``ProducerConfig.retries`` on a cluster.
 _CLUSTER_EXTRA_RETRIES = 20
+
+
+def _explicit_partition(route: Route, partition: object) -> int:
+    if isinstance(partition, int) and not isinstance(partition, bool) and 0 <= partition < route.n:
+        return partition
+    raise ConfigError(f"topic {route.meta.name} has partitions 0..{route.n - 1}, not {partition!r}")
+
+
+def _general_form(
+    key: bytes | None, value: bytes | None, headers: Mapping[str, str | bytes] | None
+) -> tuple[bytes, int, int]:
+    """A record with headers, or without key or value, in the script's "f, fields..." form:
+    (RESP bytes, arguments, record bytes)."""
+    fields = entry_fields(key, value, encode_headers(headers))
+    size = sum(len(f) for f in fields)
+    chunk = b"%b%b" % (bulk(b"%d" % len(fields)), b"".join(bulk(f) for f in fields))
+    return chunk, 1 + len(fields), size
 
 
 class Producer:
@@ -86,8 +127,14 @@ class Producer:
         client_config: ClientConfig | None = None,
     ) -> None:
         self.config = config or ProducerConfig()
+        if conn is None:
+            client_config = client_config or ClientConfig.from_env()
+            self.config.check_against(client_config)
+        else:
+            self.config.check_against(conn.config)
         self._owns_conn = conn is None
         self._conn = conn or connect(client_config)
+        self._policy = DeliveryPolicy.from_config(self.config)
         self._admin = TopicAdmin(self._conn)
         self._pid = uuid.uuid4().hex[:16].encode() if self.config.idempotent else b""
         self._seqs: dict[tuple[str, int], int] = {}
@@ -103,10 +150,11 @@ class Producer:
         self._flushing = 0
         self._closed = False
         self._linger = self.config.linger_ms / 1000.0
+        self._timeout = self._policy.timeout
         self._batch_size = self.config.batch_size
-        self._batch_bytes = 4 * 1024 * 1024
         self._max_bytes = self.config.max_record_bytes
-        self._load_script()
+        # The latest retriable error per partition: what a batch that expired unsent reports.
+        self._last_errors: dict[tuple[str, int], Exception] = {}
         # Partitions with a batch on the wire: a partition is never in two rounds at once, so
         # its batches are appended (and retried) strictly in order.
         self._inflight: set[tuple[str, int]] = set()
@@ -132,8 +180,11 @@ class Producer:
     ) -> RecordFuture:
         """Queue one record; returns a future of (topic, partition, id).
 
-        Raises at once, before anything is written, on an unknown topic, a bad partition or
-        region, a value that cannot be encoded or a record over ``max_record_bytes``.
+        Raises at once, before anything is queued, on an unknown topic, a bad partition or
+        region, a value that cannot be encoded (:class:`SerializationError`), a record over
+        ``max_record_bytes`` (:class:`RecordTooLargeError`) or with more than
+        ``records.MAX_HEADERS`` headers (:class:`InvalidRecordError`). The future fails only
+        once ``delivery_timeout_ms`` ran out (or at once on an error no retry can fix).
         """
         route = self._routes.get(topic)
         if route is None or time.monotonic() - route.fetched > METADATA_MAX_AGE_S:
@@ -141,15 +192,7 @@ class Producer:
         kb = key if type(key) is bytes else encode_key(key)
         vb = value if type(value) is bytes else encode_value(value)
         if partition is not None:
-            if (
-                isinstance(partition, bool)
-                or not isinstance(partition, int)
-                or not 0 <= partition < route.n
-            ):
-                raise ConfigError(
-                    f"topic {topic} has partitions 0..{route.n - 1}, not {partition!r}"
-                )
-            p: int | None = partition
+            p: int | None = _explicit_partition(route, partition)
         elif region is None and kb is not None:
             p = _xxh3(kb) % route.n if route.modulo else route.router.for_key(kb)
         else:
@@ -160,10 +203,7 @@ class Producer:
             chunk = b"$1\r\n0\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n" % (len(kb), kb, len(vb), vb)
             nargs = 3
         else:
-            fields = entry_fields(kb, vb, encode_headers(headers))
-            size = sum(len(f) for f in fields)
-            chunk = b"%b%b" % (bulk(b"%d" % len(fields)), b"".join(bulk(f) for f in fields))
-            nargs = 1 + len(fields)
+            chunk, nargs, size = _general_form(kb, vb, headers)
         if size > self._max_bytes:
             check_size(size, self._max_bytes)
         with self._lock:
@@ -174,9 +214,14 @@ class Producer:
             if p is None:
                 first, last = route.router.range_for(region)
                 p = self._sticky.partition(topic, region, first, last)
+            nbytes = len(chunk)
             batch = self._open.get((topic, p))
+            if batch is not None and batch.nbytes + nbytes > MAX_BATCH_BYTES:
+                self._seal(batch)  # a call stays within MAX_BATCH_BYTES, or holds one record
+                batch = None
             if batch is None:
-                batch = Batch(topic, p, route, time.monotonic())
+                now = time.monotonic()
+                batch = Batch(topic, p, route, now, now + self._timeout)
                 self._open[(topic, p)] = batch
                 if len(self._open) == 1:
                     self._cond.notify_all()
@@ -184,11 +229,39 @@ class Producer:
             batch.chunks.append(chunk)
             batch.count = index + 1
             batch.nargs += nargs
-            batch.nbytes += len(chunk)
+            batch.nbytes += nbytes
             self._buffered += 1
-            if batch.count >= self._batch_size or batch.nbytes >= self._batch_bytes:
+            if batch.count >= self._batch_size or batch.nbytes >= MAX_BATCH_BYTES:
                 self._seal(batch)
         return RecordFuture(batch, index)
+
+    def validate(
+        self,
+        topic: str,
+        value: Value = None,
+        key: Key = None,
+        headers: Mapping[str, str | bytes] | None = None,
+        partition: int | None = None,
+        *,
+        region: str | None = None,
+    ) -> int | None:
+        """Run the checks :meth:`send` runs on a record, and raise as it would, without
+        queuing anything. Returns the record's partition (None for a keyless record: its
+        partition is picked when it is sent)."""
+        route = self._routes.get(topic)
+        if route is None or time.monotonic() - route.fetched > METADATA_MAX_AGE_S:
+            route = self._refresh(topic)
+        kb, vb = encode_key(key), encode_value(value)
+        if partition is not None:
+            p: int | None = _explicit_partition(route, partition)
+        else:
+            p = route.router.route(kb, region)
+        if headers is None and kb is not None and vb is not None:
+            size = len(kb) + len(vb)
+        else:
+            size = _general_form(kb, vb, headers)[2]
+        check_size(size, self._max_bytes)
+        return p
 
     def flush(self, timeout: float | None = None) -> bool:
         """Send everything buffered now and wait for it. False if ``timeout`` ran out."""
@@ -207,13 +280,28 @@ class Producer:
                 self._flushing -= 1
 
     def close(self, timeout: float | None = 30.0) -> None:
-        """Flush, stop the sender thread, and close the connection if this producer opened it."""
+        """Flush, stop the sender threads, and close the connection if this producer opened it.
+
+        Records still undelivered when ``timeout`` runs out fail with :class:`ClosedError`
+        (as Kafka's ``close(timeout)`` does); a batch on the wire then fails once its reply
+        comes, unless that reply is a success.
+        """
         with self._cond:
             if self._closed:
                 return
-        self.flush(timeout)
+        delivered = self.flush(timeout)
         with self._cond:
             self._closed = True
+            abandoned: list[Batch] = []
+            if not delivered:
+                abandoned = [*self._ready, *self._open.values()]
+                self._ready.clear()
+                self._open.clear()
+            self._cond.notify_all()
+        for batch in abandoned:
+            self._abandon(batch)
+        with self._cond:
+            self._buffered -= sum(b.count for b in abandoned)
             self._cond.notify_all()
         for t in self._senders:
             t.join(timeout)
@@ -247,11 +335,12 @@ class Producer:
         return route
 
     def _load_script(self) -> None:
-        try:
-            # On a cluster, RedisCluster sends SCRIPT LOAD to every primary it knows.
-            self._conn.client.script_load(source("append"))
-        except rex.RedisError as err:
-            raise translate(err, "loading the append script") from err
+        client = self._conn.client
+        if self._conn.is_cluster:  # every primary it knows (a new or failed-over one lacks it)
+            for node in client.get_primaries():
+                self._conn.functions.load(client.get_redis_connection(node))
+        else:
+            self._conn.functions.load()
 
     def _wait_for_room(self) -> None:
         """Called with the lock held while the buffer is full."""
@@ -275,8 +364,9 @@ class Producer:
         self._sticky.rotate(batch.topic, batch.partition)
         self._cond.notify_all()
 
-    def _take_round(self) -> list[Batch]:
-        """With the lock held: wait for batches to send; at most one per partition."""
+    def _take_round(self) -> tuple[list[Batch], list[Batch]]:
+        """With the lock held: wait for batches to send, at most one per partition, or for
+        unsent batches whose delivery timeout ran out. Returns (to send, expired)."""
         while True:
             now = time.monotonic()
             if self._flushing or self._closed:
@@ -286,54 +376,86 @@ class Producer:
                 for batch in list(self._open.values()):
                     if now - batch.created >= self._linger:
                         self._seal(batch)
+            wake: float | None = None
             if self._ready:
                 taken: list[Batch] = []
-                seen = set(self._inflight)
+                expired: list[Batch] = []
                 rest: deque[Batch] = deque()
+                # A partition is blocked by a batch on the wire, or by an earlier batch still
+                # waiting (back-off, full round): its later batches never overtake.
+                blocked = set(self._inflight)
+                nbytes = 0
                 for batch in self._ready:
                     tp = (batch.topic, batch.partition)
-                    if tp in seen:
+                    if batch.seq == 0 and now >= batch.deadline:
+                        expired.append(batch)  # never sent: failing it cannot reorder anything
+                        continue
+                    if tp in blocked or batch.retry_at > now or nbytes >= ROUND_BYTES:
                         rest.append(batch)
+                        # Wake for the end of a back-off, or to expire a batch never sent.
+                        due = batch.retry_at if batch.retry_at > now else None
+                        if batch.seq == 0:
+                            due = batch.deadline
+                        if due is not None and (wake is None or due < wake):
+                            wake = due
                     else:
-                        seen.add(tp)
                         taken.append(batch)
+                        nbytes += batch.nbytes
+                    blocked.add(tp)
                 self._ready = rest
-                if taken:
+                if taken or expired:
                     self._inflight.update((b.topic, b.partition) for b in taken)
-                    return taken
-            if self._closed:
-                return []
-            timeout = None
+                    return taken, expired
+            if self._closed and not self._ready:
+                return [], []
+            timeout = None if wake is None else max(0.0, wake - now)
             if self._open:
                 oldest = min(b.created for b in self._open.values())
-                timeout = max(0.0, oldest + self._linger - now)
+                linger = max(0.0, oldest + self._linger - now)
+                timeout = linger if timeout is None else min(timeout, linger)
             self._cond.wait(timeout)
 
     def _run(self) -> None:
         while True:
             with self._cond:
-                batches = self._take_round()
-            if not batches:
+                batches, expired = self._take_round()
+            if not batches and not expired:
                 return
-            try:
-                retry = self._send_round(batches)
-            except Exception as err:  # a dead sender thread would hang every flush()
-                log.exception("producer sender failed a round")
-                for batch in batches:
-                    if not batch.event.is_set():
-                        self._fail(batch, err)
-                retry = []
+            for batch in expired:
+                self._expire(batch)
+            retry: list[Batch] = []
+            if batches:
+                try:
+                    retry = self._send_round(batches)
+                except Exception as err:  # a dead sender thread would hang every flush()
+                    log.exception("producer sender failed a round")
+                    retry = []
+                    for batch in batches:
+                        if batch.event.is_set():
+                            continue
+                        batch.in_doubt = True  # it may have been written before the failure
+                        if self._retry(batch, err):
+                            retry.append(batch)
+                        else:
+                            self._fail(batch, err)
+            abandoned: list[Batch] = []
             with self._cond:
+                if retry and self._closed:  # close() gave up waiting: nothing is retried now
+                    abandoned, retry = retry, []
                 done = sum(b.count for b in batches if b.event.is_set())
-                self._buffered -= done
+                self._buffered -= done + sum(b.count for b in expired)
                 # Back in front before the partitions are free again: a retried batch goes
                 # out before any later batch of its partition.
                 for batch in reversed(retry):
                     self._ready.appendleft(batch)
                 self._inflight.difference_update((b.topic, b.partition) for b in batches)
                 self._cond.notify_all()
-            if retry:
-                time.sleep(self.config.retry_backoff_ms / 1000.0)
+            if abandoned:
+                for batch in abandoned:
+                    self._abandon(batch)
+                with self._cond:
+                    self._buffered -= sum(b.count for b in abandoned)
+                    self._cond.notify_all()
 
     def _send_round(self, batches: list[Batch]) -> list[Batch]:
         """Send one round (one pipeline per node); returns the batches to try again."""
@@ -346,14 +468,16 @@ class Producer:
                     self._seqs[tp] = batch.seq
         retry: list[Batch] = []
         for pool, group in self._by_node(batches):
-            replies = self._pipeline(pool, group)
+            replies = pipeline(pool, group)
             for batch, reply in zip(group, replies, strict=True):
                 if isinstance(reply, list):
                     batch.complete(
                         reply[1:] if reply[0] == 1 else self._dup_ids(batch, reply),
                         None,
                     )
-                elif self._should_retry(batch, reply):
+                    if self._last_errors:
+                        self._last_errors.pop((batch.topic, batch.partition), None)
+                elif self._retry(batch, reply):
                     retry.append(batch)
                 else:
                     self._fail(batch, reply)
@@ -366,66 +490,76 @@ class Producer:
             ids += [b"0-0"] * (batch.count - len(ids))
         return ids
 
-    def _should_retry(self, batch: Batch, err: Exception) -> bool:
-        if is_noscript(err):
-            if self._conn.is_cluster:  # a node restarted, failed over or joined
-                self._conn.client.nodes_manager.initialize()
-            self._load_script()
-            return True  # not counted: nothing was executed
-        if (
-            isinstance(err, rex.ResponseError)
-            and not is_redirect(err)
-            and not isinstance(err, rex.OutOfMemoryError)
-            and not str(err).startswith(("OOM", "LOADING", "BUSY "))
-        ):
+    def _retry(self, batch: Batch, err: Exception) -> bool:
+        """Decide on a failed attempt: True (and when, in ``batch.retry_at``) to send it again."""
+        now = time.monotonic()
+        batch.last_error = err
+        batch.in_doubt = batch.in_doubt or in_doubt(err)
+        if is_missing(err):
+            # A server without this version's functions (restarted empty, a new or promoted
+            # primary, an upgrade): load them if this user may; nothing was executed.
+            self._reload_script()
+        else:
+            batch.attempts += 1
+            if self._conn.is_cluster and (
+                is_redirect(err) or isinstance(err, rex.ConnectionError | rex.TimeoutError)
+            ):
+                # MOVED updates the slot map; ASK sends the next attempt to the importing
+                # node (with ASKING); the rest refresh the map. A redirection executed
+                # nothing, so the sequence number stays and the script drops a real duplicate.
+                batch.ask = redirect(self._conn, err)
+        extra = _CLUSTER_EXTRA_RETRIES if self._conn.is_cluster else 0
+        at = self._policy.next_try(err, batch.attempts, now, batch.deadline, extra)
+        if at is None:
             return False
-        if self._conn.is_cluster and (
-            is_redirect(err) or isinstance(err, rex.ConnectionError | rex.TimeoutError | OSError)
-        ):
-            # MOVED updates the slot map; ASK sends the next attempt to the importing node
-            # (with ASKING); the rest refresh the map. A redirection executed nothing, so the
-            # sequence number stays and the append script still drops a real duplicate.
-            batch.ask = redirect(self._conn, err)
-        batch.attempts += 1
+        batch.retry_at = at
+        self._last_errors[(batch.topic, batch.partition)] = err
         log.debug(
-            "retrying %s/%d (attempt %d): %s %s",
+            "retrying %s/%d (attempt %d) in %.3fs: %s %s",
             batch.topic,
             batch.partition,
             batch.attempts,
+            at - now,
             type(err).__name__,
             err,
         )
-        return batch.attempts <= self.config.retries + (
-            _CLUSTER_EXTRA_RETRIES if self._conn.is_cluster else 0
-        )
+        return True
+
+    def _reload_script(self) -> None:
+        try:
+            if self._conn.is_cluster:  # a node restarted, failed over or joined
+                self._conn.client.nodes_manager.initialize()
+            self._load_script()
+        except Exception:  # not ours to load, or an outage: the next attempt backs off
+            log.debug("loading the server-side functions failed", exc_info=True)
 
     def _fail(self, batch: Batch, err: Exception) -> None:
-        # A script error means the script refused before writing; a lost connection or a
-        # timeout leaves the outcome unknown.
-        in_doubt = not isinstance(err, rex.ResponseError)
-        error = translate(err, f"appending to {batch.topic}/{batch.partition}")
-        if is_redirect(err):
-            error = ConnectionFailedError(
-                f"appending to {batch.topic}/{batch.partition}: the cluster kept redirecting "
-                f"({type(err).__name__} {err}) after {batch.attempts} attempts; is a "
-                "resharding or failover stuck?"
-            )
-        out_of_seq = "OUTOFSEQ" in str(err)
-        if out_of_seq:
-            # The server lost this producer's sequence (a crash lost its last writes, or it
-            # restarted empty): this batch was NOT appended and fails loudly; a new identity
-            # lets later batches through instead of failing forever.
-            error = PartstreamError(
-                f"appending to {batch.topic}/{batch.partition}: {err} (the server lost recent "
-                "writes; this batch was not appended)"
-            )
-        batch.complete(None, error)
-        if (in_doubt or out_of_seq) and self.config.idempotent:
-            # The failed batch may or may not be in the stream: start a new producer identity
-            # so the next batch of this partition cannot be mistaken for a duplicate of it.
-            with self._lock:
+        """Fail a batch that was sent, and keep the partition's sequence usable for the next."""
+        batch.complete(None, final_error(batch, err, time.monotonic()))
+        if not self.config.idempotent:
+            return
+        tp = (batch.topic, batch.partition)
+        with self._lock:
+            if batch.pid != self._pid:
+                return  # its identity was replaced already; the new one starts afresh
+            if batch.in_doubt or in_doubt(err) or is_out_of_seq(err):
+                # The batch may be in the stream (or the server forgot the sequence): a new
+                # identity, so the next batch can be neither taken for a duplicate of it nor
+                # refused as out of sequence.
                 self._pid = uuid.uuid4().hex[:16].encode()
                 self._seqs.clear()
+            elif self._seqs.get(tp) == batch.seq:
+                # Refused: the script wrote nothing (it is all-or-nothing), so the server still
+                # expects this sequence number; the next batch of the partition takes it.
+                self._seqs[tp] = batch.seq - 1
+
+    def _expire(self, batch: Batch) -> None:
+        """Fail a batch never sent within its delivery timeout, with its partition's last error."""
+        last = self._last_errors.get((batch.topic, batch.partition))
+        batch.complete(None, expiry_error(batch, last, self.config.delivery_timeout_ms))
+
+    def _abandon(self, batch: Batch) -> None:
+        batch.complete(None, closed_error(batch))
 
     def _by_node(self, batches: list[Batch]) -> list[tuple[Any, list[Batch]]]:
         if not self._conn.is_cluster:
@@ -438,31 +572,3 @@ class Producer:
                 entry = groups[id(node)] = (node.connection_pool, [])
             entry[1].append(batch)
         return list(groups.values())
-
-    def _pipeline(self, pool: Any, batches: list[Batch]) -> list[Any]:
-        """Write all batches' commands at once, then read one reply per batch."""
-        replies: list[Any] = []
-        try:
-            conn = pool.get_connection()
-        except (rex.ConnectionError, rex.TimeoutError, OSError) as err:
-            return [err] * len(batches)  # nothing was sent: retried like any lost connection
-        try:
-            # One buffer, one sendall: redis-py would otherwise write each item separately.
-            conn.send_packed_command(
-                [b"".join([(_ASKING if b.ask else b"") + b.packed() for b in batches])],
-                check_health=False,
-            )
-            for batch in batches:
-                try:
-                    if batch.ask is not None:
-                        batch.ask = None  # one attempt only: a later ASK says again
-                        conn.read_response()  # +OK of ASKING
-                    replies.append(conn.read_response())
-                except rex.ResponseError as err:
-                    replies.append(err)
-        except (rex.ConnectionError, rex.TimeoutError, OSError) as err:
-            conn.disconnect()
-            replies += [err] * (len(batches) - len(replies))
-        finally:
-            pool.release(conn)
-        return replies

@@ -6,6 +6,9 @@ granted partition at once, then posts the event; a revocation waits (at most hal
 so the session it keeps alive never expires) until the consumer ran the user's
 ``on_partitions_revoked``, committed what was processed and released the fence: only then
 does the runner hand the partition back. A blocked ``XREAD`` is cut short with CLIENT UNBLOCK.
+
+A consumer that stopped polling for ``max_poll_interval_ms`` gets a plain "lost" event: the
+runner already released the fences and left, so the acks that event flushes are refused.
 """
 
 from __future__ import annotations
@@ -88,6 +91,7 @@ class RebalanceMixin:
     _listener: RebalanceListener | None
     _runner: MemberRunner
     _parts: dict[TopicPartition, PartitionState]
+    _retention: dict[str, str]
     _buf: list[Record]
     _pos: int
     _handed: list[Record]
@@ -151,9 +155,9 @@ class RebalanceMixin:
 
     def _assign(self, grants: dict[TopicPartition, Grant]) -> None:
         for tp, grant in grants.items():
-            self._parts[tp] = PartitionState(
-                self._conn, self.group, tp, self.member_id, grant.token
-            )
+            st = PartitionState(self._conn, self.group, tp, self.member_id, grant.token)
+            st.retention = self._retention.get(tp.topic, "")
+            self._parts[tp] = st
         if self._listener is not None and grants:
             self._listener.on_partitions_assigned(dict(grants))
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from coordinator.errors import RecordTooLargeError, SerializationError
+from coordinator.errors import InvalidRecordError, RecordTooLargeError, SerializationError
 
 KEY_FIELD = b"key"
 VALUE_FIELD = b"value"
@@ -199,6 +199,13 @@ def _display_value(raw: bytes | None) -> Any:
 
 
 # -- encoding -----------------------------------------------------------------------------
+# Headers per record. A record is one XADD of up to 4 + 2 * MAX_HEADERS field arguments (key,
+# value, headers) passed through Lua's unpack(), whose C stack holds about 8,000 values; a dead
+# letter copies every field plus 12 metadata fields into one XADD too. 1,000 keeps both (2,004
+# and ~2,030 arguments) far below that limit.
+MAX_HEADERS = 1000
+
+
 def _utf8(text: str, what: str) -> bytes:
     try:
         return text.encode("utf-8")
@@ -237,9 +244,17 @@ def encode_value(value: Value) -> bytes | None:
 
 
 def encode_headers(headers: Mapping[str, str | bytes] | None) -> list[bytes]:
-    """Headers as a flat [field, value, ...] list with the ``h:`` prefix."""
+    """Headers as a flat [field, value, ...] list with the ``h:`` prefix.
+
+    At most :data:`MAX_HEADERS` of them (:class:`InvalidRecordError`).
+    """
     if not headers:
         return []
+    if len(headers) > MAX_HEADERS:
+        raise InvalidRecordError(
+            f"a record has {len(headers)} headers, over the limit of {MAX_HEADERS}: put the "
+            "rest in the value"
+        )
     out: list[bytes] = []
     for name, val in headers.items():
         if not isinstance(name, str) or not name:

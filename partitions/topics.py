@@ -213,7 +213,7 @@ class TopicAdmin:
     def create(self, spec: TopicSpec, *, exist_ok: bool = False) -> TopicMeta:
         """Create a topic. Checks that no key it needs holds another type first."""
         self._check_types(spec.name, range(spec.partitions))
-        created = self.conn.scripts.call(
+        created = self.conn.functions.call(
             "topic_create",
             [self.keys.topic_meta(spec.name)],
             spec.to_fields(),
@@ -318,7 +318,7 @@ class TopicAdmin:
         )
         self._check_types(name, range(spec.partitions, new.partitions))
         try:
-            self.conn.scripts.call(
+            self.conn.functions.call(
                 "topic_alter",
                 [self.keys.topic_meta(name)],
                 [str(meta.version), *new.to_fields()],

@@ -79,6 +79,7 @@ CLUSTER_READY = [
     "tests/integration/test_group_model.py",
     "tests/integration/test_topic_growth.py",
     "tests/integration/test_deliveries.py",
+    "tests/integration/test_library.py",
 ]
 
 

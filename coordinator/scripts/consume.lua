@@ -6,7 +6,10 @@ KEYS (all under the PARTITION's hash tag {<topic>:<p>}, so one slot in a cluster
   3 groups  hash    group -> "<created_ms> <start>": set when the group first touched the
                     partition; a marked group missing from the stream means state was lost.
                     "<group>:reclaim" -> min idle ms: an admin's "reclaim stuck entries now"
-                    request, served (then cleared) by the owner's next read
+                    request, served (then cleared) by the owner's next read.
+                    "~cut" -> the id safe retention may trim below (every group of the
+                    partition has delivered and acked what lies below it), written here by
+                    the reclaim-time reads of a safe-retention topic, read by append
   4 dlq     stream  dead letters of the partition
 
 ARGV (common): 1 op, 2 group, 3 fence value "<member_id> <token>", 4 topic, 5 partition,
@@ -14,7 +17,9 @@ ARGV (common): 1 op, 2 group, 3 fence value "<member_id> <token>", 4 topic, 5 pa
   read   7 count (0 = only ack), 8 cursor: '' = new entries only; else first recover the
          group's pending entries after this id ('-' = all), in id order (takeover recovery),
          9 max_deliveries, 10 reclaim idle ms (0 = no reclaim this call), 11 start id if the
-         group is created here ('0' | '$'), 12 n acks, 13.. ids to ack first (piggy-backed)
+         group is created here ('0' | '$'), 12 safe retention "<max length> <retention ms>"
+         ('' = the topic has none; with a reclaim, "~cut" is computed anew), 13 n acks,
+         14.. ids to ack first (piggy-backed)
   hand   7 n acks, 8.. ids to ack, then pairs id, deliveries: record that these recovered
          entries are handed out now (XCLAIM ... RETRYCOUNT deliveries + 1)
   ack    7.. ids to ack
@@ -134,18 +139,63 @@ local function ensure_group(start)
   -- partly do not exist gets TRYAGAIN until the move ends; with every key present it is
   -- served by one side or the other (ASK) during all but the key-moving steps.
   if redis.call('EXISTS', dlq) == 0 then redis.call('XADD', dlq, 'MAXLEN', '0', '*', 'x', '') end
+  -- A new group may need what safe retention was about to trim: the cut is computed anew.
+  redis.call('HDEL', groups, '~cut')
   local t = redis.call('TIME')
   redis.call('HSET', groups, group, t[1] .. string.format('%03d', math.floor(t[2] / 1000)) ..
     ' ' .. start)
   return true
 end
 
+local function id_lt(a, b)
+  local ams, aseq = string.match(a, '^(%d+)-(%d+)$')
+  local bms, bseq = string.match(b, '^(%d+)-(%d+)$')
+  ams, bms = tonumber(ams), tonumber(bms)
+  if ams ~= bms then return ams < bms end
+  return tonumber(aseq) < tonumber(bseq)
+end
+
+-- Safe retention's "~cut": the lowest id to keep by age and length, lowered to the first
+-- entry any group of the stream (partstream's or another client's) has not delivered or
+-- acked. Bounded: one XRANGE page of at most 10,001 entries, one XPENDING per group.
+local function update_cut(spec)
+  local maxlen, retention_ms = string.match(spec, '^(%d+) (%d+)$')
+  maxlen, retention_ms = tonumber(maxlen), tonumber(retention_ms)
+  local now = now_ms()
+  local cut = nil
+  if retention_ms > 0 and retention_ms < now then cut = (now - retention_ms) .. '-0' end
+  if maxlen > 0 then
+    local excess = redis.call('XLEN', stream) - maxlen
+    -- Trim in steps of at least 100 entries, as MAXLEN ~ does with its nodes.
+    if excess >= 100 then
+      local page = redis.call('XRANGE', stream, '-', '+', 'COUNT', math.min(excess, 10000) + 1)
+      local keep_from = page[#page][1]
+      if cut == nil or id_lt(cut, keep_from) then cut = keep_from end
+    end
+  end
+  if cut == nil then return end
+  for _, g in ipairs(redis.call('XINFO', 'GROUPS', stream)) do
+    local name, last = nil, nil
+    for k = 1, #g, 2 do
+      if g[k] == 'name' then name = g[k + 1] elseif g[k] == 'last-delivered-id' then last = g[k + 1] end
+    end
+    -- Keep from the last delivered entry on (one more than needed): last + 1 would overflow
+    -- Lua's numbers after a seek to a time ("<ms>-18446744073709551615").
+    local need = last
+    local pend = redis.call('XPENDING', stream, name)
+    if pend[2] and id_lt(pend[2], need) then need = pend[2] end
+    if id_lt(need, cut) then cut = need end
+  end
+  redis.call('HSET', groups, '~cut', cut)
+end
+
 if op == 'read' then
   local count, cursor = tonumber(ARGV[7]), ARGV[8]
   local max_deliveries, reclaim_ms = tonumber(ARGV[9]), tonumber(ARGV[10])
-  local start_id, nacks = ARGV[11], tonumber(ARGV[12])
+  local start_id, nacks = ARGV[11], tonumber(ARGV[13])
   local acked = 0
-  if nacks > 0 then acked = ack_range(13, 12 + nacks) end
+  if nacks > 0 then acked = ack_range(14, 13 + nacks) end
+  if cursor == '' and reclaim_ms > 0 and ARGV[12] ~= '' then update_cut(ARGV[12]) end
   if count == 0 then return {1, acked, {}, cursor, '', 0, 0, {}} end
 
   -- "Reclaim stuck entries now" (offsets.reclaim_now): served once recovery is done.

@@ -47,12 +47,15 @@ end
 if not previous then
   if not create then return {-1, 'group'} end
   redis.call('XGROUP', 'CREATE', stream, group, id, 'MKSTREAM')
+  redis.call('HDEL', groups, '~cut')
   local t = redis.call('TIME')
   redis.call('HSET', groups, group, t[1] .. string.format('%03d', math.floor(t[2] / 1000)) ..
     ' ' .. id)
   return {1, '', 0}
 end
 
+-- The group may now want entries safe retention was about to trim: the cut is computed anew.
+redis.call('HDEL', groups, '~cut')
 local cleared = 0
 while true do
   local pend = redis.call('XPENDING', stream, group, '-', '+', 1000)

@@ -6,7 +6,7 @@ import os
 
 import click
 
-from partitions.acl import ROLES, acl_rules, setuser_command
+from partitions.acl import ACL_LIMITS, ROLES, acl_rules, setuser_command
 from partitions.cli.common import State, emit, format_option, main, pass_state
 
 
@@ -64,3 +64,4 @@ def acl_print(
         client_setinfo=client_setinfo,
     )
     emit(fmt, rules, lambda r: setuser_command(r))
+    click.echo(ACL_LIMITS, err=True)

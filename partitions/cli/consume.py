@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from coordinator.errors import PollIntervalExceededError
 from coordinator.settings import GroupSettings
 from partitions.cli.common import State, json_line, main, pass_state
 from partitions.config import ConsumerConfig
@@ -44,6 +45,11 @@ def group_settings(session_ms: int | None, heartbeat_ms: int | None) -> GroupSet
               "the group.")  # fmt: skip
 @click.option("--heartbeat-ms", type=int, help="Heartbeat interval if this member creates "
               "the group.")  # fmt: skip
+@click.option("--max-poll-interval-ms", type=int, help="Leave the group when records are "
+              "not asked for within this (default 300000, as Kafka's "
+              "max.poll.interval.ms).")  # fmt: skip
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML file "
+              "whose [consumer] table sets ConsumerConfig fields (flags win).")  # fmt: skip
 @click.option(
     "--format",
     "fmt",
@@ -62,18 +68,24 @@ def consume_cmd(
     instance_id: str | None,
     session_timeout_ms: int | None,
     heartbeat_ms: int | None,
+    max_poll_interval_ms: int | None,
+    config_path: str | None,
     fmt: str,
 ) -> None:
     """Print TOPIC's records as a member of GROUP, committing each one after printing it.
 
     SIGTERM or Ctrl-C commit, leave the group and exit."""
+    # Each record is committed after it is printed, whatever the file says about auto_commit.
+    flags = {"max_poll_interval_ms": max_poll_interval_ms, "auto_commit": False}
+    base = ConsumerConfig.from_toml(config_path) if config_path else ConsumerConfig()
+    config = base.with_changes(**flags)
     stop = threading.Event()
     previous: Any = signal.signal(signal.SIGTERM, lambda *_: stop.set())
     consumer = Consumer(
         group,
         topic,
         conn=state.conn,
-        config=ConsumerConfig(auto_commit=False),
+        config=config,
         instance_id=instance_id,
         group_settings=group_settings(session_timeout_ms, heartbeat_ms),
     )
@@ -83,14 +95,19 @@ def consume_cmd(
         while not stop.is_set() and (count is None or printed < count):
             wait = 0.5 if timeout is None else min(0.5, max(0.0, last + timeout - time.monotonic()))
             want = None if count is None else count - printed
-            records = consumer.poll(max_records=want, timeout=wait)
-            for record in records:
-                if fmt == "json":
-                    json_line(record.to_dict())
-                else:
-                    click.echo(_text(record))
-                consumer.commit([record])
-                printed += 1
+            try:
+                records = consumer.poll(max_records=want, timeout=wait)
+                for record in records:
+                    if fmt == "json":
+                        json_line(record.to_dict())
+                    else:
+                        click.echo(_text(record))
+                    consumer.commit([record])
+                    printed += 1
+            except PollIntervalExceededError as err:
+                # Output stalled (a paused pipe): the rest of the batch is someone else's now.
+                click.echo(f"warning: {err}", err=True)
+                records = []
             if records:
                 last = time.monotonic()
             elif timeout is not None and time.monotonic() - last >= timeout:

@@ -57,6 +57,8 @@ def dlq_replay(
 ) -> None:
     """Re-produce TOPIC's dead letters to their partitions, then remove them."""
     result = DeadLetters(state.conn).replay(topic, partition=partition, group=group)
+    for why in result.refused:
+        click.echo(f"refused {why}", err=True)
     emit(
         fmt,
         result.to_dict(),

@@ -2,24 +2,29 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
+import tempfile
 import threading
 from collections import deque
-from typing import Any, BinaryIO
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 import click
 import orjson
 
-from coordinator.errors import ConfigError, SerializationError
+from coordinator.errors import ConfigError, PartstreamError, SerializationError
 from partitions.cli.common import State, format_option, json_line, main, pass_state
 from partitions.config import ProducerConfig
-from partitions.producer import Producer, RecordFuture, RecordMetadata
+from partitions.producer import Producer, RecordFuture
 from partitions.records import Record
 from partitions.replay import replay
 
 # Records whose outcome is printed once this many more were sent (keeps memory flat).
 _PRINT_WINDOW = 10_000
+# --validate-first keeps the input in memory up to this size, then in a temporary file.
+_SPOOL_BYTES = 64 * 1024 * 1024
 
 
 def _headers(values: tuple[str, ...]) -> dict[str, str]:
@@ -32,17 +37,59 @@ def _headers(values: tuple[str, ...]) -> dict[str, str]:
     return out
 
 
-def _key_of(line: bytes, field: str, lineno: int) -> str:
+def _key_of(line: bytes, field: str) -> str:
     try:
         obj = orjson.loads(line)
     except orjson.JSONDecodeError as err:
-        raise SerializationError(
-            f"line {lineno}: not JSON ({err}); --key-field needs JSON lines"
-        ) from None
+        raise SerializationError(f"not JSON ({err}); --key-field needs JSON lines") from None
     if not isinstance(obj, dict) or field not in obj:
-        raise SerializationError(f"line {lineno}: no field {field!r} to use as the key")
+        raise SerializationError(f"no field {field!r} to use as the key")
     key = obj[field]
     return key if isinstance(key, str) else orjson.dumps(key).decode()
+
+
+class _Outcomes:
+    """The futures of the records sent so far, resolved in order, printed and counted."""
+
+    def __init__(self, quiet: bool, fmt: str) -> None:
+        self.quiet = quiet
+        self.fmt = fmt
+        self.pending: deque[RecordFuture] = deque()
+        self.produced = 0
+        self.failed = 0
+        self.first_error: BaseException | None = None
+
+    def resolve(self, keep: int = 0) -> None:
+        """Resolve all but the newest ``keep`` futures (they are done or being sent)."""
+        while len(self.pending) > keep:
+            err = self.pending[0].exception()
+            fut = self.pending.popleft()
+            if err is not None:
+                self.failed += 1
+                self.first_error = self.first_error or err
+                continue
+            self.produced += 1
+            if self.quiet:
+                continue
+            meta = fut.result()
+            if self.fmt == "json":
+                json_line({"topic": meta.topic, "partition": meta.partition, "id": meta.id})
+            else:
+                click.echo(f"Produced to partition {meta.partition} at id {meta.id}")
+
+    def tally(self, topic: str) -> str:
+        failed = f", {self.failed} failed" if self.failed else ""
+        return f"{self.produced} records produced to {topic}{failed}"
+
+
+def _stop(err: PartstreamError, message: str) -> PartstreamError:
+    """The same kind of error (a user catches or greps its type) with the tally added."""
+    try:
+        stopped = type(err)(message)
+    except Exception:  # an error class with another signature: keep the base type
+        stopped = PartstreamError(message)
+    stopped.__cause__ = err
+    return stopped
 
 
 @main.command("produce")
@@ -52,6 +99,11 @@ def _key_of(line: bytes, field: str, lineno: int) -> str:
 @click.option("-p", "--partition", type=int, help="Send to this partition.")
 @click.option("--region", help="Route within this region's partitions.")
 @click.option("-H", "--header", "headers", multiple=True, help="Header NAME=VALUE (repeatable).")
+@click.option(
+    "--validate-first",
+    is_flag=True,
+    help="Check every line before producing any (the input is spooled to memory or disk).",
+)
 @click.option("-q", "--quiet", is_flag=True, help="Print only a summary line.")
 @format_option
 @pass_state
@@ -63,46 +115,75 @@ def produce_cmd(
     partition: int | None,
     region: str | None,
     headers: tuple[str, ...],
+    validate_first: bool,
     quiet: bool,
     fmt: str,
 ) -> None:
-    """Produce one record per line of standard input to TOPIC."""
+    """Produce one record per line of standard input to TOPIC.
+
+    A line that cannot be sent (bad JSON for --key-field, too large, ...) stops the command:
+    the lines before it are produced (their count is in the error), none from it on. With
+    --validate-first, nothing is produced unless every line passes. A record the server
+    refuses stops the input too; the error counts what was produced.
+    """
     if key is not None and key_field is not None:
         raise ConfigError("use either --key or --key-field, not both")
     hdrs = _headers(headers) or None
-    stream: BinaryIO = sys.stdin.buffer
-    pending: deque[RecordFuture] = deque()
-    count = 0
+    out = _Outcomes(quiet, fmt)
 
-    def report(meta: RecordMetadata) -> None:
-        if quiet:
-            return
-        if fmt == "json":
-            json_line({"topic": meta.topic, "partition": meta.partition, "id": meta.id})
-        else:
-            click.echo(f"Produced to partition {meta.partition} at id {meta.id}")
+    def lines(stream: Iterable[bytes]) -> Iterator[tuple[int, bytes]]:
+        for lineno, raw in enumerate(stream, 1):
+            line = raw.rstrip(b"\r\n")
+            if line:
+                yield lineno, line
 
-    with Producer(state.conn, ProducerConfig()) as producer:
+    with Producer(state.conn, ProducerConfig()) as producer, contextlib.ExitStack() as stack:
+        stream: Iterable[bytes] = sys.stdin.buffer
+        if validate_first:
+            spool = stack.enter_context(tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES))
+            for lineno, line in lines(_tee(stream, spool)):
+                try:
+                    k = _key_of(line, key_field) if key_field else key
+                    producer.validate(topic, line, k, hdrs, partition, region=region)
+                except PartstreamError as err:
+                    raise _stop(err, f"line {lineno}: {err}; nothing was produced") from err
+            spool.seek(0)
+            stream = spool
+        lineno = 0
         try:
-            for lineno, raw in enumerate(stream, 1):
-                line = raw.rstrip(b"\r\n")
-                if not line:
-                    continue
-                k = _key_of(line, key_field, lineno) if key_field else key
-                pending.append(
-                    producer.send(
-                        topic, line, key=k, headers=hdrs, partition=partition, region=region
-                    )
+            for lineno, line in lines(stream):  # noqa: B007  (lineno is reported below)
+                k = _key_of(line, key_field) if key_field else key
+                out.pending.append(
+                    producer.send(topic, line, k, hdrs, partition=partition, region=region)
                 )
-                count += 1
-                while len(pending) > _PRINT_WINDOW:
-                    report(pending.popleft().result())
-        finally:
+                if len(out.pending) > _PRINT_WINDOW:
+                    out.resolve(keep=_PRINT_WINDOW)
+                    if out.first_error is not None:
+                        break
+        except PartstreamError as err:
             producer.flush()
-            while pending:
-                report(pending.popleft().result())
+            out.resolve()
+            raise _stop(
+                err, f"line {lineno}: {err}; {out.tally(topic)} from the lines before it"
+            ) from err
+        producer.flush()
+        out.resolve()
+        failure = out.first_error
+        if failure is not None:
+            if not isinstance(failure, PartstreamError):
+                raise failure
+            raise _stop(
+                failure, f"{failure}; stopped after line {lineno}: {out.tally(topic)}"
+            ) from failure
     if quiet or fmt == "text":
-        click.echo(f"{count} records produced to {topic}", err=not quiet)
+        click.echo(out.tally(topic), err=not quiet)
+
+
+def _tee(source: Iterable[bytes], sink: Any) -> Iterator[bytes]:
+    """The lines of ``source``, each copied into ``sink`` on the way."""
+    for raw in source:
+        sink.write(raw)
+        yield raw
 
 
 def _record_text(r: Record) -> str:

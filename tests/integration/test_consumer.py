@@ -259,6 +259,29 @@ def test_safe_retention_never_trims_unacked_entries(conn: Connection) -> None:
     assert {d.reason for d in DeadLetters(conn).list("unsafe")} == {"trimmed"}
 
 
+def test_safe_retention_trims_what_every_group_acked(conn: Connection) -> None:
+    # Producers trim a safe topic only to the "~cut" its consumers compute on their
+    # reclaim-time reads (every reclaim_idle_ms / 4 here): below the oldest unacked entry.
+    topic(conn, "safe", n=1, max_length=100, safe_retention=True)
+    quick = GroupSettings(session_timeout_ms=1000, heartbeat_interval_ms=200,
+                          reclaim_idle_ms=400)  # fmt: skip
+    stream = conn.keys.stream("safe", 0)
+    with consumer(conn, topics="safe", group_settings=quick,
+                  config=ConsumerConfig(auto_commit=False)) as c:  # fmt: skip
+        wait_for(lambda: c.poll(timeout=0.1) == [] and c.assignment())  # the group reads it
+        produce(conn, "safe", 300)
+        got = drain(c, 300)
+        assert len(got) == 300  # nothing trimmed while the group had not read it
+        c.commit(got[:-1])  # all but the last one acked
+        wait_for(lambda: c.poll(timeout=0.2) == [] and conn.client.hget(
+            conn.keys.stream_groups("safe", 0), "~cut") is not None)  # fmt: skip
+        produce(conn, "safe", 150, start=300)
+        left = conn.client.xrange(stream, count=1)[0][0].decode()
+        assert idkey(left) <= idkey(got[-1].id)  # the unacked entry is kept ...
+        assert conn.client.xlen(stream) < 450  # ... but what was acked below it went
+        c.commit(got[-1:])
+
+
 def test_seek_by_id_and_time(conn: Connection) -> None:
     topic(conn, n=1)
     produce(conn, "orders", 5)

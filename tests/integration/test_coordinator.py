@@ -204,23 +204,23 @@ def test_target_is_compare_and_set_on_the_group_epoch(conn: Connection) -> None:
     a, b = member(conn, "a"), member(conn, "b")
     a.join()
     # Join b with the raw script so nobody computes the target yet.
-    conn.scripts.call(
+    conn.functions.call(
         "member", conn.keys.group_keys("g"), ["join", "b", "", "", "orders=12", *FAST.to_fields()]
     )
     b._epoch = GroupAdmin(conn.client, conn.keys).describe("g").epoch
     d = GroupAdmin(conn.client, conn.keys).describe("g")
     assert d.target_epoch < d.epoch and d.state == "reconciling"
-    stale = conn.scripts.call("admin", conn.keys.group_keys("g"), ["assign", d.epoch - 1])
+    stale = conn.functions.call("admin", conn.keys.group_keys("g"), ["assign", d.epoch - 1])
     assert stale[0] == b"STALE"
     assert a.compute_target(d.epoch) is True
-    again = conn.scripts.call("admin", conn.keys.group_keys("g"), ["assign", d.epoch, "a", ""])
+    again = conn.functions.call("admin", conn.keys.group_keys("g"), ["assign", d.epoch, "a", ""])
     assert again == [b"DONE"]
-    dup = conn.scripts.call(
+    dup = conn.functions.call(
         "admin", conn.keys.group_keys("g"), ["assign", d.epoch, "a", "orders:1", "b", "orders:1"]
     )
     assert dup[0] == b"DONE"  # already done wins over validation; now check validation:
     conn.client.hset(conn.keys.group_state("g"), "target_epoch", 0)
-    dup = conn.scripts.call(
+    dup = conn.functions.call(
         "admin", conn.keys.group_keys("g"), ["assign", d.epoch, "a", "orders:1", "b", "orders:1"]
     )
     assert dup[:2] == [b"ERR", b"INVALID"]

@@ -148,14 +148,15 @@ def test_idempotent_retry_is_not_duplicated(conn: Connection) -> None:
     TopicAdmin(conn).create(TopicSpec("idem", 1))
     key = conn.keys.stream("idem", 0)
     seq = conn.keys.seq("idem", 0)
+    groups = conn.keys.stream_groups("idem", 0)
     args = ["pid1", 1, 0, 0, 0, 2, 0, b"k", b"a", 0, b"k", b"b"]
-    first = conn.scripts.call("append", [key, seq], args)
-    again = conn.scripts.call("append", [key, seq], args)
+    first = conn.functions.call("append", [key, seq, groups], args)
+    again = conn.functions.call("append", [key, seq, groups], args)
     assert first[0] == 1 and again[0] == 2
     assert first[1:] == again[1:]  # the retry learns the original ids
     assert conn.client.xlen(key) == 2
     with pytest.raises(Exception, match="OUTOFSEQ"):
-        conn.scripts.call("append", [key, seq], ["pid1", 3, 0, 0, 0, 1, 0, b"k", b"c"])
+        conn.functions.call("append", [key, seq, groups], ["pid1", 3, 0, 0, 0, 1, 0, b"k", b"c"])
     assert conn.client.xlen(key) == 2
 
 

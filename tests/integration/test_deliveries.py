@@ -275,3 +275,22 @@ def test_a_malformed_dead_letter_entry_is_listed_not_a_crash(conn: Connection) -
     # Nothing of these can be replayed, and replay says so instead of failing.
     replay = DeadLetters(conn).replay("orders")
     assert (replay.replayed, replay.skipped) == (0, 2)
+
+
+def test_replay_refuses_a_dead_letter_whose_origin_is_another_stream(conn: Connection) -> None:
+    TopicAdmin(conn).create(TopicSpec("orders", 2), exist_ok=True)
+    TopicAdmin(conn).create(TopicSpec("payments", 1), exist_ok=True)
+    forged = {"dlq.topic": "payments", "dlq.partition": "0", "dlq.id": "1-0", "dlq.group": "g",
+              "dlq.deliveries": "1", "dlq.reason": "rejected", "value": "pay me"}  # fmt: skip
+    conn.client.xadd(conn.keys.dlq("orders", 1), forged)
+    [d] = DeadLetters(conn).list("orders")
+    assert any("does not match the dead-letter stream" in p for p in d.problems)
+    runner = CliRunner()
+    result = runner.invoke(
+        cli_main,
+        ["--url", conn.config.url or "", "--namespace", conn.keys.ns, "dlq", "replay", "orders"],
+    )
+    assert result.exit_code == 0, result.output
+    assert "refused" in result.stderr and "payments/0" in result.stderr
+    assert conn.client.xlen(conn.keys.stream("payments", 0)) == 0
+    assert DeadLetters(conn).list("orders") == [d]  # left where it is, for a person to look at

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from coordinator.functions import Functions
 from coordinator.group import GroupAdmin
-from coordinator.scripts import Scripts
 from partitions.connection import Connection
 
 pytestmark = pytest.mark.integration
@@ -22,7 +22,7 @@ def test_target_of_thousands_of_members_is_stored(conn: Connection) -> None:
     args = ["assign", epoch]
     for i in range(n):
         args += [f"m{i}", f"t:{i}"]
-    reply = Scripts(conn.client).call("admin", keys, args)
+    reply = Functions(conn.client).call("admin", keys, args)
     assert reply[0] == b"OK"
     assert conn.client.hlen(target) == n
     assert conn.client.hget(target, f"m{n - 1}") == f"t:{n - 1}".encode()

@@ -24,9 +24,11 @@ from click.testing import CliRunner
 from coordinator.errors import (
     ConfigError,
     ConnectionFailedError,
+    LibraryMissingError,
     PermissionDeniedError,
     translate,
 )
+from coordinator.functions import library_name
 from coordinator.group import GroupAdmin
 from coordinator.settings import GroupSettings
 from partitions.acl import acl_rules
@@ -59,9 +61,12 @@ class AclSetup:
         return connect(self.config(user))
 
 
-@pytest.fixture(scope="module")
-def acl() -> Iterator[AclSetup]:
-    with own_server() as server:
+@pytest.fixture(scope="module", params=server_binaries() or ["none"], ids=lambda b: Path(b).name)
+def acl(request: pytest.FixtureRequest) -> Iterator[AclSetup]:
+    """Users of each role on a server the test starts: the machine's Redis 7 and Valkey."""
+    if request.param == "none":
+        missing("no redis-server or valkey-server binary")
+    with own_server(binary=request.param) as server:
         root: Any = redis.Redis(port=server.port)
         info = root.info("server")
         # CLIENT SETINFO exists from Redis 7.2 on (and in every Valkey).
@@ -72,7 +77,7 @@ def acl() -> Iterator[AclSetup]:
             "producer": acl_rules(
                 "producer",
                 user="producer",
-                topics=["orders"],
+                topics=["orders", "kept"],
                 namespace=NS,
                 password=PASSWORD,
                 client_setinfo=setinfo,
@@ -95,6 +100,7 @@ def acl() -> Iterator[AclSetup]:
             topics = TopicAdmin(admin)
             topics.create(TopicSpec("orders", 2))
             topics.create(TopicSpec("other", 1))
+            topics.create(TopicSpec("kept", 1, max_length=10, safe_retention=True))
             GroupAdmin(admin.client, admin.keys).create("billing", FAST)
             GroupAdmin(admin.client, admin.keys).create("audit", FAST)
         yield setup
@@ -119,10 +125,28 @@ def test_producer_appends_to_its_topic_and_nothing_else(acl: AclSetup) -> None:
             assert acl_denials(acl, "producer") == []
             with pytest.raises(PermissionDeniedError, match=r"ACL.*partstream acl print"):
                 p.send("other", "x")  # cannot even read the other topic's metadata
-        # Outside its rights even with raw commands: no reads as a group, no other topic, no
-        # DEL, no dead-letter stream, no group keys.
+        # Safe retention reads the partition's cut (read only), nothing more.
+        acl.root.execute_command("ACL", "LOG", "RESET")
+        with Producer(pc, ProducerConfig(linger_ms=1)) as p:
+            assert p.send("kept", "s").result(5).topic == "kept"
+        assert acl_denials(acl, "producer") == []
+        # Outside its rights even with raw commands: it can neither read nor trim its topic,
+        # no reads as a group, no other topic, no DEL, no dead-letter stream, no group keys,
+        # no code of its own (SCRIPT, EVAL, FUNCTION).
         stream = pc.keys.stream("orders", 0)
         refused = [
+            ("XTRIM", stream, "MAXLEN", "0"),
+            ("XRANGE", stream, "-", "+"),
+            ("XREVRANGE", stream, "+", "-"),
+            ("XLEN", stream),
+            ("XINFO", "GROUPS", stream),
+            ("XPENDING", stream, "billing"),
+            ("XREAD", "STREAMS", stream, "0"),
+            ("SCRIPT", "LOAD", "return 1"),
+            ("EVAL", "return 1", "0"),
+            ("EVAL", "while true do end", "0"),
+            ("FUNCTION", "LOAD", "#!lua name=evil\nredis.register_function('e', function() end)"),
+            ("HSET", pc.keys.stream_groups("orders", 0), "~cut", "9999999999999-0"),
             ("XREADGROUP", "GROUP", "billing", "c", "STREAMS", stream, ">"),
             ("XACK", stream, "billing", "0-1"),
             ("XGROUP", "CREATE", stream, "mine", "0"),
@@ -207,16 +231,40 @@ def test_consumer_reads_acks_and_dead_letters_its_group_only(acl: AclSetup) -> N
             ("XGROUP", "DESTROY", stream, "billing"),
             ("HGETALL", cc.keys.group_members("audit")),
             ("XREADGROUP", "GROUP", "g", "c", "STREAMS", cc.keys.stream("other", 0), ">"),
+            ("XRANGE", cc.keys.stream("other", 0), "-", "+"),
+            ("HSET", cc.keys.fence("other", 0), "billing", "x 1"),
             ("HSET", cc.keys.topic_meta("orders"), "partitions", "1"),
+            ("SCRIPT", "LOAD", "return 1"),
+            ("EVAL", "return 1", "0"),
+            ("FUNCTION", "LOAD", "#!lua name=evil\nredis.register_function('e', function() end)"),
         ]
         for cmd in refused:
             with pytest.raises(redis.exceptions.NoPermissionError):
                 cc.client.execute_command(*cmd)
-        # A script runs with the caller's rights: it cannot XADD to the topic stream either.
+        # No role may run code of its own, so it cannot XADD to the topic that way either.
         with pytest.raises(redis.exceptions.ResponseError) as err:
             cc.client.eval("return redis.call('XADD', KEYS[1], '*', 'k', 'v')", 1, stream)
         assert isinstance(translate(err.value), PermissionDeniedError)
     assert b"forged" not in str(acl.root.xrange(f"{NS}:t:{{orders:0}}")).encode()
+
+
+def test_users_who_may_not_load_the_library_are_told_what_to_run(acl: AclSetup) -> None:
+    acl.root.execute_command("FUNCTION", "DELETE", library_name())  # e.g. restarted empty
+    with acl.connect("consumer") as cc, pytest.raises(LibraryMissingError, match="functions load"):
+        Consumer("billing", "orders", conn=cc, group_settings=FAST)
+    quick = acl.config("producer").with_changes(socket_timeout=1.0)
+    short = ProducerConfig(delivery_timeout_ms=2000, linger_ms=1)
+    with (
+        connect(quick) as pc,
+        Producer(pc, short) as p,
+        pytest.raises(LibraryMissingError, match="functions load"),
+    ):
+        p.send("orders", "x").result(10)
+    res = CliRunner().invoke(main, ["--url", acl.url("admin"), "--namespace", NS,
+                                    "functions", "load"])  # fmt: skip
+    assert res.exit_code == 0 and "loaded now" in res.output, res.output
+    with acl.connect("producer") as pc, Producer(pc, ProducerConfig(linger_ms=1)) as p:
+        assert p.send("orders", "y").result(10).topic == "orders"
 
 
 def test_admin_owns_the_namespace_and_nothing_dangerous(acl: AclSetup) -> None:
@@ -332,6 +380,8 @@ class Certs:
     client_cert: Path
     client_key: Path
     rogue_ca: Path
+    other_cert: Path  # issued by the trusted CA, for another host name
+    other_key: Path
 
 
 def _openssl(*args: str | Path) -> None:
@@ -344,16 +394,17 @@ def _make_certs(d: Path) -> Certs:
             "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
             "-keyout", d / f"{name}.key", "-out", d / f"{name}.pem", "-subj", f"/CN=ps-test-{name}",
         )  # fmt: skip
-    ext = d / "san.ext"
-    ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    for name in ("server", "client"):
+    (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    (d / "other.ext").write_text("subjectAltName=DNS:other.example\n")
+    for name, ext in (("server", "san"), ("client", "san"), ("other", "other")):
         _openssl(
             "req", "-newkey", "rsa:2048", "-nodes", "-keyout", d / f"{name}.key",
             "-out", d / f"{name}.csr", "-subj", f"/CN=ps-test-{name}",
         )  # fmt: skip
         _openssl(
             "x509", "-req", "-in", d / f"{name}.csr", "-CA", d / "ca.pem", "-CAkey", d / "ca.key",
-            "-CAcreateserial", "-days", "2", "-out", d / f"{name}.pem", "-extfile", ext,
+            "-CAcreateserial", "-days", "2", "-out", d / f"{name}.pem",
+            "-extfile", d / f"{ext}.ext",
         )  # fmt: skip
     return Certs(
         d / "ca.pem",
@@ -362,6 +413,8 @@ def _make_certs(d: Path) -> Certs:
         d / "client.pem",
         d / "client.key",
         d / "rogue.pem",
+        d / "other.pem",
+        d / "other.key",
     )
 
 
@@ -382,9 +435,17 @@ def mtls_server(certs: Certs) -> Iterator[OwnServer]:
     yield from _start_tls(certs, auth_clients=True)
 
 
-def _start_tls(certs: Certs, auth_clients: bool) -> Iterator[OwnServer]:
+@pytest.fixture(scope="module")
+def other_name_server(certs: Certs) -> Iterator[OwnServer]:
+    yield from _start_tls(certs, auth_clients=False, cert=(certs.other_cert, certs.other_key))
+
+
+def _start_tls(
+    certs: Certs, auth_clients: bool, cert: tuple[Path, Path] | None = None
+) -> Iterator[OwnServer]:
+    cert_file, key_file = cert or (certs.server_cert, certs.server_key)
     tls_args = [
-        "--tls-cert-file", str(certs.server_cert), "--tls-key-file", str(certs.server_key),
+        "--tls-cert-file", str(cert_file), "--tls-key-file", str(key_file),
         "--tls-ca-cert-file", str(certs.ca),
         "--tls-auth-clients", "yes" if auth_clients else "no",
     ]  # fmt: skip
@@ -423,6 +484,15 @@ def test_tls_with_the_ca_works_and_is_verified_by_default(
         connect(ClientConfig(url=f"redis://{tls_server.host_port}", connect_timeout=2))
     with pytest.raises(ConfigError, match="use rediss://"):
         connect(ClientConfig(url=f"redis://{tls_server.host_port}", ssl_ca_certs=str(certs.ca)))
+
+
+def test_tls_refuses_a_trusted_certificate_issued_for_another_name(
+    other_name_server: OwnServer, certs: Certs
+) -> None:
+    # The chain is good (our CA signed it) but it names other.example, not 127.0.0.1.
+    url = f"rediss://{other_name_server.host_port}"
+    with pytest.raises(ConfigError, match="TLS certificate could not be verified"):
+        connect(ClientConfig(url=url, namespace=NS, ssl_ca_certs=str(certs.ca), connect_timeout=2))
 
 
 def test_tls_settings_from_env_and_cli(

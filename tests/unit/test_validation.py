@@ -132,3 +132,11 @@ def test_topic_spec_and_config_file_checks() -> None:
         parse({"topics": {"bad name": {"partitions": 1}}})
     ok = parse({"topics": {"t": {"partitions": 2, "regions": {"eu": [0, 1]}}}, "groups": {"g": {}}})
     assert ok.topics["t"].regions == {"eu": (0, 1)} and "g" in ok.groups
+
+
+def test_tls_always_checks_the_chain_and_the_host_name() -> None:
+    from partitions.connection import _client_kwargs
+
+    kwargs = _client_kwargs(ClientConfig(url="rediss://h:1"), tls=True)
+    assert kwargs["ssl_check_hostname"] is True and kwargs["ssl_cert_reqs"] == "required"
+    assert "ssl_check_hostname" not in _client_kwargs(ClientConfig(url="redis://h:1"), tls=False)

@@ -22,7 +22,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from coordinator.errors import ConfigError, NotEnoughReplicasError
+from coordinator.errors import ConfigError, NotEnoughReplicasError, ServerError
 
 log = logging.getLogger("partstream")
 
@@ -44,7 +44,7 @@ def parse_acks(value: object) -> int | str:
 
 def check_settings(acks: object, min_insync_replicas: object, fsync: object) -> None:
     """The cross-field checks every config that carries these three settings makes."""
-    if acks not in ACKS:
+    if isinstance(acks, bool) or acks not in ACKS:
         raise ConfigError(f"acks must be 1 or 'all', got {acks!r}")
     if (
         isinstance(min_insync_replicas, bool)
@@ -96,7 +96,10 @@ class Durability:
         for cmd, reply in zip(commands, replies, strict=True):
             if cmd[0] == "WAITAOF" and isinstance(reply, Exception):
                 if "unknown command" not in str(reply).lower():
-                    raise NotEnoughReplicasError(f"{what}: WAITAOF refused: {reply}")
+                    raise ServerError(
+                        f"{what}: the server refused WAITAOF ({reply}); fsync={self.fsync!r} "
+                        "needs appendonly yes (on the replicas too for 'replicas')"
+                    )
                 have_waitaof = False
                 _warn_no_waitaof()
         for cmd, reply in zip(commands, replies, strict=True):

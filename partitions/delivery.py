@@ -10,9 +10,10 @@ that failed together do not all come back at once). What counts as retriable:
 * **after the back-off**: a refused, broken or timed-out connection, ``LOADING`` (a restarted
   server reading its data), ``BUSY`` (a long script runs), ``OOM`` (maxmemory reached),
   ``TRYAGAIN`` / ``CLUSTERDOWN`` / ``MASTERDOWN`` / ``READONLY`` (resharding or failover),
-  ``NOREPLICAS`` (``min-replicas-to-write`` not met), a missing function library (a server
-  restarted empty or a new primary: the producer loads it if its user may, else an admin's
-  ``partstream functions load`` lets the next attempt through);
+  ``NOREPLICAS`` (``min-replicas-to-write`` not met), :class:`NotEnoughReplicasError`
+  (``acks="all"``: appended but not confirmed by enough replicas yet), a missing function
+  library (a server restarted empty or a new primary: the producer loads it if its user may,
+  else an admin's ``partstream functions load`` lets the next attempt through);
 * **never**: every other server reply (``WRONGTYPE``, ``NOPERM``, ``OUTOFSEQ``,
   ``BADBATCH``, ...): the same batch would be refused again.
 
@@ -34,6 +35,7 @@ from coordinator.errors import (
     ClosedError,
     ConnectionFailedError,
     DeliveryTimeoutError,
+    NotEnoughReplicasError,
     PartstreamError,
     translate,
 )
@@ -71,6 +73,8 @@ def classify(err: BaseException) -> Verdict:
     """Whether (and how soon) a call that failed with ``err`` is worth sending again."""
     if isinstance(err, rex.AskError):  # MovedError is an AskError
         return Verdict.NOW
+    if isinstance(err, NotEnoughReplicasError):
+        return Verdict.BACKOFF
     if isinstance(err, _RETRIABLE_CLASSES):
         return Verdict.BACKOFF
     if isinstance(err, rex.ResponseError):

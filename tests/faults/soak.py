@@ -30,7 +30,7 @@ from tests.faults import (  # noqa: F401 - importing registers the scenarios
     test_server_faults,
 )
 from tests.faults.checker import Verdict
-from tests.faults.scenario import REGISTRY
+from tests.faults.scenario import PRINT, REGISTRY
 
 
 def _value(text: str) -> Any:
@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         ap.error(f"unknown scenario(s) {', '.join(unknown)}; see --list")
     overrides = dict(item.split("=", 1) for item in args.set)
+    PRINT[0] = False
     counts = {"runs": 0, "ok": 0, "known": 0, "failed": 0}
     start = time.monotonic()
     for name in names:
@@ -99,8 +100,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"FAIL  {name} run {i + 1}: the harness failed: {error}", flush=True)
             else:
                 known = f"  [known bug: {reg.known}]" if flag == "XFAIL" else ""
-                print(f"{flag:<5} run {i + 1}/{args.runs} {took:5.0f}s  {v.line()}{known}",
-                      flush=True)  # fmt: skip
+                line = v.line()[5:]  # without the verdict's own OK/FAIL: flag says it
+                print(f"{flag:<5} {i + 1}/{args.runs} {took:4.0f}s {line}{known}", flush=True)
+                if flag == "FAIL":
+                    for d in v.details[:10]:
+                        print("     ", d, flush=True)
     total = time.monotonic() - start
     summary = (
         f"soak: {counts['runs']} runs in {total:.0f}s: {counts['ok']} OK, "

@@ -179,19 +179,30 @@ def slow_handler_rebalance(*, count: int = 2500, rate: float = 250) -> Verdict:
         wait_for(lambda: any(e["ev"] == "slow_end" for e in slow.events()), 20, "a slow batch")
         wait_for(lambda: slow.events()[-1]["ev"] == "slow", 20, "the slow handler asleep",
                  step=0.01)  # fmt: skip
-        t_join = time.time()
         fast = s.consumers(1, **session)[0]
         v = s.finish()
-        sleeps = [e["t0"] for e in slow.events() if e["ev"] == "slow"]
-        asleep = any(t0 <= t_join <= t0 + 1.2 for t0 in sleeps)
+        t_join = next(e["t"] for e in fast.events() if e["ev"] == "ready")
+        evs = slow.events()
+        sleeps = [(e["t0"], e["t0"] + e["ms"] / 1000) for e in evs if e["ev"] == "slow"]
+        inside = any(a <= t_join <= b for a, b in sleeps)
+        s.note(v, f"joined {'inside' if inside else 'between'} a 1.2 s sleep")
         parts = {w.name: {e["p"] for e in w.events() if e["ev"] == "proc"} for w in (slow, fast)}
         moved = parts[slow.name] & parts[fast.name]
         s.note(v, f"partitions moved from the slow member: {sorted(moved)}")
-        v.require(asleep, "the member did not join while the handler slept")
+        v.require(
+            sleeps and sleeps[0][0] < t_join < sleeps[-1][1],
+            "the member did not join while the handler was slow",
+        )
         v.require(moved, "no partition moved to the new member")
         v.require(
             not any(e["ev"] == "error" for e in slow.events()), "the slow member saw an error"
         )
+        tokens: dict[int, set[int]] = {}
+        for e in evs:
+            if e["ev"] == "proc":
+                tokens.setdefault(e["p"], set()).add(e["token"])
+        regranted = sorted(p for p, ts in tokens.items() if len(ts) > 1)
+        v.require(not regranted, f"the slow member was evicted: {regranted} granted again")
         return v
 
 

@@ -55,7 +55,9 @@ def test_producer_kill9_mid_batch() -> None:
 
 OOM_BUG = (
     "default producer fails futures on OOM after retries=5 x 100 ms (about 0.5 s) instead of "
-    "retrying until a delivery timeout (issue 11: delivery_timeout_ms)"
+    "retrying until a delivery timeout (issue 11: delivery_timeout_ms); and a batch failed by "
+    "OOM leaves a gap in its partition's sequence, so the next batch is refused OUTOFSEQ "
+    "('the server lost recent writes')"
 )
 
 

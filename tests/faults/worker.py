@@ -186,7 +186,7 @@ def consume(args: argparse.Namespace, log: Log) -> int:
     poison = parse_poison(args.poison)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    log("ready", member=member, group=group, lib=LIB, pid=os.getpid())
+    log("ready", member=member, group=group, lib=LIB, pid=os.getpid(), t=time.time())
     code = 0
     try:
         while not stop.is_set():

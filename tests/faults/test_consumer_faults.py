@@ -114,7 +114,7 @@ def consumer_sigstop(*, pause: float = 3.0) -> Verdict:
     batch it held, but its commit is refused by the fence and its heartbeat thread rejoins.
     G: it receives nothing new of the moved partitions and none of its late acks is
     accepted; L/O/D hold."""
-    with Scenario("consumer-sigstop", "SIGSTOP 3s (session 1s), SIGCONT") as s:
+    with Scenario("consumer-sigstop", f"SIGSTOP {pause:g}s (session 1s), SIGCONT") as s:
         victim, *_ = s.consumers(2, work_ms=5, **SHORT_SESSION)
         s.fleet.producer(count=2500, keys=12, rate=800)
         s.wait_processing(400)

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.timeout(150)
 def proxy_latency(*, seconds: float = 3.0) -> Verdict:
     """40 ms added to every chunk both ways for 3 s (heartbeats, reads, appends), default
     settings: slower, nothing else; L, G, O, D hold and no send fails."""
-    with Scenario("proxy-latency", "+40ms per chunk for 3s (proxy)") as s:
+    with Scenario("proxy-latency", f"+40ms per chunk for {seconds:g}s (proxy)") as s:
         proxy = FaultProxy(s.server.port)
         try:
             s.consumers(2, work_ms=1, url=proxy.url)
@@ -49,7 +49,7 @@ def proxy_blackhole(*, seconds: float = 3.0) -> Verdict:
     and the session, 1 s): clients time out, sessions expire on the server, in-doubt
     appends are retried with their sequence numbers; after healing, members rejoin under new
     grants. L, G, O, D hold; no send fails (the default producer rides out 3 s)."""
-    with Scenario("proxy-blackhole", "black hole both ways 3s (proxy)") as s:
+    with Scenario("proxy-blackhole", f"black hole both ways {seconds:g}s (proxy)") as s:
         proxy = FaultProxy(s.server.port)
         try:
             s.consumers(2, work_ms=1, url=proxy.url, socket_timeout=1.5, **SHORT_SESSION)
@@ -76,7 +76,7 @@ def producer_retry_timeout(*, seconds: float = 2.5) -> Verdict:
     retried with the same producer id and sequence; append.lua drops the already-appended
     ones. No (key, seq) appears twice, order holds, no send fails. These servers have no
     IDMP (Redis 8.6+), so this is the fallback's proof."""
-    with Scenario("producer-retry-timeout", "replies black-holed 2.5s (proxy)") as s:
+    with Scenario("producer-retry-timeout", f"replies black-holed {seconds:g}s (proxy)") as s:
         proxy = FaultProxy(s.server.port)
         try:
             s.consumers(2)

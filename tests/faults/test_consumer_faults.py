@@ -18,9 +18,7 @@ import pytest
 from tests.faults.checker import Verdict
 from tests.faults.harness import Worker, wait_for
 from tests.faults.scenario import (
-    REGISTRY,
     SHORT_SESSION,
-    KnownFailure,
     Scenario,
     assert_verdict,
     scenario,
@@ -210,14 +208,9 @@ def test_slow_handler_during_a_rebalance() -> None:
     assert_verdict(slow_handler_rebalance())
 
 
-POISON_BUG = (
-    "consumer delivery counting: records fetched into the buffer but never handed out count "
-    "toward max_deliveries (consume.lua's takeover XCLAIMs the whole pending batch), so the "
-    "99 records fetched beside the poison are dead-lettered with it"
-)
 
 
-@scenario("poison-crash-loop", known=POISON_BUG, fails_on=("L", "dlq"),
+@scenario("poison-crash-loop",
           soak={"records": 1000, "fetch_count": 500})  # fmt: skip
 def poison_crash_loop(*, records: int = 100, fetch_count: int = 100, restarts: int = 8) -> Verdict:
     """One partition, 100 keyed records; the consumer (fetch_count=100) SIGKILLs itself
@@ -266,9 +259,8 @@ def poison_crash_loop(*, records: int = 100, fetch_count: int = 100, restarts: i
         return v
 
 
-@pytest.mark.xfail(strict=True, reason=POISON_BUG, raises=KnownFailure)
 def test_crash_looping_poison_record_is_dead_lettered_alone() -> None:
-    assert_verdict(poison_crash_loop(), REGISTRY["poison-crash-loop"].fails_on)
+    assert_verdict(poison_crash_loop())
 
 
 @scenario("partition-growth", soak={"seconds": 90})

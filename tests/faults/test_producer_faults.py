@@ -13,7 +13,7 @@ import pytest
 
 from tests.faults.checker import Verdict
 from tests.faults.harness import wait_for
-from tests.faults.scenario import KnownFailure, Scenario, assert_verdict, scenario
+from tests.faults.scenario import Scenario, assert_verdict, scenario
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -53,12 +53,6 @@ def test_producer_kill9_mid_batch() -> None:
     assert_verdict(producer_kill9())
 
 
-OOM_BUG = (
-    "default producer fails futures on OOM after retries=5 x 100 ms (about 0.5 s) instead of "
-    "retrying until a delivery timeout (issue 11: delivery_timeout_ms); and a batch failed by "
-    "OOM leaves a gap in its partition's sequence, so the next batch is refused OUTOFSEQ "
-    "('the server lost recent writes')"
-)
 
 
 def oom_errors(s: Scenario) -> int:
@@ -70,7 +64,7 @@ def oom_errors(s: Scenario) -> int:
     return int(stats.get("errorstat_OOM", {}).get("count", 0))
 
 
-@scenario("server-oom", known=OOM_BUG, fails_on=("in-doubt",), soak={"hold": 10.0})
+@scenario("server-oom", soak={"hold": 10.0})
 def server_oom(*, hold: float = 3.0) -> Verdict:
     """A server with maxmemory 6 MB and noeviction; the producer (1 KB values) runs into
     OOM; after ``hold`` seconds the operator frees memory (CONFIG SET maxmemory 0). Nothing
@@ -95,6 +89,5 @@ def server_oom(*, hold: float = 3.0) -> Verdict:
         return v
 
 
-@pytest.mark.xfail(strict=True, reason=OOM_BUG, raises=KnownFailure)
 def test_server_oom_then_memory_freed() -> None:
-    assert_verdict(server_oom(), ("in-doubt",))
+    assert_verdict(server_oom())

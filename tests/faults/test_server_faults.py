@@ -19,7 +19,6 @@ from tests.faults.scenario import (
     GROUP,
     SHORT_SESSION,
     TOPIC,
-    KnownFailure,
     Scenario,
     assert_verdict,
     scenario,
@@ -27,7 +26,6 @@ from tests.faults.scenario import (
 
 pytestmark = pytest.mark.timeout(150)
 
-RESTART_BUG = "default producer retries do not ride out a restart (issue 11: delivery_timeout_ms)"
 
 
 def groups_on(s: Scenario) -> dict[int, list[dict[str, object]]]:
@@ -81,18 +79,17 @@ def server_kill9_always(binary: str) -> Verdict:
 
 
 for _binary in ("valkey", "redis7"):
-    scenario(f"server-kill9-always-{_binary}", known=RESTART_BUG, fails_on=("in-doubt",))(
+    scenario(f"server-kill9-always-{_binary}")(
         lambda _b=_binary: server_kill9_always(_b)
     )
 
 
-@pytest.mark.xfail(strict=True, reason=RESTART_BUG, raises=KnownFailure)
 @pytest.mark.parametrize("binary", ["valkey", "redis7"])
 def test_server_kill9_aof_always_loses_nothing(binary: str) -> None:
-    assert_verdict(server_kill9_always(binary), ("in-doubt",))
+    assert_verdict(server_kill9_always(binary))
 
 
-@scenario("server-kill9-everysec", known=RESTART_BUG, fails_on=("in-doubt",))
+@scenario("server-kill9-everysec")
 def server_kill9_everysec() -> Verdict:
     """kill -9 with appendfsync everysec: up to ~1 s of acknowledged writes may be lost.
     The loss must be bounded (only sends acked in the last 2 s before the kill) and
@@ -120,9 +117,8 @@ def server_kill9_everysec() -> Verdict:
         return v
 
 
-@pytest.mark.xfail(strict=True, reason=RESTART_BUG, raises=KnownFailure)
 def test_server_kill9_aof_everysec_bounded_and_reported() -> None:
-    assert_verdict(server_kill9_everysec(), ("in-doubt",))
+    assert_verdict(server_kill9_everysec())
 
 
 @scenario("server-restart-empty")

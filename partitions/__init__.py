@@ -42,7 +42,7 @@ from partitions.acl import acl_rules
 from partitions.config import ClientConfig, ConsumerConfig, ProducerConfig
 from partitions.connection import Connection, ServerInfo, connect
 from partitions.consumer import Consumer
-from partitions.deadletter import DeadLetters
+from partitions.deadletter import DeadLetter, DeadLetters
 from partitions.offsets import execute_group_seek, group_lag, plan_group_seek
 from partitions.producer import Producer, RecordFuture, RecordMetadata
 from partitions.records import Record
@@ -60,6 +60,7 @@ __all__ = [
     "ConnectionFailedError",
     "Consumer",
     "ConsumerConfig",
+    "DeadLetter",
     "DeadLetters",
     "DuplicateInstanceError",
     "EmbeddedServer",

@@ -15,8 +15,106 @@ from typing import Any
 from partitions.connection import Connection
 from partitions.nodes import execute_per_key
 from partitions.producer import Producer
-from partitions.records import DeadLetter, dead_letter_from_entry
+from partitions.records import Record, _display, _display_value, _text, parse_id, record_from_entry
 from partitions.topics import TopicAdmin
+
+DLQ_PREFIX = b"dlq."
+# The metadata consume.lua writes first in every dead letter, in this order.
+DLQ_META = ("topic", "partition", "id", "group", "deliveries", "reason")
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """One entry of a partition's dead-letter stream: the original record and why it died.
+
+    ``problems`` lists what could not be read of a malformed dead-letter entry (one written
+    by another client or damaged by hand); its other fields are then best effort."""
+
+    dlq_id: str
+    topic: str
+    partition: int | None  # None if the entry does not say (malformed)
+    original_id: str
+    group: str
+    deliveries: int
+    reason: str
+    record: Record  # the original entry's fields as they were (none if it was trimmed)
+    omitted: int = 0  # original fields left out (another client's entry with thousands)
+    problems: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {
+            "dlq_id": self.dlq_id,
+            "topic": self.topic,
+            "partition": self.partition,
+            "id": self.original_id,
+            "group": self.group,
+            "deliveries": self.deliveries,
+            "reason": self.reason,
+            "key": _display(self.record.key),
+            "value": _display_value(self.record.value),
+            "headers": {k: _display(v) for k, v in self.record.headers.items()},
+        }
+        if self.record.foreign:
+            out["fields"] = {_display(k): _display(v) for k, v in self.record.fields.items()}
+        if self.omitted:
+            out["omitted"] = self.omitted
+        if self.problems:
+            out["problems"] = list(self.problems)
+        return out
+
+
+def dead_letter_from_entry(entry: Any) -> DeadLetter:
+    """Parse one raw dead-letter stream entry ``[id, [field, value, ...]]``.
+
+    The metadata is read by position (the first six pairs, as consume.lua writes them), so an
+    original field named ``dlq.*`` is part of the original record, never its metadata. An
+    entry that does not have that shape is listed with what could be read."""
+    flat = entry[1] or []
+    if isinstance(flat, dict):
+        flat = [x for kv in flat.items() for x in kv]
+    meta: dict[str, str] = {}
+    problems: list[str] = []
+    i = 0
+    for name in DLQ_META:
+        if i + 1 < len(flat) and flat[i] == DLQ_PREFIX + name.encode():
+            meta[name] = _text(flat[i + 1])
+            i += 2
+        else:
+            problems.append(f"no dlq.{name}")
+    omitted = 0
+    if i + 1 < len(flat) and flat[i] == b"dlq.omitted":
+        omitted = _int(_text(flat[i + 1]), "omitted", problems) or 0
+        i += 2
+    topic = meta.get("topic", "")
+    partition = _int(meta["partition"], "partition", problems) if "partition" in meta else None
+    original_id = meta.get("id", "")
+    if original_id:
+        try:
+            parse_id(original_id)
+        except ValueError:
+            problems.append(f"dlq.id {original_id!r} is not a stream id")
+    deliveries = _int(meta["deliveries"], "deliveries", problems) if "deliveries" in meta else 0
+    record = record_from_entry(topic, partition or 0, [original_id.encode(), flat[i:]])
+    return DeadLetter(
+        dlq_id=_text(entry[0]),
+        topic=topic,
+        partition=partition,
+        original_id=original_id,
+        group=meta.get("group", ""),
+        deliveries=deliveries or 0,
+        reason=meta.get("reason", ""),
+        record=record,
+        omitted=omitted,
+        problems=tuple(problems),
+    )
+
+
+def _int(text: str, what: str, problems: list[str]) -> int | None:
+    try:
+        return int(text)
+    except ValueError:
+        problems.append(f"dlq.{what} {text!r} is not an integer")
+        return None
 
 
 @dataclass(frozen=True, slots=True)

@@ -112,6 +112,9 @@ def test_exporter_matches_describe_while_behind_and_reads_zero_after_draining(
             assert exporter.scrape_once() is not None
             after = server_ms(conn)
             text = _get(exporter.url)
+            scrapes = exporter.scrapes
+            assert _get(exporter.url) and _get(exporter.url)
+            assert exporter.scrapes == scrapes  # served from the last scrape: no Redis reads
         desc = describe_with_lag(conn, "billing")
         m = samples(text)
         assert value(m, "partstream_up") == 1
@@ -174,6 +177,10 @@ def test_exporter_matches_describe_while_behind_and_reads_zero_after_draining(
         assert orjson.loads(out)["ok"] is True
         code, _, err = run(client_config, "group", "lag", "billing", "--max-lag-seconds", "0.001")
         assert code == 3, err
+        code, _, err = run(client_config, "group", "lag", "nobody", "--max-lag", "5")
+        assert code == 1 and "UnknownGroupError" in err
+        code, _, err = run(client_config, "group", "lag", "billing", "--max-lag", "-1")
+        assert code == 2, err
 
         # drain the rest: every lag series reads 0
         c.commit(got[11:])

@@ -4,6 +4,7 @@ exporter's lag, lag seconds and pending match ``group describe``; after it drain
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -16,15 +17,18 @@ from pathlib import Path
 
 import orjson
 import pytest
+import redis
 from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 
+from coordinator.functions import library_name
 from coordinator.settings import GroupSettings
 from partitions.cli import main
 from partitions.config import ClientConfig, ConsumerConfig
 from partitions.connection import Connection
 from partitions.consumer import Consumer
 from partitions.exporter import MetricsExporter
+from partitions.nodes import primaries
 from partitions.offsets import describe_with_lag
 from partitions.producer import Producer
 from partitions.records import id_timestamp, time_ms_from_reply
@@ -254,7 +258,9 @@ def test_metrics_serve_command_serves_until_sigterm(client_config: ClientConfig)
     assert proc.returncode == 0, proc.stdout.read() if proc.stdout else ""
 
 
-def test_exporter_counts_lag_where_the_server_lag_is_null(conn: Connection) -> None:
+def test_exporter_counts_lag_where_the_server_lag_is_null_and_reloads_the_library(
+    conn: Connection,
+) -> None:
     TopicAdmin(conn).create(TopicSpec("orders", 1))
     with Producer(conn) as p:
         for i in range(30):
@@ -271,6 +277,9 @@ def test_exporter_counts_lag_where_the_server_lag_is_null(conn: Connection) -> N
         conn.client.xdel(stream, got[5].id)  # a deletion, then SETID: the server's lag is NULL
         conn.client.execute_command("XGROUP", "SETID", stream, "g", got[-1].id)
         assert conn.client.xinfo_groups(stream)[0]["lag"] is None
+        for node in primaries(conn):  # as after a restart without persistence: loaded again
+            with contextlib.suppress(redis.ResponseError):
+                node.execute_command("FUNCTION", "DELETE", library_name())
         with MetricsExporter(conn, port=0, interval=30) as exporter:
             m = samples(_get(exporter.url))
         [row] = describe_with_lag(conn, "g")["partitions"]

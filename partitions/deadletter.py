@@ -4,18 +4,31 @@ Each partition has its own dead-letter stream (``Keys.dlq``) in the partition's 
 consumer moves an entry there and acks it in one atomic script. An entry keeps the original
 key, value and headers plus ``dlq.*`` fields: origin topic, partition, id, group, delivery
 count and reason (``max_deliveries``, ``trimmed`` or a user reason).
+
+:class:`DeadLetterTally` counts a dead-letter stream's entries by group and reason for the
+metrics exporter, reading each entry once (see its docstring for exactly what it counts).
 """
 
 from __future__ import annotations
 
 import builtins
-from dataclasses import dataclass, replace
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from partitions.connection import Connection
 from partitions.nodes import execute_per_key
 from partitions.producer import Producer
-from partitions.records import Record, _display, _display_value, _text, parse_id, record_from_entry
+from partitions.records import (
+    Record,
+    _display,
+    _display_value,
+    _text,
+    entry_ids,
+    parse_id,
+    record_from_entry,
+)
 from partitions.topics import TopicAdmin
 
 DLQ_PREFIX = b"dlq."
@@ -225,3 +238,76 @@ def _check_origin(d: DeadLetter, topic: str, partition: int) -> DeadLetter:
         f"({topic}/{partition}): not replayed"
     )
     return replace(d, problems=(*d.problems, problem))
+
+
+# Labels of the entries a tally has not read yet, and of reasons past its per-stream cap.
+UNCLASSIFIED = "unclassified"
+OTHER = "other"
+
+
+@dataclass(slots=True)
+class _StreamTally:
+    cursor: str | None = None  # the last entry classified (None: none yet)
+    classified: int = 0
+    counts: Counter[tuple[str, str]] = field(default_factory=Counter)
+
+
+class DeadLetterTally:
+    """Counts of the entries in dead-letter streams by (group, reason), kept current by
+    reading only the entries it has not seen: at most ``read_limit`` per stream per
+    :meth:`update`, so each round's work is bounded however long a stream is.
+
+    What the counts mean, exactly: after an update, the counts of a stream add up to its
+    length (XLEN) as read in that round. Entries not classified yet (just after start, or
+    on a long stream still being read) are under group ``""`` and reason
+    :data:`UNCLASSIFIED`; so the per-reason counts are exact once the tally has read to the
+    stream's end. Entries leave a dead-letter stream only when deleted (``dlq replay``, an
+    admin's XDEL): when the length falls below what was classified, the tally starts that
+    stream again from its first entry (all unclassified until re-read). A deletion hidden by
+    as many new entries in the same round is seen in the next one. At most ``max_labels``
+    distinct (group, reason) pairs are kept per stream (user reasons are free text); the
+    rest are counted under reason :data:`OTHER`.
+
+    Not thread-safe: one collector owns it. Remembers only a cursor and the counts per
+    stream, never the ids.
+    """
+
+    def __init__(self, read_limit: int = 1000, max_labels: int = 50) -> None:
+        self.read_limit = read_limit
+        self.max_labels = max_labels
+        self._streams: dict[str, _StreamTally] = {}
+
+    def commands(self, key: str) -> list[tuple[str, Sequence[object]]]:
+        """The commands one update of stream ``key`` needs (send them in this order)."""
+        st = self._streams.get(key)
+        start = "-" if st is None or st.cursor is None else f"({st.cursor}"
+        return [
+            (key, (b"XRANGE", key, start, "+", "COUNT", self.read_limit)),
+            (key, (b"XLEN", key)),
+        ]
+
+    def update(self, key: str, entries: list[object], length: int) -> dict[tuple[str, str], int]:
+        """Fold in the replies of :meth:`commands`; the stream's counts by (group, reason)."""
+        st = self._streams.setdefault(key, _StreamTally())
+        for entry in entries:
+            d = dead_letter_from_entry(entry)
+            label = (d.group, d.reason)
+            if label not in st.counts and len(st.counts) >= self.max_labels:
+                label = ("", OTHER)
+            st.counts[label] += 1
+        ids = entry_ids(entries)
+        if ids:
+            st.cursor = ids[-1]
+        st.classified += len(ids)
+        if length < st.classified:  # entries were deleted: count this stream afresh
+            self._streams[key] = _StreamTally()
+            return {("", UNCLASSIFIED): length} if length else {}
+        out = {label: n for label, n in st.counts.items() if n}
+        if length > st.classified:
+            out[("", UNCLASSIFIED)] = length - st.classified
+        return out
+
+    def forget(self, keep: set[str]) -> None:
+        """Drop the state of streams not in ``keep`` (topics deleted)."""
+        for key in set(self._streams) - keep:
+            del self._streams[key]

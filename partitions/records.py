@@ -343,6 +343,7 @@ class StreamInfo:
     last_id: str | None
     last_generated_id: str | None
     groups: int
+    entries_added: int | None = None  # every entry ever appended (trims do not lower it)
 
     @property
     def first_timestamp(self) -> int | None:
@@ -368,6 +369,7 @@ def stream_info_from_reply(reply: Any) -> StreamInfo:
         if data.get("last-generated-id")
         else None,
         groups=int(data.get("groups", 0)),
+        entries_added=None if data.get("entries-added") is None else int(data["entries-added"]),
     )
 
 
@@ -521,3 +523,34 @@ def group_infos_from_reply(reply: Any) -> list[GroupStreamInfo]:
             )
         )
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class PendingSummary:
+    """A group's pending entries on one partition (the summary form of XPENDING)."""
+
+    count: int
+    min_id: str | None  # the oldest pending entry (None when nothing is pending)
+    max_id: str | None
+
+
+def pending_summary_from_reply(reply: Any) -> PendingSummary:
+    """Parse ``XPENDING key group`` (raw ``[count, min, max, consumers]`` or redis-py's dict)."""
+    if isinstance(reply, dict):
+        d = {_text(k): v for k, v in reply.items()}
+        count, low, high = d.get("pending", 0), d.get("min"), d.get("max")
+    else:
+        count, low, high = reply[0], reply[1], reply[2]
+    return PendingSummary(
+        int(count or 0), None if low is None else _text(low), None if high is None else _text(high)
+    )
+
+
+def entry_ids(entries: Any) -> list[str]:
+    """The ids of a raw XRANGE/XREVRANGE reply's entries."""
+    return [_text(e[0]) for e in entries or []]
+
+
+def time_ms_from_reply(reply: Any) -> int:
+    """The server's TIME (raw ``[seconds, microseconds]`` or redis-py's tuple) in ms."""
+    return int(reply[0]) * 1000 + int(reply[1]) // 1000

@@ -43,8 +43,8 @@ from partitions.acl import acl_rules
 from partitions.config import ClientConfig, ConsumerConfig, ProducerConfig
 from partitions.connection import Connection, ServerInfo, connect
 from partitions.consumer import Consumer
-from partitions.deadletter import DeadLetters
-from partitions.offsets import execute_group_seek, group_lag, plan_group_seek
+from partitions.deadletter import DeadLetter, DeadLetters
+from partitions.offsets import check_lag, execute_group_seek, group_lag, plan_group_seek
 from partitions.producer import Producer, RecordFuture, RecordMetadata
 from partitions.records import Record
 from partitions.replay import Position, replay
@@ -62,6 +62,7 @@ __all__ = [
     "ConnectionFailedError",
     "Consumer",
     "ConsumerConfig",
+    "DeadLetter",
     "DeadLetters",
     "DuplicateInstanceError",
     "EmbeddedReplicaSet",
@@ -104,6 +105,7 @@ __all__ = [
     "UnknownTopicError",
     "WrongTypeError",
     "acl_rules",
+    "check_lag",
     "connect",
     "execute_group_seek",
     "group_lag",

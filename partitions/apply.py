@@ -46,6 +46,7 @@ from coordinator.keys import validate_name
 from coordinator.settings import GroupSettings
 from partitions.config import ClientConfig, ConsumerConfig, ProducerConfig
 from partitions.connection import Connection
+from partitions.library import load_library
 from partitions.topics import TopicAdmin, TopicSpec
 
 
@@ -188,7 +189,10 @@ def _topic_diff(current: TopicSpec, want: TopicSpec) -> tuple[list[str], dict[st
 
 def execute(conn: Connection, declared: Declared, *, force: bool = False) -> list[Action]:
     """Carry out the plan. Refused actions raise ConfigError before anything is written,
-    unless ``force``; then they are applied too (routing and regions are rewritten)."""
+    unless ``force``; then they are applied too (routing and regions are rewritten).
+
+    It also loads this version's server-side library on every primary that lacks it (an
+    admin's act: producers and consumers may not load it themselves)."""
     actions = plan(conn, declared)
     refused = [a for a in actions if a.kind == "refused"]
     if refused and not force:
@@ -197,6 +201,7 @@ def execute(conn: Connection, declared: Declared, *, force: bool = False) -> lis
             + "; ".join(f"{a.target}: {a.detail}" for a in refused)
             + " (use --force to apply anyway)"
         )
+    load_library(conn)
     topics = TopicAdmin(conn)
     groups = GroupAdmin(conn.client, conn.keys)
     for action in actions:

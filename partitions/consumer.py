@@ -183,6 +183,8 @@ class Consumer(RebalanceMixin):
                 self._sync()
                 if self._pos < len(self._buf) and self._alive():
                     out = self._buf[self._pos : self._pos + n]
+                    if any(r._claim for r in out):
+                        out = _isolate_suspects(out)
                     self._pos += len(out)
                     if self._pos >= len(self._buf):
                         self._buf, self._pos = [], 0
@@ -549,3 +551,16 @@ def _safe_retention(spec: TopicSpec) -> str:
     if not spec.safe_retention or not (spec.max_length or spec.retention_ms):
         return ""
     return f"{spec.max_length or 0} {spec.retention_ms or 0}"
+
+
+def _isolate_suspects(out: list[Record]) -> list[Record]:
+    """A recovered record that was handed out before and never acked (its consumer crashed,
+    or the handler nacked it) goes out alone, and a batch stops before one: if it is what
+    crashes the process, only its own hand-out is recorded, not those of the records beside
+    it, so a crash-looping record reaches the dead-letter stream alone."""
+    if out[0]._claim and out[0].deliveries > 1:
+        return out[:1]
+    for i, r in enumerate(out):
+        if r._claim and r.deliveries > 1:
+            return out[:i]
+    return out

@@ -6,8 +6,8 @@ the group then reads every entry after the new id exactly once. ``plan_group_see
 reads; :func:`execute` changes the server, and only while the group has no live member.
 
 Lag of a partition = entries not yet delivered to the group + entries delivered but not acked
-(pending). The server's own ``lag`` is used when it has one; when it is NULL (after a SETID
-or deletions) the entries after the last-delivered id are counted (``lag.lua``).
+(pending), and lag in time = the age of the oldest of those entries; both are read by
+:mod:`partitions.lag` (see there for exactly how).
 """
 
 from __future__ import annotations
@@ -19,12 +19,13 @@ from coordinator.errors import ConfigError, PartstreamError, StateLostError, tra
 from coordinator.group import GroupAdmin
 from coordinator.keys import validate_name
 from partitions.connection import Connection
+from partitions.lag import LAG_COUNT_LIMIT as LAG_COUNT_LIMIT
+from partitions.lag import PartitionOffset as PartitionOffset
+from partitions.lag import read_offsets
 from partitions.nodes import execute_per_key
 from partitions.records import GroupStreamInfo, group_infos_from_reply, parse_id
 from partitions.topics import TopicAdmin
 
-# Counting undelivered entries stops here; beyond it lag is a lower bound (exact=False).
-LAG_COUNT_LIMIT = 1_000_000
 _MAX_SEQ = 18446744073709551615
 
 
@@ -55,21 +56,6 @@ def target_id(to: str | int) -> str:
             f"seek target {to!r} is not earliest, latest, @EPOCH_MS or an entry id"
         ) from None
     return f"{ms}-{seq}"
-
-
-@dataclass(frozen=True, slots=True)
-class PartitionOffset:
-    """Where a group is on one partition."""
-
-    topic: str
-    partition: int
-    last_delivered_id: str | None  # None: the group never read this partition
-    pending: int
-    lag: int  # undelivered + pending
-    exact: bool  # False when counting stopped at LAG_COUNT_LIMIT
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,29 +120,11 @@ def _group_infos(
 
 
 def group_offsets(conn: Connection, group: str, topic: str | None = None) -> list[PartitionOffset]:
-    """Per partition of the group's topics (or of ``topic``): position, pending and lag."""
+    """Per partition of the group's topics (or of ``topic``): position, pending, lag in
+    entries and in time (one pipelined read per node, see :func:`partitions.lag.read_offsets`)."""
     validate_name(group, "group")
-    out = []
-    for t, p, info in _group_infos(conn, group, _group_topics(conn, group, topic)):
-        key = conn.keys.stream(t, p)
-        if info is None:
-            length = int(conn.client.xlen(key))
-            out.append(PartitionOffset(t, p, None, 0, length, True))
-            continue
-        exact = True
-        if info.lag is not None:
-            undelivered = info.lag
-        else:
-            reply = conn.functions.call(
-                "lag", [key], [info.last_delivered_id, LAG_COUNT_LIMIT], f"lag of {t}/{p}"
-            )
-            undelivered, exact = int(reply[0]), bool(int(reply[1]))
-        out.append(
-            PartitionOffset(
-                t, p, info.last_delivered_id, info.pending, undelivered + info.pending, exact
-            )
-        )
-    return out
+    wanted = [(group, t, p) for t, n in _group_topics(conn, group, topic).items() for p in range(n)]
+    return read_offsets(conn, wanted)[0]
 
 
 def total_lag(offsets: list[PartitionOffset]) -> int:
@@ -174,10 +142,16 @@ class GroupLag:
     def total_lag(self) -> int:
         return total_lag(list(self.partitions))
 
+    @property
+    def max_lag_seconds(self) -> float:
+        """The age of the oldest entry the group has not acked, over all its partitions."""
+        return max((p.lag_seconds for p in self.partitions), default=0.0)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "group": self.group,
             "total_lag": self.total_lag,
+            "max_lag_seconds": self.max_lag_seconds,
             "lag": [p.to_dict() for p in self.partitions],
         }
 
@@ -185,6 +159,53 @@ class GroupLag:
 def group_lag(conn: Connection, group: str, topic: str | None = None) -> GroupLag:
     """The group's lag per partition of its topics (or of ``topic``) and in total."""
     return GroupLag(group, tuple(group_offsets(conn, group, topic)))
+
+
+@dataclass(frozen=True, slots=True)
+class LagCheck:
+    """A group's lag against bounds: ``ok`` unless a bound given is exceeded."""
+
+    lag: GroupLag
+    max_lag: int | None  # bound on the total lag in entries (None: not checked)
+    max_lag_seconds: float | None  # bound on the oldest unacked entry's age
+
+    @property
+    def violations(self) -> list[str]:
+        out = []
+        if self.max_lag is not None and self.lag.total_lag > self.max_lag:
+            out.append(f"total lag {self.lag.total_lag} > {self.max_lag}")
+        if self.max_lag_seconds is not None and self.lag.max_lag_seconds > self.max_lag_seconds:
+            out.append(f"lag {self.lag.max_lag_seconds:.3f} s > {self.max_lag_seconds:g} s")
+        return out
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **self.lag.to_dict(),
+            "ok": self.ok,
+            "max_lag": self.max_lag,
+            "max_lag_seconds_allowed": self.max_lag_seconds,
+            "violations": self.violations,
+        }
+
+
+def check_lag(
+    conn: Connection,
+    group: str,
+    *,
+    max_lag: int | None = None,
+    max_lag_seconds: float | None = None,
+    topic: str | None = None,
+) -> LagCheck:
+    """The group's lag checked against a bound on entries and/or on time (for alerting from
+    cron or CI: ``partstream group lag GROUP --max-lag N --max-lag-seconds S``)."""
+    for name, bound in (("max_lag", max_lag), ("max_lag_seconds", max_lag_seconds)):
+        if bound is not None and (isinstance(bound, bool) or bound < 0):
+            raise ConfigError(f"{name} must be >= 0, got {bound!r}")
+    return LagCheck(group_lag(conn, group, topic), max_lag, max_lag_seconds)
 
 
 def plan_group_seek(
@@ -302,7 +323,8 @@ def reclaim_now(
 
 def describe_with_lag(conn: Connection, group: str) -> dict[str, Any]:
     """``GroupDescription.to_dict()`` plus, per partition of the group's topics,
-    ``last_delivered_id``, ``pending`` and ``lag``, and the group's ``total_lag``.
+    ``last_delivered_id``, ``pending``, ``lag``, ``lag_seconds`` and ``oldest_unacked_id``,
+    and the group's ``total_lag`` and ``max_lag_seconds``.
     Partitions nobody owns are listed with ``owner`` None."""
     desc = GroupAdmin(conn.client, conn.keys).describe(group)
     data = desc.to_dict()
@@ -325,9 +347,12 @@ def describe_with_lag(conn: Connection, group: str) -> dict[str, Any]:
             pending=off.pending,
             lag=off.lag,
             lag_exact=off.exact,
+            lag_seconds=off.lag_seconds,
+            oldest_unacked_id=off.oldest_unacked_id,
         )
         rows.append(row)
     rows += owners.values()  # owned partitions of topics the group no longer lists
     data["partitions"] = rows
     data["total_lag"] = total_lag(offsets)
+    data["max_lag_seconds"] = max((o.lag_seconds for o in offsets), default=0.0)
     return data

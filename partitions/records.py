@@ -343,6 +343,7 @@ class StreamInfo:
     last_id: str | None
     last_generated_id: str | None
     groups: int
+    entries_added: int | None = None  # every entry ever appended (trims do not lower it)
 
     @property
     def first_timestamp(self) -> int | None:
@@ -368,6 +369,7 @@ def stream_info_from_reply(reply: Any) -> StreamInfo:
         if data.get("last-generated-id")
         else None,
         groups=int(data.get("groups", 0)),
+        entries_added=None if data.get("entries-added") is None else int(data["entries-added"]),
     )
 
 
@@ -492,105 +494,6 @@ def retry_result(reply: Any) -> IdsResult:
     return IdsResult(1, ids={_text(i) for i in reply[1]}, dead=int(reply[2]))
 
 
-DLQ_PREFIX = b"dlq."
-# The metadata consume.lua writes first in every dead letter, in this order.
-DLQ_META = ("topic", "partition", "id", "group", "deliveries", "reason")
-
-
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
-    """One entry of a partition's dead-letter stream: the original record and why it died.
-
-    ``problems`` lists what could not be read of a malformed dead-letter entry (one written
-    by another client or damaged by hand); its other fields are then best effort."""
-
-    dlq_id: str
-    topic: str
-    partition: int | None  # None if the entry does not say (malformed)
-    original_id: str
-    group: str
-    deliveries: int
-    reason: str
-    record: Record  # the original entry's fields as they were (none if it was trimmed)
-    omitted: int = 0  # original fields left out (another client's entry with thousands)
-    problems: tuple[str, ...] = ()
-
-    def to_dict(self) -> dict[str, Any]:
-        out = {
-            "dlq_id": self.dlq_id,
-            "topic": self.topic,
-            "partition": self.partition,
-            "id": self.original_id,
-            "group": self.group,
-            "deliveries": self.deliveries,
-            "reason": self.reason,
-            "key": _display(self.record.key),
-            "value": _display_value(self.record.value),
-            "headers": {k: _display(v) for k, v in self.record.headers.items()},
-        }
-        if self.record.foreign:
-            out["fields"] = {_display(k): _display(v) for k, v in self.record.fields.items()}
-        if self.omitted:
-            out["omitted"] = self.omitted
-        if self.problems:
-            out["problems"] = list(self.problems)
-        return out
-
-
-def dead_letter_from_entry(entry: Any) -> DeadLetter:
-    """Parse one raw dead-letter stream entry ``[id, [field, value, ...]]``.
-
-    The metadata is read by position (the first six pairs, as consume.lua writes them), so an
-    original field named ``dlq.*`` is part of the original record, never its metadata. An
-    entry that does not have that shape is listed with what could be read."""
-    flat = entry[1] or []
-    if isinstance(flat, dict):
-        flat = [x for kv in flat.items() for x in kv]
-    meta: dict[str, str] = {}
-    problems: list[str] = []
-    i = 0
-    for name in DLQ_META:
-        if i + 1 < len(flat) and flat[i] == DLQ_PREFIX + name.encode():
-            meta[name] = _text(flat[i + 1])
-            i += 2
-        else:
-            problems.append(f"no dlq.{name}")
-    omitted = 0
-    if i + 1 < len(flat) and flat[i] == b"dlq.omitted":
-        omitted = _int(_text(flat[i + 1]), "omitted", problems) or 0
-        i += 2
-    topic = meta.get("topic", "")
-    partition = _int(meta["partition"], "partition", problems) if "partition" in meta else None
-    original_id = meta.get("id", "")
-    if original_id:
-        try:
-            parse_id(original_id)
-        except ValueError:
-            problems.append(f"dlq.id {original_id!r} is not a stream id")
-    deliveries = _int(meta["deliveries"], "deliveries", problems) if "deliveries" in meta else 0
-    record = record_from_entry(topic, partition or 0, [original_id.encode(), flat[i:]])
-    return DeadLetter(
-        dlq_id=_text(entry[0]),
-        topic=topic,
-        partition=partition,
-        original_id=original_id,
-        group=meta.get("group", ""),
-        deliveries=deliveries or 0,
-        reason=meta.get("reason", ""),
-        record=record,
-        omitted=omitted,
-        problems=tuple(problems),
-    )
-
-
-def _int(text: str, what: str, problems: list[str]) -> int | None:
-    try:
-        return int(text)
-    except ValueError:
-        problems.append(f"dlq.{what} {text!r} is not an integer")
-        return None
-
-
 @dataclass(frozen=True, slots=True)
 class GroupStreamInfo:
     """One consumer group on one partition stream (from XINFO GROUPS)."""
@@ -620,3 +523,34 @@ def group_infos_from_reply(reply: Any) -> list[GroupStreamInfo]:
             )
         )
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class PendingSummary:
+    """A group's pending entries on one partition (the summary form of XPENDING)."""
+
+    count: int
+    min_id: str | None  # the oldest pending entry (None when nothing is pending)
+    max_id: str | None
+
+
+def pending_summary_from_reply(reply: Any) -> PendingSummary:
+    """Parse ``XPENDING key group`` (raw ``[count, min, max, consumers]`` or redis-py's dict)."""
+    if isinstance(reply, dict):
+        d = {_text(k): v for k, v in reply.items()}
+        count, low, high = d.get("pending", 0), d.get("min"), d.get("max")
+    else:
+        count, low, high = reply[0], reply[1], reply[2]
+    return PendingSummary(
+        int(count or 0), None if low is None else _text(low), None if high is None else _text(high)
+    )
+
+
+def entry_ids(entries: Any) -> list[str]:
+    """The ids of a raw XRANGE/XREVRANGE reply's entries."""
+    return [_text(e[0]) for e in entries or []]
+
+
+def time_ms_from_reply(reply: Any) -> int:
+    """The server's TIME (raw ``[seconds, microseconds]`` or redis-py's tuple) in ms."""
+    return int(reply[0]) * 1000 + int(reply[1]) // 1000

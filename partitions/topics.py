@@ -147,6 +147,7 @@ class PartitionInfo:
     first_timestamp: int | None
     last_timestamp: int | None
     node: str | None = None
+    entries_added: int | None = None  # ever appended (a produce counter: trims keep it)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -157,6 +158,7 @@ class PartitionInfo:
             "first_timestamp": self.first_timestamp,
             "last_timestamp": self.last_timestamp,
             "node": self.node,
+            "entries_added": self.entries_added,
         }
 
 
@@ -281,6 +283,7 @@ class TopicAdmin:
                         info.first_timestamp,
                         info.last_timestamp,
                         node,
+                        info.entries_added,
                     )
                 )
         return TopicDescription(meta, out)

@@ -21,5 +21,6 @@ from partitions.cli import groups as _groups  # noqa: F401  isort: skip
 from partitions.cli import dlq as _dlq  # noqa: F401  isort: skip
 from partitions.cli import acl as _acl  # noqa: F401  isort: skip
 from partitions.cli import functions as _functions  # noqa: F401  isort: skip
+from partitions.cli import metrics as _metrics  # noqa: F401  isort: skip
 
 __all__ = ["main"]

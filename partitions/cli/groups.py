@@ -1,8 +1,9 @@
-"""``partstream group ...``: create, alter, list, describe (with lag), seek, reclaim and delete
-groups."""
+"""``partstream group ...``: create, alter, list, describe (with lag), lag (with bounds for
+alerting), seek, reclaim and delete groups."""
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import click
@@ -11,6 +12,7 @@ from coordinator.group import GroupAdmin
 from coordinator.settings import GroupSettings
 from partitions.cli.common import State, emit, format_option, main, pass_state
 from partitions.offsets import (
+    check_lag,
     describe_with_lag,
     execute_group_seek,
     plan_group_seek,
@@ -110,6 +112,47 @@ def _describe_text(d: dict[str, Any]) -> str:
 def group_describe(state: State, name: str, fmt: str) -> None:
     """Members, owners, positions and lag of group NAME."""
     emit(fmt, describe_with_lag(state.conn, name), _describe_text)
+
+
+# Exit status of `group lag` when a bound is exceeded (1: an error, 2: bad usage).
+OVER_BOUND_EXIT = 3
+
+
+def _lag_text(d: dict[str, Any]) -> str:
+    head = "ok" if d["ok"] else "OVER: " + "; ".join(d["violations"])
+    lines = [
+        f"group {d['group']}  total lag {d['total_lag']}  "
+        f"oldest unacked {d['max_lag_seconds']:.3f} s  {head}"
+    ]
+    for p in d["lag"]:
+        lines.append(
+            f"  {p['topic']}/{p['partition']}  lag {p['lag']}  pending {p['pending']}  "
+            f"{p['lag_seconds']:.3f} s"
+        )
+    return "\n".join(lines)
+
+
+@group.command("lag")
+@click.argument("name")
+@click.option("--topic", help="Only this topic (default: all the group's topics).")
+@click.option("--max-lag", type=click.IntRange(min=0), help="Fail if the total lag is above N.")
+@click.option(
+    "--max-lag-seconds", type=click.FloatRange(min=0),
+    help="Fail if the oldest unacked entry is older than S seconds.",
+)  # fmt: skip
+@format_option
+@pass_state
+def group_lag_cmd(
+    state: State, name: str, topic: str | None, max_lag: int | None,
+    max_lag_seconds: float | None, fmt: str,
+) -> None:  # fmt: skip
+    """Lag of group NAME in entries and seconds; exits 3 when over a bound (for cron, CI)."""
+    result = check_lag(
+        state.conn, name, max_lag=max_lag, max_lag_seconds=max_lag_seconds, topic=topic
+    )
+    emit(fmt, result.to_dict(), _lag_text)
+    if not result.ok:
+        sys.exit(OVER_BOUND_EXIT)
 
 
 def _plan_text(d: dict[str, Any]) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import AsyncIterator
 from importlib import resources
 from typing import Any
@@ -76,6 +77,7 @@ class Dashboard:
         meta = TopicAdmin(self.conn).get(self.topic)
         regions = list(meta.spec.regions)
         futures = []
+        latencies: list[float] = []  # ms from send() to acknowledged, per record
         for _ in range(count):
             t = tenant or self._rng.choice(self.tenants)
             reg = region or (regions[int(t[-2:]) % len(regions)] if regions else None)
@@ -89,9 +91,12 @@ class Dashboard:
                 "type": TYPES[step % len(TYPES)],
                 "amount": self._rng.randint(5, 500),
             }
-            futures.append(self.producer.send(self.topic, event, key=t, region=reg))
+            fut = self.producer.send(self.topic, event, key=t, region=reg)
+            fut.add_done_callback(_latency(latencies, time.perf_counter()))
+            futures.append(fut)
         self.producer.flush()
         parts = sorted({f.result().partition for f in futures})
+        self.snapshots.history.note_append(latencies)
         return {"produced": count, "partitions": parts}
 
     def create_group(self, name: str) -> dict[str, Any]:
@@ -151,6 +156,17 @@ class Dashboard:
         return snap
 
 
+def _latency(into: list[float], sent: float) -> Any:
+    def done(_: Any) -> None:
+        into.append((time.perf_counter() - sent) * 1000)  # list.append is atomic
+
+    return done
+
+
+# The vendored chart library (uPlot, MIT; see static/README.md), served from the package.
+STATIC = {"uPlot.iife.min.js": "text/javascript", "uPlot.min.css": "text/css"}
+
+
 def create_app(dash: Dashboard) -> Starlette:
     """The ASGI app serving ``dash``."""
 
@@ -174,6 +190,17 @@ def create_app(dash: Dashboard) -> Starlette:
 
     async def state(_: Request) -> Response:
         return await run(dash.state)
+
+    async def static(request: Request) -> Response:
+        name = request.path_params["name"]
+        if name not in STATIC:
+            return Response("not found", status_code=404)
+        data = resources.files("partitions.dashboard").joinpath("static", name).read_bytes()
+        headers = {"Cache-Control": "max-age=86400"}
+        return Response(data, media_type=STATIC[name], headers=headers)
+
+    async def history(_: Request) -> Response:
+        return _Json(dash.snapshots.history.all())
 
     async def events(request: Request) -> Response:
         async def stream() -> AsyncIterator[bytes]:
@@ -234,6 +261,8 @@ def create_app(dash: Dashboard) -> Starlette:
     routes = [
         Route("/", index),
         Route("/api/state", state),
+        Route("/api/history", history),
+        Route("/static/{name}", static),
         Route("/events", events),
         Route("/api/produce", produce, methods=["POST"]),
         Route("/api/workers", add_worker, methods=["POST"]),

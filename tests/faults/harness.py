@@ -29,6 +29,7 @@ from typing import Any
 import redis
 
 from partitions.server import valkey_binary
+from tests.faults.checker import WorkerExit
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).with_name("worker.py")
@@ -71,10 +72,18 @@ class ServerProc:
     snapshots) or ``"none"`` (nothing survives a restart).
     """
 
-    def __init__(self, workdir: Path, persistence: str = "always", binary: str = "valkey") -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        persistence: str = "always",
+        binary: str = "valkey",
+        *,
+        maxmemory: str | None = None,
+    ) -> None:
         if persistence not in ("always", "everysec", "none"):
             raise ValueError(persistence)
         self.persistence = persistence
+        self.maxmemory = maxmemory
         self.binary = str(valkey_binary()) if binary == "valkey" else str(REDIS7)
         self.flavor = binary
         self.dir = workdir / "server"
@@ -102,6 +111,7 @@ class ServerProc:
             "--maxmemory-policy", "noeviction",
             "--logfile", str(self.dir / f"server-{self.starts}.log"),
             *aof,
+            *(["--maxmemory", self.maxmemory] if self.maxmemory else []),
         ]  # fmt: skip
 
     def start(self, timeout: float = 15.0) -> ServerProc:
@@ -151,7 +161,12 @@ class Worker:
     role: str
     popen: subprocess.Popen[bytes]
     log: Path
+    group: str = ""
+    count: int = 0  # a producer: the records it was asked to send
     stopped: bool = False
+    # The exit codes the scenario expects: 0 (it ends or is stopped gracefully), -9 once the
+    # scenario killed it (or it killed itself), 3 after a StateLostError, ...
+    expected_exit: tuple[int, ...] = (0,)
 
     @property
     def pid(self) -> int:
@@ -162,6 +177,9 @@ class Worker:
 
     def events(self) -> list[dict[str, Any]]:
         return read_log(self.log)
+
+    def exit(self) -> WorkerExit:
+        return WorkerExit(self.name, self.role, self.popen.poll(), self.expected_exit)
 
 
 def read_log(path: Path) -> list[dict[str, Any]]:
@@ -188,12 +206,15 @@ class Fleet:
     workers: list[Worker] = field(default_factory=list)
     counter: int = 0
 
-    def _spawn(self, role: str, extra: list[str], url: str | None = None) -> Worker:
+    def _spawn(
+        self, role: str, extra: list[str], url: str | None = None, group: str | None = None
+    ) -> Worker:
         self.counter += 1
+        group = group or self.group
         name = f"{role[0]}{self.counter}"
         log = self.workdir / f"{name}.jsonl"
         cmd = [sys.executable, str(WORKER), role, "--url", url or self.url]
-        cmd += ["--ns", self.namespace, "--topic", self.topic, "--group", self.group]
+        cmd += ["--ns", self.namespace, "--topic", self.topic, "--group", group]
         cmd += ["--name", name, "--log", str(log), *extra]
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         err = open(self.workdir / f"{name}.stderr", "wb")  # noqa: SIM115 - child owns it
@@ -201,23 +222,23 @@ class Fleet:
             popen = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=err, stderr=err)
         finally:
             err.close()
-        w = Worker(name, role, popen, log)
+        w = Worker(name, role, popen, log, group=group)
         self.workers.append(w)
         return w
 
     def producer(self, *, count: int, keys: int, rate: float, **kw: Any) -> Worker:
+        """A producer of ``count`` records over ``keys`` keys at ``rate``/s; ``kw``: flags."""
         extra = ["--count", str(count), "--keys", str(keys), "--rate", str(rate)]
         url = kw.pop("url", None)
-        for k, v in kw.items():
-            extra += [f"--{k.replace('_', '-')}", str(v)]
-        return self._spawn("produce", extra, url)
+        extra += _flags(kw)
+        w = self._spawn("produce", extra, url)
+        w.count = count
+        return w
 
-    def consumer(self, **kw: Any) -> Worker:
-        extra: list[str] = []
+    def consumer(self, *, group: str | None = None, **kw: Any) -> Worker:
+        """A consumer of ``group`` (default: the fleet's); ``kw``: worker flags."""
         url = kw.pop("url", None)
-        for k, v in kw.items():
-            extra += [f"--{k.replace('_', '-')}", str(v)]
-        return self._spawn("consume", extra, url)
+        return self._spawn("consume", _flags(kw), url, group)
 
     def consumers(self) -> list[Worker]:
         return [w for w in self.workers if w.role == "consume"]
@@ -237,7 +258,8 @@ class Fleet:
         wait_for(ok, timeout, "workers ready")
 
     def terminate(self, w: Worker, timeout: float = 15.0) -> None:
-        """SIGTERM (graceful close: commit, release, leave) and wait for the exit."""
+        """SIGTERM (graceful close: commit, release, leave) and wait for the exit; a worker
+        that does not exit in time is killed, and its exit code (-9) fails the run."""
         if w.alive():
             os.kill(w.pid, signal.SIGTERM)
             try:
@@ -248,9 +270,13 @@ class Fleet:
         w.stopped = True
 
     def kill9(self, w: Worker) -> None:
+        w.expected_exit = (-signal.SIGKILL,)
         os.kill(w.pid, signal.SIGKILL)
         w.popen.wait(timeout=10)
         w.stopped = True
+
+    def exits(self) -> list[WorkerExit]:
+        return [w.exit() for w in self.workers]
 
     def cleanup(self) -> None:
         for w in self.workers:
@@ -260,6 +286,17 @@ class Fleet:
                     os.kill(w.pid, signal.SIGKILL)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 w.popen.wait(timeout=10)
+
+
+def _flags(kw: dict[str, Any]) -> list[str]:
+    out: list[str] = []
+    for k, v in kw.items():
+        flag = f"--{k.replace('_', '-')}"
+        if v is True:
+            out.append(flag)
+        elif v is not None and v is not False:
+            out += [flag, str(v)]
+    return out
 
 
 def stderr_tail(workdir: Path, w: Worker, n: int = 2000) -> str:

@@ -2,30 +2,91 @@
 
 A test builds a :class:`Scenario` as a context manager (which kills every process and the
 server by pid on the way out, whatever happened), starts workers, injects its fault, then
-calls :meth:`Scenario.finish`: wait until the producers are done and the group has no lag,
-stop the consumers gracefully, read every log and the dead-letter streams, run the checker
-and record the one-line verdict for the session's table.
+calls :meth:`Scenario.finish`: wait until the producers are done and every group has no lag,
+stop the consumers gracefully, read every log, the dead-letter streams and what the streams
+still hold, run the checker (which also checks exit codes and produced == count) and record
+the one-line verdict for the session's table. A drain that times out is a failure of the
+verdict, not an exception: the verdict still says what the logs show.
+
+Scenario bodies are plain functions registered with :func:`scenario` (name -> function
+returning its :class:`Verdict`), so ``python -m tests.faults.soak`` can run them again with
+longer parameters; a test calls one and passes its verdict to :func:`assert_verdict`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import subprocess
 import time
 import uuid
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import partitions
+from coordinator.errors import UnknownTopicError
 from partitions.config import ClientConfig
 from partitions.connection import Connection, connect
 from partitions.offsets import group_lag
 from partitions.topics import TopicAdmin, TopicSpec
-from tests.faults.checker import Verdict, check
+from tests.faults.checker import DeadLetter, Verdict, check
 from tests.faults.harness import Fleet, ServerProc, Worker, read_log, wait_for, workdir
 
 VERDICTS: list[Verdict] = []
+PRINT = [True]  # Scenario.finish prints each verdict (the soak prints its own lines)
+LIB = str(Path(partitions.__file__).resolve().parent)  # workers must import the same library
 PARTITIONS = 4
 TOPIC = "events"
 GROUP = "fleet"
+
+# A short session for the scenarios that need an eviction to happen within the test's time
+# (the default is 30 s): they say so in their docstring, as scenarios about this setting.
+SHORT_SESSION: dict[str, Any] = {"session_ms": 1000}
+
+
+@dataclass
+class Registered:
+    """A scenario function, and the known library bug that makes it fail today (if any)."""
+
+    fn: Callable[..., Verdict]
+    known: str = ""  # the xfail reason: the bug, precisely
+    fails_on: tuple[str, ...] = ()  # the verdict categories that bug fails
+    soak: dict[str, Any] = field(default_factory=dict)  # longer parameters for the soak
+
+
+REGISTRY: dict[str, Registered] = {}
+
+
+def scenario(
+    name: str,
+    *,
+    known: str = "",
+    fails_on: tuple[str, ...] = (),
+    soak: dict[str, Any] | None = None,
+) -> Callable[[Callable[..., Verdict]], Callable[..., Verdict]]:
+    """Register a scenario body under ``name`` (``soak``: its long variant's keyword args)."""
+
+    def wrap(fn: Callable[..., Verdict]) -> Callable[..., Verdict]:
+        REGISTRY[name] = Registered(fn, known, fails_on, dict(soak or {}))
+        return fn
+
+    return wrap
+
+
+class KnownFailure(AssertionError):
+    """The verdict fails only on what a known library bug fails (a strict xfail's raises=)."""
+
+
+def assert_verdict(v: Verdict, known: Collection[str] = ()) -> None:
+    """Pass an OK verdict; raise KnownFailure if it fails only on the ``known`` categories,
+    AssertionError otherwise (so an xfail never hides an unrelated failure)."""
+    if v.ok:
+        return
+    if known and v.failed_on() <= set(known):
+        raise KnownFailure(v.report())
+    raise AssertionError(v.report())
 
 
 class Scenario:
@@ -39,9 +100,13 @@ class Scenario:
         persistence: str = "always",
         binary: str = "valkey",
         partitions: int = PARTITIONS,
+        groups: tuple[str, ...] = (GROUP,),
+        maxmemory: str | None = None,
     ) -> None:
         self.name, self.fault = name, fault
         self.persistence, self.binary, self.partitions = persistence, binary, partitions
+        self.groups = groups
+        self.maxmemory = maxmemory
         self.namespace = "f" + uuid.uuid4().hex[:10]
         self._wd = workdir(name)
         self.dir: Path
@@ -52,8 +117,10 @@ class Scenario:
 
     def __enter__(self) -> Scenario:
         self.dir = self._wd.__enter__()
-        self.server = ServerProc(self.dir, self.persistence, self.binary).start()
-        self.fleet = Fleet(self.dir, self.server.url, self.namespace, TOPIC, GROUP)
+        self.server = ServerProc(
+            self.dir, self.persistence, self.binary, maxmemory=self.maxmemory
+        ).start()
+        self.fleet = Fleet(self.dir, self.server.url, self.namespace, TOPIC, self.groups[0])
         TopicAdmin(self.conn()).create(TopicSpec(TOPIC, self.partitions))
         return self
 
@@ -93,43 +160,84 @@ class Scenario:
         self.fleet.wait_ready(ws)
         return ws
 
-    def processed_count(self) -> int:
-        return sum(1 for w in self.fleet.consumers() for e in w.events() if e.get("ev") == "proc")
+    def processed_count(self, group: str | None = None) -> int:
+        return sum(
+            1
+            for w in self.fleet.consumers()
+            if group is None or w.group == group
+            for e in w.events()
+            if e.get("ev") == "proc"
+        )
 
-    def wait_processing(self, at_least: int, timeout: float = 20.0) -> None:
+    def wait_processing(self, at_least: int, timeout: float = 30.0) -> None:
         wait_for(lambda: self.processed_count() >= at_least, timeout, f"{at_least} processed")
 
-    def lag(self) -> int:
-        return group_lag(self.conn(), GROUP, TOPIC).total_lag
+    def lag(self, group: str = GROUP) -> int:
+        return group_lag(self.conn(), group, TOPIC).total_lag
 
-    def drain(self, timeout: float = 40.0) -> None:
-        """Until every producer exited and the group has nothing undelivered or unacked."""
+    def topic_partitions(self) -> int:
+        """The topic's partition count now (the scenario's own if the server lost the topic)."""
+        try:
+            return TopicAdmin(self.conn()).get(TOPIC).partitions
+        except UnknownTopicError:
+            return self.partitions
+
+    def drain(self, timeout: float = 60.0) -> str | None:
+        """Until every producer exited and every group has nothing undelivered or unacked;
+        returns what went wrong (None: drained)."""
+        end = time.monotonic() + timeout
         for w in self.fleet.workers:
-            if w.role == "produce":
-                w.popen.wait(timeout=timeout)
+            if w.role == "produce" and not w.stopped:
+                try:
+                    w.popen.wait(timeout=max(end - time.monotonic(), 1))
+                except subprocess.TimeoutExpired:
+                    return f"producer {w.name} still running after {timeout:.0f}s"
 
         last: list[object] = []
 
         def drained() -> bool:
             try:
-                lag = group_lag(self.conn(), GROUP, TOPIC)
+                lags = {g: group_lag(self.conn(), g, TOPIC) for g in self.groups}
             except Exception as err:  # the server may still be loading: ask again
                 last[:] = [err]
                 return False
-            last[:] = [[(p.partition, p.pending, p.lag) for p in lag.partitions]]
-            return lag.total_lag == 0
+            last[:] = [
+                {g: [(p.partition, p.pending, p.lag) for p in lag.partitions if p.lag]}
+                for g, lag in lags.items()
+            ]
+            return all(lag.total_lag == 0 for lag in lags.values())
 
         try:
-            wait_for(drained, timeout, "the group to drain (lag 0)", step=0.2)
+            left = round(max(end - time.monotonic(), 1), 1)
+            wait_for(drained, left, "the groups to drain", step=0.2)
         except AssertionError as err:
-            raise AssertionError(f"{err}; last: {last}") from None
+            return f"{err}; (partition, pending, lag) left: {last}"
+        return None
 
-    def dead_letters(self) -> list[tuple[int, str]]:
+    def dead_letters(self) -> list[DeadLetter]:
         out = []
         c = self.conn()
-        for p in range(self.partitions):
-            for _, fields in c.client.xrange(c.keys.dlq(TOPIC, p)):
-                out.append((p, fields[b"dlq.id"].decode()))
+        for p in range(self.topic_partitions()):
+            for _, f in c.client.xrange(c.keys.dlq(TOPIC, p)):
+                if b"dlq.id" not in f:
+                    continue
+                out.append(
+                    DeadLetter(
+                        p,
+                        f[b"dlq.id"].decode(),
+                        f[b"dlq.group"].decode(),
+                        f[b"dlq.reason"].decode(),
+                    )
+                )
+        return out
+
+    def present(self) -> set[tuple[int, str]]:
+        """Every (partition, id) the topic's streams hold now."""
+        c = self.conn()
+        out = set()
+        for p in range(self.topic_partitions()):
+            for rid, _ in c.client.xrange(c.keys.stream(TOPIC, p)):
+                out.add((p, rid.decode()))
         return out
 
     def events(self, role: str) -> list[dict[str, Any]]:
@@ -139,25 +247,50 @@ class Scenario:
                 out += read_log(w.log)
         return out
 
-    def finish(self, *, drain: bool = True, **allow: Any) -> Verdict:
-        """Drain, stop consumers gracefully, check the logs; records and returns the verdict."""
-        if drain:
-            self.drain()
+    def finish(self, *, drain: bool = True, drain_timeout: float = 60.0, **allow: Any) -> Verdict:
+        """Drain, stop consumers gracefully, check the logs; records and returns the verdict.
+
+        ``allow``: keyword arguments of :func:`~tests.faults.checker.check` (expected dead
+        letters, allowed loss or doubt, ``expected_count`` if not the producers' counts)."""
+        not_drained = self.drain(drain_timeout) if drain else None
         for w in self.fleet.consumers():
-            self.fleet.terminate(w)
+            if not w.stopped:
+                self.fleet.terminate(w)
+        for w in self.fleet.workers:
+            if w.alive():  # a producer that did not finish: its exit code fails the run
+                self.fleet.terminate(w)
+        allow.setdefault(
+            "expected_count", sum(w.count for w in self.fleet.workers if w.role == "produce")
+        )
+        present: set[tuple[int, str]] | None = None
+        dead: list[DeadLetter] = []
+        with contextlib.suppress(Exception):  # a scenario may leave the server unreachable
+            present, dead = self.present(), self.dead_letters()
         verdict = check(
             self.name,
             self.fault,
             self.events("produce"),
             self.events("consume"),
-            self.dead_letters(),
+            dead,
+            groups=self.groups,
+            present=present,
+            workers=self.fleet.exits(),
             **allow,
         )
+        if not_drained:
+            verdict.run_failures.append(not_drained)
+        for w in self.fleet.workers:
+            lib = next((e.get("lib") for e in w.events() if e.get("ev") == "ready"), LIB)
+            if lib != LIB:
+                verdict.run_failures.append(f"{w.name} imported the library from {lib}, not {LIB}")
+        if present is None:
+            verdict.notes.append("server unreachable at the end: streams not read")
         verdict.notes.append(f"{time.monotonic() - self.started:.0f}s")
         VERDICTS.append(verdict)
-        print(verdict.line())
-        for d in verdict.details[:20]:
-            print("  ", d)
+        if PRINT[0]:
+            print(verdict.line())
+            for d in verdict.details[:20]:
+                print("  ", d)
         return verdict
 
     def note(self, verdict: Verdict, text: str) -> None:

@@ -50,10 +50,10 @@ class Fleet:
         self.admin = GroupAdmin(conn.client, conn.keys)
         self.procs: list[Proc] = []
 
-    def spawn(self, member_id: str, instance_id: str | None = None) -> Proc:
+    def spawn(self, member_id: str, instance_id: str | None = None, *extra: str) -> Proc:
         cmd = [sys.executable, str(SCRIPT), "--url", self.url, "--ns", self.conn.keys.ns]
         cmd += ["--group", GROUP, "--topic", TOPIC, "--partitions", str(PARTS)]
-        cmd += ["--member-id", member_id]
+        cmd += ["--member-id", member_id, *extra]
         if instance_id:
             cmd += ["--instance-id", instance_id]
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -147,8 +147,10 @@ def fleet(server_url: str, conn: Connection) -> Iterator[Fleet]:
         f.cleanup()
 
 
-def start_four(fleet: Fleet, static: str | None = None) -> tuple[list[Proc], GroupDescription]:
-    procs = [fleet.spawn(f"m{i}", static if i == 0 else None) for i in range(4)]
+def start_four(
+    fleet: Fleet, static: str | None = None, *extra: str
+) -> tuple[list[Proc], GroupDescription]:
+    procs = [fleet.spawn(f"m{i}", static if i == 0 else None, *extra) for i in range(4)]
     d = fleet.wait_balanced({p.member_id for p in procs})
     return procs, d
 
@@ -243,14 +245,17 @@ def test_sigstopped_member_is_fenced_rejoins_and_never_double_owns(fleet: Fleet)
 
 
 def test_static_member_restart_keeps_partitions_without_a_rebalance(fleet: Fleet) -> None:
-    procs, d = start_four(fleet, static="pod-0")
+    # A 5 s session: the restarted process must join within it, and starting Python on a
+    # busy 2-core machine can take longer than the module's 1 s.
+    session = ("--session-ms", "5000", "--heartbeat-ms", "500")
+    procs, d = start_four(fleet, "pod-0", *session)
     static = procs[0]
     mine = owned_by(d)[static.member_id]
     epoch = d.epoch
     with Sampler(fleet) as sampler:
         static.popen.send_signal(signal.SIGTERM)
         assert static.popen.wait(timeout=10) == 0
-        again = fleet.spawn("m0-restarted", "pod-0")
+        again = fleet.spawn("m0-restarted", "pod-0", *session)
         members = {p.member_id for p in procs[1:]} | {again.member_id}
         d2 = fleet.wait_balanced(members, timeout=10)
     assert owned_by(d2)[again.member_id] == mine

@@ -1,4 +1,5 @@
-"""The demo in a real headless Chromium: produce, kill a consumer, watch the group recover.
+"""The demo in a real headless Chromium: produce, kill a consumer, watch the group recover,
+and the charts over time (uPlot, served by the dashboard) fill with points.
 
 Starts ``partstream demo`` as a process (with its consumer fleet) against the test server,
 drives the page with Playwright (Debian's chromium by path) and saves a screenshot to
@@ -83,6 +84,14 @@ def demo(client_config: ClientConfig) -> Iterator[str]:
                 os.kill(pid, signal.SIGKILL)
 
 
+# Per chart: x points, series names, the largest value and how many values are not null.
+CHARTS_JS = """() => Object.fromEntries(Object.entries(window.charts).map(([name, c]) => {
+  const values = c.u.data.slice(1).flat().filter((v) => v !== null && v !== undefined);
+  return [name, {points: c.u.data[0].length, series: c.keys, values: values.length,
+                 max: values.length ? Math.max(...values) : null}];
+}))"""
+
+
 def test_demo_in_chromium(demo: str) -> None:
     from playwright.sync_api import sync_playwright
 
@@ -148,6 +157,18 @@ def test_demo_in_chromium(demo: str) -> None:
             _wait(lambda: dlq_rows.count() >= 4, 30, "2 dead letters in each of the 2 groups")
             assert "max_deliveries" in page.get_by_test_id("dlq").inner_text()
             _wait(lambda: lag.inner_text() == "0", 30, "the partition to flow past the poison")
+
+            # the charts over time: points after producing, for the topic and every group
+            charts = page.evaluate(CHARTS_JS)
+            assert set(charts) == {"produce", "consume", "lag", "lag_seconds", "append"}
+            assert charts["produce"]["points"] >= 5 and charts["produce"]["series"] == ["orders"]
+            assert charts["produce"]["max"] > 0, charts  # 1,000 events at once
+            for name in ("consume", "lag", "lag_seconds"):
+                assert {"notifications", "analytics"} <= set(charts[name]["series"]), charts
+                assert charts[name]["max"] > 0, (name, charts)  # behind after the reset
+            assert charts["append"]["series"] == ["p50", "p99"] and charts["append"]["values"] >= 2
+            drawn = page.locator("[data-testid=chart-produce] canvas")
+            assert drawn.count() == 1 and drawn.bounding_box()["width"] > 200  # type: ignore[index]
 
             # reclaim stuck entries now: the request goes through and is reported
             page.get_by_test_id("reclaim").click()

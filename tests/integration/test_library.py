@@ -69,3 +69,15 @@ def test_functions_load_and_prune(conn: Connection) -> None:
     assert res.exit_code == 0, res.output
     rows = json.loads(res.output)
     assert all("000000000000" in r["pruned"] and r["versions"] == [version()] for r in rows)
+
+
+def test_apply_loads_the_library_on_every_primary(conn: Connection, tmp_path: Any) -> None:
+    for node in primaries(conn):
+        with contextlib.suppress(redis.ResponseError):
+            node.execute_command("FUNCTION", "DELETE", library_name())
+    cfg = tmp_path / "t.toml"
+    cfg.write_text("[topics.applied]\npartitions = 2\n")
+    res = cli(conn, "apply", str(cfg))
+    assert res.exit_code == 0, res.output
+    status = cli(conn, "functions", "status", "--format", "json")
+    assert status.exit_code == 0 and all(r["current"] for r in json.loads(status.output))

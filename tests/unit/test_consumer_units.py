@@ -7,8 +7,9 @@ import pytest
 
 from coordinator.errors import ConfigError
 from partitions.config import ClientConfig, ConsumerConfig
+from partitions.deadletter import dead_letter_from_entry
 from partitions.offsets import target_id, time_id
-from partitions.records import dead_letter_from_entry, group_infos_from_reply, records_from_read
+from partitions.records import group_infos_from_reply, records_from_read
 
 
 def test_seek_targets() -> None:

@@ -39,13 +39,15 @@ def claim_fence(
     token: int,
     *,
     durability: Durability | None = None,
+    retry_for: float | None = None,
 ) -> bool:
     """Take the fence for this grant; False if a newer grant (higher token) already holds it.
 
     Idempotent: claiming again with the same member and token returns True. With the
-    group's ``durability`` it returns once the claim is on enough replicas.
+    group's ``durability`` it returns once the claim is on enough replicas. ``retry_for``:
+    seconds it is tried while the partition's node fails over (default: Functions').
     """
-    reply = Functions(client).call(
+    reply = Functions(client, retry_for=retry_for).call(
         "fence",
         [keys.fence(topic, partition)],
         ["claim", group, member_id, str(int(token))],

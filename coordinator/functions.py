@@ -24,6 +24,7 @@ has none, so an OOM server refuses it (and the producer retries within its deliv
 from __future__ import annotations
 
 import hashlib
+import time
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -31,7 +32,7 @@ from typing import Any
 import redis.exceptions as rex
 
 from coordinator.durability import Durability
-from coordinator.errors import LibraryMissingError, translate
+from coordinator.errors import ConnectionFailedError, LibraryMissingError, translate
 
 LIBRARY_PREFIX = "partstream_"
 # A durable call on a cluster follows this many redirections (it did not run) before failing.
@@ -104,6 +105,44 @@ def library_code() -> bytes:
     return b"#!lua name=" + library_name().encode() + b"\n" + _body()
 
 
+# How long a call (or a read) keeps trying while its server fails over: a Sentinel or cluster
+# promotes a replica after its down-after / node timeout plus an election, seconds; the
+# common production settings (5 s down-after, 15 s node timeout) fit with room to spare.
+FAILOVER_GRACE_S = 30.0
+_PAUSE_S = 0.05
+_MAX_PAUSE_S = 0.5
+
+
+class _NotRun(Exception):
+    """Internal: the call failed in a way that proves it did not run (its cause says how)."""
+
+
+def fails_over(client: Any) -> bool:
+    """A cluster client, or one behind Sentinels: its primaries can be replaced under it."""
+    pool = getattr(client, "connection_pool", None)
+    return (
+        hasattr(client, "get_node_from_key") or getattr(pool, "sentinel_manager", None) is not None
+    )
+
+
+def did_not_run(err: BaseException) -> bool:
+    """The errors after which the command certainly did not run, so trying it again is safe
+    whatever it does: no connection could be opened (refused, no primary known to the
+    Sentinels, no cluster node reachable), CLUSTERDOWN, TRYAGAIN, MOVED/ASK, LOADING."""
+    if isinstance(
+        err,
+        rex.ClusterDownError | rex.TryAgainError | rex.BusyLoadingError | rex.AskError,
+    ):
+        return True
+    if isinstance(err, rex.RedisClusterException):
+        return "cannot be connected" in str(err) or "slot" in str(err).lower()
+    if isinstance(err, rex.ConnectionError):
+        msg = str(err)
+        # redis-py words a failed connect "Error <errno> connecting to host:port. ...".
+        return " connecting to " in msg or "No master found" in msg or msg.startswith("Error 111")
+    return False
+
+
 def _is_redirect(err: BaseException) -> bool:
     """MOVED / ASK / TRYAGAIN / CLUSTERDOWN / READONLY: the cluster moved, the call did not run."""
     return isinstance(err, _REDIRECTS) or str(err).startswith(
@@ -131,10 +170,20 @@ def missing_error(where: str, cause: BaseException | None = None) -> LibraryMiss
 
 class Functions:
     """Calls the library's functions on one client (``redis.Redis`` or ``RedisCluster``);
-    loads the library where it is missing, if this client may."""
+    loads the library where it is missing, if this client may.
 
-    def __init__(self, client: Any) -> None:
+    ``retry_for``: seconds a call whose server is failing over keeps being tried, for the
+    errors that prove it did not run (no connection could be opened, CLUSTERDOWN, TRYAGAIN,
+    LOADING, no primary known to the Sentinels). Default: :data:`FAILOVER_GRACE_S` on a
+    cluster or behind Sentinels (a replica gets promoted within it), 0 on a single server. A
+    heartbeat passes 0: its runner retries on its own schedule.
+    """
+
+    def __init__(self, client: Any, *, retry_for: float | None = None) -> None:
         self._client = client
+        if retry_for is None:
+            retry_for = FAILOVER_GRACE_S if fails_over(client) else 0.0
+        self.retry_for = retry_for
 
     def load(self, target: Any = None) -> bool:
         """FUNCTION LOAD this version's library (on ``target``: a node client or connection).
@@ -169,8 +218,22 @@ class Functions:
         ``wait_ms``) on the same connection, and returns only once enough replicas confirmed
         what it wrote; else NotEnoughReplicasError (it ran: its effects are on the primary).
         """
-        if durability is not None and durability.waits:
-            return self._call_durable(name, keys, args, context, durability, wait_ms)
+        deadline = time.monotonic() + self.retry_for
+        pause = _PAUSE_S
+        while True:
+            try:
+                if durability is not None and durability.waits:
+                    return self._call_durable(name, keys, args, context, durability, wait_ms)
+                return self._call(name, keys, args, context)
+            except _NotRun as not_run:
+                if time.monotonic() + pause > deadline:
+                    err = not_run.__cause__
+                    assert isinstance(err, Exception)
+                    raise translate(err, context or f"function {name}") from err
+                time.sleep(pause)
+                pause = min(pause * 2, _MAX_PAUSE_S)
+
+    def _call(self, name: str, keys: list[str], args: list[Any], context: str) -> Any:
         fname = function_name(name)
         try:
             try:
@@ -180,7 +243,11 @@ class Functions:
                     raise
                 self._load_for(keys)
                 return self._client.execute_command("FCALL", fname, len(keys), *keys, *args)
-        except rex.RedisError as err:
+        except (rex.RedisError, rex.RedisClusterException) as err:
+            if self.retry_for and did_not_run(err):
+                raise _NotRun() from err
+            if isinstance(err, rex.RedisClusterException):
+                raise ConnectionFailedError(f"{context or name}: {err}") from err
             raise translate(err, context or f"function {name}") from err
 
     def _call_durable(
@@ -211,6 +278,8 @@ class Functions:
             except rex.RedisError as err:
                 if cluster:  # a node died or failed over: learn the map for the next call
                     self._refresh_map(err)
+                if self.retry_for and did_not_run(err):
+                    raise _NotRun() from err
                 raise translate(err, context) from err
             first = replies[0]
             if isinstance(first, Exception):

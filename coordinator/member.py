@@ -71,7 +71,8 @@ class Member:
         self._topics = dict(topics)
         self._spec = topics_spec(self._topics)
         self._spec_dirty = False
-        self._functions = Functions(client)
+        # No failover grace: the runner retries a failed heartbeat on its own schedule.
+        self._functions = Functions(client, retry_for=0)
         self._lock = threading.RLock()
         self._epoch: int | None = None
         # Once joined, a rejoin must find the group: a vanished group is lost state.

@@ -8,7 +8,9 @@ newer stream features partstream uses when present, and warns (or, strict, refus
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import time
 import warnings
 from dataclasses import dataclass
 from types import TracebackType
@@ -26,7 +28,7 @@ from coordinator.errors import (
     ServerTooOldError,
     translate,
 )
-from coordinator.functions import Functions
+from coordinator.functions import FAILOVER_GRACE_S, Functions, did_not_run, fails_over
 from coordinator.keys import Keys
 from partitions.config import ClientConfig
 from partitions.urls import parse_cluster, parse_sentinel, redact_url
@@ -158,6 +160,41 @@ def _replicas(client: Any) -> int:
     return int(info.get("connected_slaves", 0) or 0)
 
 
+def _ping(client: Any) -> None:
+    """PING, waiting up to FAILOVER_GRACE_S on a cluster or behind Sentinels while the node
+    asked is down or still loading (a failover, a node restarting): they take seconds."""
+    deadline = time.monotonic() + (FAILOVER_GRACE_S if fails_over(client) else 0.0)
+    pause = 0.1
+    while True:
+        try:
+            client.ping()
+            return
+        except (rex.RedisError, rex.RedisClusterException) as err:
+            if not did_not_run(err) or time.monotonic() + pause > deadline:
+                raise
+            time.sleep(pause)
+            pause = min(pause * 2, 1.0)
+
+
+def _detect(client: Any, cluster: bool) -> ServerInfo:
+    """detect_server, riding out a failover in progress: a cluster whose map still names a
+    dead primary (until its replica is promoted), or Sentinels between two primaries, is
+    asked again, with a fresh slot map, for up to FAILOVER_GRACE_S."""
+    deadline = time.monotonic() + (FAILOVER_GRACE_S if fails_over(client) else 0.0)
+    pause = 0.1
+    while True:
+        try:
+            return detect_server(client, cluster=cluster)
+        except ConnectionFailedError:
+            if time.monotonic() + pause > deadline:
+                raise
+            time.sleep(pause)
+            pause = min(pause * 2, 1.0)
+            if cluster:
+                with contextlib.suppress(rex.RedisError, rex.RedisClusterException):
+                    client.nodes_manager.initialize()
+
+
 def check_eviction_policy(server: ServerInfo, strict: bool) -> None:
     """Warn (strict: raise) if the server may evict keys that have no TTL: our streams."""
     policy = server.maxmemory_policy
@@ -187,6 +224,8 @@ class Connection:
         self.server = server
         self.keys = Keys(config.namespace)
         self.functions = Functions(client)
+        # Behind Sentinels: a primary can be replaced under this connection (see nodes.py).
+        self.behind_sentinel = sentinel_manager(client) is not None
 
     @property
     def is_cluster(self) -> bool:
@@ -355,7 +394,7 @@ def connect(config: ClientConfig | None = None, **overrides: Any) -> Connection:
     client: Any = None
     try:
         client, cluster = open_client(url, config)
-        client.ping()
+        _ping(client)
     except rex.RedisError as err:
         close_client(client)
         raise _tls_error(err, url) or translate(err, f"connecting to {redact_url(url)}") from err
@@ -366,7 +405,7 @@ def connect(config: ClientConfig | None = None, **overrides: Any) -> Connection:
         close_client(client)
         raise ConfigError(f"cannot use {redact_url(url)}: {err}") from err
     try:
-        server = detect_server(client, cluster=cluster)
+        server = _detect(client, cluster)
         check_eviction_policy(server, config.strict_eviction_policy)
     except BaseException:
         close_client(client)

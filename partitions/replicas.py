@@ -46,6 +46,8 @@ MASTER_NAME = "partstream"
 _STATE_NAME = "replicas.json"
 # Ports are picked below this bound (the machine's ephemeral range starts above it).
 _PORT_CEILING = 55535
+# Fresh starts on new ports when one was taken between choosing and binding it.
+_PORT_ATTEMPTS = 3
 
 
 def default_replicas_dir() -> Path:
@@ -229,22 +231,39 @@ class EmbeddedReplicaSet:
                 self._nodes, self._sentinels = saved
             if self.is_running():
                 return self.url
-            if saved is None:
-                ports = free_ports(1 + self.replicas + self.sentinels)
-                self._nodes = ports[: 1 + self.replicas]
-                self._sentinels = ports[1 + self.replicas :]
-                self._write_configs()
-                self.state_path.write_text(
-                    json.dumps({"nodes": self._nodes, "sentinels": self._sentinels})
-                )
-            for port in self._nodes:
-                if self.pid(port) is None:
-                    self._start(port, self.node_dir(port), [], timeout)
-            for port in self._sentinels:
-                if self.pid(port) is None:
-                    self._start(port, self.sentinel_dir(port), ["--sentinel"], timeout)
+            if saved is not None:
+                self._start_all(timeout)
+            else:
+                self._start_fresh(timeout)
             self._wait_ready(timeout)
         return self.url
+
+    def _start_fresh(self, timeout: float) -> None:
+        # A port found free can be taken by another process before our server binds it (a
+        # busy machine): then the set is started again on other ports, a few times.
+        for attempt in range(1, _PORT_ATTEMPTS + 1):
+            ports = free_ports(1 + self.replicas + self.sentinels)
+            self._nodes = ports[: 1 + self.replicas]
+            self._sentinels = ports[1 + self.replicas :]
+            self._write_configs()
+            self.state_path.write_text(
+                json.dumps({"nodes": self._nodes, "sentinels": self._sentinels})
+            )
+            try:
+                self._start_all(timeout)
+                return
+            except _PortTaken:
+                self.stop(timeout=5)
+                if attempt == _PORT_ATTEMPTS:
+                    raise
+
+    def _start_all(self, timeout: float) -> None:
+        for port in self._nodes:
+            if self.pid(port) is None:
+                self._start(port, self.node_dir(port), [], timeout)
+        for port in self._sentinels:
+            if self.pid(port) is None:
+                self._start(port, self.sentinel_dir(port), ["--sentinel"], timeout)
 
     def stop(self, timeout: float = 15.0) -> bool:
         """Stop every process (Sentinels first, so none fails over a stopping primary)."""
@@ -301,13 +320,16 @@ class EmbeddedReplicaSet:
 
     def _start(self, port: int, d: Path, extra: list[str], timeout: float) -> None:
         label = ("Sentinel" if extra else "data node") + f" on port {port}"
-        start_daemon(
-            [self.binary, str(d / "valkey.conf"), *extra],
-            label,
-            d / "valkey.log",
-            lambda: self.pid(port) is not None and ping(socket.AF_INET, ("127.0.0.1", port)),
-            timeout,
-        )
+        log = d / "valkey.log"
+
+        def ready() -> bool:
+            if self.pid(port) is not None and ping(socket.AF_INET, ("127.0.0.1", port)):
+                return True
+            if _bind_failed(log):  # the daemon exited: waiting longer cannot help
+                raise _PortTaken(f"{label}: the port was taken meanwhile (see {log})")
+            return False
+
+        start_daemon([self.binary, str(d / "valkey.conf"), *extra], label, log, ready, timeout)
 
     def _sentinel_ready(self, port: int, primary: int) -> bool:
         try:
@@ -333,6 +355,18 @@ class EmbeddedReplicaSet:
                     f"{timeout}s; see the logs there"
                 )
             time.sleep(0.1)
+
+
+class _PortTaken(ConnectionFailedError):
+    """A server could not bind its port (another process took it after we chose it)."""
+
+
+def _bind_failed(log: Path) -> bool:
+    try:
+        tail = log.read_bytes()[-2000:]
+    except OSError:
+        return False
+    return b"Address already in use" in tail
 
 
 def _as_config(args: list[str]) -> list[str]:

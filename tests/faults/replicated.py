@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
 import time
 from types import TracebackType
 from typing import Any
@@ -76,7 +77,7 @@ class ReplicatedScenario(Scenario):
             self.fleet = Fleet(self.dir, url, self.namespace, TOPIC, GROUP)
             TopicAdmin(self.conn()).create(TopicSpec(TOPIC, self.partitions))
         except BaseException:
-            self.__exit__(None, None, None)
+            self.__exit__(*sys.exc_info())  # keeps the logs of a set that failed to start
             raise
         return self
 

@@ -44,13 +44,19 @@ def _acked_within(s: Scenario, t_kill: float, window: float) -> tuple[int, int]:
     return sends, acks
 
 
-def _failover(s: ReplicatedScenario, acks: str, key: str | None = None) -> tuple[float, float]:
+def _failover(
+    s: ReplicatedScenario,
+    acks: str,
+    key: str | None = None,
+    rate: float = RATE,
+    count: int = COUNT,
+) -> tuple[float, float]:
     """Two consumers, a producer; kill the primary (of ``key`` on a cluster) mid-stream, then
     bring the dead node back, as a replica of the promoted one (until it is back the promoted
     primary has no replica: acks="all" cannot be met, so appends wait, as Kafka's do below
     min.insync.replicas). Returns (time of the kill, seconds until the promotion)."""
     s.consumers(2, work_ms=1, group_acks=acks)
-    s.fleet.producer(count=COUNT, keys=12, rate=RATE, acks=acks)
+    s.fleet.producer(count=count, keys=12, rate=rate, acks=acks)
     s.wait_processing(2000, timeout=60)
     t_kill = time.time()
     _, took = s.kill_primary(key)
@@ -84,8 +90,8 @@ def test_failover_with_acks_all_loses_nothing(kind: str) -> None:
     assert_verdict(failover_acks_all(kind))
 
 
-@scenario("sentinel-failover-acks-1")
-def failover_acks_1() -> Verdict:
+@scenario("sentinel-failover-acks-1", soak={"rate": 3000, "count": 30000})
+def failover_acks_1(rate: float = RATE, count: int = COUNT) -> Verdict:
     """The same Sentinel failover with acks=1 (the default) for producer and group: what the
     old primary acknowledged but never sent to its replica is lost. The loss is measured (the
     acknowledged sends the promoted primary does not have) and reported; it must stay within
@@ -95,7 +101,7 @@ def failover_acks_1() -> Verdict:
     sequence lost on the new primary: OUTOFSEQ, loud) and appends that repeat one the old
     primary took with it."""
     with ReplicatedScenario("sentinel-failover-acks-1", "sentinel: primary kill -9, acks=1") as s:
-        t_kill, took = _failover(s, "1")
+        t_kill, took = _failover(s, "1", rate=rate, count=count)
         gone = acked_but_gone(s)
         recent_sends, recent_acks = _acked_within(s, t_kill, 1.0)
         produced = sum(1 for e in s.events("produce") if e.get("ok"))

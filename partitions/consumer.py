@@ -96,7 +96,9 @@ class Consumer(RebalanceMixin):
         self._parts: dict[TopicPartition, PartitionState] = {}
         self._buf: list[Record] = []
         self._pos = 0
-        self._handed: list[Record] = []  # returned by the last poll(), not yet committed
+        # Handed out by poll() and not yet committed: the last poll's records with
+        # auto-commit, every one since the last commit() without it.
+        self._handed: list[Record] = []
         self._current: Record | None = None  # the record iteration handed out last
         self._acks: dict[TopicPartition, list[str]] = {}  # processed, acked on the next call
         self._events: deque[tuple[str, Any, threading.Event | None]] = deque()
@@ -137,7 +139,7 @@ class Consumer(RebalanceMixin):
                 self._handed = []
             batch = self._take(max_records or self.config.max_poll_records, timeout)
             if batch:
-                self._handed = batch
+                self._handed = batch if self.config.auto_commit else self._handed + batch
             return batch
 
     def __iter__(self) -> Iterator[Record]:

@@ -30,6 +30,7 @@ from partitions.config import ConsumerConfig
 from partitions.connection import Connection
 from partitions.fetcher import PartitionState
 from partitions.records import Record
+from partitions.telemetry import ConsumerMetrics
 
 log = logging.getLogger("partstream.consumer")
 
@@ -96,6 +97,7 @@ class RebalanceMixin:
     _thread_id: int
     _blocker: Any
     _blocker_id: int | None
+    _metrics: ConsumerMetrics | None
 
     @property
     def _settings(self) -> GroupSettings:
@@ -140,6 +142,8 @@ class RebalanceMixin:
                     self._assign(tps)
                 else:
                     self._flush_lost(tps)
+                    if self._metrics is not None:
+                        self._metrics.rebalanced(revoked=[tp for tp in tps if tp in self._parts])
                     self._drop(tps)
                     lost_cb = getattr(self._listener, "on_partitions_lost", None)
                     if lost_cb is not None:
@@ -153,6 +157,8 @@ class RebalanceMixin:
             st = PartitionState(self._conn, self.group, tp, self.member_id, grant.token)
             st.retention = self._retention.get(tp.topic, "")
             self._parts[tp] = st
+        if self._metrics is not None:
+            self._metrics.rebalanced(assigned=grants)
         if self._listener is not None and grants:
             self._listener.on_partitions_assigned(dict(grants))
 
@@ -183,6 +189,8 @@ class RebalanceMixin:
             except PartstreamError as err:
                 log.warning("release of %s failed: %s", tp, err)
         self._drop(known)
+        if self._metrics is not None:
+            self._metrics.rebalanced(revoked=known)
 
     def _flush_lost(self, tps: set[TopicPartition]) -> None:
         # Acks of records processed before the loss still go out, through the fence: if a

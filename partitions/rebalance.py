@@ -142,8 +142,6 @@ class RebalanceMixin:
                     self._assign(tps)
                 else:
                     self._flush_lost(tps)
-                    if self._metrics is not None:
-                        self._metrics.rebalanced(revoked=[tp for tp in tps if tp in self._parts])
                     self._drop(tps)
                     lost_cb = getattr(self._listener, "on_partitions_lost", None)
                     if lost_cb is not None:
@@ -189,8 +187,6 @@ class RebalanceMixin:
             except PartstreamError as err:
                 log.warning("release of %s failed: %s", tp, err)
         self._drop(known)
-        if self._metrics is not None:
-            self._metrics.rebalanced(revoked=known)
 
     def _flush_lost(self, tps: set[TopicPartition]) -> None:
         # Acks of records processed before the loss still go out, through the fence: if a
@@ -203,6 +199,9 @@ class RebalanceMixin:
             log.info("acks of lost partitions not sent: %s", err)
 
     def _drop(self, tps: set[TopicPartition]) -> None:
+        """Stop reading ``tps``: revoked, lost, or found fenced by a newer owner."""
+        if self._metrics is not None:
+            self._metrics.rebalanced(revoked=[tp for tp in tps if tp in self._parts])
         self._drop_buffered(tps)
         for tp in tps:
             self._parts.pop(tp, None)

@@ -77,11 +77,12 @@ CLIENT_METRICS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "partstream_consumer_rebalances": (
         "counter", ("group",),
         "Assignment changes this member applied: an assignment, a revocation (close "
-        "included) or a loss."),
+        "included), a loss, or a partition found fenced by a newer owner."),
     "partstream_consumer_partitions_assigned": (
         "counter", ("group",), "Partitions this member was given."),
     "partstream_consumer_partitions_revoked": (
-        "counter", ("group",), "Partitions this member gave up: revoked (close included) or lost."),
+        "counter", ("group",),
+        "Partitions this member gave up: revoked (close included), lost or found fenced."),
     "partstream_consumer_owned_partitions": (
         "gauge", ("group",), "Partitions the members of this process own now."),
 }  # fmt: skip

@@ -261,7 +261,7 @@ class ConsumerMetrics:
     def consumed(self, records: list[Record]) -> None:
         """Records handed out together (one poll, one iteration step)."""
         topic = records[0].topic
-        if all(r.topic == topic for r in records):
+        if len(records) == 1 or all(r.topic == topic for r in records):
             self._of(topic)[0].inc(len(records))
             return
         counts: dict[str, int] = {}

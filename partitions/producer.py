@@ -75,7 +75,9 @@ from partitions.records import (
     entry_fields,
 )
 from partitions.router import StickyPartitioner
+from partitions.telemetry import ClientMetrics, producer_metrics
 from partitions.topics import TopicAdmin
+from partitions.tracing import TracerProvider, producer_tracer
 
 __all__ = ["Producer", "RecordFuture", "RecordMetadata"]
 
@@ -117,6 +119,11 @@ class Producer:
     """Sends records to topics. ``send()`` returns a :class:`RecordFuture`.
 
     Use as a context manager, or call :meth:`close` (which flushes) when done.
+
+    ``metrics``: record the producer's client metrics there (:mod:`partitions.telemetry`),
+    once per batch; ``tracing``: True (the global tracer provider) or a tracer provider, for
+    a ``send`` span per record with its context in the record's headers
+    (:mod:`partitions.tracing`). Both off by default, at no cost.
     """
 
     def __init__(
@@ -125,6 +132,8 @@ class Producer:
         config: ProducerConfig | None = None,
         *,
         client_config: ClientConfig | None = None,
+        metrics: ClientMetrics | None = None,
+        tracing: bool | TracerProvider = False,
     ) -> None:
         self.config = config or ProducerConfig()
         if conn is None:
@@ -158,6 +167,12 @@ class Producer:
         # Partitions with a batch on the wire: a partition is never in two rounds at once, so
         # its batches are appended (and retried) strictly in order.
         self._inflight: set[tuple[str, int]] = set()
+        self._metrics = producer_metrics(metrics)
+        if self._metrics is not None:
+            self._metrics.track_buffer(lambda: self._buffered)
+        self._tracer = producer_tracer(tracing, self.producer_id)
+        if self._tracer is not None:  # the untraced send() stays as it is
+            self.send = self._traced_send  # type: ignore[method-assign]
         # Two senders: while one waits for the server to run its round, the other packs and
         # sends the next, so the server is not idle between rounds.
         self._senders = [
@@ -235,6 +250,27 @@ class Producer:
                 self._seal(batch)
         return RecordFuture(batch, index)
 
+    def _traced_send(
+        self,
+        topic: str,
+        value: Value = None,
+        key: Key = None,
+        headers: Mapping[str, str | bytes] | None = None,
+        partition: int | None = None,
+        *,
+        region: str | None = None,
+    ) -> RecordFuture:
+        """:meth:`send` inside a ``send`` span whose context the record's headers carry."""
+        assert self._tracer is not None
+        span, traced = self._tracer.start(topic, headers)
+        try:
+            future = Producer.send(self, topic, value, key, traced, partition, region=region)
+        except BaseException as err:
+            self._tracer.failed(span, err)
+            raise
+        self._tracer.queued(span, future)
+        return future
+
     def validate(
         self,
         topic: str,
@@ -305,6 +341,8 @@ class Producer:
             self._cond.notify_all()
         for t in self._senders:
             t.join(timeout)
+        if self._metrics is not None:
+            self._metrics.close()
         if self._owns_conn:
             self._conn.close()
 
@@ -467,10 +505,15 @@ class Producer:
                     batch.pid = self._pid
                     self._seqs[tp] = batch.seq
         retry: list[Batch] = []
+        m = self._metrics
         for pool, group in self._by_node(batches):
+            started = time.monotonic() if m is not None else 0.0
             replies = pipeline(pool, group)
+            done = time.monotonic() if m is not None else 0.0
             for batch, reply in zip(group, replies, strict=True):
                 if isinstance(reply, list):
+                    if m is not None:  # before the futures resolve: a done future is counted
+                        m.sent(batch, done - started, done)
                     batch.complete(
                         reply[1:] if reply[0] == 1 else self._dup_ids(batch, reply),
                         None,
@@ -513,6 +556,8 @@ class Producer:
         if at is None:
             return False
         batch.retry_at = at
+        if self._metrics is not None:
+            self._metrics.retried(batch)
         self._last_errors[(batch.topic, batch.partition)] = err
         log.debug(
             "retrying %s/%d (attempt %d) in %.3fs: %s %s",
@@ -535,6 +580,8 @@ class Producer:
 
     def _fail(self, batch: Batch, err: Exception) -> None:
         """Fail a batch that was sent, and keep the partition's sequence usable for the next."""
+        if self._metrics is not None:
+            self._metrics.failed(batch)
         batch.complete(None, final_error(batch, err, time.monotonic()))
         if not self.config.idempotent:
             return
@@ -556,9 +603,13 @@ class Producer:
     def _expire(self, batch: Batch) -> None:
         """Fail a batch never sent within its delivery timeout, with its partition's last error."""
         last = self._last_errors.get((batch.topic, batch.partition))
+        if self._metrics is not None:
+            self._metrics.failed(batch)
         batch.complete(None, expiry_error(batch, last, self.config.delivery_timeout_ms))
 
     def _abandon(self, batch: Batch) -> None:
+        if self._metrics is not None:
+            self._metrics.failed(batch)
         batch.complete(None, closed_error(batch))
 
     def _by_node(self, batches: list[Batch]) -> list[tuple[Any, list[Batch]]]:

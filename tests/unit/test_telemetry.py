@@ -3,6 +3,7 @@ gauges read at scrape time, W3C trace context in headers."""
 
 from __future__ import annotations
 
+import re
 import sys
 
 import pytest
@@ -189,3 +190,14 @@ def test_with_opentelemetry_the_current_span_is_injected_and_extracted() -> None
     assert headers["traceparent"] == TP
     back = trace.get_current_span(otel_context({"traceparent": TP.encode()})).get_span_context()
     assert (back.trace_id, back.span_id, back.is_remote) == (ctx.trace_id, ctx.span_id, True)
+
+
+def test_readme_names_only_client_metrics_that_exist() -> None:
+    from pathlib import Path
+
+    from partitions.telemetry import CLIENT_METRICS
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("### Client metrics", 1)[1].split("\n### ", 1)[0]
+    named = set(re.findall(r"\bpartstream_(?:producer|consumer)_[a-z_]+\b", section))
+    assert named and named <= set(CLIENT_METRICS), named - set(CLIENT_METRICS)

@@ -130,7 +130,7 @@ class NotSentError(rex.ConnectionError):
 
 def pipeline(
     pool: Any, batches: list[Batch], waits: list[tuple[Any, ...]] | None = None
-) -> tuple[list[Any], list[Any]]:
+) -> list[Any]:
     """Write all batches' calls at once on one connection of ``pool``, then read one reply per
     batch: the script's reply, or the error that stands for it.
 
@@ -139,15 +139,15 @@ def pipeline(
     (:class:`NotSentError`).
 
     ``waits`` (``acks="all"``: WAIT / WAITAOF) go in the same write, after the calls, so they
-    cover what this connection just appended; their replies are the second list (shorter
-    than ``waits`` if the connection broke before they were read).
+    cover what this connection just appended; their replies follow the batches' (fewer than
+    ``waits`` if the connection broke before they were read).
     """
     replies: list[Any] = []
     confirms: list[Any] = []
     try:
         conn = pool.get_connection()
     except (rex.ConnectionError, rex.TimeoutError, OSError) as err:
-        return [NotSentError(f"{type(err).__name__}: {err}")] * len(batches), confirms
+        return [NotSentError(f"{type(err).__name__}: {err}")] * len(batches)
     try:
         # One buffer, one sendall: redis-py would otherwise write each item separately.
         tail = conn.pack_commands(waits) if waits else []
@@ -178,7 +178,7 @@ def pipeline(
         replies += [err] * (len(batches) - len(replies))
     finally:
         pool.release(conn)
-    return replies, confirms
+    return replies + confirms
 
 
 # Guards registering callbacks against a batch completing at the same moment; callbacks are

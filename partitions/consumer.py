@@ -57,7 +57,9 @@ from partitions.offsets import target_id
 from partitions.producer import METADATA_MAX_AGE_S
 from partitions.rebalance import Bridge, RebalanceMixin
 from partitions.records import Record
+from partitions.telemetry import ClientMetrics, consumer_metrics
 from partitions.topics import TopicAdmin, TopicSpec
+from partitions.tracing import TracerProvider, consumer_tracer
 
 log = logging.getLogger("partstream.consumer")
 
@@ -70,6 +72,11 @@ class Consumer(RebalanceMixin):
 
     ``group_settings`` apply only when this member creates the group. Use as a context
     manager, or call :meth:`close` (commit, release, leave). Use from one thread.
+
+    ``metrics``: record the consumer's client metrics there (:mod:`partitions.telemetry`),
+    per hand-out and per fetch; ``tracing``: True (the global tracer provider) or a tracer
+    provider, for a ``process`` span per record of iteration and a ``poll`` span per
+    ``poll()`` (:mod:`partitions.tracing`). Both off by default, at no cost.
     """
 
     def __init__(
@@ -83,6 +90,8 @@ class Consumer(RebalanceMixin):
         listener: RebalanceListener | None = None,
         client_config: ClientConfig | None = None,
         group_settings: GroupSettings | None = None,
+        metrics: ClientMetrics | None = None,
+        tracing: bool | TracerProvider = False,
     ) -> None:
         self.config = config or ConsumerConfig()
         self.group = validate_name(group, "group")
@@ -102,12 +111,17 @@ class Consumer(RebalanceMixin):
         self._retention = {name: _safe_retention(m.spec) for name, m in metas.items()}
         self._meta_at = time.monotonic() + METADATA_MAX_AGE_S
         start = "0" if self.config.auto_offset_reset == "earliest" else "$"
-        self._fetcher = Fetcher(self._conn, fetch_count=self.config.fetch_count, start=start)
+        self._metrics = consumer_metrics(metrics, self.group)
+        self._fetcher = Fetcher(
+            self._conn, fetch_count=self.config.fetch_count, start=start, metrics=self._metrics
+        )
         self._listener = listener
         self._parts: dict[TopicPartition, PartitionState] = {}
         self._buf: list[Record] = []
         self._pos = 0
-        self._handed: list[Record] = []  # returned by the last poll(), not yet committed
+        # Handed out by poll() and not yet committed: the last poll's records with
+        # auto-commit, every one since the last commit() without it.
+        self._handed: list[Record] = []
         self._current: Record | None = None  # the record iteration handed out last
         self._acks: dict[TopicPartition, list[str]] = {}  # processed, acked on the next call
         self._events: deque[tuple[str, Any, threading.Event | None]] = deque()
@@ -135,6 +149,9 @@ class Consumer(RebalanceMixin):
             settings=group_settings,
         )
         self.member_id = member.member_id
+        self._tracer = consumer_tracer(tracing, self.group, self.member_id)
+        if self._metrics is not None:
+            self._metrics.track_owned(lambda: len(self._parts))
         self._runner = MemberRunner(
             member, Bridge(self), max_poll_interval_ms=self.config.max_poll_interval_ms
         )
@@ -148,6 +165,7 @@ class Consumer(RebalanceMixin):
         this poll's reads). Returns [] on timeout. Raises PollIntervalExceededError (once, then
         rejoins) if the previous call returned more than ``max_poll_interval_ms`` ago.
         """
+        start = time.time_ns() if self._tracer is not None else 0
         with self._runner.polling():
             self._enter()
             if self.config.auto_commit and self._handed:
@@ -155,7 +173,9 @@ class Consumer(RebalanceMixin):
                 self._handed = []
             batch = self._take(max_records or self.config.max_poll_records, timeout)
             if batch:
-                self._handed = batch
+                self._handed = batch if self.config.auto_commit else self._handed + batch
+                if self._tracer is not None:
+                    self._tracer.received(batch, start)
             return batch
 
     def __iter__(self) -> Iterator[Record]:
@@ -163,7 +183,12 @@ class Consumer(RebalanceMixin):
         the loop asks for the next one: leaving the loop (break, exception) leaves the last
         record unacked, to be delivered again. A handler that keeps a record past
         ``max_poll_interval_ms`` ends the loop with PollIntervalExceededError (iterate again
-        to continue: the member is rejoining)."""
+        to continue: the member is rejoining). With tracing, each record's ``process`` span
+        is current while the loop body runs."""
+        records = self._iterate()
+        return records if self._tracer is None else self._tracer.process(records)
+
+    def _iterate(self) -> Iterator[Record]:
         while not self._closed:
             with self._runner.polling():
                 self._enter()
@@ -193,6 +218,8 @@ class Consumer(RebalanceMixin):
                         if not out:
                             continue
                     self._note_positions(out)
+                    if self._metrics is not None:
+                        self._metrics.consumed(out)
                     return out
                 if self._alive() and self._parts:
                     self._fill()
@@ -253,10 +280,13 @@ class Consumer(RebalanceMixin):
         return self._blocker
 
     def _fill(self) -> None:
-        s = self._settings
+        s, m = self._settings, self._metrics
+        started = time.monotonic() if m is not None else 0.0
         records, refused = self._fetcher.fetch(
             list(self._parts.values()), self._acks, s.max_deliveries, s.reclaim_idle_ms
         )
+        if m is not None:
+            m.fetched(time.monotonic() - started)
         for st, res in refused:
             log.info("%s/%s is %s's now: dropping it", st.topic, st.partition, res.detail)
             self._drop({st.tp})
@@ -445,6 +475,8 @@ class Consumer(RebalanceMixin):
                         done.set()
             self._runner.close()  # revokes what is left on this thread, then leaves
             self._closed = True
+            if self._metrics is not None:
+                self._metrics.close()
             with self._events_lock:
                 self._events.clear()
             self._fetcher.close()

@@ -50,6 +50,7 @@ from partitions.records import (
     records_from_read,
     retry_result,
 )
+from partitions.telemetry import ConsumerMetrics
 
 # The stream-level consumer name every owner of a partition uses: the group's pending list
 # of a partition is then simply "what the group has not acked", whoever read it, and a new
@@ -96,8 +97,16 @@ class PartitionState:
 class Fetcher:
     """Pipelined fenced reads and acks for one consumer. One thread only."""
 
-    def __init__(self, conn: Connection, *, fetch_count: int, start: str) -> None:
+    def __init__(
+        self,
+        conn: Connection,
+        *,
+        fetch_count: int,
+        start: str,
+        metrics: ConsumerMetrics | None = None,
+    ) -> None:
         self.conn = conn
+        self.metrics = metrics  # acked, refused and dead-lettered counts, per call
         self.client = conn.client
         self.fetch_count = fetch_count
         self.start = start  # '0' or '$': where a group starts on a partition it never read
@@ -180,6 +189,9 @@ class Fetcher:
             st.cursor = res.cursor
             st.tail = res.tail
             self.dead_lettered += res.dead
+            if self.metrics is not None:
+                self.metrics.acked(st.topic, res.acked)
+                self.metrics.dead_lettered(st.topic, res.dead)
             self.reclaimed += res.reclaimed
             if res.records:
                 records += res.records
@@ -252,10 +264,12 @@ class Fetcher:
                 c.read_response()
                 return None  # a fence moved (the script path reports who holds it) or asked
             txn: list[tuple[Any, ...]] = [("MULTI",)]
+            acking: list[PartitionState] = []
             for st in parts:
                 ids = acks.get(st.tp)
                 if ids:
                     txn.append(("XACK", st.keys[0], group, *ids))
+                    acking.append(st)
             streams = [st.keys[0] for st in parts]
             txn.append(("XREADGROUP", "GROUP", group, STREAM_CONSUMER, "COUNT", self.fetch_count,
                         "STREAMS", *streams, *(">" for _ in parts)))  # fmt: skip
@@ -272,6 +286,9 @@ class Fetcher:
             return None  # a fence changed meanwhile, or a group is missing: script path
         for st in parts:
             acks.pop(st.tp, None)
+        if self.metrics is not None:
+            for st, acked in zip(acking, out, strict=False):  # XACK replies, then the read
+                self.metrics.acked(st.topic, int(acked))
         reply = out[-1]
         if not reply:
             return []
@@ -331,6 +348,8 @@ class Fetcher:
             res = ack_result(reply)
             if res.status != 1:
                 self._refuse(st, res, len(call) - 6, refused)
+            elif self.metrics is not None:
+                self.metrics.acked(st.topic, res.acked)
         return refused
 
     def hand(
@@ -371,6 +390,8 @@ class Fetcher:
             if res.status != 1:
                 self._refuse(st, FetchResult(res.status, res.detail), int(call[6]), refused)
                 continue
+            if self.metrics is not None:
+                self.metrics.acked(st.topic, res.acked)
             gone |= res.ids
         return gone, refused, again
 
@@ -415,6 +436,8 @@ class Fetcher:
         if res.status == -1:
             raise _lost(st, res.detail)
         self.dead_lettered += res.dead
+        if self.metrics is not None:
+            self.metrics.dead_lettered(st.topic, res.dead)
         return res.ids
 
     def _refuse(
@@ -427,6 +450,8 @@ class Fetcher:
         if res.status == -1:
             raise _lost(st, res.detail)
         self.refused_acks += n_acks
+        if self.metrics is not None:
+            self.metrics.refused(st.topic, n_acks)
         refused.append((st, res))
 
     def _run(

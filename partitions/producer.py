@@ -43,7 +43,6 @@ from coordinator.errors import (
     BufferFullError,
     ClosedError,
     ConfigError,
-    NotEnoughReplicasError,
 )
 from coordinator.functions import is_missing
 from partitions.batch import (
@@ -64,6 +63,9 @@ from partitions.delivery import (
     final_error,
     in_doubt,
     is_out_of_seq,
+    unconfirmed_error,
+    wait_commands,
+    warn_unmet_durability,
 )
 from partitions.nodes import is_redirect, node_for_key, redirect
 from partitions.records import (
@@ -76,7 +78,9 @@ from partitions.records import (
     entry_fields,
 )
 from partitions.router import StickyPartitioner
+from partitions.telemetry import ClientMetrics, producer_metrics
 from partitions.topics import TopicAdmin
+from partitions.tracing import TracerProvider, producer_tracer
 
 __all__ = ["Producer", "RecordFuture", "RecordMetadata"]
 
@@ -118,6 +122,11 @@ class Producer:
     """Sends records to topics. ``send()`` returns a :class:`RecordFuture`.
 
     Use as a context manager, or call :meth:`close` (which flushes) when done.
+
+    ``metrics``: record the producer's client metrics there (:mod:`partitions.telemetry`),
+    once per batch; ``tracing``: True (the global tracer provider) or a tracer provider, for
+    a ``send`` span per record with its context in the record's headers
+    (:mod:`partitions.tracing`). Both off by default, at no cost.
     """
 
     def __init__(
@@ -126,6 +135,8 @@ class Producer:
         config: ProducerConfig | None = None,
         *,
         client_config: ClientConfig | None = None,
+        metrics: ClientMetrics | None = None,
+        tracing: bool | TracerProvider = False,
     ) -> None:
         self.config = config or ProducerConfig()
         if conn is None:
@@ -137,19 +148,7 @@ class Producer:
         self._conn = conn or connect(client_config)
         self._policy = DeliveryPolicy.from_config(self.config)
         self._durability = self.config.durability
-        server = self._conn.server
-        if self.config.acks == "all" and server.replicas < self.config.min_insync_replicas:
-            log.warning(
-                "acks='all' waits for %d replica(s) but the primary has %d connected: sends "
-                "will fail with NotEnoughReplicasError after delivery_timeout_ms unless "
-                "replicas connect",
-                self.config.min_insync_replicas,
-                server.replicas,
-            )
-        if self.config.fsync != "none" and not server.has("waitaof"):
-            log.warning(
-                "fsync=%r: this server has no WAITAOF; only WAIT applies", self.config.fsync
-            )
+        warn_unmet_durability(self._durability, self._conn.server)
         self._admin = TopicAdmin(self._conn)
         self._pid = uuid.uuid4().hex[:16].encode() if self.config.idempotent else b""
         self._seqs: dict[tuple[str, int], int] = {}
@@ -173,6 +172,12 @@ class Producer:
         # Partitions with a batch on the wire: a partition is never in two rounds at once, so
         # its batches are appended (and retried) strictly in order.
         self._inflight: set[tuple[str, int]] = set()
+        self._metrics = producer_metrics(metrics)
+        if self._metrics is not None:
+            self._metrics.track_buffer(lambda: self._buffered)
+        self._tracer = producer_tracer(tracing, self.producer_id)
+        if self._tracer is not None:  # the untraced send() stays as it is
+            self.send = self._traced_send  # type: ignore[method-assign]
         # Two senders: while one waits for the server to run its round, the other packs and
         # sends the next, so the server is not idle between rounds.
         self._senders = [
@@ -250,6 +255,27 @@ class Producer:
                 self._seal(batch)
         return RecordFuture(batch, index)
 
+    def _traced_send(
+        self,
+        topic: str,
+        value: Value = None,
+        key: Key = None,
+        headers: Mapping[str, str | bytes] | None = None,
+        partition: int | None = None,
+        *,
+        region: str | None = None,
+    ) -> RecordFuture:
+        """:meth:`send` inside a ``send`` span whose context the record's headers carry."""
+        assert self._tracer is not None
+        span, traced = self._tracer.start(topic, headers)
+        try:
+            future = Producer.send(self, topic, value, key, traced, partition, region=region)
+        except BaseException as err:
+            self._tracer.failed(span, err)
+            raise
+        self._tracer.queued(span, future)
+        return future
+
     def validate(
         self,
         topic: str,
@@ -320,6 +346,8 @@ class Producer:
             self._cond.notify_all()
         for t in self._senders:
             t.join(timeout)
+        if self._metrics is not None:
+            self._metrics.close()
         if self._owns_conn:
             self._conn.close()
 
@@ -482,10 +510,17 @@ class Producer:
                     batch.pid = self._pid
                     self._seqs[tp] = batch.seq
         retry: list[Batch] = []
+        m = self._metrics
         for pool, group in self._by_node(batches):
-            waits = self._waits(group)
-            replies, confirms = pipeline(pool, group, waits)
-            unconfirmed = self._unconfirmed(group, replies, waits, confirms)
+            started = time.monotonic() if m is not None else 0.0
+            waits = wait_commands(self._durability, group, self._conn.config.socket_timeout)
+            if waits:
+                out = pipeline(pool, group, waits)
+                replies, confirms = out[: len(group)], out[len(group) :]
+            else:
+                replies, confirms = pipeline(pool, group), []
+            done = time.monotonic() if m is not None else 0.0
+            unconfirmed = unconfirmed_error(self._durability, group, replies, waits, confirms)
             for batch, reply in zip(group, replies, strict=True):
                 if isinstance(reply, list) and unconfirmed is not None:
                     # Appended on the primary, not confirmed by its replicas: in doubt. Sent
@@ -495,6 +530,8 @@ class Producer:
                     batch.in_doubt = True
                     reply = unconfirmed
                 if isinstance(reply, list):
+                    if m is not None:  # before the futures resolve: a done future is counted
+                        m.sent(batch, done - started, done)
                     batch.complete(
                         reply[1:] if reply[0] == 1 else self._dup_ids(batch, reply),
                         None,
@@ -506,40 +543,6 @@ class Producer:
                 else:
                     self._fail(batch, reply)
         return retry
-
-    def _waits(self, group: list[Batch]) -> list[tuple[Any, ...]]:
-        """acks="all" / fsync: the WAIT / WAITAOF to pipeline after this node's batches, for
-        at most the time left to the nearest delivery deadline (and under the socket
-        timeout, so the wait itself never looks like a dead server)."""
-        if not self._durability.waits:
-            return []
-        left = min(b.deadline for b in group) - time.monotonic()
-        cap = self._conn.config.socket_timeout / 2
-        return self._durability.commands(int(max(0.001, min(left, cap)) * 1000))
-
-    def _unconfirmed(
-        self,
-        group: list[Batch],
-        replies: list[Any],
-        waits: list[tuple[Any, ...]],
-        confirms: list[Any],
-    ) -> Exception | None:
-        """None if the appends of this pipeline are as durable as asked, else the error their
-        batches are retried with (the WAIT said too few replicas, or its reply never came)."""
-        if not waits or not any(isinstance(r, list) for r in replies):
-            return None
-        if len(confirms) < len(waits):  # the connection broke after the appends
-            lost = next((r for r in replies if isinstance(r, Exception)), None)
-            return NotEnoughReplicasError(
-                "appended, but the connection broke before the replicas confirmed it"
-                + (f" ({lost})" if lost is not None else "")
-            )
-        where = f"appending to {', '.join(sorted({f'{b.topic}/{b.partition}' for b in group}))}"
-        try:
-            self._durability.check(confirms, where)
-        except NotEnoughReplicasError as err:
-            return err
-        return None
 
     def _dup_ids(self, batch: Batch, reply: list[Any]) -> list[bytes]:
         ids: list[bytes] = reply[1:]
@@ -571,6 +574,8 @@ class Producer:
         if at is None:
             return False
         batch.retry_at = at
+        if self._metrics is not None:
+            self._metrics.retried(batch)
         self._last_errors[(batch.topic, batch.partition)] = err
         log.debug(
             "retrying %s/%d (attempt %d) in %.3fs: %s %s",
@@ -593,6 +598,8 @@ class Producer:
 
     def _fail(self, batch: Batch, err: Exception) -> None:
         """Fail a batch that was sent, and keep the partition's sequence usable for the next."""
+        if self._metrics is not None:
+            self._metrics.failed(batch)
         batch.complete(None, final_error(batch, err, time.monotonic()))
         if not self.config.idempotent:
             return
@@ -614,9 +621,13 @@ class Producer:
     def _expire(self, batch: Batch) -> None:
         """Fail a batch never sent within its delivery timeout, with its partition's last error."""
         last = self._last_errors.get((batch.topic, batch.partition))
+        if self._metrics is not None:
+            self._metrics.failed(batch)
         batch.complete(None, expiry_error(batch, last, self.config.delivery_timeout_ms))
 
     def _abandon(self, batch: Batch) -> None:
+        if self._metrics is not None:
+            self._metrics.failed(batch)
         batch.complete(None, closed_error(batch))
 
     def _by_node(self, batches: list[Batch]) -> list[tuple[Any, list[Batch]]]:

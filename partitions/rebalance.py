@@ -30,6 +30,7 @@ from partitions.config import ConsumerConfig
 from partitions.connection import Connection
 from partitions.fetcher import PartitionState
 from partitions.records import Record
+from partitions.telemetry import ConsumerMetrics
 
 log = logging.getLogger("partstream.consumer")
 
@@ -115,6 +116,7 @@ class RebalanceMixin:
     _thread_id: int
     _blocker: Any
     _blocker_id: int | None
+    _metrics: ConsumerMetrics | None
 
     @property
     def _settings(self) -> GroupSettings:
@@ -170,6 +172,8 @@ class RebalanceMixin:
             st = PartitionState(self._conn, self.group, tp, self.member_id, grant.token)
             st.retention = self._retention.get(tp.topic, "")
             self._parts[tp] = st
+        if self._metrics is not None:
+            self._metrics.rebalanced(assigned=grants)
         if self._listener is not None and grants:
             self._listener.on_partitions_assigned(dict(grants))
 
@@ -213,6 +217,9 @@ class RebalanceMixin:
             log.info("acks of lost partitions not sent: %s", err)
 
     def _drop(self, tps: set[TopicPartition]) -> None:
+        """Stop reading ``tps``: revoked, lost, or found fenced by a newer owner."""
+        if self._metrics is not None:
+            self._metrics.rebalanced(revoked=[tp for tp in tps if tp in self._parts])
         self._drop_buffered(tps)
         for tp in tps:
             self._parts.pop(tp, None)

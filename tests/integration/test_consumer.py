@@ -122,6 +122,18 @@ def test_superseded_owner_reads_nothing_and_its_acks_are_refused(conn: Connectio
         c.close()
 
 
+def test_manual_commit_acks_every_record_handed_out_since_the_last_one(conn: Connection) -> None:
+    topic(conn, n=2)
+    produce(conn, "orders", 30)
+    with consumer(conn, config=ConsumerConfig(auto_commit=False)) as c:
+        got: list[Record] = []
+        while len(got) < 30:
+            got += c.poll(max_records=7, timeout=2)  # several polls before one commit
+        assert pending(conn, "orders", 2) == 30
+        c.commit()
+        assert pending(conn, "orders", 2) == 0
+
+
 def test_commit_after_losing_the_partition_raises(conn: Connection) -> None:
     topic(conn, n=1)
     produce(conn, "orders", 3)

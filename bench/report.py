@@ -70,6 +70,12 @@ def row(data: dict[str, Any]) -> str:
             f"partstream {_rate(ps)}, redis-py {_rate(base)}, redis-benchmark {_rate(rb)}"
             + _peers(data)
         )
+        if (all_acks := _run(data, "partstream-acks-all")) is not None:  # --acks all
+            figures += (
+                f"; partstream acks=all {_rate(all_acks)} ({_lat(all_acks)}) vs acks=1 "
+                f"({_lat(ps)}), on a primary with {data['env']['server'].get('replicas', 1)} "
+                "replica"
+            )
     elif mode == "consume":
         ps, base = _run(data, "partstream"), _run(data, "redis-py")
         figures = f"partstream {_rate(ps)}, redis-py {_rate(base)}" + _peers(data)

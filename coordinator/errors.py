@@ -18,6 +18,7 @@ Users catch these and never redis-py's types: redis errors are translated where 
     ├── UnknownGroupError
     ├── WrongTypeError              a key that should be a stream/hash holds something else
     ├── StateLostError              a stream or group vanished under a live client
+    ├── NotEnoughReplicasError      acks='all': too few replicas confirmed a write (in doubt)
     ├── MembershipError             the coordinator refused a member
     │   ├── FencedError             the member's epoch is stale: drop everything and rejoin
     │   ├── UnknownMemberError      the member was evicted (session expired)
@@ -121,6 +122,18 @@ class StateLostError(PartstreamError):
     evicted. partstream never silently re-creates it (that would duplicate or lose records):
     an operator must decide, e.g. with ``partstream group seek``.
     """
+
+
+class NotEnoughReplicasError(PartstreamError):
+    """A write the primary applied was not confirmed by ``min_insync_replicas`` replicas
+    (``WAIT``), or not fsynced (``WAITAOF``), in time.
+
+    The write is in doubt: it is on the primary and may or may not survive a failover. A
+    producer retries the batch (its sequence number keeps the retry from duplicating it)
+    until its delivery timeout; check that the replicas are up and in sync.
+    """
+
+    retriable = True
 
 
 class MembershipError(PartstreamError):

@@ -18,6 +18,7 @@ from typing import Any
 
 import redis.exceptions as rex
 
+from coordinator.durability import Durability
 from coordinator.errors import translate
 from coordinator.functions import Functions
 from coordinator.keys import Keys
@@ -29,23 +30,43 @@ def fence_value(member_id: str, token: int) -> str:
 
 
 def claim_fence(
-    client: Any, keys: Keys, group: str, topic: str, partition: int, member_id: str, token: int
+    client: Any,
+    keys: Keys,
+    group: str,
+    topic: str,
+    partition: int,
+    member_id: str,
+    token: int,
+    *,
+    durability: Durability | None = None,
+    retry_for: float | None = None,
 ) -> bool:
     """Take the fence for this grant; False if a newer grant (higher token) already holds it.
 
-    Idempotent: claiming again with the same member and token returns True.
+    Idempotent: claiming again with the same member and token returns True. With the
+    group's ``durability`` it returns once the claim is on enough replicas. ``retry_for``:
+    seconds it is tried while the partition's node fails over (default: Functions').
     """
-    reply = Functions(client).call(
+    reply = Functions(client, retry_for=retry_for).call(
         "fence",
         [keys.fence(topic, partition)],
         ["claim", group, member_id, str(int(token))],
         context=f"claiming {topic}/{partition} for group {group}",
+        durability=durability,
     )
     return bool(int(reply))
 
 
 def release_fence(
-    client: Any, keys: Keys, group: str, topic: str, partition: int, member_id: str, token: int
+    client: Any,
+    keys: Keys,
+    group: str,
+    topic: str,
+    partition: int,
+    member_id: str,
+    token: int,
+    *,
+    durability: Durability | None = None,
 ) -> bool:
     """Clear the fence only if it still holds this grant; False if someone newer holds it."""
     reply = Functions(client).call(
@@ -53,6 +74,7 @@ def release_fence(
         [keys.fence(topic, partition)],
         ["release", group, member_id, str(int(token))],
         context=f"releasing {topic}/{partition} for group {group}",
+        durability=durability,
     )
     return bool(int(reply))
 

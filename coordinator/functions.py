@@ -24,15 +24,22 @@ has none, so an OOM server refuses it (and the producer retries within its deliv
 from __future__ import annotations
 
 import hashlib
+import time
 from functools import cache
 from importlib import resources
 from typing import Any
 
 import redis.exceptions as rex
 
-from coordinator.errors import LibraryMissingError, translate
+from coordinator.durability import Durability
+from coordinator.errors import ConnectionFailedError, LibraryMissingError, translate
 
 LIBRARY_PREFIX = "partstream_"
+# A durable call on a cluster follows this many redirections (it did not run) before failing.
+_DURABLE_ATTEMPTS = 4
+_REDIRECTS = (rex.AskError, rex.TryAgainError, rex.ClusterDownError, rex.ReadOnlyError)
+# Longest WAIT after a write unless the caller says: under the default socket timeout.
+DEFAULT_WAIT_MS = 5000
 
 # name -> flags of the function built from scripts/<name>.lua, in library order.
 FUNCTIONS: dict[str, tuple[str, ...]] = {
@@ -98,6 +105,51 @@ def library_code() -> bytes:
     return b"#!lua name=" + library_name().encode() + b"\n" + _body()
 
 
+# How long a call (or a read) keeps trying while its server fails over: a Sentinel or cluster
+# promotes a replica after its down-after / node timeout plus an election, seconds; the
+# common production settings (5 s down-after, 15 s node timeout) fit with room to spare.
+FAILOVER_GRACE_S = 30.0
+_PAUSE_S = 0.05
+_MAX_PAUSE_S = 0.5
+
+
+class _NotRun(Exception):
+    """Internal: the call failed in a way that proves it did not run (its cause says how)."""
+
+
+def fails_over(client: Any) -> bool:
+    """A cluster client, or one behind Sentinels: its primaries can be replaced under it."""
+    pool = getattr(client, "connection_pool", None)
+    return (
+        hasattr(client, "get_node_from_key") or getattr(pool, "sentinel_manager", None) is not None
+    )
+
+
+def did_not_run(err: BaseException) -> bool:
+    """The errors after which the command certainly did not run, so trying it again is safe
+    whatever it does: no connection could be opened (refused, no primary known to the
+    Sentinels, no cluster node reachable), CLUSTERDOWN, TRYAGAIN, MOVED/ASK, LOADING."""
+    if isinstance(
+        err,
+        rex.ClusterDownError | rex.TryAgainError | rex.BusyLoadingError | rex.AskError,
+    ):
+        return True
+    if isinstance(err, rex.RedisClusterException):
+        return "cannot be connected" in str(err) or "slot" in str(err).lower()
+    if isinstance(err, rex.ConnectionError):
+        msg = str(err)
+        # redis-py words a failed connect "Error <errno> connecting to host:port. ...".
+        return " connecting to " in msg or "No master found" in msg or msg.startswith("Error 111")
+    return False
+
+
+def _is_redirect(err: BaseException) -> bool:
+    """MOVED / ASK / TRYAGAIN / CLUSTERDOWN / READONLY: the cluster moved, the call did not run."""
+    return isinstance(err, _REDIRECTS) or str(err).startswith(
+        ("MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN", "READONLY")
+    )
+
+
 def is_missing(err: BaseException) -> bool:
     """The server has no such function: this version's library is not loaded there."""
     return "function not found" in str(err).lower()
@@ -118,10 +170,20 @@ def missing_error(where: str, cause: BaseException | None = None) -> LibraryMiss
 
 class Functions:
     """Calls the library's functions on one client (``redis.Redis`` or ``RedisCluster``);
-    loads the library where it is missing, if this client may."""
+    loads the library where it is missing, if this client may.
 
-    def __init__(self, client: Any) -> None:
+    ``retry_for``: seconds a call whose server is failing over keeps being tried, for the
+    errors that prove it did not run (no connection could be opened, CLUSTERDOWN, TRYAGAIN,
+    LOADING, no primary known to the Sentinels). Default: :data:`FAILOVER_GRACE_S` on a
+    cluster or behind Sentinels (a replica gets promoted within it), 0 on a single server. A
+    heartbeat passes 0: its runner retries on its own schedule.
+    """
+
+    def __init__(self, client: Any, *, retry_for: float | None = None) -> None:
         self._client = client
+        if retry_for is None:
+            retry_for = FAILOVER_GRACE_S if fails_over(client) else 0.0
+        self.retry_for = retry_for
 
     def load(self, target: Any = None) -> bool:
         """FUNCTION LOAD this version's library (on ``target``: a node client or connection).
@@ -140,8 +202,38 @@ class Functions:
             raise translate(err, "loading partstream's server-side functions") from err
         return True
 
-    def call(self, name: str, keys: list[str], args: list[Any], context: str = "") -> Any:
-        """FCALL ``name``; if the library is missing there, load it and retry once."""
+    def call(
+        self,
+        name: str,
+        keys: list[str],
+        args: list[Any],
+        context: str = "",
+        *,
+        durability: Durability | None = None,
+        wait_ms: int = DEFAULT_WAIT_MS,
+    ) -> Any:
+        """FCALL ``name``; if the library is missing there, load it and retry once.
+
+        With a ``durability`` that waits, the call is pipelined with WAIT/WAITAOF (up to
+        ``wait_ms``) on the same connection, and returns only once enough replicas confirmed
+        what it wrote; else NotEnoughReplicasError (it ran: its effects are on the primary).
+        """
+        deadline = time.monotonic() + self.retry_for
+        pause = _PAUSE_S
+        while True:
+            try:
+                if durability is not None and durability.waits:
+                    return self._call_durable(name, keys, args, context, durability, wait_ms)
+                return self._call(name, keys, args, context)
+            except _NotRun as not_run:
+                if time.monotonic() + pause > deadline:
+                    err = not_run.__cause__
+                    assert isinstance(err, Exception)
+                    raise translate(err, context or f"function {name}") from err
+                time.sleep(pause)
+                pause = min(pause * 2, _MAX_PAUSE_S)
+
+    def _call(self, name: str, keys: list[str], args: list[Any], context: str) -> Any:
         fname = function_name(name)
         try:
             try:
@@ -151,8 +243,67 @@ class Functions:
                     raise
                 self._load_for(keys)
                 return self._client.execute_command("FCALL", fname, len(keys), *keys, *args)
-        except rex.RedisError as err:
+        except (rex.RedisError, rex.RedisClusterException) as err:
+            if self.retry_for and did_not_run(err):
+                raise _NotRun() from err
+            if isinstance(err, rex.RedisClusterException):
+                raise ConnectionFailedError(f"{context or name}: {err}") from err
             raise translate(err, context or f"function {name}") from err
+
+    def _call_durable(
+        self,
+        name: str,
+        keys: list[str],
+        args: list[Any],
+        context: str,
+        durability: Durability,
+        wait_ms: int,
+    ) -> Any:
+        # WAIT counts what its own connection wrote: one pipeline on the node of the keys (on
+        # a cluster that bypasses RedisCluster's redirection handling, so it is done here).
+        context = context or f"function {name}"
+        cluster = bool(keys) and hasattr(self._client, "get_node_from_key")
+        waits = durability.commands(wait_ms)
+        loaded = False
+        for attempt in range(1, _DURABLE_ATTEMPTS + 1):
+            node = self._client
+            if cluster:
+                node = node.get_redis_connection(node.get_node_from_key(keys[0]))
+            pipe = node.pipeline(transaction=False)
+            pipe.execute_command("FCALL", function_name(name), len(keys), *keys, *args)
+            for cmd in waits:
+                pipe.execute_command(*cmd)
+            try:
+                replies = pipe.execute(raise_on_error=False)
+            except rex.RedisError as err:
+                if cluster:  # a node died or failed over: learn the map for the next call
+                    self._refresh_map(err)
+                if self.retry_for and did_not_run(err):
+                    raise _NotRun() from err
+                raise translate(err, context) from err
+            first = replies[0]
+            if isinstance(first, Exception):
+                if not loaded and is_missing(first):
+                    loaded = True
+                    self.load(node)
+                    continue
+                if cluster and attempt < _DURABLE_ATTEMPTS and _is_redirect(first):
+                    self._refresh_map(first)  # it did not run: send it where the slot is
+                    continue
+                raise translate(first, context) from first
+            durability.check(replies[1:], context)
+            return first
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _refresh_map(self, err: BaseException) -> None:
+        manager = self._client.nodes_manager
+        try:
+            if isinstance(err, rex.MovedError):
+                manager.move_slot(err)
+            else:
+                manager.initialize()
+        except (rex.RedisError, rex.RedisClusterException):
+            pass  # the cluster is unreachable right now: the next call fails and retries
 
     def _load_for(self, keys: list[str]) -> None:
         target = None

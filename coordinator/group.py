@@ -10,6 +10,7 @@ from typing import Any
 
 import redis.exceptions as rex
 
+from coordinator.durability import Durability
 from coordinator.errors import ConfigError, UnknownGroupError, translate
 from coordinator.functions import Functions
 from coordinator.keys import Keys, validate_name
@@ -29,12 +30,13 @@ class GroupAdmin:
         self.keys = keys
         self.functions = Functions(client)
 
-    def _admin(self, group: str, *args: Any) -> list[Any]:
+    def _admin(self, group: str, *args: Any, durability: Durability | None = None) -> list[Any]:
         reply: list[Any] = self.functions.call(
             "admin",
             self.keys.group_keys(group),
             list(args),
             context=f"{args[0]} group {group}",
+            durability=durability,
         )
         raise_for_status(reply, group)
         return reply
@@ -49,7 +51,7 @@ class GroupAdmin:
         """
         validate_name(group, "group")
         settings = settings or GroupSettings()
-        reply = self._admin(group, "create", *settings.to_fields())
+        reply = self._admin(group, "create", *settings.to_fields(), durability=settings.durability)
         self._register(group)
         if _s(reply[0]) == "EXISTS":
             if exist_ok:
@@ -79,7 +81,7 @@ class GroupAdmin:
         """Change some settings (validated with the rest); a new assignor triggers a rebalance."""
         current = self.get_settings(group)
         updated = current.with_changes(**changes)
-        self._admin(group, "alter", *updated.to_fields())
+        self._admin(group, "alter", *updated.to_fields(), durability=updated.durability)
         return updated
 
     def describe(self, group: str) -> GroupDescription:

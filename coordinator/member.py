@@ -19,6 +19,7 @@ from typing import Any
 import redis.exceptions as rex
 
 from coordinator.assignors import assign
+from coordinator.durability import Durability
 from coordinator.errors import ConfigError, MembershipError, UnknownMemberError, translate
 from coordinator.functions import Functions
 from coordinator.keys import Keys, validate_name
@@ -70,7 +71,8 @@ class Member:
         self._topics = dict(topics)
         self._spec = topics_spec(self._topics)
         self._spec_dirty = False
-        self._functions = Functions(client)
+        # No failover grace: the runner retries a failed heartbeat on its own schedule.
+        self._functions = Functions(client, retry_for=0)
         self._lock = threading.RLock()
         self._epoch: int | None = None
         # Once joined, a rejoin must find the group: a vanished group is lost state.
@@ -93,12 +95,24 @@ class Member:
             self._topics = dict(topics)
             self._spec_dirty = True
 
+    @property
+    def durability(self) -> Durability:
+        """The group's durability: as stored with the group once known, else this member's."""
+        return (self.last.settings if self.last is not None else self.settings).durability
+
+    def _wait_ms(self) -> int:
+        # A heartbeat that cannot get its replicas within an interval fails, and is retried.
+        s = self.last.settings if self.last is not None else self.settings
+        return s.heartbeat_interval_ms
+
     def _call(self, *args: Any) -> HeartbeatResult:
         reply = self._functions.call(
             "member",
             self.keys.group_keys(self.group),
             list(args),
             context=f"{args[0]} of {self.member_id} in group {self.group}",
+            durability=self.durability,
+            wait_ms=self._wait_ms(),
         )
         try:
             result = parse_member_reply(reply, self.group)
@@ -167,6 +181,8 @@ class Member:
                 self.keys.group_keys(self.group),
                 ["leave", self.member_id, self._epoch or 0, "1" if temporary else "0"],
                 context=f"leave of {self.member_id} in group {self.group}",
+                durability=self.durability,
+                wait_ms=self._wait_ms(),
             )
             self._epoch = None
             self.last = None
@@ -190,7 +206,12 @@ class Member:
         for member_id in sorted(target):
             args += [member_id, join_partitions(target[member_id])]
         reply = self._functions.call(
-            "admin", self.keys.group_keys(self.group), args, context="assign"
+            "admin",
+            self.keys.group_keys(self.group),
+            args,
+            context="assign",
+            durability=self.durability,
+            wait_ms=self._wait_ms(),
         )
         status = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
         if status == "ERR":

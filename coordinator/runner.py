@@ -156,6 +156,16 @@ class MemberRunner:
             with self._lock:
                 timer.end()
 
+    def give_back(self, partitions: set[TopicPartition]) -> None:
+        """Hand granted partitions back to the coordinator (released with the next heartbeat,
+        sent at once) instead of keeping them: e.g. their fence could not be claimed while
+        their node failed over. The coordinator grants them again, perhaps to this member."""
+        with self._lock:
+            for tp in partitions:
+                self._owned.pop(tp, None)
+            self._releasing |= partitions
+        self._wake.set()
+
     def wake(self) -> None:
         """Heartbeat now (e.g. the subscription changed) instead of at the next interval."""
         self._wake.set()

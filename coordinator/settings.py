@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from coordinator.assignors import ASSIGNORS, DEFAULT_ASSIGNOR
+from coordinator.durability import Durability, check_settings, parse_acks
 from coordinator.errors import ConfigError
 
 _INT_FIELDS = (
@@ -19,6 +20,7 @@ _INT_FIELDS = (
     "heartbeat_interval_ms",
     "max_deliveries",
     "reclaim_idle_ms",
+    "min_insync_replicas",
 )
 # Below this a session would expire between two scheduler ticks of a busy test machine.
 MIN_SESSION_TIMEOUT_MS = 100
@@ -38,6 +40,13 @@ class GroupSettings:
     max_deliveries: int = 5
     # A pending entry idle this long is reclaimed from a stuck consumer.
     reclaim_idle_ms: int = 60_000
+    # Durability of the group's writes (membership, grants, fences and commits), like the
+    # producer's: 1 = the primary applied it; "all" = WAIT for min_insync_replicas replicas
+    # before a member relies on it, so a failover keeps the group's state; fsync "local" /
+    # "replicas" = WAITAOF too (see coordinator.durability).
+    acks: int | str = 1
+    min_insync_replicas: int = 1
+    fsync: str = "none"
 
     def __post_init__(self) -> None:
         if self.assignor not in ASSIGNORS:
@@ -52,12 +61,18 @@ class GroupSettings:
                 f"session_timeout_ms must be at least {MIN_SESSION_TIMEOUT_MS}, "
                 f"got {self.session_timeout_ms}"
             )
+        check_settings(self.acks, self.min_insync_replicas, self.fsync)
         if self.heartbeat_interval_ms * 3 >= self.session_timeout_ms:
             raise ConfigError(
                 "heartbeat interval must be below a third of the session timeout "
                 f"(heartbeat_interval_ms={self.heartbeat_interval_ms}, "
                 f"session_timeout_ms={self.session_timeout_ms})"
             )
+
+    @property
+    def durability(self) -> Durability:
+        """What the coordinator waits for after writing this group's state."""
+        return Durability(self.acks, self.min_insync_replicas, self.fsync)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> GroupSettings:
@@ -68,7 +83,10 @@ class GroupSettings:
             raise ConfigError(
                 f"unknown group setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
             )
-        return cls(**dict(data))
+        values = dict(data)
+        if "acks" in values:
+            values["acks"] = parse_acks(values["acks"])
+        return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (JSON/TOML friendly)."""
@@ -80,6 +98,8 @@ class GroupSettings:
         unknown = sorted(set(changes) - known)
         if unknown:
             raise ConfigError(f"unknown group setting(s) {', '.join(unknown)}")
+        if "acks" in changes:
+            changes["acks"] = parse_acks(changes["acks"])
         return replace(self, **changes)
 
     def to_fields(self) -> list[str]:
@@ -99,5 +119,5 @@ class GroupSettings:
             v = value.decode() if isinstance(value, bytes) else value
             if k not in names:
                 continue  # written by a newer version: keep working
-            values[k] = int(v) if k in _INT_FIELDS else v
+            values[k] = int(v) if k in _INT_FIELDS else parse_acks(v) if k == "acks" else v
         return cls(**values)

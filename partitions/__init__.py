@@ -17,6 +17,7 @@ from coordinator.errors import (
     FencedError,
     InvalidNameError,
     MembershipError,
+    NotEnoughReplicasError,
     NotOwnerError,
     OperationTimeoutError,
     PartstreamError,
@@ -47,6 +48,7 @@ from partitions.offsets import check_lag, execute_group_seek, group_lag, plan_gr
 from partitions.producer import Producer, RecordFuture, RecordMetadata
 from partitions.records import Record
 from partitions.replay import Position, replay
+from partitions.replicas import EmbeddedReplicaSet
 from partitions.router import Router
 from partitions.server import EmbeddedServer
 from partitions.topics import TopicAdmin, TopicDescription, TopicMeta, TopicSpec
@@ -63,6 +65,7 @@ __all__ = [
     "DeadLetter",
     "DeadLetters",
     "DuplicateInstanceError",
+    "EmbeddedReplicaSet",
     "EmbeddedServer",
     "EvictionPolicyError",
     "FencedError",
@@ -70,6 +73,7 @@ __all__ = [
     "GroupSettings",
     "InvalidNameError",
     "MembershipError",
+    "NotEnoughReplicasError",
     "NotOwnerError",
     "OperationTimeoutError",
     "PartstreamError",

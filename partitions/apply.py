@@ -17,12 +17,19 @@ A config file has two kinds of tables::
     [consumer]                    # client settings, read by `partstream consume --config`
     max_poll_interval_ms = 300000
 
+    [producer]                    # read by `partstream produce --config`
+    acks = "all"
+
+    [client]                      # the server, for both (flags and PARTSTREAM_* win)
+    url = "redis+sentinel://10.0.0.1:26379,10.0.0.2:26379,10.0.0.3:26379/orders"
+
 :func:`plan` compares the file with the server and :func:`execute` carries the plan out:
 what is missing is created, safe differences (more partitions, retention, group settings) are
 changed, and destructive ones (fewer partitions, another routing, moved regions) are refused
-unless forced. Every table is validated before anything is written. The ``[consumer]`` table
-holds :class:`~partitions.config.ConsumerConfig` fields: it is validated here but applies to
-consumer processes, not to the server.
+unless forced. Every table is validated before anything is written. The ``[consumer]``,
+``[producer]`` and ``[client]`` tables hold :class:`~partitions.config.ConsumerConfig`,
+:class:`~partitions.config.ProducerConfig` and :class:`~partitions.config.ClientConfig`
+fields: they are validated here but apply to client processes, not to the server.
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ from coordinator.errors import ConfigError, UnknownGroupError, UnknownTopicError
 from coordinator.group import GroupAdmin
 from coordinator.keys import validate_name
 from coordinator.settings import GroupSettings
-from partitions.config import ConsumerConfig
+from partitions.config import ClientConfig, ConsumerConfig, ProducerConfig
 from partitions.connection import Connection
 from partitions.library import load_library
 from partitions.topics import TopicAdmin, TopicSpec
@@ -50,6 +57,8 @@ class Declared:
     topics: dict[str, TopicSpec] = field(default_factory=dict)
     groups: dict[str, GroupSettings] = field(default_factory=dict)
     consumer: ConsumerConfig | None = None  # the [consumer] table, if the file has one
+    producer: ProducerConfig | None = None  # the [producer] table, if the file has one
+    client: ClientConfig | None = None  # the [client] table, if the file has one
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,11 +90,11 @@ def load(path: str | Path) -> Declared:
 
 
 def parse(data: Mapping[str, Any], source: str = "config") -> Declared:
-    unknown = sorted(set(data) - {"topics", "groups", "consumer"})
+    unknown = sorted(set(data) - {"topics", "groups", "consumer", "producer", "client"})
     if unknown:
         raise ConfigError(
-            f"{source}: unknown table(s) {', '.join(unknown)}; use [topics.*], [groups.*] "
-            "and [consumer]"
+            f"{source}: unknown table(s) {', '.join(unknown)}; use [topics.*], [groups.*], "
+            "[consumer], [producer] and [client]"
         )
     topics: dict[str, TopicSpec] = {}
     for name, table in _tables(data, "topics", source).items():
@@ -100,7 +109,13 @@ def parse(data: Mapping[str, Any], source: str = "config") -> Declared:
     consumer = None
     if "consumer" in data:
         consumer = ConsumerConfig.from_dict(data["consumer"], f"{source}: [consumer]")
-    return Declared(topics, groups, consumer)
+    producer = None
+    if "producer" in data:
+        producer = ProducerConfig.from_dict(data["producer"], f"{source}: [producer]")
+    client = None
+    if "client" in data:
+        client = ClientConfig.from_dict(data["client"], f"{source}: [client]")
+    return Declared(topics, groups, consumer, producer, client)
 
 
 def _tables(data: Mapping[str, Any], section: str, source: str) -> dict[str, Mapping[str, Any]]:

@@ -128,23 +128,31 @@ class NotSentError(rex.ConnectionError):
     """No connection could be opened, so nothing of the call was written (never in doubt)."""
 
 
-def pipeline(pool: Any, batches: list[Batch]) -> list[Any]:
+def pipeline(
+    pool: Any, batches: list[Batch], waits: list[tuple[Any, ...]] | None = None
+) -> list[Any]:
     """Write all batches' calls at once on one connection of ``pool``, then read one reply per
     batch: the script's reply, or the error that stands for it.
 
     An error reply is a refusal (nothing of that batch was written). A connection that breaks
     leaves the unread batches in doubt, except before anything was written
     (:class:`NotSentError`).
+
+    ``waits`` (``acks="all"``: WAIT / WAITAOF) go in the same write, after the calls, so they
+    cover what this connection just appended; their replies follow the batches' (fewer than
+    ``waits`` if the connection broke before they were read).
     """
     replies: list[Any] = []
+    confirms: list[Any] = []
     try:
         conn = pool.get_connection()
     except (rex.ConnectionError, rex.TimeoutError, OSError) as err:
         return [NotSentError(f"{type(err).__name__}: {err}")] * len(batches)
     try:
         # One buffer, one sendall: redis-py would otherwise write each item separately.
+        tail = conn.pack_commands(waits) if waits else []
         conn.send_packed_command(
-            [b"".join([(_ASKING if b.ask else b"") + b.packed() for b in batches])],
+            [b"".join([(_ASKING if b.ask else b"") + b.packed() for b in batches]), *tail],
             check_health=False,
         )
         for batch in batches:
@@ -155,6 +163,11 @@ def pipeline(pool: Any, batches: list[Batch]) -> list[Any]:
                 replies.append(conn.read_response())
             except rex.ResponseError as err:
                 replies.append(err)
+        for _ in waits or ():
+            try:
+                confirms.append(conn.read_response())
+            except rex.ResponseError as err:
+                confirms.append(err)
     except (rex.ConnectionError, rex.TimeoutError, OSError) as err:
         conn.disconnect()
         if isinstance(err, rex.BusyLoadingError):
@@ -165,7 +178,7 @@ def pipeline(pool: Any, batches: list[Batch]) -> list[Any]:
         replies += [err] * (len(batches) - len(replies))
     finally:
         pool.release(conn)
-    return replies
+    return replies + confirms
 
 
 # Guards registering callbacks against a batch completing at the same moment; callbacks are

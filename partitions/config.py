@@ -13,47 +13,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
+from coordinator.durability import Durability, check_settings, parse_acks
 from coordinator.errors import ConfigError
 from coordinator.keys import DEFAULT_NAMESPACE, validate_name
-
-_URL_SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
-
-
-def validate_url(url: str) -> str:
-    """Check a server URL's form (scheme, host, port, db) without connecting."""
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as err:
-        raise ConfigError(f"invalid server URL: {err}") from None
-    if parts.scheme not in _URL_SCHEMES:
-        raise ConfigError(
-            f"unsupported URL scheme {parts.scheme!r}: use one of "
-            + ", ".join(f"{s}://" for s in _URL_SCHEMES)
-        )
-    if parts.scheme == "unix":
-        if not parts.path:
-            raise ConfigError("a unix:// URL needs a socket path, e.g. unix:///run/redis.sock")
-    elif not parts.hostname:
-        raise ConfigError(f"URL {redact_url(url)} has no host")
-    if port is not None and not 0 < port < 65536:
-        raise ConfigError(f"URL {redact_url(url)} has an invalid port")
-    return url
-
-
-def redact_url(url: str) -> str:
-    """The URL with any password replaced by ``***`` (for logs and errors)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<invalid url>"
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return parts._replace(netloc=netloc).geturl()
-
+from partitions.urls import redact_url, validate_url
 
 _TLS_ENV = {
     "PARTSTREAM_TLS_CA": "ssl_ca_certs",
@@ -71,6 +35,38 @@ def _env_bool(var: str, raw: str) -> bool:
     raise ConfigError(f"{var} must be 1/true/yes/on or 0/false/no/off, got {raw!r}")
 
 
+def _client_table(data: object, where: str) -> dict[str, Any]:
+    """A ``[client]`` table's settings, checked for unknown names (not data_dir: a file
+    names servers, not local directories)."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where} must be a table")
+    allowed = {f.name for f in fields(ClientConfig)} - {"data_dir"}
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(allowed))}"
+        )
+    return dict(data)
+
+
+def _env_values() -> dict[str, Any]:
+    """The ClientConfig fields the environment sets (see ClientConfig.from_env)."""
+    values: dict[str, Any] = {}
+    env = os.environ
+    if url := env.get("PARTSTREAM_URL"):
+        values["url"] = url
+    if ns := env.get("PARTSTREAM_NAMESPACE"):
+        values["namespace"] = ns
+    if data_dir := env.get("PARTSTREAM_DATA_DIR"):
+        values["data_dir"] = Path(data_dir)
+    for var, name in _TLS_ENV.items():
+        if path := env.get(var):
+            values[name] = path
+    if (strict := env.get("PARTSTREAM_STRICT_EVICTION_POLICY")) is not None:
+        values["strict_eviction_policy"] = _env_bool("PARTSTREAM_STRICT_EVICTION_POLICY", strict)
+    return values
+
+
 @dataclass(frozen=True, slots=True)
 class ClientConfig:
     """How to reach the server.
@@ -78,7 +74,8 @@ class ClientConfig:
     ``url=None`` means the embedded Valkey server in ``data_dir``.
     """
 
-    # redis://, rediss://, unix://, redis+cluster://; None = embedded server.
+    # redis://, rediss://, unix://, redis+cluster://, redis+sentinel:// (see partitions.urls);
+    # None = embedded server.
     url: str | None = None
     # Key namespace; lets several deployments or test runs share a server.
     namespace: str = DEFAULT_NAMESPACE
@@ -127,6 +124,21 @@ class ClientConfig:
         return "ClientConfig(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
 
     @classmethod
+    def from_toml(cls, path: str | Path, **overrides: Any) -> ClientConfig:
+        """The ``[client]`` table of a TOML config file (``url``, ``namespace``, timeouts,
+        TLS files), then the environment, then ``overrides`` whose value is not None: CLI
+        flags > environment > file > defaults."""
+        table = _load_toml(path).get("client", {})
+        values = {**_client_table(table, f"{path}: [client]"), **_env_values()}
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str = "[client]") -> ClientConfig:
+        """Build from a TOML table such as ``[client]`` alone (no environment)."""
+        return cls(**_client_table(data, where))
+
+    @classmethod
     def from_env(cls, **overrides: Any) -> ClientConfig:
         """Defaults, then the environment, then ``overrides`` whose value is not None.
 
@@ -135,21 +147,7 @@ class ClientConfig:
         client certificate and key for ``rediss://``) and
         ``PARTSTREAM_STRICT_EVICTION_POLICY`` (``1``/``true``: refuse an evicting server).
         """
-        values: dict[str, Any] = {}
-        env = os.environ
-        if url := env.get("PARTSTREAM_URL"):
-            values["url"] = url
-        if ns := env.get("PARTSTREAM_NAMESPACE"):
-            values["namespace"] = ns
-        if data_dir := env.get("PARTSTREAM_DATA_DIR"):
-            values["data_dir"] = Path(data_dir)
-        for var, name in _TLS_ENV.items():
-            if path := env.get(var):
-                values[name] = path
-        if (strict := env.get("PARTSTREAM_STRICT_EVICTION_POLICY")) is not None:
-            values["strict_eviction_policy"] = _env_bool(
-                "PARTSTREAM_STRICT_EVICTION_POLICY", strict
-            )
+        values = _env_values()
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
@@ -157,6 +155,7 @@ class ClientConfig:
         return replace(self, **changes)
 
 
+_DURABILITY_FIELDS = ("acks", "min_insync_replicas", "fsync")  # checked by check_settings
 _PRODUCER_INT_FIELDS = ("batch_size", "buffer_records", "max_record_bytes", "retries")
 
 # The largest max_record_bytes accepted. One script call carries at most one record above the
@@ -204,10 +203,21 @@ class ProducerConfig:
     # Optional cap on attempts after the first, within delivery_timeout_ms. The default is
     # Kafka's (2**31 - 1): the timeout decides.
     retries: int = 2_147_483_647
+    # Durability, like Kafka's acks: 1 = a future succeeds once the primary applied its
+    # batch; "all" = once WAIT confirmed min_insync_replicas replicas have it (a batch that
+    # cannot get them within delivery_timeout_ms fails with NotEnoughReplicasError, in
+    # doubt; retries never duplicate it). fsync "local" / "replicas": also wait, where the
+    # server has WAITAOF (Redis >= 7.2, Valkey), until it is in the fsynced AOF of the
+    # primary / of the replicas too. See coordinator.durability.
+    acks: int | str = 1
+    min_insync_replicas: int = 1
+    fsync: str = "none"
 
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
+            if f.name in _DURABILITY_FIELDS:
+                continue
             if f.name == "idempotent":
                 if not isinstance(value, bool):
                     raise ConfigError(f"idempotent must be true or false, got {value!r}")
@@ -236,11 +246,42 @@ class ProducerConfig:
                 f"retry_backoff_max_ms ({self.retry_backoff_max_ms}) must be at least "
                 f"retry_backoff_ms ({self.retry_backoff_ms})"
             )
+        check_settings(self.acks, self.min_insync_replicas, self.fsync)
         if self.delivery_timeout_ms <= self.linger_ms:
             raise ConfigError(
                 f"delivery_timeout_ms ({self.delivery_timeout_ms}) must be above linger_ms "
                 f"({self.linger_ms}): a record waits up to linger_ms before it is even sent"
             )
+
+    @property
+    def durability(self) -> Durability:
+        """What a batch's futures wait for after the primary applied it."""
+        return Durability(self.acks, self.min_insync_replicas, self.fsync)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str = "[producer]") -> ProducerConfig:
+        """Build from a TOML table such as ``[producer]``; unknown keys are a ConfigError."""
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{where} must be a table")
+        values = dict(known_fields(cls, dict(data), where))
+        if "acks" in values:
+            values["acks"] = parse_acks(values["acks"])
+        return cls(**values)
+
+    @classmethod
+    def from_toml(cls, path: str | Path, **overrides: Any) -> ProducerConfig:
+        """The ``[producer]`` table of a TOML config file (defaults if it has none), then
+        ``overrides`` whose value is not None (CLI flags win over the file)."""
+        data = _load_toml(path)
+        cfg = cls.from_dict(data.get("producer", {}), f"{path}: [producer]")
+        return cfg.with_changes(**overrides)
+
+    def with_changes(self, **changes: Any) -> ProducerConfig:
+        """A copy with the fields whose value is not None changed (validated again)."""
+        changes = {k: v for k, v in changes.items() if v is not None}
+        if "acks" in changes:
+            changes["acks"] = parse_acks(changes["acks"])
+        return replace(self, **known_fields(type(self), changes, "ProducerConfig"))
 
     def check_against(self, client: ClientConfig) -> None:
         """Cross-check with the client, as Kafka checks ``delivery.timeout.ms >= linger.ms +
@@ -325,13 +366,7 @@ class ConsumerConfig:
     def from_toml(cls, path: str | Path, **overrides: Any) -> ConsumerConfig:
         """The ``[consumer]`` table of a TOML config file (defaults if it has none), then
         ``overrides`` whose value is not None (CLI flags win over the file)."""
-        try:
-            with open(path, "rb") as fh:
-                data = tomllib.load(fh)
-        except FileNotFoundError:
-            raise ConfigError(f"config file {path} does not exist") from None
-        except tomllib.TOMLDecodeError as err:
-            raise ConfigError(f"{path}: invalid TOML: {err}") from None
+        data = _load_toml(path)
         cfg = cls.from_dict(data.get("consumer", {}), f"{path}: [consumer]")
         return cfg.with_changes(**overrides)
 
@@ -348,6 +383,16 @@ class ConsumerConfig:
                 f"block_ms ({self.block_ms}) must be below half the socket timeout "
                 f"({client.socket_timeout * 1000:.0f} ms)"
             )
+
+
+def _load_toml(path: str | Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: invalid TOML: {err}") from None
 
 
 def known_fields(cls: type, data: dict[str, Any], where: str) -> dict[str, Any]:

@@ -8,7 +8,9 @@ newer stream features partstream uses when present, and warns (or, strict, refus
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import time
 import warnings
 from dataclasses import dataclass
 from types import TracebackType
@@ -26,9 +28,10 @@ from coordinator.errors import (
     ServerTooOldError,
     translate,
 )
-from coordinator.functions import Functions
+from coordinator.functions import FAILOVER_GRACE_S, Functions, did_not_run, fails_over
 from coordinator.keys import Keys
-from partitions.config import ClientConfig, redact_url
+from partitions.config import ClientConfig
+from partitions.urls import parse_cluster, parse_sentinel, redact_url
 
 log = logging.getLogger("partstream")
 
@@ -42,6 +45,7 @@ _REDIS_FEATURES = {
     "xreadgroup_claim": (8, 4, 0),
     "idmp": (8, 6, 0),
     "xnack": (8, 8, 0),
+    "waitaof": (7, 2, 0),  # WAITAOF: an acknowledged write is in the AOF (fsynced) too
 }
 
 
@@ -61,6 +65,9 @@ class ServerInfo:
     features: frozenset[str]
     cluster: bool
     maxmemory_policy: str | None
+    # Replicas connected to the primary when we connected (the fewest of any primary on a
+    # cluster): what ``acks="all"`` can expect, not a promise (replicas come and go).
+    replicas: int = 0
 
     @property
     def version_text(self) -> str:
@@ -72,6 +79,8 @@ class ServerInfo:
     def describe(self) -> str:
         feats = ", ".join(sorted(self.features)) or "none beyond 7.0"
         mode = "cluster" if self.cluster else "single node"
+        if self.replicas:
+            mode += f", {self.replicas} replica{'s' if self.replicas > 1 else ''}"
         return f"{self.flavor} {self.version_text} ({mode}; features: {feats})"
 
 
@@ -101,7 +110,8 @@ def detect_server(client: Any, *, cluster: bool = False) -> ServerInfo:
     policies = [i.maxmemory_policy for i in infos]
     evicting = [p for p in policies if p is not None and p.startswith("allkeys-")]
     policy = evicting[0] if evicting else None if None in policies else policies[0]
-    return ServerInfo(oldest.flavor, oldest.version, features, True, policy)
+    replicas = min(i.replicas for i in infos)
+    return ServerInfo(oldest.flavor, oldest.version, features, True, policy, replicas)
 
 
 def _detect_node(client: Any, *, cluster: bool) -> ServerInfo:
@@ -130,13 +140,59 @@ def _detect_node(client: Any, *, cluster: bool) -> ServerInfo:
     else:
         if _has_command(client, "XACKDEL"):
             features.add("acked_trim")
+        if _has_command(client, "WAITAOF"):
+            features.add("waitaof")
     policy: str | None
     try:
         raw = client.config_get("maxmemory-policy").get("maxmemory-policy")
         policy = raw.decode() if isinstance(raw, bytes) else raw
     except rex.RedisError:
         policy = None  # CONFIG may be denied by ACL or renamed: we cannot tell
-    return ServerInfo(flavor, version, frozenset(features), cluster, policy)
+    return ServerInfo(flavor, version, frozenset(features), cluster, policy, _replicas(client))
+
+
+def _replicas(client: Any) -> int:
+    """Replicas connected to this primary now (0 when INFO replication is denied)."""
+    try:
+        info = client.info("replication")
+    except rex.RedisError:
+        return 0
+    return int(info.get("connected_slaves", 0) or 0)
+
+
+def _ping(client: Any) -> None:
+    """PING, waiting up to FAILOVER_GRACE_S on a cluster or behind Sentinels while the node
+    asked is down or still loading (a failover, a node restarting): they take seconds."""
+    deadline = time.monotonic() + (FAILOVER_GRACE_S if fails_over(client) else 0.0)
+    pause = 0.1
+    while True:
+        try:
+            client.ping()
+            return
+        except (rex.RedisError, rex.RedisClusterException) as err:
+            if not did_not_run(err) or time.monotonic() + pause > deadline:
+                raise
+            time.sleep(pause)
+            pause = min(pause * 2, 1.0)
+
+
+def _detect(client: Any, cluster: bool) -> ServerInfo:
+    """detect_server, riding out a failover in progress: a cluster whose map still names a
+    dead primary (until its replica is promoted), or Sentinels between two primaries, is
+    asked again, with a fresh slot map, for up to FAILOVER_GRACE_S."""
+    deadline = time.monotonic() + (FAILOVER_GRACE_S if fails_over(client) else 0.0)
+    pause = 0.1
+    while True:
+        try:
+            return detect_server(client, cluster=cluster)
+        except ConnectionFailedError:
+            if time.monotonic() + pause > deadline:
+                raise
+            time.sleep(pause)
+            pause = min(pause * 2, 1.0)
+            if cluster:
+                with contextlib.suppress(rex.RedisError, rex.RedisClusterException):
+                    client.nodes_manager.initialize()
 
 
 def check_eviction_policy(server: ServerInfo, strict: bool) -> None:
@@ -168,6 +224,8 @@ class Connection:
         self.server = server
         self.keys = Keys(config.namespace)
         self.functions = Functions(client)
+        # Behind Sentinels: a primary can be replaced under this connection (see nodes.py).
+        self.behind_sentinel = sentinel_manager(client) is not None
 
     @property
     def is_cluster(self) -> bool:
@@ -178,10 +236,7 @@ class Connection:
         return redact_url(self.url)
 
     def close(self) -> None:
-        try:
-            self.client.close()
-        except Exception:
-            log.debug("error while closing the connection", exc_info=True)
+        close_client(self.client)
 
     def __enter__(self) -> Connection:
         return self
@@ -231,19 +286,80 @@ def resolve_url(config: ClientConfig) -> str:
 
 
 def open_client(url: str, config: ClientConfig) -> tuple[Any, bool]:
-    """A redis-py client for ``url``: (client, is_cluster). Nothing is sent yet."""
+    """A redis-py client for ``url``: (client, is_cluster). Nothing is sent yet.
+
+    A Sentinel URL gives a plain client whose connections ask the Sentinels for the current
+    primary each time they (re)connect, so the client follows a failover by itself; a reply
+    ``READONLY`` from a demoted primary drops that connection (redis-py's
+    SentinelManagedConnection turns it into a ConnectionError).
+    """
     scheme = urlsplit(url).scheme
     if scheme == "unix" and (config.ssl_ca_certs or config.ssl_certfile or config.ssl_keyfile):
         # A unix socket is local: TLS settings (from the environment, say) do not apply.
         config = config.with_changes(ssl_ca_certs=None, ssl_certfile=None, ssl_keyfile=None)
     kwargs = _client_kwargs(config, tls=scheme.startswith("rediss"))
     if scheme.endswith("+cluster"):
-        from redis.cluster import RedisCluster
-
-        plain = ("rediss" if scheme.startswith("rediss") else "redis") + url[len(scheme) :]
-        kwargs.pop("health_check_interval", None)
-        return RedisCluster.from_url(plain, **kwargs), True
+        return _cluster_client(url, kwargs), True
+    if scheme.endswith("+sentinel"):
+        return _sentinel_client(url, config, kwargs), False
     return redis.Redis.from_url(url, **kwargs), False
+
+
+def _cluster_client(url: str, kwargs: dict[str, Any]) -> Any:
+    from redis.cluster import ClusterNode, RedisCluster
+
+    seeds = parse_cluster(url)
+    kwargs.pop("health_check_interval", None)
+    if seeds.tls:
+        kwargs["ssl"] = True
+    nodes = [ClusterNode(host, port) for host, port in seeds.nodes]  # type: ignore[no-untyped-call]
+    return RedisCluster(
+        startup_nodes=nodes,
+        username=seeds.username,
+        password=seeds.password,
+        **kwargs,
+    )
+
+
+def _sentinel_client(url: str, config: ClientConfig, kwargs: dict[str, Any]) -> Any:
+    from redis.sentinel import Sentinel
+
+    target = parse_sentinel(url)
+    # Sentinels answer small queries: a dead one must not hold a reconnect for long.
+    sentinel_kwargs: dict[str, Any] = {
+        "socket_timeout": config.connect_timeout,
+        "socket_connect_timeout": config.connect_timeout,
+        "username": target.sentinel_username,
+        "password": target.sentinel_password,
+    }
+    if target.tls:
+        kwargs["ssl"] = True
+        sentinel_kwargs.update({k: v for k, v in kwargs.items() if k.startswith("ssl")})
+    manager = Sentinel(  # type: ignore[no-untyped-call]
+        list(target.sentinels), sentinel_kwargs=sentinel_kwargs, **kwargs
+    )
+    return manager.master_for(  # type: ignore[no-untyped-call]
+        target.master, db=target.db, username=target.username, password=target.password
+    )
+
+
+def sentinel_manager(client: Any) -> Any:
+    """The ``redis.sentinel.Sentinel`` behind a client opened from a Sentinel URL, else None."""
+    return getattr(getattr(client, "connection_pool", None), "sentinel_manager", None)
+
+
+def close_client(client: Any) -> None:
+    """Close a client from :func:`open_client` (and the Sentinel clients behind it)."""
+    if client is None:
+        return
+    manager = sentinel_manager(client)
+    for closable in (client, manager):
+        if closable is None:
+            continue
+        try:
+            closable.close()
+        except Exception:
+            log.debug("error while closing a client", exc_info=True)
 
 
 def _tls_error(err: Exception, url: str) -> PartstreamError | None:
@@ -275,17 +391,23 @@ def connect(config: ClientConfig | None = None, **overrides: Any) -> Connection:
     if overrides:
         config = config.with_changes(**overrides)
     url = resolve_url(config)
+    client: Any = None
     try:
         client, cluster = open_client(url, config)
-        client.ping()
+        _ping(client)
     except rex.RedisError as err:
+        close_client(client)
         raise _tls_error(err, url) or translate(err, f"connecting to {redact_url(url)}") from err
+    except rex.RedisClusterException as err:  # no seed node answered
+        close_client(client)
+        raise ConnectionFailedError(f"connecting to {redact_url(url)}: {err}") from err
     except (OSError, ValueError) as err:
+        close_client(client)
         raise ConfigError(f"cannot use {redact_url(url)}: {err}") from err
     try:
-        server = detect_server(client, cluster=cluster)
+        server = _detect(client, cluster)
         check_eviction_policy(server, config.strict_eviction_policy)
     except BaseException:
-        client.close()
+        close_client(client)
         raise
     return Connection(client, config, url, server)

@@ -25,6 +25,7 @@ assignments. Not thread-safe: use a Consumer from one thread.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -36,7 +37,14 @@ from typing import Any
 
 import redis.exceptions as rex
 
-from coordinator.errors import ClosedError, ConfigError, NotOwnerError, PartstreamError
+from coordinator.errors import (
+    ClosedError,
+    ConfigError,
+    ConnectionFailedError,
+    NotOwnerError,
+    PartstreamError,
+    translate,
+)
 from coordinator.keys import validate_name
 from coordinator.member import Member
 from coordinator.runner import MemberRunner, RebalanceListener
@@ -54,6 +62,9 @@ from partitions.topics import TopicAdmin, TopicSpec
 from partitions.tracing import TracerProvider, consumer_tracer
 
 log = logging.getLogger("partstream.consumer")
+
+# Pause between attempts while the server is unreachable, inside one poll().
+_RECONNECT_PAUSE_S = 0.1
 
 
 class Consumer(RebalanceMixin):
@@ -119,8 +130,15 @@ class Consumer(RebalanceMixin):
         self._closed = False
         self._thread_id = threading.get_ident()
         self._check_at = 0.0
-        self._blocker: Any = None if self._conn.is_cluster else self._client.client()
+        # Blocking waits (XREAD BLOCK) on a connection of their own; a cluster polls instead
+        # (a blocking read over several slots does not exist). Opened on first use.
+        self._blocking = not self._conn.is_cluster
+        self._blocker: Any = None
         self._blocker_id: int | None = None
+        # The last connection failure poll() rode out (None: none yet), for diagnostics.
+        self.last_error: ConnectionFailedError | None = None
+        self._warned_at = 0.0
+        self._durable_for: GroupSettings | None = None
         member = Member(
             self._client,
             self._keys,
@@ -186,30 +204,80 @@ class Consumer(RebalanceMixin):
     def _take(self, n: int, timeout: float) -> list[Record]:
         deadline = time.monotonic() + timeout
         while True:
-            self._sync()
-            if self._pos < len(self._buf) and self._alive():
-                out = self._buf[self._pos : self._pos + n]
-                if any(r._claim for r in out):
-                    out = _isolate_suspects(out)
-                self._pos += len(out)
-                if self._pos >= len(self._buf):
-                    self._buf, self._pos = [], 0
-                if any(r._claim for r in out):
-                    out = self._record_handout(out)
-                    if not out:
+            try:
+                self._sync()
+                if self._pos < len(self._buf) and self._alive():
+                    out = self._buf[self._pos : self._pos + n]
+                    if any(r._claim for r in out):
+                        out = _isolate_suspects(out)
+                    self._pos += len(out)
+                    if self._pos >= len(self._buf):
+                        self._buf, self._pos = [], 0
+                    if any(r._claim for r in out):
+                        out = self._record_handout(out)
+                        if not out:
+                            continue
+                    self._note_positions(out)
+                    if self._metrics is not None:
+                        self._metrics.consumed(out)
+                    return out
+                if self._alive() and self._parts:
+                    self._fill()
+                    if self._buf:
                         continue
-                self._note_positions(out)
-                if self._metrics is not None:
-                    self._metrics.consumed(out)
-                return out
-            if self._alive() and self._parts:
-                self._fill()
-                if self._buf:
-                    continue
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return []
-            self._idle(remaining)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return []
+                self._idle(remaining)
+            except ConnectionFailedError as err:
+                # The server went away (restart, failover, network): ride it out within
+                # this poll's timeout, as a Kafka consumer does; the heartbeat thread
+                # decides whether the session survives it.
+                self._lost_connection(err)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return []
+                time.sleep(min(remaining, _RECONNECT_PAUSE_S))
+
+    def _lost_connection(self, err: ConnectionFailedError) -> None:
+        """After a failed read, hand-out or wait: forget what was fetched but not handed out
+        (it stays pending for the group) and recover each partition, in id order, from the
+        last record handed out; the next call reconnects (to the new primary, after a
+        failover)."""
+        self.last_error = err
+        now = time.monotonic()
+        if now >= self._warned_at:
+            self._warned_at = now + 5.0
+            log.warning("consumer %s: %s; retrying", self.member_id, err)
+        self._buf, self._pos = [], 0
+        for st in self._parts.values():
+            st.cursor = st.last_id or "-"
+        self._reset_blocker()
+
+    def _reset_blocker(self) -> None:
+        # A blocking connection that failed (or whose server was demoted) is dropped; the
+        # next wait opens one where the primary is now, with a new id for CLIENT UNBLOCK.
+        old, self._blocker, self._blocker_id = self._blocker, None, None
+        if old is None:
+            return
+        with contextlib.suppress(Exception):
+            if old.connection is not None:
+                old.connection.disconnect()
+            old.close()
+
+    def _open_blocker(self) -> Any:
+        if self._blocker is None:
+            try:
+                blocker = self._client.client()  # a client on one connection of the pool
+            except rex.RedisError as err:
+                raise translate(err, "connecting for blocking reads") from err
+            try:
+                self._blocker_id = blocker.client_id()
+            except rex.RedisError as err:
+                blocker.close()
+                raise translate(err, "connecting for blocking reads") from err
+            self._blocker = blocker
+        return self._blocker
 
     def _fill(self) -> None:
         s, m = self._settings, self._metrics
@@ -280,14 +348,22 @@ class Consumer(RebalanceMixin):
         waiting = {st.keys[0]: st.tail for st in self._parts.values() if st.tail and not st.cursor}
         if not waiting or block_ms <= 0:
             return
-        if self._blocker is None:  # a cluster: no blocking read across slots
+        if not self._blocking:  # a cluster: no blocking read across slots
             self._fetcher.poll_wait(waiting, block_ms, lambda: bool(self._events))
             return
+        blocker = self._open_blocker()
+        with self._events_lock:
+            if self._events:  # posted while the connection opened: its wake-up was missed
+                return
         try:
-            self._blocker.xread(waiting, count=1, block=block_ms)
+            blocker.xread(waiting, count=1, block=block_ms)
+        except rex.ResponseError as err:
+            if not str(err).startswith("UNBLOCKED"):
+                raise translate(err, "waiting for new entries") from err
+            # The server changed role under the blocked read (a primary demoted to replica
+            # by a failover): reconnect, which finds the new primary, and read again.
+            self._reset_blocker()
         except rex.RedisError as err:
-            from coordinator.errors import translate
-
             raise translate(err, "waiting for new entries") from err
 
     # -- committing -------------------------------------------------------------------------
@@ -429,6 +505,11 @@ class Consumer(RebalanceMixin):
         if time.monotonic() >= self._meta_at:
             self._refresh_topics()
         self._thread_id = threading.get_ident()
+        settings = self._settings
+        if settings is not self._durable_for:  # the group's stored settings, once known
+            self._durable_for = settings
+            self._fetcher.durability = settings.durability
+            self._fetcher.wait_ms = max(100, min(5000, settings.session_timeout_ms // 3))
 
     def _refresh_topics(self) -> None:
         """Re-read partition counts; a grown topic joins the group's assignment (the member

@@ -10,9 +10,10 @@ that failed together do not all come back at once). What counts as retriable:
 * **after the back-off**: a refused, broken or timed-out connection, ``LOADING`` (a restarted
   server reading its data), ``BUSY`` (a long script runs), ``OOM`` (maxmemory reached),
   ``TRYAGAIN`` / ``CLUSTERDOWN`` / ``MASTERDOWN`` / ``READONLY`` (resharding or failover),
-  ``NOREPLICAS`` (``min-replicas-to-write`` not met), a missing function library (a server
-  restarted empty or a new primary: the producer loads it if its user may, else an admin's
-  ``partstream functions load`` lets the next attempt through);
+  ``NOREPLICAS`` (``min-replicas-to-write`` not met), :class:`NotEnoughReplicasError`
+  (``acks="all"``: appended but not confirmed by enough replicas yet), a missing function
+  library (a server restarted empty or a new primary: the producer loads it if its user may,
+  else an admin's ``partstream functions load`` lets the next attempt through);
 * **never**: every other server reply (``WRONGTYPE``, ``NOPERM``, ``OUTOFSEQ``,
   ``BADBATCH``, ...): the same batch would be refused again.
 
@@ -23,23 +24,29 @@ append script is all-or-nothing, so every server error reply is such a refusal.
 
 from __future__ import annotations
 
+import logging
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
 import redis.exceptions as rex
 
+from coordinator.durability import Durability
 from coordinator.errors import (
     ClosedError,
     ConnectionFailedError,
     DeliveryTimeoutError,
+    NotEnoughReplicasError,
     PartstreamError,
     translate,
 )
 from coordinator.functions import is_missing
 from partitions.batch import Batch, NotSentError
 from partitions.config import ProducerConfig
+from partitions.connection import ServerInfo
 from partitions.nodes import is_redirect
 
 # Replies (by their first word) that refuse a call the server may accept a little later.
@@ -58,6 +65,8 @@ _RETRIABLE_CLASSES = (
 )
 _JITTER = 0.2
 
+log = logging.getLogger("partstream.producer")
+
 
 class Verdict(Enum):
     """What to do with a batch that met an error."""
@@ -71,6 +80,8 @@ def classify(err: BaseException) -> Verdict:
     """Whether (and how soon) a call that failed with ``err`` is worth sending again."""
     if isinstance(err, rex.AskError):  # MovedError is an AskError
         return Verdict.NOW
+    if isinstance(err, NotEnoughReplicasError):
+        return Verdict.BACKOFF
     if isinstance(err, _RETRIABLE_CLASSES):
         return Verdict.BACKOFF
     if isinstance(err, rex.ResponseError):
@@ -134,6 +145,58 @@ class DeliveryPolicy:
             return now
         # The last attempt goes out at the deadline at the latest: a batch fails only after it.
         return min(now + self.delay(attempts), deadline)
+
+
+def warn_unmet_durability(durability: Durability, server: ServerInfo) -> None:
+    """Say at once when the server cannot give what ``acks`` / ``fsync`` ask for (sends would
+    only fail after their delivery timeout)."""
+    if durability.acks == "all" and server.replicas < durability.min_insync_replicas:
+        log.warning(
+            "acks='all' waits for %d replica(s) but the primary has %d connected: sends will "
+            "fail with NotEnoughReplicasError after delivery_timeout_ms unless replicas connect",
+            durability.min_insync_replicas,
+            server.replicas,
+        )
+    if durability.fsync != "none" and not server.has("waitaof"):
+        log.warning("fsync=%r: this server has no WAITAOF; only WAIT applies", durability.fsync)
+
+
+def wait_commands(
+    durability: Durability, group: list[Batch], socket_timeout: float
+) -> list[tuple[Any, ...]]:
+    """acks="all" / fsync: the WAIT / WAITAOF to pipeline after one node's batches, waiting at
+    most the time left to their nearest delivery deadline, and under half the socket timeout
+    (so the wait itself never looks like a dead server)."""
+    if not durability.waits:
+        return []
+    left = min(b.deadline for b in group) - time.monotonic()
+    return durability.commands(int(max(0.001, min(left, socket_timeout / 2)) * 1000))
+
+
+def unconfirmed_error(
+    durability: Durability,
+    group: list[Batch],
+    replies: list[Any],
+    waits: list[tuple[Any, ...]],
+    confirms: list[Any],
+) -> Exception | None:
+    """None if the appends of one pipeline are as durable as asked, else the error their
+    batches are retried with: they are on the primary but the WAIT said too few replicas, or
+    its reply never came (the connection broke after the appends). In doubt either way."""
+    if not waits or not any(isinstance(r, list) for r in replies):
+        return None
+    if len(confirms) < len(waits):
+        lost = next((r for r in replies if isinstance(r, Exception)), None)
+        return NotEnoughReplicasError(
+            "appended, but the connection broke before the replicas confirmed it"
+            + (f" ({lost})" if lost is not None else "")
+        )
+    where = f"appending to {', '.join(sorted({f'{b.topic}/{b.partition}' for b in group}))}"
+    try:
+        durability.check(confirms, where)
+    except NotEnoughReplicasError as err:
+        return err
+    return None
 
 
 def is_out_of_seq(err: BaseException) -> bool:

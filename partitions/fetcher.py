@@ -28,12 +28,19 @@ from typing import Any
 
 import redis.exceptions as rex
 
-from coordinator.errors import ConnectionFailedError, NotOwnerError, StateLostError, translate
+from coordinator.durability import NONE, Durability
+from coordinator.errors import (
+    ConnectionFailedError,
+    NotEnoughReplicasError,
+    NotOwnerError,
+    StateLostError,
+    translate,
+)
 from coordinator.fence import fence_value
 from coordinator.functions import function_name, is_missing
 from coordinator.types import TopicPartition
 from partitions.connection import Connection
-from partitions.nodes import is_redirect, pipeline_per_node
+from partitions.nodes import is_redirect, node_for_key, pipeline_per_node, redirect
 from partitions.records import (
     FetchResult,
     Record,
@@ -110,6 +117,10 @@ class Fetcher:
         # with the next read of their partition, so they do not sit pending until reclaimed.
         self._unsent_acks: dict[TopicPartition, list[str]] = {}
         self._conn: Any = None  # a dedicated connection for WATCH/MULTI (fast path)
+        # The group's durability: commits (ack), seeks and dead letters wait for it; acks
+        # riding on reads (auto-commit) do not, like Kafka's asynchronous auto-commit.
+        self.durability: Durability = NONE
+        self.wait_ms = 5000
 
     # -- reads ----------------------------------------------------------------------------
     def fetch(
@@ -266,10 +277,10 @@ class Fetcher:
             c.send_packed_command(c.pack_commands(txn))
             out = [c.read_response() for _ in txn][-1]
         except rex.ResponseError:
-            c.disconnect()
+            self._drop_conn()
             return None
         except rex.RedisError as err:
-            c.disconnect()
+            self._drop_conn()
             raise translate(err, "reading partitions") from err
         if out is None or any(isinstance(r, Exception) for r in out):
             return None  # a fence changed meanwhile, or a group is missing: script path
@@ -292,8 +303,20 @@ class Fetcher:
 
     def _txn_conn(self) -> Any:
         if self._conn is None:
-            self._conn = self.client.connection_pool.get_connection()
+            try:
+                self._conn = self.client.connection_pool.get_connection()
+            except rex.RedisError as err:
+                raise translate(err, "connecting") from err
         return self._conn
+
+    def _drop_conn(self) -> None:
+        """Disconnect and give back the fetcher's connection after an error: the next one
+        comes from the pool, which connects it where the primary is now (a connection
+        reconnecting by itself would go back to its old address, after a failover too)."""
+        c, self._conn = self._conn, None
+        if c is not None:
+            c.disconnect()
+            self.client.connection_pool.release(c)
 
     def close(self) -> None:
         """Give back the transaction connection."""
@@ -312,8 +335,9 @@ class Fetcher:
         if not calls:
             return refused
         try:
-            replies = self._run(calls, _CONSUME, "consume", "committing")
-        except ConnectionFailedError:
+            replies = self._run(calls, _CONSUME, "consume", "committing", durable=True)
+        except (ConnectionFailedError, NotEnoughReplicasError):
+            # Unknown or unconfirmed: sent again (XACK is idempotent) with the next read.
             for st, call in calls:
                 self._unsent_acks.setdefault(st.tp, []).extend(call[6:])
             raise
@@ -388,7 +412,8 @@ class Fetcher:
 
     def seek(self, st: PartitionState, new_id: str) -> str:
         """Fenced XGROUP SETID of the partition (pending entries are forgotten)."""
-        reply = self._run([(st, [st.args[0], st.fence, new_id, "0"])], _SEEK, "seek", "seeking")[0]
+        call = (st, [st.args[0], st.fence, new_id, "0"])
+        reply = self._run([call], _SEEK, "seek", "seeking", durable=True)[0]
         if isinstance(reply, Exception):
             raise translate(reply, f"seeking {st.topic}/{st.partition} (its slot is moving)")
         status = int(reply[0])
@@ -402,7 +427,7 @@ class Fetcher:
 
     # -- plumbing ---------------------------------------------------------------------------
     def _one(self, st: PartitionState, args: list[Any], what: str) -> set[str]:
-        reply = self._run([(st, args)], _CONSUME, "consume", what)[0]
+        reply = self._run([(st, args)], _CONSUME, "consume", what, durable=True)[0]
         if isinstance(reply, Exception):
             raise translate(reply, f"{what} {st.topic}/{st.partition} (its slot is moving)")
         res = retry_result(reply)
@@ -430,38 +455,115 @@ class Fetcher:
         refused.append((st, res))
 
     def _run(
-        self, calls: list[tuple[PartitionState, list[Any]]], fname: str, name: str, what: str
+        self,
+        calls: list[tuple[PartitionState, list[Any]]],
+        fname: str,
+        name: str,
+        what: str,
+        *,
+        durable: bool = False,
     ) -> list[Any]:
         """FCALL each call in one pipeline (one per node on a cluster, where a call the
         cluster cannot serve right now, its slot mid-migration, gets its redirect error in
-        place: it did not run). A server without the library gets it loaded, once."""
+        place: it did not run). A server without the library gets it loaded, once.
+
+        ``durable``: with the group's durability, the calls are followed on their connection
+        by WAIT/WAITAOF; NotEnoughReplicasError (after they ran) if not confirmed in time.
+        """
+        waits = self.durability.commands(self.wait_ms) if durable else []
         commands = [
             (st.keys[0], ("FCALL", fname, len(_keys(st, name)), *_keys(st, name), *args))
             for st, args in calls
         ]
         replies: list[Any]
         if self.conn.is_cluster:
+            if waits:
+                return self._run_durable_on_nodes(commands, what, waits)
             replies = pipeline_per_node(self.conn, commands, on_missing=self._load_on)
             for reply in replies:
                 if isinstance(reply, Exception) and not is_redirect(reply):
                     raise translate(reply, what) from reply
             return replies
-        for attempt in (0, 1):
-            pipe = self.client.pipeline(transaction=False)
-            for _, command in commands:
-                pipe.execute_command(*command)
-            try:
-                replies = pipe.execute(raise_on_error=False)
-            except rex.RedisError as err:
-                raise translate(err, what) from err
-            errors = [r for r in replies if isinstance(r, Exception)]
-            if not errors:
-                return replies
-            if attempt == 0 and any(is_missing(e) for e in errors):
-                self.conn.functions.load()  # a server restarted empty, or a new primary
-                continue
-            raise translate(errors[0], what) from errors[0]
-        raise AssertionError("unreachable")
+        plain = [command for _, command in commands]
+        replies = self._send(plain + waits, what)
+        confirms = replies[len(plain) :]
+        replies = replies[: len(plain)]
+        again = [i for i, r in enumerate(replies) if isinstance(r, Exception) and is_missing(r)]
+        if again:  # a server restarted empty, or a new primary without the library: nothing ran
+            self.conn.functions.load()
+            rerun = self._send([plain[i] for i in again] + waits, what)
+            for i, reply in zip(again, rerun[: len(again)], strict=True):
+                replies[i] = reply
+            if waits:
+                confirms = rerun[len(again) :]  # the later WAIT covers the earlier writes too
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise translate(reply, what) from reply
+        if waits:
+            self.durability.check(confirms, what)
+        return replies
+
+    def _run_durable_on_nodes(
+        self,
+        commands: list[tuple[str, tuple[Any, ...]]],
+        what: str,
+        waits: list[tuple[Any, ...]],
+    ) -> list[Any]:
+        # WAIT counts what its own connection wrote: each node's calls and its WAIT in one
+        # pipeline on that node. A redirection stays in place (it did not run), as above.
+        by_node: dict[int, tuple[Any, list[int]]] = {}
+        for i, (key, _) in enumerate(commands):
+            node = node_for_key(self.conn, key)
+            by_node.setdefault(id(node), (node, []))[1].append(i)
+        out: list[Any] = [None] * len(commands)
+        for node, indexes in by_node.values():
+            for attempt in (0, 1):
+                pipe = node.pipeline(transaction=False)
+                for i in indexes:
+                    pipe.execute_command(*commands[i][1])
+                for cmd in waits:
+                    pipe.execute_command(*cmd)
+                try:
+                    replies = pipe.execute(raise_on_error=False)
+                except rex.RedisError as err:
+                    redirect(self.conn, err)  # a node died or failed over: refresh the map
+                    raise translate(err, what) from err
+                mine, confirms = replies[: len(indexes)], replies[len(indexes) :]
+                if attempt == 0 and any(isinstance(r, Exception) and is_missing(r) for r in mine):
+                    self._load_on(node)
+                    continue
+                break
+            for i, reply in zip(indexes, mine, strict=True):
+                if isinstance(reply, Exception):
+                    if not is_redirect(reply):
+                        raise translate(reply, what) from reply
+                    redirect(self.conn, reply)  # not run: the next call goes where it moved
+                out[i] = reply
+            if any(not isinstance(r, Exception) for r in mine):
+                self.durability.check(confirms, what)
+        return out
+
+    def _send(self, commands: list[tuple[Any, ...]], what: str) -> list[Any]:
+        """Send ``commands`` in one write on the fetcher's own connection and read a reply
+        (or the server's error) per command. Sent once: a call whose reply was lost is never
+        re-sent behind our back (a read that ran would be skipped by the next '>' read); the
+        caller recovers from ConnectionFailedError instead."""
+        c = self._txn_conn()
+        replies: list[Any] = []
+        try:
+            c.send_packed_command(c.pack_commands(commands))
+            for _ in commands:
+                try:
+                    replies.append(c.read_response())
+                except rex.ResponseError as err:
+                    replies.append(err)
+        except rex.RedisError as err:
+            self._drop_conn()
+            raise translate(err, what) from err
+        except OSError as err:
+            self._drop_conn()
+            raise ConnectionFailedError(f"{what}: connection lost ({err})") from err
+        return replies
 
     def _load_on(self, node: Any) -> None:
         self.conn.functions.load(node)

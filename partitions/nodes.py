@@ -25,12 +25,13 @@ from typing import Any
 
 import redis.exceptions as rex
 
-from coordinator.errors import translate
-from coordinator.functions import is_missing
+from coordinator.errors import ConnectionFailedError, translate
+from coordinator.functions import FAILOVER_GRACE_S, is_missing
 from partitions.connection import Connection
 
 MAX_ATTEMPTS = 10
 _BACKOFF_S = 0.05
+_MAX_BACKOFF_S = 0.5
 _RETRY_PREFIXES = ("MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN", "READONLY", "MASTERDOWN")
 
 
@@ -99,9 +100,11 @@ def is_redirect(err: BaseException) -> bool:
 
 
 def _retriable(conn: Connection, err: BaseException) -> bool:
-    if not conn.is_cluster:
-        return False
-    return is_redirect(err) or isinstance(err, rex.ConnectionError | rex.TimeoutError)
+    if conn.is_cluster:
+        return is_redirect(err) or isinstance(err, rex.ConnectionError | rex.TimeoutError)
+    if conn.behind_sentinel:  # the primary is being replaced: reconnecting finds the new one
+        return isinstance(err, rex.ConnectionError | rex.TimeoutError | rex.ReadOnlyError)
+    return False
 
 
 def _asking(node: Any, args: Sequence[Any]) -> Any:
@@ -117,22 +120,34 @@ def _asking(node: Any, args: Sequence[Any]) -> Any:
 def execute_on_key(conn: Connection, key: str | bytes, *args: Any, context: str = "") -> Any:
     """Run ``args`` (a command naming ``key``) on the node serving ``key``.
 
-    Redirections are followed for up to :data:`MAX_ATTEMPTS` attempts; errors come out
-    translated into partstream's tree.
+    Redirections are followed for at least :data:`MAX_ATTEMPTS` attempts, and a node that is
+    down (a cluster or a Sentinel set failing over) is waited for up to
+    :data:`~coordinator.functions.FAILOVER_GRACE_S`; errors come out translated into
+    partstream's tree.
     """
     ask_node = None
-    for attempt in range(1, MAX_ATTEMPTS + 1):
+    deadline = time.monotonic() + FAILOVER_GRACE_S
+    attempt = 0
+    while True:
+        attempt += 1
         try:
             if ask_node is not None:
                 return _asking(ask_node, args)
             return node_for_key(conn, key).execute_command(*args)
-        except rex.RedisError as err:
-            if attempt == MAX_ATTEMPTS or not _retriable(conn, err):
+        except (rex.RedisError, rex.RedisClusterException) as err:
+            # MOVED/ASK loops are capped by attempts; an unreachable or failing-over node
+            # (connection refused, CLUSTERDOWN, TRYAGAIN) by the failover grace.
+            moving = isinstance(err, rex.AskError)  # MovedError is an AskError
+            given_up = (
+                attempt >= MAX_ATTEMPTS if moving else attempt >= 2 and time.monotonic() > deadline
+            )
+            if given_up or not _retriable(conn, err):
+                if isinstance(err, rex.RedisClusterException):
+                    raise ConnectionFailedError(f"{context or args[0]!r}: {err}") from err
                 raise translate(err, context or f"running {args[0]!r} on {key!r}") from err
-            ask_node = redirect(conn, err)
+            ask_node = redirect(conn, err) if conn.is_cluster else None
             if ask_node is None and not isinstance(err, rex.MovedError):
-                time.sleep(_BACKOFF_S * attempt)
-    raise AssertionError("unreachable")  # pragma: no cover
+                time.sleep(min(_BACKOFF_S * attempt, _MAX_BACKOFF_S))
 
 
 def execute_per_key(

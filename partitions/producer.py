@@ -63,6 +63,9 @@ from partitions.delivery import (
     final_error,
     in_doubt,
     is_out_of_seq,
+    unconfirmed_error,
+    wait_commands,
+    warn_unmet_durability,
 )
 from partitions.nodes import is_redirect, node_for_key, redirect
 from partitions.records import (
@@ -144,6 +147,8 @@ class Producer:
         self._owns_conn = conn is None
         self._conn = conn or connect(client_config)
         self._policy = DeliveryPolicy.from_config(self.config)
+        self._durability = self.config.durability
+        warn_unmet_durability(self._durability, self._conn.server)
         self._admin = TopicAdmin(self._conn)
         self._pid = uuid.uuid4().hex[:16].encode() if self.config.idempotent else b""
         self._seqs: dict[tuple[str, int], int] = {}
@@ -508,9 +513,22 @@ class Producer:
         m = self._metrics
         for pool, group in self._by_node(batches):
             started = time.monotonic() if m is not None else 0.0
-            replies = pipeline(pool, group)
+            waits = wait_commands(self._durability, group, self._conn.config.socket_timeout)
+            if waits:
+                out = pipeline(pool, group, waits)
+                replies, confirms = out[: len(group)], out[len(group) :]
+            else:
+                replies, confirms = pipeline(pool, group), []
             done = time.monotonic() if m is not None else 0.0
+            unconfirmed = unconfirmed_error(self._durability, group, replies, waits, confirms)
             for batch, reply in zip(group, replies, strict=True):
+                if isinstance(reply, list) and unconfirmed is not None:
+                    # Appended on the primary, not confirmed by its replicas: in doubt. Sent
+                    # again (same sequence: the script answers with the ids it appended) until
+                    # confirmed or the delivery timeout; after a failover that lost it, the
+                    # retry appends it on the new primary.
+                    batch.in_doubt = True
+                    reply = unconfirmed
                 if isinstance(reply, list):
                     if m is not None:  # before the futures resolve: a done future is counted
                         m.sent(batch, done - started, done)

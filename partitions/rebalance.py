@@ -60,13 +60,32 @@ class Bridge:
     def on_partitions_assigned(self, assigned: dict[TopicPartition, Grant]) -> None:
         c = self.c
         mine = {}
+        failed: set[TopicPartition] = set()
         for tp, grant in assigned.items():
-            if claim_fence(
-                c._client, c._keys, c.group, tp.topic, tp.partition, c.member_id, grant.token
-            ):
+            try:
+                claimed = claim_fence(
+                    c._client,
+                    c._keys,
+                    c.group,
+                    tp.topic,
+                    tp.partition,
+                    c.member_id,
+                    grant.token,
+                    durability=c._settings.durability,
+                    retry_for=c._settings.heartbeat_interval_ms / 1000,
+                )
+            except PartstreamError as err:
+                # Its node is unreachable (failing over, say): hand the partition back rather
+                # than hold a grant nobody reads; it is granted again once it can be claimed.
+                log.warning("%s: cannot claim its fence now (%s); handing it back", tp, err)
+                failed.add(tp)
+                continue
+            if claimed:
                 mine[tp] = grant
             else:
                 log.info("%s: a newer grant already holds the fence", tp)
+        if failed:
+            c._runner.give_back(failed)
         c._post(("assign", mine, None))
 
     def on_partitions_lost(self, lost: set[TopicPartition]) -> None:
@@ -128,8 +147,6 @@ class RebalanceMixin:
 
     def _sync(self) -> None:
         """Apply rebalance events posted by the heartbeat thread, in order."""
-        if self._blocker is not None and self._blocker_id is None:
-            self._blocker_id = self._blocker.client_id()
         while True:
             with self._events_lock:
                 if not self._events:
@@ -183,6 +200,7 @@ class RebalanceMixin:
                     tp.partition,
                     self.member_id,
                     int(st.fence.split(" ")[1]),
+                    durability=self._settings.durability,
                 )
             except PartstreamError as err:
                 log.warning("release of %s failed: %s", tp, err)

@@ -4,7 +4,8 @@
 2. unit tests (no server);
 3. integration tests on the embedded Valkey (started privately for the run);
    then the cluster-ready integration modules on a local 3-master Valkey Cluster that the
-   runner starts and stops (by pid) itself;
+   runner starts and stops (by pid) itself, and again on one with a replica per master
+   while a primary is killed -9 mid-run and its replica promoted;
 4. integration tests on the Redis at $PARTSTREAM_REDIS_URL (default redis://127.0.0.1:6379),
    skipped locally when it is unreachable, required under CI;
 5. fault tests (they start their own servers) and the benchmark harness smoke test.
@@ -17,12 +18,15 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,28 +88,95 @@ CLUSTER_READY = [
 ]
 
 
-def run_on_cluster(pytest: list[str]) -> tuple[int, int, int]:
+def run_on_cluster(pytest: list[str], *, failover: bool = False) -> tuple[int, int, int]:
     """Start a 3-master cluster in a temporary directory, run CLUSTER_READY on it, stop it.
+
+    ``failover``: each master has a replica, and while the modules run one primary is killed
+    -9 (``FAILOVER_AFTER_S`` into the run), its replica promoted, and the dead node started
+    again (it comes back as a replica): the modules must pass through it.
 
     The nodes are stopped by pid (EmbeddedCluster.stop) whatever happens. A cluster that
     cannot start is a failure under CI and a note locally.
     """
     from partitions.cluster import EmbeddedCluster, free_base_port
 
+    replicas = 1 if failover else 0
+    label = "3-master cluster" + (", a primary killed mid-run" if failover else "")
     data_dir = Path(tempfile.mkdtemp(prefix="ps-ci-cluster-", dir="/tmp"))
-    cluster = EmbeddedCluster(data_dir, masters=3, base_port=free_base_port(3))
+    cluster = EmbeddedCluster(
+        data_dir,
+        masters=3,
+        base_port=free_base_port(3 * (1 + replicas)),
+        replicas=replicas,
+        node_timeout_ms=2000,
+    )
+    killer = None
     try:
         try:
-            url = cluster.ensure_running(timeout=60)
+            url = cluster.ensure_running(timeout=90)
         except Exception as err:
-            print(f"\n=== integration (cluster): cannot start a local cluster: {err}")
+            print(f"\n=== integration ({label}): cannot start a local cluster: {err}")
             return (0, 1, 0) if CI else (0, 0, 1)
         env = {"PARTSTREAM_TEST_URL": url, "PARTSTREAM_TEST_CLUSTER_DIR": str(data_dir)}
         files = [f for f in CLUSTER_READY if (ROOT / f).exists()]
-        return run("integration (3-master cluster)", [*pytest, *files], env)
+        if failover:
+            killer = FailoverDuringRun(cluster, FAILOVER_AFTER_S)
+            killer.start()
+        counts = run(f"integration ({label})", [*pytest, *files], env)
+        if killer is not None:
+            killer.join()
+            print(f"=== integration ({label}): {killer.report}", flush=True)
+            if not killer.done:
+                counts = (counts[0], counts[1] + 1, counts[2])  # the fault never happened
+        return counts
     finally:
+        if killer is not None:
+            killer.cancel()
         cluster.stop()
         shutil.rmtree(data_dir, ignore_errors=True)
+
+
+# Seconds into the failover run when one primary is killed: well inside the first modules.
+FAILOVER_AFTER_S = 20.0
+
+
+class FailoverDuringRun(threading.Thread):
+    """kill -9 one primary of ``cluster`` after ``after`` seconds, wait for its replica's
+    promotion, start the dead node again (it rejoins as a replica) and wait until in sync."""
+
+    def __init__(self, cluster: Any, after: float) -> None:
+        super().__init__(name="failover-during-run", daemon=True)
+        self.cluster, self.after = cluster, after
+        self._cancel = threading.Event()
+        self.done = False
+        self.report = "no failover (the run ended first)"
+
+    def cancel(self) -> None:
+        self._cancel.set()
+
+    def run(self) -> None:
+        if self._cancel.wait(self.after):
+            return
+        try:
+            victim = self.cluster.primary_ports()[0]
+            pid = self.cluster.pid(victim)
+            t0 = time.monotonic()
+            os.kill(pid, signal.SIGKILL)
+            while not self._cancel.is_set():
+                primaries = self.cluster.primary_ports()
+                if victim not in primaries and len(primaries) == 3:
+                    break
+                time.sleep(0.1)
+            promoted = time.monotonic() - t0
+            self.cluster.ensure_running(timeout=120)
+            self.done = True
+            self.report = (
+                f"primary on port {victim} killed -9 {self.after:.0f}s into the run, its replica "
+                f"promoted in {promoted:.1f}s, the node back as a replica "
+                f"{time.monotonic() - t0:.1f}s after the kill"
+            )
+        except Exception as err:  # reported, and the run counts as failed
+            self.report = f"the failover did not complete: {type(err).__name__}: {err}"
 
 
 def main() -> int:
@@ -146,8 +217,9 @@ def main() -> int:
             p, f, s = run(label, cmd, env)
             passed, failed, skipped = passed + p, failed + f, skipped + s
             if label == "integration (embedded valkey)":
-                p, f, s = run_on_cluster(pytest)
-                passed, failed, skipped = passed + p, failed + f, skipped + s
+                for failover in (False, True):
+                    p, f, s = run_on_cluster(pytest, failover=failover)
+                    passed, failed, skipped = passed + p, failed + f, skipped + s
     finally:
         from partitions.server import EmbeddedServer
 

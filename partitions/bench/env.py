@@ -74,10 +74,22 @@ class BenchServer:
 
 
 @contextlib.contextmanager
-def bench_server(url: str | None) -> Iterator[BenchServer]:
-    """The server at ``url``, or a private embedded Valkey stopped when the block exits."""
+def bench_server(url: str | None, *, replicas: int = 0) -> Iterator[BenchServer]:
+    """The server at ``url``, or a private embedded Valkey stopped when the block exits
+    (with ``replicas``: a private primary with that many local replicas, on loopback)."""
     if url:
         yield BenchServer(url, embedded=False)
+        return
+    if replicas:
+        from partitions.replicas import EmbeddedReplicaSet
+
+        rs_dir = Path(tempfile.mkdtemp(prefix="ps-bench-rs-", dir="/tmp"))
+        rs = EmbeddedReplicaSet(rs_dir, replicas=replicas)
+        try:
+            yield BenchServer(rs.ensure_running(timeout=60), embedded=True)
+        finally:
+            rs.stop()
+            shutil.rmtree(rs_dir, ignore_errors=True)
         return
     from partitions.server import EmbeddedServer
 
@@ -169,6 +181,7 @@ def environment(conn: Connection, server: BenchServer) -> dict[str, Any]:
             "describe": conn.server.describe(),
             "url": redact_url(server.url) if not server.embedded else "embedded (private)",
             "embedded": server.embedded,
+            "replicas": conn.server.replicas,
         },
         "cpu_count": os.cpu_count(),
         "load_avg_1m": round(load[0], 2),

@@ -36,6 +36,8 @@ REBALANCE_GOAL = 1.5
 
 # One side of a round (partstream, a baseline or a peer): run round r, return its measurement.
 Side = Callable[[int], RunResult]
+# acks="all" / acks=1 records/s of partstream's producer, on a primary with one replica.
+ACKS_ALL_GOAL = 0.7
 # partstream / FastStream-Redis records/s, produce and consume (the issue: "ahead of" it).
 PEER_GOAL = 1.0
 FASTSTREAM_PEER = "faststream-redis"
@@ -85,6 +87,8 @@ def _produce(b: Bench, result: BenchResult) -> None:
         ("partstream", own(produce.run_partstream)),
         ("redis-py", own(produce.run_redis_py)),
     ]
+    if o.acks == "all":
+        sides.append(("partstream-acks-all", own(produce.run_partstream_acks_all)))
     if o.peers:
         from partitions.bench.peers import produce_sides
 
@@ -104,6 +108,8 @@ def _produce(b: Bench, result: BenchResult) -> None:
             "every extra node shares the same CPUs as the client, so more nodes add per-node "
             "pipelines (round trips) without adding server capacity"
         )
+    if o.acks == "all":
+        _acks_all_result(b, result, rounds["partstream-acks-all"])
     if o.redis_benchmark:
         b.say(
             phase_header("redis-benchmark", f"XADD -P {o.batch_size} over {o.partitions} streams")
@@ -117,6 +123,31 @@ def _produce(b: Bench, result: BenchResult) -> None:
             best = max(r.rate for r in result.runs if r.name == "partstream")
             result.ratios["partstream/redis-benchmark"] = ratio(best, rb.rate)
     _targets(result, "produce", rounds, PRODUCE_GOAL)
+
+
+def _acks_all_result(b: Bench, result: BenchResult, per_round: list[float]) -> None:
+    """acks="all" against acks=1 of the same rounds: the ratio, both latencies, the target."""
+    vs_one = median([1.0 / x for x in per_round if x > 0])
+    result.ratios["partstream-acks-all/partstream"] = vs_one
+    with b.server.connect(b.ns) as conn:
+        replicas = conn.server.replicas
+    one, everyone = _median_run(result, "partstream"), _median_run(result, "partstream-acks-all")
+    result.notes.append(
+        f"acks='all' (WAIT for {replicas} connected replica(s) after each node's round) runs at "
+        f"{vs_one:.2f}x the acks=1 rate (median of {len(per_round)} round(s)); latency "
+        f"p50/p99/p99.9 of the median-rate run {everyone.latency.p50:.1f}/"
+        f"{everyone.latency.p99:.1f}/{everyone.latency.p999:.1f} ms vs "
+        f"{one.latency.p50:.1f}/{one.latency.p99:.1f}/{one.latency.p999:.1f} ms with acks=1 "
+        "(send to acknowledgement, buffering included: the producer is fed as fast as it takes)"
+    )
+    if not replicas:
+        result.notes.append("acks='all': the server has no replica: every WAIT timed out")
+    result.targets.append(Target("produce acks=all / acks=1", vs_one, ACKS_ALL_GOAL))
+
+
+def _median_run(result: BenchResult, name: str) -> RunResult:
+    runs = sorted((r for r in result.runs if r.name == name), key=lambda r: r.rate)
+    return runs[len(runs) // 2]
 
 
 def _on_cluster(b: Bench, cluster: BenchServer) -> Side:
@@ -298,7 +329,8 @@ def run_bench(
 ) -> BenchResult:
     """Run ``mode`` (produce, consume, e2e, rebalance) and return what it measured."""
     progress = progress or Progress()
-    with bench_server(url) as server:
+    replicas = 1 if mode == "produce" and opts.acks == "all" else 0
+    with bench_server(url, replicas=replicas) as server:
         b = Bench(server, opts, progress, say)
         with server.connect(b.ns) as conn:
             env = environment(conn, server)

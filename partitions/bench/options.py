@@ -47,6 +47,9 @@ class BenchOptions:
     peers: bool = False
     # produce: also run partstream's producer on a local N-master embedded cluster (0 = no).
     cluster: int = 0
+    # produce: "all" = also run partstream's producer with acks="all" beside acks=1, on a
+    # primary with a replica (a private one with a local replica unless a URL is given).
+    acks: str = "1"
 
     def __post_init__(self) -> None:
         positive = (
@@ -71,6 +74,8 @@ class BenchOptions:
             raise ConfigError("bench: rate, duration and interval must be positive")
         if isinstance(self.cluster, bool) or not 0 <= self.cluster <= 8:
             raise ConfigError("bench: cluster must be 0 (none) or 1..8 masters")
+        if self.acks not in ("1", "all"):
+            raise ConfigError(f"bench: acks must be '1' or 'all', not {self.acks!r}")
         if self.records < self.producers:
             raise ConfigError("bench: need at least one record per producer")
 

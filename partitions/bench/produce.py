@@ -41,13 +41,28 @@ PS_TOPIC = "ps"
 def produce_partstream(
     index: int, counters: Counters, ready: Callable[[], None], arg: Any
 ) -> WorkerOutput:
-    """Worker: send ``count`` records with the partstream producer, then flush."""
+    """Worker: send ``count`` records with the partstream producer (acks=1), then flush."""
+    return _produce_partstream(counters, ready, arg, acks=1)
+
+
+def produce_partstream_acks_all(
+    index: int, counters: Counters, ready: Callable[[], None], arg: Any
+) -> WorkerOutput:
+    """Worker: the same with ``acks="all"``: a future resolves once WAIT confirmed the
+    replica has its batch."""
+    return _produce_partstream(counters, ready, arg, acks="all")
+
+
+def _produce_partstream(
+    counters: Counters, ready: Callable[[], None], arg: Any, *, acks: int | str
+) -> WorkerOutput:
     server, ns, opts, topic, count, first = arg
     conn = server.connect(ns)
     cfg = ProducerConfig(
         batch_size=opts.batch_size,
         linger_ms=opts.linger("produce"),
         buffer_records=max(200_000, 4 * opts.batch_size),
+        acks=acks,
     )
     lat = array("d")
     perf = time.perf_counter
@@ -127,6 +142,14 @@ def run_partstream(
     server: BenchServer, ns: str, opts: BenchOptions, progress: Progress, topic: str = PS_TOPIC
 ) -> RunResult:
     return _run("partstream", produce_partstream, server, ns, opts, progress, topic)
+
+
+def run_partstream_acks_all(
+    server: BenchServer, ns: str, opts: BenchOptions, progress: Progress, topic: str = PS_TOPIC
+) -> RunResult:
+    """partstream's producer with acks="all" (WAIT for the replica after each round)."""
+    return _run("partstream-acks-all", produce_partstream_acks_all, server, ns, opts, progress,
+                topic)  # fmt: skip
 
 
 def run_partstream_cluster(

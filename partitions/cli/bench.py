@@ -123,6 +123,15 @@ def _options(fn: Callable[..., Any]) -> Callable[..., Any]:
             "cluster, beside the single-node run (0 = no).",
         ),
         click.option(
+            "--acks",
+            type=click.Choice(["1", "all"]),
+            default=_DEFAULTS.acks,
+            show_default=True,
+            help="produce: all = also run the producer with acks='all' beside acks=1 in the "
+            "same rounds, on a primary with a replica (a private one with a local replica "
+            "unless --url is given); reports the throughput ratio and both latencies.",
+        ),
+        click.option(
             "--url",
             "bench_url",
             help="Server URL [default: the global --url, "

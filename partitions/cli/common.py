@@ -20,10 +20,21 @@ class State:
     def __init__(self, url: str | None, namespace: str | None) -> None:
         self.url = url
         self.namespace = namespace
+        self.config_file: str | None = None
         self._conn: Connection | None = None
+
+    def use_config_file(self, path: str | None) -> None:
+        """A command's ``--config FILE``: its ``[client]`` table (url, namespace, ...) applies
+        under the flags and the environment. Call before the first use of :attr:`conn`."""
+        if path is not None:
+            if self._conn is not None:
+                raise RuntimeError("use_config_file() after the connection was opened")
+            self.config_file = path
 
     @property
     def client_config(self) -> ClientConfig:
+        if self.config_file is not None:
+            return ClientConfig.from_toml(self.config_file, url=self.url, namespace=self.namespace)
         return ClientConfig.from_env(url=self.url, namespace=self.namespace)
 
     @property
@@ -53,7 +64,8 @@ class PartstreamGroup(click.Group):
 @click.option(
     "--url",
     envvar="PARTSTREAM_URL",
-    help="Server URL (redis://, rediss://, unix://, redis+cluster://). "
+    help="Server URL (redis://, rediss://, unix://, redis+cluster://, "
+    "redis+sentinel://HOST:PORT[,HOST:PORT...]/MASTER). "
     "Default: the embedded Valkey server.",
 )
 @click.option("--namespace", envvar="PARTSTREAM_NAMESPACE", help="Key namespace (default: ps).")

@@ -49,7 +49,8 @@ def group_settings(session_ms: int | None, heartbeat_ms: int | None) -> GroupSet
               "not asked for within this (default 300000, as Kafka's "
               "max.poll.interval.ms).")  # fmt: skip
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML file "
-              "whose [consumer] table sets ConsumerConfig fields (flags win).")  # fmt: skip
+              "whose [consumer] table sets ConsumerConfig fields and [client] the server "
+              "(flags and PARTSTREAM_* win).")  # fmt: skip
 @click.option(
     "--format",
     "fmt",
@@ -77,6 +78,7 @@ def consume_cmd(
     SIGTERM or Ctrl-C commit, leave the group and exit."""
     # Each record is committed after it is printed, whatever the file says about auto_commit.
     flags = {"max_poll_interval_ms": max_poll_interval_ms, "auto_commit": False}
+    state.use_config_file(config_path)
     base = ConsumerConfig.from_toml(config_path) if config_path else ConsumerConfig()
     config = base.with_changes(**flags)
     stop = threading.Event()

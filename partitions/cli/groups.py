@@ -28,6 +28,17 @@ def _settings_options(fn: Any) -> Any:
             click.option("--heartbeat-ms", "heartbeat_interval_ms", type=int),
             click.option("--max-deliveries", type=int, help="Deliveries before dead-lettering."),
             click.option("--reclaim-idle-ms", type=int, help="Reclaim entries idle this long."),
+            click.option(
+                "--acks",
+                type=click.Choice(["1", "all"]),
+                help="Durability of the group's state and commits: all = WAIT for replicas.",
+            ),
+            click.option("--min-insync-replicas", type=int, help="Replicas acks=all waits for."),
+            click.option(
+                "--fsync",
+                type=click.Choice(["none", "local", "replicas"]),
+                help="Also wait for the AOF fsync (WAITAOF) on the primary / the replicas.",
+            ),
         ]
     ):
         fn = opt(fn)

@@ -105,6 +105,21 @@ def _stop(err: PartstreamError, message: str) -> PartstreamError:
     help="Check every line before producing any (the input is spooled to memory or disk).",
 )
 @click.option("-q", "--quiet", is_flag=True, help="Print only a summary line.")
+@click.option(
+    "--acks",
+    type=click.Choice(["1", "all"]),
+    help="1: a record is produced once the primary has it; all: once WAIT confirmed "
+    "--min-insync-replicas replicas have it (default: the file's, else 1).",
+)
+@click.option("--min-insync-replicas", type=int, help="Replicas acks=all waits for (default 1).")
+@click.option(
+    "--fsync",
+    type=click.Choice(["none", "local", "replicas"]),
+    help="Also wait for the AOF fsync (WAITAOF) on the primary / on the replicas.",
+)
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML file "
+              "whose [producer] table sets ProducerConfig fields and [client] the server "
+              "(flags and PARTSTREAM_* win).")  # fmt: skip
 @format_option
 @pass_state
 def produce_cmd(
@@ -117,6 +132,10 @@ def produce_cmd(
     headers: tuple[str, ...],
     validate_first: bool,
     quiet: bool,
+    acks: str | None,
+    min_insync_replicas: int | None,
+    fsync: str | None,
+    config_path: str | None,
     fmt: str,
 ) -> None:
     """Produce one record per line of standard input to TOPIC.
@@ -137,7 +156,10 @@ def produce_cmd(
             if line:
                 yield lineno, line
 
-    with Producer(state.conn, ProducerConfig()) as producer, contextlib.ExitStack() as stack:
+    state.use_config_file(config_path)
+    base = ProducerConfig.from_toml(config_path) if config_path else ProducerConfig()
+    config = base.with_changes(acks=acks, min_insync_replicas=min_insync_replicas, fsync=fsync)
+    with Producer(state.conn, config) as producer, contextlib.ExitStack() as stack:
         stream: Iterable[bytes] = sys.stdin.buffer
         if validate_first:
             spool = stack.enter_context(tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES))

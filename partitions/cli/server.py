@@ -1,4 +1,5 @@
-"""``partstream server start|stop|status``: the embedded Valkey server, or a local cluster."""
+"""``partstream server start|stop|status``: the embedded Valkey server, a local cluster, or a
+local primary with replicas (and Sentinels)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import click
 
 from partitions.cli.common import emit, format_option, main
 from partitions.cluster import EmbeddedCluster
+from partitions.replicas import EmbeddedReplicaSet
 from partitions.server import EmbeddedServer
 
 _DATA_DIR = click.option(
@@ -16,11 +18,21 @@ _DATA_DIR = click.option(
 
 
 def _cluster(
-    data_dir: str | None, masters: int = 3, base_port: int | None = None
+    data_dir: str | None, masters: int = 3, base_port: int | None = None, replicas: int = 0
 ) -> EmbeddedCluster:
     # The cluster lives beside the single server, in <data dir>/cluster.
     return EmbeddedCluster(
-        (EmbeddedServer(data_dir).data_dir / "cluster"), masters=masters, base_port=base_port
+        (EmbeddedServer(data_dir).data_dir / "cluster"),
+        masters=masters,
+        base_port=base_port,
+        replicas=replicas,
+    )
+
+
+def _replica_set(data_dir: str | None, replicas: int = 1, sentinels: int = 0) -> EmbeddedReplicaSet:
+    # The replica set lives beside the single server, in <data dir>/replicas.
+    return EmbeddedReplicaSet(
+        EmbeddedServer(data_dir).data_dir / "replicas", replicas=replicas, sentinels=sentinels
     )
 
 
@@ -32,17 +44,56 @@ def server() -> None:
 @server.command("start")
 @_DATA_DIR
 @click.option(
-    "--cluster", "masters", type=click.IntRange(1, 64), default=None,
+    "--cluster",
+    "masters",
+    type=click.IntRange(1, 64),
+    default=None,
     help="Start a local cluster of this many masters instead (development and tests).",
-)  # fmt: skip
+)
+@click.option(
+    "--replicas",
+    type=click.IntRange(0, 8),
+    default=None,
+    help="Replicas per primary: with --cluster, per master; alone, a primary with this many "
+    "replicas (try acks='all' and failover locally).",
+)
+@click.option(
+    "--sentinel",
+    is_flag=True,
+    help="With --replicas: three Sentinels that promote a replica when the primary dies; "
+    "prints the redis+sentinel:// URL.",
+)
 @click.option("--base-port", type=int, default=None, help="Cluster: first port (default: free).")
-def server_start(data_dir: str | None, masters: int | None, base_port: int | None) -> None:
-    """Start the embedded server, or with --cluster N a local N-master cluster (no-op if up)."""
+def server_start(
+    data_dir: str | None,
+    masters: int | None,
+    replicas: int | None,
+    sentinel: bool,
+    base_port: int | None,
+) -> None:
+    """Start the embedded server, or a local cluster (--cluster N [--replicas R]), or a local
+    primary with replicas (--replicas R [--sentinel]). A no-op for what already runs."""
+    if sentinel and masters is not None:
+        raise click.UsageError("--sentinel is for a primary with replicas, not a cluster")
+    if sentinel and not replicas:
+        raise click.UsageError("--sentinel needs --replicas 1 or more (a replica to promote)")
     if masters is not None:
-        cl = _cluster(data_dir, masters, base_port)
-        url = cl.ensure_running()
+        cl = _cluster(data_dir, masters, base_port, replicas or 0)
+        url = cl.ensure_running(timeout=60)
+        extra = f" with {cl.replicas} replica(s) each" if cl.replicas else ""
         click.echo(
-            f"Embedded cluster of {len(cl.ports)} masters running at {url} (data in {cl.data_dir})"
+            f"Embedded cluster of {cl.masters} masters{extra} running at {url} "
+            f"(data in {cl.data_dir})"
+        )
+        click.echo(f"Use it with: --url {url}  (or PARTSTREAM_URL={url})")
+        return
+    if replicas is not None:
+        rs = _replica_set(data_dir, replicas, 3 if sentinel else 0)
+        url = rs.ensure_running(timeout=60)
+        sentinels = f" behind {rs.sentinels} Sentinels" if rs.sentinels else ""
+        click.echo(
+            f"Embedded primary with {rs.replicas} replica(s){sentinels} running at {url} "
+            f"(data in {rs.data_dir})"
         )
         click.echo(f"Use it with: --url {url}  (or PARTSTREAM_URL={url})")
         return
@@ -54,8 +105,17 @@ def server_start(data_dir: str | None, masters: int | None, base_port: int | Non
 @server.command("stop")
 @_DATA_DIR
 @click.option("--cluster", "cluster", is_flag=True, help="Stop the local cluster instead.")
-def server_stop(data_dir: str | None, cluster: bool) -> None:
-    """Stop the embedded server or the local cluster (they save their data first)."""
+@click.option("--replicas", is_flag=True, help="Stop the local primary with replicas instead.")
+def server_stop(data_dir: str | None, cluster: bool, replicas: bool) -> None:
+    """Stop the embedded server, the local cluster or the replica set (data is saved first)."""
+    if replicas:
+        stopped = _replica_set(data_dir).stop()
+        click.echo(
+            "Stopped the embedded replica set"
+            if stopped
+            else "The embedded replica set was not running"
+        )
+        return
     if cluster:
         stopped = _cluster(data_dir).stop()
         click.echo(
@@ -90,10 +150,20 @@ def server_status(data_dir: str | None, fmt: str) -> None:
                     "port": n.port,
                     "pid": n.pid,
                     "running": n.running,
-                    "slots": f"{n.slots[0]}-{n.slots[1]}",
+                    "role": n.role,
+                    "slots": n.slots,
                 }
                 for n in cl.status()
             ],
+        }
+    rs = _replica_set(data_dir)
+    if rs.node_ports:
+        data["replicas"] = {
+            "running": rs.is_running(),
+            "stopped": not rs.pids(),
+            "url": rs.url,
+            "primary": rs.primary_port(),
+            "nodes": [{"port": m.port, "pid": m.pid, "role": m.role} for m in rs.status()],
         }
     emit(fmt, data, _status_text)
 
@@ -106,8 +176,12 @@ def _status_text(d: dict[str, Any]) -> str:
     if cl := d.get("cluster"):
         lines.append(f"cluster {'ok' if cl['running'] else 'down'} url={cl['url']}")
         lines += [
-            f"  node 127.0.0.1:{n['port']} {'running' if n['running'] else 'stopped'} "
-            f"pid={n['pid']} slots={n['slots']}"
+            f"  node 127.0.0.1:{n['port']} {n['role']} pid={n['pid']}"
+            + (f" slots={n['slots']}" if n["slots"] else "")
             for n in cl["nodes"]
         ]
+    if rs := d.get("replicas"):
+        state = "ok" if rs["running"] else "stopped" if rs["stopped"] else "degraded"
+        lines.append(f"replica set {state} url={rs['url']}")
+        lines += [f"  127.0.0.1:{n['port']} {n['role']} pid={n['pid']}" for n in rs["nodes"]]
     return "\n".join(lines)

@@ -25,6 +25,7 @@ from typing import Any
 import partitions
 from tests.faults import (  # noqa: F401 - importing registers the scenarios
     test_consumer_faults,
+    test_ha_faults,
     test_network_faults,
     test_producer_faults,
     test_server_faults,

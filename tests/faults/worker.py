@@ -78,10 +78,10 @@ def producer_config(args: argparse.Namespace) -> ProducerConfig:
     """ProducerConfig() unless the scenario is about a producer setting."""
     changes = {
         name: getattr(args, name)
-        for name in ("linger_ms", "batch_size", "retries")
+        for name in ("linger_ms", "batch_size", "retries", "acks")
         if getattr(args, name) is not None
     }
-    return ProducerConfig(**changes)
+    return ProducerConfig().with_changes(**changes)
 
 
 def acked_before(path: str) -> set[tuple[str, int]]:
@@ -159,7 +159,9 @@ def group_settings(args: argparse.Namespace) -> GroupSettings | None:
         changes["heartbeat_interval_ms"] = args.heartbeat_ms
     if args.reclaim_ms is not None:
         changes["reclaim_idle_ms"] = args.reclaim_ms
-    return GroupSettings(**changes) if changes else None
+    if args.group_acks is not None:
+        changes["acks"] = args.group_acks
+    return GroupSettings().with_changes(**changes) if changes else None
 
 
 def parse_poison(text: str | None) -> tuple[str, int] | None:
@@ -283,6 +285,7 @@ def main() -> int:
     ap.add_argument("--flush-timeout", type=float, default=120.0)
     ap.add_argument("--log-issue", action="store_true")
     ap.add_argument("--resume-from", default=None)
+    ap.add_argument("--acks", default=None, help="ProducerConfig.acks: 1 or all")
     # consumer
     ap.add_argument("--session-ms", type=int, default=None)
     ap.add_argument("--heartbeat-ms", type=int, default=None)
@@ -292,6 +295,7 @@ def main() -> int:
     ap.add_argument("--work-ms", type=float, default=0.0)
     ap.add_argument("--slow-ms", type=float, default=0.0)
     ap.add_argument("--poison", default=None, help="KEY#SEQ: SIGKILL itself on handling it")
+    ap.add_argument("--group-acks", default=None, help="GroupSettings.acks: 1 or all")
     args = ap.parse_args()
     log = Log(args.log)
     try:

@@ -89,7 +89,8 @@ def test_cluster_forms_with_every_slot_and_reuses_running_nodes(
 ) -> None:
     assert cluster.is_running()
     pids = cluster.pids()
-    assert len(pids) == 3
+    assert len(pids) == len(cluster.ports) == 3 * (1 + cluster.replicas)
+    assert len(cluster.primary_ports()) == 3
     again = EmbeddedCluster(cluster.data_dir)  # a later process: reads cluster.json
     assert again.ensure_running() == cluster.url
     assert again.pids() == pids  # reused, not restarted
@@ -105,7 +106,7 @@ def test_partitions_spread_over_all_nodes_and_describe_names_them(
             p.send("spread", b"x", key=b"k", partition=part)
     desc = admin.describe("spread")
     nodes = {info.node for info in desc.partitions}
-    assert nodes == {f"127.0.0.1:{port}" for port in cluster.ports}
+    assert nodes == {f"127.0.0.1:{port}" for port in cluster.primary_ports()}
     for info in desc.partitions:
         # The node named by describe really holds the partition's stream.
         port = int(str(info.node).rsplit(":", 1)[1])
@@ -163,7 +164,7 @@ def test_server_checks_read_every_primary(cluster: EmbeddedCluster, cconfig: Cli
     with connect(cconfig) as c:
         assert c.is_cluster and c.server.cluster
         assert c.server.maxmemory_policy == "noeviction"
-    last = cluster.ports[-1]  # not the seed node of the URL: detection must ask it too
+    last = cluster.primary_ports()[-1]  # every primary, not only a seed, must be asked
     with cluster.client(last) as node:
         node.config_set("maxmemory-policy", "allkeys-lru")
         try:
@@ -193,7 +194,7 @@ def test_resharding_a_live_partition_loses_nothing_and_keeps_key_order(
     stream = cconn.keys.stream(topic, 0)
     slot = int(cconn.client.keyslot(stream))
     src = cluster.owner_of(slot)
-    dst = next(port for port in cluster.ports if port != src)
+    dst = next(port for port in cluster.primary_ports() if port != src)
 
     stop_producing, stop_reading = threading.Event(), threading.Event()
     futures: list[RecordFuture] = []
@@ -258,7 +259,7 @@ def test_consumers_keep_consuming_while_a_partition_slot_migrates(
     stream = cconn.keys.stream(topic, 0)
     slot = int(cconn.client.keyslot(stream))
     src = cluster.owner_of(slot)
-    dst = next(port for port in cluster.ports if port != src)
+    dst = next(port for port in cluster.primary_ports() if port != src)
     settings = GroupSettings(session_timeout_ms=6000, heartbeat_interval_ms=500)
 
     stop_producing, stop_consuming = threading.Event(), threading.Event()

@@ -161,7 +161,6 @@ def _git_commit() -> str | None:
 
 def environment(conn: Connection, server: BenchServer) -> dict[str, Any]:
     """What a result needs to be read later: server, machine, interpreter, packages."""
-    load = os.getloadavg() if hasattr(os, "getloadavg") else (0.0, 0.0, 0.0)
     return {
         "server": {
             "flavor": conn.server.flavor,
@@ -170,6 +169,14 @@ def environment(conn: Connection, server: BenchServer) -> dict[str, Any]:
             "url": redact_url(server.url) if not server.embedded else "embedded (private)",
             "embedded": server.embedded,
         },
+        **machine(),
+    }
+
+
+def machine() -> dict[str, Any]:
+    """The machine, interpreter, packages and commit (what a run without a server needs)."""
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (0.0, 0.0, 0.0)
+    return {
         "cpu_count": os.cpu_count(),
         "load_avg_1m": round(load[0], 2),
         "platform": platform.platform(),

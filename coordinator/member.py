@@ -195,7 +195,12 @@ class Member:
         desc = parse_describe(reply, self.group)
         if desc.epoch != epoch or desc.target_epoch == desc.epoch:
             return desc.target_epoch == desc.epoch
-        members = {m.member_id: MemberSubscription(frozenset(m.topics)) for m in desc.members}
+        # Instance ids order static members, so a restart under a new member id changes
+        # nothing any assignor computes.
+        members = {
+            m.member_id: MemberSubscription(frozenset(m.topics), m.instance_id)
+            for m in desc.members
+        }
         current = {m.member_id: set(m.target) for m in desc.members}
         try:
             target = assign(desc.assignor, members, desc.topics, current)

@@ -33,9 +33,15 @@ class TopicPartition(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class MemberSubscription:
-    """What a member asks for: the topics it subscribes to."""
+    """What a member asks for: the topics it subscribes to, and its static instance id.
+
+    Assignors order members by instance id where they have one (static members first, then
+    dynamic members by member id), so a static member that restarts under a new member id
+    takes the same place, like Kafka's ``group.instance.id``.
+    """
 
     topics: frozenset[str]
+    instance_id: str | None = None
 
 
 def join_partitions(tps: Iterable[TopicPartition]) -> str:

@@ -173,7 +173,6 @@ def _git_commit() -> str | None:
 
 def environment(conn: Connection, server: BenchServer) -> dict[str, Any]:
     """What a result needs to be read later: server, machine, interpreter, packages."""
-    load = os.getloadavg() if hasattr(os, "getloadavg") else (0.0, 0.0, 0.0)
     return {
         "server": {
             "flavor": conn.server.flavor,
@@ -183,6 +182,14 @@ def environment(conn: Connection, server: BenchServer) -> dict[str, Any]:
             "embedded": server.embedded,
             "replicas": conn.server.replicas,
         },
+        **machine(),
+    }
+
+
+def machine() -> dict[str, Any]:
+    """The machine, interpreter, packages and commit (what a run without a server needs)."""
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (0.0, 0.0, 0.0)
+    return {
         "cpu_count": os.cpu_count(),
         "load_avg_1m": round(load[0], 2),
         "platform": platform.platform(),

@@ -1,4 +1,4 @@
-"""``partstream bench produce|consume|e2e|rebalance``: the load harness (a thin layer)."""
+"""``partstream bench produce|consume|e2e|rebalance|coordinator``: the harness (a thin layer)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any
 import click
 import orjson
 
+from partitions.bench.assignors import AssignorBenchOptions, env_line, run_assignor_bench
 from partitions.bench.harness import run_bench
 from partitions.bench.options import BenchOptions
 from partitions.bench.output import csv_text, summary_text, window_line
@@ -238,5 +239,54 @@ _mode("produce", "Producer throughput vs a redis-py XADD pipeline loop and redis
 _mode("consume", "Consumer throughput vs a redis-py XREADGROUP + XACK loop.")
 _mode("e2e", "Fixed-rate end-to-end latency vs a raw XADD -> XREADGROUP BLOCK loop.")
 _mode("rebalance", "Join / leave / kill -9: time to reconcile and pauses of unmoved partitions.")
+
+_ASSIGNOR_DEFAULTS = AssignorBenchOptions()
+
+
+@bench_group.command("coordinator")
+@click.option("--members", type=int, default=_ASSIGNOR_DEFAULTS.members, show_default=True)
+@click.option("--partitions", type=int, default=_ASSIGNOR_DEFAULTS.partitions, show_default=True)
+@click.option("--topics", type=int, default=_ASSIGNOR_DEFAULTS.topics, show_default=True)
+@click.option(
+    "--subscriptions",
+    type=click.Choice(["equal", "unequal"]),
+    default=_ASSIGNOR_DEFAULTS.subscriptions,
+    show_default=True,
+    help="equal: every member subscribes to every topic; unequal: each to a random subset.",
+)
+@click.option("--assignor", default=_ASSIGNOR_DEFAULTS.assignor, show_default=True)
+@click.option(
+    "--repeat",
+    type=int,
+    default=_ASSIGNOR_DEFAULTS.repeat,
+    show_default=True,
+    help="Timed runs per case; the figure is their median.",
+)
+@click.option("--seed", type=int, default=_ASSIGNOR_DEFAULTS.seed, show_default=True)
+@click.option(
+    "--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the results (with the environment) as JSON to FILE.",
+)
+def coordinator_cmd(fmt: str, out: Path | None, **params: Any) -> None:
+    """The assignor's time on a large group: first target, a leave, a join (no server)."""
+    command = " ".join(
+        ["partstream", "bench", "coordinator"]
+        + [f"--{k} {v}" for k, v in params.items() if v != getattr(_ASSIGNOR_DEFAULTS, k)]
+    )
+    opts = AssignorBenchOptions(**params)
+    text = fmt == "text"
+    result = run_assignor_bench(opts, command=command, say=click.echo if text else lambda _: None)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2) + b"\n")
+    if text:
+        click.echo(env_line(result))
+    else:
+        click.echo(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
+
 
 __all__ = ["bench_group"]

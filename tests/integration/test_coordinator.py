@@ -200,6 +200,33 @@ def test_static_member_not_back_in_time_is_evicted(conn: Connection) -> None:
     assert r.owned == {} and r.member_epoch == r.group_epoch
 
 
+@pytest.mark.parametrize("assignor", ["range", "roundrobin", "uniform"])
+def test_static_restart_under_a_new_member_id_keeps_the_share(
+    conn: Connection, assignor: str
+) -> None:
+    """A static member restarts under a member id that sorts on the other side of its peer;
+    at the next rebalance (a member joins another topic) every assignor gives both static
+    members what they had, because members are ordered by instance id."""
+    s = GroupSettings(assignor=assignor, session_timeout_ms=3000, heartbeat_interval_ms=300)
+    pod0 = member(conn, "b", instance_id="pod-0", settings=s)
+    pod1 = member(conn, "c", instance_id="pod-1", settings=s)
+    pod0.join()
+    pod1.join()
+    first = settle([pod0, pod1])
+    shares = {"pod-0": set(first["b"].owned), "pod-1": set(first["c"].owned)}
+    pod0.leave(temporary=True)
+    again = member(conn, "d", instance_id="pod-0", settings=s)
+    assert set(again.join().owned) == shares["pod-0"]
+    other = Member(conn.client, conn.keys, "g", {"audit": 2}, member_id="a", settings=s)
+    epoch = GroupAdmin(conn.client, conn.keys).describe("g").epoch
+    other.join()
+    last = settle([again, pod1, other])
+    assert last["d"].group_epoch > epoch
+    assert set(last["d"].owned) == shares["pod-0"]
+    assert set(last["c"].owned) == shares["pod-1"]
+    assert {tp.topic for tp in last["a"].owned} == {"audit"}
+
+
 def test_target_is_compare_and_set_on_the_group_epoch(conn: Connection) -> None:
     a, b = member(conn, "a"), member(conn, "b")
     a.join()

@@ -229,7 +229,10 @@ class Functions:
                 if time.monotonic() + pause > deadline:
                     err = not_run.__cause__
                     assert isinstance(err, Exception)
-                    raise translate(err, context or f"function {name}") from err
+                    where = context or f"function {name}"
+                    if isinstance(err, rex.RedisClusterException):
+                        raise ConnectionFailedError(f"{where}: {err}") from err
+                    raise translate(err, where) from err
                 time.sleep(pause)
                 pause = min(pause * 2, _MAX_PAUSE_S)
 

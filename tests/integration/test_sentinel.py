@@ -13,6 +13,7 @@ reach the replica before the failover, which is a StateLostError, never re-creat
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -30,6 +31,7 @@ from coordinator.errors import NotEnoughReplicasError, StateLostError
 from coordinator.group import GroupAdmin
 from coordinator.settings import GroupSettings
 from partitions.cli import main
+from partitions.cluster import EmbeddedCluster
 from partitions.config import ClientConfig, ConsumerConfig, ProducerConfig
 from partitions.connection import Connection, connect
 from partitions.consumer import Consumer
@@ -330,3 +332,28 @@ def test_acks_all_without_replicas_fails_typed_within_the_delivery_timeout(
             took = time.monotonic() - t
         assert 2.0 < took < 10, took
         assert conn.client.xlen(conn.keys.stream("t", 0)) == 1  # in doubt, not duplicated
+
+
+def test_cli_helper_starts_a_cluster_with_replicas() -> None:
+    """`partstream server start --cluster 3 --replicas 1`: three masters with the slots, a
+    replica in sync behind each; status says who is what; stop stops all six by pid."""
+    tmp = Path(tempfile.mkdtemp(prefix="ps-cl-cli-", dir="/tmp"))
+    runner = CliRunner()
+    try:
+        res = runner.invoke(
+            main, ["server", "start", "--cluster", "3", "--replicas", "1", "--data-dir", str(tmp)]
+        )
+        if res.exit_code != 0 and not os.environ.get("CI"):
+            pytest.skip(f"cannot start a local cluster: {res.output}")
+        assert res.exit_code == 0, res.output
+        assert "3 masters with 1 replica(s) each" in res.output
+        res = runner.invoke(main, ["server", "status", "--data-dir", str(tmp), "--format", "json"])
+        assert res.exit_code == 0, res.output
+        nodes = json.loads(res.output)["cluster"]["nodes"]
+        assert sorted(n["role"] for n in nodes) == ["master"] * 3 + ["replica"] * 3
+        assert all(n["slots"] for n in nodes if n["role"] == "master")
+    finally:
+        res = runner.invoke(main, ["server", "stop", "--cluster", "--data-dir", str(tmp)])
+        EmbeddedCluster(tmp / "cluster").stop(timeout=5)  # whatever the CLI did
+        shutil.rmtree(tmp, ignore_errors=True)
+    assert "Stopped the embedded cluster" in res.output

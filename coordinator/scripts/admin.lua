@@ -24,11 +24,6 @@ local K_CFG, K_STATE, K_MEMBERS, K_HB, K_TARGET, K_OWNERS, K_INST =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local op = ARGV[1]
 
-local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-
 local function no_group()
   return {'ERR', 'UNKNOWN_GROUP', 'the group does not exist'}
 end
@@ -40,24 +35,14 @@ local function settings_from(first)
 end
 
 -- A key of the wrong type (written by someone else) must stop us before any write.
-local EXPECTED = {'hash', 'hash', 'hash', 'zset', 'hash', 'hash', 'hash'}
-for i = 1, 7 do
-  local t = redis.call('TYPE', KEYS[i])['ok']
-  if t ~= 'none' and t ~= EXPECTED[i] then
-    return redis.error_reply('WRONGTYPE key ' .. KEYS[i] .. ' holds a ' .. t .. ', not a ' ..
-      EXPECTED[i] .. ': something else wrote it; delete it or use another namespace')
-  end
-end
+local wrong = group_key_type_error(KEYS)  -- common.lua
+if wrong then return wrong end
 
 if op == 'create' then
   if redis.call('EXISTS', K_CFG) == 1 then return {'EXISTS'} end
   local now = now_ms()
   redis.call('HSET', K_CFG, unpack(settings_from(2)))
-  -- Same token origin as member.lua: above any fence an older incarnation left.
-  redis.call('HSETNX', K_STATE, 'grant', string.format('%d', now * 1000))
-  redis.call('HSETNX', K_STATE, 'epoch', 0)
-  redis.call('HSETNX', K_STATE, 'target_epoch', 0)
-  redis.call('HSETNX', K_STATE, 'created_ms', string.format('%d', now))
+  bootstrap_group_state(K_STATE, now)  -- common.lua
   return {'OK'}
 end
 

@@ -62,8 +62,7 @@ if i ~= #argv + 1 then
 end
 
 local stream, seqkey = KEYS[1], KEYS[2]
-local t = redis.call('TIME')
-local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now_ms = now_ms()  -- common.lua
 
 if pid ~= '' then
   local prev = redis.call('HGET', seqkey, pid)

@@ -35,11 +35,6 @@ local K_CFG, K_STATE, K_MEMBERS, K_HB, K_TARGET, K_OWNERS, K_INST =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local op, member_id = ARGV[1], ARGV[2]
 
-local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-
 local function split(s)
   local out = {}
   if s then
@@ -61,7 +56,7 @@ local function sorted_keys(s)
   return out
 end
 
-local function fmt(n) return string.format('%d', n) end
+local fmt = fmt_int  -- common.lua
 
 local function get_member(id)
   local raw = redis.call('HGET', K_MEMBERS, id)
@@ -134,12 +129,7 @@ local function ensure_group(now, first_setting)
   local fields = {}
   for i = first_setting, #ARGV do fields[#fields + 1] = ARGV[i] end
   redis.call('HSET', K_CFG, unpack(fields))
-  -- Grant tokens start at the server's clock (x1000), so a deleted and re-created group
-  -- still issues tokens above any fence an older incarnation left behind.
-  redis.call('HSETNX', K_STATE, 'grant', fmt(now * 1000))
-  redis.call('HSETNX', K_STATE, 'epoch', 0)
-  redis.call('HSETNX', K_STATE, 'target_epoch', 0)
-  redis.call('HSETNX', K_STATE, 'created_ms', fmt(now))
+  bootstrap_group_state(K_STATE, now)  -- common.lua
   return 1
 end
 
@@ -195,14 +185,8 @@ local now = now_ms()
 
 if op == 'join' then
   -- A key of the wrong type (written by someone else) must stop a join before any write.
-  local expected = {'hash', 'hash', 'hash', 'zset', 'hash', 'hash', 'hash'}
-  for i = 1, 7 do
-    local t = redis.call('TYPE', KEYS[i])['ok']
-    if t ~= 'none' and t ~= expected[i] then
-      return redis.error_reply('WRONGTYPE key ' .. KEYS[i] .. ' holds a ' .. t .. ', not a ' ..
-        expected[i] .. ': something else wrote it; delete it or use another namespace')
-    end
-  end
+  local wrong = group_key_type_error(KEYS)  -- common.lua
+  if wrong then return wrong end
   local instance, client, topics = ARGV[3], ARGV[4], ARGV[5]
   if ARGV[6] == '1' and redis.call('EXISTS', K_CFG) == 0 then
     return {'ERR', 'STATE_LOST', 'the group vanished while this member was in it (the server ' ..

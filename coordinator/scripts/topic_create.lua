@@ -5,7 +5,5 @@
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return 0
 end
-local t = redis.call('TIME')
-local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('HSET', KEYS[1], 'created_ms', now_ms, 'version', 1, unpack(ARGV))
+redis.call('HSET', KEYS[1], 'created_ms', now_ms(), 'version', 1, unpack(ARGV))  -- common.lua
 return 1

@@ -1,0 +1,110 @@
+"""The ACL roles on a cluster: normal work passes under each role on every node, and the
+producer still cannot read or trim its topic there. ACL users are per node, so each primary
+gets the same rules (as a provisioning tool would set them). The single-server ACL tests,
+on Redis 7 and on Valkey, are in test_security.py."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+
+from coordinator.group import GroupAdmin
+from coordinator.settings import GroupSettings
+from partitions.acl import acl_rules
+from partitions.config import ClientConfig, ProducerConfig
+from partitions.connection import Connection, connect
+from partitions.consumer import Consumer
+from partitions.library import load_library
+from partitions.producer import Producer
+from partitions.topics import TopicAdmin, TopicSpec
+
+pytestmark = pytest.mark.integration
+
+PASSWORD = "Cl-acl-s3cret"
+FAST = GroupSettings(session_timeout_ms=3000, heartbeat_interval_ms=500)
+
+
+def _primaries(conn: Connection) -> list[Any]:
+    return [conn.client.get_redis_connection(n) for n in conn.client.get_primaries()]
+
+
+@pytest.fixture
+def users(conn: Connection) -> Iterator[dict[str, str]]:
+    if not conn.is_cluster:
+        pytest.skip("a cluster test; the single-server ACL tests are in test_security.py")
+    # The local cluster is Valkey, which has CLIENT SETINFO (redis-py sends it on connect).
+    ns = conn.keys.ns
+    tag = ns[-6:]
+    names = {role: f"{role}-{tag}" for role in ("producer", "consumer", "admin")}
+    common: dict[str, Any] = {"namespace": ns, "password": PASSWORD, "client_setinfo": True}
+    rules = {
+        "producer": acl_rules("producer", user=names["producer"], topics=["orders"], **common),
+        "consumer": acl_rules(
+            "consumer", user=names["consumer"], topics=["orders"], groups=["billing"], **common
+        ),
+        "admin": acl_rules("admin", user=names["admin"], **common),
+    }
+    nodes = _primaries(conn)
+    for node in nodes:
+        for r in rules.values():
+            node.execute_command("ACL", "SETUSER", *r)
+        node.execute_command("ACL", "LOG", "RESET")
+    base = conn.url.split("//", 1)[1].split("/", 1)[0].rsplit("@", 1)[-1].split(",", 1)[0]
+    try:
+        yield {role: f"redis+cluster://{u}:{PASSWORD}@{base}" for role, u in names.items()}
+    finally:
+        for node in nodes:
+            node.execute_command("ACL", "DELUSER", *names.values())
+
+
+def _denials(conn: Connection, user: str) -> list[Any]:
+    out = []
+    for node in _primaries(conn):
+        for e in node.execute_command("ACL", "LOG"):
+            fields = e if isinstance(e, dict) else dict(zip(e[::2], e[1::2], strict=False))
+            name = fields.get(b"username", fields.get("username"))
+            obj = fields.get(b"object", fields.get("object"))
+            name = name.decode() if isinstance(name, bytes) else name
+            obj = obj.decode() if isinstance(obj, bytes) else obj
+            if name == user and obj != "config|get":  # CONFIG is never granted, by design
+                out.append(fields)
+    return out
+
+
+def test_each_role_works_on_every_node_of_the_cluster(
+    conn: Connection, users: dict[str, str]
+) -> None:
+    ns = conn.keys.ns
+    with connect(ClientConfig(url=users["admin"], namespace=ns)) as admin:
+        load_library(admin)  # on every primary, as `partstream functions load` does
+        TopicAdmin(admin).create(TopicSpec("orders", 6))  # partitions spread over the nodes
+        GroupAdmin(admin.client, admin.keys).create("billing", FAST)
+    with (
+        connect(ClientConfig(url=users["producer"], namespace=ns)) as pc,
+        Producer(pc, ProducerConfig(linger_ms=1)) as p,
+    ):
+        metas = [p.send("orders", f"v{i}", partition=i % 6).result(10) for i in range(60)]
+        assert {m.partition for m in metas} == set(range(6))
+    got: list[Any] = []
+    with (
+        connect(ClientConfig(url=users["consumer"], namespace=ns)) as cc,
+        Consumer("billing", "orders", conn=cc, group_settings=FAST) as c,
+    ):
+        end = time.monotonic() + 30
+        while len(got) < 60 and time.monotonic() < end:
+            got += c.poll(timeout=0.5)
+        c.poll(timeout=0.2)  # the last batch's acks ride on this read
+    assert sorted(r.value for r in got) == sorted(f"v{i}".encode() for i in range(60))
+    short = {k: v.rsplit("@", 1)[0].split("//", 1)[1].split(":", 1)[0] for k, v in users.items()}
+    for role in ("producer", "consumer", "admin"):
+        assert _denials(conn, short[role]) == [], role  # nothing refused in normal work
+    with connect(ClientConfig(url=users["producer"], namespace=ns)) as pc:
+        for part in range(6):  # on whichever node holds it: no read, no trim
+            stream = pc.keys.stream("orders", part)
+            for cmd in (("XRANGE", stream, "-", "+"), ("XTRIM", stream, "MAXLEN", "0")):
+                with pytest.raises(redis.exceptions.NoPermissionError):
+                    pc.client.execute_command(*cmd)

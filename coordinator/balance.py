@@ -188,7 +188,7 @@ class _ClassFlow:
                     if c >= 0:
                         settled[c] = True
                 continue
-            self._block(sources, high, depth, free_only)
+            self._block(high, depth, free_only)
 
     def _spare(self, c: int, t: int, free_only: bool) -> int:
         """How many of topic t class c can pass on (in the free-only pass: beyond its own)."""
@@ -224,7 +224,7 @@ class _ClassFlow:
                         queue.append(c2)
         return depth, sinks
 
-    def _block(self, sources: list[int], high: int, depth: dict[int, int], free_only: bool) -> None:
+    def _block(self, high: int, depth: dict[int, int], free_only: bool) -> None:
         """Push flow along the BFS layers until no source reaches a sink (a blocking flow),
         searching back from the sinks: a sink takes the topic it holds least of per member
         first (so a class's members keep what they hold when it is split evenly among

@@ -123,7 +123,8 @@ def _peer_line(peers: dict[str, Any], pk: dict[str, Any]) -> str:
 
 def table(files: list[Path]) -> str:
     order = {"produce": 0, "consume": 1, "e2e": 2, "rebalance": 3}
-    datas = [json.loads(f.read_text()) for f in files]
+    # Only the load modes: bench coordinator (no server, no baseline) is quoted on its own.
+    datas = [d for f in files if (d := json.loads(f.read_text()))["mode"] in order]
     datas.sort(key=lambda d: (order.get(d["mode"], 9), _server(d["env"])))
     head = (
         "| mode | server | figures (median round) | ratios (median of rounds) | targets | "

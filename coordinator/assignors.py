@@ -181,6 +181,8 @@ def _valid_current(
                 got.append(tp)
         for got in out.values():
             got.sort()
+        # Topics in name order: set iteration order varies from process to process.
+        kept[member] = dict(sorted(out.items()))
     return kept, claimed
 
 

@@ -24,11 +24,13 @@ the fewest moves overall. Between classes, the tie-breaks spread each topic towa
 members holding the least of it, without a guarantee.
 
 Method: the class totals start from what is held, with the free partitions water-filled onto
-the least loaded classes; shortest augmenting chains (blocking flows, in bulk) then remove
-every load gap of two, and negative cycles of the residual graph, with a move costing one
-and load-neutral exchanges free, are cancelled until none is left (the optimality
-certificate of a min-cost flow). Inside each class, the topics' remainders ("extras") are a
-bipartite b-matching, solved the same way.
+the least loaded classes. Shortest augmenting chains (blocking flows, in bulk) then remove
+every load gap of two: first passing on only partitions nobody held, then any. The
+shortest negative cycles (a class takes back what it lost) are undone directly, and a
+Bellman-Ford pass cancels whatever negative cycle of the residual graph is left, with a
+move costing one and load-neutral exchanges free; it ends on a feasible potential, the
+optimality certificate of a min-cost flow. Inside each class, the topics' remainders
+("extras") are a bipartite b-matching (:mod:`coordinator.spread`).
 """
 
 from __future__ import annotations
@@ -56,7 +58,9 @@ def balanced_counts(
     """
     totals = _ClassFlow(class_sizes, class_topics, topic_counts, held)
     totals.fill()
-    totals.level()
+    totals.level(free_only=True)
+    totals.level(free_only=False)
+    totals.shortcuts()
     totals.unmove()
     out: list[Counts] = []
     for c, size in enumerate(class_sizes):
@@ -161,11 +165,13 @@ class _ClassFlow:
             heapq.heappush(heap, (self.bottom(c), n[c][t] / k[c], c))
 
     # -- 2. no load gap of two ------------------------------------------------------------
-    def level(self) -> None:
+    def level(self, *, free_only: bool) -> None:
         """Shortest chains from the most loaded classes to any two below, in bulk (Dinic).
 
         When the most loaded reach no such class, the classes they reach are settled: nothing
         they hold can leave them and their loads are within one, so they are set aside.
+        With ``free_only``, chains only pass on partitions a class did not hold before (a
+        first pass that moves nothing anybody held; what it leaves, the full pass does).
         """
         settled = [False] * len(self.k)
         while True:
@@ -176,16 +182,21 @@ class _ClassFlow:
             if min(self.bottom(c) for c in live) > high - 2:
                 return
             sources = [c for c in live if self.top(c) == high]
-            depth, sinks = self._layers(sources, high, settled)
+            depth, sinks = self._layers(sources, high, settled, free_only)
             if not sinks:
                 for c in depth:
                     if c >= 0:
                         settled[c] = True
                 continue
-            self._block(sources, high, depth)
+            self._block(high, depth, free_only)
+
+    def _spare(self, c: int, t: int, free_only: bool) -> int:
+        """How many of topic t class c can pass on (in the free-only pass: beyond its own)."""
+        v = self.n[c].get(t, 0)
+        return v - self.held[c].get(t, 0) if free_only else v
 
     def _layers(
-        self, sources: list[int], high: int, settled: list[bool]
+        self, sources: list[int], high: int, settled: list[bool], free_only: bool
     ) -> tuple[dict[int, int], list[int]]:
         """BFS depths (classes as c >= 0, topics as -1 - t) up to the nearest sinks."""
         depth: dict[int, int] = {c: 0 for c in sources}
@@ -197,9 +208,9 @@ class _ClassFlow:
             d = depth[c]
             if limit >= 0 and d >= limit:
                 break
-            for t, v in self.n[c].items():
+            for t in self.n[c]:
                 key = -1 - t
-                if v <= 0 or key in depth:
+                if key in depth or self._spare(c, t, free_only) <= 0:
                     continue
                 depth[key] = d + 1
                 for c2 in self.classes_of[t]:
@@ -213,54 +224,155 @@ class _ClassFlow:
                         queue.append(c2)
         return depth, sinks
 
-    def _block(self, sources: list[int], high: int, depth: dict[int, int]) -> None:
-        """Push flow along the BFS layers until no source reaches a sink (a blocking flow)."""
-        n, k, load = self.n, self.k, self.load
-        arcs: dict[int, list[int]] = {}
+    def _block(self, high: int, depth: dict[int, int], free_only: bool) -> None:
+        """Push flow along the BFS layers until no source reaches a sink (a blocking flow),
+        searching back from the sinks: a sink takes the topic it holds least of per member
+        first (so a class's members keep what they hold when it is split evenly among
+        them); a class passes on what it did not hold first (no move)."""
+        n, k, load, held = self.n, self.k, self.load, self.held
+        back: dict[int, list[int]] = {}  # node -> its predecessors in the layers
         for node, d in depth.items():
+            if d == 0:
+                continue
             if node >= 0:
-                arcs[node] = [t for t in n[node] if depth.get(-1 - t) == d + 1]
+                back[node] = [t for t in self.topics[node] if depth.get(-1 - t) == d - 1]
             else:
                 t = -1 - node
-                arcs[node] = [c for c in self.classes_of[t] if depth.get(c) == d + 1]
-        pos = dict.fromkeys(arcs, 0)
-        for src in sources:
-            while self.top(src) == high:
-                path = [src]
-                while path:
-                    node = path[-1]
-                    if node >= 0 and node != src and self.bottom(node) <= high - 2:
-                        break
-                    out = arcs[node]
-                    i = pos[node]
-                    while i < len(out):
-                        nxt = out[i]
-                        if node >= 0 and n[node].get(nxt, 0) <= 0:
-                            i += 1
-                            continue
-                        break
-                    pos[node] = i
-                    if i == len(out):
-                        path.pop()
-                        if path:
-                            pos[path[-1]] += 1
-                        continue
-                    nxt = out[i]
-                    path.append(-1 - nxt if node >= 0 else nxt)
-                if not path:
+                givers = [c for c in self.classes_of[t] if depth.get(c) == d - 1]
+                # Stable: the classes passing on what they did not hold come first.
+                back[node] = [c for c in givers if n[c].get(t, 0) > held[c].get(t, 0)]
+                back[node] += [c for c in givers if n[c].get(t, 0) <= held[c].get(t, 0)]
+        dead: set[tuple[int, int]] = set()  # arcs that lead to no source any more
+        pos: dict[int, int] = {}
+        limit = max(depth.values())
+        sinks = [c for c, d in depth.items() if c >= 0 and d == limit]
+        for sink in sinks:
+            while self.bottom(sink) <= high - 2:
+                topics = [t for t in back[sink] if (sink, t) not in dead]
+                if not topics:
                     break
-                sink = path[-1]
+                first = min(
+                    topics,
+                    key=lambda t: (
+                        n[sink].get(t, 0) >= held[sink].get(t, 0),  # a held one back first
+                        n[sink].get(t, 0) / k[sink],
+                        t,
+                    ),
+                )
+                path = self._back_path(sink, -1 - first, back, pos, high, free_only)
+                if path is None:
+                    dead.add((sink, first))
+                    continue
+                src = path[-1]
                 amount = min(load[src] - k[src] * (high - 1), k[sink] * (high - 1) - load[sink])
-                for a in range(0, len(path) - 1, 2):
-                    amount = min(amount, n[path[a]][-1 - path[a + 1]])
-                for a in range(0, len(path) - 1, 2):
-                    c, t, c2 = path[a], -1 - path[a + 1], path[a + 2]
-                    n[c][t] -= amount
-                    n[c2][t] = n[c2].get(t, 0) + amount
+                for a in range(1, len(path) - 1, 2):
+                    amount = min(amount, self._spare(path[a + 1], -1 - path[a], free_only))
+                for a in range(1, len(path) - 1, 2):
+                    t, c_from, c_to = -1 - path[a], path[a + 1], path[a - 1]
+                    n[c_from][t] -= amount
+                    n[c_to][t] = n[c_to].get(t, 0) + amount
                 load[src] -= amount
                 load[sink] += amount
 
+    def _back_path(
+        self,
+        sink: int,
+        topic_node: int,
+        back: dict[int, list[int]],
+        pos: dict[int, int],
+        high: int,
+        free_only: bool,
+    ) -> list[int] | None:
+        """From ``sink`` through ``topic_node``, back along the layers to a source with load
+        to give: the path sink, topic, class, topic, ..., source; None if there is none."""
+        path = [sink, topic_node]
+        while len(path) > 1:
+            node = path[-1]
+            if node >= 0 and node not in back:  # depth 0: a source
+                if self.top(node) == high:
+                    return path
+                path.pop()
+                pos[path[-1]] = pos.get(path[-1], 0) + 1
+                continue
+            preds = back.get(node, [])
+            i = pos.get(node, 0)
+            while i < len(preds):
+                prev = preds[i]
+                if node < 0 and self._spare(prev, -1 - node, free_only) <= 0:
+                    i += 1
+                    continue
+                break
+            pos[node] = i
+            if i == len(preds):
+                path.pop()
+                if len(path) > 1:
+                    pos[path[-1]] = pos.get(path[-1], 0) + 1
+                continue
+            prev = preds[i]
+            path.append(-1 - prev if node >= 0 else prev)
+        return None
+
     # -- 3. fewest partitions leaving their class ------------------------------------------
+    def shortcuts(self) -> None:
+        """Undo moves by the two shortest negative cycles, directly (what :meth:`unmove`
+        would find, much faster): a class that lost some of topic t takes one back from a
+        class holding more of t than before, either shifting one unit of load (when that
+        only swaps a member's L + 1 for another's L) or in exchange for a topic the second
+        class takes at no cost."""
+        n, held = self.n, self.held
+        subscribed = [set(ts) for ts in self.topics]
+        # Per topic, the classes holding more of it than they held (insertion-ordered), and
+        # per class, the topics it holds more of, and those it holds less of.
+        extra: list[dict[int, None]] = [{} for _ in self.counts]
+        more: list[dict[int, None]] = [{} for _ in self.k]
+        less: list[dict[int, None]] = [{} for _ in self.k]
+
+        def note(c: int, t: int) -> None:
+            v, h = n[c].get(t, 0), held[c].get(t, 0)
+            for table, key, value, on in (
+                (extra[t], c, None, v > h),
+                (more[c], t, None, v > h),
+                (less[c], t, None, v < h),
+            ):
+                if on:
+                    table[key] = value
+                else:
+                    table.pop(key, None)
+
+        for c, row in enumerate(n):
+            for t in sorted({*row, *held[c]}):
+                note(c, t)
+
+        def give(c: int, t: int, d: int) -> None:
+            n[c][t] -= 1
+            n[d][t] = n[d].get(t, 0) + 1
+            note(c, t)
+            note(d, t)
+
+        found = True
+        while found:
+            found = False
+            for c in range(len(self.k)):
+                for t in list(less[c]):
+                    for d in list(extra[t]):
+                        if t not in less[c]:
+                            break
+                        if d == c or d not in extra[t]:
+                            continue
+                        if self.top(d) == self.bottom(c) + 1:
+                            give(d, t, c)
+                            self.load[d] -= 1
+                            self.load[c] += 1
+                            found = True
+                            continue
+                        back = next((u for u in more[c] if u != t and u in subscribed[d]), -1)
+                        if back < 0:
+                            back = next((u for u in less[d] if u != t and n[c].get(u, 0) > 0), -1)
+                        if back >= 0:
+                            give(d, t, c)
+                            give(c, back, d)
+                            found = True
+
     def unmove(self) -> None:
         """Cancel negative cycles: a unit leaving a class that held it costs 1, returning one
         saves 1, and a class may pass one unit of load to another when that only swaps a
@@ -276,7 +388,7 @@ class _ClassFlow:
         pred = [-1] * size
         queue = deque(range(size))
         queued = [True] * size
-        pops = 0
+        work = 0
 
         def by_level() -> list[list[int]]:
             out: list[list[int]] = [[] for _ in range(levels)]
@@ -310,34 +422,54 @@ class _ClassFlow:
                     if not queued[v]:
                         queued[v] = True
                         queue.append(v)
-            pops += 1
-            if pops % size:
+            # Look for a cycle once the relaxations since the last look cost about as much
+            # as looking (a topic relaxes every subscribing class).
+            work += len(relaxed)
+            if work < size:
                 continue
+            work = 0
             cycles = pred_cycles(pred)
             if not cycles:
                 continue
-            touched = [v for cycle in cycles for v in self._cancel(cycle)]
+            pairs: set[tuple[int, int]] = set()
+            for cycle in cycles:
+                pairs.update(self._cancel(cycle))
+            changed = {c for c, _ in pairs}
             givers = by_level()
-            pred = [-1] * size
-            for v in [*touched, *range(z0, size)]:
+            # Forget the predecessor arcs whose cost or existence changed (the others still
+            # satisfy d[v] >= d[u] + w, so a predecessor cycle stays a negative one).
+            for v in range(size):
+                u = pred[v]
+                if u < 0:
+                    continue
+                if u < nc:
+                    stale = v >= z0 or (u, v - nc) in pairs
+                elif u < z0:
+                    stale = (v, u - nc) in pairs
+                else:
+                    stale = v in changed
+                if stale:
+                    pred[v] = -1
+            for v in [*changed, *(nc + t for _, t in pairs), *range(z0, size)]:
                 if not queued[v]:
                     queued[v] = True
                     queue.append(v)
         if pred_cycles(pred):  # pragma: no cover - a queue that empties leaves none
             raise AssertionError("negative cycle left in the class flow")
 
-    def _cancel(self, cycle: list[int]) -> list[int]:
+    def _cancel(self, cycle: list[int]) -> list[tuple[int, int]]:
+        """Move one unit around ``cycle``; the (class, topic) pairs it changed."""
         nc, nt = len(self.k), len(self.counts)
         n = self.n
-        touched: list[int] = []
+        pairs: list[tuple[int, int]] = []
         for i, u in enumerate(cycle):
             v = cycle[(i + 1) % len(cycle)]
-            if u < nc and nc <= v < nc + nt:
+            if u < nc and nc <= v < nc + nt:  # class u passes on one of topic v
                 n[u][v - nc] -= 1
                 self.load[u] -= 1
-                touched += [u, v]
-            elif nc <= u < nc + nt and v < nc:
+                pairs.append((u, v - nc))
+            elif nc <= u < nc + nt and v < nc:  # class v takes one of topic u
                 n[v][u - nc] = n[v].get(u - nc, 0) + 1
                 self.load[v] += 1
-                touched += [u, v]
-        return touched
+                pairs.append((v, u - nc))
+        return pairs

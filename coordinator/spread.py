@@ -20,6 +20,9 @@ from __future__ import annotations
 import heapq
 from collections import deque
 from collections.abc import Mapping
+from itertools import pairwise
+
+BONUS = 1 << 62  # the bonus node of the completion flow (topics are >= 0, members < 0)
 
 
 def spread_extras(size: int, extra: Mapping[int, int], good: list[set[int]]) -> list[set[int]]:
@@ -164,76 +167,132 @@ class _Extras:
                 need[m] -= 1
                 if need[m] > 0:
                     buckets[need[m]].append(m)
-        left = sum(self.slots.values())
-        for _ in range(left):
-            if not self._fill(keep_good=True):
-                self._fill(keep_good=False)
+        if any(self.slots.values()):
+            self._flow(keep_good=True)
+        if any(self.slots.values()):
+            self._flow(keep_good=False)
+        if any(self.slots.values()):  # pragma: no cover - Gale-Ryser: a chain always exists
+            raise AssertionError("extras left that no chain can give out")
         self.want = [len(p) for p in self.picks]
 
-    def _fill(self, *, keep_good: bool) -> bool:
-        """Give out one more extra along the shortest augmenting chain: a member takes a
-        free topic, dropping one it has for another member to take, and so on, until a
-        member with room takes one (room: below ``lo``, or at ``lo`` with a bonus left; a
-        member at ``lo`` can also take over the bonus of one at ``lo + 1``, which then
-        drops a topic). With ``keep_good`` no member drops a topic it would keep. Without,
-        a chain always exists: by Gale-Ryser, these degrees are a bipartite graph's."""
-        lo, k = self.lo, self.k
-        bonus_left = self.bonus - sum(1 for p in self.picks if len(p) > lo)
-        start = ("t", -1)
-        parent: dict[tuple[str, int], tuple[str, int]] = {}
-        queue: deque[tuple[str, int]] = deque()
-        for t in self.topics:
-            if self.slots[t] > 0:
-                parent[("t", t)] = start
-                queue.append(("t", t))
-        seen: set[int] = set()
-        while queue:
-            kind, x = node = queue.popleft()
-            if kind == "t":
-                for m in range(k):
-                    if m in seen or x in self.picks[m]:
-                        continue
-                    seen.add(m)
-                    parent[("m", m)] = node
-                    n = len(self.picks[m])
-                    if n < lo or (n == lo and bonus_left > 0):
-                        self._apply(parent, m)
-                        return True
-                    queue.append(("m", m))
-            elif kind == "m" or kind == "d":
-                for t in sorted(self.picks[x]):
-                    if ("t", t) in parent or (keep_good and t in self.good[x]):
-                        continue
-                    parent[("t", t)] = node
-                    queue.append(("t", t))
-                if kind == "m" and len(self.picks[x]) == lo and ("b", 0) not in parent:
-                    parent[("b", 0)] = node
-                    queue.append(("b", 0))
-            else:  # the bonus: a member at lo + 1 gives it up and must drop a topic
-                for m in range(k):
-                    if m not in seen and len(self.picks[m]) > lo:
-                        seen.add(m)
-                        parent[("d", m)] = node
-                        queue.append(("d", m))
-        if keep_good:
-            return False
-        raise AssertionError("no augmenting chain for the extras")  # pragma: no cover
+    def _flow(self, *, keep_good: bool) -> None:
+        """Give out the extras left along augmenting chains, many per pass (Dinic): a member
+        takes a free topic and drops one it has for another member to take, and so on,
+        until a member with room takes one (room: below ``lo``, or at ``lo`` while a bonus
+        is left; a member at ``lo`` can also take over the bonus of one at ``lo + 1``,
+        which then drops a topic). With ``keep_good`` no member drops a topic it would keep.
+        Without, chains exist until every extra is out: by Gale-Ryser, these degrees are a
+        bipartite graph's.
 
-    def _apply(self, parent: dict[tuple[str, int], tuple[str, int]], end: int) -> None:
-        node: tuple[str, int] = ("m", end)
-        while True:
-            up = parent[node]
-            kind, x = up
-            if node[0] == "m" and kind == "t":  # the member takes the topic
-                self.picks[node[1]].add(x)
-                self.holders[x][node[1]] = None
-            elif node[0] == "t" and kind in ("m", "d"):  # the member drops the topic
-                self.picks[x].discard(node[1])
-                self.holders[node[1]].pop(x, None)
-            elif node[0] == "t" and x == -1:  # a free extra
-                self.slots[node[1]] -= 1
+        Nodes: topic ``t`` is ``t``, member ``m`` is ``-1 - m``, the bonus is ``BONUS``."""
+        lo, picks = self.lo, self.picks
+        while any(self.slots.values()):
+            bonus_left = self.bonus - sum(1 for p in picks if len(p) > lo)
+            level: dict[int, int] = {}
+            queue: deque[int] = deque()
+            for t in self.topics:
+                if self.slots[t] > 0:
+                    level[t] = 0
+                    queue.append(t)
+            limit = -1
+            while queue:
+                u = queue.popleft()
+                d = level[u]
+                if 0 <= limit <= d:
+                    break
+                for v in self._arcs(u, keep_good):
+                    if v in level:
+                        continue
+                    level[v] = d + 1
+                    if v < 0 and self._room(-1 - v, bonus_left):
+                        limit = d + 1
+                    else:
+                        queue.append(v)
+            if limit < 0:
                 return
-            node = up
+            pos: dict[int, int] = {}
+            out: dict[int, list[int]] = {}
+            for start in self.topics:
+                while self.slots[start] > 0 and level.get(start) == 0:
+                    path = self._path(start, level, pos, out, keep_good, bonus_left)
+                    if path is None:
+                        break
+                    bonus_left -= self._push(path)
+
+    def _room(self, m: int, bonus_left: int) -> bool:
+        n = len(self.picks[m])
+        return n < self.lo or (n == self.lo and bonus_left > 0)
+
+    def _arcs(self, u: int, keep_good: bool) -> list[int]:
+        lo = self.lo
+        if u == BONUS:  # members at lo + 1 may hand the bonus over, then drop a topic
+            return [-1 - m for m in range(self.k) if len(self.picks[m]) > lo]
+        if u >= 0:  # members lacking the topic may take it
+            return [-1 - m for m in range(self.k) if u not in self.picks[m]]
+        m = -1 - u
+        g = self.good[m]
+        arcs = [
+            t
+            for t in sorted(self.picks[m], key=lambda t: (t in g, t))
+            if not (keep_good and t in g)
+        ]
+        if len(self.picks[m]) == lo:
+            arcs.append(BONUS)
+        return arcs
+
+    def _path(
+        self,
+        start: int,
+        level: dict[int, int],
+        pos: dict[int, int],
+        out: dict[int, list[int]],
+        keep_good: bool,
+        bonus_left: int,
+    ) -> list[int] | None:
+        """A path along the BFS layers from ``start`` to a member with room, or None."""
+        path = [start]
+        while path:
+            u = path[-1]
+            if u < 0 and len(path) > 1 and self._room(-1 - u, bonus_left):
+                return path
+            if u not in out:
+                out[u] = [v for v in self._arcs(u, keep_good) if level.get(v) == level[u] + 1]
+                pos[u] = 0
+            arcs, i = out[u], pos[u]
+            while i < len(arcs) and not self._usable(u, arcs[i], bonus_left):
+                i += 1
+            pos[u] = i
+            if i == len(arcs):
+                path.pop()
+                if path:
+                    pos[path[-1]] += 1
+                continue
+            path.append(arcs[i])
+        return None
+
+    def _usable(self, u: int, v: int, bonus_left: int) -> bool:
+        """Whether arc u -> v still exists (takes and drops change within a pass)."""
+        lo = self.lo
+        if u == BONUS:
+            return len(self.picks[-1 - v]) > lo
+        if u >= 0:
+            return u not in self.picks[-1 - v]
+        mine = self.picks[-1 - u]
+        if v == BONUS:
+            return len(mine) == lo and bonus_left <= 0
+        return v in mine
+
+    def _push(self, path: list[int]) -> int:
+        """Apply a path; returns the bonuses it used up (1 if it ends on one)."""
+        self.slots[path[0]] -= 1
+        for u, v in pairwise(path):
+            if 0 <= u != BONUS and v < 0:  # the member takes the topic
+                self.picks[-1 - v].add(u)
+                self.holders[u][-1 - v] = None
+            elif u < 0 and 0 <= v != BONUS:  # the member drops the topic
+                self.picks[-1 - u].discard(v)
+                self.holders[v].pop(-1 - u, None)
+        return 1 if len(self.picks[-1 - path[-1]]) == self.lo + 1 else 0
 
     def _optimise(self) -> None:
         """Cancel negative cycles. Arcs: topic -> member that lacks it (takes it: -1 if good),

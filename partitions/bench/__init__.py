@@ -7,6 +7,9 @@ the same server, with the same records, so it holds on a shared, noisy machine:
 * ``consume``   :mod:`partitions.bench.consume`   consumer vs redis-py XREADGROUP + XACK loop
 * ``e2e``       :mod:`partitions.bench.e2e`       fixed-rate latency vs raw XADD -> XREADGROUP
 * ``rebalance`` :mod:`partitions.bench.rebalance` join / leave / kill -9 reconcile time, pauses
+
+``coordinator`` (:mod:`partitions.bench.assignors`) needs no server and has no baseline: it
+times the assignor alone, on a large group, in seconds.
 """
 
 from __future__ import annotations

@@ -158,10 +158,17 @@ def per_topic_even(result: Assignment, members: Mapping[str, MemberSubscription]
     classes: dict[frozenset[str], list[str]] = {}
     for m, sub in members.items():
         classes.setdefault(sub.topics, []).append(m)
-    for topics, ids in classes.items():
-        for t in topics:
-            counts = [sum(1 for tp in result[m] if tp.topic == t) for m in ids]
-            if max(counts) - min(counts) > 1:
+    for ids in classes.values():
+        holders: dict[str, list[int]] = {}  # topic -> the counts of the members holding it
+        for m in ids:
+            mine: dict[str, int] = {}
+            for tp in result[m]:
+                mine[tp.topic] = mine.get(tp.topic, 0) + 1
+            for t, n in mine.items():
+                holders.setdefault(t, []).append(n)
+        for counts in holders.values():
+            low = min(counts) if len(counts) == len(ids) else 0
+            if max(counts) - low > 1:
                 return False
     return True
 

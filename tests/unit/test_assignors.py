@@ -5,7 +5,11 @@ assignor_oracles.py), the properties Kafka's assignor suites assert."""
 
 from __future__ import annotations
 
+import os
 import random
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from hypothesis import assume, given, settings
@@ -504,3 +508,46 @@ def test_every_assignor_ignores_dict_and_set_order(
     topics2 = {t: topics[t] for t in shuffled(dict(topics))}
     current2 = {m: set(sorted(current[m], reverse=True)) for m in shuffled(dict(current))}
     assert assign(name, members, topics, current) == assign(name, members2, topics2, current2)
+
+
+DETERMINISM_SCRIPT = """
+import json, random
+from coordinator.assignors import ASSIGNORS, assign
+from coordinator.types import MemberSubscription, TopicPartition
+rng = random.Random(7)
+topics = {f"t{i}": rng.randint(5, 60) for i in range(12)}
+names = sorted(topics)
+pats = [frozenset(rng.sample(names, rng.randint(1, 12))) for _ in range(30)]
+members = {
+    f"m{i}": MemberSubscription(rng.choice(pats), f"pod-{i}" if i % 3 == 0 else None)
+    for i in range(80)
+}
+first = assign("uniform", members, topics)
+members.update({f"n{i}": MemberSubscription(rng.choice(pats)) for i in range(20)})
+current = {m: set(tps) for m, tps in first.items()}
+out = {}
+for name in sorted(ASSIGNORS):
+    result = assign(name, members, topics, current)
+    out[name] = {m: sorted(map(list, tps)) for m, tps in sorted(result.items())}
+print(json.dumps(out))
+"""
+
+
+def test_every_assignor_gives_the_same_result_in_every_process() -> None:
+    """String hashing differs between processes (PYTHONHASHSEED): every member of a group
+    must still compute the same target."""
+    root = Path(__file__).resolve().parents[2]
+    outputs = set()
+    for seed in ("0", "1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        run = subprocess.run(
+            [sys.executable, "-c", DETERMINISM_SCRIPT],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=root,
+            check=True,
+            timeout=60,
+        )
+        outputs.add(run.stdout)
+    assert len(outputs) == 1

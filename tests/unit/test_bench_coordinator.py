@@ -8,7 +8,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from coordinator.types import MemberSubscription, TopicPartition
-from partitions.bench.assignors import chain_balanced
+from partitions.bench.assignors import chain_balanced, per_topic_even
 from partitions.cli import main
 
 SMALL = ["--members", "30", "--partitions", "600", "--topics", "6"]
@@ -74,3 +74,19 @@ def test_chain_check_sees_an_unbalanced_chain() -> None:
     result["b"] = {TopicPartition("x", 1), TopicPartition("y", 2)}
     result["a"].add(TopicPartition("x", 2))
     assert chain_balanced(result, members)
+
+
+def test_per_topic_check_sees_a_skew() -> None:
+    """Balanced in count, one topic each: flagged; one of each: not."""
+    sub = MemberSubscription(frozenset({"t1", "t2"}))
+    members = {"a": sub, "b": sub}
+    skewed = {
+        "a": {TopicPartition("t1", 0), TopicPartition("t1", 1)},
+        "b": {TopicPartition("t2", 0), TopicPartition("t2", 1)},
+    }
+    assert not per_topic_even(skewed, members)
+    even = {
+        "a": {TopicPartition("t1", 0), TopicPartition("t2", 0)},
+        "b": {TopicPartition("t1", 1), TopicPartition("t2", 1)},
+    }
+    assert per_topic_even(even, members)

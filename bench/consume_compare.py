@@ -20,11 +20,11 @@ import time
 import uuid
 from typing import Any
 
-from partitions.config import ClientConfig, ConsumerConfig
-from partitions.connection import Connection, connect
-from partitions.consumer import Consumer
-from partitions.producer import Producer
-from partitions.topics import TopicAdmin, TopicSpec
+from partitions._admin.topics import TopicAdmin, TopicSpec
+from partitions._client.config import ClientConfig, ConsumerConfig
+from partitions._client.connection import Connection, connect
+from partitions._consumer.consumer import Consumer
+from partitions._producer.producer import Producer
 
 TOPIC = "bench"
 

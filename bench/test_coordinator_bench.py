@@ -19,8 +19,8 @@ from coordinator.group import GroupAdmin
 from coordinator.member import Member
 from coordinator.records import HeartbeatResult
 from coordinator.settings import GroupSettings
-from coordinator.types import TopicPartition
-from partitions.connection import Connection, connect
+from partitions._base.types import TopicPartition
+from partitions._client.connection import Connection, connect
 
 MEMBERS = 200
 PARTITIONS = 1024

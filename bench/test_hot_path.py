@@ -8,7 +8,7 @@ Run and save:  ``.venv/bin/pytest bench/test_hot_path.py --benchmark-only
   sent while measured: the batches are larger than the run and linger is a minute);
 * send + flush: the same records appended through the server (batch build, pipeline, ids);
 * decode: an ``XREADGROUP`` reply of 16 x 1,000 entries, raw RESP bytes -> hiredis ->
-  :class:`~partitions.records.Record` objects;
+  :class:`~partitions._base.records.Record` objects;
 * record construction alone, from already parsed entries.
 """
 
@@ -21,12 +21,12 @@ from typing import Any
 import hiredis
 import pytest
 
-from partitions.config import ClientConfig, ProducerConfig
-from partitions.connection import Connection, connect
-from partitions.producer import Producer, RecordFuture
-from partitions.records import Record, read_reply_items, records_from_entries
-from partitions.router import Router
-from partitions.topics import TopicAdmin, TopicSpec
+from partitions._admin.topics import TopicAdmin, TopicSpec
+from partitions._base.records import Record, read_reply_items, records_from_entries
+from partitions._client.config import ClientConfig, ProducerConfig
+from partitions._client.connection import Connection, connect
+from partitions._producer.producer import Producer, RecordFuture
+from partitions._producer.router import Router
 
 N = 10_000
 PARTITIONS = 16

@@ -20,8 +20,8 @@ from itertools import compress
 from typing import TypeAlias
 
 from coordinator.balance import balanced_counts
-from coordinator.errors import ConfigError
-from coordinator.types import MemberSubscription, TopicPartition, all_partitions
+from partitions._base.errors import ConfigError
+from partitions._base.types import MemberSubscription, TopicPartition, all_partitions
 
 Assignment: TypeAlias = dict[str, set[TopicPartition]]
 Assignor: TypeAlias = Callable[

@@ -10,12 +10,12 @@ from typing import Any
 
 import redis.exceptions as rex
 
-from coordinator.durability import Durability
-from coordinator.errors import ConfigError, UnknownGroupError, translate
-from coordinator.functions import Functions
-from coordinator.keys import Keys, validate_name
 from coordinator.records import GroupDescription, parse_describe, raise_for_status
 from coordinator.settings import GroupSettings
+from partitions._base.durability import Durability
+from partitions._base.errors import ConfigError, UnknownGroupError, translate
+from partitions._base.functions import Functions
+from partitions._base.keys import Keys, validate_name
 
 
 def _s(value: Any) -> str:

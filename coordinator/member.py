@@ -19,13 +19,13 @@ from typing import Any
 import redis.exceptions as rex
 
 from coordinator.assignors import assign
-from coordinator.durability import Durability
-from coordinator.errors import ConfigError, MembershipError, UnknownMemberError, translate
-from coordinator.functions import Functions
-from coordinator.keys import Keys, validate_name
 from coordinator.records import HeartbeatResult, parse_describe, parse_member_reply
 from coordinator.settings import GroupSettings
-from coordinator.types import MemberSubscription, TopicPartition, join_partitions
+from partitions._base.durability import Durability
+from partitions._base.errors import ConfigError, MembershipError, UnknownMemberError, translate
+from partitions._base.functions import Functions
+from partitions._base.keys import Keys, validate_name
+from partitions._base.types import MemberSubscription, TopicPartition, join_partitions
 
 log = logging.getLogger("partstream.coordinator")
 

@@ -10,7 +10,8 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-from coordinator.errors import (
+from coordinator.settings import GroupSettings
+from partitions._base.errors import (
     DuplicateInstanceError,
     FencedError,
     MembershipError,
@@ -19,8 +20,7 @@ from coordinator.errors import (
     UnknownGroupError,
     UnknownMemberError,
 )
-from coordinator.settings import GroupSettings
-from coordinator.types import TopicPartition, split_partitions
+from partitions._base.types import TopicPartition, split_partitions
 
 GroupState = Literal["empty", "stable", "reconciling"]
 

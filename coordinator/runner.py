@@ -14,7 +14,7 @@ stuck in a handler. Every consumer shell brackets each request for records with
 :meth:`MemberRunner.polling`; when none came for the whole interval, this thread releases the
 partitions' fences, leaves the group (the coordinator reassigns at once, not after a session)
 and reports the partitions lost. It stays out until the application polls again: that request
-raises :class:`~coordinator.errors.PollIntervalExceededError` once and starts the rejoin.
+raises :class:`~partitions._base.errors.PollIntervalExceededError` once and starts the rejoin.
 """
 
 from __future__ import annotations
@@ -27,17 +27,17 @@ from contextlib import contextmanager
 from types import TracebackType
 from typing import Protocol
 
-from coordinator.errors import (
+from coordinator.heartbeat import Heartbeat, PollTimer
+from coordinator.member import Member
+from coordinator.records import Grant, HeartbeatResult
+from partitions._base.errors import (
     MembershipError,
     PartstreamError,
     PollIntervalExceededError,
     StateLostError,
 )
-from coordinator.fence import release_fence
-from coordinator.heartbeat import Heartbeat, PollTimer
-from coordinator.member import Member
-from coordinator.records import Grant, HeartbeatResult
-from coordinator.types import TopicPartition
+from partitions._base.fence import release_fence
+from partitions._base.types import TopicPartition
 
 log = logging.getLogger("partstream.coordinator")
 

@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from coordinator.assignors import ASSIGNORS, DEFAULT_ASSIGNOR
-from coordinator.durability import Durability, check_settings, parse_acks
-from coordinator.errors import ConfigError
+from partitions._base.durability import Durability, check_settings, parse_acks
+from partitions._base.errors import ConfigError
 
 _INT_FIELDS = (
     "session_timeout_ms",
@@ -43,7 +43,7 @@ class GroupSettings:
     # Durability of the group's writes (membership, grants, fences and commits), like the
     # producer's: 1 = the primary applied it; "all" = WAIT for min_insync_replicas replicas
     # before a member relies on it, so a failover keeps the group's state; fsync "local" /
-    # "replicas" = WAITAOF too (see coordinator.durability).
+    # "replicas" = WAITAOF too (see partitions._base.durability).
     acks: int | str = 1
     min_insync_replicas: int = 1
     fsync: str = "none"

@@ -7,7 +7,15 @@ Consumer groups are coordinated by :mod:`coordinator`, re-exported here where us
 
 from __future__ import annotations
 
-from coordinator.errors import (
+from coordinator.group import GroupAdmin
+from coordinator.runner import RebalanceListener
+from coordinator.settings import GroupSettings
+from partitions._admin.acl import acl_rules
+from partitions._admin.deadletter import DeadLetter, DeadLetters
+from partitions._admin.offsets import check_lag, execute_group_seek, group_lag, plan_group_seek
+from partitions._admin.replay import Position, replay
+from partitions._admin.topics import TopicAdmin, TopicDescription, TopicMeta, TopicSpec
+from partitions._base.errors import (
     BufferFullError,
     ClosedError,
     ConfigError,
@@ -35,23 +43,15 @@ from coordinator.errors import (
     UnknownTopicError,
     WrongTypeError,
 )
-from coordinator.group import GroupAdmin
-from coordinator.runner import RebalanceListener
-from coordinator.settings import GroupSettings
-from coordinator.types import TopicPartition
-from partitions.acl import acl_rules
-from partitions.config import ClientConfig, ConsumerConfig, ProducerConfig
-from partitions.connection import Connection, ServerInfo, connect
-from partitions.consumer import Consumer
-from partitions.deadletter import DeadLetter, DeadLetters
-from partitions.offsets import check_lag, execute_group_seek, group_lag, plan_group_seek
-from partitions.producer import Producer, RecordFuture, RecordMetadata
-from partitions.records import Record
-from partitions.replay import Position, replay
-from partitions.replicas import EmbeddedReplicaSet
-from partitions.router import Router
-from partitions.server import EmbeddedServer
-from partitions.topics import TopicAdmin, TopicDescription, TopicMeta, TopicSpec
+from partitions._base.records import Record
+from partitions._base.types import TopicPartition
+from partitions._client.config import ClientConfig, ConsumerConfig, ProducerConfig
+from partitions._client.connection import Connection, ServerInfo, connect
+from partitions._client.replicas import EmbeddedReplicaSet
+from partitions._client.server import EmbeddedServer
+from partitions._consumer.consumer import Consumer
+from partitions._producer.producer import Producer, RecordFuture, RecordMetadata
+from partitions._producer.router import Router
 
 __all__ = [
     "BufferFullError",

@@ -99,7 +99,7 @@ def run_on_cluster(pytest: list[str], *, failover: bool = False) -> tuple[int, i
     The nodes are stopped by pid (EmbeddedCluster.stop) whatever happens. A cluster that
     cannot start is a failure under CI and a note locally.
     """
-    from partitions.cluster import EmbeddedCluster, free_base_port
+    from partitions._client.cluster import EmbeddedCluster, free_base_port
 
     replicas = 1 if failover else 0
     label = "3-master cluster" + (", a primary killed mid-run" if failover else "")
@@ -227,7 +227,7 @@ def main() -> int:
                     p, f, s = run_on_cluster(pytest, failover=failover)
                     passed, failed, skipped = passed + p, failed + f, skipped + s
     finally:
-        from partitions.server import EmbeddedServer
+        from partitions._client.server import EmbeddedServer
 
         if EmbeddedServer(data_dir).stop():
             print(f"note: stopped an embedded server left in {data_dir}")

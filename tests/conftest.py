@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from partitions.config import ClientConfig
-from partitions.connection import Connection, connect
-from partitions.server import EmbeddedServer
+from partitions._client.config import ClientConfig
+from partitions._client.connection import Connection, connect
+from partitions._client.server import EmbeddedServer
 
 
 @pytest.fixture(scope="session")

@@ -27,8 +27,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from coordinator.assignors import Assignment, assign, get_assignor
-from coordinator.errors import ConfigError
-from coordinator.types import MemberSubscription, TopicPartition
+from partitions._base.errors import ConfigError
+from partitions._base.types import MemberSubscription, TopicPartition
 from partitions.bench.env import machine
 from partitions.bench.options import split
 

@@ -3,10 +3,10 @@
 ``records`` keyed records are produced once (not measured) to one topic; then each side
 reads all of them with a group of its own, so both read exactly the same entries:
 
-* **partstream**: :class:`~partitions.consumer.Consumer` processes (``consumers``), each
+* **partstream**: :class:`~partitions._consumer.consumer.Consumer` processes (``consumers``), each
   polling ``batch_size`` records (auto-commit acks them on the next poll);
 * **redis-py**: ``XREADGROUP COUNT batch_size`` over all partition streams, each entry
-  decoded into a :class:`~partitions.records.Record`, then one pipelined ``XACK`` per stream.
+  decoded into a :class:`~partitions._base.records.Record`, then one pipelined ``XACK`` per stream.
 
 A side stops when the workers together have handled ``records`` records, after their last
 acks. Latency here is the time of one poll / read call (ms), not an end-to-end figure.
@@ -20,15 +20,15 @@ from collections.abc import Callable
 from typing import Any
 
 from coordinator.group import GroupAdmin
+from partitions._admin.topics import TopicAdmin, TopicSpec
+from partitions._base.records import read_reply_items, records_from_entries
+from partitions._client.config import ConsumerConfig, ProducerConfig
+from partitions._consumer.consumer import Consumer
+from partitions._producer.producer import Producer
 from partitions.bench.env import BenchServer
 from partitions.bench.options import BenchOptions, make_chunks
 from partitions.bench.stats import RunResult
 from partitions.bench.workers import Counters, Progress, WorkerOutput, run_workers
-from partitions.config import ConsumerConfig, ProducerConfig
-from partitions.consumer import Consumer
-from partitions.producer import Producer
-from partitions.records import read_reply_items, records_from_entries
-from partitions.topics import TopicAdmin, TopicSpec
 
 TOPIC = "cons"
 # Seconds the group may take to settle (every consumer assigned) before the run starts.

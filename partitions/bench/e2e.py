@@ -21,15 +21,15 @@ from typing import Any
 
 from xxhash import xxh3_64_intdigest
 
+from partitions._base.records import read_reply_items, records_from_entries
+from partitions._client.config import ConsumerConfig, ProducerConfig
+from partitions._consumer.consumer import Consumer
+from partitions._producer.producer import Producer
 from partitions.bench.consume import _wait_stable
 from partitions.bench.env import BenchServer
 from partitions.bench.options import BenchOptions, make_keys, make_values, split
 from partitions.bench.stats import RunResult
 from partitions.bench.workers import Counters, Progress, WorkerOutput, run_workers
-from partitions.config import ConsumerConfig, ProducerConfig
-from partitions.consumer import Consumer
-from partitions.producer import Producer
-from partitions.records import read_reply_items, records_from_entries
 
 _STAMP = struct.Struct("<d")
 _unstamp = _STAMP.unpack_from

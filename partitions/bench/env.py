@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from partitions.config import ClientConfig, redact_url
-from partitions.connection import Connection, connect
+from partitions._client.config import ClientConfig, redact_url
+from partitions._client.connection import Connection, connect
 
 PACKAGES = (
     "partstream",
@@ -81,7 +81,7 @@ def bench_server(url: str | None, *, replicas: int = 0) -> Iterator[BenchServer]
         yield BenchServer(url, embedded=False)
         return
     if replicas:
-        from partitions.replicas import EmbeddedReplicaSet
+        from partitions._client.replicas import EmbeddedReplicaSet
 
         rs_dir = Path(tempfile.mkdtemp(prefix="ps-bench-rs-", dir="/tmp"))
         rs = EmbeddedReplicaSet(rs_dir, replicas=replicas)
@@ -91,7 +91,7 @@ def bench_server(url: str | None, *, replicas: int = 0) -> Iterator[BenchServer]
             rs.stop()
             shutil.rmtree(rs_dir, ignore_errors=True)
         return
-    from partitions.server import EmbeddedServer
+    from partitions._client.server import EmbeddedServer
 
     data_dir = Path(tempfile.mkdtemp(prefix="ps-bench-", dir="/tmp"))
     server = EmbeddedServer(data_dir)
@@ -105,7 +105,7 @@ def bench_server(url: str | None, *, replicas: int = 0) -> Iterator[BenchServer]
 @contextlib.contextmanager
 def bench_cluster(masters: int) -> Iterator[BenchServer]:
     """A private embedded cluster of ``masters`` Valkey primaries, stopped when done."""
-    from partitions.cluster import EmbeddedCluster
+    from partitions._client.cluster import EmbeddedCluster
 
     data_dir = Path(tempfile.mkdtemp(prefix="ps-bench-cluster-", dir="/tmp"))
     cluster = EmbeddedCluster(data_dir, masters=masters)

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from coordinator.errors import ConfigError
+from partitions._base.errors import ConfigError
 
 MODES = ("produce", "consume", "e2e", "rebalance")
 

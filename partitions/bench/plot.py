@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from coordinator.errors import ConfigError
+from partitions._base.errors import ConfigError
 from partitions.bench.output import BenchResult
 
 

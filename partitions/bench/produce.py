@@ -26,13 +26,13 @@ from typing import Any
 
 from xxhash import xxh3_64_intdigest
 
+from partitions._admin.topics import TopicAdmin, TopicSpec
+from partitions._client.config import ProducerConfig
+from partitions._producer.producer import Producer, RecordFuture
 from partitions.bench.env import BenchServer
 from partitions.bench.options import BenchOptions, iter_chunks, make_values, split
 from partitions.bench.stats import Latency, RunResult
 from partitions.bench.workers import Counters, Progress, WorkerOutput, run_workers
-from partitions.config import ProducerConfig
-from partitions.producer import Producer, RecordFuture
-from partitions.topics import TopicAdmin, TopicSpec
 
 RAW_TOPIC = "raw"
 PS_TOPIC = "ps"

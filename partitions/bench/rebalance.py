@@ -30,13 +30,13 @@ from typing import Any
 
 from coordinator.group import GroupAdmin
 from coordinator.settings import GroupSettings
+from partitions._admin.topics import TopicAdmin, TopicSpec
+from partitions._client.config import ConsumerConfig, ProducerConfig
+from partitions._consumer.consumer import Consumer
+from partitions._producer.producer import Producer
 from partitions.bench.env import BenchServer
 from partitions.bench.options import BenchOptions, make_keys, make_values
 from partitions.bench.workers import _ctx
-from partitions.config import ConsumerConfig, ProducerConfig
-from partitions.consumer import Consumer
-from partitions.producer import Producer
-from partitions.topics import TopicAdmin, TopicSpec
 
 TOPIC = "rebal"
 GROUP = "rebal"

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from coordinator.errors import PartstreamError
+from partitions._base.errors import PartstreamError
 from partitions.bench.stats import Latency, RunResult, Window
 
 # Seconds a worker may take to set up (connect, join, build records) before the run fails.

@@ -6,7 +6,7 @@ import os
 
 import click
 
-from partitions.acl import ACL_LIMITS, ROLES, acl_rules, setuser_command
+from partitions._admin.acl import ACL_LIMITS, ROLES, acl_rules, setuser_command
 from partitions.cli.common import State, emit, format_option, main, pass_state
 
 

@@ -9,9 +9,9 @@ from typing import Any
 import click
 import orjson
 
-from coordinator.errors import PartstreamError
-from partitions.config import ClientConfig
-from partitions.connection import Connection, connect
+from partitions._base.errors import PartstreamError
+from partitions._client.config import ClientConfig
+from partitions._client.connection import Connection, connect
 
 
 class State:

@@ -9,12 +9,12 @@ from typing import Any
 
 import click
 
-from coordinator.errors import PollIntervalExceededError
 from coordinator.settings import GroupSettings
+from partitions._base.errors import PollIntervalExceededError
+from partitions._base.records import Record
+from partitions._client.config import ConsumerConfig
+from partitions._consumer.consumer import Consumer
 from partitions.cli.common import State, json_line, main, pass_state
-from partitions.config import ConsumerConfig
-from partitions.consumer import Consumer
-from partitions.records import Record
 
 
 def _text(record: Record) -> str:

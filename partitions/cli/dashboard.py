@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
+from partitions._client.connection import connect
 from partitions.cli.common import State, main, pass_state
-from partitions.connection import connect
 
 
 @main.command("demo")

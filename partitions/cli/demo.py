@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import click
 
-from partitions import walkthrough
+from partitions import _walkthrough as walkthrough
+from partitions._client.connection import connect
 from partitions.cli.common import State, main, pass_state
-from partitions.connection import connect
 
 
 @main.command("walkthrough")

@@ -6,8 +6,8 @@ from typing import Any
 
 import click
 
+from partitions._admin.deadletter import DeadLetters
 from partitions.cli.common import State, emit, format_option, main, pass_state
-from partitions.deadletter import DeadLetters
 
 
 @main.group()

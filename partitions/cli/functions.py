@@ -6,9 +6,9 @@ from typing import Any
 
 import click
 
-from coordinator.functions import version
+from partitions._admin.library import library_status, load_library
+from partitions._base.functions import version
 from partitions.cli.common import State, emit, format_option, main, pass_state
-from partitions.library import library_status, load_library
 
 
 @main.group()

@@ -10,14 +10,14 @@ import click
 
 from coordinator.group import GroupAdmin
 from coordinator.settings import GroupSettings
-from partitions.cli.common import State, emit, format_option, main, pass_state
-from partitions.offsets import (
+from partitions._admin.offsets import (
     check_lag,
     describe_with_lag,
     execute_group_seek,
     plan_group_seek,
     reclaim_now,
 )
+from partitions.cli.common import State, emit, format_option, main, pass_state
 
 
 def _settings_options(fn: Any) -> Any:

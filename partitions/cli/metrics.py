@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
+from partitions._telemetry.exporter import DEFAULT_INTERVAL_S, DEFAULT_PORT
 from partitions.cli.common import State, main, pass_state
-from partitions.exporter import DEFAULT_INTERVAL_S, DEFAULT_PORT
 
 
 @main.group()
@@ -26,6 +26,6 @@ def metrics() -> None:
 @pass_state
 def metrics_serve(state: State, port: int, host: str, interval: float) -> None:
     """Serve /metrics (kafka_exporter-style names) until interrupted."""
-    from partitions.exporter import serve
+    from partitions._telemetry.exporter import serve
 
     serve(state.conn, host=host, port=port, interval=interval, echo=click.echo)

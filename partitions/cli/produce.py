@@ -14,12 +14,12 @@ from typing import Any
 import click
 import orjson
 
-from coordinator.errors import ConfigError, PartstreamError, SerializationError
+from partitions._admin.replay import replay
+from partitions._base.errors import ConfigError, PartstreamError, SerializationError
+from partitions._base.records import Record
+from partitions._client.config import ProducerConfig
+from partitions._producer.producer import Producer, RecordFuture
 from partitions.cli.common import State, format_option, json_line, main, pass_state
-from partitions.config import ProducerConfig
-from partitions.producer import Producer, RecordFuture
-from partitions.records import Record
-from partitions.replay import replay
 
 # Records whose outcome is printed once this many more were sent (keeps memory flat).
 _PRINT_WINDOW = 10_000

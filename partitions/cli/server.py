@@ -7,10 +7,10 @@ from typing import Any
 
 import click
 
+from partitions._client.cluster import EmbeddedCluster
+from partitions._client.replicas import EmbeddedReplicaSet
+from partitions._client.server import EmbeddedServer
 from partitions.cli.common import emit, format_option, main
-from partitions.cluster import EmbeddedCluster
-from partitions.replicas import EmbeddedReplicaSet
-from partitions.server import EmbeddedServer
 
 _DATA_DIR = click.option(
     "--data-dir", type=click.Path(file_okay=False), help="Default: $PARTSTREAM_DATA_DIR."

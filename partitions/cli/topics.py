@@ -6,9 +6,9 @@ from typing import Any
 
 import click
 
-from partitions import apply as apply_mod
+from partitions._admin import apply as apply_mod
+from partitions._admin.topics import TopicAdmin, TopicDescription, TopicSpec
 from partitions.cli.common import State, emit, format_option, main, pass_state
-from partitions.topics import TopicAdmin, TopicDescription, TopicSpec
 
 
 def _parse_regions(values: tuple[str, ...]) -> dict[str, tuple[int, int]]:

@@ -14,8 +14,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from partitions import apply as apply_mod
-from partitions.connection import Connection
+from partitions._admin import apply as apply_mod
+from partitions._client.connection import Connection
 from partitions.dashboard.app import Dashboard, create_app
 from partitions.dashboard.fleet import Fleet
 
@@ -27,7 +27,7 @@ DEMO_FLEET = {"notifications": 2, "analytics": 1}
 
 def demo_config() -> apply_mod.Declared:
     """config/demo.toml from the source tree, or the same declaration built in."""
-    from partitions.walkthrough import _declared
+    from partitions._walkthrough import _declared
 
     return _declared()
 

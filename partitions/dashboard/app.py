@@ -21,14 +21,14 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from coordinator.errors import PartstreamError
 from coordinator.group import GroupAdmin
 from coordinator.settings import GroupSettings
-from partitions.connection import Connection
+from partitions._admin.topics import TopicAdmin
+from partitions._base.errors import PartstreamError
+from partitions._client.connection import Connection
+from partitions._producer.producer import Producer
 from partitions.dashboard.fleet import Fleet
 from partitions.dashboard.snapshot import Snapshots
-from partitions.producer import Producer
-from partitions.topics import TopicAdmin
 
 TYPES = ["created", "paid", "packed", "shipped", "delivered"]
 
@@ -112,7 +112,7 @@ class Dashboard:
         return {"group": name, "created": created, "worker": worker.worker_id}
 
     def reset_group(self, group: str, to: str) -> dict[str, Any]:
-        from partitions.offsets import execute_group_seek, plan_group_seek
+        from partitions._admin.offsets import execute_group_seek, plan_group_seek
 
         # A live reset, as the demo wants: members keep reading from the new position.
         plan = plan_group_seek(self.conn, group, to, topic=self.topic)
@@ -120,8 +120,8 @@ class Dashboard:
 
     def reclaim(self, group: str, min_idle_ms: int = 1000) -> dict[str, Any]:
         """Reclaim stuck entries now: each owner redelivers its entries idle past
-        ``min_idle_ms`` on its next read (see :func:`partitions.offsets.reclaim_now`)."""
-        from partitions.offsets import reclaim_now
+        ``min_idle_ms`` on its next read (see :func:`partitions._admin.offsets.reclaim_now`)."""
+        from partitions._admin.offsets import reclaim_now
 
         return reclaim_now(self.conn, group, topic=self.topic, min_idle_ms=min_idle_ms)
 

@@ -18,11 +18,11 @@ import time
 from collections import deque
 from typing import Any
 
-from coordinator.errors import PartstreamError
 from coordinator.group import GroupAdmin
-from partitions.connection import Connection
-from partitions.replay import replay
-from partitions.topics import TopicAdmin
+from partitions._admin.replay import replay
+from partitions._admin.topics import TopicAdmin
+from partitions._base.errors import PartstreamError
+from partitions._client.connection import Connection
 
 HISTORY_POINTS = 900  # 15 minutes at the default refresh of 1 s
 
@@ -125,7 +125,7 @@ class Snapshots:
         return desc
 
     def group_view(self, group: str) -> dict[str, Any]:
-        from partitions.offsets import group_lag
+        from partitions._admin.offsets import group_lag
 
         data = self._groups.describe(group).to_dict()
         try:
@@ -147,14 +147,14 @@ class Snapshots:
         return data
 
     def dead_letters(self, topic: str, limit: int = 20) -> list[dict[str, Any]]:
-        from partitions.deadletter import DeadLetters
+        from partitions._admin.deadletter import DeadLetters
 
         return [d.to_dict() for d in DeadLetters(self.conn).list(topic, limit=limit)]
 
     def latest(self, topic: str, partition: int, count: int = 10) -> list[dict[str, Any]]:
         key = self.conn.keys.stream(topic, partition)
         raw = self.conn.client.execute_command(b"XREVRANGE", key, "+", "-", "COUNT", count)
-        from partitions.records import records_from_entries
+        from partitions._base.records import records_from_entries
 
         return [r.to_dict() for r in records_from_entries(topic, partition, raw)]
 

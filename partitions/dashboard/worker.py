@@ -18,10 +18,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from partitions.config import ClientConfig, ConsumerConfig
-from partitions.connection import connect
-from partitions.consumer import Consumer
-from partitions.records import Record
+from partitions._base.records import Record
+from partitions._client.config import ClientConfig, ConsumerConfig
+from partitions._client.connection import connect
+from partitions._consumer.consumer import Consumer
 
 # Simulated work per record, like the reference demo's 25 ms but smaller: a fleet of three
 # must keep up with a few hundred events per second on two cores.

@@ -1,4 +1,4 @@
-"""The invariant checker: L, G, O, D of DESIGN.md over the outcomes workers logged.
+"""The invariant checker: L, G, O, D of docs/DESIGN.md over the outcomes workers logged.
 
 Pure functions over plain data (the JSON lines of :mod:`tests.faults.worker` plus what the
 server holds at the end), so the checker itself is unit-tested on hand-made logs that break

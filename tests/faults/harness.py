@@ -28,7 +28,7 @@ from typing import Any
 
 import redis
 
-from partitions.server import valkey_binary
+from partitions._client.server import valkey_binary
 from tests.faults.checker import WorkerExit
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,7 +1,7 @@
 """Fault scenarios on replicated servers: a primary with a replica behind three Sentinels, or
 a cluster whose masters have replicas. Everything is started by the scenario from the same
-``valkey-server`` binary (the embedded helpers :class:`~partitions.replicas.
-EmbeddedReplicaSet` and :class:`~partitions.cluster.EmbeddedCluster`, each in the scenario's
+``valkey-server`` binary (the embedded helpers :class:`~partitions._client.replicas.
+EmbeddedReplicaSet` and :class:`~partitions._client.cluster.EmbeddedCluster`, each in the scenario's
 own directory on free loopback ports) and stopped by pid on the way out, whatever happened.
 
 :class:`ReplicatedScenario` is a :class:`~tests.faults.scenario.Scenario` whose server is such
@@ -20,11 +20,11 @@ import time
 from types import TracebackType
 from typing import Any
 
-from partitions.cluster import EmbeddedCluster
-from partitions.config import ClientConfig
-from partitions.connection import Connection, connect
-from partitions.replicas import EmbeddedReplicaSet
-from partitions.topics import TopicAdmin, TopicSpec
+from partitions._admin.topics import TopicAdmin, TopicSpec
+from partitions._client.cluster import EmbeddedCluster
+from partitions._client.config import ClientConfig
+from partitions._client.connection import Connection, connect
+from partitions._client.replicas import EmbeddedReplicaSet
 from tests.faults.harness import Fleet, wait_for
 from tests.faults.scenario import GROUP, TOPIC, Scenario
 
@@ -116,7 +116,7 @@ class ReplicatedScenario(Scenario):
             assert port is not None, "no primary"
             return port
         assert self.cluster is not None and key is not None
-        from partitions.nodes import node_for_key
+        from partitions._client.nodes import node_for_key
 
         node = node_for_key(self.conn(), key)
         return int(node.connection_pool.connection_kwargs["port"])
@@ -171,7 +171,7 @@ def acked_but_gone(s: Scenario) -> list[tuple[int, str]]:
     c = s.conn()
     for p in range(s.partitions):
         key = c.keys.stream(TOPIC, p)
-        from partitions.nodes import execute_on_key
+        from partitions._client.nodes import execute_on_key
 
         last = "-"
         while True:

@@ -26,11 +26,11 @@ from types import TracebackType
 from typing import Any
 
 import partitions
-from coordinator.errors import UnknownTopicError
-from partitions.config import ClientConfig
-from partitions.connection import Connection, connect
-from partitions.offsets import group_lag
-from partitions.topics import TopicAdmin, TopicSpec
+from partitions._admin.offsets import group_lag
+from partitions._admin.topics import TopicAdmin, TopicSpec
+from partitions._base.errors import UnknownTopicError
+from partitions._client.config import ClientConfig
+from partitions._client.connection import Connection, connect
 from tests.faults.checker import DeadLetter, Verdict, check
 from tests.faults.harness import Fleet, ServerProc, Worker, read_log, wait_for, workdir
 

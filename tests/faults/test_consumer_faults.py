@@ -208,8 +208,6 @@ def test_slow_handler_during_a_rebalance() -> None:
     assert_verdict(slow_handler_rebalance())
 
 
-
-
 @scenario("poison-crash-loop",
           soak={"records": 1000, "fetch_count": 500})  # fmt: skip
 def poison_crash_loop(*, records: int = 100, fetch_count: int = 100, restarts: int = 8) -> Verdict:
@@ -278,7 +276,7 @@ def partition_growth(*, seconds: float = 45, rate: float = 200) -> Verdict:
         count = int(seconds * rate)
         prod = s.fleet.producer(count=count, keys=24, rate=rate)
         s.wait_processing(200)
-        from partitions.topics import TopicAdmin
+        from partitions._admin.topics import TopicAdmin
         from tests.faults.scenario import TOPIC
 
         TopicAdmin(s.conn()).alter(TOPIC, partitions=8)

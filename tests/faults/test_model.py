@@ -27,16 +27,16 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, precondition, rule
 
-from coordinator.errors import NotOwnerError
 from coordinator.settings import GroupSettings
-from coordinator.types import TopicPartition
-from partitions.config import ClientConfig, ConsumerConfig
-from partitions.connection import Connection, connect
-from partitions.consumer import Consumer
-from partitions.offsets import group_lag
-from partitions.producer import Producer
-from partitions.records import Record
-from partitions.topics import TopicAdmin, TopicSpec
+from partitions._admin.offsets import group_lag
+from partitions._admin.topics import TopicAdmin, TopicSpec
+from partitions._base.errors import NotOwnerError
+from partitions._base.records import Record
+from partitions._base.types import TopicPartition
+from partitions._client.config import ClientConfig, ConsumerConfig
+from partitions._client.connection import Connection, connect
+from partitions._consumer.consumer import Consumer
+from partitions._producer.producer import Producer
 from tests.faults.checker import DeadLetter, Verdict, check
 from tests.faults.harness import ServerProc, workdir
 from tests.faults.scenario import VERDICTS

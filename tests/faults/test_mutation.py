@@ -1,9 +1,9 @@
 """A mutated library must turn a real fault scenario red: the checker catches a real bug.
 
 The mutation, "swap the pending and new reads on takeover": in a copy of the repository,
-``PartitionState`` in ``partitions/fetcher.py`` starts with ``self.cursor = ""`` instead of
-``self.cursor = "-"``. A new owner then reads new entries (``>``) first and leaves the dead
-owner's unacked entries pending until a reclaim pass finds them idle (60 s by default). The
+``PartitionState`` in ``partitions/_consumer/fetcher.py`` starts with ``self.cursor = ""``
+instead of ``self.cursor = "-"``. A new owner then reads new entries (``>``) first and leaves
+the dead owner's unacked entries pending until a reclaim pass finds them idle (60 s by default). The
 ``consumer-kill9`` scenario (kill -9 mid-batch, keyed records), run against that copy in a
 subprocess (cwd and PYTHONPATH at the copy, its workers too), must fail on O: records of a
 key are completed while an earlier record the dead owner had handed out is not.

@@ -53,8 +53,6 @@ def test_producer_kill9_mid_batch() -> None:
     assert_verdict(producer_kill9())
 
 
-
-
 def oom_errors(s: Scenario) -> int:
     r = s.server.client(decode_responses=True)
     try:

@@ -27,7 +27,6 @@ from tests.faults.scenario import (
 pytestmark = pytest.mark.timeout(150)
 
 
-
 def groups_on(s: Scenario) -> dict[int, list[dict[str, object]]]:
     """Per partition, XINFO GROUPS of its stream ([] when the stream is gone)."""
     r = s.server.client(decode_responses=True)
@@ -79,9 +78,7 @@ def server_kill9_always(binary: str) -> Verdict:
 
 
 for _binary in ("valkey", "redis7"):
-    scenario(f"server-kill9-always-{_binary}")(
-        lambda _b=_binary: server_kill9_always(_b)
-    )
+    scenario(f"server-kill9-always-{_binary}")(lambda _b=_binary: server_kill9_always(_b))
 
 
 @pytest.mark.parametrize("binary", ["valkey", "redis7"])
@@ -266,11 +263,11 @@ def test_restart_empty_noticed_by_the_heartbeat_is_still_a_loud_error() -> None:
     the consumer does not read until its heartbeat thread has noticed. The rejoin must not
     re-create the group (member.lua refuses: STATE_LOST for a member that was in it); the
     next poll raises StateLostError, and no stream group was re-created."""
-    from coordinator.errors import ConnectionFailedError, StateLostError
     from coordinator.settings import GroupSettings
-    from partitions.config import ConsumerConfig
-    from partitions.consumer import Consumer
-    from partitions.producer import Producer
+    from partitions._base.errors import ConnectionFailedError, StateLostError
+    from partitions._client.config import ConsumerConfig
+    from partitions._consumer.consumer import Consumer
+    from partitions._producer.producer import Producer
     from tests.faults.harness import wait_for
 
     with Scenario("restart-empty-rejoined", "restart empty, heartbeat rejoins first",

@@ -39,18 +39,18 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import partitions
-from coordinator.errors import (
+from coordinator.settings import GroupSettings
+from partitions._base.errors import (
     ConnectionFailedError,
     NotOwnerError,
     PartstreamError,
     StateLostError,
 )
-from coordinator.settings import GroupSettings
-from coordinator.types import TopicPartition
-from partitions.config import ClientConfig, ConsumerConfig, ProducerConfig
-from partitions.connection import connect
-from partitions.consumer import Consumer
-from partitions.producer import Producer, RecordFuture
+from partitions._base.types import TopicPartition
+from partitions._client.config import ClientConfig, ConsumerConfig, ProducerConfig
+from partitions._client.connection import connect
+from partitions._consumer.consumer import Consumer
+from partitions._producer.producer import Producer, RecordFuture
 
 LIB = str(Path(partitions.__file__).resolve().parent)
 

@@ -19,9 +19,9 @@ import threading
 import time
 
 from coordinator.settings import GroupSettings
-from partitions.config import ConsumerConfig
-from partitions.connection import connect
-from partitions.consumer import Consumer
+from partitions._client.config import ConsumerConfig
+from partitions._client.connection import connect
+from partitions._consumer.consumer import Consumer
 
 
 def emit(**fields: object) -> None:

@@ -19,13 +19,13 @@ import sys
 import threading
 import time
 
-from coordinator.fence import claim_fence, fence_value, release_fence
 from coordinator.member import Member
 from coordinator.records import Grant
 from coordinator.runner import MemberRunner
 from coordinator.settings import GroupSettings
-from coordinator.types import TopicPartition
-from partitions.connection import connect
+from partitions._base.fence import claim_fence, fence_value, release_fence
+from partitions._base.types import TopicPartition
+from partitions._client.connection import connect
 
 FENCED_READ = """
 if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then

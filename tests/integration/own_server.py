@@ -32,7 +32,7 @@ def server_binaries() -> list[str]:
     if os.access(SYSTEM_REDIS, os.X_OK):
         found.append(SYSTEM_REDIS)
     try:
-        from partitions.server import valkey_binary
+        from partitions._client.server import valkey_binary
 
         found.append(str(valkey_binary()))
     except Exception:

@@ -24,12 +24,12 @@ import sys
 import threading
 import time
 
-from coordinator.errors import PollIntervalExceededError
 from coordinator.settings import GroupSettings
-from partitions.config import ConsumerConfig
-from partitions.connection import connect
-from partitions.consumer import Consumer
-from partitions.records import Record
+from partitions._base.errors import PollIntervalExceededError
+from partitions._base.records import Record
+from partitions._client.config import ConsumerConfig
+from partitions._client.connection import connect
+from partitions._consumer.consumer import Consumer
 
 
 def emit(**fields: object) -> None:

@@ -17,7 +17,10 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from coordinator.errors import (
+from coordinator.group import GroupAdmin
+from coordinator.settings import GroupSettings
+from partitions._admin.topics import TopicAdmin, TopicSpec
+from partitions._base.errors import (
     EvictionPolicyError,
     InvalidNameError,
     PartstreamError,
@@ -26,14 +29,11 @@ from coordinator.errors import (
     StateLostError,
     WrongTypeError,
 )
-from coordinator.group import GroupAdmin
-from coordinator.settings import GroupSettings
+from partitions._client.config import ClientConfig, ProducerConfig
+from partitions._client.connection import Connection, connect
+from partitions._consumer.consumer import Consumer
+from partitions._producer.producer import Producer
 from partitions.cli import main
-from partitions.config import ClientConfig, ProducerConfig
-from partitions.connection import Connection, connect
-from partitions.consumer import Consumer
-from partitions.producer import Producer
-from partitions.topics import TopicAdmin, TopicSpec
 from tests.integration.own_server import own_server
 
 FAST = GroupSettings(session_timeout_ms=3000, heartbeat_interval_ms=500)

@@ -8,12 +8,12 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
+from partitions._admin.topics import TopicAdmin, TopicSpec
+from partitions._client.config import ClientConfig
+from partitions._client.connection import Connection
+from partitions._consumer.consumer import Consumer
+from partitions._producer.producer import Producer
 from partitions.cli import main
-from partitions.config import ClientConfig
-from partitions.connection import Connection
-from partitions.consumer import Consumer
-from partitions.producer import Producer
-from partitions.topics import TopicAdmin, TopicSpec
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import orjson
 from click.testing import CliRunner
 
+from partitions._client.config import ClientConfig
 from partitions.cli import main
-from partitions.config import ClientConfig
 
 
 def run(cfg: ClientConfig, *args: str, input: str | bytes | None = None) -> tuple[int, str, str]:

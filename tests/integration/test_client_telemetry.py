@@ -14,15 +14,15 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import CollectorRegistry
 
-from coordinator.fence import claim_fence
 from coordinator.settings import GroupSettings
-from partitions.config import ClientConfig, ConsumerConfig, ProducerConfig
-from partitions.connection import Connection, connect
-from partitions.consumer import Consumer
-from partitions.producer import Producer
-from partitions.records import Record
-from partitions.telemetry import ClientMetrics
-from partitions.topics import TopicAdmin, TopicSpec
+from partitions._admin.topics import TopicAdmin, TopicSpec
+from partitions._base.fence import claim_fence
+from partitions._base.records import Record
+from partitions._client.config import ClientConfig, ConsumerConfig, ProducerConfig
+from partitions._client.connection import Connection, connect
+from partitions._consumer.consumer import Consumer
+from partitions._producer.producer import Producer
+from partitions._telemetry.metrics import ClientMetrics
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 

@@ -23,19 +23,19 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from coordinator.errors import EvictionPolicyError
 from coordinator.settings import GroupSettings
-from partitions.apply import execute, parse, plan
+from partitions._admin.apply import execute, parse, plan
+from partitions._admin.offsets import group_lag, group_offsets
+from partitions._admin.replay import replay
+from partitions._admin.topics import TopicAdmin, TopicSpec
+from partitions._base.errors import EvictionPolicyError
+from partitions._client.cluster import EmbeddedCluster, free_base_port
+from partitions._client.config import ClientConfig, ProducerConfig
+from partitions._client.connection import Connection, connect
+from partitions._client.nodes import node_name, primaries
+from partitions._consumer.consumer import Consumer
+from partitions._producer.producer import Producer, RecordFuture
 from partitions.cli import main
-from partitions.cluster import EmbeddedCluster, free_base_port
-from partitions.config import ClientConfig, ProducerConfig
-from partitions.connection import Connection, connect
-from partitions.consumer import Consumer
-from partitions.nodes import node_name, primaries
-from partitions.offsets import group_lag, group_offsets
-from partitions.producer import Producer, RecordFuture
-from partitions.replay import replay
-from partitions.topics import TopicAdmin, TopicSpec
 from tests.conftest import drop_namespace
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(60)]

@@ -10,19 +10,19 @@ from typing import Any
 
 import pytest
 
-from coordinator.errors import NotOwnerError, StateLostError
-from coordinator.fence import claim_fence
 from coordinator.records import Grant
 from coordinator.settings import GroupSettings
-from coordinator.types import TopicPartition
-from partitions.config import ConsumerConfig
-from partitions.connection import Connection
-from partitions.consumer import Consumer
-from partitions.deadletter import DeadLetters
-from partitions.offsets import execute_group_seek, group_lag, group_offsets, plan_group_seek
-from partitions.producer import Producer
-from partitions.records import Record
-from partitions.topics import TopicAdmin, TopicSpec
+from partitions._admin.deadletter import DeadLetters
+from partitions._admin.offsets import execute_group_seek, group_lag, group_offsets, plan_group_seek
+from partitions._admin.topics import TopicAdmin, TopicSpec
+from partitions._base.errors import NotOwnerError, StateLostError
+from partitions._base.fence import claim_fence
+from partitions._base.records import Record
+from partitions._base.types import TopicPartition
+from partitions._client.config import ConsumerConfig
+from partitions._client.connection import Connection
+from partitions._consumer.consumer import Consumer
+from partitions._producer.producer import Producer
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 

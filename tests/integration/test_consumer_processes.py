@@ -20,13 +20,13 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from coordinator.errors import UnknownGroupError
 from coordinator.group import GroupAdmin
+from partitions._admin.deadletter import DeadLetters
+from partitions._admin.topics import TopicAdmin, TopicSpec
+from partitions._base.errors import UnknownGroupError
+from partitions._client.connection import Connection
+from partitions._producer.producer import Producer
 from partitions.cli import main as cli_main
-from partitions.connection import Connection
-from partitions.deadletter import DeadLetters
-from partitions.producer import Producer
-from partitions.topics import TopicAdmin, TopicSpec
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 

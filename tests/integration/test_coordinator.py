@@ -8,21 +8,21 @@ import time
 
 import pytest
 
-from coordinator.errors import (
+from coordinator.group import GroupAdmin
+from coordinator.member import Member
+from coordinator.records import Grant, HeartbeatResult
+from coordinator.runner import MemberRunner
+from coordinator.settings import GroupSettings
+from partitions._base.errors import (
     ConfigError,
     DuplicateInstanceError,
     FencedError,
     UnknownGroupError,
     UnknownMemberError,
 )
-from coordinator.fence import claim_fence, fence_value, read_fence, release_fence
-from coordinator.group import GroupAdmin
-from coordinator.member import Member
-from coordinator.records import Grant, HeartbeatResult
-from coordinator.runner import MemberRunner
-from coordinator.settings import GroupSettings
-from coordinator.types import TopicPartition
-from partitions.connection import Connection
+from partitions._base.fence import claim_fence, fence_value, read_fence, release_fence
+from partitions._base.types import TopicPartition
+from partitions._client.connection import Connection
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 

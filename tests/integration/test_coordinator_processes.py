@@ -17,11 +17,11 @@ from typing import Any
 
 import pytest
 
-from coordinator.errors import UnknownGroupError
 from coordinator.group import GroupAdmin
 from coordinator.records import GroupDescription
-from coordinator.types import TopicPartition
-from partitions.connection import Connection
+from partitions._base.errors import UnknownGroupError
+from partitions._base.types import TopicPartition
+from partitions._client.connection import Connection
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(45)]
 

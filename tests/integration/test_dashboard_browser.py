@@ -23,7 +23,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from partitions.config import ClientConfig
+from partitions._client.config import ClientConfig
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"

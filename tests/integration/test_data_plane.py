@@ -7,7 +7,9 @@ import time
 
 import pytest
 
-from coordinator.errors import (
+from partitions._admin.replay import replay
+from partitions._admin.topics import TopicAdmin, TopicSpec
+from partitions._base.errors import (
     BufferFullError,
     ConfigError,
     RecordTooLargeError,
@@ -15,12 +17,10 @@ from coordinator.errors import (
     UnknownTopicError,
     WrongTypeError,
 )
-from partitions.config import ProducerConfig
-from partitions.connection import Connection
-from partitions.nodes import node_for_key
-from partitions.producer import Producer
-from partitions.replay import replay
-from partitions.topics import TopicAdmin, TopicSpec
+from partitions._client.config import ProducerConfig
+from partitions._client.connection import Connection
+from partitions._client.nodes import node_for_key
+from partitions._producer.producer import Producer
 
 
 def test_topic_lifecycle(conn: Connection) -> None:

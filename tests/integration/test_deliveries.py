@@ -31,14 +31,14 @@ import pytest
 from click.testing import CliRunner
 
 from coordinator.settings import GroupSettings
+from partitions._admin.deadletter import DeadLetters
+from partitions._admin.topics import TopicAdmin, TopicSpec
+from partitions._base.records import Record
+from partitions._client.config import ConsumerConfig
+from partitions._client.connection import Connection
+from partitions._consumer.consumer import Consumer
+from partitions._producer.producer import Producer
 from partitions.cli import main as cli_main
-from partitions.config import ConsumerConfig
-from partitions.connection import Connection
-from partitions.consumer import Consumer
-from partitions.deadletter import DeadLetters
-from partitions.producer import Producer
-from partitions.records import Record
-from partitions.topics import TopicAdmin, TopicSpec
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -50,9 +50,9 @@ SESSION = GroupSettings(session_timeout_ms=3000, heartbeat_interval_ms=500)
 WORKER = textwrap.dedent(
     """
     import json, os, signal, sys
-    from partitions.config import ConsumerConfig
-    from partitions.connection import connect
-    from partitions.consumer import Consumer
+    from partitions._client.config import ConsumerConfig
+    from partitions._client.connection import connect
+    from partitions._consumer.consumer import Consumer
     from coordinator.settings import GroupSettings
     url, ns, mode, arg = sys.argv[1:5]
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # close() commits and leaves

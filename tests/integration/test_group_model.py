@@ -32,9 +32,9 @@ from hypothesis.stateful import (
 from coordinator.group import GroupAdmin
 from coordinator.member import Member
 from coordinator.settings import GroupSettings
-from coordinator.types import TopicPartition
-from partitions.config import ClientConfig
-from partitions.connection import Connection, connect
+from partitions._base.types import TopicPartition
+from partitions._client.config import ClientConfig
+from partitions._client.connection import Connection, connect
 
 TOPICS = {"events": 7, "audit": 3}
 PARTITIONS = sum(TOPICS.values())

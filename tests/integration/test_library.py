@@ -12,12 +12,12 @@ import pytest
 import redis
 from click.testing import CliRunner
 
-from coordinator.functions import library_name, version
+from partitions._admin.topics import TopicAdmin, TopicSpec
+from partitions._base.functions import library_name, version
+from partitions._client.connection import Connection
+from partitions._consumer.consumer import Consumer
+from partitions._producer.producer import Producer
 from partitions.cli import main
-from partitions.connection import Connection
-from partitions.consumer import Consumer
-from partitions.producer import Producer
-from partitions.topics import TopicAdmin, TopicSpec
 
 pytestmark = pytest.mark.integration
 

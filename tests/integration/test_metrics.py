@@ -21,18 +21,18 @@ import redis
 from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 
-from coordinator.functions import library_name
 from coordinator.settings import GroupSettings
+from partitions._admin.offsets import describe_with_lag
+from partitions._admin.topics import TopicAdmin, TopicSpec
+from partitions._base.functions import library_name
+from partitions._base.records import id_timestamp, time_ms_from_reply
+from partitions._client.config import ClientConfig, ConsumerConfig
+from partitions._client.connection import Connection
+from partitions._client.nodes import primaries
+from partitions._consumer.consumer import Consumer
+from partitions._producer.producer import Producer
+from partitions._telemetry.exporter import MetricsExporter
 from partitions.cli import main
-from partitions.config import ClientConfig, ConsumerConfig
-from partitions.connection import Connection
-from partitions.consumer import Consumer
-from partitions.exporter import MetricsExporter
-from partitions.nodes import primaries
-from partitions.offsets import describe_with_lag
-from partitions.producer import Producer
-from partitions.records import id_timestamp, time_ms_from_reply
-from partitions.topics import TopicAdmin, TopicSpec
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 

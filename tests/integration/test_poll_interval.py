@@ -25,17 +25,17 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from coordinator.errors import NotOwnerError, PollIntervalExceededError, UnknownGroupError
 from coordinator.group import GroupAdmin
 from coordinator.settings import GroupSettings
-from coordinator.types import TopicPartition
+from partitions._admin.topics import TopicAdmin, TopicSpec
+from partitions._base.errors import NotOwnerError, PollIntervalExceededError, UnknownGroupError
+from partitions._base.records import Record
+from partitions._base.types import TopicPartition
+from partitions._client.config import ConsumerConfig
+from partitions._client.connection import Connection
+from partitions._consumer.consumer import Consumer
+from partitions._producer.producer import Producer
 from partitions.cli import main
-from partitions.config import ConsumerConfig
-from partitions.connection import Connection
-from partitions.consumer import Consumer
-from partitions.producer import Producer
-from partitions.records import Record
-from partitions.topics import TopicAdmin, TopicSpec
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 

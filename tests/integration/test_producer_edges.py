@@ -13,21 +13,21 @@ import pytest
 import redis.exceptions as rex
 from click.testing import CliRunner
 
-import partitions.producer as producer_module
-from coordinator.errors import (
+import partitions._producer.producer as producer_module
+from partitions._admin.replay import replay
+from partitions._admin.topics import TopicAdmin, TopicSpec
+from partitions._base.errors import (
     ConfigError,
     InvalidRecordError,
     RecordTooLargeError,
     WrongTypeError,
 )
-from partitions.batch import MAX_BATCH_BYTES, Batch
+from partitions._base.records import MAX_HEADERS
+from partitions._client.config import ClientConfig, ProducerConfig
+from partitions._client.connection import Connection
+from partitions._producer.batch import MAX_BATCH_BYTES, Batch
+from partitions._producer.producer import Producer
 from partitions.cli import main
-from partitions.config import ClientConfig, ProducerConfig
-from partitions.connection import Connection
-from partitions.producer import Producer
-from partitions.records import MAX_HEADERS
-from partitions.replay import replay
-from partitions.topics import TopicAdmin, TopicSpec
 
 MiB = 1024 * 1024
 

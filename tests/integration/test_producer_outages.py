@@ -22,12 +22,12 @@ from pathlib import Path
 import pytest
 import redis
 
-from coordinator.errors import ClosedError, ServerOutOfMemoryError
-from partitions.config import ClientConfig, ProducerConfig
-from partitions.connection import Connection, connect
-from partitions.producer import Producer, RecordFuture
-from partitions.replay import replay
-from partitions.topics import TopicAdmin, TopicSpec
+from partitions._admin.replay import replay
+from partitions._admin.topics import TopicAdmin, TopicSpec
+from partitions._base.errors import ClosedError, ServerOutOfMemoryError
+from partitions._client.config import ClientConfig, ProducerConfig
+from partitions._client.connection import Connection, connect
+from partitions._producer.producer import Producer, RecordFuture
 from tests.integration.own_server import free_port, missing, own_server, server_binaries
 
 pytestmark = pytest.mark.timeout(180)

@@ -12,16 +12,16 @@ import pytest
 from click.testing import CliRunner
 
 from coordinator.settings import GroupSettings
+from partitions._admin.offsets import reclaim_now
+from partitions._admin.topics import TopicAdmin, TopicSpec
+from partitions._base.records import Record
+from partitions._client.config import ClientConfig, ConsumerConfig
+from partitions._client.connection import Connection
+from partitions._client.nodes import execute_on_key
+from partitions._consumer.consumer import Consumer
+from partitions._producer.producer import Producer
 from partitions.cli import main
-from partitions.config import ClientConfig, ConsumerConfig
-from partitions.connection import Connection
-from partitions.consumer import Consumer
 from partitions.dashboard.app import Dashboard, create_app
-from partitions.nodes import execute_on_key
-from partitions.offsets import reclaim_now
-from partitions.producer import Producer
-from partitions.records import Record
-from partitions.topics import TopicAdmin, TopicSpec
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 

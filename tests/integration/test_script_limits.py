@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from coordinator.functions import Functions
 from coordinator.group import GroupAdmin
-from partitions.connection import Connection
+from partitions._base.functions import Functions
+from partitions._client.connection import Connection
 
 pytestmark = pytest.mark.integration
 

@@ -21,23 +21,23 @@ import pytest
 import redis
 from click.testing import CliRunner
 
-from coordinator.errors import (
+from coordinator.group import GroupAdmin
+from coordinator.settings import GroupSettings
+from partitions._admin.acl import acl_rules
+from partitions._admin.topics import TopicAdmin, TopicSpec
+from partitions._base.errors import (
     ConfigError,
     ConnectionFailedError,
     LibraryMissingError,
     PermissionDeniedError,
     translate,
 )
-from coordinator.functions import library_name
-from coordinator.group import GroupAdmin
-from coordinator.settings import GroupSettings
-from partitions.acl import acl_rules
+from partitions._base.functions import library_name
+from partitions._client.config import ClientConfig, ConsumerConfig, ProducerConfig
+from partitions._client.connection import Connection, connect
+from partitions._consumer.consumer import Consumer
+from partitions._producer.producer import Producer
 from partitions.cli import main
-from partitions.config import ClientConfig, ConsumerConfig, ProducerConfig
-from partitions.connection import Connection, connect
-from partitions.consumer import Consumer
-from partitions.producer import Producer
-from partitions.topics import TopicAdmin, TopicSpec
 from tests.integration.own_server import OwnServer, free_port, missing, own_server, server_binaries
 
 NS = "sec"

@@ -14,13 +14,13 @@ import redis
 
 from coordinator.group import GroupAdmin
 from coordinator.settings import GroupSettings
-from partitions.acl import acl_rules
-from partitions.config import ClientConfig, ProducerConfig
-from partitions.connection import Connection, connect
-from partitions.consumer import Consumer
-from partitions.library import load_library
-from partitions.producer import Producer
-from partitions.topics import TopicAdmin, TopicSpec
+from partitions._admin.acl import acl_rules
+from partitions._admin.library import load_library
+from partitions._admin.topics import TopicAdmin, TopicSpec
+from partitions._client.config import ClientConfig, ProducerConfig
+from partitions._client.connection import Connection, connect
+from partitions._consumer.consumer import Consumer
+from partitions._producer.producer import Producer
 
 pytestmark = pytest.mark.integration
 

@@ -1,7 +1,7 @@
 """High availability on a real primary + replica behind three Sentinels, all started here
-(:class:`~partitions.replicas.EmbeddedReplicaSet`) on free loopback ports, and stopped by pid
-whatever happens: from the valkey binary, or from /usr/bin/redis-server in the suite's Redis 7
-pass (``PARTSTREAM_TEST_URL=redis://...``), so each pass exercises its server's Sentinel.
+(:class:`~partitions._client.replicas.EmbeddedReplicaSet`) on free loopback ports, and stopped
+by pid whatever happens: from the valkey binary, or from /usr/bin/redis-server in the suite's
+Redis 7 pass (``PARTSTREAM_TEST_URL=redis://...``), so each pass exercises its server's Sentinel.
 
 What is checked: the ``redis+sentinel://`` URL in the library and the CLI; the CLI helper
 ``partstream server start --replicas 1 --sentinel``; a group with ``acks="all"`` whose state is
@@ -27,17 +27,17 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from coordinator.errors import NotEnoughReplicasError, StateLostError
 from coordinator.group import GroupAdmin
 from coordinator.settings import GroupSettings
+from partitions._admin.topics import TopicAdmin, TopicSpec
+from partitions._base.errors import NotEnoughReplicasError, StateLostError
+from partitions._client.cluster import EmbeddedCluster
+from partitions._client.config import ClientConfig, ConsumerConfig, ProducerConfig
+from partitions._client.connection import Connection, connect
+from partitions._client.replicas import MASTER_NAME, EmbeddedReplicaSet
+from partitions._consumer.consumer import Consumer
+from partitions._producer.producer import Producer
 from partitions.cli import main
-from partitions.cluster import EmbeddedCluster
-from partitions.config import ClientConfig, ConsumerConfig, ProducerConfig
-from partitions.connection import Connection, connect
-from partitions.consumer import Consumer
-from partitions.producer import Producer
-from partitions.replicas import MASTER_NAME, EmbeddedReplicaSet
-from partitions.topics import TopicAdmin, TopicSpec
 from tests.faults.harness import wait_for
 
 pytestmark = [pytest.mark.timeout(120)]

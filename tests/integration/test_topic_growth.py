@@ -7,12 +7,12 @@ import time
 import pytest
 
 from coordinator.settings import GroupSettings
-from partitions import consumer as consumer_mod
-from partitions.config import ConsumerConfig
-from partitions.connection import Connection
-from partitions.consumer import Consumer
-from partitions.producer import Producer
-from partitions.topics import TopicAdmin, TopicSpec
+from partitions._admin.topics import TopicAdmin, TopicSpec
+from partitions._client.config import ConsumerConfig
+from partitions._client.connection import Connection
+from partitions._consumer import consumer as consumer_mod
+from partitions._consumer.consumer import Consumer
+from partitions._producer.producer import Producer
 
 
 def test_added_partitions_are_assigned_and_consumed(

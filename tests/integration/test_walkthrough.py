@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from partitions import walkthrough
-from partitions.connection import Connection
+from partitions import _walkthrough as walkthrough
+from partitions._client.connection import Connection
 
 
 def test_walkthrough_reports_per_key_order(conn: Connection) -> None:

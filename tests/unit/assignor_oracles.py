@@ -9,7 +9,7 @@ from collections import deque
 from collections.abc import Iterator, Mapping
 
 from coordinator.assignors import member_order
-from coordinator.types import MemberSubscription, TopicPartition
+from partitions._base.types import MemberSubscription, TopicPartition
 
 Counts = dict[str, dict[str, int]]
 

@@ -16,8 +16,8 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from coordinator.assignors import ASSIGNORS, assign, get_assignor, uniform_assign
-from coordinator.errors import ConfigError
-from coordinator.types import MemberSubscription, TopicPartition, all_partitions
+from partitions._base.errors import ConfigError
+from partitions._base.types import MemberSubscription, TopicPartition, all_partitions
 from tests.unit.assignor_oracles import (
     all_counts,
     chain_free,
@@ -513,7 +513,7 @@ def test_every_assignor_ignores_dict_and_set_order(
 DETERMINISM_SCRIPT = """
 import json, random
 from coordinator.assignors import ASSIGNORS, assign
-from coordinator.types import MemberSubscription, TopicPartition
+from partitions._base.types import MemberSubscription, TopicPartition
 rng = random.Random(7)
 topics = {f"t{i}": rng.randint(5, 60) for i in range(12)}
 names = sorted(topics)

@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from coordinator.errors import ConfigError, InvalidNameError
 from coordinator.settings import GroupSettings
-from partitions.apply import load
+from partitions._admin.apply import load
+from partitions._base.errors import ConfigError, InvalidNameError
+from partitions._client.config import ClientConfig, ConsumerConfig, ProducerConfig
 from partitions.cli import main
-from partitions.config import ClientConfig, ConsumerConfig, ProducerConfig
 
 
 def _dead_url() -> str:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from coordinator.types import MemberSubscription, TopicPartition
+from partitions._base.types import MemberSubscription, TopicPartition
 from partitions.bench.assignors import chain_balanced, per_topic_even
 from partitions.cli import main
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from coordinator.errors import ConfigError
-from partitions.config import ClientConfig, ConsumerConfig
-from partitions.deadletter import dead_letter_from_entry
-from partitions.offsets import target_id, time_id
-from partitions.records import group_infos_from_reply, records_from_read
+from partitions._admin.deadletter import dead_letter_from_entry
+from partitions._admin.offsets import target_id, time_id
+from partitions._base.errors import ConfigError
+from partitions._base.records import group_infos_from_reply, records_from_read
+from partitions._client.config import ClientConfig, ConsumerConfig
 
 
 def test_seek_targets() -> None:

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 import redis.exceptions as rex
 
-from coordinator.durability import Durability, parse_acks
-from coordinator.errors import ConfigError, NotEnoughReplicasError, ServerError
 from coordinator.settings import GroupSettings
-from partitions.apply import parse
-from partitions.config import ClientConfig, ProducerConfig
-from partitions.delivery import Verdict, classify
+from partitions._admin.apply import parse
+from partitions._base.durability import Durability, parse_acks
+from partitions._base.errors import ConfigError, NotEnoughReplicasError, ServerError
+from partitions._client.config import ClientConfig, ProducerConfig
+from partitions._producer.delivery import Verdict, classify
 
 
 @pytest.mark.parametrize(("raw", "acks"), [(1, 1), ("1", 1), ("all", "all"), (-1, "all")])

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 import redis.exceptions as rex
 
-from coordinator.errors import ConnectionFailedError
-from coordinator.functions import Functions, did_not_run, fails_over
+from partitions._base.errors import ConnectionFailedError
+from partitions._base.functions import Functions, did_not_run, fails_over
 
 
 @pytest.mark.parametrize(

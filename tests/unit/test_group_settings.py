@@ -6,8 +6,8 @@ import tomllib
 
 import pytest
 
-from coordinator.errors import ConfigError
 from coordinator.settings import GroupSettings
+from partitions._base.errors import ConfigError
 
 
 def test_defaults_are_kafka_like() -> None:

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from coordinator.errors import ConfigError, MembershipError, PollIntervalExceededError
 from coordinator.heartbeat import PollTimer
-from partitions import apply
+from partitions._admin import apply
+from partitions._base.errors import ConfigError, MembershipError, PollIntervalExceededError
+from partitions._client.config import ConsumerConfig
 from partitions.cli import main
-from partitions.config import ConsumerConfig
 
 
 class FakeClock:

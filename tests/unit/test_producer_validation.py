@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import redis.exceptions as rex
 
-from coordinator.errors import (
+from partitions._base.errors import (
     ConfigError,
     ConnectionFailedError,
     DeliveryTimeoutError,
@@ -18,9 +18,10 @@ from coordinator.errors import (
     ServerOutOfMemoryError,
     WrongTypeError,
 )
-from partitions.batch import Batch, NotSentError
-from partitions.config import ClientConfig, ProducerConfig
-from partitions.delivery import (
+from partitions._base.records import MAX_HEADERS, encode_headers, entry_fields
+from partitions._client.config import ClientConfig, ProducerConfig
+from partitions._producer.batch import Batch, NotSentError
+from partitions._producer.delivery import (
     DeliveryPolicy,
     Verdict,
     classify,
@@ -28,7 +29,6 @@ from partitions.delivery import (
     final_error,
     in_doubt,
 )
-from partitions.records import MAX_HEADERS, encode_headers, entry_fields
 
 
 # -- config -----------------------------------------------------------------------------------

@@ -10,8 +10,8 @@ import xxhash
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from coordinator.errors import ConfigError
-from partitions.router import Router, StickyPartitioner, jump_hash
+from partitions._base.errors import ConfigError
+from partitions._producer.router import Router, StickyPartitioner, jump_hash
 
 keys = st.binary(min_size=0, max_size=64)
 counts = st.integers(min_value=1, max_value=512)
@@ -43,7 +43,7 @@ def test_stable_across_processes() -> None:
     sample = [f"key-{i}".encode() for i in range(200)]
     here = [Router(16).for_key(k) for k in sample] + [Router(16, "jump").for_key(k) for k in sample]
     code = (
-        "from partitions.router import Router\n"
+        "from partitions._producer.router import Router\n"
         "s=[f'key-{i}'.encode() for i in range(200)]\n"
         "print([Router(16).for_key(k) for k in s]+[Router(16,'jump').for_key(k) for k in s])"
     )

@@ -9,8 +9,8 @@ import sys
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from partitions.records import Record
-from partitions.telemetry import (
+from partitions._base.records import Record
+from partitions._telemetry.metrics import (
     CLIENT_METRICS,
     ClientMetrics,
     TraceParent,
@@ -195,7 +195,7 @@ def test_with_opentelemetry_the_current_span_is_injected_and_extracted() -> None
 def test_readme_names_only_client_metrics_that_exist() -> None:
     from pathlib import Path
 
-    from partitions.telemetry import CLIENT_METRICS
+    from partitions._telemetry.metrics import CLIENT_METRICS
 
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     section = readme.split("### Client metrics", 1)[1].split("\n### ", 1)[0]

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from coordinator.errors import ConfigError
-from partitions.config import ClientConfig
-from partitions.urls import parse_cluster, parse_sentinel, redact_url, validate_url
+from partitions._base.errors import ConfigError
+from partitions._client.config import ClientConfig
+from partitions._client.urls import parse_cluster, parse_sentinel, redact_url, validate_url
 
 
 def test_sentinel_url_with_several_sentinels_credentials_and_db() -> None:

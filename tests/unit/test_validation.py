@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from coordinator.errors import (
+from partitions._admin.apply import parse
+from partitions._admin.replay import Position
+from partitions._admin.topics import TopicSpec
+from partitions._base.errors import (
     ConfigError,
     InvalidNameError,
     RecordTooLargeError,
     SerializationError,
 )
-from coordinator.keys import Keys, validate_name
-from partitions.apply import parse
-from partitions.config import ClientConfig, ProducerConfig, redact_url
-from partitions.records import (
+from partitions._base.keys import Keys, validate_name
+from partitions._base.records import (
     check_size,
     encode_headers,
     encode_key,
@@ -21,8 +22,7 @@ from partitions.records import (
     entry_fields,
     record_from_entry,
 )
-from partitions.replay import Position
-from partitions.topics import TopicSpec
+from partitions._client.config import ClientConfig, ProducerConfig, redact_url
 
 
 @pytest.mark.parametrize(
@@ -135,7 +135,7 @@ def test_topic_spec_and_config_file_checks() -> None:
 
 
 def test_tls_always_checks_the_chain_and_the_host_name() -> None:
-    from partitions.connection import _client_kwargs
+    from partitions._client.connection import _client_kwargs
 
     kwargs = _client_kwargs(ClientConfig(url="rediss://h:1"), tls=True)
     assert kwargs["ssl_check_hostname"] is True and kwargs["ssl_cert_reqs"] == "required"

@@ -1,0 +1,237 @@
+"""Least-privilege ACL users for partstream: the rules of a producer, a consumer and an admin.
+
+:func:`acl_rules` returns the arguments of one ``ACL SETUSER`` call (Redis >= 7.0 and Valkey
+>= 7.2: it uses key selectors and ``%R~`` read-only key patterns). The rules follow the key
+table in :mod:`partitions._base.keys`:
+
+``producer`` (topics T)
+    append to T's partition streams (XADD only: the append function, or XADD directly;
+    retention rides on XADD's MAXLEN ~ / MINID ~), keep T's idempotence ``:seq`` hashes
+    (HGET/HSET/HLEN/HRANDFIELD/HDEL: check, record, forget day-old producers), read the
+    safe-retention cut in T's ``:groups`` hashes (HGET/EXISTS, read only) and T's metadata
+    (HGETALL). Nothing else: no XRANGE/XREADGROUP/XPENDING/XINFO (it cannot read the topic),
+    no XTRIM/DEL (it cannot shorten it), no other topic, no group key, no dead-letter stream.
+``consumer`` (topics T, groups G)
+    read, ack, claim and seek G's positions on T's partitions, write their fences and group
+    marks, XADD to their dead-letter streams only, run G's coordinator scripts on
+    ``{ns}:g:{G}:*``, register G in ``{ns}:groups``, read T's metadata. It cannot XADD to a
+    topic stream, touch another topic, or touch another group's coordinator keys.
+``admin``
+    every non-dangerous command on every key of the namespace ``{ns}:*``.
+
+Every role also gets the keyless commands a client needs to connect: PING, INFO (server
+version and features), TIME, FCALL / FCALL_RO (partstream's server-side functions, never
+SCRIPT or EVAL: no role can load or run code of its own), CLIENT ID, and the cluster discovery
+commands (CLUSTER SLOTS/SHARDS/NODES, COMMAND, ASKING, READONLY). A consumer also gets
+MULTI/EXEC/DISCARD/UNWATCH and WATCH on its fences (the fast fetch path) and CLIENT UNBLOCK
+(to wake its own blocking read on a rebalance). CONFIG is never granted (``CONFIG GET`` would
+reveal ``requirepass``), so a producer or consumer cannot read ``maxmemory-policy``: the
+eviction check is skipped for them (one refused CONFIG GET per connect shows in the ACL LOG);
+run it with the admin user.
+
+How this holds with functions: the server checks every command a function runs against the
+caller's ACL, command and keys together, as if the caller had sent it. FCALL itself needs
+read/write access to all the keys it declares, granted in the root selector (with no data
+command), while each data command is granted only in a selector naming the keys it may touch.
+So a consumer's function can XADD to a dead-letter stream but not to the topic stream.
+
+Limits of Redis ACLs (documented, not fixable by rules): an ACL cannot name a *stream
+consumer group* (it is an argument, not a key) nor a hash field, so a consumer of topic T can
+read or ack T's partitions under another group's name or overwrite another group's fence
+field on T. It still cannot touch another group's coordinator keys or any other topic.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shlex
+from collections.abc import Iterable, Sequence
+
+from partitions._base.errors import ConfigError
+from partitions._base.keys import DEFAULT_NAMESPACE, validate_name
+
+ROLES = ("producer", "consumer", "admin")
+
+# What no rule can do, said wherever rules are printed.
+ACL_LIMITS = (
+    "note: Redis ACLs name keys and commands, not consumer groups or hash fields: a consumer "
+    "of a topic can read, ack or move the positions of another group on that topic, and "
+    "overwrite its fence field. Isolate tenants by topic or by namespace, not by group."
+)
+
+# Keyless commands any partstream client runs (connect, version check, scripts, cluster).
+_BASE_COMMANDS = (
+    "+ping",
+    "+info",
+    "+time",
+    "+client|id",
+    "+fcall",
+    "+fcall_ro",
+    "+cluster|slots",
+    "+cluster|shards",
+    "+cluster|nodes",
+    "+command",
+    "+asking",
+    "+readonly",
+)
+# What the append function (and a direct XADD) runs on a partition stream: only XADD, whose
+# MAXLEN ~ / MINID ~ options apply retention. A producer can neither read nor trim a topic.
+_PRODUCER_STREAM = ("+xadd",)
+# The idempotence sequences (append: check, record, forget producers silent for a day).
+_PRODUCER_SEQ = ("+hget", "+hset", "+hlen", "+hrandfield", "+hdel")
+# Safe retention: append reads the partition's "~cut" (read only; consumers write it).
+_PRODUCER_GROUPS = ("+hget", "+exists")
+# A consumer on its topic's partition streams, and the code path that sends each command:
+_CONSUMER_STREAM = (
+    "+xreadgroup",  # the fast fetch path (MULTI/EXEC) and the consume function's read
+    "+xread",  # the idle wait for new entries (XREAD BLOCK, on a cluster one XREAD per node)
+    "+xack",  # acks riding on the fast path, the consume function's read/ack/hand/dead
+    "+xpending",  # consume: takeover recovery, reclaim, retry/dead checks, the retention cut
+    "+xclaim",  # consume: recording a recovered record's hand-out, a retry's delivery count
+    "+xrange",  # consume: a recovered entry's payload, a dead letter's copy, the cut's page
+    "+xrevrange",  # consume: a partition's tail when a read found nothing new
+    "+xlen",  # consume: the retention cut (how far past max_length the stream is)
+    "+xinfo|groups",  # consume: the cut (every group's position); seek: the group's position
+    "+xgroup|create",  # consume: a group's first read of a partition; seek (create=1)
+    "+xgroup|setid",  # seek (Consumer.seek, group seek as the owner)
+    "+exists",  # consume: stream or group gone (state lost)
+)
+# The partition's fence and groups hashes: fence claim/release (HGET/HSET/HDEL), the
+# consume/seek functions' group marks, reclaim requests and "~cut" (HGET/HSET/HDEL/HEXISTS),
+# and the fast path's WATCH of the fences.
+_CONSUMER_FENCE = ("+hget", "+hset", "+hdel", "+hexists", "+watch")
+# The fast fetch path: WATCH fences, then MULTI / XACK / XREADGROUP / EXEC (UNWATCH when a
+# fence moved, DISCARD never sent but part of the same transaction family).
+_CONSUMER_TXN = ("+multi", "+exec", "+discard", "+unwatch")
+# The member and admin functions on the group's coordinator keys: join checks every key's
+# TYPE, assign replaces the target hash (DEL + HSET), the group bootstrap uses HSETNX and
+# HINCRBY, describe reads with HGETALL/HVALS, heartbeats and evictions use the hb zset.
+_CONSUMER_GROUP = (
+    "+type",
+    "+del",
+    "+hget",
+    "+hset",
+    "+hsetnx",
+    "+hdel",
+    "+hexists",
+    "+hgetall",
+    "+hincrby",
+    "+hvals",
+    "+exists",
+    "+zadd",
+    "+zrangebyscore",
+    "+zrem",
+    "+zscore",
+)
+# Admin: everything but the dangerous commands (FLUSHALL, KEYS, CONFIG, ACL, DEBUG, ...).
+_ADMIN_COMMANDS = ("+@all", "-@dangerous", "+info", "-script|flush", "-function|flush")
+
+
+def password_hash(password: str) -> str:
+    """The ``#<sha256>`` rule for ``password``: sets it without the clear text in the rules."""
+    return "#" + hashlib.sha256(password.encode("utf-8")).hexdigest()
+
+
+def _selector(commands: Iterable[str], *patterns: str) -> str:
+    return "(" + " ".join([*commands, *patterns]) + ")"
+
+
+def _stream(ns: str, topic: str, suffix: str = "") -> str:
+    # Topic names never hold glob characters (see partitions._base.keys), and a stream key is the
+    # only partition key ending in "}", so "{topic:*}" cannot match another topic's keys.
+    return f"{ns}:t:{{{topic}:*}}{suffix}"
+
+
+def acl_rules(
+    role: str,
+    *,
+    user: str,
+    topics: Sequence[str] = (),
+    groups: Sequence[str] = (),
+    namespace: str = DEFAULT_NAMESPACE,
+    password: str | None = None,
+    client_setinfo: bool = False,
+) -> list[str]:
+    """The arguments of ``ACL SETUSER`` for a ``role`` user (after the words ACL SETUSER).
+
+    The rules start with ``reset``, so applying them again replaces the user's rights. With no
+    ``password`` the user has none and cannot log in until one is set (``>secret`` or
+    ``#sha256``); a given password is put in as its SHA-256 (``#...``), never in clear.
+    ``client_setinfo`` grants CLIENT SETINFO, which redis-py sends on connect (its refusal is
+    harmless but lands in the ACL LOG); only for Redis >= 7.2 and Valkey, since Redis 7.0
+    rejects rules naming a command it does not know. Raises ConfigError for an unknown role
+    or a missing topic/group.
+    """
+    if role not in ROLES:
+        raise ConfigError(f"unknown role {role!r}; use one of {', '.join(ROLES)}")
+    validate_name(user, "ACL user")
+    validate_name(namespace, "namespace")
+    topics = [validate_name(t, "topic") for t in topics]
+    groups = [validate_name(g, "group") for g in groups]
+    head = [user, "reset", "on"]
+    if password is not None:
+        if not password:
+            raise ConfigError("an ACL password must not be empty")
+        head.append(password_hash(password))
+    head.append("resetchannels")
+    setinfo = ["+client|setinfo"] if client_setinfo else []
+    ns = namespace
+    if role == "admin":
+        return [*head, f"~{ns}:*", *_ADMIN_COMMANDS, *setinfo]
+    if not topics:
+        raise ConfigError(f"a {role} user needs at least one topic")
+    meta = [f"%R~{ns}:t:{{{t}}}:meta" for t in topics]
+    if role == "producer":
+        if groups:
+            raise ConfigError("a producer user takes no group")
+        streams = [f"~{_stream(ns, t)}" for t in topics]
+        seqs = [f"~{_stream(ns, t, ':seq')}" for t in topics]
+        marks = [f"~{_stream(ns, t, ':groups')}" for t in topics]
+        return [
+            *head,
+            "-@all",
+            *_BASE_COMMANDS,
+            *setinfo,
+            *streams,  # root keys: what FCALL append may declare
+            *seqs,
+            *marks,
+            _selector(_PRODUCER_STREAM, *streams),
+            _selector(_PRODUCER_SEQ, *seqs),
+            _selector(_PRODUCER_GROUPS, *(f"%R{m}" for m in marks)),
+            _selector(["+hgetall"], *meta),
+        ]
+    if not groups:
+        raise ConfigError("a consumer user needs at least one group")
+    streams = [f"~{_stream(ns, t)}" for t in topics]
+    fences = [f"~{_stream(ns, t, s)}" for t in topics for s in (":fence", ":groups")]
+    dlqs = [f"~{_stream(ns, t, ':dlq')}" for t in topics]
+    group_keys = [f"~{ns}:g:{{{g}}}:*" for g in groups]
+    return [
+        *head,
+        "-@all",
+        *_BASE_COMMANDS,
+        *setinfo,
+        *_CONSUMER_TXN,
+        # Wakes the consumer's own blocking XREAD on a rebalance. It could also unblock other
+        # clients' blocking reads (they return early, nothing is lost); without it a
+        # rebalance is noticed only after block_ms and every wake-up lands in the ACL LOG.
+        "+client|unblock",
+        *streams,  # root keys: what the consumer's scripts may declare
+        *fences,
+        *dlqs,
+        *group_keys,
+        _selector(_CONSUMER_STREAM, *streams),
+        _selector(_CONSUMER_FENCE, *fences),
+        _selector(["+xadd", "+exists"], *dlqs),
+        _selector(_CONSUMER_GROUP, *group_keys),
+        _selector(["+sadd"], f"~{ns}:groups"),
+        _selector(["+hgetall"], *meta),
+    ]
+
+
+def setuser_command(rules: Sequence[str]) -> str:
+    """One ``ACL SETUSER ...`` line, quoted for a shell (``redis-cli ACL SETUSER ...``)."""
+    return "ACL SETUSER " + shlex.join(rules)
+
+
+__all__ = ["ACL_LIMITS", "ROLES", "acl_rules", "password_hash", "setuser_command"]

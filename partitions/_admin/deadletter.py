@@ -1,0 +1,313 @@
+"""Dead letters: list a topic's dead-letter entries and replay them into the topic.
+
+Each partition has its own dead-letter stream (``Keys.dlq``) in the partition's slot, so the
+consumer moves an entry there and acks it in one atomic script. An entry keeps the original
+key, value and headers plus ``dlq.*`` fields: origin topic, partition, id, group, delivery
+count and reason (``max_deliveries``, ``trimmed`` or a user reason).
+
+:class:`DeadLetterTally` counts a dead-letter stream's entries by group and reason for the
+metrics exporter, reading each entry once (see its docstring for exactly what it counts).
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from partitions._admin.topics import TopicAdmin
+from partitions._base.records import (
+    Record,
+    _display,
+    _display_value,
+    _text,
+    entry_ids,
+    parse_id,
+    record_from_entry,
+)
+from partitions._client.connection import Connection
+from partitions._client.nodes import execute_per_key
+from partitions._producer.producer import Producer
+
+DLQ_PREFIX = b"dlq."
+# The metadata consume.lua writes first in every dead letter, in this order.
+DLQ_META = ("topic", "partition", "id", "group", "deliveries", "reason")
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """One entry of a partition's dead-letter stream: the original record and why it died.
+
+    ``problems`` lists what could not be read of a malformed dead-letter entry (one written
+    by another client or damaged by hand); its other fields are then best effort."""
+
+    dlq_id: str
+    topic: str
+    partition: int | None  # None if the entry does not say (malformed)
+    original_id: str
+    group: str
+    deliveries: int
+    reason: str
+    record: Record  # the original entry's fields as they were (none if it was trimmed)
+    omitted: int = 0  # original fields left out (another client's entry with thousands)
+    problems: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {
+            "dlq_id": self.dlq_id,
+            "topic": self.topic,
+            "partition": self.partition,
+            "id": self.original_id,
+            "group": self.group,
+            "deliveries": self.deliveries,
+            "reason": self.reason,
+            "key": _display(self.record.key),
+            "value": _display_value(self.record.value),
+            "headers": {k: _display(v) for k, v in self.record.headers.items()},
+        }
+        if self.record.foreign:
+            out["fields"] = {_display(k): _display(v) for k, v in self.record.fields.items()}
+        if self.omitted:
+            out["omitted"] = self.omitted
+        if self.problems:
+            out["problems"] = list(self.problems)
+        return out
+
+
+def dead_letter_from_entry(entry: Any) -> DeadLetter:
+    """Parse one raw dead-letter stream entry ``[id, [field, value, ...]]``.
+
+    The metadata is read by position (the first six pairs, as consume.lua writes them), so an
+    original field named ``dlq.*`` is part of the original record, never its metadata. An
+    entry that does not have that shape is listed with what could be read."""
+    flat = entry[1] or []
+    if isinstance(flat, dict):
+        flat = [x for kv in flat.items() for x in kv]
+    meta: dict[str, str] = {}
+    problems: list[str] = []
+    i = 0
+    for name in DLQ_META:
+        if i + 1 < len(flat) and flat[i] == DLQ_PREFIX + name.encode():
+            meta[name] = _text(flat[i + 1])
+            i += 2
+        else:
+            problems.append(f"no dlq.{name}")
+    omitted = 0
+    if i + 1 < len(flat) and flat[i] == b"dlq.omitted":
+        omitted = _int(_text(flat[i + 1]), "omitted", problems) or 0
+        i += 2
+    topic = meta.get("topic", "")
+    partition = _int(meta["partition"], "partition", problems) if "partition" in meta else None
+    original_id = meta.get("id", "")
+    if original_id:
+        try:
+            parse_id(original_id)
+        except ValueError:
+            problems.append(f"dlq.id {original_id!r} is not a stream id")
+    deliveries = _int(meta["deliveries"], "deliveries", problems) if "deliveries" in meta else 0
+    record = record_from_entry(topic, partition or 0, [original_id.encode(), flat[i:]])
+    return DeadLetter(
+        dlq_id=_text(entry[0]),
+        topic=topic,
+        partition=partition,
+        original_id=original_id,
+        group=meta.get("group", ""),
+        deliveries=deliveries or 0,
+        reason=meta.get("reason", ""),
+        record=record,
+        omitted=omitted,
+        problems=tuple(problems),
+    )
+
+
+def _int(text: str, what: str, problems: list[str]) -> int | None:
+    try:
+        return int(text)
+    except ValueError:
+        problems.append(f"dlq.{what} {text!r} is not an integer")
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayResult:
+    """What a replay did: entries re-produced (and removed) and entries it could not replay."""
+
+    replayed: int
+    skipped: int  # nothing to re-produce: trimmed, another client's entry, or refused
+    refused: tuple[str, ...] = ()  # why malformed or mismatched entries were not replayed
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"replayed": self.replayed, "skipped": self.skipped, "refused": list(self.refused)}
+
+
+class DeadLetters:
+    """Reads and replays dead-letter streams. Thread-safe (stateless over a Connection)."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+
+    def list(
+        self,
+        topic: str,
+        *,
+        partition: int | None = None,
+        group: str | None = None,
+        limit: int = 100,
+    ) -> list[DeadLetter]:
+        """Up to ``limit`` dead letters per partition of ``topic``, oldest first."""
+        parts = self._partitions(topic, partition)
+        keys = [self.conn.keys.dlq(topic, p) for p in parts]
+        replies = execute_per_key(
+            self.conn,
+            [(k, (b"XRANGE", k, "-", "+", "COUNT", limit)) for k in keys],
+            f"reading dead letters of {topic}",
+        )
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        out = [
+            _check_origin(dead_letter_from_entry(e), topic, p)
+            for p, reply in zip(parts, replies, strict=True)
+            for e in reply
+        ]
+        if group is not None:
+            out = [d for d in out if d.group == group]
+        return out
+
+    def replay(
+        self,
+        topic: str,
+        *,
+        partition: int | None = None,
+        group: str | None = None,
+        limit: int = 10_000,
+    ) -> ReplayResult:
+        """Re-produce dead letters to their original partition, then delete them from the
+        dead-letter stream (only once the append succeeded: a failure replays again, never
+        loses). Trimmed ones have no payload and stay; so do entries another client wrote
+        (``malformed``: the producer writes only key, value and headers, so re-producing would
+        drop their fields) and dead letters whose metadata cannot be read."""
+        letters = self.list(topic, partition=partition, group=group, limit=limit)
+        replayable = [
+            d for d in letters if d.reason != "trimmed" and not d.record.foreign and not d.problems
+        ]
+        with Producer(self.conn) as producer:
+            futures = [
+                (
+                    d,
+                    producer.send(
+                        topic,
+                        d.record.value,
+                        key=d.record.key,
+                        headers=d.record.headers or None,
+                        partition=d.partition or 0,
+                    ),
+                )
+                for d in replayable
+            ]
+            producer.flush()
+        for _, fut in futures:
+            fut.result()
+        dels = [(self.conn.keys.dlq(topic, d.partition or 0), d.dlq_id) for d, _ in futures]
+        replies = execute_per_key(
+            self.conn,
+            [(k, ("XDEL", k, i)) for k, i in dels],
+            f"removing replayed dead letters of {topic}",
+        )
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        refused = tuple(f"{d.dlq_id}: {'; '.join(d.problems)}" for d in letters if d.problems)
+        return ReplayResult(len(futures), len(letters) - len(futures), refused)
+
+    def _partitions(self, topic: str, partition: int | None) -> builtins.list[int]:
+        n = TopicAdmin(self.conn).get(topic).partitions
+        return list(range(n)) if partition is None else [partition]
+
+
+def _check_origin(d: DeadLetter, topic: str, partition: int) -> DeadLetter:
+    """A dead letter must say it came from the partition whose dead-letter stream holds it:
+    one that names another origin (written by hand, or by a client that may append there)
+    is never replayed anywhere."""
+    if d.problems or (d.topic == topic and d.partition == partition):
+        return d
+    problem = (
+        f"its origin {d.topic}/{d.partition} does not match the dead-letter stream it sits in "
+        f"({topic}/{partition}): not replayed"
+    )
+    return replace(d, problems=(*d.problems, problem))
+
+
+# Labels of the entries a tally has not read yet, and of reasons past its per-stream cap.
+UNCLASSIFIED = "unclassified"
+OTHER = "other"
+
+
+@dataclass(slots=True)
+class _StreamTally:
+    cursor: str | None = None  # the last entry classified (None: none yet)
+    classified: int = 0
+    counts: Counter[tuple[str, str]] = field(default_factory=Counter)
+
+
+class DeadLetterTally:
+    """Counts of the entries in dead-letter streams by (group, reason), kept current by
+    reading only the entries it has not seen: at most ``read_limit`` per stream per
+    :meth:`update`, so each round's work is bounded however long a stream is.
+
+    What the counts mean, exactly: after an update, the counts of a stream add up to its
+    length (XLEN) as read in that round. Entries not classified yet (just after start, or
+    on a long stream still being read) are under group ``""`` and reason
+    :data:`UNCLASSIFIED`; so the per-reason counts are exact once the tally has read to the
+    stream's end. Entries leave a dead-letter stream only when deleted (``dlq replay``, an
+    admin's XDEL): when the length falls below what was classified, the tally starts that
+    stream again from its first entry (all unclassified until re-read). A deletion hidden by
+    as many new entries in the same round is seen in the next one. At most ``max_labels``
+    distinct (group, reason) pairs are kept per stream (user reasons are free text); the
+    rest are counted under reason :data:`OTHER`.
+
+    Not thread-safe: one collector owns it. Remembers only a cursor and the counts per
+    stream, never the ids.
+    """
+
+    def __init__(self, read_limit: int = 1000, max_labels: int = 50) -> None:
+        self.read_limit = read_limit
+        self.max_labels = max_labels
+        self._streams: dict[str, _StreamTally] = {}
+
+    def commands(self, key: str) -> list[tuple[str, Sequence[object]]]:
+        """The commands one update of stream ``key`` needs (send them in this order)."""
+        st = self._streams.get(key)
+        start = "-" if st is None or st.cursor is None else f"({st.cursor}"
+        return [
+            (key, (b"XRANGE", key, start, "+", "COUNT", self.read_limit)),
+            (key, (b"XLEN", key)),
+        ]
+
+    def update(self, key: str, entries: list[object], length: int) -> dict[tuple[str, str], int]:
+        """Fold in the replies of :meth:`commands`; the stream's counts by (group, reason)."""
+        st = self._streams.setdefault(key, _StreamTally())
+        for entry in entries:
+            d = dead_letter_from_entry(entry)
+            label = (d.group, d.reason)
+            if label not in st.counts and len(st.counts) >= self.max_labels:
+                label = ("", OTHER)
+            st.counts[label] += 1
+        ids = entry_ids(entries)
+        if ids:
+            st.cursor = ids[-1]
+        st.classified += len(ids)
+        if length < st.classified:  # entries were deleted: count this stream afresh
+            self._streams[key] = _StreamTally()
+            return {("", UNCLASSIFIED): length} if length else {}
+        out = {label: n for label, n in st.counts.items() if n}
+        if length > st.classified:
+            out[("", UNCLASSIFIED)] = length - st.classified
+        return out
+
+    def forget(self, keep: set[str]) -> None:
+        """Drop the state of streams not in ``keep`` (topics deleted)."""
+        for key in set(self._streams) - keep:
+            del self._streams[key]

@@ -1,0 +1,556 @@
+"""Records and the parsing of raw stream replies: the one module that reads redis-py's lists.
+
+A record on the wire is a plain stream entry any Redis client can read:
+
+* ``key``   the record key (absent for a keyless record),
+* ``value`` the value bytes, as given or JSON by orjson (absent for a tombstone),
+* ``h:<name>`` one field per header.
+
+The entry ID is the offset; its millisecond part is the append time (``timestamp``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from partitions._base.errors import InvalidRecordError, RecordTooLargeError, SerializationError
+
+KEY_FIELD = b"key"
+VALUE_FIELD = b"value"
+HEADER_PREFIX = b"h:"
+
+Value = (
+    bytes | bytearray | memoryview | str | dict[str, Any] | list[Any] | int | float | bool | None
+)
+Key = bytes | str | int | None
+
+
+class Record:
+    """One record read from a partition. Immutable by convention; cheap to create.
+
+    ``key``, ``value`` and ``headers`` are partstream's own fields. An entry another client
+    wrote (a raw ``XADD`` with fields of its own) is delivered too: its data is in
+    :attr:`fields` and :attr:`foreign` is true (or, by ConsumerConfig's ``foreign_entries``,
+    it goes to the dead-letter stream as ``malformed`` instead).
+    """
+
+    __slots__ = ("_raw", "headers", "id", "key", "partition", "topic", "value")
+
+    # Hand-outs of this record to the application, this one included, as the server has
+    # recorded them (see consume.lua): 1 for a record read for the first time. A record
+    # whose previous consumer crashed before acking it may have been handed out once more
+    # than this says (a first hand-out is not written on the hot path). A class default:
+    # only redelivered records (_Redelivered) carry their own.
+    deliveries = 1
+    _claim = False  # a recovered record: its hand-out is recorded on the server first
+
+    def __init__(
+        self,
+        topic: str,
+        partition: int,
+        id: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: dict[str, bytes],
+        raw: list[bytes] | None = None,
+    ) -> None:
+        self.topic = topic
+        self.partition = partition
+        self.id = id
+        self.key = key
+        self.value = value
+        self.headers = headers
+        self._raw = raw
+
+    def again(self) -> Record:
+        """This record as it is delivered again after a nack: one more delivery, whose
+        hand-out the consumer records on the server first."""
+        return _Redelivered(self, self.deliveries + 1)
+
+    def _recorded(self) -> None:
+        """Its hand-out is on the server now (only a recovered record has one to record)."""
+
+    @property
+    def fields(self) -> dict[bytes, bytes]:
+        """The stream entry's raw fields, as any Redis client sees them (a field given twice
+        keeps its last value)."""
+        raw = self._raw
+        if raw is None:
+            return {}
+        return dict(zip(raw[::2], raw[1::2], strict=False))
+
+    @property
+    def foreign(self) -> bool:
+        """True if the entry has fields partstream does not write (another client's entry)."""
+        return _is_foreign(self._raw or [])
+
+    @property
+    def timestamp(self) -> int:
+        """Append time in epoch milliseconds (the entry ID's first part)."""
+        return int(self.id.partition("-")[0])
+
+    def text(self) -> str | None:
+        """The value decoded as UTF-8."""
+        return None if self.value is None else self.value.decode("utf-8")
+
+    def json(self) -> Any:
+        """The value parsed as JSON (orjson)."""
+        if self.value is None:
+            return None
+        try:
+            return orjson.loads(self.value)
+        except orjson.JSONDecodeError as err:
+            raise SerializationError(
+                f"record {self.topic}/{self.partition}@{self.id}: {err}"
+            ) from err
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly form: bytes become text (JSON values are embedded as JSON)."""
+        return {
+            "topic": self.topic,
+            "partition": self.partition,
+            "id": self.id,
+            "key": _display(self.key),
+            "value": _display_value(self.value),
+            "headers": {k: _display(v) for k, v in self.headers.items()},
+            "timestamp": self.timestamp,
+        }
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Record):
+            return NotImplemented
+        return (self.topic, self.partition, self.id) == (other.topic, other.partition, other.id)
+
+    def __hash__(self) -> int:
+        return hash((self.topic, self.partition, self.id))
+
+    def __repr__(self) -> str:
+        return (
+            f"Record(topic={self.topic!r}, partition={self.partition}, id={self.id!r}, "
+            f"key={self.key!r}, value={_short(self.value)})"
+        )
+
+
+class _Redelivered(Record):
+    """A record recovered from the group's pending list (takeover, reclaim, nack): it knows
+    its deliveries, and its hand-out is recorded on the server before it happens."""
+
+    __slots__ = ("_claim", "deliveries")
+
+    def __init__(self, rec: Record, deliveries: int) -> None:
+        super().__init__(
+            rec.topic, rec.partition, rec.id, rec.key, rec.value, rec.headers, rec._raw
+        )
+        self.deliveries = deliveries
+        self._claim = True
+
+    def _recorded(self) -> None:
+        self._claim = False
+
+
+def _is_foreign(flat: list[bytes]) -> bool:
+    if len(flat) % 2:
+        return True
+    if len(flat) == 2 and flat[0] == HEADER_PREFIX and flat[1] == b"":
+        return False  # an empty tombstone
+    seen_key = seen_value = False
+    for name in flat[::2]:
+        if name == KEY_FIELD:
+            if seen_key:
+                return True
+            seen_key = True
+        elif name == VALUE_FIELD:
+            if seen_value:
+                return True
+            seen_value = True
+        elif not (name.startswith(HEADER_PREFIX) and len(name) > 2):
+            return True
+    return False
+
+
+def _short(value: bytes | None) -> str:
+    if value is None:
+        return "None"
+    return repr(value[:40] + b"..." if len(value) > 40 else value)
+
+
+def _display(raw: bytes | None) -> str | None:
+    if raw is None:
+        return None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
+
+def _display_value(raw: bytes | None) -> Any:
+    if raw is None:
+        return None
+    if raw[:1] in (b"{", b"["):
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass
+    return _display(raw)
+
+
+# -- encoding -----------------------------------------------------------------------------
+# Headers per record. A record is one XADD of up to 4 + 2 * MAX_HEADERS field arguments (key,
+# value, headers) passed through Lua's unpack(), whose C stack holds about 8,000 values; a dead
+# letter copies every field plus 12 metadata fields into one XADD too. 1,000 keeps both (2,004
+# and ~2,030 arguments) far below that limit.
+MAX_HEADERS = 1000
+
+
+def _utf8(text: str, what: str) -> bytes:
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise SerializationError(f"{what} is not valid UTF-8 text: {err}") from None
+
+
+def encode_key(key: Key) -> bytes | None:
+    if key is None or type(key) is bytes:
+        return key
+    if isinstance(key, str):
+        return _utf8(key, "key")
+    if isinstance(key, int) and not isinstance(key, bool):
+        return str(key).encode()
+    if isinstance(key, bytearray | memoryview):
+        return bytes(key)
+    raise SerializationError(f"a key must be bytes, str or int, not {type(key).__name__}")
+
+
+def encode_value(value: Value) -> bytes | None:
+    """bytes as given, str as UTF-8, anything JSON-able through orjson, None = tombstone."""
+    if type(value) is bytes:
+        return value
+    if isinstance(value, str):
+        return _utf8(value, "value")
+    if value is None:
+        return None
+    if isinstance(value, bytearray | memoryview):
+        return bytes(value)
+    try:
+        return orjson.dumps(value)
+    except TypeError as err:
+        raise SerializationError(
+            f"value of type {type(value).__name__} is not JSON-serializable: {err}"
+        ) from err
+
+
+def encode_headers(headers: Mapping[str, str | bytes] | None) -> list[bytes]:
+    """Headers as a flat [field, value, ...] list with the ``h:`` prefix.
+
+    At most :data:`MAX_HEADERS` of them (:class:`InvalidRecordError`).
+    """
+    if not headers:
+        return []
+    if len(headers) > MAX_HEADERS:
+        raise InvalidRecordError(
+            f"a record has {len(headers)} headers, over the limit of {MAX_HEADERS}: put the "
+            "rest in the value"
+        )
+    out: list[bytes] = []
+    for name, val in headers.items():
+        if not isinstance(name, str) or not name:
+            raise SerializationError(f"header names must be non-empty strings, got {name!r}")
+        out.append(HEADER_PREFIX + _utf8(name, f"header name {name!r}"))
+        if isinstance(val, str):
+            out.append(_utf8(val, f"header {name!r}"))
+        elif isinstance(val, bytes | bytearray):
+            out.append(bytes(val))
+        else:
+            raise SerializationError(
+                f"header {name!r} must be str or bytes, not {type(val).__name__}"
+            )
+    return out
+
+
+def entry_fields(key: bytes | None, value: bytes | None, headers: list[bytes]) -> list[bytes]:
+    """The field/value list of one stream entry."""
+    fields: list[bytes] = []
+    if key is not None:
+        fields += (KEY_FIELD, key)
+    if value is not None:
+        fields += (VALUE_FIELD, value)
+    fields += headers
+    if not fields:
+        # XADD needs at least one field: an empty tombstone carries an empty header block.
+        fields = [HEADER_PREFIX, b""]
+    return fields
+
+
+def check_size(size: int, limit: int) -> None:
+    if size > limit:
+        raise RecordTooLargeError(f"record of {size} bytes is over max_record_bytes={limit}")
+
+
+# -- decoding -----------------------------------------------------------------------------
+def _text(raw: Any) -> str:
+    return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+
+def record_from_entry(topic: str, partition: int, entry: Any) -> Record:
+    """Build a Record from a raw ``[id, [field, value, ...]]`` entry (any client's)."""
+    raw_id, flat = entry[0], entry[1]
+    if isinstance(flat, dict):  # redis-py's parsed form: {field: value}
+        flat = [x for kv in flat.items() for x in kv]
+    flat = flat or []
+    key = value = None
+    headers: dict[str, bytes] = {}
+    for i in range(0, len(flat) - 1, 2):
+        name = flat[i]
+        if name == KEY_FIELD and key is None:
+            key = flat[i + 1]
+        elif name == VALUE_FIELD and value is None:
+            value = flat[i + 1]
+        elif name.startswith(HEADER_PREFIX) and len(name) > 2:
+            headers[name[2:].decode("utf-8", "replace")] = flat[i + 1]
+    return Record(topic, partition, _text(raw_id), key, value, headers, flat)
+
+
+def records_from_entries(topic: str, partition: int, entries: Iterable[Any]) -> list[Record]:
+    """Records of a raw XRANGE / XREADGROUP entry list; entries whose payload was deleted
+    (``[id, nil]`` in XCLAIM/XREADGROUP replies) are skipped: see :func:`deleted_ids`."""
+    return [record_from_entry(topic, partition, e) for e in entries if e[1] is not None]
+
+
+def read_reply_items(reply: Any) -> list[tuple[str, list[Any]]]:
+    """(stream key, entries) pairs of an XREAD/XREADGROUP reply (a list of pairs in RESP2,
+    a map in RESP3 and in some redis-py versions)."""
+    if not reply:
+        return []
+    pairs = reply.items() if isinstance(reply, dict) else reply
+    return [(_text(k), entries or []) for k, entries in pairs]
+
+
+def deleted_ids(entries: Iterable[Any]) -> list[str]:
+    """IDs of entries whose payload is gone (trimmed/deleted while pending)."""
+    return [_text(e[0]) for e in entries if e[1] is None]
+
+
+@dataclass(frozen=True, slots=True)
+class StreamInfo:
+    """Summary of one partition stream (from XINFO STREAM)."""
+
+    length: int
+    first_id: str | None
+    last_id: str | None
+    last_generated_id: str | None
+    groups: int
+    entries_added: int | None = None  # every entry ever appended (trims do not lower it)
+
+    @property
+    def first_timestamp(self) -> int | None:
+        return id_timestamp(self.first_id) if self.first_id else None
+
+    @property
+    def last_timestamp(self) -> int | None:
+        return id_timestamp(self.last_id) if self.last_id else None
+
+
+def stream_info_from_reply(reply: Any) -> StreamInfo:
+    """Parse XINFO STREAM (RESP2 flat list or redis-py dict)."""
+    if isinstance(reply, list):
+        reply = dict(zip(reply[::2], reply[1::2], strict=False))
+    data = {_text(k): v for k, v in reply.items()}
+    first = data.get("first-entry")
+    last = data.get("last-entry")
+    return StreamInfo(
+        length=int(data.get("length", 0)),
+        first_id=_text(first[0]) if first else None,
+        last_id=_text(last[0]) if last else None,
+        last_generated_id=_text(data["last-generated-id"])
+        if data.get("last-generated-id")
+        else None,
+        groups=int(data.get("groups", 0)),
+        entries_added=None if data.get("entries-added") is None else int(data["entries-added"]),
+    )
+
+
+def id_timestamp(stream_id: str) -> int:
+    return int(stream_id.partition("-")[0])
+
+
+def parse_id(text: str) -> tuple[int, int]:
+    """``"ms-seq"`` (or ``"ms"``) as a tuple; raises ValueError if malformed."""
+    ms, _, seq = text.partition("-")
+    if not ms.isdigit() or (seq and not seq.isdigit()):
+        raise ValueError(f"not a stream id: {text!r}")
+    return int(ms), int(seq or 0)
+
+
+# -- consumer replies ---------------------------------------------------------------------
+class FetchResult:
+    """One partition's answer to a fenced read (consume.lua ``read``/``ack``/``retry``).
+
+    ``status`` is 1 (ok), 0 (not owner: ``detail`` is the holder) or -1 (state lost:
+    ``detail`` says what vanished: fence, stream or group).
+    """
+
+    __slots__ = ("acked", "cursor", "dead", "detail", "reclaimed", "records", "status", "tail")
+
+    def __init__(
+        self,
+        status: int,
+        detail: str = "",
+        acked: int = 0,
+        records: list[Record] | None = None,
+        cursor: str = "",
+        tail: str = "",
+        dead: int = 0,
+        reclaimed: int = 0,
+    ) -> None:
+        self.status = status
+        self.detail = detail
+        self.acked = acked
+        self.records = records if records is not None else []
+        self.cursor = cursor
+        self.tail = tail
+        self.dead = dead
+        self.reclaimed = reclaimed
+
+
+def records_from_read(topic: str, partition: int, entries: list[Any]) -> list[Record]:
+    """Records of a fenced read's entries; the hot path of consuming.
+
+    The common shape (fields ``key``, ``value`` and nothing else) skips the general parser.
+    """
+    out: list[Record] = []
+    append = out.append
+    for e in entries:
+        flat = e[1]
+        if len(flat) == 4 and flat[0] == KEY_FIELD and flat[2] == VALUE_FIELD:
+            append(Record(topic, partition, e[0].decode(), flat[1], flat[3], {}, flat))
+        else:
+            append(record_from_entry(topic, partition, e))
+    return out
+
+
+def fetch_result(topic: str, partition: int, reply: Any) -> FetchResult:
+    """Parse consume.lua's ``read`` reply: {1, acked, entries, cursor, tail, dead, reclaimed,
+    counts}. The leading ``len(counts)`` entries were recovered from the group's pending
+    list: their next hand-out is recorded first (``_claim``), with their deliveries."""
+    status = int(reply[0])
+    if status != 1:
+        return FetchResult(status, _text(reply[1]))
+    entries = reply[2]
+    records = records_from_read(topic, partition, entries) if entries else []
+    counts = reply[7]
+    for i, recorded in enumerate(counts):
+        records[i] = _Redelivered(records[i], int(recorded) + 1)
+    return FetchResult(
+        1, "", int(reply[1]), records, _text(reply[3]), _text(reply[4]), int(reply[5]),
+        int(reply[6]),
+    )  # fmt: skip
+
+
+def ack_result(reply: Any) -> FetchResult:
+    """Parse consume.lua's ``ack`` reply: {1, acked}."""
+    status = int(reply[0])
+    if status != 1:
+        return FetchResult(status, _text(reply[1]))
+    return FetchResult(1, acked=int(reply[1]))
+
+
+class IdsResult:
+    """consume.lua's answer to ``hand``, ``retry`` and ``dead``: status, detail and ids.
+
+    ``ids``: for ``hand`` the ids no longer pending (not to hand out), for ``retry`` the ids
+    kept for another hand-out; ``acked`` and ``dead`` count what the call acked and
+    dead-lettered."""
+
+    __slots__ = ("acked", "dead", "detail", "ids", "status")
+
+    def __init__(
+        self, status: int, detail: str = "", ids: set[str] | None = None, acked: int = 0,
+        dead: int = 0,
+    ) -> None:  # fmt: skip
+        self.status = status
+        self.detail = detail
+        self.ids = ids if ids is not None else set()
+        self.acked = acked
+        self.dead = dead
+
+
+def hand_result(reply: Any) -> IdsResult:
+    """Parse consume.lua's ``hand`` reply: {1, acked, gone ids}."""
+    status = int(reply[0])
+    if status != 1:
+        return IdsResult(status, _text(reply[1]))
+    return IdsResult(1, ids={_text(i) for i in reply[2]}, acked=int(reply[1]))
+
+
+def retry_result(reply: Any) -> IdsResult:
+    """Parse consume.lua's ``retry``/``dead`` reply: {1, kept ids, dead}."""
+    status = int(reply[0])
+    if status != 1:
+        return IdsResult(status, _text(reply[1]))
+    return IdsResult(1, ids={_text(i) for i in reply[1]}, dead=int(reply[2]))
+
+
+@dataclass(frozen=True, slots=True)
+class GroupStreamInfo:
+    """One consumer group on one partition stream (from XINFO GROUPS)."""
+
+    name: str
+    last_delivered_id: str
+    pending: int
+    entries_read: int | None
+    lag: int | None  # None when the server cannot tell (after XGROUP SETID, deletions)
+
+
+def group_infos_from_reply(reply: Any) -> list[GroupStreamInfo]:
+    """Parse XINFO GROUPS (RESP2 flat lists or redis-py dicts)."""
+    out = []
+    for g in reply:
+        if isinstance(g, list):
+            g = dict(zip(g[::2], g[1::2], strict=False))
+        d = {_text(k): v for k, v in g.items()}
+        entries_read, lag = d.get("entries-read"), d.get("lag")
+        out.append(
+            GroupStreamInfo(
+                name=_text(d["name"]),
+                last_delivered_id=_text(d["last-delivered-id"]),
+                pending=int(d.get("pending", 0)),
+                entries_read=None if entries_read is None else int(entries_read),
+                lag=None if lag is None else int(lag),
+            )
+        )
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class PendingSummary:
+    """A group's pending entries on one partition (the summary form of XPENDING)."""
+
+    count: int
+    min_id: str | None  # the oldest pending entry (None when nothing is pending)
+    max_id: str | None
+
+
+def pending_summary_from_reply(reply: Any) -> PendingSummary:
+    """Parse ``XPENDING key group`` (raw ``[count, min, max, consumers]`` or redis-py's dict)."""
+    if isinstance(reply, dict):
+        d = {_text(k): v for k, v in reply.items()}
+        count, low, high = d.get("pending", 0), d.get("min"), d.get("max")
+    else:
+        count, low, high = reply[0], reply[1], reply[2]
+    return PendingSummary(
+        int(count or 0), None if low is None else _text(low), None if high is None else _text(high)
+    )
+
+
+def entry_ids(entries: Any) -> list[str]:
+    """The ids of a raw XRANGE/XREVRANGE reply's entries."""
+    return [_text(e[0]) for e in entries or []]
+
+
+def time_ms_from_reply(reply: Any) -> int:
+    """The server's TIME (raw ``[seconds, microseconds]`` or redis-py's tuple) in ms."""
+    return int(reply[0]) * 1000 + int(reply[1]) // 1000

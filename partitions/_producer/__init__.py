@@ -1,0 +1,3 @@
+"""The producer: the public class, its batches and their delivery (routing, retries, the
+append function ``append.lua``). Internal: import ``partitions.Producer``.
+"""

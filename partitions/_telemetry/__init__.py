@@ -1,0 +1,3 @@
+"""Observability: client metrics (Prometheus), traces (OpenTelemetry), the scrape of a
+deployment and its exporter. Internal.
+"""

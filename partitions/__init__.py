@@ -52,6 +52,8 @@ from partitions._client.server import EmbeddedServer
 from partitions._consumer.consumer import Consumer
 from partitions._producer.producer import Producer, RecordFuture, RecordMetadata
 from partitions._producer.router import Router
+from partitions._runner.retry import RetryPolicy
+from partitions._runner.runner import RunStats, run
 
 __all__ = [
     "BufferFullError",
@@ -87,7 +89,9 @@ __all__ = [
     "RecordFuture",
     "RecordMetadata",
     "RecordTooLargeError",
+    "RetryPolicy",
     "Router",
+    "RunStats",
     "SerializationError",
     "ServerError",
     "ServerInfo",
@@ -111,4 +115,5 @@ __all__ = [
     "group_lag",
     "plan_group_seek",
     "replay",
+    "run",
 ]

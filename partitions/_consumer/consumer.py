@@ -384,6 +384,10 @@ class Consumer(RebalanceMixin):
                 records = list(records)
                 if self._current is not None and self._current in records:
                     self._current = None
+                # Committed records are no longer outstanding: without this a caller that
+                # commits record by record (the runner) would grow the list forever.
+                done = {id(r) for r in records}
+                self._handed = [r for r in self._handed if id(r) not in done]
                 self._confirm(records)
             refused = self._commit_acks()
         if refused:
@@ -441,6 +445,12 @@ class Consumer(RebalanceMixin):
         """The grant (``"<member_id> <token>"``) this consumer reads a partition under."""
         st = self._parts.get(TopicPartition(topic, partition))
         return None if st is None else st.fence
+
+    @property
+    def group_settings(self) -> GroupSettings:
+        """The group's settings as its coordinator state holds them (session timeout,
+        max deliveries...), as this member last read them."""
+        return self._settings
 
     @property
     def refused_acks(self) -> int:

@@ -19,9 +19,13 @@ class RetryPolicy:
     step), then runs again; after ``max_attempts`` attempts, or at once for an exception
     outside ``retry_on``, the record goes to its partition's dead-letter stream.
 
-    Retries are *blocking*: the record's key waits (its later records do not start), so
-    per-key order holds through failures. The record stays pending on the server meanwhile:
-    a crash during the back-off redelivers it to the next owner.
+    ``blocking`` (the default): the record's key waits (its later records do not start), so
+    per-key order holds through failures. Non-blocking: the record steps aside for its
+    back-off and the key's later records go ahead; it runs again, before the key's next
+    record, when its wait is over. That breaks per-key order *for that key* (later records
+    are handled before it), so use it only where order does not matter or the handler is
+    commutative. Either way the record stays pending on the server until its last attempt: a
+    crash during the back-off redelivers it to the partition's next owner, first.
     """
 
     # Attempts in all, the first one included: 1 = no retry.
@@ -35,6 +39,8 @@ class RetryPolicy:
     jitter: float = 0.2
     # Exceptions worth another attempt; others dead-letter the record at once.
     retry_on: tuple[type[BaseException], ...] = (Exception,)
+    # True: the key waits for the retry; False: its later records pass (see above).
+    blocking: bool = True
 
     def __post_init__(self) -> None:
         if (
@@ -51,6 +57,8 @@ class RetryPolicy:
             raise ConfigError(f"multiplier must be >= 1, got {self.multiplier!r}")
         if not isinstance(self.jitter, int | float) or not 0 <= self.jitter <= 1:
             raise ConfigError(f"jitter must be between 0 and 1, got {self.jitter!r}")
+        if not isinstance(self.blocking, bool):
+            raise ConfigError(f"blocking must be true or false, got {self.blocking!r}")
         bad = [
             c for c in self.retry_on if not (isinstance(c, type) and issubclass(c, BaseException))
         ]

@@ -27,6 +27,7 @@ What holds, with the defaults:
 from __future__ import annotations
 
 import asyncio
+import heapq
 import inspect
 import logging
 import signal
@@ -182,6 +183,14 @@ class Runner:
         self._metrics = metrics
         self._cond = threading.Condition()
         self._outcomes: list[_Outcome] = []
+        # Non-blocking retries: (due, tie-breaker, record) of deferred records, and the
+        # attempts each has had (by id(record)) while it waits.
+        self._due: list[tuple[float, int, Record]] = []
+        self._seq = 0
+        self._attempts: dict[int, int] = {}
+        # Copies of held records the server delivered again (a reclaim of a long-pending
+        # entry): acked together with the original, never handled twice.
+        self._copies: dict[tuple[str, int, str], list[Record]] = {}
         self._halt = threading.Event()  # a second signal: stop without waiting
         self._pool: ThreadPoolExecutor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -251,6 +260,8 @@ class Runner:
         while not self.stop.is_set():
             self.stats.last_loop_at = time.monotonic()
             self._acknowledge(consumer)
+            if self._due:
+                self._resume_due()
             self._owned = frozenset(consumer.assignment())
             with self._cond:
                 room = self._max_queued - len(self._sched)
@@ -278,7 +289,8 @@ class Runner:
 
     def _offer(self, records: list[Record]) -> None:
         with self._cond:
-            self._sched.offer(records)
+            for copy in self._sched.offer(records):
+                self._copies.setdefault((copy.topic, copy.partition, copy.id), []).append(copy)
             start = self._sched.take()
         self._submit(start)
 
@@ -286,44 +298,51 @@ class Runner:
         """Ack what finished, dead-letter what failed for good (the consumer thread only)."""
         with self._cond:
             outcomes, self._outcomes = self._outcomes, []
-        if not outcomes:
-            return
-        done: list[Record] = []
+        acks: list[Record] = []
         for out in outcomes:
+            rec = out.record
+            copies = self._copies.pop((rec.topic, rec.partition, rec.id), [])
             if out.abandoned:
                 continue
+            acks.extend(copies)
             if out.error is None:
-                done.append(out.record)
-                continue
-            reason = "retries_exhausted" if out.attempts > 1 else "handler_error"
-            log.error(
-                "%s/%s %s failed after %d attempt(s), dead-lettered: %s: %s",
-                out.record.topic,
-                out.record.partition,
-                out.record.id,
-                out.attempts,
-                type(out.error).__name__,
-                out.error,
+                self.stats.handled += 1
+                acks.append(rec)
+            else:
+                self._dead_letter(consumer, out)
+        if not acks:
+            return
+        try:
+            consumer.commit(acks)
+        except NotOwnerError as err:
+            owned = consumer.assignment()
+            self.stats.refused += sum(
+                TopicPartition(r.topic, r.partition) not in owned for r in acks
             )
-            try:
-                consumer.dead_letter(out.record, reason)
-                self.stats.dead_lettered += 1
-            except NotOwnerError:
-                self.stats.refused += 1
-        if done:
-            try:
-                consumer.commit(done)
-            except NotOwnerError as err:
-                owned = consumer.assignment()
-                refused = [r for r in done if TopicPartition(r.topic, r.partition) not in owned]
-                self.stats.refused += len(refused)
-                log.warning("%s", err)
-            except PollIntervalExceededError as err:
-                self.stats.refused += len(done)
-                log.warning("%s; dropping the queued records", err)
-                self._drop(None)
-                return
-            self.stats.handled += len(done)
+            log.warning("%s", err)
+        except PollIntervalExceededError as err:
+            self.stats.refused += len(acks)
+            log.warning("%s; dropping the queued records", err)
+            self._drop(None)
+
+    def _dead_letter(self, consumer: Consumer, out: _Outcome) -> None:
+        rec, error = out.record, out.error
+        reason = "retries_exhausted" if out.attempts > 1 else "handler_error"
+        log.error(
+            "%s/%s %s failed after %d attempt(s), dead-lettered (%s): %s: %s",
+            rec.topic,
+            rec.partition,
+            rec.id,
+            out.attempts,
+            reason,
+            type(error).__name__,
+            error,
+        )
+        try:
+            consumer.dead_letter(rec, reason)
+            self.stats.dead_lettered += 1
+        except NotOwnerError:
+            self.stats.refused += 1
 
     def _drop(self, partitions: Iterable[TopicPartition] | None) -> None:
         """Let the queued records of ``partitions`` (None: all) go, unacked."""
@@ -331,6 +350,9 @@ class Runner:
             dropped = self._sched.drop(
                 self._sched.partitions() if partitions is None else partitions
             )
+            for rec in dropped:  # left for the partition's next owner, copies and all
+                self._copies.pop((rec.topic, rec.partition, rec.id), None)
+                self._attempts.pop(id(rec), None)
         self.stats.dropped += len(dropped)
 
     def _wait_for(self, partitions: set[TopicPartition] | None, timeout: float | None) -> None:
@@ -388,50 +410,83 @@ class Runner:
                 self._pool.submit(self._handle, rec)
 
     def _handle(self, rec: Record) -> None:
-        attempt = 0
+        attempt = self._attempts.pop(id(rec), 0)
         while True:
             attempt += 1
             try:
                 self.handler(rec)
-                self._done(_Outcome(rec, None, attempt))
-                return
             except Exception as err:
-                if not self.retry.retries(err, attempt):
-                    self._done(_Outcome(rec, err, attempt))
+                wait = self._failed(rec, err, attempt)
+                if wait is None:
                     return
-                with self._cond:
-                    self.stats.retried += 1
-                if self.stop.wait(self.retry.delay_s(attempt)):
+                if self.stop.wait(wait):
                     self._done(_Outcome(rec, err, attempt, abandoned=True))
                     return
+                continue
             except BaseException:
                 self._done(_Outcome(rec, None, attempt, abandoned=True))
                 raise
+            self._done(_Outcome(rec, None, attempt))
+            return
 
     async def _handle_async(self, rec: Record) -> None:
-        attempt = 0
+        attempt = self._attempts.pop(id(rec), 0)
         handler: Callable[[Record], Awaitable[Any]] = self.handler
         while True:
             attempt += 1
             try:
                 await handler(rec)
-                self._done(_Outcome(rec, None, attempt))
-                return
             except Exception as err:
-                if not self.retry.retries(err, attempt):
-                    self._done(_Outcome(rec, err, attempt))
+                wait = self._failed(rec, err, attempt)
+                if wait is None:
                     return
-                with self._cond:
-                    self.stats.retried += 1
-                deadline = time.monotonic() + self.retry.delay_s(attempt)
-                while time.monotonic() < deadline and not self.stop.is_set():
-                    await asyncio.sleep(min(_BUSY_POLL_S, deadline - time.monotonic()))
-                if self.stop.is_set():
+                if await self._stopped_during(wait):
                     self._done(_Outcome(rec, err, attempt, abandoned=True))
                     return
+                continue
             except BaseException:
                 self._done(_Outcome(rec, None, attempt, abandoned=True))
                 raise
+            self._done(_Outcome(rec, None, attempt))
+            return
+
+    async def _stopped_during(self, seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        while not self.stop.is_set() and (left := deadline - time.monotonic()) > 0:
+            await asyncio.sleep(min(_BUSY_POLL_S, left))
+        return self.stop.is_set()
+
+    def _failed(self, rec: Record, err: Exception, attempt: int) -> float | None:
+        """After failed attempt ``attempt``: the blocking wait before the next one, or None
+        when this worker is done with the record (dead-lettered, or deferred aside)."""
+        if not self.retry.retries(err, attempt):
+            self._done(_Outcome(rec, err, attempt))
+            return None
+        delay = self.retry.delay_s(attempt)
+        with self._cond:
+            self.stats.retried += 1
+            if self.retry.blocking:
+                return delay
+            # Non-blocking: step aside; the consumer thread resumes it when it is due.
+            self._sched.defer(rec)
+            self._attempts[id(rec)] = attempt
+            self._seq += 1
+            heapq.heappush(self._due, (time.monotonic() + delay, self._seq, rec))
+            start = [] if self.stop.is_set() else self._sched.take()
+            self._cond.notify_all()
+        self._submit(start)
+        return None
+
+    def _resume_due(self) -> None:
+        """Put deferred records whose back-off is over back at the front of their lanes."""
+        now = time.monotonic()
+        with self._cond:
+            while self._due and self._due[0][0] <= now:
+                _, _, rec = heapq.heappop(self._due)
+                if not self._sched.resume(rec):  # its partition was revoked meanwhile
+                    self._attempts.pop(id(rec), None)
+            start = self._sched.take()
+        self._submit(start)
 
     def _done(self, outcome: _Outcome) -> None:
         """A worker finished a record: queue its ack and start its lane's next record."""

@@ -6,9 +6,14 @@ records to start and reports each one :meth:`finish`-ed. The scheduler keeps thr
 * at most ``concurrency`` records run at once;
 * records of one *lane* run one after another, in the order they were offered (a
   partition's id order, as the consumer hands them out), never two at a time;
-* nothing is lost from view: every offered record is queued, running, or was finished or
-  dropped by the caller, and :meth:`running` / :meth:`queued` say how many per partition
-  (a rebalance waits on exactly these).
+* nothing is lost from view: every offered record is queued, running, deferred, or was
+  finished or dropped by the caller, and :meth:`running` / :meth:`queued` say how many per
+  partition (a rebalance waits on exactly these);
+* a record is held once: offering one again while it is held (the server redelivered it, a
+  reclaim of an entry pending for long) returns it as a duplicate instead of queueing it.
+
+A running record may be *deferred* (a non-blocking retry): it leaves its lane, so the lane's
+next record may start, until :meth:`resume` puts it back at the front of its lane.
 
 The lane of a record depends on ``ordering``: ``"key"`` (the default) is (topic, partition,
 key), so different keys of one partition run side by side and one key keeps its order;
@@ -52,11 +57,20 @@ class KeyedScheduler:
         self._running: dict[int, Record] = {}  # id(record) -> record
         self._queued_per: dict[TopicPartition, int] = {}
         self._running_per: dict[TopicPartition, int] = {}
+        self._deferred: dict[int, Record] = {}  # id(record) -> record
+        self._held: set[tuple[str, int, str]] = set()  # (topic, partition, id) of all above
 
     # -- feeding ------------------------------------------------------------------------------
-    def offer(self, records: Iterable[Record]) -> None:
-        """Queue ``records`` behind what their lanes already hold."""
+    def offer(self, records: Iterable[Record]) -> list[Record]:
+        """Queue ``records`` behind what their lanes already hold; returns those already held
+        (queued, running or deferred under the same id), which are not queued again."""
+        duplicates: list[Record] = []
         for rec in records:
+            ident = (rec.topic, rec.partition, rec.id)
+            if ident in self._held:
+                duplicates.append(rec)
+                continue
+            self._held.add(ident)
             lane = self._lane(rec)
             queue = self._lanes.get(lane)
             if queue is None:
@@ -66,6 +80,7 @@ class KeyedScheduler:
             queue.append(rec)
             tp = TopicPartition(rec.topic, rec.partition)
             self._queued_per[tp] = self._queued_per.get(tp, 0) + 1
+        return duplicates
 
     def take(self) -> list[Record]:
         """The records to start now; each is running until :meth:`finish` is called for it."""
@@ -84,6 +99,30 @@ class KeyedScheduler:
 
     def finish(self, rec: Record) -> None:
         """``rec`` is done (handled, or failed for good): its lane's next record may start."""
+        self._release(rec)
+        self._held.discard((rec.topic, rec.partition, rec.id))
+
+    def defer(self, rec: Record) -> None:
+        """``rec`` (running) waits outside its lane for :meth:`resume`; the lane moves on."""
+        self._release(rec)
+        self._deferred[id(rec)] = rec
+
+    def resume(self, rec: Record) -> bool:
+        """Put a deferred ``rec`` back at the front of its lane; False if it was dropped."""
+        if self._deferred.pop(id(rec), None) is None:
+            return False
+        lane = self._lane(rec)
+        queue = self._lanes.get(lane)
+        if queue is None:
+            queue = self._lanes[lane] = deque()
+        if not queue and lane not in self._busy:
+            self._ready.append(lane)
+        queue.appendleft(rec)
+        tp = TopicPartition(rec.topic, rec.partition)
+        self._queued_per[tp] = self._queued_per.get(tp, 0) + 1
+        return True
+
+    def _release(self, rec: Record) -> None:
         if self._running.pop(id(rec), None) is None:
             raise KeyError(f"{rec.topic}/{rec.partition} {rec.id} is not running")
         self._dec(self._running_per, TopicPartition(rec.topic, rec.partition))
@@ -96,10 +135,13 @@ class KeyedScheduler:
             del self._lanes[lane]
 
     def drop(self, partitions: Iterable[TopicPartition]) -> list[Record]:
-        """Forget the queued (not started) records of ``partitions`` and return them; their
-        running records stay running (the caller waits for them or gives them up)."""
+        """Forget the queued (not started) and deferred records of ``partitions`` and return
+        them; their running records stay running (the caller waits for them or gives them up)."""
         gone = set(partitions)
         dropped: list[Record] = []
+        for key, rec in list(self._deferred.items()):
+            if TopicPartition(rec.topic, rec.partition) in gone:
+                dropped.append(self._deferred.pop(key))
         for lane in list(self._lanes):
             queue = self._lanes[lane]
             if not queue or TopicPartition(queue[0].topic, queue[0].partition) not in gone:
@@ -112,6 +154,8 @@ class KeyedScheduler:
             self._ready = deque(lane for lane in self._ready if self._lanes.get(lane))
             for tp in gone:
                 self._queued_per.pop(tp, None)
+            for rec in dropped:
+                self._held.discard((rec.topic, rec.partition, rec.id))
         return dropped
 
     # -- reading ------------------------------------------------------------------------------
@@ -127,13 +171,18 @@ class KeyedScheduler:
             return sum(self._queued_per.values())
         return sum(self._queued_per.get(tp, 0) for tp in set(partitions))
 
+    def deferred(self) -> int:
+        """Records waiting outside their lane for :meth:`resume`."""
+        return len(self._deferred)
+
     def partitions(self) -> set[TopicPartition]:
-        """The partitions with records queued or running."""
-        return set(self._queued_per) | set(self._running_per)
+        """The partitions with records queued, running or deferred."""
+        deferred = {TopicPartition(r.topic, r.partition) for r in self._deferred.values()}
+        return set(self._queued_per) | set(self._running_per) | deferred
 
     def __len__(self) -> int:
-        """Records queued or running."""
-        return len(self._running) + self.queued()
+        """Records held: queued, running or deferred."""
+        return len(self._running) + self.queued() + len(self._deferred)
 
     def _lane(self, rec: Record) -> Hashable:
         if self.ordering == "key":

@@ -14,6 +14,7 @@ from partitions.bench.assignors import AssignorBenchOptions, env_line, run_assig
 from partitions.bench.harness import run_bench
 from partitions.bench.options import BenchOptions
 from partitions.bench.output import csv_text, summary_text, window_line
+from partitions.bench.runner import RunnerBenchOptions, run_runner_bench
 from partitions.bench.stats import Window
 from partitions.bench.workers import Progress
 from partitions.cli.common import State, main, pass_state
@@ -286,6 +287,44 @@ def coordinator_cmd(fmt: str, out: Path | None, **params: Any) -> None:
     if text:
         click.echo(env_line(result))
     else:
+        click.echo(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
+
+
+_RUNNER_DEFAULTS = RunnerBenchOptions()
+
+
+@bench_group.command("runner")
+@click.option("--records", type=click.IntRange(min=1), default=_RUNNER_DEFAULTS.records,
+              show_default=True)  # fmt: skip
+@click.option("--partitions", type=click.IntRange(min=1), default=_RUNNER_DEFAULTS.partitions,
+              show_default=True)  # fmt: skip
+@click.option("--keys", type=click.IntRange(min=1), default=_RUNNER_DEFAULTS.keys,
+              show_default=True)  # fmt: skip
+@click.option("--handler-ms", type=click.FloatRange(min=0), default=_RUNNER_DEFAULTS.handler_ms,
+              show_default=True, help="What the handler waits per record (I/O-bound).")  # fmt: skip
+@click.option("--concurrency", "concurrency", default="1,32", show_default=True,
+              help="Comma-separated concurrencies, run in turn; the first is the "
+              "baseline.")  # fmt: skip
+@click.option("--url", help="Server URL (default: a private embedded Valkey).")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
+              show_default=True)  # fmt: skip
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the result (with the environment) as JSON to FILE.")  # fmt: skip
+def runner_cmd(fmt: str, out: Path | None, concurrency: str, **params: Any) -> None:
+    """partitions.run with key-ordered concurrency vs one record at a time (I/O-bound handler)."""
+    try:
+        levels = tuple(int(c) for c in concurrency.split(",") if c.strip())
+    except ValueError as err:
+        raise click.BadParameter(f"not a list of integers: {concurrency!r}") from err
+    if not levels or min(levels) < 1:
+        raise click.BadParameter("give at least one concurrency, each >= 1")
+    opts = RunnerBenchOptions(concurrency=levels, **params)
+    text = fmt == "text"
+    result = run_runner_bench(opts, say=click.echo if text else lambda _: None)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2) + b"\n")
+    if not text:
         click.echo(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
 
 

@@ -33,6 +33,9 @@ from partitions.cli.consume import group_settings
               help="Wait after the first failed attempt (doubling after each).")  # fmt: skip
 @click.option("--max-backoff-ms", type=click.FloatRange(min=0), default=30_000.0,
               show_default=True, help="Longest wait between attempts.")  # fmt: skip
+@click.option("--non-blocking-retries", is_flag=True, help="A failing record steps aside for "
+              "its back-off and its key's later records go ahead (breaks per-key order for "
+              "that key); default: the key waits.")  # fmt: skip
 @click.option("--instance-id", help="Static member id (a restart within the session keeps "
               "its partitions).")  # fmt: skip
 @click.option("--session-timeout-ms", type=int, help="Session timeout if this member creates "
@@ -59,6 +62,7 @@ def run_cmd(
     max_attempts: int,
     backoff_ms: float,
     max_backoff_ms: float,
+    non_blocking_retries: bool,
     instance_id: str | None,
     session_timeout_ms: int | None,
     heartbeat_ms: int | None,
@@ -78,7 +82,10 @@ def run_cmd(
     state.use_config_file(config_path)
     config = ConsumerConfig.from_toml(config_path) if config_path else ConsumerConfig()
     policy = RetryPolicy(
-        max_attempts=max_attempts, backoff_ms=backoff_ms, max_backoff_ms=max_backoff_ms
+        max_attempts=max_attempts,
+        backoff_ms=backoff_ms,
+        max_backoff_ms=max_backoff_ms,
+        blocking=not non_blocking_retries,
     )
     metrics = registry = None
     if with_metrics:

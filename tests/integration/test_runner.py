@@ -28,6 +28,7 @@ from typing import Any
 
 import pytest
 
+from coordinator.settings import GroupSettings
 from partitions import Record, RetryPolicy, run
 from partitions._admin.deadletter import DeadLetters
 from partitions._admin.topics import TopicAdmin, TopicSpec
@@ -200,6 +201,67 @@ def test_a_failing_record_is_retried_with_backoff_then_dead_lettered_and_its_key
     stats = out["stats"]
     assert (stats.handled, stats.dead_lettered, stats.retried) == (39, 1, 4)
     assert pending(conn, "pay", "g", partitions=1) == 0
+
+
+def test_non_blocking_retries_let_the_key_go_on_then_redeliver_after_the_backoff(
+    conn: Connection,
+) -> None:
+    make_topic(conn, "feed", 40, keys=4, partitions=1)
+    attempts: dict[int, list[float]] = defaultdict(list)
+    done: list[tuple[str, int]] = []
+
+    def handler(record: Record) -> None:
+        value = int((record.value or b"0").decode())
+        attempts[value].append(time.monotonic())
+        if value == 1 and len(attempts[value]) < 3:
+            raise TimeoutError("upstream busy")
+        if value == 2:
+            raise ValueError("never")
+        done.append(((record.key or b"").decode(), value))
+
+    policy = RetryPolicy(max_attempts=3, backoff_ms=300, jitter=0, blocking=False)
+    thread, stop, out = run_in_thread(
+        handler=handler, topics="feed", group="g", concurrency=2, retry=policy, conn=conn
+    )
+    wait_until(lambda: len(done) >= 39 or "error" in out, 60, "39 records handled")
+    stop.set()
+    thread.join(30)
+    assert "error" not in out, out.get("error")
+    k1 = [v for k, v in done if k == "k1"]  # values 1, 5, 9, ...
+    # 5 and 9 did not wait for 1's back-offs (300 + 600 ms): they were handled before it.
+    assert k1.index(5) < k1.index(1) and sorted(k1) == list(range(1, 40, 4))
+    assert attempts[1][1] - attempts[1][0] >= 0.29 and attempts[1][2] - attempts[1][1] >= 0.59
+    assert len(attempts[2]) == 3
+    dead = DeadLetters(conn).list("feed")
+    assert [(d.record.value, d.reason) for d in dead] == [(b"2", "retries_exhausted")]
+    assert pending(conn, "feed", "g", partitions=1) == 0
+
+
+def test_a_record_the_server_redelivers_while_it_is_being_handled_is_handled_once(
+    conn: Connection,
+) -> None:
+    # A reclaim delivers an entry pending longer than reclaim_idle_ms again, to its owner
+    # too: the runner holds the first copy, so the second is acked with it, not handled.
+    make_topic(conn, "long", 6, keys=6, partitions=1)
+    seen: list[int] = []
+
+    def handler(record: Record) -> None:
+        seen.append(int((record.value or b"0").decode()))
+        time.sleep(2.5)
+
+    settings = GroupSettings(reclaim_idle_ms=500)
+    thread, stop, out = run_in_thread(
+        handler=handler, topics="long", group="g", concurrency=6, conn=conn,
+        group_settings=settings,
+    )  # fmt: skip
+    wait_until(lambda: len(seen) >= 6 or "error" in out, 30, "6 records started")
+    time.sleep(4)  # past the handlers and several reclaim passes
+    stop.set()
+    thread.join(30)
+    assert "error" not in out, out.get("error")
+    assert sorted(seen) == list(range(6)), seen
+    assert out["stats"].handled == 6
+    assert pending(conn, "long", "g", partitions=1) == 0
 
 
 def test_health_endpoint_answers_while_running_and_a_rebalance_waits_for_running_records(

@@ -70,6 +70,43 @@ def test_drop_forgets_queued_records_of_the_partitions_and_keeps_running_ones() 
     assert s.partitions() == {TopicPartition("t", 1)}
 
 
+def test_a_record_offered_again_while_held_is_a_duplicate_and_not_queued_twice() -> None:
+    s = KeyedScheduler(2)
+    a1 = rec(0, 1, b"a")
+    again = rec(0, 1, b"a")  # the same entry, delivered again (a reclaim)
+    assert s.offer([a1]) == []
+    assert s.take() == [a1]
+    assert s.offer([again]) == [again]
+    assert s.queued() == 0
+    s.finish(a1)
+    assert s.offer([again]) == [] and s.take() == [again]  # no longer held: a new delivery
+
+
+def test_a_deferred_record_lets_its_lane_go_on_and_resumes_at_the_front() -> None:
+    s = KeyedScheduler(4)
+    a1, a2, a3 = rec(0, 1, b"a"), rec(0, 2, b"a"), rec(0, 3, b"a")
+    s.offer([a1, a2, a3])
+    assert s.take() == [a1]
+    s.defer(a1)
+    assert s.take() == [a2] and s.deferred() == 1 and len(s) == 3
+    assert s.resume(a1)
+    s.finish(a2)
+    assert s.take() == [a1]  # before a3
+    s.finish(a1)
+    assert s.take() == [a3]
+
+
+def test_drop_takes_deferred_records_too_and_resume_then_reports_it() -> None:
+    s = KeyedScheduler(4)
+    a1 = rec(0, 1, b"a")
+    s.offer([a1])
+    s.take()
+    s.defer(a1)
+    assert s.drop([TopicPartition("t", 0)]) == [a1]
+    assert not s.resume(a1) and len(s) == 0
+    assert s.offer([a1]) == []  # no longer held
+
+
 def test_finish_of_a_record_not_running_is_an_error_and_bad_settings_are_refused() -> None:
     s = KeyedScheduler(1)
     with pytest.raises(KeyError):
@@ -108,6 +145,7 @@ def test_any_interleaving_keeps_lane_order_the_cap_and_every_record(
         if running:
             done = running.pop(rnd.randrange(len(running)))
             s.finish(done)
+        assert len(s) == len(running) + s.queued()
     assert sorted(r.id for r in order) == sorted(r.id for r in records)
     for lane in {(r.partition, r.key) for r in records}:
         ids = [int(r.id.split("-")[0]) for r in order if (r.partition, r.key) == lane]

@@ -216,8 +216,8 @@ def consume(args: argparse.Namespace, log: Log) -> int:
             for r in batch:
                 tp = TopicPartition(r.topic, r.partition)
                 # The grant the record was read under (test-only peek at the fence value).
-                st = consumer._parts.get(tp)
-                token = int(st.fence.split(" ")[1]) if st is not None else -1
+                fence = consumer.fence(tp.topic, tp.partition)
+                token = int(fence.split(" ")[1]) if fence is not None else -1
                 data = json.loads(r.value or b"{}")
                 key, seq = data.get("key"), data.get("seq")
                 if poison is not None and (key, seq) == poison:
@@ -238,7 +238,8 @@ def consume(args: argparse.Namespace, log: Log) -> int:
                 t = time.time()
                 fields = {"p": tp.partition, "ids": ids, "member": member, "group": group,
                           "token": token, "t": t}  # fmt: skip
-                if tp not in consumer._parts:  # dropped meanwhile: nothing will be acked
+                # Dropped meanwhile: nothing will be acked.
+                if consumer.fence(tp.topic, tp.partition) is None:
                     log("ack", outcome="dropped", **fields)
                     continue
                 # Intent first: a kill between the commit and its outcome line leaves an

@@ -119,6 +119,11 @@ class Assignment:
         """The ones of ``tps`` this consumer reads now."""
         return {tp for tp in tps if tp in self.parts}
 
+    def fence(self, topic: str, partition: int) -> str | None:
+        """The grant (``"<member_id> <token>"``) a partition is read under; None: not owned."""
+        st = self.parts.get(TopicPartition(topic, partition))
+        return None if st is None else st.fence
+
     def state_of(self, record: Record) -> PartitionState | None:
         return self.parts.get(_tp(record))
 

@@ -33,7 +33,7 @@ from collections.abc import Iterable, Iterator
 from types import TracebackType
 
 from coordinator.member import Member
-from coordinator.runner import MemberRunner, RebalanceListener
+from coordinator.runner import RebalanceListener
 from coordinator.settings import GroupSettings
 from partitions._admin.offsets import target_id
 from partitions._admin.topics import TopicAdmin
@@ -43,11 +43,9 @@ from partitions._base.records import Record
 from partitions._base.types import TopicPartition
 from partitions._client.config import ClientConfig, ConsumerConfig
 from partitions._client.connection import Connection, connect
-from partitions._consumer.assignment import Assignment
 from partitions._consumer.fetcher import Fetcher
-from partitions._consumer.flow import ConsumerFlow
 from partitions._consumer.ops import Events
-from partitions._consumer.rebalance import Bridge
+from partitions._consumer.rebalance import compose
 from partitions._telemetry.metrics import ClientMetrics, consumer_metrics
 from partitions._telemetry.tracing import TracerProvider, consumer_tracer
 
@@ -106,22 +104,11 @@ class Consumer:
         )
         self.member_id = member.member_id
         self._tracer = consumer_tracer(tracing, self.group, self.member_id)
-        self.assignment_state = Assignment(self._conn.keys, self.group, self.member_id)
         events = Events(wake=lambda: self._fetcher.wake())
         self._fetcher = Fetcher(self._conn, interrupted=events.pending)
-        bridge = Bridge(
-            self._conn, self.group, self.member_id, events, self._settings,
-            apply_here=self._revoke_here, closing=lambda: self._closing,
-        )  # fmt: skip
-        self._runner = MemberRunner(
-            member, bridge, max_poll_interval_ms=self.config.max_poll_interval_ms
-        )
-        bridge.give_back = self._runner.give_back
-        self._flow = ConsumerFlow(
-            self.assignment_state, self.config, topics=metas, runner=self._runner,
-            settings=self._settings, events=events, listener=listener,
-            is_cluster=self._conn.is_cluster, metrics=self._metrics,
-            update_topics=member.update_topics,
+        self.assignment_state, self._runner, self._flow = compose(
+            self._conn, member, self.config, events, metas, listener=listener,
+            apply_here=self._revoke_here, closing=lambda: self._closing, metrics=self._metrics,
         )  # fmt: skip
         if self._metrics is not None:
             parts = self.assignment_state.parts
@@ -209,8 +196,7 @@ class Consumer:
 
     def fence(self, topic: str, partition: int) -> str | None:
         """The grant (``"<member_id> <token>"``) this consumer reads a partition under."""
-        st = self.assignment_state.parts.get(TopicPartition(topic, partition))
-        return None if st is None else st.fence
+        return self.assignment_state.fence(topic, partition)
 
     @property
     def refused_acks(self) -> int:
@@ -265,10 +251,6 @@ class Consumer:
         self.close()
 
     # -- internals --------------------------------------------------------------------------
-    def _settings(self) -> GroupSettings:
-        last = self._runner.member.last
-        return last.settings if last is not None else self._runner.member.settings
-
     def _enter(self) -> None:
         if self._closed:
             raise ClosedError("the consumer is closed")

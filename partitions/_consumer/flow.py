@@ -60,6 +60,13 @@ from partitions._consumer.ops import (
 log = logging.getLogger("partstream.consumer")
 
 
+def current_settings(member: Any) -> GroupSettings:
+    """The group's settings as stored (once a heartbeat told them), else this member's."""
+    last = member.last
+    settings: GroupSettings = last.settings if last is not None else member.settings
+    return settings
+
+
 class ConsumerFlow:
     """The consumer's logic over its :class:`Assignment`; see the module docstring."""
 

@@ -116,20 +116,32 @@ Op = (
 Step = Generator[Op, Any, Any]
 
 
+@dataclass(slots=True)
+class Turn:
+    """What a step did when resumed: asked ``op`` next, or (``op`` None) ended with ``value``."""
+
+    op: Op | None
+    value: Any = None
+
+
+def advance(step: Step, reply: Any, error: BaseException | None) -> Turn:
+    """Resume ``step`` with the answer to its last request (or throw that request's error in)."""
+    try:
+        return Turn(step.send(reply) if error is None else step.throw(error))
+    except StopIteration as stop:
+        return Turn(None, stop.value)
+
+
 def drive(step: Step, answer: Callable[[Op], Any]) -> Any:
     """Run ``step`` to its end, answering each request with ``answer`` (blocking); an error
     of ``answer`` is thrown into the step, which may handle it."""
-    reply: Any = None
-    error: Exception | None = None
-    while True:
+    turn = advance(step, None, None)
+    while turn.op is not None:
         try:
-            op = step.send(reply) if error is None else step.throw(error)
-        except StopIteration as stop:
-            return stop.value
-        try:
-            reply, error = answer(op), None
+            turn = advance(step, answer(turn.op), None)
         except Exception as err:
-            reply, error = None, err
+            turn = advance(step, None, err)
+    return turn.value
 
 
 def claims(assigned: dict[TopicPartition, Grant]) -> Step:

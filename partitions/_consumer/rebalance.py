@@ -20,13 +20,46 @@ from collections.abc import Callable
 from typing import Any
 
 from coordinator.records import Grant
+from coordinator.runner import MemberRunner
 from coordinator.settings import GroupSettings
 from partitions._base.fence import claim_fence
 from partitions._base.types import TopicPartition
+from partitions._client.config import ConsumerConfig
 from partitions._client.connection import Connection
 from partitions._consumer import ops
+from partitions._consumer.assignment import Assignment
+from partitions._consumer.flow import ConsumerFlow, current_settings
 
 log = logging.getLogger("partstream.consumer")
+
+
+def compose(
+    conn: Connection,
+    member: Any,
+    config: ConsumerConfig,
+    events: ops.Events,
+    metas: dict[str, Any],
+    *,
+    listener: Any,
+    apply_here: Callable[[set[TopicPartition]], bool],
+    closing: Callable[[], bool],
+    metrics: Any = None,
+) -> tuple[Assignment, MemberRunner, ConsumerFlow]:
+    """Wire one consumer: its assignment, its member's runner (heartbeats on a thread, the
+    Bridge as its listener) and the flow over them. Either shell calls this once."""
+    assignment = Assignment(conn.keys, member.group, member.member_id)
+    bridge = Bridge(
+        conn, member.group, member.member_id, events, lambda: current_settings(member),
+        apply_here=apply_here, closing=closing,
+    )  # fmt: skip
+    runner = MemberRunner(member, bridge, max_poll_interval_ms=config.max_poll_interval_ms)
+    bridge.give_back = runner.give_back
+    flow = ConsumerFlow(
+        assignment, config, topics=metas, runner=runner, settings=lambda: current_settings(member),
+        events=events, listener=listener, is_cluster=conn.is_cluster, metrics=metrics,
+        update_topics=member.update_topics,
+    )  # fmt: skip
+    return assignment, runner, flow
 
 
 class Bridge:

@@ -28,6 +28,7 @@ Times are ``time.time()`` of one machine. SIGTERM closes gracefully.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import signal
@@ -49,6 +50,7 @@ from partitions._base.errors import (
 from partitions._base.types import TopicPartition
 from partitions._client.config import ClientConfig, ConsumerConfig, ProducerConfig
 from partitions._client.connection import connect
+from partitions._consumer.aio import AsyncConsumer
 from partitions._consumer.consumer import Consumer
 from partitions._producer.producer import Producer, RecordFuture
 
@@ -171,12 +173,39 @@ def parse_poison(text: str | None) -> tuple[str, int] | None:
     return key, int(seq)
 
 
+class AsyncShell:
+    """PARTSTREAM_FAULT_SHELL=async: the worker drives an AsyncConsumer, each call awaited on
+    the worker's own event loop (so one worker loop serves both shells)."""
+
+    def __init__(self, group: str, topic: str, *, conn: Any, **kw: Any) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.c = self.loop.run_until_complete(AsyncConsumer(conn, group, topic, **kw).start())
+        self.member_id = self.c.member_id
+
+    def poll(self, timeout: float) -> list[Any]:
+        return self.loop.run_until_complete(self.c.poll(timeout=timeout))
+
+    def commit(self, records: list[Any]) -> None:
+        self.loop.run_until_complete(self.c.commit(records))
+
+    def fence(self, topic: str, partition: int) -> str | None:
+        return self.c.fence(topic, partition)
+
+    @property
+    def refused_acks(self) -> int:
+        return self.c.refused_acks
+
+    def close(self) -> None:
+        self.loop.run_until_complete(self.c.close())
+
+
 def consume(args: argparse.Namespace, log: Log) -> int:
     conn = connect(client_config(args))
     config = ConsumerConfig(auto_commit=False)
     if args.fetch_count is not None:
         config = ConsumerConfig(auto_commit=False, fetch_count=args.fetch_count)
-    consumer = Consumer(
+    shell = AsyncShell if os.environ.get("PARTSTREAM_FAULT_SHELL") == "async" else Consumer
+    consumer = shell(
         args.group,
         args.topic,
         conn=conn,

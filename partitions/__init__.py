@@ -49,6 +49,7 @@ from partitions._client.config import ClientConfig, ConsumerConfig, ProducerConf
 from partitions._client.connection import Connection, ServerInfo, connect
 from partitions._client.replicas import EmbeddedReplicaSet
 from partitions._client.server import EmbeddedServer
+from partitions._consumer.aio import AsyncConsumer
 from partitions._consumer.consumer import Consumer
 from partitions._producer.producer import Producer, RecordFuture, RecordMetadata
 from partitions._producer.router import Router
@@ -56,6 +57,7 @@ from partitions._runner.retry import RetryPolicy
 from partitions._runner.runner import RunStats, run
 
 __all__ = [
+    "AsyncConsumer",
     "BufferFullError",
     "ClientConfig",
     "ClosedError",

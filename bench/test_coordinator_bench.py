@@ -17,9 +17,8 @@ import pytest
 
 from coordinator.group import GroupAdmin
 from coordinator.member import Member
-from coordinator.records import HeartbeatResult
-from coordinator.settings import GroupSettings
-from partitions._base.types import TopicPartition
+from partitions._base.settings import GroupSettings
+from partitions._base.types import HeartbeatResult, TopicPartition
 from partitions._client.connection import Connection, connect
 
 MEMBERS = 200

@@ -10,16 +10,21 @@ from typing import Any
 
 import redis.exceptions as rex
 
-from coordinator.records import GroupDescription, parse_describe, raise_for_status
-from coordinator.settings import GroupSettings
 from partitions._base.durability import Durability
 from partitions._base.errors import ConfigError, UnknownGroupError, translate
 from partitions._base.functions import Functions
 from partitions._base.keys import Keys, validate_name
-
-
-def _s(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+from partitions._base.replies import (
+    error_code,
+    group_topics,
+    parse_describe,
+    raise_for_status,
+    script_status,
+    settings_from_reply,
+    text,
+)
+from partitions._base.settings import GroupSettings
+from partitions._base.types import GroupDescription
 
 
 class GroupAdmin:
@@ -53,7 +58,7 @@ class GroupAdmin:
         settings = settings or GroupSettings()
         reply = self._admin(group, "create", *settings.to_fields(), durability=settings.durability)
         self._register(group)
-        if _s(reply[0]) == "EXISTS":
+        if script_status(reply) == "EXISTS":
             if exist_ok:
                 return False
             raise ConfigError(f"group {group!r} already exists; use alter to change it")
@@ -75,7 +80,7 @@ class GroupAdmin:
             raise translate(err, f"reading group {group}") from err
         if not raw:
             raise UnknownGroupError(f"group {group!r} does not exist")
-        return GroupSettings.from_fields(raw)
+        return settings_from_reply(raw)
 
     def alter(self, group: str, **changes: Any) -> GroupSettings:
         """Change some settings (validated with the rest); a new assignor triggers a rebalance."""
@@ -92,7 +97,7 @@ class GroupAdmin:
     def list(self) -> list[str]:
         """Names of the existing groups, sorted."""
         try:
-            names = sorted(_s(n) for n in self.client.smembers(self.keys.groups))
+            names = sorted(text(n) for n in self.client.smembers(self.keys.groups))
             pipe = self.client.pipeline(transaction=False)
             for name in names:
                 pipe.exists(self.keys.group_cfg(name))
@@ -112,7 +117,7 @@ class GroupAdmin:
         reply: list[Any] = self.functions.call(
             "admin", self.keys.group_keys(group), ["delete", "1" if force else "0"]
         )
-        code = _s(reply[1]) if _s(reply[0]) == "ERR" else ""
+        code = error_code(reply)
         if code == "UNKNOWN_GROUP":
             self._unregister(group)
             return False
@@ -131,12 +136,7 @@ class GroupAdmin:
             raw = self.client.hgetall(self.keys.group_state(group))
         except rex.RedisError as err:
             raise translate(err, f"reading group {group}") from err
-        out: dict[str, int] = {}
-        for k, v in raw.items():
-            name = _s(k)
-            if name.startswith("topic:"):
-                out[name[len("topic:") :]] = int(_s(v))
-        return out
+        return group_topics(raw)
 
     def _drop_partition_state(self, group: str, topics: dict[str, int]) -> None:
         # Each command touches one partition's keys: fine on a cluster (no multi-slot call).

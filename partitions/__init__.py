@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from coordinator.group import GroupAdmin
 from coordinator.runner import RebalanceListener
-from coordinator.settings import GroupSettings
 from partitions._admin.acl import acl_rules
-from partitions._admin.deadletter import DeadLetter, DeadLetters
+from partitions._admin.deadletter import DeadLetters
 from partitions._admin.offsets import check_lag, execute_group_seek, group_lag, plan_group_seek
 from partitions._admin.replay import Position, replay
 from partitions._admin.topics import TopicAdmin, TopicDescription, TopicMeta, TopicSpec
@@ -44,6 +43,8 @@ from partitions._base.errors import (
     WrongTypeError,
 )
 from partitions._base.records import Record
+from partitions._base.replies import DeadLetter
+from partitions._base.settings import GroupSettings
 from partitions._base.types import TopicPartition
 from partitions._client.config import ClientConfig, ConsumerConfig, ProducerConfig
 from partitions._client.connection import Connection, ServerInfo, connect

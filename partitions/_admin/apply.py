@@ -42,11 +42,11 @@ from pathlib import Path
 from typing import Any
 
 from coordinator.group import GroupAdmin
-from coordinator.settings import GroupSettings
 from partitions._admin.library import load_library
 from partitions._admin.topics import TopicAdmin, TopicSpec
 from partitions._base.errors import ConfigError, UnknownGroupError, UnknownTopicError
 from partitions._base.keys import validate_name
+from partitions._base.settings import GroupSettings
 from partitions._client.config import ClientConfig, ConsumerConfig, ProducerConfig
 from partitions._client.connection import Connection
 

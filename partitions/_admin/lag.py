@@ -30,13 +30,12 @@ from typing import Any
 
 from partitions._base.errors import PartstreamError, StateLostError
 from partitions._base.functions import function_name, is_missing
-from partitions._base.records import (
+from partitions._base.records import id_timestamp, parse_id
+from partitions._base.replies import (
     GroupStreamInfo,
     PendingSummary,
     entry_ids,
     group_infos_from_reply,
-    id_timestamp,
-    parse_id,
     pending_summary_from_reply,
     time_ms_from_reply,
 )

@@ -22,7 +22,8 @@ from partitions._admin.lag import read_offsets
 from partitions._admin.topics import TopicAdmin
 from partitions._base.errors import ConfigError, PartstreamError, StateLostError, translate
 from partitions._base.keys import validate_name
-from partitions._base.records import GroupStreamInfo, group_infos_from_reply, parse_id
+from partitions._base.records import parse_id
+from partitions._base.replies import GroupStreamInfo, group_infos_from_reply
 from partitions._client.connection import Connection
 from partitions._client.nodes import execute_per_key
 

@@ -35,6 +35,7 @@ from pathlib import Path
 import redis
 
 from partitions._base.errors import ConfigError, ConnectionFailedError
+from partitions._base.replies import info_fields, text
 from partitions._client.server import (
     PERSISTENCE_ARGS,
     default_data_dir,
@@ -155,8 +156,7 @@ class EmbeddedCluster:
                     raw = node.execute_command("CLUSTER", "NODES")
             except (redis.RedisError, OSError):
                 continue
-            text = raw.decode() if isinstance(raw, bytes) else str(raw)
-            for line in text.splitlines():
+            for line in text(raw).splitlines():
                 fields = line.split()
                 if len(fields) < 8:
                     continue
@@ -253,7 +253,7 @@ class EmbeddedCluster:
     def node_id(self, port: int) -> str:
         with self.client(port) as node:
             raw = node.execute_command("CLUSTER", "MYID")
-        return raw.decode() if isinstance(raw, bytes) else str(raw)
+        return text(raw)
 
     def owner_of(self, slot: int) -> int:
         """The port of the node that serves ``slot`` now (asked of the first live node)."""
@@ -387,8 +387,7 @@ class EmbeddedCluster:
                 info = node.execute_command("CLUSTER", "INFO")
         except (redis.RedisError, OSError):
             return False
-        text = info.decode() if isinstance(info, bytes) else str(info)
-        fields = dict(line.split(":", 1) for line in text.split() if ":" in line)
+        fields = info_fields(info)
         return (
             fields.get("cluster_state") == "ok"
             and fields.get("cluster_known_nodes") == str(len(self.ports))

@@ -39,7 +39,6 @@ import redis.exceptions as rex
 
 from coordinator.member import Member
 from coordinator.runner import MemberRunner, RebalanceListener
-from coordinator.settings import GroupSettings
 from partitions._admin.offsets import target_id
 from partitions._admin.topics import TopicAdmin, TopicSpec
 from partitions._base.errors import (
@@ -52,6 +51,7 @@ from partitions._base.errors import (
 )
 from partitions._base.keys import validate_name
 from partitions._base.records import Record
+from partitions._base.settings import GroupSettings
 from partitions._base.types import TopicPartition
 from partitions._client.config import ClientConfig, ConsumerConfig
 from partitions._client.connection import Connection, connect

@@ -38,14 +38,15 @@ from partitions._base.errors import (
 )
 from partitions._base.fence import fence_value
 from partitions._base.functions import function_name, is_missing
-from partitions._base.records import (
+from partitions._base.records import Record
+from partitions._base.replies import (
     FetchResult,
-    Record,
     ack_result,
     fetch_result,
     hand_result,
     records_from_read,
     retry_result,
+    seek_result,
 )
 from partitions._base.types import TopicPartition
 from partitions._client.connection import Connection
@@ -416,14 +417,13 @@ class Fetcher:
         reply = self._run([call], _SEEK, "seek", "seeking", durable=True)[0]
         if isinstance(reply, Exception):
             raise translate(reply, f"seeking {st.topic}/{st.partition} (its slot is moving)")
-        status = int(reply[0])
+        status, detail = seek_result(reply)
         if status != 1:
-            detail = reply[1].decode() if isinstance(reply[1], bytes) else str(reply[1])
             if status == 0:
                 raise NotOwnerError(f"cannot seek {st.topic}/{st.partition}: {detail} owns it")
             raise StateLostError(f"cannot seek {st.topic}/{st.partition}: the {detail} is gone")
         st.cursor, st.tail = "", ""
-        return reply[1].decode() if isinstance(reply[1], bytes) else str(reply[1])
+        return detail
 
     # -- plumbing ---------------------------------------------------------------------------
     def _one(self, st: PartitionState, args: list[Any], what: str) -> set[str]:

@@ -20,13 +20,12 @@ from typing import Any
 
 import redis.exceptions as rex
 
-from coordinator.records import Grant
 from coordinator.runner import MemberRunner, RebalanceListener
-from coordinator.settings import GroupSettings
 from partitions._base.errors import PartstreamError
 from partitions._base.fence import claim_fence, release_fence
 from partitions._base.records import Record
-from partitions._base.types import TopicPartition
+from partitions._base.settings import GroupSettings
+from partitions._base.types import Grant, TopicPartition
 from partitions._client.config import ConsumerConfig
 from partitions._client.connection import Connection
 from partitions._consumer.fetcher import PartitionState

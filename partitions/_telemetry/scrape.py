@@ -28,13 +28,14 @@ import time
 from dataclasses import dataclass
 
 from coordinator.group import GroupAdmin
-from coordinator.records import GroupDescription, parse_describe
 from partitions._admin.deadletter import DeadLetterTally
 from partitions._admin.lag import Command, PartitionOffset, missing_function, read_offsets
 from partitions._admin.topics import TopicAdmin, TopicMeta, meta_from_hash
 from partitions._base.errors import PartstreamError, UnknownGroupError
 from partitions._base.functions import function_name
-from partitions._base.records import StreamInfo, id_timestamp, stream_info_from_reply
+from partitions._base.records import id_timestamp
+from partitions._base.replies import StreamInfo, parse_describe, stream_info_from_reply
+from partitions._base.types import GroupDescription
 from partitions._client.connection import Connection
 from partitions._client.nodes import execute_per_key
 

@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from coordinator.group import GroupAdmin
-from coordinator.settings import GroupSettings
 from partitions._admin.topics import TopicAdmin, TopicSpec
+from partitions._base.settings import GroupSettings
 from partitions._client.config import ConsumerConfig, ProducerConfig
 from partitions._consumer.consumer import Consumer
 from partitions._producer.producer import Producer

@@ -9,7 +9,6 @@ from typing import Any
 import click
 
 from coordinator.group import GroupAdmin
-from coordinator.settings import GroupSettings
 from partitions._admin.offsets import (
     check_lag,
     describe_with_lag,
@@ -17,6 +16,7 @@ from partitions._admin.offsets import (
     plan_group_seek,
     reclaim_now,
 )
+from partitions._base.settings import GroupSettings
 from partitions.cli.common import State, emit, format_option, main, pass_state
 
 

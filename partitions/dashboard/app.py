@@ -22,9 +22,9 @@ from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Route
 
 from coordinator.group import GroupAdmin
-from coordinator.settings import GroupSettings
 from partitions._admin.topics import TopicAdmin
 from partitions._base.errors import PartstreamError
+from partitions._base.settings import GroupSettings
 from partitions._client.connection import Connection
 from partitions._producer.producer import Producer
 from partitions.dashboard.fleet import Fleet

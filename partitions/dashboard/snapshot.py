@@ -154,7 +154,7 @@ class Snapshots:
     def latest(self, topic: str, partition: int, count: int = 10) -> list[dict[str, Any]]:
         key = self.conn.keys.stream(topic, partition)
         raw = self.conn.client.execute_command(b"XREVRANGE", key, "+", "-", "COUNT", count)
-        from partitions._base.records import records_from_entries
+        from partitions._base.replies import records_from_entries
 
         return [r.to_dict() for r in records_from_entries(topic, partition, raw)]
 

@@ -18,7 +18,6 @@ import pytest
 from click.testing import CliRunner
 
 from coordinator.group import GroupAdmin
-from coordinator.settings import GroupSettings
 from partitions._admin.topics import TopicAdmin, TopicSpec
 from partitions._base.errors import (
     EvictionPolicyError,
@@ -29,6 +28,7 @@ from partitions._base.errors import (
     StateLostError,
     WrongTypeError,
 )
+from partitions._base.settings import GroupSettings
 from partitions._client.config import ClientConfig, ProducerConfig
 from partitions._client.connection import Connection, connect
 from partitions._consumer.consumer import Consumer

@@ -23,12 +23,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from coordinator.settings import GroupSettings
 from partitions._admin.apply import execute, parse, plan
 from partitions._admin.offsets import group_lag, group_offsets
 from partitions._admin.replay import replay
 from partitions._admin.topics import TopicAdmin, TopicSpec
 from partitions._base.errors import EvictionPolicyError
+from partitions._base.settings import GroupSettings
 from partitions._client.cluster import EmbeddedCluster, free_base_port
 from partitions._client.config import ClientConfig, ProducerConfig
 from partitions._client.connection import Connection, connect

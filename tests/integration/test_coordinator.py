@@ -10,9 +10,7 @@ import pytest
 
 from coordinator.group import GroupAdmin
 from coordinator.member import Member
-from coordinator.records import Grant, HeartbeatResult
 from coordinator.runner import MemberRunner
-from coordinator.settings import GroupSettings
 from partitions._base.errors import (
     ConfigError,
     DuplicateInstanceError,
@@ -21,7 +19,8 @@ from partitions._base.errors import (
     UnknownMemberError,
 )
 from partitions._base.fence import claim_fence, fence_value, read_fence, release_fence
-from partitions._base.types import TopicPartition
+from partitions._base.settings import GroupSettings
+from partitions._base.types import Grant, HeartbeatResult, TopicPartition
 from partitions._client.connection import Connection
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]

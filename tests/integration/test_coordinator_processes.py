@@ -18,9 +18,8 @@ from typing import Any
 import pytest
 
 from coordinator.group import GroupAdmin
-from coordinator.records import GroupDescription
 from partitions._base.errors import UnknownGroupError
-from partitions._base.types import TopicPartition
+from partitions._base.types import GroupDescription, TopicPartition
 from partitions._client.connection import Connection
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(45)]

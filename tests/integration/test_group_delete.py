@@ -5,9 +5,9 @@ from __future__ import annotations
 import time
 
 from coordinator.group import GroupAdmin
-from coordinator.settings import GroupSettings
 from partitions._admin.topics import TopicAdmin, TopicSpec
-from partitions._base.records import group_infos_from_reply
+from partitions._base.replies import group_infos_from_reply
+from partitions._base.settings import GroupSettings
 from partitions._client.config import ConsumerConfig
 from partitions._client.connection import Connection
 from partitions._consumer.consumer import Consumer

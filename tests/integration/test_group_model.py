@@ -31,7 +31,7 @@ from hypothesis.stateful import (
 
 from coordinator.group import GroupAdmin
 from coordinator.member import Member
-from coordinator.settings import GroupSettings
+from partitions._base.settings import GroupSettings
 from partitions._base.types import TopicPartition
 from partitions._client.config import ClientConfig
 from partitions._client.connection import Connection, connect

@@ -21,11 +21,12 @@ import redis
 from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 
-from coordinator.settings import GroupSettings
 from partitions._admin.offsets import describe_with_lag
 from partitions._admin.topics import TopicAdmin, TopicSpec
 from partitions._base.functions import library_name
-from partitions._base.records import id_timestamp, time_ms_from_reply
+from partitions._base.records import id_timestamp
+from partitions._base.replies import time_ms_from_reply
+from partitions._base.settings import GroupSettings
 from partitions._client.config import ClientConfig, ConsumerConfig
 from partitions._client.connection import Connection
 from partitions._client.nodes import primaries

@@ -26,10 +26,10 @@ import pytest
 from click.testing import CliRunner
 
 from coordinator.group import GroupAdmin
-from coordinator.settings import GroupSettings
 from partitions._admin.topics import TopicAdmin, TopicSpec
 from partitions._base.errors import NotOwnerError, PollIntervalExceededError, UnknownGroupError
 from partitions._base.records import Record
+from partitions._base.settings import GroupSettings
 from partitions._base.types import TopicPartition
 from partitions._client.config import ConsumerConfig
 from partitions._client.connection import Connection

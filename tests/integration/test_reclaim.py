@@ -11,10 +11,10 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
-from coordinator.settings import GroupSettings
 from partitions._admin.offsets import reclaim_now
 from partitions._admin.topics import TopicAdmin, TopicSpec
 from partitions._base.records import Record
+from partitions._base.settings import GroupSettings
 from partitions._client.config import ClientConfig, ConsumerConfig
 from partitions._client.connection import Connection
 from partitions._client.nodes import execute_on_key

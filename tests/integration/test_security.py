@@ -22,7 +22,6 @@ import redis
 from click.testing import CliRunner
 
 from coordinator.group import GroupAdmin
-from coordinator.settings import GroupSettings
 from partitions._admin.acl import acl_rules
 from partitions._admin.topics import TopicAdmin, TopicSpec
 from partitions._base.errors import (
@@ -33,6 +32,7 @@ from partitions._base.errors import (
     translate,
 )
 from partitions._base.functions import library_name
+from partitions._base.settings import GroupSettings
 from partitions._client.config import ClientConfig, ConsumerConfig, ProducerConfig
 from partitions._client.connection import Connection, connect
 from partitions._consumer.consumer import Consumer

@@ -13,10 +13,10 @@ import pytest
 import redis
 
 from coordinator.group import GroupAdmin
-from coordinator.settings import GroupSettings
 from partitions._admin.acl import acl_rules
 from partitions._admin.library import load_library
 from partitions._admin.topics import TopicAdmin, TopicSpec
+from partitions._base.settings import GroupSettings
 from partitions._client.config import ClientConfig, ProducerConfig
 from partitions._client.connection import Connection, connect
 from partitions._consumer.consumer import Consumer

@@ -28,9 +28,9 @@ import pytest
 from click.testing import CliRunner
 
 from coordinator.group import GroupAdmin
-from coordinator.settings import GroupSettings
 from partitions._admin.topics import TopicAdmin, TopicSpec
 from partitions._base.errors import NotEnoughReplicasError, StateLostError
+from partitions._base.settings import GroupSettings
 from partitions._client.cluster import EmbeddedCluster
 from partitions._client.config import ClientConfig, ConsumerConfig, ProducerConfig
 from partitions._client.connection import Connection, connect

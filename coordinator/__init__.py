@@ -11,7 +11,6 @@ from __future__ import annotations
 # the two a program imports first, each module is complete before it is used.
 import partitions  # noqa: F401
 from coordinator.assignors import ASSIGNORS, assign
-from coordinator.group import GroupAdmin
 from coordinator.heartbeat import Heartbeat
 from coordinator.member import Member
 from coordinator.runner import MemberRunner, RebalanceListener
@@ -30,7 +29,6 @@ from partitions._base.types import (
 __all__ = [
     "ASSIGNORS",
     "Grant",
-    "GroupAdmin",
     "GroupDescription",
     "GroupSettings",
     "Heartbeat",

@@ -7,11 +7,16 @@ Consumer groups are coordinated by :mod:`coordinator`, re-exported here where us
 
 from __future__ import annotations
 
-from coordinator.group import GroupAdmin
 from coordinator.runner import RebalanceListener
 from partitions._admin.acl import acl_rules
 from partitions._admin.deadletter import DeadLetters
-from partitions._admin.offsets import check_lag, execute_group_seek, group_lag, plan_group_seek
+from partitions._admin.groups import (
+    GroupAdmin,
+    check_lag,
+    execute_group_seek,
+    group_lag,
+    plan_group_seek,
+)
 from partitions._admin.replay import Position, replay
 from partitions._admin.topics import TopicAdmin, TopicDescription, TopicMeta, TopicSpec
 from partitions._base.errors import (

@@ -31,7 +31,7 @@ key                                   type    contents / written by
                                               consume.lua, seek.lua (first touch only).
                                               "<group>:reclaim" -> min idle ms: a "reclaim
                                               stuck entries now" request (':' is never in
-                                              a name) / offsets.reclaim_now writes it, the
+                                              a name) / groups.reclaim_now writes it, the
                                               owner's consume.lua read serves and clears it.
                                               "~cut" -> id: safe retention trims below it /
                                               consume.lua (reclaim-time reads), cleared by a

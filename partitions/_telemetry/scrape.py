@@ -27,8 +27,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from coordinator.group import GroupAdmin
 from partitions._admin.deadletter import DeadLetterTally
+from partitions._admin.groups import GroupAdmin
 from partitions._admin.lag import Command, PartitionOffset, missing_function, read_offsets
 from partitions._admin.topics import TopicAdmin, TopicMeta, meta_from_hash
 from partitions._base.errors import PartstreamError, UnknownGroupError
@@ -111,7 +111,7 @@ def _describe_all(conn: Connection, groups: list[str]) -> list[GroupDescription]
             if isinstance(reply, Exception):
                 if not missing_function(reply):
                     raise reply
-                out.append(GroupAdmin(conn.client, k).describe(g))  # loads the library
+                out.append(GroupAdmin(conn).describe(g))  # loads the library
             else:
                 out.append(parse_describe(reply, g))
         except UnknownGroupError:
@@ -143,7 +143,7 @@ def scrape(
     tally = tally or DeadLetterTally()
     k = conn.keys
     metas = _metas(conn, TopicAdmin(conn).names())
-    descs = _describe_all(conn, GroupAdmin(conn.client, k).list())
+    descs = _describe_all(conn, GroupAdmin(conn).list())
     parts = [(m.name, p) for m in metas for p in range(m.partitions)]
     streams = [k.stream(t, p) for t, p in parts]
     extra: list[Command] = [(s, (b"XINFO", "STREAM", s)) for s in streams]

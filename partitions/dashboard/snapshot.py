@@ -18,7 +18,7 @@ import time
 from collections import deque
 from typing import Any
 
-from coordinator.group import GroupAdmin
+from partitions._admin.groups import GroupAdmin
 from partitions._admin.replay import replay
 from partitions._admin.topics import TopicAdmin
 from partitions._base.errors import PartstreamError
@@ -106,7 +106,7 @@ class Snapshots:
         self.conn = conn
         self.topics = topics
         self._admin = TopicAdmin(conn)
-        self._groups = GroupAdmin(conn.client, conn.keys)
+        self._groups = GroupAdmin(conn)
         self._last: dict[tuple[str, int], tuple[float, str | None, int]] = {}
         self.history = History()
 
@@ -125,7 +125,7 @@ class Snapshots:
         return desc
 
     def group_view(self, group: str) -> dict[str, Any]:
-        from partitions._admin.offsets import group_lag
+        from partitions._admin.groups import group_lag
 
         data = self._groups.describe(group).to_dict()
         try:

@@ -27,7 +27,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, precondition, rule
 
-from partitions._admin.offsets import group_lag
+from partitions._admin.groups import group_lag
 from partitions._admin.topics import TopicAdmin, TopicSpec
 from partitions._base.errors import NotOwnerError
 from partitions._base.records import Record

@@ -24,7 +24,7 @@ import pytest
 from click.testing import CliRunner
 
 from partitions._admin.apply import execute, parse, plan
-from partitions._admin.offsets import group_lag, group_offsets
+from partitions._admin.groups import group_lag, group_offsets
 from partitions._admin.replay import replay
 from partitions._admin.topics import TopicAdmin, TopicSpec
 from partitions._base.errors import EvictionPolicyError

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from partitions._admin.deadletter import DeadLetters
-from partitions._admin.offsets import execute_group_seek, group_lag, group_offsets, plan_group_seek
+from partitions._admin.groups import execute_group_seek, group_lag, group_offsets, plan_group_seek
 from partitions._admin.topics import TopicAdmin, TopicSpec
 from partitions._base.errors import NotOwnerError, StateLostError
 from partitions._base.fence import claim_fence

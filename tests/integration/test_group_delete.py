@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from coordinator.group import GroupAdmin
+from partitions._admin.groups import GroupAdmin
 from partitions._admin.topics import TopicAdmin, TopicSpec
 from partitions._base.replies import group_infos_from_reply
 from partitions._base.settings import GroupSettings
@@ -36,7 +36,7 @@ def test_delete_group_drops_positions_marks_and_fences(conn: Connection) -> None
     k = conn.keys
     assert any(conn.client.hexists(k.stream_groups("t", p), "g") for p in range(3))
 
-    assert GroupAdmin(conn.client, conn.keys).delete("g", force=True) is True
+    assert GroupAdmin(conn).delete("g", force=True) is True
     for p in range(3):
         infos = group_infos_from_reply(conn.client.xinfo_groups(k.stream("t", p)))
         assert [i.name for i in infos] == []  # the stream group is gone

@@ -9,8 +9,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from partitions._admin.deadletter import OTHER, UNCLASSIFIED, DeadLetterTally
+from partitions._admin.groups import GroupLag, LagCheck
 from partitions._admin.lag import PartitionOffset, age_ms, needs_head, offset_of, older
-from partitions._admin.offsets import GroupLag, LagCheck
 from partitions._admin.topics import TopicMeta, TopicSpec
 from partitions._base.errors import ConfigError
 from partitions._base.replies import GroupStreamInfo, PendingSummary, pending_summary_from_reply

@@ -20,8 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import coordinator.group as group_module
 import coordinator.member as member_module
+import partitions._admin.groups as group_module
 import partitions._consumer.fetcher as fetcher_module
 from partitions import Consumer, GroupSettings, TopicAdmin, TopicSpec, connect
 
@@ -104,7 +104,7 @@ def record(url: str) -> dict[str, Any]:
             got["group_cfg"] = [client.hgetall(keys.group_cfg("g"))]
             got["xinfo_groups_raw"] = [_raw(client, "XINFO", "GROUPS", stream)]
             got["xinfo_groups"] = [client.xinfo_groups(stream)]
-            group_module.GroupAdmin(client, keys).describe("g")
+            group_module.GroupAdmin(conn).describe("g")
         got["describe_unknown"] = [
             conn.functions.call("admin", keys.group_keys("no-such-group"), ["describe"])
         ]

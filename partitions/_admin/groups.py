@@ -27,6 +27,8 @@ from partitions._admin.topics import TopicAdmin
 from partitions._base.durability import Durability
 from partitions._base.errors import (
     ConfigError,
+    ConflictError,
+    GroupExistsError,
     PartstreamError,
     StateLostError,
     UnknownGroupError,
@@ -86,7 +88,7 @@ class GroupAdmin:
         if script_status(reply) == "EXISTS":
             if exist_ok:
                 return False
-            raise ConfigError(f"group {group!r} already exists; use alter to change it")
+            raise GroupExistsError(f"group {group!r} already exists; use alter to change it")
         return True
 
     def _register(self, group: str) -> None:
@@ -147,8 +149,9 @@ class GroupAdmin:
             self._unregister(group)
             return False
         if code == "NOT_EMPTY":
-            raise ConfigError(
-                f"group {group!r} still has live members; stop them or use force=True"
+            raise ConflictError(
+                f"group {group!r} still has live members; stop them or use force=True",
+                retriable=True,
             )
         raise_for_status(reply, group)
         self._drop_partition_state(group, topics)
@@ -361,8 +364,9 @@ def execute_group_seek(conn: Connection, plan: SeekPlan, *, force: bool = False)
             members = ()
         live = [m.member_id for m in members if not m.left]
         if live:
-            raise ConfigError(
-                f"group {plan.group!r} has {len(live)} live member(s); stop them first (or force)"
+            raise ConflictError(
+                f"group {plan.group!r} has {len(live)} live member(s); stop them first (or force)",
+                retriable=True,
             )
     k = conn.keys
     for s in plan.steps:

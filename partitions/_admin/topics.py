@@ -16,6 +16,7 @@ import redis.exceptions as rex
 
 from partitions._base.errors import (
     ConfigError,
+    ConflictError,
     TopicExistsError,
     UnknownTopicError,
     WrongTypeError,
@@ -325,7 +326,9 @@ class TopicAdmin:
             )
         except Exception as err:
             if "STALE" in str(err):
-                raise ConfigError(f"topic {name} changed concurrently; retry") from err
+                raise ConflictError(
+                    f"topic {name} changed concurrently; retry", retriable=True
+                ) from err
             raise
         return self.get(name)
 

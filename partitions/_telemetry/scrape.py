@@ -31,7 +31,7 @@ from partitions._admin.deadletter import DeadLetterTally
 from partitions._admin.groups import GroupAdmin
 from partitions._admin.lag import Command, PartitionOffset, missing_function, read_offsets
 from partitions._admin.topics import TopicAdmin, TopicMeta, meta_from_hash
-from partitions._base.errors import PartstreamError, UnknownGroupError
+from partitions._base.errors import UnknownGroupError, translate
 from partitions._base.functions import function_name
 from partitions._base.records import id_timestamp
 from partitions._base.replies import StreamInfo, parse_describe, stream_info_from_reply
@@ -158,7 +158,7 @@ def scrape(
         info: StreamInfo | None = None
         if isinstance(reply, Exception):
             if "no such key" not in str(reply).lower():
-                raise reply if isinstance(reply, PartstreamError) else PartstreamError(str(reply))
+                raise translate(reply, f"reading {t}/{p}")
         else:
             info = stream_info_from_reply(reply)
         if info is None:

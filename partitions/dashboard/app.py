@@ -23,7 +23,7 @@ from starlette.routing import Route
 
 from partitions._admin.groups import GroupAdmin
 from partitions._admin.topics import TopicAdmin
-from partitions._base.errors import PartstreamError
+from partitions._base.errors import ConfigError, PartstreamError
 from partitions._base.settings import GroupSettings
 from partitions._client.connection import Connection
 from partitions._producer.producer import Producer
@@ -131,7 +131,7 @@ class Dashboard:
 
     def _fleet(self) -> Fleet:
         if self.fleet is None:
-            raise PartstreamError("this dashboard has no consumer fleet (started read-only)")
+            raise ConfigError("this dashboard has no consumer fleet (started read-only)")
         return self.fleet
 
     def fail_next(self, tenant: str, count: int) -> dict[str, Any]:
@@ -143,7 +143,7 @@ class Dashboard:
         fn = {"remove": fleet.remove, "kill": fleet.kill, "pause": fleet.pause,
               "resume": fleet.resume}.get(action)  # fmt: skip
         if fn is None:
-            raise PartstreamError(f"unknown action {action!r}")
+            raise ConfigError(f"unknown action {action!r}")
         w = fn(worker_id)
         return {"worker_id": w.worker_id, "state": w.state, "pid": w.pid}
 

@@ -13,8 +13,10 @@ from coordinator.runner import MemberRunner
 from partitions._admin.groups import GroupAdmin
 from partitions._base.errors import (
     ConfigError,
+    ConflictError,
     DuplicateInstanceError,
     FencedError,
+    GroupExistsError,
     UnknownGroupError,
     UnknownMemberError,
 )
@@ -292,8 +294,9 @@ def test_admin_create_alter_describe_delete(conn: Connection) -> None:
     declared = GroupSettings(assignor="range", session_timeout_ms=2000, heartbeat_interval_ms=300)
     assert admin.create("g", declared)
     assert not admin.create("g", exist_ok=True)
-    with pytest.raises(ConfigError, match="already exists"):
+    with pytest.raises(GroupExistsError, match="already exists") as exists:
         admin.create("g")
+    assert isinstance(exists.value, ConflictError) and not exists.value.retriable
     r = member(conn, "a").join()  # brings FAST settings; the declared ones win
     assert r.settings == declared
     epoch = admin.describe("g").epoch
@@ -307,8 +310,9 @@ def test_admin_create_alter_describe_delete(conn: Connection) -> None:
     assert {"group", "state", "epoch", "members", "partitions"} <= set(d)
     assert d["members"][0]["member_id"] == "a" and "partitions" in d["members"][0]
     assert {"topic", "partition", "owner"} <= set(d["partitions"][0])
-    with pytest.raises(ConfigError, match="live members"):
+    with pytest.raises(ConflictError, match="live members") as busy:
         admin.delete("g")
+    assert busy.value.retriable  # once the members are gone, the same call succeeds
     assert admin.delete("g", force=True)
     assert admin.list() == [] and not admin.delete("g")
     assert conn.client.keys(f"{conn.keys.ns}:g:*") == []

@@ -1,0 +1,38 @@
+"""Without the ``dashboard`` extra the library works and the web commands say what to install."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from partitions.cli import main
+
+
+@pytest.mark.parametrize("missing", ["uvicorn", "starlette"])
+@pytest.mark.parametrize("command", ["demo", "dashboard"])
+def test_web_commands_name_the_extra_when_the_server_is_missing(
+    monkeypatch: pytest.MonkeyPatch, missing: str, command: str
+) -> None:
+    for name in list(sys.modules):
+        if name == missing or name.startswith((f"{missing}.", "partitions.dashboard")):
+            monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, missing, None)  # import raises ModuleNotFoundError
+    out = CliRunner().invoke(main, [command])
+    assert out.exit_code == 1
+    assert "pip install 'partstream[dashboard]'" in out.output and missing in out.output
+
+
+def test_the_library_and_cli_import_without_the_web_server() -> None:
+    code = (
+        "import sys; sys.modules['starlette'] = sys.modules['uvicorn'] = None\n"
+        "import partitions, partitions.cli, coordinator\n"
+        "from partitions._walkthrough import demo_declared\n"
+        "d = demo_declared(); print(sorted(d.topics), sorted(d.groups))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    # Both groups of the demo file, which the old built-in copy lacked.
+    assert done.stdout.strip() == "['orders'] ['analytics', 'notifications']"

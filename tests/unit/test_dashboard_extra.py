@@ -1,13 +1,16 @@
-"""Without the ``dashboard`` extra the library works and the web commands say what to install."""
+"""Development tooling stays out of the core: without the ``dashboard`` extra the library works
+and the web commands say what to install; the peer benchmarks load from the source tree only."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
+from partitions._base.errors import ConfigError
 from partitions.cli import main
 
 
@@ -36,3 +39,15 @@ def test_the_library_and_cli_import_without_the_web_server() -> None:
     assert done.returncode == 0, done.stderr
     # Both groups of the demo file, which the old built-in copy lacked.
     assert done.stdout.strip() == "['orders'] ['analytics', 'notifications']"
+
+
+def test_bench_peers_load_from_the_checkout_and_say_so_without_one(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from partitions.bench import harness
+
+    peers = harness.load_peers()
+    assert peers.__name__ == "bench.peers" and callable(peers.produce_sides)
+    monkeypatch.setattr(harness, "PEERS_FILE", tmp_path / "bench" / "peers.py")
+    with pytest.raises(ConfigError, match="source checkout"):
+        harness.load_peers()

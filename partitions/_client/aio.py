@@ -13,43 +13,31 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any
 
 import redis.asyncio as aioredis
-import redis.exceptions as rex
 
 from partitions._base.durability import Durability
-from partitions._base.errors import translate
 from partitions._base.functions import (
     DEFAULT_WAIT_MS,
-    DURABLE_ATTEMPTS,
-    FAILOVER_GRACE_S,
-    Backoff,
-    NotRun,
-    call_failure,
-    durable_commands,
-    durable_retry,
-    fails_over,
-    fcall_command,
-    gave_up,
+    CallsFunctions,
+    Load,
+    Pipeline,
+    Refresh,
+    Send,
     is_cluster_client,
-    is_missing,
     library_code,
-    load_failure,
+    load_steps,
 )
-from partitions._base.keys import Keys
+from partitions._base.steps import IO_ERRORS, Pause, adrive, dispatch
 from partitions._client.config import ClientConfig
 from partitions._client.connection import (
-    IO_ERRORS,
-    PRIMARIES,
-    REFRESH,
-    Action,
     OnNode,
-    Pause,
+    Opened,
+    Primaries,
     ServerInfo,
-    Stepper,
-    Steps,
     check_eviction_policy,
     client_plan,
     connect_failure,
@@ -59,37 +47,31 @@ from partitions._client.connection import (
     resolve_url,
     sentinel_manager,
 )
-from partitions._client.urls import redact_url
 
 log = logging.getLogger("partstream")
-T = TypeVar("T")
 
 
-async def adrive(steps: Steps[T], client: Any) -> T:
-    """Run ``steps`` (see :func:`partitions._client.connection.drive`) on a redis.asyncio
-    client."""
-    stepper = Stepper(steps)
-    while not stepper.done:
-        try:
-            stepper.reply(await _perform(stepper.action, client))
-        except IO_ERRORS as err:
-            stepper.fail(err)
-    return stepper.result()
+def perform(client: Any) -> Callable[[Any], Awaitable[Any]]:
+    """How a redis.asyncio client does the actions of connecting."""
+    return dispatch(
+        {
+            Send: lambda a: client.execute_command(*a.command),
+            # A ClusterNode answers for itself, unmerged.
+            OnNode: lambda a: a.node.execute_command(*a.command),
+            Primaries: lambda a: _now(client.get_primaries()),
+            Refresh: lambda a: _initialize(client),
+            Pause: lambda a: asyncio.sleep(a.seconds),
+        }
+    )
 
 
-async def _perform(action: Action, client: Any) -> Any:
-    if isinstance(action, Pause):
-        return await asyncio.sleep(action.seconds)
-    if isinstance(action, OnNode):  # a ClusterNode answers for itself, unmerged
-        return await action.node.execute_command(*action.command)
-    if action == PRIMARIES:
-        return client.get_primaries()
-    if action == REFRESH:
-        with contextlib.suppress(*IO_ERRORS):
-            await client.nodes_manager.initialize()
-        return None
-    assert isinstance(action, tuple)
-    return await client.execute_command(*action)
+async def _now(value: Any) -> Any:
+    return value
+
+
+async def _initialize(client: Any) -> None:
+    with contextlib.suppress(*IO_ERRORS):
+        await client.nodes_manager.initialize()
 
 
 def open_async_client(url: str, config: ClientConfig) -> tuple[Any, bool]:
@@ -141,7 +123,7 @@ async def connect_async(config: ClientConfig | None = None, **overrides: Any) ->
     try:
         client, cluster = open_async_client(url, config)
         steps = connect_steps(cluster=cluster, failover_window=failover_window(client))
-        server = await adrive(steps, client)
+        server = await adrive(steps, perform(client))
         check_eviction_policy(server, config.strict_eviction_policy)
     except Exception as err:
         await close_async_client(client)
@@ -155,30 +137,17 @@ async def connect_async(config: ClientConfig | None = None, **overrides: Any) ->
     return AsyncConnection(client, config, url, server)
 
 
-class AsyncConnection:
+class AsyncConnection(Opened):
     """An open server for asyncio code: the ``redis.asyncio`` client, its key names,
-    server-side functions and detected features.
+    server-side functions and detected features (as :class:`partitions.Connection`).
 
     Safe to share between the tasks of one event loop (the client keeps a connection pool);
     not between event loops or threads.
     """
 
     def __init__(self, client: Any, config: ClientConfig, url: str, server: ServerInfo) -> None:
-        self.client = client
-        self.config = config
-        self.url = url
-        self.server = server
-        self.keys = Keys(config.namespace)
+        super().__init__(client, config, url, server)
         self.functions = AsyncFunctions(client)
-        self.behind_sentinel = sentinel_manager(client) is not None
-
-    @property
-    def is_cluster(self) -> bool:
-        return self.server.cluster
-
-    @property
-    def redacted_url(self) -> str:
-        return redact_url(self.url)
 
     async def aclose(self) -> None:
         await self.functions.aclose()
@@ -195,37 +164,33 @@ class AsyncConnection:
     ) -> None:
         await self.aclose()
 
-    def __repr__(self) -> str:
-        return f"<AsyncConnection {self.redacted_url} {self.server.describe()}>"
 
-
-class AsyncFunctions:
+class AsyncFunctions(CallsFunctions):
     """:class:`partitions._base.functions.Functions` on a redis.asyncio client: the same
-    calls, the same load-where-missing, the same failover retry (the decisions are that
+    calls, the same load-where-missing, the same failover retry (the steps are that
     module's), awaited.
     """
 
     def __init__(self, client: Any, *, retry_for: float | None = None) -> None:
-        self._client = client
-        if retry_for is None:
-            retry_for = FAILOVER_GRACE_S if fails_over(client) else 0.0
-        self.retry_for = retry_for
-        # Plain clients for single cluster nodes (a durable call's pipeline), by node name.
+        super().__init__(client, retry_for=retry_for)
+        # Plain clients of single cluster nodes (a durable call's pipeline), by node name.
         self._nodes: dict[str, Any] = {}
+        self._perform = dispatch(
+            {
+                Send: lambda a: client.execute_command(*a.command),
+                Pipeline: self._pipeline,
+                Load: lambda a: self._target(a).execute_command("FUNCTION", "LOAD", library_code()),
+                Refresh: lambda a: _initialize(client),
+                Pause: lambda a: asyncio.sleep(a.seconds),
+            }
+        )
 
-    async def load(self, node: Any = None) -> bool:
-        """FUNCTION LOAD this version's library (on ``node``: a cluster node or a client).
+    async def load(self, target: Any = None) -> bool:
+        """FUNCTION LOAD this version's library (on ``target``: a cluster node or a client).
 
         True if it was loaded now, False if it was already there. LibraryMissingError if
         this user may not load it."""
-        try:
-            await (node or self._client).execute_command("FUNCTION", "LOAD", library_code())
-        except rex.RedisError as err:
-            failure = load_failure(err)
-            if failure is None:
-                return False
-            raise failure from err
-        return True
+        return await adrive(load_steps(Load(target=target)), self._perform)
 
     async def call(
         self,
@@ -238,76 +203,29 @@ class AsyncFunctions:
         wait_ms: int = DEFAULT_WAIT_MS,
     ) -> Any:
         """FCALL ``name`` (see :meth:`partitions._base.functions.Functions.call`)."""
-        backoff = Backoff(self.retry_for)
-        where = context or f"function {name}"
-        while True:
-            try:
-                if durability is not None and durability.waits:
-                    return await self._call_durable(name, keys, args, where, durability, wait_ms)
-                return await self._call(name, keys, args, where)
-            except NotRun as not_run:
-                pause = backoff.next_pause()
-                if pause is None:
-                    raise gave_up(not_run, where) from not_run.__cause__
-                await asyncio.sleep(pause)
+        steps = self._steps(name, keys, args, context, durability, wait_ms)
+        return await adrive(steps, self._perform)
 
-    async def _call(self, name: str, keys: list[str], args: list[Any], where: str) -> Any:
-        command = fcall_command(name, keys, args)
-        try:
-            try:
-                return await self._client.execute_command(*command)
-            except rex.ResponseError as err:
-                if not is_missing(err):
-                    raise
-                await self.load(self._node_of(keys))
-                return await self._client.execute_command(*command)
-        except IO_ERRORS as err:
-            raise call_failure(err, where, retrying=bool(self.retry_for)) from err
+    def _target(self, action: Load) -> Any:
+        """Where to load: the caller's target, the key's ClusterNode, else the client."""
+        if action.target is not None:
+            return action.target
+        if action.key is None or not is_cluster_client(self._client):
+            return self._client
+        return self._client.get_node_from_key(action.key)
 
-    async def _call_durable(
-        self,
-        name: str,
-        keys: list[str],
-        args: list[Any],
-        where: str,
-        durability: Durability,
-        wait_ms: int,
-    ) -> Any:
-        cluster = bool(keys) and is_cluster_client(self._client)
-        commands = durable_commands(name, keys, args, durability, wait_ms)
-        loaded = False
-        for attempt in range(1, DURABLE_ATTEMPTS + 1):
-            node = self._node_client(keys[0]) if cluster else self._client
-            pipe = node.pipeline(transaction=False)
-            for cmd in commands:
-                pipe.execute_command(*cmd)
-            try:
-                replies = await pipe.execute(raise_on_error=False)
-            except rex.RedisError as err:
-                if cluster:
-                    await self._refresh_map()
-                raise call_failure(err, where, retrying=bool(self.retry_for)) from err
-            first = replies[0]
-            if not isinstance(first, Exception):
-                durability.check(replies[1:], where)
-                return first
-            action = durable_retry(first, attempt=attempt, loaded=loaded, cluster=cluster)
-            if action is None:
-                raise translate(first, where) from first
-            loaded = loaded or action == "load"
-            await (self.load(node) if action == "load" else self._refresh_map())
-        raise AssertionError("unreachable")  # pragma: no cover
+    async def _pipeline(self, action: Pipeline) -> list[Any]:
+        pipe = self._node_client(action.key).pipeline(transaction=False)
+        for command in action.commands:
+            pipe.execute_command(*command)
+        replies: list[Any] = await pipe.execute(raise_on_error=False)
+        return replies
 
-    def _node_of(self, keys: list[str]) -> Any:
-        """The cluster node that holds ``keys`` (None off a cluster: the client itself)."""
-        if not keys or not is_cluster_client(self._client):
-            return None
-        return self._client.get_node_from_key(keys[0])
-
-    def _node_client(self, key: str) -> Any:
-        # WAIT counts what its own connection wrote, so the FCALL and the WAIT go down one
-        # connection to the key's node: a plain client there (RedisCluster's pipeline
-        # would route the keyless WAIT elsewhere).
+    def _node_client(self, key: str | None) -> Any:
+        # The FCALL and its WAIT go down one connection to the key's node: a plain client
+        # there (RedisCluster's pipeline would route the keyless WAIT elsewhere).
+        if key is None or not is_cluster_client(self._client):
+            return self._client
         node = self._client.get_node_from_key(key)
         client = self._nodes.get(node.name)
         if client is None:
@@ -316,10 +234,6 @@ class AsyncFunctions:
             )
             client = self._nodes[node.name] = aioredis.Redis(connection_pool=pool)
         return client
-
-    async def _refresh_map(self) -> None:
-        with contextlib.suppress(*IO_ERRORS):
-            await self._client.nodes_manager.initialize()
 
     async def aclose(self) -> None:
         nodes, self._nodes = list(self._nodes.values()), {}

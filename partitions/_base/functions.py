@@ -38,7 +38,7 @@ import redis.exceptions as rex
 
 from partitions._base.durability import Durability
 from partitions._base.errors import ConnectionFailedError, LibraryMissingError, translate
-from partitions._base.steps import IO_ERRORS, Pause, Steps, dispatch, drive
+from partitions._base.steps import IO_ERRORS, Pause, Steps, T, dispatch, drive
 
 LIBRARY_PREFIX = "partstream_"
 # A durable call on a cluster follows this many redirections (it did not run) before failing.
@@ -278,6 +278,10 @@ class FCall:
     def key(self) -> str | None:
         return self.keys[0] if self.keys else None
 
+    def parts(self) -> tuple[str, list[str], list[Any], str]:
+        """(name, keys, args, context): the arguments of ``Functions.call``."""
+        return self.name, self.keys, self.args, self.context
+
 
 def load_steps(action: Load) -> Steps[bool]:
     """FUNCTION LOAD: True if loaded now, False if this version was already there;
@@ -414,7 +418,7 @@ class Functions(CallsFunctions):
 
     def __init__(self, client: Any, *, retry_for: float | None = None) -> None:
         super().__init__(client, retry_for=retry_for)
-        self._perform = dispatch(
+        self.perform = dispatch(
             {
                 Send: lambda a: client.execute_command(*a.command),
                 Pipeline: self._pipeline,
@@ -424,12 +428,16 @@ class Functions(CallsFunctions):
             }
         )
 
+    def run(self, steps: Steps[T]) -> T:
+        """Run steps made of this module's actions (a call's, or a member's built on them)."""
+        return drive(steps, self.perform)
+
     def load(self, target: Any = None) -> bool:
         """FUNCTION LOAD this version's library (on ``target``: a node client or connection).
 
         True if it was loaded now, False if it was already there. LibraryMissingError if
         this user may not load it."""
-        return drive(load_steps(Load(target=target)), self._perform)
+        return self.run(load_steps(Load(target=target)))
 
     def call(
         self,
@@ -447,7 +455,7 @@ class Functions(CallsFunctions):
         ``wait_ms``) on the same connection, and returns only once enough replicas confirmed
         what it wrote; else NotEnoughReplicasError (it ran: its effects are on the primary).
         """
-        return drive(self._steps(name, keys, args, context, durability, wait_ms), self._perform)
+        return self.run(self._steps(name, keys, args, context, durability, wait_ms))
 
     def _node(self, key: str | None) -> Any:
         """The plain client of ``key``'s node on a cluster, else the client."""

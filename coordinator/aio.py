@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Literal
 
 from coordinator.member import MemberCore
 from coordinator.records import HeartbeatResult
@@ -56,8 +56,9 @@ class AsyncMember(MemberCore):
         return await self._run(self.target_steps(epoch))
 
 
-async def claim_fence_async(
+async def fence_async(
     functions: AsyncFunctions,
+    op: Literal["claim", "release"],
     keys: Keys,
     group: str,
     tp: TopicPartition,
@@ -66,33 +67,7 @@ async def claim_fence_async(
     *,
     durability: Durability | None = None,
 ) -> bool:
-    """:func:`partitions._base.fence.claim_fence`, awaited."""
-    return await _fence(functions, "claim", keys, group, tp, member_id, token, durability)
-
-
-async def release_fence_async(
-    functions: AsyncFunctions,
-    keys: Keys,
-    group: str,
-    tp: TopicPartition,
-    member_id: str,
-    token: int,
-    *,
-    durability: Durability | None = None,
-) -> bool:
-    """:func:`partitions._base.fence.release_fence`, awaited."""
-    return await _fence(functions, "release", keys, group, tp, member_id, token, durability)
-
-
-async def _fence(
-    functions: AsyncFunctions,
-    op: str,
-    keys: Keys,
-    group: str,
-    tp: TopicPartition,
-    member_id: str,
-    token: int,
-    durability: Durability | None,
-) -> bool:
+    """:func:`partitions._base.fence.claim_fence` (``op="claim"``) or ``release_fence``,
+    awaited: True if the fence was taken (freed), False if a newer grant holds it."""
     call = fence_request(op, keys, group, tp.topic, tp.partition, member_id, token)
     return fence_held(await functions.call(*call.parts(), durability=durability))

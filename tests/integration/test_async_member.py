@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from coordinator.aio import AsyncMember, claim_fence_async, release_fence_async
+from coordinator.aio import AsyncMember, fence_async
 from coordinator.member import Member
 from coordinator.settings import GroupSettings
 from partitions import AsyncConnection
@@ -55,9 +55,9 @@ async def test_fences_are_claimed_and_released_by_grant(
 ) -> None:
     tp = TopicPartition("t", 0)
     f = aconn.functions
-    assert await claim_fence_async(f, aconn.keys, "g", tp, "m1", 5)
-    assert not await claim_fence_async(f, aconn.keys, "g", tp, "m2", 4)  # older grant
+    assert await fence_async(f, "claim", aconn.keys, "g", tp, "m1", 5)
+    assert not await fence_async(f, "claim", aconn.keys, "g", tp, "m2", 4)  # older grant
     assert read_fence(conn.client, conn.keys, "g", "t", 0) == ("m1", 5)
-    assert not await release_fence_async(f, aconn.keys, "g", tp, "m2", 4)
-    assert await release_fence_async(f, aconn.keys, "g", tp, "m1", 5)
+    assert not await fence_async(f, "release", aconn.keys, "g", tp, "m2", 4)
+    assert await fence_async(f, "release", aconn.keys, "g", tp, "m1", 5)
     assert read_fence(conn.client, conn.keys, "g", "t", 0) is None

@@ -8,7 +8,7 @@ Consumer groups are coordinated by :mod:`coordinator`, re-exported here where us
 from __future__ import annotations
 
 from coordinator.group import GroupAdmin
-from coordinator.runner import RebalanceListener
+from coordinator.listener import AsyncRebalanceListener, RebalanceListener
 from coordinator.settings import GroupSettings
 from partitions._admin.acl import acl_rules
 from partitions._admin.deadletter import DeadLetter, DeadLetters
@@ -56,6 +56,7 @@ from partitions._producer.router import Router
 
 __all__ = [
     "AsyncConnection",
+    "AsyncRebalanceListener",
     "BufferFullError",
     "ClientConfig",
     "ClosedError",

@@ -14,6 +14,7 @@ awaitable one. The shells choose how each action is done (``time.sleep`` or
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Generator
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar, cast
 
@@ -21,8 +22,9 @@ import redis.exceptions as rex
 
 T = TypeVar("T")
 Steps = Generator[Any, Any, T]
-# What a shell catches from an action and throws back into the steps.
-IO_ERRORS = (rex.RedisError, rex.RedisClusterException)
+Errors = tuple[type[BaseException], ...]
+# What a shell catches from an action and throws back into the steps (by default).
+IO_ERRORS: Errors = (rex.RedisError, rex.RedisClusterException)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,14 +52,22 @@ class Stepper(Generic[T]):
         """The action failed with ``error`` (the steps may catch it)."""
         self._advance(lambda: self._steps.throw(error))
 
-    def settle(self, perform: Callable[[Any], Any]) -> None:
-        """Do the action with a blocking ``perform`` and feed its result or error back."""
+    def settle(
+        self,
+        perform: Callable[[Any], Any],
+        errors: Errors = IO_ERRORS,
+        guard: Callable[[], AbstractContextManager[Any]] = nullcontext,
+    ) -> None:
+        """Do the action with a blocking ``perform`` and feed its result or error back (the
+        steps run under ``guard()``, the action outside it)."""
         try:
             result = perform(self.action)
-        except IO_ERRORS as err:
-            self.fail(err)
+        except errors as err:
+            with guard():
+                self.fail(err)
         else:
-            self.reply(result)
+            with guard():
+                self.reply(result)
 
     def _advance(self, step: Callable[[], Any]) -> None:
         try:
@@ -69,31 +79,43 @@ class Stepper(Generic[T]):
         return cast(T, self._value)
 
 
-def drive(steps: Steps[T], perform: Callable[[Any], Any]) -> T:
-    """Run ``steps``, doing each action with a blocking ``perform``."""
-    stepper = Stepper(steps)
+def drive(
+    steps: Steps[T],
+    perform: Callable[[Any], Any],
+    *,
+    errors: Errors = IO_ERRORS,
+    guard: Callable[[], AbstractContextManager[Any]] = nullcontext,
+) -> T:
+    """Run ``steps``, doing each action with a blocking ``perform``; the ``errors`` it
+    raises are thrown into the steps. ``guard()`` (a lock, say) is held while the steps
+    run, never while an action is done."""
+    with guard():
+        stepper = Stepper(steps)
     while not stepper.done:
-        stepper.settle(perform)
+        stepper.settle(perform, errors, guard)
     return stepper.result()
 
 
-async def adrive(steps: Steps[T], perform: Callable[[Any], Awaitable[Any]]) -> T:
-    """Run ``steps``, doing each action with an awaitable ``perform``."""
+async def adrive(
+    steps: Steps[T], perform: Callable[[Any], Awaitable[Any]], *, errors: Errors = IO_ERRORS
+) -> T:
+    """Run ``steps``, doing each action with an awaitable ``perform`` (see :func:`drive`;
+    no guard: the steps and the actions share one event loop)."""
     stepper = Stepper(steps)
     while not stepper.done:
         try:  # Stepper.settle, awaited
             result = await perform(stepper.action)
-        except IO_ERRORS as err:
+        except errors as err:
             stepper.fail(err)
             continue
         stepper.reply(result)
     return stepper.result()
 
 
-def dispatch(handlers: dict[type, Callable[[Any], T]]) -> Callable[[Any], T]:
+def dispatch(handlers: dict[type, Callable[[Any], Any]]) -> Callable[[Any], Any]:
     """``perform(action)``: the handler registered for the action's type."""
 
-    def perform(action: Any) -> T:
+    def perform(action: Any) -> Any:
         return handlers[type(action)](action)
 
     return perform

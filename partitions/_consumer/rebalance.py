@@ -175,7 +175,7 @@ class RebalanceMixin:
         if self._metrics is not None:
             self._metrics.rebalanced(assigned=grants)
         if self._listener is not None and grants:
-            self._listener.on_partitions_assigned(dict(grants))
+            self._listener.on_partitions_assigned(set(grants))
 
     def _revoke(self, revoked: set[TopicPartition]) -> None:
         known = {tp for tp in revoked if tp in self._parts}

@@ -17,13 +17,13 @@ from contextlib import contextmanager
 from types import TracebackType
 from typing import Any, Literal
 
-from coordinator.listener import GrantListener, NullListener, notify
+from coordinator.listener import GrantListener, notify
 from coordinator.member import MemberCore
 from coordinator.records import Grant, HeartbeatResult
-from coordinator.session import Backoff, Beat, Join, Leave, Notify, ReleaseFence, Session, Wait
+from coordinator.runner import RunnerBase
+from coordinator.session import Backoff, Notify, ReleaseFence, Wait
 from partitions._base.aiofunctions import AsyncFunctions
 from partitions._base.durability import Durability
-from partitions._base.errors import StateLostError
 from partitions._base.fence import fence_held, fence_request
 from partitions._base.keys import Keys
 from partitions._base.steps import Steps, T, adrive, dispatch
@@ -81,7 +81,7 @@ async def fence_async(
     return fence_held(await functions.call(*call.parts(), durability=durability))
 
 
-class AsyncMemberRunner:
+class AsyncMemberRunner(RunnerBase):
     """Keeps one :class:`AsyncMember` alive from an asyncio task and reports partition
     changes: the asyncio twin of :class:`coordinator.runner.MemberRunner`, with the same
     methods (``start``/``close`` awaited) and the same behaviour, which is
@@ -104,38 +104,20 @@ class AsyncMemberRunner:
         max_poll_interval_ms: int | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.member = member
-        self.listener: GrantListener = listener or NullListener()
-        self._session = Session(
-            member.member_id,
-            member.group,
-            member.settings,
-            max_poll_interval_ms=max_poll_interval_ms,
-            clock=clock,
-        )
+        super().__init__(member, listener, max_poll_interval_ms, clock)
+        self.member: AsyncMember = member
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._perform = dispatch(
             {
-                Join: lambda a: member.join(),
-                Beat: lambda a: member.heartbeat(a.released),
-                Leave: lambda a: member.leave(temporary=a.temporary),
+                **self._member_actions(),
                 ReleaseFence: self._release_fence,
                 Notify: lambda a: notify_async(self.listener, a),
                 Wait: self._wait,
                 Backoff: lambda a: _wait_for(self._stop, a.seconds),
             }
         )
-
-    @property
-    def last_error(self) -> BaseException | None:
-        return self._session.last_error
-
-    @property
-    def fatal(self) -> StateLostError | None:
-        """See :attr:`coordinator.runner.MemberRunner.fatal`."""
-        return self._session.fatal
 
     async def _drive(self, steps: Steps[None]) -> None:
         await adrive(steps, self._perform, errors=(Exception,))

@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import TracebackType
+from typing import Any
 
 from coordinator.listener import GrantListener, NullListener, RebalanceListener, notify
 from coordinator.member import Member
@@ -38,7 +39,47 @@ from partitions._base.types import TopicPartition
 log = logging.getLogger("partstream.coordinator")
 
 
-class MemberRunner:
+class RunnerBase:
+    """What both runner shells hold: the member, its listener, the :class:`Session`, and
+    how the member's actions are done (the shells add fences, callbacks and waits)."""
+
+    def __init__(
+        self,
+        member: Any,
+        listener: GrantListener | None,
+        max_poll_interval_ms: int | None,
+        clock: Callable[[], float],
+    ) -> None:
+        self.member = member
+        self.listener: GrantListener = listener or NullListener()
+        self._session = Session(
+            member.member_id,
+            member.group,
+            member.settings,
+            max_poll_interval_ms=max_poll_interval_ms,
+            clock=clock,
+        )
+
+    def _member_actions(self) -> dict[type, Callable[[Any], Any]]:
+        m = self.member
+        return {
+            Join: lambda a: m.join(),
+            Beat: lambda a: m.heartbeat(a.released),
+            Leave: lambda a: m.leave(temporary=a.temporary),
+        }
+
+    @property
+    def last_error(self) -> BaseException | None:
+        return self._session.last_error
+
+    @property
+    def fatal(self) -> StateLostError | None:
+        """An error the member cannot recover from by rejoining (its group vanished): the
+        loop stopped, every partition was reported lost, and the owner raises it."""
+        return self._session.fatal
+
+
+class MemberRunner(RunnerBase):
     """Keeps one :class:`Member` alive on a daemon thread and reports partition changes.
 
     Thread-safe: :meth:`owned`, :meth:`session_alive`, :meth:`polling` and :meth:`close`
@@ -57,40 +98,21 @@ class MemberRunner:
         max_poll_interval_ms: int | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.member = member
-        self.listener: GrantListener = listener or NullListener()
-        self._session = Session(
-            member.member_id,
-            member.group,
-            member.settings,
-            max_poll_interval_ms=max_poll_interval_ms,
-            clock=clock,
-        )
+        super().__init__(member, listener, max_poll_interval_ms, clock)
+        self.member: Member = member
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._perform = dispatch(
             {
-                Join: lambda a: member.join(),
-                Beat: lambda a: member.heartbeat(a.released),
-                Leave: lambda a: member.leave(temporary=a.temporary),
+                **self._member_actions(),
                 ReleaseFence: self._release_fence,
                 Notify: lambda a: notify(self.listener, a),
                 Wait: self._wait,
                 Backoff: lambda a: self._stop.wait(a.seconds),
             }
         )
-
-    @property
-    def last_error(self) -> BaseException | None:
-        return self._session.last_error
-
-    @property
-    def fatal(self) -> StateLostError | None:
-        """An error the member cannot recover from by rejoining (its group vanished): the
-        loop stopped, every partition was reported lost, and the owner raises it."""
-        return self._session.fatal
 
     def _drive(self, steps: Steps[None]) -> None:
         drive(steps, self._perform, errors=(Exception,), guard=lambda: self._lock)
@@ -187,4 +209,4 @@ class MemberRunner:
         return release_fence(m.client, m.keys, m.group, tp.topic, tp.partition, m.member_id, token)
 
 
-__all__ = ["MemberRunner", "NullListener", "RebalanceListener"]
+__all__ = ["MemberRunner", "NullListener", "RebalanceListener", "RunnerBase"]

@@ -8,7 +8,7 @@ exported here.
 
 from __future__ import annotations
 
-from coordinator.runner import RebalanceListener
+from coordinator.listener import AsyncRebalanceListener, RebalanceListener
 from partitions._admin.acl import acl_rules
 from partitions._admin.deadletter import DeadLetters, ReplayResult
 from partitions._admin.groups import (
@@ -81,6 +81,7 @@ from partitions._base.types import (
     PartitionOwner,
     TopicPartition,
 )
+from partitions._client.aio import AsyncConnection, connect_async
 from partitions._client.config import ClientConfig, ConsumerConfig, ProducerConfig
 from partitions._client.connection import Connection, ServerInfo, connect
 from partitions._client.replicas import EmbeddedReplicaSet, MemberStatus
@@ -95,7 +96,9 @@ from partitions._telemetry.metrics import ClientMetrics
 from partitions._telemetry.tracing import TracerProvider
 
 __all__ = [
+    "AsyncConnection",
     "AsyncConsumer",
+    "AsyncRebalanceListener",
     "BufferFullError",
     "ClientConfig",
     "ClientMetrics",
@@ -177,6 +180,7 @@ __all__ = [
     "acl_rules",
     "check_lag",
     "connect",
+    "connect_async",
     "describe_with_lag",
     "execute_group_seek",
     "group_lag",

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -28,11 +29,26 @@ from partitions._base.errors import (
     ServerTooOldError,
     translate,
 )
-from partitions._base.functions import FAILOVER_GRACE_S, Functions, did_not_run, fails_over
+from partitions._base.functions import (
+    FAILOVER_GRACE_S,
+    Backoff,
+    Functions,
+    Refresh,
+    Send,
+    did_not_run,
+    fails_over,
+)
 from partitions._base.keys import Keys
 from partitions._base.replies import text
+from partitions._base.steps import IO_ERRORS, Pause, Steps, dispatch, drive
 from partitions._client.config import ClientConfig
-from partitions._client.urls import parse_cluster, parse_sentinel, redact_url
+from partitions._client.urls import (
+    ClusterSeeds,
+    SentinelTarget,
+    parse_cluster,
+    parse_sentinel,
+    redact_url,
+)
 
 log = logging.getLogger("partstream")
 
@@ -85,10 +101,43 @@ class ServerInfo:
         return f"{self.flavor} {self.version_text} ({mode}; features: {feats})"
 
 
-def _has_command(client: Any, name: str) -> bool:
+# Connecting is written once, as steps (partitions/_base/steps.py): this module's connect()
+# and the asyncio connect_async() (partitions/_client/aio.py) only do the actions.
+@dataclass(frozen=True, slots=True)
+class OnNode:
+    """Send ``command`` to one primary of a cluster (from :class:`Primaries`), unmerged."""
+
+    node: Any
+    command: tuple[Any, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Primaries:
+    """The result is the cluster's primary nodes (for :class:`OnNode`)."""
+
+
+def perform(client: Any) -> Callable[[Any], Any]:
+    """How a redis-py client does the actions of connecting."""
+    return dispatch(
+        {
+            Send: lambda a: client.execute_command(*a.command),
+            OnNode: lambda a: client.get_redis_connection(a.node).execute_command(*a.command),
+            Primaries: lambda a: client.get_primaries(),
+            Refresh: lambda a: _initialize(client),
+            Pause: lambda a: time.sleep(a.seconds),
+        }
+    )
+
+
+def _initialize(client: Any) -> None:
+    with contextlib.suppress(*IO_ERRORS):
+        client.nodes_manager.initialize()
+
+
+def _probe(name: str, send: Callable[[tuple[Any, ...]], Any]) -> Steps[bool]:
     """Probe a command by calling it with no arguments: an arity error means it exists."""
     try:
-        client.execute_command(name)
+        yield send((name,))
     except rex.ResponseError as err:
         return "unknown command" not in str(err).lower()
     except rex.RedisError:
@@ -96,29 +145,15 @@ def _has_command(client: Any, name: str) -> bool:
     return True
 
 
-def detect_server(client: Any, *, cluster: bool = False) -> ServerInfo:
-    """Read INFO and probe commands; raise ServerTooOldError below the supported minimum.
+def node_steps(*, cluster: bool, node: Any = None) -> Steps[ServerInfo]:
+    """Detect one server (``node``: one primary of a cluster); raise ServerTooOldError below
+    the supported minimum."""
 
-    On a cluster every primary is checked: the oldest one decides the version, a feature
-    counts only if all primaries have it, and an evicting policy on any primary is reported.
-    """
-    if not cluster:
-        return _detect_node(client, cluster=False)
-    nodes = [client.get_redis_connection(n) for n in client.get_primaries()]
-    infos = [_detect_node(n, cluster=True) for n in nodes]
-    oldest = min(infos, key=lambda i: (i.flavor == "valkey", i.version))
-    features = frozenset.intersection(*(i.features for i in infos))
-    policies = [i.maxmemory_policy for i in infos]
-    evicting = [p for p in policies if p is not None and p.startswith("allkeys-")]
-    policy = evicting[0] if evicting else None if None in policies else policies[0]
-    replicas = min(i.replicas for i in infos)
-    return ServerInfo(oldest.flavor, oldest.version, features, True, policy, replicas)
+    def send(command: tuple[Any, ...]) -> Send | OnNode:
+        return Send(command) if node is None else OnNode(node, command)
 
-
-def _detect_node(client: Any, *, cluster: bool) -> ServerInfo:
-    """Detect one node (a plain ``redis.Redis``)."""
     try:
-        info = client.info("server")
+        info = yield send(("INFO", "server"))
     except rex.RedisError as err:
         raise translate(err, "reading server info") from err
     flavor = (
@@ -139,61 +174,83 @@ def _detect_node(client: Any, *, cluster: bool) -> ServerInfo:
     if flavor == "redis":
         features = {name for name, since in _REDIS_FEATURES.items() if version >= since}
     else:
-        if _has_command(client, "XACKDEL"):
+        if (yield from _probe("XACKDEL", send)):
             features.add("acked_trim")
-        if _has_command(client, "WAITAOF"):
+        if (yield from _probe("WAITAOF", send)):
             features.add("waitaof")
     policy: str | None
     try:
-        raw = client.config_get("maxmemory-policy").get("maxmemory-policy")
+        raw = (yield send(("CONFIG GET", "maxmemory-policy"))).get("maxmemory-policy")
         policy = None if raw is None else text(raw)
     except rex.RedisError:
         policy = None  # CONFIG may be denied by ACL or renamed: we cannot tell
-    return ServerInfo(flavor, version, frozenset(features), cluster, policy, _replicas(client))
-
-
-def _replicas(client: Any) -> int:
-    """Replicas connected to this primary now (0 when INFO replication is denied)."""
     try:
-        info = client.info("replication")
+        replication = yield send(("INFO", "replication"))
+        replicas = int(replication.get("connected_slaves", 0) or 0)
     except rex.RedisError:
-        return 0
-    return int(info.get("connected_slaves", 0) or 0)
+        replicas = 0  # INFO replication denied
+    return ServerInfo(flavor, version, frozenset(features), cluster, policy, replicas)
 
 
-def _ping(client: Any) -> None:
-    """PING, waiting up to FAILOVER_GRACE_S on a cluster or behind Sentinels while the node
-    asked is down or still loading (a failover, a node restarting): they take seconds."""
-    deadline = time.monotonic() + (FAILOVER_GRACE_S if fails_over(client) else 0.0)
-    pause = 0.1
+def combine(infos: list[ServerInfo]) -> ServerInfo:
+    """A cluster's info from its primaries': the oldest one decides the version, a feature
+    counts only if all primaries have it, and an evicting policy on any primary is reported."""
+    oldest = min(infos, key=lambda i: (i.flavor == "valkey", i.version))
+    features = frozenset.intersection(*(i.features for i in infos))
+    policies = [i.maxmemory_policy for i in infos]
+    evicting = [p for p in policies if p is not None and p.startswith("allkeys-")]
+    policy = evicting[0] if evicting else None if None in policies else policies[0]
+    replicas = min(i.replicas for i in infos)
+    return ServerInfo(oldest.flavor, oldest.version, features, True, policy, replicas)
+
+
+def detect_steps(*, cluster: bool) -> Steps[ServerInfo]:
+    """Read INFO and probe commands; on a cluster every primary (see :func:`combine`)."""
+    if not cluster:
+        return (yield from node_steps(cluster=False))
+    infos = []
+    for node in (yield Primaries()):
+        infos.append((yield from node_steps(cluster=True, node=node)))
+    return combine(infos)
+
+
+def detect_server(client: Any, *, cluster: bool = False) -> ServerInfo:
+    """Read INFO and probe commands; raise ServerTooOldError below the supported minimum."""
+    return drive(detect_steps(cluster=cluster), perform(client))
+
+
+def connect_steps(*, cluster: bool, failover_window: float) -> Steps[ServerInfo]:
+    """PING, then detect the server, riding out a failover in progress for
+    ``failover_window`` seconds: a node down or still loading, a cluster whose map still
+    names a dead primary (until its replica is promoted: asked again with a fresh slot map),
+    Sentinels between two primaries."""
+    backoff = Backoff(failover_window, first=0.1, most=1.0)
     while True:
         try:
-            client.ping()
-            return
-        except (rex.RedisError, rex.RedisClusterException) as err:
-            if not did_not_run(err) or time.monotonic() + pause > deadline:
+            yield Send(("PING",))
+            break
+        except IO_ERRORS as err:
+            pause = backoff.next_pause() if did_not_run(err) else None
+            if pause is None:
                 raise
-            time.sleep(pause)
-            pause = min(pause * 2, 1.0)
-
-
-def _detect(client: Any, cluster: bool) -> ServerInfo:
-    """detect_server, riding out a failover in progress: a cluster whose map still names a
-    dead primary (until its replica is promoted), or Sentinels between two primaries, is
-    asked again, with a fresh slot map, for up to FAILOVER_GRACE_S."""
-    deadline = time.monotonic() + (FAILOVER_GRACE_S if fails_over(client) else 0.0)
-    pause = 0.1
+            yield Pause(pause)
+    backoff = Backoff(failover_window, first=0.1, most=1.0)
     while True:
         try:
-            return detect_server(client, cluster=cluster)
-        except ConnectionFailedError:
-            if time.monotonic() + pause > deadline:
+            return (yield from detect_steps(cluster=cluster))
+        except ConnectionFailedError as err:
+            pause = backoff.next_pause()
+            if pause is None:
                 raise
-            time.sleep(pause)
-            pause = min(pause * 2, 1.0)
+            yield Pause(pause)
             if cluster:
-                with contextlib.suppress(rex.RedisError, rex.RedisClusterException):
-                    client.nodes_manager.initialize()
+                yield Refresh(err)
+
+
+def failover_window(client: Any) -> float:
+    """How long connecting rides out a failover: FAILOVER_GRACE_S on a cluster or behind
+    Sentinels, not at all on a single server."""
+    return FAILOVER_GRACE_S if fails_over(client) else 0.0
 
 
 def check_eviction_policy(server: ServerInfo, strict: bool) -> None:
@@ -211,12 +268,9 @@ def check_eviction_policy(server: ServerInfo, strict: bool) -> None:
     log.warning(msg)
 
 
-class Connection:
-    """An open server: the redis client, its key names, server-side functions and detected
-    features.
-
-    Thread-safe: the underlying redis-py client keeps a connection pool.
-    """
+class Opened:
+    """What an open server is, for both shells (:class:`Connection` and the asyncio
+    ``AsyncConnection``): the client, its config and URL, the detected server, key names."""
 
     def __init__(self, client: Any, config: ClientConfig, url: str, server: ServerInfo) -> None:
         self.client = client
@@ -224,7 +278,6 @@ class Connection:
         self.url = url
         self.server = server
         self.keys = Keys(config.namespace)
-        self.functions = Functions(client)
         # Behind Sentinels: a primary can be replaced under this connection (see nodes.py).
         self.behind_sentinel = sentinel_manager(client) is not None
 
@@ -235,6 +288,21 @@ class Connection:
     @property
     def redacted_url(self) -> str:
         return redact_url(self.url)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.redacted_url} {self.server.describe()}>"
+
+
+class Connection(Opened):
+    """An open server: the redis client, its key names, server-side functions and detected
+    features.
+
+    Thread-safe: the underlying redis-py client keeps a connection pool.
+    """
+
+    def __init__(self, client: Any, config: ClientConfig, url: str, server: ServerInfo) -> None:
+        super().__init__(client, config, url, server)
+        self.functions = Functions(client)
 
     def close(self) -> None:
         close_client(self.client)
@@ -249,9 +317,6 @@ class Connection:
         tb: TracebackType | None,
     ) -> None:
         self.close()
-
-    def __repr__(self) -> str:
-        return f"<Connection {self.redacted_url} {self.server.describe()}>"
 
 
 def _client_kwargs(config: ClientConfig, tls: bool) -> dict[str, Any]:
@@ -286,6 +351,49 @@ def resolve_url(config: ClientConfig) -> str:
     return EmbeddedServer(config.data_dir).ensure_running()
 
 
+@dataclass(frozen=True, slots=True)
+class ClientPlan:
+    """What client a URL needs, with which settings: decided once for both the redis-py
+    client and the redis.asyncio one (each built by its own shell from this)."""
+
+    kind: str  # "single", "cluster" or "sentinel"
+    url: str
+    kwargs: dict[str, Any]
+    cluster: ClusterSeeds | None = None
+    sentinel: SentinelTarget | None = None
+    sentinel_kwargs: dict[str, Any] | None = None
+
+
+def client_plan(url: str, config: ClientConfig) -> ClientPlan:
+    """The plan of a client for ``url``: nothing is opened or sent."""
+    scheme = urlsplit(url).scheme
+    if scheme == "unix" and (config.ssl_ca_certs or config.ssl_certfile or config.ssl_keyfile):
+        # A unix socket is local: TLS settings (from the environment, say) do not apply.
+        config = config.with_changes(ssl_ca_certs=None, ssl_certfile=None, ssl_keyfile=None)
+    kwargs = _client_kwargs(config, tls=scheme.startswith("rediss"))
+    if scheme.endswith("+cluster"):
+        seeds = parse_cluster(url)
+        kwargs.pop("health_check_interval", None)
+        if seeds.tls:
+            kwargs["ssl"] = True
+        kwargs.update(username=seeds.username, password=seeds.password)
+        return ClientPlan("cluster", url, kwargs, cluster=seeds)
+    if scheme.endswith("+sentinel"):
+        target = parse_sentinel(url)
+        # Sentinels answer small queries: a dead one must not hold a reconnect for long.
+        sentinel_kwargs: dict[str, Any] = {
+            "socket_timeout": config.connect_timeout,
+            "socket_connect_timeout": config.connect_timeout,
+            "username": target.sentinel_username,
+            "password": target.sentinel_password,
+        }
+        if target.tls:
+            kwargs["ssl"] = True
+            sentinel_kwargs.update({k: v for k, v in kwargs.items() if k.startswith("ssl")})
+        return ClientPlan("sentinel", url, kwargs, sentinel=target, sentinel_kwargs=sentinel_kwargs)
+    return ClientPlan("single", url, kwargs)
+
+
 def open_client(url: str, config: ClientConfig) -> tuple[Any, bool]:
     """A redis-py client for ``url``: (client, is_cluster). Nothing is sent yet.
 
@@ -294,54 +402,24 @@ def open_client(url: str, config: ClientConfig) -> tuple[Any, bool]:
     ``READONLY`` from a demoted primary drops that connection (redis-py's
     SentinelManagedConnection turns it into a ConnectionError).
     """
-    scheme = urlsplit(url).scheme
-    if scheme == "unix" and (config.ssl_ca_certs or config.ssl_certfile or config.ssl_keyfile):
-        # A unix socket is local: TLS settings (from the environment, say) do not apply.
-        config = config.with_changes(ssl_ca_certs=None, ssl_certfile=None, ssl_keyfile=None)
-    kwargs = _client_kwargs(config, tls=scheme.startswith("rediss"))
-    if scheme.endswith("+cluster"):
-        return _cluster_client(url, kwargs), True
-    if scheme.endswith("+sentinel"):
-        return _sentinel_client(url, config, kwargs), False
-    return redis.Redis.from_url(url, **kwargs), False
+    plan = client_plan(url, config)
+    if plan.cluster is not None:
+        from redis.cluster import ClusterNode, RedisCluster
 
+        nodes = [ClusterNode(h, p) for h, p in plan.cluster.nodes]  # type: ignore[no-untyped-call]
+        return RedisCluster(startup_nodes=nodes, **plan.kwargs), True
+    if plan.sentinel is not None:
+        from redis.sentinel import Sentinel
 
-def _cluster_client(url: str, kwargs: dict[str, Any]) -> Any:
-    from redis.cluster import ClusterNode, RedisCluster
-
-    seeds = parse_cluster(url)
-    kwargs.pop("health_check_interval", None)
-    if seeds.tls:
-        kwargs["ssl"] = True
-    nodes = [ClusterNode(host, port) for host, port in seeds.nodes]  # type: ignore[no-untyped-call]
-    return RedisCluster(
-        startup_nodes=nodes,
-        username=seeds.username,
-        password=seeds.password,
-        **kwargs,
-    )
-
-
-def _sentinel_client(url: str, config: ClientConfig, kwargs: dict[str, Any]) -> Any:
-    from redis.sentinel import Sentinel
-
-    target = parse_sentinel(url)
-    # Sentinels answer small queries: a dead one must not hold a reconnect for long.
-    sentinel_kwargs: dict[str, Any] = {
-        "socket_timeout": config.connect_timeout,
-        "socket_connect_timeout": config.connect_timeout,
-        "username": target.sentinel_username,
-        "password": target.sentinel_password,
-    }
-    if target.tls:
-        kwargs["ssl"] = True
-        sentinel_kwargs.update({k: v for k, v in kwargs.items() if k.startswith("ssl")})
-    manager = Sentinel(  # type: ignore[no-untyped-call]
-        list(target.sentinels), sentinel_kwargs=sentinel_kwargs, **kwargs
-    )
-    return manager.master_for(  # type: ignore[no-untyped-call]
-        target.master, db=target.db, username=target.username, password=target.password
-    )
+        target = plan.sentinel
+        manager = Sentinel(  # type: ignore[no-untyped-call]
+            list(target.sentinels), sentinel_kwargs=plan.sentinel_kwargs, **plan.kwargs
+        )
+        client = manager.master_for(  # type: ignore[no-untyped-call]
+            target.master, db=target.db, username=target.username, password=target.password
+        )
+        return client, False
+    return redis.Redis.from_url(url, **plan.kwargs), False
 
 
 def sentinel_manager(client: Any) -> Any:
@@ -382,32 +460,47 @@ def _tls_error(err: Exception, url: str) -> PartstreamError | None:
     return None
 
 
+def connect_failure(err: Exception, url: str) -> Exception | None:
+    """The partstream error of a client that could not open ``url``, or None: not a
+    connection error, let it through."""
+    where = f"connecting to {redact_url(url)}"
+    if isinstance(err, PartstreamError):  # already says what to do (too old, evicting...)
+        return None
+    if isinstance(err, rex.RedisError):
+        return _tls_error(err, url) or translate(err, where)
+    if isinstance(err, rex.RedisClusterException):  # no seed node answered
+        return ConnectionFailedError(f"{where}: {err}")
+    if isinstance(err, OSError | ValueError):
+        return ConfigError(f"cannot use {redact_url(url)}: {err}")
+    return None
+
+
+def resolve_config(config: ClientConfig | None, overrides: dict[str, Any]) -> ClientConfig:
+    """``overrides`` (ClientConfig fields) over ``config`` (default: from the environment)."""
+    config = config or ClientConfig.from_env()
+    return config.with_changes(**overrides) if overrides else config
+
+
 def connect(config: ClientConfig | None = None, **overrides: Any) -> Connection:
     """Open a connection to the configured server (or the embedded one) and check it.
 
     ``overrides`` are ClientConfig fields (``url=...``, ``namespace=...``) applied over
     ``config`` (default: from the environment).
     """
-    config = config or ClientConfig.from_env()
-    if overrides:
-        config = config.with_changes(**overrides)
+    config = resolve_config(config, overrides)
     url = resolve_url(config)
     client: Any = None
     try:
         client, cluster = open_client(url, config)
-        _ping(client)
-    except rex.RedisError as err:
-        close_client(client)
-        raise _tls_error(err, url) or translate(err, f"connecting to {redact_url(url)}") from err
-    except rex.RedisClusterException as err:  # no seed node answered
-        close_client(client)
-        raise ConnectionFailedError(f"connecting to {redact_url(url)}: {err}") from err
-    except (OSError, ValueError) as err:
-        close_client(client)
-        raise ConfigError(f"cannot use {redact_url(url)}: {err}") from err
-    try:
-        server = _detect(client, cluster)
+        steps = connect_steps(cluster=cluster, failover_window=failover_window(client))
+        server = drive(steps, perform(client))
         check_eviction_policy(server, config.strict_eviction_policy)
+    except Exception as err:
+        close_client(client)
+        failure = connect_failure(err, url)
+        if failure is None:
+            raise
+        raise failure from err
     except BaseException:
         close_client(client)
         raise

@@ -435,7 +435,7 @@ class ConsumerFlow:
         if self.metrics is not None:
             self.metrics.rebalanced(assigned=grants)
         if self.listener is not None and grants:
-            yield Callback(self.listener.on_partitions_assigned, dict(grants))
+            yield Callback(self.listener.on_partitions_assigned, set(grants))
 
     def revoke(self, revoked: set[TopicPartition]) -> Step:
         known = self.a.owned(revoked)

@@ -5,15 +5,13 @@ from __future__ import annotations
 import time
 
 from coordinator.group import GroupAdmin
-from coordinator.settings import GroupSettings
 from partitions._admin.topics import TopicAdmin, TopicSpec
 from partitions._base.records import group_infos_from_reply
 from partitions._client.config import ConsumerConfig
 from partitions._client.connection import Connection
 from partitions._consumer.consumer import Consumer
 from partitions._producer.producer import Producer
-
-FAST = GroupSettings(session_timeout_ms=1000, heartbeat_interval_ms=200)
+from tests.helpers import FAST
 
 
 def _drain(conn: Connection, group: str, want: int) -> int:

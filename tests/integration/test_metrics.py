@@ -21,7 +21,6 @@ import redis
 from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 
-from coordinator.settings import GroupSettings
 from partitions._admin.offsets import describe_with_lag
 from partitions._admin.topics import TopicAdmin, TopicSpec
 from partitions._base.functions import library_name
@@ -33,12 +32,13 @@ from partitions._consumer.consumer import Consumer
 from partitions._producer.producer import Producer
 from partitions._telemetry.exporter import MetricsExporter
 from partitions.cli import main
+from tests import helpers
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
 README = Path(__file__).resolve().parents[2] / "README.md"
-FAST = GroupSettings(session_timeout_ms=3000, heartbeat_interval_ms=300, max_deliveries=3,
-                     reclaim_idle_ms=60_000)  # fmt: skip
+FAST = helpers.FAST.with_changes(session_timeout_ms=3000, heartbeat_interval_ms=300,
+                                 max_deliveries=3, reclaim_idle_ms=60_000)  # fmt: skip
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 

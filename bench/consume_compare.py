@@ -63,7 +63,7 @@ def partstream(conn: Connection, n: int, partitions: int, group: str = "ps") -> 
     with Consumer(group, TOPIC, conn=conn, config=config) as c:
         while len(c.assignment()) < partitions:
             c.poll(max_records=1, timeout=0.05)  # joined; the record is counted below
-        got = sum(1 for _ in c._handed)
+        got = sum(1 for _ in c.assignment_state.handed)
         t0 = time.perf_counter()
         while got < n:
             got += len(c.poll(timeout=1.0))

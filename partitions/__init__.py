@@ -49,11 +49,15 @@ from partitions._client.config import ClientConfig, ConsumerConfig, ProducerConf
 from partitions._client.connection import Connection, ServerInfo, connect
 from partitions._client.replicas import EmbeddedReplicaSet
 from partitions._client.server import EmbeddedServer
+from partitions._consumer.aio import AsyncConsumer
 from partitions._consumer.consumer import Consumer
 from partitions._producer.producer import Producer, RecordFuture, RecordMetadata
 from partitions._producer.router import Router
+from partitions._runner.retry import RetryPolicy
+from partitions._runner.runner import RunStats, run
 
 __all__ = [
+    "AsyncConsumer",
     "BufferFullError",
     "ClientConfig",
     "ClosedError",
@@ -87,7 +91,9 @@ __all__ = [
     "RecordFuture",
     "RecordMetadata",
     "RecordTooLargeError",
+    "RetryPolicy",
     "Router",
+    "RunStats",
     "SerializationError",
     "ServerError",
     "ServerInfo",
@@ -111,4 +117,5 @@ __all__ = [
     "group_lag",
     "plan_group_seek",
     "replay",
+    "run",
 ]

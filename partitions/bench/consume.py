@@ -5,6 +5,8 @@ reads all of them with a group of its own, so both read exactly the same entries
 
 * **partstream**: :class:`~partitions._consumer.consumer.Consumer` processes (``consumers``), each
   polling ``batch_size`` records (auto-commit acks them on the next poll);
+* **partstream-asyncio**: the same with :class:`~partitions._consumer.aio.AsyncConsumer`,
+  one event loop per process (``await poll()``);
 * **redis-py**: ``XREADGROUP COUNT batch_size`` over all partition streams, each entry
   decoded into a :class:`~partitions._base.records.Record`, then one pipelined ``XACK`` per stream.
 
@@ -14,6 +16,7 @@ acks. Latency here is the time of one poll / read call (ms), not an end-to-end f
 
 from __future__ import annotations
 
+import asyncio
 import time
 from array import array
 from collections.abc import Callable
@@ -23,6 +26,7 @@ from coordinator.group import GroupAdmin
 from partitions._admin.topics import TopicAdmin, TopicSpec
 from partitions._base.records import read_reply_items, records_from_entries
 from partitions._client.config import ConsumerConfig, ProducerConfig
+from partitions._consumer.aio import AsyncConsumer
 from partitions._consumer.consumer import Consumer
 from partitions._producer.producer import Producer
 from partitions.bench.env import BenchServer
@@ -97,6 +101,42 @@ def consume_partstream(
     return WorkerOutput(mine, started, ended, lat)
 
 
+def consume_asyncio(
+    index: int, counters: Counters, ready: Callable[[], None], arg: Any
+) -> WorkerOutput:
+    """Worker: one AsyncConsumer awaiting poll() until all workers handled ``total``."""
+    return asyncio.run(_consume_asyncio(counters, ready, arg))
+
+
+async def _consume_asyncio(counters: Counters, ready: Callable[[], None], arg: Any) -> WorkerOutput:
+    server, ns, opts, group, total, _ = arg
+    conn = server.connect(ns)
+    cfg = ConsumerConfig(fetch_count=opts.batch_size, max_poll_records=opts.batch_size)
+    lat = array("d")
+    perf = time.perf_counter
+    consumer = await AsyncConsumer(conn, group, TOPIC, config=cfg).start()
+    deadline = time.monotonic() + SETTLE_S
+    while not await consumer.assignment() and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    ready()
+    started = time.monotonic()
+    mine = 0
+    while counters.total() < total:
+        t = perf()
+        batch = await consumer.poll(opts.batch_size, timeout=0.05)
+        if batch:
+            ms = (perf() - t) * 1000.0
+            lat.append(ms)
+            counters.latency(ms)
+            mine += len(batch)
+            counters.done(mine)
+    await consumer.commit()
+    ended = time.monotonic()
+    await consumer.close()
+    conn.close()
+    return WorkerOutput(mine, started, ended, lat)
+
+
 def consume_redis_py(
     index: int, counters: Counters, ready: Callable[[], None], arg: Any
 ) -> WorkerOutput:
@@ -142,6 +182,21 @@ def run_partstream(
     return run_workers(
         "partstream",
         consume_partstream,
+        args,
+        opts.record_size,
+        progress,
+        timeout=_timeout(opts),
+        expected=opts.records,
+    )
+
+
+def run_asyncio(
+    server: BenchServer, ns: str, opts: BenchOptions, progress: Progress, group: str
+) -> RunResult:
+    args = [(server, ns, opts, group, opts.records, opts.consumers)] * opts.consumers
+    return run_workers(
+        "partstream-asyncio",
+        consume_asyncio,
         args,
         opts.record_size,
         progress,

@@ -28,6 +28,7 @@ from partitions.bench.stats import RunResult, Target, median, ratio
 from partitions.bench.workers import Progress
 
 # The targets.
+ASYNC_GOAL = 0.8  # the asyncio consumer against the threaded one, same run
 PRODUCE_GOAL = 2.0  # partstream / redis-py records/s
 CONSUME_GOAL = 1.0
 E2E_P99_GOAL = 1.5  # partstream p99 / raw p99, at most
@@ -219,6 +220,7 @@ def _consume(b: Bench, result: BenchResult) -> None:
     sides: list[tuple[str, Side]] = [
         ("partstream", own("partstream", consume.run_partstream)),
         ("redis-py", own("redis-py", consume.run_redis_py)),
+        ("partstream-asyncio", own("partstream-asyncio", consume.run_asyncio)),
     ]
     cleanup: Callable[[], None] = lambda: None  # noqa: E731
     try:
@@ -232,6 +234,9 @@ def _consume(b: Bench, result: BenchResult) -> None:
         cleanup()
     result.notes.append("consume latency = duration of one poll / XREADGROUP+XACK call")
     _targets(result, "consume", rounds, CONSUME_GOAL)
+    vs_sync = median([1 / x for x in rounds["partstream-asyncio"] if x > 0] or [0.0])
+    result.ratios["partstream-asyncio/partstream"] = vs_sync
+    result.targets.append(Target("consume asyncio / threaded consumer", vs_sync, ASYNC_GOAL))
 
 
 def _e2e(b: Bench, result: BenchResult) -> None:

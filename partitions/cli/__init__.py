@@ -22,5 +22,6 @@ from partitions.cli import dlq as _dlq  # noqa: F401  isort: skip
 from partitions.cli import acl as _acl  # noqa: F401  isort: skip
 from partitions.cli import functions as _functions  # noqa: F401  isort: skip
 from partitions.cli import metrics as _metrics  # noqa: F401  isort: skip
+from partitions.cli import run as _run  # noqa: F401  isort: skip
 
 __all__ = ["main"]

@@ -11,9 +11,11 @@ import click
 import orjson
 
 from partitions.bench.assignors import AssignorBenchOptions, env_line, run_assignor_bench
+from partitions.bench.group_scale import LiveGroupOptions, run_live_group_bench
 from partitions.bench.harness import run_bench
 from partitions.bench.options import BenchOptions
 from partitions.bench.output import csv_text, summary_text, window_line
+from partitions.bench.runner import RunnerBenchOptions, run_runner_bench
 from partitions.bench.stats import Window
 from partitions.bench.workers import Progress
 from partitions.cli.common import State, main, pass_state
@@ -241,12 +243,28 @@ _mode("e2e", "Fixed-rate end-to-end latency vs a raw XADD -> XREADGROUP BLOCK lo
 _mode("rebalance", "Join / leave / kill -9: time to reconcile and pauses of unmoved partitions.")
 
 _ASSIGNOR_DEFAULTS = AssignorBenchOptions()
+_LIVE_DEFAULTS = LiveGroupOptions()
+
+
+def _emit(result: dict[str, Any], fmt: str, out: Path | None) -> None:
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2) + b"\n")
+    if fmt != "text":
+        click.echo(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
 
 
 @bench_group.command("coordinator")
-@click.option("--members", type=int, default=_ASSIGNOR_DEFAULTS.members, show_default=True)
-@click.option("--partitions", type=int, default=_ASSIGNOR_DEFAULTS.partitions, show_default=True)
-@click.option("--topics", type=int, default=_ASSIGNOR_DEFAULTS.topics, show_default=True)
+@click.option("--live", is_flag=True, help="On a real server: members join one group and "
+              "heartbeat until stable, then one more joins (defaults 1,000 members over 10,000 "
+              "partitions, 1 topic).")  # fmt: skip
+@click.option("--url", help="Server URL for --live (default: a private embedded Valkey).")
+@click.option("--members", type=click.IntRange(min=1), help=f"[default: "
+              f"{_ASSIGNOR_DEFAULTS.members}; --live {_LIVE_DEFAULTS.members}]")  # fmt: skip
+@click.option("--partitions", type=click.IntRange(min=1), help=f"[default: "
+              f"{_ASSIGNOR_DEFAULTS.partitions}; --live {_LIVE_DEFAULTS.partitions}]")  # fmt: skip
+@click.option("--topics", type=click.IntRange(min=1), help=f"[default: "
+              f"{_ASSIGNOR_DEFAULTS.topics}; --live {_LIVE_DEFAULTS.topics}]")  # fmt: skip
 @click.option(
     "--subscriptions",
     type=click.Choice(["equal", "unequal"]),
@@ -271,15 +289,31 @@ _ASSIGNOR_DEFAULTS = AssignorBenchOptions()
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write the results (with the environment) as JSON to FILE.",
 )
-def coordinator_cmd(fmt: str, out: Path | None, **params: Any) -> None:
-    """The assignor's time on a large group: first target, a leave, a join (no server)."""
+def coordinator_cmd(fmt: str, out: Path | None, live: bool, url: str | None, **params: Any) -> None:
+    """The assignor's time on a large group: first target, a leave, a join (no server);
+    with --live, a group of real members on a server: time until stable, server CPU per
+    heartbeat, assignor time per rebalance, partitions moved by one join."""
+    text = fmt == "text"
+    say = click.echo if text else lambda _: None
+    if live:
+        live_opts = LiveGroupOptions(
+            members=params["members"] or _LIVE_DEFAULTS.members,
+            partitions=params["partitions"] or _LIVE_DEFAULTS.partitions,
+            topics=params["topics"] or _LIVE_DEFAULTS.topics,
+            assignor=params["assignor"],
+            url=url,
+        )
+        _emit(run_live_group_bench(live_opts, say), fmt, out)
+        return
+    for name in ("members", "partitions", "topics"):
+        if params[name] is None:
+            params[name] = getattr(_ASSIGNOR_DEFAULTS, name)
     command = " ".join(
         ["partstream", "bench", "coordinator"]
         + [f"--{k} {v}" for k, v in params.items() if v != getattr(_ASSIGNOR_DEFAULTS, k)]
     )
     opts = AssignorBenchOptions(**params)
-    text = fmt == "text"
-    result = run_assignor_bench(opts, command=command, say=click.echo if text else lambda _: None)
+    result = run_assignor_bench(opts, command=command, say=say)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2) + b"\n")
@@ -287,6 +321,39 @@ def coordinator_cmd(fmt: str, out: Path | None, **params: Any) -> None:
         click.echo(env_line(result))
     else:
         click.echo(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
+
+
+_RUNNER_DEFAULTS = RunnerBenchOptions()
+
+
+@bench_group.command("runner")
+@click.option("--records", type=click.IntRange(min=1), default=_RUNNER_DEFAULTS.records,
+              show_default=True)  # fmt: skip
+@click.option("--partitions", type=click.IntRange(min=1), default=_RUNNER_DEFAULTS.partitions,
+              show_default=True)  # fmt: skip
+@click.option("--keys", type=click.IntRange(min=1), default=_RUNNER_DEFAULTS.keys,
+              show_default=True)  # fmt: skip
+@click.option("--handler-ms", type=click.FloatRange(min=0), default=_RUNNER_DEFAULTS.handler_ms,
+              show_default=True, help="What the handler waits per record (I/O-bound).")  # fmt: skip
+@click.option("--concurrency", "concurrency", default="1,32", show_default=True,
+              help="Comma-separated concurrencies, run in turn; the first is the "
+              "baseline.")  # fmt: skip
+@click.option("--url", help="Server URL (default: a private embedded Valkey).")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
+              show_default=True)  # fmt: skip
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the result (with the environment) as JSON to FILE.")  # fmt: skip
+def runner_cmd(fmt: str, out: Path | None, concurrency: str, **params: Any) -> None:
+    """partitions.run with key-ordered concurrency vs one record at a time (I/O-bound handler)."""
+    try:
+        levels = tuple(int(c) for c in concurrency.split(",") if c.strip())
+    except ValueError as err:
+        raise click.BadParameter(f"not a list of integers: {concurrency!r}") from err
+    if not levels or min(levels) < 1:
+        raise click.BadParameter("give at least one concurrency, each >= 1")
+    opts = RunnerBenchOptions(concurrency=levels, **params)
+    text = fmt == "text"
+    _emit(run_runner_bench(opts, say=click.echo if text else lambda _: None), fmt, out)
 
 
 __all__ = ["bench_group"]

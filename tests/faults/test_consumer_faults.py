@@ -26,6 +26,8 @@ from tests.faults.scenario import (
 from tests.helpers import wait_for
 
 pytestmark = pytest.mark.timeout(180)
+# The consumer workers' shell: the threaded Consumer, or the AsyncConsumer (worker.py).
+SHELLS = pytest.mark.parametrize("shell", ["sync", "async"])
 
 
 def freeze_mid_batch(w: Worker, timeout: float = 20.0) -> None:
@@ -69,7 +71,9 @@ def consumer_kill9(*, count: int = 3000, rate: float = 1500, drain_timeout: floa
         return v
 
 
-def test_consumer_kill9_mid_batch() -> None:
+@SHELLS
+def test_consumer_kill9_mid_batch(shell: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PARTSTREAM_FAULT_SHELL", shell)
     assert_verdict(consumer_kill9())
 
 
@@ -128,7 +132,11 @@ def consumer_sigstop(*, pause: float = 3.0) -> Verdict:
         return v
 
 
-def test_consumer_sigstop_past_session_is_a_fenced_zombie() -> None:
+@SHELLS
+def test_consumer_sigstop_past_session_is_a_fenced_zombie(
+    shell: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PARTSTREAM_FAULT_SHELL", shell)
     assert_verdict(consumer_sigstop())
 
 
@@ -258,7 +266,11 @@ def poison_crash_loop(*, records: int = 100, fetch_count: int = 100, restarts: i
         return v
 
 
-def test_crash_looping_poison_record_is_dead_lettered_alone() -> None:
+@SHELLS
+def test_crash_looping_poison_record_is_dead_lettered_alone(
+    shell: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PARTSTREAM_FAULT_SHELL", shell)
     assert_verdict(poison_crash_loop())
 
 

@@ -32,7 +32,6 @@ from partitions._admin.offsets import group_lag
 from partitions._admin.topics import TopicAdmin, TopicSpec
 from partitions._base.errors import NotOwnerError
 from partitions._base.records import Record
-from partitions._base.types import TopicPartition
 from partitions._client.config import ClientConfig, ConsumerConfig
 from partitions._client.connection import Connection, connect
 from partitions._consumer.consumer import Consumer
@@ -98,8 +97,8 @@ class Model(RuleBasedStateMachine):
         batch = c.poll(max_records=3, timeout=0.2)
         t1 = time.time()
         for r in batch:
-            st_ = c._parts.get(TopicPartition(r.topic, r.partition))
-            token = int(st_.fence.split(" ")[1]) if st_ is not None else -1
+            fence = c.fence(r.topic, r.partition)
+            token = int(fence.split(" ")[1]) if fence is not None else -1
             data = json.loads(r.value or b"{}")
             self.log.append(
                 {"ev": "proc", "p": r.partition, "id": r.id, "key": data["key"],
@@ -159,7 +158,7 @@ class Model(RuleBasedStateMachine):
         for (p, token), recs in by_tp.items():
             t = time.time()
             try:
-                if TopicPartition(TOPIC, p) not in c._parts:
+                if c.fence(TOPIC, p) is None:
                     out = "dropped"
                 else:
                     c.commit(recs)

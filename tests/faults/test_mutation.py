@@ -1,7 +1,7 @@
 """A mutated library must turn a real fault scenario red: the checker catches a real bug.
 
 The mutation, "swap the pending and new reads on takeover": in a copy of the repository,
-``PartitionState`` in ``partitions/_consumer/fetcher.py`` starts with ``self.cursor = ""``
+``PartitionState`` in ``partitions/_consumer/assignment.py`` starts with ``self.cursor = ""``
 instead of ``self.cursor = "-"``. A new owner then reads new entries (``>``) first and leaves
 the dead owner's unacked entries pending until a reclaim pass finds them idle (60 s by default). The
 ``consumer-kill9`` scenario (kill -9 mid-batch, keyed records), run against that copy in a
@@ -41,7 +41,7 @@ def mutated_copy(dest: Path) -> Path:
     for name in TREE:
         shutil.copytree(ROOT / name, dest / name, ignore=ignore)
     shutil.copy2(ROOT / "pyproject.toml", dest / "pyproject.toml")
-    fetcher = dest / "partitions" / "fetcher.py"
+    fetcher = dest / "partitions" / "_consumer" / "assignment.py"
     text = fetcher.read_text()
     init = text.find("class PartitionState")
     end = text.find("\nclass ", init + 1)
@@ -53,7 +53,7 @@ def mutated_copy(dest: Path) -> Path:
             "mutating nothing)"
         )
     fetcher.write_text(text[:init] + body.replace(ORIGINAL, MUTANT) + text[end:])
-    assert MUTANT in fetcher.read_text().split("class Fetcher")[0]
+    assert MUTANT in fetcher.read_text().split("class Assignment")[0]
     return dest
 
 

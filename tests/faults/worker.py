@@ -28,6 +28,7 @@ Times are ``time.time()`` of one machine. SIGTERM closes gracefully.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import signal
@@ -49,6 +50,7 @@ from partitions._base.errors import (
 from partitions._base.types import TopicPartition
 from partitions._client.config import ClientConfig, ConsumerConfig, ProducerConfig
 from partitions._client.connection import connect
+from partitions._consumer.aio import AsyncConsumer
 from partitions._consumer.consumer import Consumer
 from partitions._producer.producer import Producer, RecordFuture
 
@@ -171,12 +173,39 @@ def parse_poison(text: str | None) -> tuple[str, int] | None:
     return key, int(seq)
 
 
+class AsyncShell:
+    """PARTSTREAM_FAULT_SHELL=async: the worker drives an AsyncConsumer, each call awaited on
+    the worker's own event loop (so one worker loop serves both shells)."""
+
+    def __init__(self, group: str, topic: str, *, conn: Any, **kw: Any) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.c = self.loop.run_until_complete(AsyncConsumer(conn, group, topic, **kw).start())
+        self.member_id = self.c.member_id
+
+    def poll(self, timeout: float) -> list[Any]:
+        return self.loop.run_until_complete(self.c.poll(timeout=timeout))
+
+    def commit(self, records: list[Any]) -> None:
+        self.loop.run_until_complete(self.c.commit(records))
+
+    def fence(self, topic: str, partition: int) -> str | None:
+        return self.c.fence(topic, partition)
+
+    @property
+    def refused_acks(self) -> int:
+        return self.c.refused_acks
+
+    def close(self) -> None:
+        self.loop.run_until_complete(self.c.close())
+
+
 def consume(args: argparse.Namespace, log: Log) -> int:
     conn = connect(client_config(args))
     config = ConsumerConfig(auto_commit=False)
     if args.fetch_count is not None:
         config = ConsumerConfig(auto_commit=False, fetch_count=args.fetch_count)
-    consumer = Consumer(
+    shell = AsyncShell if os.environ.get("PARTSTREAM_FAULT_SHELL") == "async" else Consumer
+    consumer = shell(
         args.group,
         args.topic,
         conn=conn,
@@ -216,8 +245,8 @@ def consume(args: argparse.Namespace, log: Log) -> int:
             for r in batch:
                 tp = TopicPartition(r.topic, r.partition)
                 # The grant the record was read under (test-only peek at the fence value).
-                st = consumer._parts.get(tp)
-                token = int(st.fence.split(" ")[1]) if st is not None else -1
+                fence = consumer.fence(tp.topic, tp.partition)
+                token = int(fence.split(" ")[1]) if fence is not None else -1
                 data = json.loads(r.value or b"{}")
                 key, seq = data.get("key"), data.get("seq")
                 if poison is not None and (key, seq) == poison:
@@ -238,7 +267,8 @@ def consume(args: argparse.Namespace, log: Log) -> int:
                 t = time.time()
                 fields = {"p": tp.partition, "ids": ids, "member": member, "group": group,
                           "token": token, "t": t}  # fmt: skip
-                if tp not in consumer._parts:  # dropped meanwhile: nothing will be acked
+                # Dropped meanwhile: nothing will be acked.
+                if consumer.fence(tp.topic, tp.partition) is None:
                     log("ack", outcome="dropped", **fields)
                     continue
                 # Intent first: a kill between the commit and its outcome line leaves an

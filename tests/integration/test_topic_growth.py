@@ -10,7 +10,7 @@ from coordinator.settings import GroupSettings
 from partitions._admin.topics import TopicAdmin, TopicSpec
 from partitions._client.config import ConsumerConfig
 from partitions._client.connection import Connection
-from partitions._consumer import consumer as consumer_mod
+from partitions._consumer import ops as consumer_mod
 from partitions._consumer.consumer import Consumer
 from partitions._producer.producer import Producer
 

@@ -1,0 +1,90 @@
+"""The consumer's script calls, built by name: one builder per op of ``consume.lua``.
+
+Each builder mirrors the script's header (KEYS 1 stream, 2 fence, 3 groups, 4 dlq; ARGV 1 op,
+2 group, 3 fence value, 4 topic, 5 partition, 6 consumer name, then the op's own arguments),
+so nobody else indexes the argument list: what a call carries back to its caller (the acks
+it sends, how many) is a named field of :class:`ScriptCall`. ``seek.lua`` (KEYS stream,
+fence, groups; ARGV group, fence value, new id, create) gets its builder too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from partitions._base.functions import function_name
+from partitions._base.records import Record
+from partitions._consumer.assignment import STREAM_CONSUMER, PartitionState
+
+CONSUME = function_name("consume")
+SEEK = function_name("seek")
+
+
+@dataclass(slots=True)
+class ScriptCall:
+    """One FCALL of one partition: the function, its KEYS and ARGV, and the ids it acks."""
+
+    st: PartitionState
+    function: str
+    keys: list[str]
+    args: list[Any]
+    acks: list[str] = field(default_factory=list)  # ids this call acks (read, hand, ack)
+
+    def command(self) -> tuple[Any, ...]:
+        return ("FCALL", self.function, len(self.keys), *self.keys, *self.args)
+
+
+def _consume(st: PartitionState, op: str, *rest: Any, acks: list[str] | None = None) -> ScriptCall:
+    keys = [st.stream, st.fence_key, st.groups_key, st.dlq_key]
+    args = [op, st.group, st.fence, st.topic, str(st.partition), STREAM_CONSUMER, *rest]
+    return ScriptCall(st, CONSUME, keys, args, acks or [])
+
+
+def _pairs(records: list[Record], less: int = 0) -> list[Any]:
+    return [x for r in records for x in (r.id, r.deliveries - less)]
+
+
+def read_call(
+    st: PartitionState,
+    *,
+    count: int,
+    max_deliveries: int,
+    reclaim_ms: int,
+    start: str,
+    acks: list[str],
+) -> ScriptCall:
+    """``read``: 7 count, 8 cursor, 9 max_deliveries, 10 reclaim idle ms (0: none), 11 start
+    id if the group is created here, 12 safe retention, 13 n acks, 14.. ids to ack first."""
+    return _consume(
+        st, "read", count, st.cursor, max_deliveries, reclaim_ms, start, st.retention,
+        len(acks), *acks, acks=acks,
+    )  # fmt: skip
+
+
+def hand_call(st: PartitionState, acks: list[str], claims: list[Record]) -> ScriptCall:
+    """``hand``: 7 n acks, 8.. ids to ack, then pairs id, deliveries (recorded hand-outs)."""
+    return _consume(st, "hand", len(acks), *acks, *_pairs(claims), acks=acks)
+
+
+def ack_call(st: PartitionState, ids: list[str]) -> ScriptCall:
+    """``ack``: 7.. ids to ack."""
+    return _consume(st, "ack", *ids, acks=ids)
+
+
+def retry_call(st: PartitionState, records: list[Record], max_deliveries: int) -> ScriptCall:
+    """``retry``: 7 max_deliveries, 8.. pairs id, deliveries."""
+    return _consume(st, "retry", max_deliveries, *_pairs(records))
+
+
+def dead_call(
+    st: PartitionState, records: list[Record], reason: str, *, handed: bool
+) -> ScriptCall:
+    """``dead``: 7 reason, 8.. pairs id, deliveries (``handed=False``: never handed out,
+    so the fetch into the buffer is not counted as a delivery)."""
+    return _consume(st, "dead", reason, *_pairs(records, 0 if handed else 1))
+
+
+def seek_call(st: PartitionState, new_id: str) -> ScriptCall:
+    """``seek.lua`` for the owner: group, fence value, new id, '0' (never create)."""
+    keys = [st.stream, st.fence_key, st.groups_key]
+    return ScriptCall(st, SEEK, keys, [st.group, st.fence, new_id, "0"])

@@ -1,0 +1,512 @@
+"""What a consumer does, written once: generator steps that yield I/O requests to a shell.
+
+Every decision of reading, handing out, committing and rebalancing lives in
+:class:`ConsumerFlow`, over an :class:`~partitions._consumer.assignment.Assignment` and the
+plans of :mod:`partitions._consumer.plans`. Where a step needs the server, a pause or a user
+callback it ``yield``s one request (:mod:`partitions._consumer.ops`) and gets its answer
+back, or its error thrown in. The threaded ``Consumer`` answers with blocking calls, the
+``AsyncConsumer`` with awaits; neither decides anything itself.
+
+A request whose outcome is unknown (a lost connection, or an asyncio cancellation) is handled
+one way: what was fetched and not handed out is forgotten (it stays pending for the group)
+and each partition is read again after the last record handed out, so nothing is lost and
+nothing buffered is counted as a delivery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from coordinator.records import Grant
+from coordinator.settings import GroupSettings
+from partitions._base.durability import NONE, Durability
+from partitions._base.errors import (
+    ConnectionFailedError,
+    NotEnoughReplicasError,
+    NotOwnerError,
+    PartstreamError,
+    translate,
+)
+from partitions._base.functions import is_missing
+from partitions._base.records import Record
+from partitions._base.types import TopicPartition
+from partitions._client.config import ConsumerConfig
+from partitions._consumer import ops, plans
+from partitions._consumer.assignment import Assignment
+from partitions._consumer.calls import ScriptCall, dead_call, retry_call, seek_call
+from partitions._consumer.ops import (
+    OUTCOME_UNKNOWN,
+    RECONNECT_PAUSE_S,
+    Callback,
+    Events,
+    Exchange,
+    LoadFunctions,
+    OnNodes,
+    ReadTopics,
+    Release,
+    Reset,
+    Runner,
+    Sleep,
+    Step,
+    Wait,
+    safe_retention,
+)
+
+log = logging.getLogger("partstream.consumer")
+
+
+def current_settings(member: Any) -> GroupSettings:
+    """The group's settings as stored (once a heartbeat told them), else this member's."""
+    last = member.last
+    settings: GroupSettings = last.settings if last is not None else member.settings
+    return settings
+
+
+class ConsumerFlow:
+    """The consumer's logic over its :class:`Assignment`; see the module docstring."""
+
+    def __init__(
+        self,
+        assignment: Assignment,
+        config: ConsumerConfig,
+        *,
+        topics: dict[str, Any],
+        runner: Runner,
+        settings: Callable[[], GroupSettings],
+        events: Events,
+        listener: Any,
+        is_cluster: bool,
+        metrics: Any = None,
+        update_topics: Callable[[dict[str, int]], None] = lambda counts: None,
+    ) -> None:
+        self.a = assignment
+        self.config = config
+        self.runner = runner
+        self.settings = settings
+        self.events = events
+        self.listener = listener
+        self.is_cluster = is_cluster
+        self.metrics = metrics
+        self.tally = plans.Tally(metrics)
+        self.update_topics = update_topics
+        self.topics = tuple(topics)
+        self.counts = {name: m.partitions for name, m in topics.items()}
+        self.retention = {name: safe_retention(m.spec) for name, m in topics.items()}
+        self.meta_at = time.monotonic() + ops.METADATA_MAX_AGE_S
+        self.start = "0" if config.auto_offset_reset == "earliest" else "$"
+        # The group's durability: commits (ack), seeks and dead letters wait for it; acks
+        # riding on reads (auto-commit) do not, like Kafka's asynchronous auto-commit.
+        self.durability: Durability = NONE
+        self.wait_ms = 5000
+        self._durable_for: GroupSettings | None = None
+        self._check_at = 0.0
+        self._warned_at = 0.0
+        # The last connection failure poll() rode out (None: none yet), for diagnostics.
+        self.last_error: ConnectionFailedError | None = None
+        self.member_id = assignment.member_id
+
+    # -- requests -----------------------------------------------------------------------------
+    def enter(self) -> Step:
+        """Before each request: re-read topics when due, follow the group's settings."""
+        if time.monotonic() >= self.meta_at:
+            yield from self.refresh_topics()
+        settings = self.settings()
+        if settings is not self._durable_for:  # the group's stored settings, once known
+            self._durable_for = settings
+            self.durability = settings.durability
+            self.wait_ms = max(100, min(5000, settings.session_timeout_ms // 3))
+
+    def refresh_topics(self) -> Step:
+        """Re-read partition counts; a grown topic joins the group's assignment (the member
+        sends the new counts with its next heartbeat, which the runner sends at once)."""
+        self.meta_at = time.monotonic() + ops.METADATA_MAX_AGE_S
+        metas = yield ReadTopics(self.topics)
+        counts = {name: m.partitions for name, m in metas.items()}
+        self.retention = {name: safe_retention(m.spec) for name, m in metas.items()}
+        self.a.set_retention(self.retention)
+        if counts != self.counts:
+            log.info("topic partitions changed %s -> %s", self.counts, counts)
+            self.counts = counts
+            self.update_topics(counts)
+            self.runner.wake()
+
+    def poll(self, max_records: int | None, timeout: float) -> Step:
+        """poll(): with auto-commit, the previous poll's records are acked first (riding on
+        this poll's reads)."""
+        yield from self.enter()
+        if self.config.auto_commit and self.a.handed:
+            self.a.confirm_handed()
+        batch = yield from self.take(max_records or self.config.max_poll_records, timeout)
+        if batch:
+            self.a.note_poll(batch, self.config.auto_commit)
+        return batch
+
+    def next_one(self) -> Step:
+        """One step of iteration: the next record (or none within ``block_ms``)."""
+        yield from self.enter()
+        batch = yield from self.take(1, self.config.block_ms / 1000)
+        if batch:
+            self.a.current = batch[0]
+        return batch[0] if batch else None
+
+    def done_one(self, record: Record) -> None:
+        """The loop asked for the next record: with auto-commit ``record`` is processed."""
+        if self.a.current is record and self.config.auto_commit:
+            self.a.confirm((record,))
+        self.a.current = None
+
+    def take(self, n: int, timeout: float) -> Step:
+        deadline = time.monotonic() + timeout
+        a = self.a
+        while True:
+            try:
+                yield from self.sync()
+                if a.buffered() and self.alive():
+                    out = a.take(n)
+                    if any(r._claim for r in out):
+                        out = yield from self.record_handout(out)
+                        if not out:
+                            continue
+                    a.handed_out(out)
+                    if self.metrics is not None:
+                        self.metrics.consumed(out)
+                    return out
+                if self.alive() and a.parts:
+                    yield from self.fill()
+                    if a.buffered():
+                        continue
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return []
+                yield from self.idle(remaining)
+            except ConnectionFailedError as err:
+                # The server went away (restart, failover, network): ride it out within
+                # this poll's timeout, as a Kafka consumer does; the heartbeat thread
+                # decides whether the session survives it.
+                self.lost_connection(err)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return []
+                yield Sleep(min(remaining, RECONNECT_PAUSE_S))
+            except asyncio.CancelledError:
+                # Cancelled (asyncio) mid-request: the same recovery, then stop.
+                self.a.recover_from_handed()
+                raise
+
+    def lost_connection(self, err: ConnectionFailedError) -> None:
+        """After a failed read, hand-out or wait: forget what was fetched but not handed out
+        (it stays pending for the group) and recover each partition, in id order, from the
+        last record handed out; the next call reconnects (to the new primary, after a
+        failover)."""
+        self.last_error = err
+        now = time.monotonic()
+        if now >= self._warned_at:
+            self._warned_at = now + 5.0
+            log.warning("consumer %s: %s; retrying", self.member_id, err)
+        self.a.recover_from_handed()
+
+    def alive(self) -> bool:
+        """False while the session may have expired (a paused process): hand out nothing."""
+        now = time.monotonic()
+        if now < self._check_at:
+            return True
+        margin = self.settings().session_timeout_ms / 10000
+        if not self.runner.session_alive(margin=margin):
+            return False
+        self._check_at = now + min(0.05, margin)
+        return True
+
+    # -- reads ----------------------------------------------------------------------------------
+    def fill(self) -> Step:
+        s, m = self.settings(), self.metrics
+        started = time.monotonic() if m is not None else 0.0
+        try:
+            records, refused = yield from self.fetch(s.max_deliveries, s.reclaim_idle_ms)
+        except OUTCOME_UNKNOWN:
+            # The read may have run without its reply reaching us (connection lost, server
+            # killed after appending it to its AOF): its entries are then pending for the
+            # group but were never handed out, and reading '>' would skip them for good.
+            # Recover first, in id order, what is pending after the last record handed out.
+            self.a.recover_from_handed()
+            raise
+        if m is not None:
+            m.fetched(time.monotonic() - started)
+        for st, res in refused:
+            log.info("%s/%s is %s's now: dropping it", st.topic, st.partition, res.detail)
+            self.drop({st.tp})
+        if self.config.foreign_entries == "dead_letter":
+            records = yield from self.dead_letter_foreign(records)
+        self.a.fill(records)
+
+    def fetch(self, max_deliveries: int, reclaim_ms: int) -> Step:
+        """Read every owned partition (its acks riding along) in one round trip."""
+        now = time.monotonic()
+        parts = self.a.reading()
+        if not self.is_cluster and plans.fast_ok(parts, reclaim_ms, now):
+            fast = yield from self.fast_fetch(parts)
+            if fast:
+                return fast, []
+            # Nothing new (or the fast path stepped aside): the script path below also
+            # answers each partition's tail, which a blocking wait needs.
+        plan = plans.plan_fetch(
+            self.a, now, count=self.config.fetch_count, start=self.start,
+            max_deliveries=max_deliveries, reclaim_ms=reclaim_ms,
+        )  # fmt: skip
+        replies = yield from self.run(plan.calls, "reading partitions")
+        return plan.settle(self.a, replies, self.tally)
+
+    def fast_fetch(self, parts: list[Any]) -> Step:
+        answers = yield Exchange(plans.fast_check(parts, self.a.group), "reading partitions")
+        if any(isinstance(r, Exception) for r in answers):
+            yield Reset()
+            return None
+        if not plans.fast_checked(parts, answers):
+            yield Exchange([("UNWATCH",)], "reading partitions")
+            return None  # a fence moved (the script path reports who holds it) or asked
+        plan = plans.plan_fast(self.a, parts, self.config.fetch_count)
+        replies = yield Exchange(plan.txn, "reading partitions", bulk=True)
+        if any(isinstance(r, Exception) for r in replies[:-1]):
+            yield Reset()
+            return None
+        # Tens of thousands of short-lived, acyclic objects per fetch: pausing the cyclic GC
+        # while they are built saves it from rescanning them over and over (~2x here).
+        paused = gc.isenabled()
+        if paused:
+            gc.disable()
+        try:
+            return plan.settle(self.a, replies, self.tally)
+        finally:
+            if paused:
+                gc.enable()
+
+    def record_handout(self, out: list[Record]) -> Step:
+        """Before recovered records are handed out, record the hand-out on the server (so a
+        record that crashes its consumer is counted every time, and one that only sat in a
+        buffer never is); what is no longer pending (trimmed, dead-lettered) is skipped."""
+        plan = plans.plan_hand(self.a, self.a.claims(out))
+        try:
+            replies = yield from self.run(plan.calls, "handing out recovered records")
+        except OUTCOME_UNKNOWN:
+            plan.unknown(self.a)
+            raise
+        res = plan.settle(self.a, replies, self.tally)
+        for st, r in res.refused:
+            log.info("%s/%s is %s's now: dropping it", st.topic, st.partition, r.detail)
+        refused = {st.tp for st, _ in res.refused}
+        if res.again:
+            self.a.drop_buffered(res.again)
+        self.drop(refused)
+        return self.a.recorded(out, res.gone, refused | res.again)
+
+    def dead_letter_foreign(self, records: list[Record]) -> Step:
+        """ConsumerConfig(foreign_entries="dead_letter"): entries another client wrote go to
+        the dead-letter stream as ``malformed`` instead of to the application."""
+        foreign: dict[TopicPartition, list[Record]] = {}
+        for r in records:
+            if r.foreign:
+                foreign.setdefault(TopicPartition(r.topic, r.partition), []).append(r)
+        if not foreign:
+            return records
+        for tp, recs in foreign.items():
+            call = dead_call(self.a.parts[tp], recs, "malformed", handed=False)
+            yield from self.one(call, "dead-lettering")
+        return [r for r in records if not r.foreign]
+
+    def idle(self, remaining: float) -> Step:
+        s, a = self.settings(), self.a
+        block_ms = int(min(remaining * 1000, self.config.block_ms, s.heartbeat_interval_ms))
+        if not self.alive() or not a.parts:
+            if self.events.pending():
+                return
+            yield Sleep(max(block_ms, 1) / 1000 if a.parts else min(block_ms, 20) / 1000)
+            return
+        if a.acks:  # do not sit on acks while idle
+            yield from self.commit_acks()
+        if self.events.pending():
+            return
+        waiting = a.waiting()
+        if waiting and block_ms > 0:
+            yield Wait(waiting, block_ms)
+
+    # -- commits, retries, dead letters, seeks ------------------------------------------------
+    def commit(self, records: Iterable[Record] | None) -> Step:
+        yield from self.enter()
+        if records is None:
+            self.a.confirm_all()
+        else:
+            self.a.confirm_some(list(records))
+        refused = yield from self.commit_acks()
+        if refused:
+            raise NotOwnerError(
+                f"commit refused for {', '.join(f'{t}/{p}' for t, p in refused)}: "
+                "this member no longer owns them"
+            )
+
+    def commit_acks(self, only: set[TopicPartition] | None = None) -> Step:
+        plan = plans.plan_ack(self.a, self.a.take_acks(only))
+        if not plan.calls:
+            return []
+        try:
+            replies = yield from self.run(plan.calls, "committing", durable=True)
+        except (*OUTCOME_UNKNOWN, NotEnoughReplicasError):
+            # Unknown or unconfirmed: sent again (XACK is idempotent) with the next read.
+            plan.unknown(self.a)
+            raise
+        refused = plan.settle(self.a, replies, self.tally)
+        for st, _ in refused:
+            self.drop({st.tp})
+        return [st.tp for st, _ in refused]
+
+    def owned_state(self, record: Record) -> Any:
+        st = self.a.state_of(record)
+        if st is None:
+            raise NotOwnerError(f"{record.topic}/{record.partition} is no longer assigned here")
+        return st
+
+    def nack(self, record: Record) -> Step:
+        """Deliver ``record`` again next, or dead-letter it once out of deliveries."""
+        yield from self.enter()
+        st = self.owned_state(record)
+        self.a.forget(record)
+        call = retry_call(st, [record], self.settings().max_deliveries)
+        kept = yield from self.one(call, "retrying")
+        if kept:
+            self.a.push_front(record.again())
+
+    def dead_letter(self, record: Record, reason: str) -> Step:
+        yield from self.enter()
+        st = self.owned_state(record)
+        self.a.forget(record)
+        yield from self.one(dead_call(st, [record], reason, handed=True), "dead-lettering")
+
+    def one(self, call: ScriptCall, what: str) -> Step:
+        reply = (yield from self.run([call], what, durable=True))[0]
+        if not plans.ran(reply):
+            raise translate(
+                reply, f"{what} {call.st.topic}/{call.st.partition} (its slot is moving)"
+            )
+        return plans.settle_ids(call, reply, what, self.tally)
+
+    def seek(self, tp: TopicPartition, new_id: str) -> Step:
+        yield from self.enter()
+        yield from self.sync()
+        st = self.a.parts.get(tp)
+        if st is None:
+            raise NotOwnerError(f"{tp.topic}/{tp.partition} is not assigned to this consumer")
+        self.a.seek(tp)
+        reply = (yield from self.run([seek_call(st, new_id)], "seeking", durable=True))[0]
+        if not plans.ran(reply):
+            raise translate(reply, f"seeking {st.topic}/{st.partition} (its slot is moving)")
+        return plans.settle_seek(st, reply)
+
+    def close(self) -> Step:
+        """Commit what was processed (the runner then revokes and leaves)."""
+        try:
+            yield from self.sync()
+            if self.config.auto_commit:
+                self.a.confirm_handed()
+            yield from self.commit_acks()
+        except PartstreamError as err:
+            log.warning("commit on close failed: %s", err)
+
+    # -- rebalances -----------------------------------------------------------------------------
+    def sync(self) -> Step:
+        """Apply rebalance events posted by the heartbeat thread or task, in order."""
+        while (event := self.events.pop()) is not None:
+            kind, tps, done = event
+            try:
+                if kind == "revoke":
+                    yield from self.revoke(tps)
+                elif kind == "assign":
+                    yield from self.assign(tps)
+                else:
+                    yield from self.lose(tps)
+            finally:
+                if done is not None:
+                    done.set()
+
+    def assign(self, grants: dict[TopicPartition, Grant]) -> Step:
+        for tp, grant in grants.items():
+            self.a.assign(tp, grant.token, self.retention.get(tp.topic, ""))
+        if self.metrics is not None:
+            self.metrics.rebalanced(assigned=grants)
+        if self.listener is not None and grants:
+            yield Callback(self.listener.on_partitions_assigned, dict(grants))
+
+    def revoke(self, revoked: set[TopicPartition]) -> Step:
+        known = self.a.owned(revoked)
+        if self.listener is not None and known:
+            yield Callback(self.listener.on_partitions_revoked, set(known))
+        if self.config.auto_commit:
+            self.a.confirm_handed(known)
+        try:
+            yield from self.commit_acks(only=known)
+        except PartstreamError as err:
+            log.warning("commit on revoke failed: %s", err)
+        for tp in known:
+            st = self.a.parts.get(tp)
+            if st is None:
+                continue  # refused by the commit: dropped already
+            try:
+                yield Release(st, self.settings().durability)
+            except PartstreamError as err:
+                log.warning("release of %s failed: %s", tp, err)
+        self.drop(known)
+
+    def lose(self, tps: set[TopicPartition]) -> Step:
+        # Acks of records processed before the loss still go out, through the fence: if a
+        # new owner holds it they are refused (and counted), else they record real work.
+        if self.config.auto_commit:
+            self.a.confirm_handed(tps)
+        try:
+            yield from self.commit_acks(only=self.a.owned(tps))
+        except PartstreamError as err:
+            log.info("acks of lost partitions not sent: %s", err)
+        self.drop(tps)
+        lost_cb = getattr(self.listener, "on_partitions_lost", None)
+        if lost_cb is not None:
+            yield Callback(lost_cb, set(tps))
+
+    def drop(self, tps: set[TopicPartition]) -> None:
+        """Stop reading ``tps``: revoked, lost, or found fenced by a newer owner."""
+        owned = self.a.drop(tps)
+        if self.metrics is not None:
+            self.metrics.rebalanced(revoked=owned)
+
+    # -- the wire -------------------------------------------------------------------------------
+    def run(self, calls: list[ScriptCall], what: str, *, durable: bool = False) -> Step:
+        """FCALL each call in one round trip (one per node on a cluster, where a call the
+        cluster cannot serve right now, its slot mid-migration, gets its redirect error in
+        place: it did not run). A server without the library gets it loaded, once.
+
+        ``durable``: with the group's durability, the calls are followed on their connection
+        by WAIT/WAITAOF; NotEnoughReplicasError (after they ran) if not confirmed in time.
+        """
+        waits = self.durability.commands(self.wait_ms) if durable else []
+        if self.is_cluster:
+            commands = [(c.st.stream, c.command()) for c in calls]
+            replies = yield OnNodes(commands, what, waits, self.durability)
+            return replies
+        plain = [c.command() for c in calls]
+        replies = yield Exchange(plain + waits, what)
+        confirms = replies[len(plain) :]
+        replies = replies[: len(plain)]
+        again = [i for i, r in enumerate(replies) if isinstance(r, Exception) and is_missing(r)]
+        if again:  # a server restarted empty, or a new primary without the library: nothing ran
+            yield LoadFunctions()
+            rerun = yield Exchange([plain[i] for i in again] + waits, what)
+            for i, reply in zip(again, rerun[: len(again)], strict=True):
+                replies[i] = reply
+            if waits:
+                confirms = rerun[len(again) :]  # the later WAIT covers the earlier writes too
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise translate(reply, what) from reply
+        if waits:
+            self.durability.check(confirms, what)
+        return replies

@@ -1,0 +1,211 @@
+"""The requests a consumer's steps yield to their shell (see :mod:`partitions._consumer.flow`),
+the rebalance event queue both shells share, and the constants of their loops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from coordinator.records import Grant
+from partitions._admin.topics import TopicSpec
+from partitions._base.durability import Durability
+from partitions._base.errors import (
+    ConnectionFailedError,
+    PartstreamError,
+)
+from partitions._base.types import TopicPartition
+from partitions._consumer.assignment import PartitionState
+
+log = logging.getLogger("partstream.consumer")
+
+# How long a topic's partition count is trusted: a topic that grows is picked up within it.
+METADATA_MAX_AGE_S = 30.0
+# Pause between attempts while the server is unreachable, inside one poll().
+RECONNECT_PAUSE_S = 0.1
+# A request whose outcome the consumer cannot know: it may have run on the server.
+OUTCOME_UNKNOWN = (ConnectionFailedError, asyncio.CancelledError)
+
+
+# -- the requests a step yields -------------------------------------------------------------
+@dataclass(slots=True)
+class Exchange:
+    """Send ``commands`` in one write on the consumer's data connection, read a reply per
+    command (a server error stands in place). Sent once, never re-sent behind the caller's
+    back. ``bulk``: a large read (the shell may pause the cyclic GC while it is parsed)."""
+
+    commands: list[tuple[Any, ...]]
+    what: str
+    bulk: bool = False
+
+
+@dataclass(slots=True)
+class Reset:
+    """Drop the data connection (a transaction was left half-read): the next one is new."""
+
+
+@dataclass(slots=True)
+class LoadFunctions:
+    """Load the Functions library (a server restarted empty, or a new primary)."""
+
+
+@dataclass(slots=True)
+class OnNodes:
+    """Cluster: run single-slot ``commands`` (key, command) one pipeline per node, ``waits``
+    after each node's; a call whose slot is moving keeps its redirect error in place."""
+
+    commands: list[tuple[str, tuple[Any, ...]]]
+    what: str
+    waits: list[tuple[Any, ...]]
+    durability: Durability
+
+
+@dataclass(slots=True)
+class Wait:
+    """Block up to ``block_ms`` until a stream of ``waiting`` (stream -> tail id) has an entry
+    after its tail, or a rebalance event is posted."""
+
+    waiting: dict[str, str]
+    block_ms: int
+
+
+@dataclass(slots=True)
+class Sleep:
+    seconds: float
+
+
+@dataclass(slots=True)
+class Callback:
+    """Call a user's rebalance callback (awaited if it returns an awaitable)."""
+
+    fn: Callable[..., Any]
+    arg: Any
+
+
+@dataclass(slots=True)
+class Release:
+    """Release the fence of a partition handed back, if it still holds our grant."""
+
+    st: PartitionState
+    durability: Durability
+
+
+@dataclass(slots=True)
+class ReadTopics:
+    """The stored metadata of ``names``."""
+
+    names: tuple[str, ...]
+
+
+@dataclass(slots=True)
+class Claim:
+    """Claim the fence of a granted partition (True: ours; False: a newer grant holds it)."""
+
+    tp: TopicPartition
+    grant: Grant
+
+
+Op = (
+    Exchange | Reset | LoadFunctions | OnNodes | Wait | Sleep | Callback | Release | ReadTopics
+    | Claim
+)  # fmt: skip
+Step = Generator[Op, Any, Any]
+
+
+@dataclass(slots=True)
+class Turn:
+    """What a step did when resumed: asked ``op`` next, or (``op`` None) ended with ``value``."""
+
+    op: Op | None
+    value: Any = None
+
+
+def advance(step: Step, reply: Any, error: BaseException | None) -> Turn:
+    """Resume ``step`` with the answer to its last request (or throw that request's error in)."""
+    try:
+        return Turn(step.send(reply) if error is None else step.throw(error))
+    except StopIteration as stop:
+        return Turn(None, stop.value)
+
+
+def drive(step: Step, answer: Callable[[Op], Any]) -> Any:
+    """Run ``step`` to its end, answering each request with ``answer`` (blocking); an error
+    of ``answer`` is thrown into the step, which may handle it."""
+    turn = advance(step, None, None)
+    while turn.op is not None:
+        try:
+            turn = advance(step, answer(turn.op), None)
+        except Exception as err:
+            turn = advance(step, None, err)
+    return turn.value
+
+
+def claims(assigned: dict[TopicPartition, Grant]) -> Step:
+    """Claim the fences of newly granted partitions; returns (claimed grants, the partitions
+    to hand back because their node could not be reached)."""
+    mine: dict[TopicPartition, Grant] = {}
+    failed: set[TopicPartition] = set()
+    for tp, grant in assigned.items():
+        try:
+            claimed = yield Claim(tp, grant)
+        except PartstreamError as err:
+            # Its node is unreachable (failing over, say): hand the partition back rather
+            # than hold a grant nobody reads; it is granted again once it can be claimed.
+            log.warning("%s: cannot claim its fence now (%s); handing it back", tp, err)
+            failed.add(tp)
+            continue
+        if claimed:
+            mine[tp] = grant
+        else:
+            log.info("%s: a newer grant already holds the fence", tp)
+    return mine, failed
+
+
+class Runner(Protocol):
+    """What the flow asks of a member runner (threaded or asyncio), none of it I/O."""
+
+    def session_alive(self, margin: float = 0.0) -> bool: ...
+
+    def wake(self) -> None: ...
+
+
+class Events:
+    """Rebalance events the heartbeat thread or task posts, applied by the consumer in order.
+
+    ``wake`` interrupts a blocking wait of the consumer. Thread-safe (deque appends and pops
+    are atomic); ``done`` is anything with ``set()``: a threading or an asyncio event."""
+
+    def __init__(self, wake: Callable[[], None]) -> None:
+        self._queue: deque[tuple[str, Any, Any]] = deque()
+        self.wake = wake
+
+    def post(self, kind: str, tps: Any, done: Any = None) -> None:
+        self._queue.append((kind, tps, done))
+        self.wake()
+
+    def pending(self) -> bool:
+        return bool(self._queue)
+
+    def pop(self) -> tuple[str, Any, Any] | None:
+        try:
+            return self._queue.popleft()
+        except IndexError:
+            return None
+
+    def release_all(self) -> None:
+        """Closing: nobody waits for the consumer any more."""
+        for _, _, done in self._queue:
+            if done is not None:
+                done.set()
+        self._queue.clear()
+
+
+def safe_retention(spec: TopicSpec) -> str:
+    """consume.lua's retention argument: what safe retention keeps, or '' (none)."""
+    if not spec.safe_retention or not (spec.max_length or spec.retention_ms):
+        return ""
+    return f"{spec.max_length or 0} {spec.retention_ms or 0}"

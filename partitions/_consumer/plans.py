@@ -1,0 +1,314 @@
+"""The plans of a fetch, a hand-out and an ack, and what their replies mean: pure functions.
+
+A plan is the list of script calls (:mod:`partitions._consumer.calls`) one round trip sends,
+built from an :class:`~partitions._consumer.assignment.Assignment`; settling a plan with the
+replies the server gave (one per call, a redirect error in place of a call whose cluster slot
+was moving: it did not run) returns an outcome and moves the assignment on: cursors, tails,
+which acks the server has now and which must be sent again. Nothing here does I/O; the shells
+send the commands. tests/unit/test_fetch_plan.py settles plans with recorded replies.
+
+The fast path of a steady-state fetch (single node, no recovery, no reclaim due) is planned
+here too: WATCH the fences, check them, then MULTI / XACK ... / one XREADGROUP / EXEC. If a
+fence changes before EXEC the transaction does not run at all, so it is exactly as fenced as
+``consume.lua``, without the cost of copying every entry through Lua.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from partitions._base.errors import NotOwnerError, StateLostError
+from partitions._base.records import (
+    FetchResult,
+    Record,
+    ack_result,
+    fetch_result,
+    hand_result,
+    records_from_read,
+    retry_result,
+)
+from partitions._base.types import TopicPartition
+from partitions._consumer.assignment import STREAM_CONSUMER, Assignment, PartitionState
+from partitions._consumer.calls import ScriptCall, ack_call, hand_call, read_call
+from partitions._telemetry.metrics import ConsumerMetrics
+
+Refused = list[tuple[PartitionState, FetchResult]]
+
+
+class Tally:
+    """What the consumer's calls did: counters for its users, and its client metrics."""
+
+    def __init__(self, metrics: ConsumerMetrics | None = None) -> None:
+        self.metrics = metrics
+        self.refused_acks = 0  # acks the fence refused (we had lost the partition)
+        self.dead_lettered = 0
+        self.reclaimed = 0  # entries delivered again by reclaim passes (periodic or asked)
+
+    def acked(self, topic: str, n: int) -> None:
+        if self.metrics is not None:
+            self.metrics.acked(topic, n)
+
+    def dead(self, topic: str, n: int) -> None:
+        self.dead_lettered += n
+        if self.metrics is not None:
+            self.metrics.dead_lettered(topic, n)
+
+    def refuse(self, st: PartitionState, res: FetchResult, n_acks: int, refused: Refused) -> None:
+        """A call the fence refused: its acks are counted as refused. State lost raises."""
+        if res.status == -1:
+            raise lost_error(st, res.detail)
+        self.refused_acks += n_acks
+        if self.metrics is not None:
+            self.metrics.refused(st.topic, n_acks)
+        refused.append((st, res))
+
+
+def ran(reply: Any) -> bool:
+    """False for a call the cluster could not serve (its redirect error stands in place)."""
+    return not isinstance(reply, Exception)
+
+
+# -- fetch --------------------------------------------------------------------------------
+@dataclass(slots=True)
+class FetchPlan:
+    """One fenced read per owned partition, each carrying the partition's pending acks."""
+
+    calls: list[ScriptCall]
+
+    def commands(self) -> list[tuple[Any, ...]]:
+        return [c.command() for c in self.calls]
+
+    def settle(
+        self, a: Assignment, replies: list[Any], tally: Tally
+    ) -> tuple[list[Record], Refused]:
+        """The records read (recovered ones first per partition) and the refused partitions."""
+        records: list[Record] = []
+        refused: Refused = []
+        for call, reply in zip(self.calls, replies, strict=True):
+            if not ran(reply):
+                continue  # its slot is moving: nothing ran; read and ack it next time
+            st = call.st
+            a.acks_sent((st.tp,))
+            res = fetch_result(st.topic, st.partition, reply)
+            if res.status != 1:
+                tally.refuse(st, res, len(call.acks), refused)
+                continue
+            st.cursor = res.cursor
+            st.tail = res.tail
+            tally.dead(st.topic, res.dead)
+            tally.acked(st.topic, res.acked)
+            tally.reclaimed += res.reclaimed
+            if res.records:
+                records += res.records
+        return records, refused
+
+
+def plan_fetch(
+    a: Assignment, now: float, *, count: int, start: str, max_deliveries: int, reclaim_ms: int
+) -> FetchPlan:
+    """Read every owned partition; a reclaim pass rides along where one is due."""
+    acks = a.acks_for_read()
+    calls = []
+    for st in a.reading():
+        reclaim = 0
+        if reclaim_ms and now >= st.next_reclaim:
+            reclaim = reclaim_ms
+            st.next_reclaim = now + min(reclaim_ms / 4000, 5.0)
+        ids = acks.get(st.tp) or []  # dropped only once the call ran
+        calls.append(
+            read_call(
+                st,
+                count=count,
+                max_deliveries=max_deliveries,
+                reclaim_ms=reclaim,
+                start=start,
+                acks=ids,
+            )
+        )
+    return FetchPlan(calls)
+
+
+# -- hand-out -----------------------------------------------------------------------------
+@dataclass(slots=True)
+class HandOutcome:
+    gone: set[str] = field(default_factory=set)  # no longer pending: not to hand out
+    refused: Refused = field(default_factory=list)
+    again: set[TopicPartition] = field(default_factory=set)  # did not run: hand out none
+
+
+@dataclass(slots=True)
+class HandPlan:
+    """Record, before they are handed out, the hand-out of recovered records (so a record
+    that crashes its consumer is counted every time, one that only sat in a buffer never)."""
+
+    calls: list[ScriptCall]
+
+    def unknown(self, a: Assignment) -> None:
+        """The round trip failed with its outcome unknown: its acks go again later."""
+        for call in self.calls:
+            a.not_sent(call.st.tp, call.acks)
+
+    def settle(self, a: Assignment, replies: list[Any], tally: Tally) -> HandOutcome:
+        out = HandOutcome()
+        for call, reply in zip(self.calls, replies, strict=True):
+            st = call.st
+            if not ran(reply):  # its slot is moving: nothing ran
+                a.not_sent(st.tp, call.acks)
+                out.again.add(st.tp)
+                st.recover_from_handed()
+                continue
+            res = hand_result(reply)
+            if res.status != 1:
+                tally.refuse(st, FetchResult(res.status, res.detail), len(call.acks), out.refused)
+                continue
+            tally.acked(st.topic, res.acked)
+            out.gone |= res.ids
+        return out
+
+
+def plan_hand(a: Assignment, claims: dict[TopicPartition, list[Record]]) -> HandPlan:
+    """One ``hand`` call per partition of ``claims``; the partition's queued acks ride along."""
+    calls = []
+    for tp, recs in claims.items():
+        ids = a.acks.pop(tp, None) or []
+        calls.append(hand_call(a.parts[tp], ids, recs))
+    return HandPlan(calls)
+
+
+# -- ack ----------------------------------------------------------------------------------
+@dataclass(slots=True)
+class AckPlan:
+    """The acks of a commit, one ``ack`` call per partition."""
+
+    calls: list[ScriptCall]
+
+    def unknown(self, a: Assignment) -> None:
+        for call in self.calls:
+            a.not_sent(call.st.tp, call.acks)
+
+    def settle(self, a: Assignment, replies: list[Any], tally: Tally) -> Refused:
+        refused: Refused = []
+        for call, reply in zip(self.calls, replies, strict=True):
+            if not ran(reply):  # its slot is moving: nothing ran
+                a.not_sent(call.st.tp, call.acks)
+                continue
+            res = ack_result(reply)
+            if res.status != 1:
+                tally.refuse(call.st, res, len(call.acks), refused)
+            else:
+                tally.acked(call.st.topic, res.acked)
+        return refused
+
+
+def plan_ack(a: Assignment, acks: dict[TopicPartition, list[str]]) -> AckPlan:
+    return AckPlan([ack_call(a.parts[tp], ids) for tp, ids in acks.items() if ids])
+
+
+# -- retry, dead letters, seek ------------------------------------------------------------
+def settle_ids(call: ScriptCall, reply: Any, what: str, tally: Tally) -> set[str]:
+    """A ``retry``/``dead`` reply: the ids kept for another hand-out."""
+    st = call.st
+    res = retry_result(reply)
+    if res.status == 0:
+        raise NotOwnerError(f"{what} {st.topic}/{st.partition}: {res.detail} owns it now")
+    if res.status == -1:
+        raise lost_error(st, res.detail)
+    tally.dead(st.topic, res.dead)
+    return res.ids
+
+
+def settle_seek(st: PartitionState, reply: Any) -> str:
+    """A fenced seek's reply: the previous last-delivered id; reading restarts there."""
+    status = int(reply[0])
+    detail = reply[1].decode() if isinstance(reply[1], bytes) else str(reply[1])
+    if status == 0:
+        raise NotOwnerError(f"cannot seek {st.topic}/{st.partition}: {detail} owns it")
+    if status != 1:
+        raise StateLostError(f"cannot seek {st.topic}/{st.partition}: the {detail} is gone")
+    st.cursor, st.tail = "", ""
+    return detail
+
+
+# -- the fast path --------------------------------------------------------------------------
+def fast_ok(parts: list[PartitionState], reclaim_ms: int, now: float) -> bool:
+    """Steady state: nothing to recover, no reclaim due (the caller checks single node)."""
+    if not parts:
+        return False
+    return all(not st.cursor and not (reclaim_ms and now >= st.next_reclaim) for st in parts)
+
+
+def fast_check(parts: list[PartitionState], group: str) -> list[tuple[Any, ...]]:
+    """WATCH the fences and read them, and read an admin's "reclaim now" requests."""
+    check: list[tuple[Any, ...]] = [("WATCH", *[st.fence_key for st in parts])]
+    check += [("HGET", st.fence_key, group) for st in parts]
+    # An admin's "reclaim stuck entries now" request: consume.lua serves it.
+    check += [("HGET", st.groups_key, f"{group}:reclaim") for st in parts]
+    return check
+
+
+def fast_checked(parts: list[PartitionState], answers: list[Any]) -> bool:
+    """True if every fence holds our grant and no reclaim was asked (else: script path)."""
+    n = len(parts)
+    held, asked = answers[1 : n + 1], answers[n + 1 :]
+    if any(asked) or any(isinstance(h, Exception) for h in answers):
+        return False
+    return all(h == st.fence_bytes for h, st in zip(held, parts, strict=True))
+
+
+@dataclass(slots=True)
+class FastPlan:
+    """The transaction: the queued acks, then one XREADGROUP over every owned stream."""
+
+    parts: list[PartitionState]
+    acking: list[PartitionState]
+    txn: list[tuple[Any, ...]]
+
+    def settle(self, a: Assignment, replies: list[Any], tally: Tally) -> list[Record] | None:
+        """The records read, or None if the transaction did not run (a fence changed
+        meanwhile, or a group is missing: the script path finds out)."""
+        out = replies[-1]
+        if any(isinstance(r, Exception) for r in replies) or out is None:
+            return None
+        if any(isinstance(r, Exception) for r in out):
+            return None
+        a.acks_sent(st.tp for st in self.parts)
+        for st, acked in zip(self.acking, out, strict=False):  # XACK replies, then the read
+            tally.acked(st.topic, int(acked))
+        reply = out[-1]
+        if not reply:
+            return []
+        by_stream = {st.stream.encode(): st for st in self.parts}
+        records: list[Record] = []
+        # RESP3 answers a map {stream: entries}, RESP2 a list of [stream, entries].
+        for name, entries in reply.items() if isinstance(reply, dict) else reply:
+            st = by_stream[name]
+            st.tail = ""
+            records += records_from_read(st.topic, st.partition, entries)
+        return records
+
+
+def plan_fast(a: Assignment, parts: list[PartitionState], count: int) -> FastPlan:
+    acks = a.acks_for_read()
+    group = a.group
+    txn: list[tuple[Any, ...]] = [("MULTI",)]
+    acking: list[PartitionState] = []
+    for st in parts:
+        ids = acks.get(st.tp)
+        if ids:
+            txn.append(("XACK", st.stream, group, *ids))
+            acking.append(st)
+    streams = [st.stream for st in parts]
+    txn.append(("XREADGROUP", "GROUP", group, STREAM_CONSUMER, "COUNT", count,
+                "STREAMS", *streams, *(">" for _ in parts)))  # fmt: skip
+    txn.append(("EXEC",))
+    return FastPlan(parts, acking, txn)
+
+
+def lost_error(st: PartitionState, what: str) -> StateLostError:
+    return StateLostError(
+        f"the {what} of {st.topic}/{st.partition} vanished under this consumer (server "
+        "restarted without persistence, or a key was deleted or evicted); partstream will "
+        "not re-create it silently: decide where the group resumes with "
+        "`partstream group seek ... --execute`"
+    )

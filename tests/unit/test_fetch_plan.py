@@ -1,0 +1,202 @@
+"""The plans of a fetch, a hand-out and an ack, settled with replies recorded from a real
+server (Valkey 9, ``consume.lua`` via FCALL; ids and fences as that run produced them)."""
+
+from __future__ import annotations
+
+import pytest
+import redis.exceptions as rex
+
+from partitions._base.errors import NotOwnerError, StateLostError
+from partitions._base.keys import Keys
+from partitions._base.types import TopicPartition
+from partitions._consumer import plans
+from partitions._consumer.assignment import STREAM_CONSUMER, Assignment
+from partitions._consumer.calls import CONSUME, SEEK, ack_call, seek_call
+
+TP = TopicPartition("rect", 0)
+ID0, ID1, ID2 = "1796124626175-0", "1796124626175-1", "1796124626175-2"
+ENTRIES = [
+    [ID0.encode(), [b"key", b"k", b"value", b"v0"]],
+    [ID1.encode(), [b"key", b"k", b"value", b"v1"]],
+    [ID2.encode(), [b"key", b"k", b"value", b"v2"]],
+]
+# A takeover read: three entries recovered from the group's pending list (counts 0, 0, 0),
+# recovery done (cursor ''), nothing new after them (tail = the last id).
+TAKEOVER_READ = [1, 0, ENTRIES, b"", ID2.encode(), 0, 0, [0, 0, 0]]
+FIRST_READ = [1, 0, ENTRIES, b"", b"", 0, 0, []]  # a first '>' read: all new
+MOVED = rex.ResponseError("TRYAGAIN Multiple keys request during rehashing of slot")
+
+
+def assignment(*tps: TopicPartition) -> Assignment:
+    a = Assignment(Keys("ps"), "recg-a", "m1")
+    for tp in tps or (TP,):
+        a.assign(tp, 7)
+    return a
+
+
+def test_read_call_mirrors_the_script_header() -> None:
+    a = assignment()
+    a.acks[TP] = ["1-0", "2-0"]
+    plan = plans.plan_fetch(a, 100.0, count=500, start="0", max_deliveries=5, reclaim_ms=0)
+    (call,) = plan.calls
+    assert call.function == CONSUME
+    assert call.keys == ["ps:t:{rect:0}", "ps:t:{rect:0}:fence", "ps:t:{rect:0}:groups",
+                         "ps:t:{rect:0}:dlq"]  # fmt: skip
+    assert call.args == ["read", "recg-a", "m1 7", "rect", "0", STREAM_CONSUMER, 500, "-", 5,
+                         0, "0", "", 2, "1-0", "2-0"]  # fmt: skip
+    assert call.acks == ["1-0", "2-0"]
+    assert plan.commands()[0][:3] == ("FCALL", CONSUME, 4)
+
+
+def test_seek_call_takes_three_keys() -> None:
+    st = assignment().parts[TP]
+    call = seek_call(st, "5-0")
+    assert call.function == SEEK and len(call.keys) == 3
+    assert call.args == ["recg-a", "m1 7", "5-0", "0"]
+    assert ack_call(st, ["1-0"]).args[-2:] == [STREAM_CONSUMER, "1-0"]
+
+
+def test_reclaim_rides_along_only_when_due() -> None:
+    a = assignment()
+    first = plans.plan_fetch(a, 100.0, count=10, start="0", max_deliveries=5, reclaim_ms=8000)
+    again = plans.plan_fetch(a, 101.0, count=10, start="0", max_deliveries=5, reclaim_ms=8000)
+    later = plans.plan_fetch(a, 102.1, count=10, start="0", max_deliveries=5, reclaim_ms=8000)
+    assert [p.calls[0].args[9] for p in (first, again, later)] == [8000, 0, 8000]
+
+
+def test_a_takeover_read_settles_cursor_tail_and_marks_recovered_records() -> None:
+    a = assignment()
+    a.acks[TP] = ["1-0"]
+    tally = plans.Tally()
+    plan = plans.plan_fetch(a, 0.0, count=500, start="0", max_deliveries=5, reclaim_ms=0)
+    records, refused = plan.settle(a, [TAKEOVER_READ], tally)
+    st = a.parts[TP]
+    assert [r.id for r in records] == [ID0, ID1, ID2] and refused == []
+    assert all(r._claim and r.deliveries == 1 for r in records)
+    assert (st.cursor, st.tail) == ("", ID2)
+    assert a.acks == {}  # the call ran: its acks are the server's
+
+
+def test_new_records_need_no_recorded_hand_out() -> None:
+    a = assignment()
+    records, _ = plans.plan_fetch(
+        a, 0.0, count=500, start="0", max_deliveries=5, reclaim_ms=0
+    ).settle(a, [FIRST_READ], plans.Tally())
+    assert [r.value for r in records] == [b"v0", b"v1", b"v2"]
+    assert not any(r._claim for r in records)
+
+
+def test_a_call_that_did_not_run_keeps_its_acks() -> None:
+    other = TopicPartition("rect", 1)
+    a = assignment(TP, other)
+    a.acks[TP] = ["1-0"]
+    a.acks[other] = ["2-0"]
+    plan = plans.plan_fetch(a, 0.0, count=500, start="0", max_deliveries=5, reclaim_ms=0)
+    records, _ = plan.settle(a, [MOVED, FIRST_READ], plans.Tally())
+    assert a.acks == {TP: ["1-0"]} and len(records) == 3
+    assert a.parts[TP].cursor == "-"  # still to recover
+
+
+def test_not_owner_is_refused_and_its_acks_counted() -> None:
+    a = assignment()
+    a.acks[TP] = ["1-0", "2-0"]
+    tally = plans.Tally()
+    plan = plans.plan_fetch(a, 0.0, count=500, start="0", max_deliveries=5, reclaim_ms=0)
+    _, refused = plan.settle(a, [[0, b"m2 9"]], tally)
+    assert [(st.tp, res.detail) for st, res in refused] == [(TP, "m2 9")]
+    assert tally.refused_acks == 2
+
+
+def test_state_lost_raises() -> None:
+    a = assignment()
+    plan = plans.plan_fetch(a, 0.0, count=500, start="0", max_deliveries=5, reclaim_ms=0)
+    with pytest.raises(StateLostError, match="group of rect/0 vanished"):
+        plan.settle(a, [[-1, b"group"]], plans.Tally())
+
+
+def test_unsent_acks_ride_on_the_next_read_first() -> None:
+    a = assignment()
+    a.not_sent(TP, ["1-0"])
+    a.acks[TP] = ["2-0"]
+    plan = plans.plan_fetch(a, 0.0, count=500, start="0", max_deliveries=5, reclaim_ms=0)
+    assert plan.calls[0].acks == ["1-0", "2-0"] and a.unsent == {}
+
+
+def test_hand_plan_carries_acks_and_settles_gone_ids() -> None:
+    a = assignment()
+    records, _ = plans.plan_fetch(
+        a, 0.0, count=500, start="0", max_deliveries=5, reclaim_ms=0
+    ).settle(a, [TAKEOVER_READ], plans.Tally())
+    a.acks[TP] = ["1-0"]
+    plan = plans.plan_hand(a, a.claims(records))
+    (call,) = plan.calls
+    assert call.args[0] == "hand" and call.args[6:] == [1, "1-0", ID0, 1, ID1, 1, ID2, 1]
+    out = plan.settle(a, [[1, 1, [ID1.encode()]]], plans.Tally())
+    assert out.gone == {ID1} and not out.refused and not out.again
+    assert [r.id for r in a.recorded(records, out.gone, set())] == [ID0, ID2]
+    assert not any(r._claim for r in records if r.id != ID1)
+
+
+def test_hand_plan_that_did_not_run_recovers_from_the_last_handed() -> None:
+    a = assignment()
+    st = a.parts[TP]
+    st.cursor, st.last_id = "", ID0
+    records, _ = plans.plan_fetch(
+        a, 0.0, count=500, start="0", max_deliveries=5, reclaim_ms=0
+    ).settle(a, [TAKEOVER_READ], plans.Tally())
+    a.acks[TP] = ["1-0"]
+    plan = plans.plan_hand(a, a.claims(records))
+    out = plan.settle(a, [MOVED], plans.Tally())
+    assert out.again == {TP} and st.cursor == ID0 and a.unsent == {TP: ["1-0"]}
+
+
+def test_ack_plan_outcomes() -> None:
+    other = TopicPartition("rect", 1)
+    a = assignment(TP, other)
+    plan = plans.plan_ack(a, {TP: [ID0, ID1], other: ["3-0"]})
+    tally = plans.Tally()
+    refused = plan.settle(a, [[1, 2], MOVED], tally)
+    assert refused == [] and a.unsent == {other: ["3-0"]}
+    plan = plans.plan_ack(a, {TP: [ID2]})
+    assert [st.tp for st, _ in plan.settle(a, [[0, b"nobody"]], tally)] == [TP]
+    assert tally.refused_acks == 1
+    plan.unknown(a)
+    assert a.unsent == {other: ["3-0"], TP: [ID2]}
+
+
+def test_retry_and_seek_replies() -> None:
+    a = assignment()
+    st = a.parts[TP]
+    call = ack_call(st, [])
+    tally = plans.Tally()
+    assert plans.settle_ids(call, [1, [ID2.encode()], 0], "retrying", tally) == {ID2}
+    assert plans.settle_ids(call, [1, [], 1], "dead-lettering", tally) == set()
+    assert tally.dead_lettered == 1
+    with pytest.raises(NotOwnerError):
+        plans.settle_ids(call, [0, b"m2 9"], "retrying", tally)
+    assert plans.settle_seek(st, [1, b"0-0"]) == "0-0" and st.cursor == ""
+    with pytest.raises(NotOwnerError):
+        plans.settle_seek(st, [0, b"nobody"])
+    with pytest.raises(StateLostError):
+        plans.settle_seek(st, [-1, b"group"])
+
+
+def test_fast_path_check_and_transaction() -> None:
+    a = assignment()
+    st = a.parts[TP]
+    st.cursor = ""
+    assert plans.fast_ok([st], 0, 0.0) and not plans.fast_ok([], 0, 0.0)
+    check = plans.fast_check([st], "recg-a")
+    assert check[0] == ("WATCH", st.fence_key)
+    assert plans.fast_checked([st], [b"OK", b"m1 7", None])
+    assert not plans.fast_checked([st], [b"OK", b"m2 9", None])  # the fence moved
+    assert not plans.fast_checked([st], [b"OK", b"m1 7", b"0"])  # a reclaim was asked
+    a.acks[TP] = [ID0]
+    plan = plans.plan_fast(a, [st], 500)
+    assert plan.txn[1] == ("XACK", st.stream, "recg-a", ID0)
+    # RESP2: EXEC answers [XACK's count, [[stream, entries]]].
+    exec_reply = [1, [[st.stream.encode(), ENTRIES[1:]]]]
+    records = plan.settle(a, [b"OK", b"QUEUED", b"QUEUED", exec_reply], plans.Tally())
+    assert records is not None and [r.id for r in records] == [ID1, ID2]
+    assert a.acks == {}
+    assert plans.plan_fast(a, [st], 500).settle(a, [b"OK", b"QUEUED", None], plans.Tally()) is None

@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 from partitions import (
+    AsyncConsumer,
     Connection,
     Consumer,
     GroupSettings,
@@ -37,6 +38,7 @@ __all__ = [
     "FAST_GROUP",
     "create_topic",
     "drain",
+    "drain_async",
     "drop_namespace",
     "new_namespace",
     "produce",
@@ -150,4 +152,15 @@ def drain(
     end = time.monotonic() + timeout
     while len(out) < want and time.monotonic() < end:
         out += consumer.poll(timeout=poll_timeout)
+    return out
+
+
+async def drain_async(
+    consumer: AsyncConsumer, want: int, timeout: float = 10.0, poll_timeout: float = 0.2
+) -> list[Record]:
+    """:func:`drain` for an :class:`~partitions.AsyncConsumer`."""
+    out: list[Record] = []
+    end = time.monotonic() + timeout
+    while len(out) < want and time.monotonic() < end:
+        out += await consumer.poll(timeout=poll_timeout)
     return out

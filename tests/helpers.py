@@ -29,13 +29,22 @@ from partitions._client.connection import Connection
 from partitions._client.replicas import free_ports
 from partitions._client.server import valkey_binary
 from partitions.pytest_plugin import skip_or_fail as missing
-from partitions.testing import FAST_GROUP, create_topic, drain, drop_namespace, produce, wait_for
+from partitions.testing import (
+    FAST_GROUP,
+    create_topic,
+    drain,
+    drain_async,
+    drop_namespace,
+    produce,
+    wait_for,
+)
 
 __all__ = [
     "FAST",
     "REDIS7",
     "ServerProc",
     "drain",
+    "drain_async",
     "drop_namespace",
     "free_port",
     "missing",

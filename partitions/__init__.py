@@ -50,10 +50,13 @@ from partitions._client.connection import Connection, ServerInfo, connect
 from partitions._client.replicas import EmbeddedReplicaSet
 from partitions._client.server import EmbeddedServer
 from partitions._consumer.consumer import Consumer
+from partitions._producer.aio import AsyncProducer, AsyncRecordFuture
 from partitions._producer.producer import Producer, RecordFuture, RecordMetadata
 from partitions._producer.router import Router
 
 __all__ = [
+    "AsyncProducer",
+    "AsyncRecordFuture",
     "BufferFullError",
     "ClientConfig",
     "ClosedError",

@@ -189,6 +189,15 @@ def _s(raw: Any) -> str:
     return raw.decode() if isinstance(raw, bytes) else str(raw)
 
 
+def existing_meta(name: str, raw: Mapping[Any, Any]) -> TopicMeta:
+    """The topic's metadata from its hash as read (HGETALL); UnknownTopicError if empty."""
+    if not raw:
+        raise UnknownTopicError(
+            f"topic {name} does not exist (create it with `partstream topic create`)"
+        )
+    return meta_from_hash(name, raw)
+
+
 def meta_from_hash(name: str, raw: Mapping[Any, Any]) -> TopicMeta:
     data = {_s(k): _s(v) for k, v in raw.items()}
     regions = orjson.loads(data.get("regions") or "{}")
@@ -232,11 +241,7 @@ class TopicAdmin:
         raw = self._call(
             lambda: self._r.hgetall(self.keys.topic_meta(name)), f"reading topic {name}"
         )
-        if not raw:
-            raise UnknownTopicError(
-                f"topic {name} does not exist (create it with `partstream topic create`)"
-            )
-        return meta_from_hash(name, raw)
+        return existing_meta(name, raw)
 
     def exists(self, name: str) -> bool:
         validate_name(name, "topic")

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import redis.exceptions as rex
 
@@ -124,7 +124,16 @@ def is_redirect(err: BaseException) -> bool:
     return isinstance(err, _REDIRECTS) or str(err).startswith(_RETRY_PREFIXES)
 
 
-def retriable(conn: Connection, err: BaseException) -> bool:
+class Topology(Protocol):
+    """What the retry policy needs to know of a connection (sync or asyncio)."""
+
+    @property
+    def is_cluster(self) -> bool: ...
+
+    behind_sentinel: bool
+
+
+def retriable(conn: Topology, err: BaseException) -> bool:
     """Whether a command that failed with ``err`` may go again after the map is refreshed
     (:func:`redirect`): on a cluster a redirection or a lost node, behind Sentinels a lost
     primary; never on a single server (its errors are the caller's to judge)."""

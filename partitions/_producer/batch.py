@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 from partitions._admin.topics import TopicMeta
 from partitions._base.errors import ConfigError
 from partitions._base.functions import function_name
+from partitions._base.keys import Keys
 from partitions._base.records import (
     Key,
     Value,
@@ -33,7 +34,6 @@ from partitions._base.records import (
     encode_value,
     entry_fields,
 )
-from partitions._client.connection import Connection
 from partitions._client.wire import ASKING, NotSentError, bulk
 from partitions._producer.router import Router
 
@@ -191,12 +191,12 @@ class Route:
         "fetched", "for_key", "groups_keys", "meta", "n", "router", "seq_keys", "stream_keys",
     )  # fmt: skip
 
-    def __init__(self, meta: TopicMeta, conn: Connection) -> None:
+    def __init__(self, meta: TopicMeta, keys: Keys) -> None:
         self.meta = meta
         self.router: Router = meta.spec.router()
         self.n = meta.partitions
         self.for_key = self.router.key_partitioner()
-        k = conn.keys
+        k = keys
         self.stream_keys = [k.stream(meta.name, p).encode() for p in range(self.n)]
         self.seq_keys = [k.seq(meta.name, p).encode() for p in range(self.n)]
         self.groups_keys = [k.stream_groups(meta.name, p).encode() for p in range(self.n)]

@@ -241,7 +241,7 @@ class Producer:
 
     # -- internals ------------------------------------------------------------------------
     def _refresh(self, topic: str) -> Route:
-        route = Route(self._admin.get(topic), self._conn)
+        route = Route(self._admin.get(topic), self._conn.keys)
         self._routes[topic] = route
         return route
 

@@ -45,6 +45,7 @@ from partitions._base.errors import (
 )
 from partitions._base.records import Record
 from partitions._base.types import TopicPartition
+from partitions._client.aio import AsyncConnection, connect_async
 from partitions._client.config import ClientConfig, ConsumerConfig, ProducerConfig
 from partitions._client.connection import Connection, ServerInfo, connect
 from partitions._client.replicas import EmbeddedReplicaSet
@@ -55,6 +56,7 @@ from partitions._producer.producer import Producer, RecordFuture, RecordMetadata
 from partitions._producer.router import Router
 
 __all__ = [
+    "AsyncConnection",
     "AsyncProducer",
     "AsyncRecordFuture",
     "BufferFullError",
@@ -110,6 +112,7 @@ __all__ = [
     "acl_rules",
     "check_lag",
     "connect",
+    "connect_async",
     "execute_group_seek",
     "group_lag",
     "plan_group_seek",

@@ -238,7 +238,8 @@ class Sender:
         if step.what == "reload":
             self._reload()
             return None
-        return redirect(self._conn, step.err)
+        ask = redirect(self._conn, step.err)
+        return None if ask is None else ask.connection_pool
 
     def _reload(self) -> None:
         conn = self._conn

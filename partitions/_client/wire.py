@@ -6,8 +6,9 @@ buffer, write it with one ``sendall`` and read the replies in order. This module
 that happens, for both shells:
 
 * :func:`bulk`, :func:`pack` and :data:`ASKING` build RESP;
-* :func:`exchange` (threads, a ``redis.ConnectionPool``) and :func:`aexchange` (asyncio, a
-  :class:`AsyncLink` over a ``redis.asyncio`` pool or cluster node) write and read;
+* :func:`exchange` (threads, a ``redis.ConnectionPool``; :func:`exchange_on` on a connection
+  the caller holds) and :func:`aexchange` (asyncio, a :class:`AsyncLink` over a
+  ``redis.asyncio`` pool or cluster node) write and read;
 * :class:`Replies` is the convention both share for what comes back: a server error reply
   stays in place as the redis-py exception (a refusal: nothing of that call ran); a broken
   connection fills the unread places with the connection error (those calls are in doubt),
@@ -32,6 +33,7 @@ __all__ = [
     "aexchange",
     "bulk",
     "exchange",
+    "exchange_on",
     "pack",
 ]
 
@@ -101,6 +103,15 @@ def exchange(pool: Any, payload: list[bytes], expect: int) -> list[Any]:
         conn = pool.get_connection()
     except CONNECTION_ERRORS as err:
         return Replies.not_sent(err, expect)
+    try:
+        return exchange_on(conn, payload, expect)
+    finally:
+        pool.release(conn)
+
+
+def exchange_on(conn: Any, payload: list[bytes], expect: int) -> list[Any]:
+    """:func:`exchange` on a connection the caller holds (e.g. the consumer's own): after a
+    connection error it is disconnected, and the error stands for every unread reply."""
     replies = Replies(expect)
     try:
         conn.send_packed_command(payload, check_health=False)
@@ -112,8 +123,6 @@ def exchange(pool: Any, payload: list[bytes], expect: int) -> list[Any]:
     except CONNECTION_ERRORS as err:
         conn.disconnect()
         replies.broken(err)
-    finally:
-        pool.release(conn)
     return replies.out
 
 

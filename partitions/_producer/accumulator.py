@@ -29,6 +29,7 @@ from collections.abc import Callable
 from typing import Any
 
 from partitions._base.durability import Durability
+from partitions._base.errors import BufferFullError, ClosedError
 from partitions._base.functions import is_missing
 from partitions._client.config import ProducerConfig
 from partitions._producer.batch import MAX_BATCH_BYTES, Batch, Route
@@ -114,14 +115,30 @@ class Accumulator:
     def full(self) -> bool:
         return self.buffered >= self.buffer_limit
 
-    def partition_for_keyless(self, route: Route, topic: str, region: str | None) -> int:
-        first, last = route.router.range_for(region)
-        return self.sticky.partition(topic, region, first, last)
+    def accepts(self) -> bool:
+        """Whether a record may be appended now: False while the buffer is full (the shell
+        waits for room); ClosedError once closed."""
+        if self.closed:
+            raise ClosedError("send() on a closed producer")
+        return self.buffered < self.buffer_limit
 
-    def append(self, route: Route, p: int, chunk: bytes, nargs: int) -> tuple[Batch, int, bool]:
-        """Add one encoded record to partition ``p``'s open batch. Returns (batch, index in
-        it, whether a sender should wake: a first open batch or a newly sealed one)."""
+    def full_error(self) -> BufferFullError:
+        """What a send() that waited ``block_timeout`` for room raises."""
+        return BufferFullError(
+            f"producer buffer full ({self.buffer_limit} records unsent) for "
+            f"{self.config.block_timeout}s: the server is slow or unreachable"
+        )
+
+    def append(
+        self, route: Route, p: int | None, region: str | None, chunk: bytes, nargs: int
+    ) -> tuple[Batch, int, bool]:
+        """Add one encoded record to partition ``p``'s open batch (``p`` None: a keyless
+        record, placed by the sticky rule within ``region``). Returns (batch, index in it,
+        whether a sender should wake: a first open batch or a newly sealed one)."""
         topic = route.meta.name
+        if p is None:
+            first, last = route.router.range_for(region)
+            p = self.sticky.partition(topic, region, first, last)
         nbytes = len(chunk)
         wake = False
         batch = self.open.get((topic, p))

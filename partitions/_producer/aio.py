@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 import redis.exceptions as rex
 
 from partitions._admin.topics import existing_meta
-from partitions._base.errors import BufferFullError, ClosedError, translate
+from partitions._base.errors import ClosedError, translate
 from partitions._base.keys import validate_name
 from partitions._base.records import Key, Value
 from partitions._client.config import ProducerConfig
@@ -55,29 +55,26 @@ __all__ = ["AsyncProducer", "AsyncRecordFuture"]
 
 log = logging.getLogger("partstream.producer")
 
+# send() gives the loop a turn at least this often (and whenever a batch seals).
+YIELD_EVERY = 64
 
-class AsyncRecordFuture:
+
+class AsyncRecordFuture(RecordFuture):
     """The outcome of one :meth:`AsyncProducer.send`: ``await`` it for :class:`RecordMetadata`.
 
     Awaiting it any number of times, from any number of tasks, is fine; cancelling a waiting
-    task leaves the record alone.
+    task leaves the record alone. ``done()``, ``exception(0)`` and ``add_done_callback()``
+    are :class:`RecordFuture`'s (callbacks run on the sender task).
     """
 
-    __slots__ = ("_batch", "_index")
+    __slots__ = ()
 
-    def __init__(self, batch: Batch, index: int) -> None:
-        self._batch = batch
-        self._index = index
-
-    def done(self) -> bool:
-        return self._batch.event.is_set()
-
-    def result(self) -> RecordMetadata:
-        """The outcome now: RecordMetadata, or the record's error; InvalidStateError if the
-        record is not delivered yet."""
+    def result(self, timeout: float | None = None) -> RecordMetadata:
+        """The outcome now (never blocks the loop): RecordMetadata, or the record's error;
+        InvalidStateError if the record is not resolved yet."""
         if not self.done():
             raise asyncio.InvalidStateError("the record is not delivered yet")
-        return RecordFuture(self._batch, self._index).result(0)
+        return super().result(0)
 
     def __await__(self) -> Generator[Any, None, RecordMetadata]:
         return self._wait().__await__()
@@ -91,7 +88,7 @@ class AsyncRecordFuture:
                 if not waiter.done():
                     waiter.set_result(None)
 
-            RecordFuture(self._batch, self._index).add_done_callback(wake)
+            self.add_done_callback(wake)
             await waiter
         return self.result()
 
@@ -130,6 +127,7 @@ class AsyncProducer:
         self._rounds: dict[asyncio.Task[None], list[Batch]] = {}
         self._wake = asyncio.Event()  # the sender has something to look at
         self._progress = asyncio.Event()  # replaced each time records resolve (a broadcast)
+        self._since_yield = 0
 
     # -- public API -----------------------------------------------------------------------
     async def send(
@@ -149,18 +147,19 @@ class AsyncProducer:
             route = await self._refresh(topic)
         p, chunk, nargs = encode_record(route, value, key, headers, partition, region,
                                         self._max_bytes)  # fmt: skip
-        acc = self._acc
-        if acc.closed:
-            raise ClosedError("send() on a closed producer")
-        if acc.buffered >= acc.buffer_limit:
+        if not self._acc.accepts():
             await self._wait_for_room()
         if self._task is None:
             self._start()
-        if p is None:
-            p = acc.partition_for_keyless(route, topic, region)
-        batch, index, wake = acc.append(route, p, chunk, nargs)
+        batch, index, wake = self._acc.append(route, p, region, chunk, nargs)
         if wake:
             self._wake.set()
+        self._since_yield += 1
+        if wake or self._since_yield >= YIELD_EVERY:
+            # Let the sender task run: a producer that awaits nothing but send() would
+            # otherwise only buffer, and the sender's reads would wait for flush().
+            self._since_yield = 0
+            await asyncio.sleep(0)
         return AsyncRecordFuture(batch, index)
 
     async def send_and_wait(
@@ -252,10 +251,7 @@ class AsyncProducer:
         timeout = self.config.block_timeout
         self._wake.set()
         if not await self._until(lambda: not self._acc.full() or self._acc.closed, timeout):
-            raise BufferFullError(
-                f"producer buffer full ({self.config.buffer_records} records unsent) for "
-                f"{timeout}s: the server is slow or unreachable"
-            )
+            raise self._acc.full_error()
         if self._acc.closed:
             raise ClosedError("producer closed while send() waited for buffer space")
 

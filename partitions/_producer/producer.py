@@ -37,7 +37,7 @@ from collections.abc import Mapping
 from types import TracebackType
 
 from partitions._admin.topics import TopicAdmin
-from partitions._base.errors import BufferFullError, ClosedError
+from partitions._base.errors import ClosedError
 from partitions._base.records import Key, Value, encode_key
 from partitions._client.config import ClientConfig, ProducerConfig
 from partitions._client.connection import Connection, connect
@@ -128,15 +128,10 @@ class Producer:
             route = self._refresh(topic)
         p, chunk, nargs = encode_record(route, value, key, headers, partition, region,
                                         self._max_bytes)  # fmt: skip
-        acc = self._acc
         with self._lock:
-            if acc.closed:
-                raise ClosedError("send() on a closed producer")
-            if acc.buffered >= acc.buffer_limit:
+            if not self._acc.accepts():
                 self._wait_for_room()
-            if p is None:
-                p = acc.partition_for_keyless(route, topic, region)
-            batch, index, wake = acc.append(route, p, chunk, nargs)
+            batch, index, wake = self._acc.append(route, p, region, chunk, nargs)
             if wake:
                 self._cond.notify_all()
         return RecordFuture(batch, index)
@@ -252,10 +247,7 @@ class Producer:
         while self._acc.full():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise BufferFullError(
-                    f"producer buffer full ({self.config.buffer_records} records unsent) for "
-                    f"{timeout}s: the server is slow or unreachable"
-                )
+                raise self._acc.full_error()
             self._cond.notify_all()
             self._cond.wait(remaining)
             if self._acc.closed:

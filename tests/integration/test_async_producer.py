@@ -30,6 +30,7 @@ from partitions._admin.topics import TopicAdmin, TopicSpec
 from partitions._client.connection import Connection
 from partitions._client.nodes import node_for_key
 from tests.integration.own_server import own_server
+from tests.integration.test_producer_outages import _fill
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio, pytest.mark.timeout(90)]
 
@@ -223,22 +224,6 @@ async def test_acks_all_without_replicas_fails_typed_after_the_timeout(
 
 
 # -- out of memory (own servers) ---------------------------------------------------------------
-MAXMEMORY = 4 * 1024 * 1024
-
-
-def _fill(admin: redis.Redis) -> list[str]:
-    names = [f"filler:{i}" for i in range(200)]
-    admin.config_set("maxmemory", 0)
-    with admin.pipeline(transaction=False) as pipe:
-        for name in names:
-            pipe.set(name, b"f" * 32768)
-        pipe.execute()
-    admin.config_set("maxmemory", MAXMEMORY)
-    with pytest.raises(redis.exceptions.OutOfMemoryError):
-        admin.set("probe", "x")
-    return names
-
-
 async def test_oom_is_retried_then_delivered_or_fails_typed() -> None:
     from partitions._client.connection import connect
 
@@ -257,6 +242,7 @@ async def test_oom_is_retried_then_delivered_or_fails_typed() -> None:
                     assert not any(f.done() for f in futures)  # blocked, retrying
                     admin.delete(*fillers)
                     metas = [await f for f in futures]
+                admin.config_set("maxmemory", 0)
                 fillers = _fill(admin)
                 short = ProducerConfig(linger_ms=1, delivery_timeout_ms=1500)
                 async with AsyncProducer(c, short) as p:

@@ -9,7 +9,7 @@ from typing import Any, cast
 import pytest
 import redis.exceptions as rex
 
-from partitions._base.errors import DeliveryTimeoutError, WrongTypeError
+from partitions._base.errors import ClosedError, DeliveryTimeoutError, WrongTypeError
 from partitions._client.config import ProducerConfig
 from partitions._producer.accumulator import Accumulator, complete
 from partitions._producer.batch import MAX_BATCH_BYTES, Batch, Route
@@ -41,7 +41,7 @@ def make(clock: Clock, **cfg: Any) -> Accumulator:
 def fill(acc: Accumulator, r: Route, p: int, n: int) -> list[Batch]:
     batches: list[Batch] = []
     for _ in range(n):
-        batch, _, _ = acc.append(r, p, RECORD, 3)
+        batch, _, _ = acc.append(r, p, None, RECORD, 3)
         if not batches or batches[-1] is not batch:
             batches.append(batch)
     return batches
@@ -99,7 +99,7 @@ def test_retried_batch_goes_before_later_batches_of_its_partition() -> None:
 def test_linger_seals_an_open_batch() -> None:
     clock, r = Clock(), route()
     acc = make(clock, batch_size=100, linger_ms=5.0)
-    batch, _, wake = acc.append(r, 0, RECORD, 3)
+    batch, _, wake = acc.append(r, 0, None, RECORD, 3)
     assert wake  # the first open batch wakes a sender to time its linger
     taken, _, due = acc.drain()
     assert taken == [] and due == pytest.approx(clock.now + 0.005)
@@ -112,11 +112,11 @@ def test_size_seals_by_records_and_by_bytes() -> None:
     acc = make(clock, batch_size=3, linger_ms=60_000.0)
     fill(acc, r, 0, 2)
     assert acc.drain()[0] == []
-    _, _, wake = acc.append(r, 0, RECORD, 3)
+    _, _, wake = acc.append(r, 0, None, RECORD, 3)
     assert wake and len(acc.drain()[0]) == 1
     big = b"x" * (MAX_BATCH_BYTES // 2 + 1)
-    a, _, _ = acc.append(r, 1, big, 3)
-    b, _, wake = acc.append(r, 1, big, 3)  # would pass MAX_BATCH_BYTES: the first is sealed
+    a, _, _ = acc.append(r, 1, None, big, 3)
+    b, _, wake = acc.append(r, 1, None, big, 3)  # would pass MAX_BATCH_BYTES: the first is sealed
     assert a is not b and wake
     assert a.count == 1 and acc.ready[-1] is a
 
@@ -201,8 +201,22 @@ def test_closed_retries_are_abandoned() -> None:
     assert acc.buffered == 0 and acc.idle()
 
 
-def test_buffer_limit() -> None:
+def test_buffer_limit_and_closed() -> None:
     clock, r = Clock(), route()
     acc = make(clock, buffer_records=3)
-    fill(acc, r, 0, 3)
-    assert acc.full()
+    fill(acc, r, 0, 2)
+    assert acc.accepts()
+    fill(acc, r, 0, 1)
+    assert acc.full() and not acc.accepts()
+    acc.closed = True
+    with pytest.raises(ClosedError):
+        acc.accepts()
+
+
+def test_keyless_records_stick_to_a_partition_until_its_batch_seals() -> None:
+    clock, r = Clock(), route()
+    acc = make(clock, batch_size=2)
+    a, _, _ = acc.append(r, None, None, RECORD, 3)
+    b, _, _ = acc.append(r, None, None, RECORD, 3)  # seals: the sticky partition moves on
+    c, _, _ = acc.append(r, None, None, RECORD, 3)
+    assert a is b and a.partition == 0 and c.partition == 1

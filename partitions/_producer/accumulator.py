@@ -135,7 +135,7 @@ class Accumulator:
         """Add one encoded record to partition ``p``'s open batch (``p`` None: a keyless
         record, placed by the sticky rule within ``region``). Returns (batch, index in it,
         whether a sender should wake: a first open batch or a newly sealed one)."""
-        topic = route.meta.name
+        topic = route.topic
         if p is None:
             first, last = route.router.range_for(region)
             p = self.sticky.partition(topic, region, first, last)

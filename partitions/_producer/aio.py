@@ -143,15 +143,16 @@ class AsyncProducer:
         """Queue one record; returns its future. Raises as :meth:`Producer.send` does, before
         anything is queued; waits (up to ``block_timeout``) while the buffer is full."""
         route = self._routes.get(topic)
-        if route is None or route.stale(time.monotonic()):
+        if route is None or time.monotonic() > route.expires:
             route = await self._refresh(topic)
         p, chunk, nargs = encode_record(route, value, key, headers, partition, region,
                                         self._max_bytes)  # fmt: skip
-        if not self._acc.accepts():
+        acc = self._acc
+        if not acc.accepts():
             await self._wait_for_room()
         if self._task is None:
             self._start()
-        batch, index, wake = self._acc.append(route, p, region, chunk, nargs)
+        batch, index, wake = acc.append(route, p, region, chunk, nargs)
         if wake:
             self._wake.set()
         self._since_yield += 1

@@ -188,11 +188,13 @@ class Route:
     """Per-topic routing state cached by the producer."""
 
     __slots__ = (
-        "fetched", "for_key", "groups_keys", "meta", "n", "router", "seq_keys", "stream_keys",
+        "expires", "fetched", "for_key", "groups_keys", "meta", "n", "router", "seq_keys",
+        "stream_keys", "topic",
     )  # fmt: skip
 
     def __init__(self, meta: TopicMeta, keys: Keys) -> None:
         self.meta = meta
+        self.topic = meta.name
         self.router: Router = meta.spec.router()
         self.n = meta.partitions
         self.for_key = self.router.key_partitioner()
@@ -201,10 +203,9 @@ class Route:
         self.seq_keys = [k.seq(meta.name, p).encode() for p in range(self.n)]
         self.groups_keys = [k.stream_groups(meta.name, p).encode() for p in range(self.n)]
         self.fetched = time.monotonic()
-
-    def stale(self, now: float) -> bool:
-        """Due for a re-read, to pick up added partitions and retention changes."""
-        return now - self.fetched > METADATA_MAX_AGE_S
+        # Due for a re-read after this (monotonic clock), to pick up added partitions and
+        # retention changes: the shells compare it inline, once per record.
+        self.expires = self.fetched + METADATA_MAX_AGE_S
 
 
 def _explicit_partition(route: Route, partition: object) -> int:

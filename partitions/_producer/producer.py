@@ -124,14 +124,15 @@ class Producer:
         once ``delivery_timeout_ms`` ran out (or at once on an error no retry can fix).
         """
         route = self._routes.get(topic)
-        if route is None or route.stale(time.monotonic()):
+        if route is None or time.monotonic() > route.expires:
             route = self._refresh(topic)
         p, chunk, nargs = encode_record(route, value, key, headers, partition, region,
                                         self._max_bytes)  # fmt: skip
+        acc = self._acc
         with self._lock:
-            if not self._acc.accepts():
+            if acc.buffered >= acc.buffer_limit or acc.closed:  # inline: once per record
                 self._wait_for_room()
-            batch, index, wake = self._acc.append(route, p, region, chunk, nargs)
+            batch, index, wake = acc.append(route, p, region, chunk, nargs)
             if wake:
                 self._cond.notify_all()
         return RecordFuture(batch, index)
@@ -171,7 +172,7 @@ class Producer:
         queuing anything. Returns the record's partition (None for a keyless record: its
         partition is picked when it is sent)."""
         route = self._routes.get(topic)
-        if route is None or route.stale(time.monotonic()):
+        if route is None or time.monotonic() > route.expires:
             route = self._refresh(topic)
         return encode_record(route, value, key, headers, partition, region, self._max_bytes)[0]
 
@@ -241,7 +242,9 @@ class Producer:
         return route
 
     def _wait_for_room(self) -> None:
-        """Called with the lock held while the buffer is full."""
+        """Called with the lock held while the buffer is full (or the producer closed)."""
+        if self._acc.accepts():
+            return
         timeout = self.config.block_timeout
         deadline = time.monotonic() + timeout
         while self._acc.full():

@@ -28,7 +28,9 @@ class Clock:
 
 def route(topic: str = "t", partitions: int = 4) -> Route:
     router = Router(partitions)
-    return cast(Route, SimpleNamespace(meta=SimpleNamespace(name=topic), router=router))
+    return cast(
+        Route, SimpleNamespace(topic=topic, meta=SimpleNamespace(name=topic), router=router)
+    )
 
 
 def make(clock: Clock, **cfg: Any) -> Accumulator:

@@ -88,6 +88,7 @@ from partitions._client.replicas import EmbeddedReplicaSet, MemberStatus
 from partitions._client.server import EmbeddedServer, ServerStatus
 from partitions._consumer.aio import AsyncConsumer
 from partitions._consumer.consumer import Consumer
+from partitions._producer.aio import AsyncProducer, AsyncRecordFuture
 from partitions._producer.producer import Producer, RecordFuture, RecordMetadata
 from partitions._producer.router import Router
 from partitions._runner.retry import RetryPolicy
@@ -98,7 +99,9 @@ from partitions._telemetry.tracing import TracerProvider
 __all__ = [
     "AsyncConnection",
     "AsyncConsumer",
+    "AsyncProducer",
     "AsyncRebalanceListener",
+    "AsyncRecordFuture",
     "BufferFullError",
     "ClientConfig",
     "ClientMetrics",

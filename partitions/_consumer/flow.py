@@ -59,6 +59,12 @@ from partitions._consumer.ops import (
 
 log = logging.getLogger("partstream.consumer")
 
+# While some partitions hold buffered records, caught-up partitions that ran dry are read
+# again at most this often: often enough that their fresh records do not wait for the
+# others' backlog, rarely enough that iterating record by record does not cost a round
+# trip per record.
+REFILL_AFTER_S = 0.005
+
 
 def current_settings(member: Any) -> GroupSettings:
     """The group's settings as stored (once a heartbeat told them), else this member's."""
@@ -109,7 +115,7 @@ class ConsumerFlow:
         # The last connection failure poll() rode out (None: none yet), for diagnostics.
         self.last_error: ConnectionFailedError | None = None
         self.member_id = assignment.member_id
-        self._refill = False  # a hand-out happened since the last fetch
+        self._fetched_at = 0.0  # monotonic time of the last fetch
 
     # -- requests -----------------------------------------------------------------------------
     def enter(self) -> Step:
@@ -168,9 +174,9 @@ class ConsumerFlow:
             try:
                 yield from self.sync()
                 if a.buffered() and self.alive():
-                    if self._refill and a.refill_due():
-                        # Once per hand-out: caught-up partitions that ran dry are read
-                        # again before more of the others' backlog goes out.
+                    if time.monotonic() - self._fetched_at >= REFILL_AFTER_S and a.refill_due():
+                        # Caught-up partitions that ran dry are read again before more of
+                        # the others' backlog goes out.
                         yield from self.fill(tails=False)
                     out = a.take(n)
                     if any(r._claim for r in out):
@@ -178,7 +184,6 @@ class ConsumerFlow:
                         if not out:
                             continue
                     a.handed_out(out)
-                    self._refill = True
                     if self.metrics is not None:
                         self.metrics.consumed(out)
                     return out
@@ -232,8 +237,7 @@ class ConsumerFlow:
         """Read the partitions whose buffer ran dry into their buffers. ``tails=False``: other
         partitions hold records, so no blocking wait follows and their tails are not needed."""
         s, m = self.settings(), self.metrics
-        started = time.monotonic() if m is not None else 0.0
-        self._refill = False
+        started = self._fetched_at = time.monotonic()
         try:
             records, refused = yield from self.fetch(s.max_deliveries, s.reclaim_idle_ms, tails)
         except OUTCOME_UNKNOWN:

@@ -26,6 +26,8 @@ never holds back the fresh records of the others.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from itertools import groupby
+from operator import attrgetter
 
 from partitions._base.fence import fence_value
 from partitions._base.keys import Keys
@@ -90,6 +92,9 @@ class PartitionState:
         """Read again, in id order, what is pending after the last record handed out (a read
         whose reply was lost may have run: its entries are pending but were never handed)."""
         self.cursor = self.last_id or "-"
+
+
+_partition_of = attrgetter("topic", "partition")
 
 
 def _tp(r: Record) -> TopicPartition:
@@ -202,14 +207,8 @@ class Assignment:
     def fill(self, records: list[Record]) -> None:
         """Add a fetch's records (each partition's in id order) to their partitions' buffers."""
         bufs = self._bufs
-        key: tuple[str, int] = ("", -1)
-        buf: list[Record] = []
-        for r in records:
-            if r.partition != key[1] or r.topic != key[0]:
-                key = (r.topic, r.partition)
-                tp = TopicPartition(*key)
-                buf = bufs.setdefault(tp, [])
-            buf.append(r)
+        for key, run in groupby(records, _partition_of):
+            bufs.setdefault(TopicPartition(*key), []).extend(run)
 
     def take(self, n: int) -> list[Record]:
         """Up to ``n`` buffered records, round-robin over the partitions holding some (each

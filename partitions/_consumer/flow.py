@@ -58,6 +58,12 @@ from partitions._consumer.ops import (
 
 log = logging.getLogger("partstream.consumer")
 
+# While some partitions hold buffered records, caught-up partitions that ran dry are read
+# again at most this often: often enough that their fresh records do not wait for the
+# others' backlog, rarely enough that iterating record by record does not cost a round
+# trip per record.
+REFILL_AFTER_S = 0.005
+
 
 def current_settings(member: Any) -> GroupSettings:
     """The group's settings as stored (once a heartbeat told them), else this member's."""
@@ -108,6 +114,7 @@ class ConsumerFlow:
         # The last connection failure poll() rode out (None: none yet), for diagnostics.
         self.last_error: ConnectionFailedError | None = None
         self.member_id = assignment.member_id
+        self._fetched_at = 0.0  # monotonic time of the last fetch
 
     # -- requests -----------------------------------------------------------------------------
     def enter(self) -> Step:
@@ -166,6 +173,10 @@ class ConsumerFlow:
             try:
                 yield from self.sync()
                 if a.buffered() and self.alive():
+                    if time.monotonic() - self._fetched_at >= REFILL_AFTER_S and a.refill_due():
+                        # Caught-up partitions that ran dry are read again before more of
+                        # the others' backlog goes out.
+                        yield from self.fill(tails=False)
                     out = a.take(n)
                     if any(r._claim for r in out):
                         out = yield from self.record_handout(out)
@@ -221,11 +232,13 @@ class ConsumerFlow:
         return True
 
     # -- reads ----------------------------------------------------------------------------------
-    def fill(self) -> Step:
+    def fill(self, *, tails: bool = True) -> Step:
+        """Read the partitions whose buffer ran dry into their buffers. ``tails=False``: other
+        partitions hold records, so no blocking wait follows and their tails are not needed."""
         s, m = self.settings(), self.metrics
-        started = time.monotonic() if m is not None else 0.0
+        started = self._fetched_at = time.monotonic()
         try:
-            records, refused = yield from self.fetch(s.max_deliveries, s.reclaim_idle_ms)
+            records, refused = yield from self.fetch(s.max_deliveries, s.reclaim_idle_ms, tails)
         except OUTCOME_UNKNOWN:
             # The read may have run without its reply reaching us (connection lost, server
             # killed after appending it to its AOF): its entries are then pending for the
@@ -242,13 +255,13 @@ class ConsumerFlow:
             records = yield from self.dead_letter_foreign(records)
         self.a.fill(records)
 
-    def fetch(self, max_deliveries: int, reclaim_ms: int) -> Step:
-        """Read every owned partition (its acks riding along) in one round trip."""
+    def fetch(self, max_deliveries: int, reclaim_ms: int, tails: bool = True) -> Step:
+        """Read every dry partition (its acks riding along) in one round trip."""
         now = time.monotonic()
         parts = self.a.reading()
         if not self.is_cluster and plans.fast_ok(parts, reclaim_ms, now):
             fast = yield from self.fast_fetch(parts)
-            if fast:
+            if fast or (fast is not None and not tails):
                 return fast, []
             # Nothing new (or the fast path stepped aside): the script path below also
             # answers each partition's tail, which a blocking wait needs.

@@ -52,6 +52,7 @@ if op == 'alter' then
   local before = redis.call('HGET', K_CFG, 'assignor')
   redis.call('HSET', K_CFG, unpack(settings_from(2)))
   if redis.call('HGET', K_CFG, 'assignor') ~= before then
+    redis.call('HSET', K_STATE, 'epoch_ms', now_ms())
     redis.call('HINCRBY', K_STATE, 'epoch', 1)
   end
   return {'OK', tonumber(redis.call('HGET', K_STATE, 'epoch'))}

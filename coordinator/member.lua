@@ -2,7 +2,8 @@
 
 KEYS (all under the group's hash tag {<group>}):
   1 cfg        hash   group settings (assignor, session_timeout_ms, ...)
-  2 state      hash   epoch, target_epoch, grant, created_ms, topic:<name> -> partitions
+  2 state      hash   epoch, epoch_ms (server time of its last bump), target_epoch, grant,
+                      created_ms, topic:<name> -> partitions
   3 members    hash   member_id -> cjson {i=instance, c=client, t=topics, e=epoch,
                       pe=previous epoch, l=1 if a static member left temporarily,
                       o=owned partitions "topic:p topic:p"}
@@ -25,7 +26,10 @@ Every op first evicts members silent past session_timeout_ms (server TIME), free
 partitions and bumping the group epoch.
 
 Reply: {"OK", member_id, member_epoch, group_epoch, target_epoch, settings {k, v, ...},
-        owned {"topic:p", token, grant_epoch, ...}, to_revoke {...}, pending {...}, created}
+        owned {"topic:p", token, grant_epoch, ...}, to_revoke {...}, pending {...}, created,
+        epoch_age_ms, members}
+        (epoch_age_ms: how long ago the group epoch last changed, by server time; members: how
+        many members the group has: members debounce target computations with them)
    or  {"ERR", code, message} with code FENCED | UNKNOWN_MEMBER | DUPLICATE_INSTANCE |
        STATE_LOST.
 Tokens are decimal strings: they exceed cjson's and Lua's integer precision for printing.
@@ -69,6 +73,7 @@ local function put_member(id, rec)
 end
 
 local function bump_epoch()
+  redis.call('HSET', K_STATE, 'epoch_ms', now_ms())
   return redis.call('HINCRBY', K_STATE, 'epoch', 1)
 end
 
@@ -177,8 +182,9 @@ end
 
 local function reply(id, rec, created)
   local flat, to_revoke, pending, gepoch, tepoch = reconcile(id, rec)
+  local bumped = tonumber(redis.call('HGET', K_STATE, 'epoch_ms')) or 0
   return {'OK', id, rec.e, gepoch, tepoch, redis.call('HGETALL', K_CFG), flat, to_revoke,
-          pending, created}
+          pending, created, math.max(0, now_ms() - bumped), redis.call('HLEN', K_MEMBERS)}
 end
 
 local now = now_ms()

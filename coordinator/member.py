@@ -138,6 +138,21 @@ def assign_status(reply: list[Any]) -> tuple[str, str]:
 # -- the member: state and steps, then the blocking shell ----------------------------------
 
 
+def target_due(result: HeartbeatResult) -> bool:
+    """Whether a member should compute the group's stale target now.
+
+    Not while the group epoch is younger than a tenth of the heartbeat interval, unless the
+    member is alone: every join and leave bumps the epoch, and a target computed in the middle
+    of a burst (a rolling deploy, 1,000 members starting) is stale before it is written. A
+    member with a stale target heartbeats every fifth of an interval (it is reconciling), so
+    the first heartbeat after the burst computes it, once. A reply without the epoch's age
+    (a recorded one) computes at once.
+    """
+    if result.epoch_age_ms is None or result.members <= 1:
+        return True
+    return result.epoch_age_ms >= result.settings.heartbeat_interval_ms // 10
+
+
 class MemberCore:
     """A member's identity and what its last reply said, and each operation as steps
     (partitions/_base/steps.py) over the Functions actions: no I/O, no lock. The blocking
@@ -267,7 +282,11 @@ class MemberCore:
 
     def _settle(self, result: HeartbeatResult) -> Steps[HeartbeatResult]:
         # A stale target: compute and submit it, then heartbeat once more to get the grants.
-        if result.target_stale and (yield from self.target_steps(result.group_epoch)):
+        if (
+            result.target_stale
+            and target_due(result)
+            and (yield from self.target_steps(result.group_epoch))
+        ):
             created = result.created_group
             assert self._epoch is not None
             call = heartbeat_request(self.keys, self.group, self.member_id, self._epoch)

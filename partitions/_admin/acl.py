@@ -105,7 +105,8 @@ _CONSUMER_FENCE = ("+hget", "+hset", "+hdel", "+hexists", "+watch")
 _CONSUMER_TXN = ("+multi", "+exec", "+discard", "+unwatch")
 # The member and admin functions on the group's coordinator keys: join checks every key's
 # TYPE, assign replaces the target hash (DEL + HSET), the group bootstrap uses HSETNX and
-# HINCRBY, describe reads with HGETALL/HVALS, heartbeats and evictions use the hb zset.
+# HINCRBY, describe reads with HGETALL/HVALS, heartbeats and evictions use the hb zset;
+# every join/heartbeat reply counts the members (HLEN: the members' debounce of targets).
 _CONSUMER_GROUP = (
     "+type",
     "+del",
@@ -116,6 +117,7 @@ _CONSUMER_GROUP = (
     "+hexists",
     "+hgetall",
     "+hincrby",
+    "+hlen",
     "+hvals",
     "+exists",
     "+zadd",

@@ -478,8 +478,9 @@ def parse_member_reply(reply: list[Any], group: str) -> HeartbeatResult:
     """Parse member.lua's join/heartbeat reply."""
     raise_for_status(reply, group)
     _, member_id, member_epoch, group_epoch, target_epoch, cfg, flat, revoke, pending, created = (
-        reply
+        reply[:10]
     )
+    age, members = (int(reply[10]), int(reply[11])) if len(reply) >= 12 else (None, 0)
     owned = {
         TopicPartition.parse(flat[i]): Grant(int(flat[i + 1]), int(flat[i + 2]))
         for i in range(0, len(flat), 3)
@@ -494,6 +495,8 @@ def parse_member_reply(reply: list[Any], group: str) -> HeartbeatResult:
         to_revoke=frozenset(TopicPartition.parse(tp) for tp in revoke),
         pending=frozenset(TopicPartition.parse(tp) for tp in pending),
         created_group=bool(int(created)),
+        epoch_age_ms=age,
+        members=members,
     )
 
 

@@ -91,6 +91,11 @@ class HeartbeatResult:
     to_revoke: frozenset[TopicPartition]
     pending: frozenset[TopicPartition]
     created_group: bool = False
+    # How long ago (server time) the group epoch last changed, and how many members the
+    # group has: a member computes a stale target only once the group has been quiet for a
+    # moment (see coordinator.member), so a burst of joins costs one computation, not one each.
+    epoch_age_ms: int | None = None
+    members: int = 0
 
     @property
     def target_stale(self) -> bool:

@@ -83,10 +83,11 @@ def run_live_group_bench(opts: LiveGroupOptions, say: Callable[[str], None]) -> 
 
 def _run(conn: Connection, opts: LiveGroupOptions, say: Callable[[str], None]) -> dict[str, Any]:
     topics = _topics(opts)
-    # A long session: the rounds of a large group take longer than a real heartbeat interval,
-    # and an eviction would measure the bench, not the coordinator.
+    # The default heartbeat interval (it also sets the members' debounce of target
+    # computations), but a long session: the rounds of a large group take longer than a real
+    # interval, and an eviction would measure the bench, not the coordinator.
     settings = GroupSettings(
-        session_timeout_ms=3_600_000, heartbeat_interval_ms=60_000, assignor=opts.assignor
+        session_timeout_ms=3_600_000, heartbeat_interval_ms=3_000, assignor=opts.assignor
     )
     durations: list[float] = []  # every member's target computations, shared
 

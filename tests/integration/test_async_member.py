@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import anyio
 import pytest
 
 from coordinator.aio import AsyncMember, fence_async
@@ -26,7 +27,9 @@ async def test_an_async_and_a_sync_member_share_a_group(
     assert joined.created_group and len(joined.owned) == 4
     second = Member(conn.client, conn.keys, "g", {"t": 4}, settings=FAST)
     second.join()
-    # The first must hand back half: revoked before anyone else is granted them.
+    # The first must hand back half: revoked before anyone else is granted them (once the
+    # target is computed: a tenth of an interval after the join, the members' debounce).
+    await anyio.sleep(FAST.heartbeat_interval_ms / 10 / 1000 + 0.01)
     beat = await first.heartbeat()
     assert len(beat.to_revoke) == 2
     assert not second.heartbeat().owned  # nothing granted while first still owns them

@@ -47,6 +47,9 @@ def settle(members: list[Member], rounds: int = 10) -> dict[str, HeartbeatResult
             last[m.member_id] = r
         if not any(r.reconciling for r in last.values()):
             return last
+        # Reconciling members heartbeat every fifth of an interval; a stale target waits for
+        # a tenth of one without epoch changes (members debounce target computations).
+        time.sleep(members[0].settings.heartbeat_interval_ms / 10 / 1000)
     raise AssertionError(f"did not settle: {last}")
 
 
@@ -89,6 +92,11 @@ def test_cooperative_rebalance_revokes_before_granting(conn: Connection) -> None
     a, b = member(conn, "a"), member(conn, "b")
     a.join()
     rb = b.join()
+    # b's join made the target stale, but the group changed a moment ago: b waits for the
+    # members' debounce (a tenth of the heartbeat interval) before it computes the target.
+    assert rb.target_stale and rb.owned == {} and rb.pending == frozenset()
+    time.sleep(FAST.heartbeat_interval_ms / 10 / 1000 + 0.01)
+    rb = b.heartbeat()
     assert rb.owned == {} and len(rb.pending) == 6  # all six still owned by a
     ra = a.heartbeat()
     assert ra.to_revoke == rb.pending and len(ra.owned) == 12

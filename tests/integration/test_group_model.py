@@ -14,6 +14,7 @@ description of the group:
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import pytest
@@ -97,6 +98,9 @@ class GroupModel(RuleBasedStateMachine):
             d = admin.describe(self.group)
             if d.state == "stable":
                 break
+            # As a reconciling member would: a stale target waits for a quiet tenth of the
+            # heartbeat interval before a member computes it (the members' debounce).
+            time.sleep(d.settings.heartbeat_interval_ms / 10 / 1000)
         d = admin.describe(self.group)
         assert d.state == "stable", d.to_dict()
         counts = [len(m.owned) for m in d.members]

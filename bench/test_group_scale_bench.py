@@ -18,7 +18,10 @@ def test_live_group_bench_reaches_stable_and_moves_only_a_share(server_url: str)
     assert result["after_joins"]["stable"] and result["after_extra_join"]["stable"]
     share = result["fair_share"]
     assert 1 <= result["moved_on_extra_join"] <= 2 * share + 1  # sticky: about one share
-    assert result["assignor_seconds"]["count"] >= 41  # every join computed a target
+    computed = result["target_computation_seconds"]
+    # Members debounce: the joins in a burst leave the computation to the settling rounds.
+    assert computed["settling"]["count"] >= 1 and computed["extra_join"]["count"] >= 1
+    assert computed["joins"]["count"] <= 5, computed
     for phase in ("after_joins", "after_extra_join"):
         assert result[phase]["server_us_per_heartbeat"] > 0
     assert any(line.startswith("the extra join moved") for line in lines)

@@ -12,7 +12,9 @@ again. The figures:
 * the server's CPU per heartbeat (``INFO cpu`` over the rounds, join calls excluded) and per
   join call, as the server's own counters measure them;
 * the assignor's time per rebalance: every target computation a member made (describe, the
-  assignor, the compare-and-set), median and max, and how many there were;
+  assignor, the compare-and-set, round trips included), median and max, and how many there
+  were, during the joins, while settling, and after the extra join (members debounce
+  computations: a burst of joins should cost about one);
 * partitions that changed owner on the extra join, against its fair share (partitions /
   members): a sticky assignor moves about that many and no more.
 
@@ -31,6 +33,7 @@ from typing import Any
 
 from coordinator.member import Member
 from partitions._base.settings import GroupSettings
+from partitions._base.steps import Steps
 from partitions._base.types import TopicPartition
 from partitions._client.connection import Connection
 from partitions.bench.env import bench_server, drop_namespace, environment, new_namespace
@@ -47,14 +50,15 @@ class LiveGroupOptions:
 
 
 class _TimedMember(Member):
-    """A member that records how long each target computation took."""
+    """A member that records how long each target computation took (the describe, the
+    assignor and the compare-and-set, round trips included)."""
 
     durations: list[float]
 
-    def compute_target(self, epoch: int) -> bool:
+    def target_steps(self, epoch: int) -> Steps[bool]:
         t0 = time.perf_counter()
         try:
-            return super().compute_target(epoch)
+            return (yield from super().target_steps(epoch))
         finally:
             self.durations.append(time.perf_counter() - t0)
 
@@ -114,6 +118,7 @@ def _run(conn: Connection, opts: LiveGroupOptions, say: Callable[[str], None]) -
         f"{len(joins_computed)} target computations on the way)"
     )
     first = _rounds(conn, members, opts, say, "after the joins")
+    settle_computed = durations[len(joins_computed) :]
     before = _owners(members)
     durations.clear()
     newcomer = member(opts.members)
@@ -123,9 +128,11 @@ def _run(conn: Connection, opts: LiveGroupOptions, say: Callable[[str], None]) -
     after = _owners(members)
     moved = sum(1 for tp, owner in after.items() if before.get(tp) != owner)
     share = opts.partitions / len(members)
+    say(f"the extra join moved {moved} partitions (its fair share: {share:.1f})")
     say(
-        f"the extra join moved {moved} partitions (its fair share: {share:.1f}); "
-        f"assignor: {_duration_text(joins_computed + durations)}"
+        f"target computations: during the joins {_duration_text(joins_computed)}; "
+        f"settling {_duration_text(settle_computed)}; after the extra join "
+        f"{_duration_text(durations)}"
     )
     return {
         "mode": "coordinator-live",
@@ -136,7 +143,11 @@ def _run(conn: Connection, opts: LiveGroupOptions, say: Callable[[str], None]) -
         "after_extra_join": second,
         "moved_on_extra_join": moved,
         "fair_share": round(share, 2),
-        "assignor_seconds": _duration_stats(joins_computed + durations),
+        "target_computation_seconds": {
+            "joins": _duration_stats(joins_computed),
+            "settling": _duration_stats(settle_computed),
+            "extra_join": _duration_stats(durations),
+        },
     }
 
 
@@ -204,8 +215,8 @@ def _duration_stats(values: list[float]) -> dict[str, Any]:
 def _duration_text(values: list[float]) -> str:
     s = _duration_stats(values)
     if not s["count"]:
-        return "no target computations"
+        return "none"
     return (
-        f"{s['count']} target computations, median {s['median'] * 1000:.1f} ms, "
-        f"max {s['max'] * 1000:.1f} ms, total {s['total']:.2f} s"
+        f"{s['count']}, median {s['median'] * 1000:.1f} ms, max {s['max'] * 1000:.1f} ms, "
+        f"total {s['total']:.2f} s"
     )

@@ -3,7 +3,9 @@
 Each partition has its own dead-letter stream (``Keys.dlq``) in the partition's slot, so the
 consumer moves an entry there and acks it in one atomic script. An entry keeps the original
 key, value and headers plus ``dlq.*`` fields: origin topic, partition, id, group, delivery
-count and reason (``max_deliveries``, ``trimmed`` or a user reason).
+count and reason (``max_deliveries``, ``trimmed``, ``deserialization`` or a user reason: a
+short label), and the error that sent it there when one was given (``dlq.error``, at most
+1 KiB of text).
 
 :class:`DeadLetterTally` counts a dead-letter stream's entries by group and reason for the
 metrics exporter, reading each entry once (see its docstring for exactly what it counts).
@@ -53,6 +55,9 @@ class DeadLetter:
     record: Record  # the original entry's fields as they were (none if it was trimmed)
     omitted: int = 0  # original fields left out (another client's entry with thousands)
     problems: tuple[str, ...] = ()
+    # Why it failed, as text ("ValueError: ..."), cut to 1 KiB; None when the dead letter
+    # carries none (entries written before errors were kept, or a reason-only dead_letter()).
+    error: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = {
@@ -63,6 +68,7 @@ class DeadLetter:
             "group": self.group,
             "deliveries": self.deliveries,
             "reason": self.reason,
+            "error": self.error,
             "key": _display(self.record.key),
             "value": _display_value(self.record.value),
             "headers": {k: _display(v) for k, v in self.record.headers.items()},
@@ -94,6 +100,10 @@ def dead_letter_from_entry(entry: Any) -> DeadLetter:
             i += 2
         else:
             problems.append(f"no dlq.{name}")
+    error = None
+    if i + 1 < len(flat) and flat[i] == b"dlq.error":
+        error = _display(flat[i + 1])
+        i += 2
     omitted = 0
     if i + 1 < len(flat) and flat[i] == b"dlq.omitted":
         omitted = _int(_text(flat[i + 1]), "omitted", problems) or 0
@@ -119,6 +129,7 @@ def dead_letter_from_entry(entry: Any) -> DeadLetter:
         record=record,
         omitted=omitted,
         problems=tuple(problems),
+        error=error,
     )
 
 

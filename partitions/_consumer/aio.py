@@ -176,9 +176,12 @@ class AsyncConsumer:
         """Deliver ``record`` again next (or dead-letter it once out of deliveries)."""
         await self._drive(self._enter().nack(record))
 
-    async def dead_letter(self, record: Record, reason: str = "rejected") -> None:
-        """Move ``record`` to its partition's dead-letter stream now, with ``reason``."""
-        await self._drive(self._enter().dead_letter(record, reason))
+    async def dead_letter(
+        self, record: Record, reason: str = "rejected", *, error: str | None = None
+    ) -> None:
+        """Move ``record`` to its partition's dead-letter stream now, with ``reason`` (a
+        short label) and optionally ``error`` (free text, kept up to 1 KiB)."""
+        await self._drive(self._enter().dead_letter(record, reason, error))
 
     async def seek(self, topic: str, partition: int, to: str | int) -> None:
         """Read an owned partition from ``to`` ('earliest', 'latest', an id, a time in ms)."""

@@ -171,10 +171,15 @@ class Consumer:
         self._enter()
         self._fetcher.drive(self._flow.nack(record))
 
-    def dead_letter(self, record: Record, reason: str = "rejected") -> None:
-        """Move ``record`` to its partition's dead-letter stream now, with ``reason``."""
+    def dead_letter(
+        self, record: Record, reason: str = "rejected", *, error: str | None = None
+    ) -> None:
+        """Move ``record`` to its partition's dead-letter stream now, with ``reason`` (a
+        short label, e.g. ``bad-schema``: ConfigError otherwise) and optionally ``error``,
+        free text such as the exception (kept up to 1 KiB, see :attr:`DeadLetter.error
+        <partitions._admin.deadletter.DeadLetter.error>`)."""
         self._enter()
-        self._fetcher.drive(self._flow.dead_letter(record, reason))
+        self._fetcher.drive(self._flow.dead_letter(record, reason, error))
 
     # -- positions --------------------------------------------------------------------------
     def seek(self, topic: str, partition: int, to: str | int) -> None:

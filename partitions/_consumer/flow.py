@@ -38,7 +38,13 @@ from partitions._base.types import TopicPartition
 from partitions._client.config import ConsumerConfig
 from partitions._consumer import ops, plans
 from partitions._consumer.assignment import Assignment
-from partitions._consumer.calls import ScriptCall, dead_call, retry_call, seek_call
+from partitions._consumer.calls import (
+    ScriptCall,
+    check_reason,
+    dead_call,
+    retry_call,
+    seek_call,
+)
 from partitions._consumer.ops import (
     OUTCOME_UNKNOWN,
     RECONNECT_PAUSE_S,
@@ -378,11 +384,13 @@ class ConsumerFlow:
         if kept:
             self.a.push_front(record.again())
 
-    def dead_letter(self, record: Record, reason: str) -> Step:
+    def dead_letter(self, record: Record, reason: str, error: str | None = None) -> Step:
+        check_reason(reason)  # before the record is forgotten
         yield from self.enter()
         st = self.owned_state(record)
         self.a.forget(record)
-        yield from self.one(dead_call(st, [record], reason, handed=True), "dead-lettering")
+        call = dead_call(st, [record], reason, handed=True, errors=[error])
+        yield from self.one(call, "dead-lettering")
 
     def one(self, call: ScriptCall, what: str) -> Step:
         reply = (yield from self.run([call], what, durable=True))[0]

@@ -115,7 +115,8 @@ def run(
     ``handler`` is ``def handler(record)`` or ``async def handler(record)``; its return value
     is ignored, an exception is retried by ``retry`` (default :class:`RetryPolicy`: 3 attempts)
     and then dead-letters the record (reason ``retries_exhausted``, or ``handler_error`` for an
-    exception the policy does not retry). ``config``'s ``auto_commit`` is ignored: the runner
+    exception the policy does not retry), with the last error as the dead letter's ``error``
+    (``"ValueError: ..."``). ``config``'s ``auto_commit`` is ignored: the runner
     acknowledges each record when it is done. ``metrics``: a :class:`~partitions.ClientMetrics`
     the consumer records into; ``health_port``: serve ``GET /health`` there (and ``/metrics``,
     the exposition of ``metrics_registry``, a prometheus_client registry). ``stop``: set it
@@ -339,7 +340,7 @@ class Runner:
             error,
         )
         try:
-            consumer.dead_letter(rec, reason)
+            consumer.dead_letter(rec, reason, error=f"{type(error).__name__}: {error}")
             self.stats.dead_lettered += 1
         except NotOwnerError:
             self.stats.refused += 1

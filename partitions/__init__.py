@@ -44,6 +44,13 @@ from partitions._base.errors import (
     WrongTypeError,
 )
 from partitions._base.records import Record
+from partitions._base.serde import (
+    BytesSerializer,
+    JsonSerializer,
+    ModelSerializer,
+    MsgpackSerializer,
+    Serializer,
+)
 from partitions._base.types import TopicPartition
 from partitions._client.config import ClientConfig, ConsumerConfig, ProducerConfig
 from partitions._client.connection import Connection, ServerInfo, connect
@@ -59,6 +66,7 @@ from partitions._runner.runner import RunStats, run
 __all__ = [
     "AsyncConsumer",
     "BufferFullError",
+    "BytesSerializer",
     "ClientConfig",
     "ClosedError",
     "ConfigError",
@@ -76,7 +84,10 @@ __all__ = [
     "GroupAdmin",
     "GroupSettings",
     "InvalidNameError",
+    "JsonSerializer",
     "MembershipError",
+    "ModelSerializer",
+    "MsgpackSerializer",
     "NotEnoughReplicasError",
     "NotOwnerError",
     "OperationTimeoutError",
@@ -95,6 +106,7 @@ __all__ = [
     "Router",
     "RunStats",
     "SerializationError",
+    "Serializer",
     "ServerError",
     "ServerInfo",
     "ServerOutOfMemoryError",

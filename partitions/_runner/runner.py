@@ -42,6 +42,7 @@ from typing import Any
 from coordinator.settings import GroupSettings
 from partitions._base.errors import ConfigError, NotOwnerError, PollIntervalExceededError
 from partitions._base.records import Record
+from partitions._base.serde import Serializer
 from partitions._base.types import TopicPartition
 from partitions._client.config import ClientConfig, ConsumerConfig
 from partitions._client.connection import Connection
@@ -109,6 +110,7 @@ def run(
     metrics_registry: Any = None,
     stop: threading.Event | None = None,
     handle_signals: bool = True,
+    value_serializer: Serializer | None = None,
 ) -> RunStats:
     """Run ``handler`` over ``topics`` as a member of ``group`` until stopped (see module).
 
@@ -121,6 +123,9 @@ def run(
     the consumer records into; ``health_port``: serve ``GET /health`` there (and ``/metrics``,
     the exposition of ``metrics_registry``, a prometheus_client registry). ``stop``: set it
     to stop (from another thread); with ``handle_signals`` SIGTERM and SIGINT set it too.
+    ``value_serializer``: the handler gets ``record.value`` loaded by it (a
+    :class:`~partitions.Serializer`); a record that does not load never reaches the handler,
+    it is dead-lettered as ``deserialization`` with the error.
     """
     runner = Runner(
         handler,
@@ -136,6 +141,7 @@ def run(
         instance_id=instance_id,
         metrics=metrics,
         stop=stop,
+        value_serializer=value_serializer,
     )
     return runner.run(
         health_port=health_port,
@@ -164,6 +170,7 @@ class Runner:
         instance_id: str | None = None,
         metrics: Any = None,
         stop: threading.Event | None = None,
+        value_serializer: Serializer | None = None,
     ) -> None:
         if not callable(handler):
             raise ConfigError(f"the handler must be callable, got {handler!r}")
@@ -182,6 +189,7 @@ class Runner:
         self._config = replace(config or ConsumerConfig(), auto_commit=False)
         self._group_settings, self._instance_id = group_settings, instance_id
         self._metrics = metrics
+        self._value_serializer = value_serializer
         self._cond = threading.Condition()
         self._outcomes: list[_Outcome] = []
         # Non-blocking retries: (due, tie-breaker, record) of deferred records, and the
@@ -225,6 +233,7 @@ class Runner:
                 instance_id=self._instance_id,
                 listener=_Listener(self),
                 metrics=self._metrics,
+                value_serializer=self._value_serializer,
             )
             if health_port is not None:
                 from partitions._runner.health import HealthServer

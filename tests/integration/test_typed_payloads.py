@@ -5,6 +5,7 @@ while the records after it flow (threaded and asyncio consumer, default settings
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from typing import Any
 
@@ -23,6 +24,7 @@ from partitions import (
     Record,
     TopicAdmin,
     TopicSpec,
+    run,
 )
 from partitions._admin.deadletter import DeadLetters
 from partitions._client.connection import Connection
@@ -158,3 +160,25 @@ def test_a_recovered_poison_record_is_dead_lettered_on_takeover(conn: Connection
     # Its one hand-out (to the first consumer) was the unrecorded first one: 0 recorded.
     assert (d.reason, d.record.value, d.deliveries) == ("deserialization", b"nope", 0)
     assert pending(conn, "orders", 1) == 0
+
+
+def test_the_runner_hands_models_to_the_handler_and_dead_letters_poison(conn: Connection) -> None:
+    TopicAdmin(conn).create(TopicSpec("orders", 2))
+    good = [{"id": i, "item": "x", "price": 1.0} for i in range(10)]
+    send_raw(conn, "orders", [*good[:5], {"id": "five"}, *good[5:]])
+    seen: list[Any] = []
+    stop = threading.Event()
+
+    def handler(record: Record) -> None:
+        seen.append(record.value)
+        if len(seen) == len(good):
+            stop.set()
+
+    ser = ModelSerializer(Order)
+    stats = run(handler, "orders", "g", conn=conn, value_serializer=ser, concurrency=4,
+                stop=stop, handle_signals=False)  # fmt: skip
+    assert sorted(seen, key=lambda o: o.id) == [Order(**g) for g in good]
+    assert (stats.handled, stats.dead_lettered) == (10, 0)  # the poison never reached it
+    [d] = DeadLetters(conn).list("orders")
+    assert d.reason == "deserialization" and "id" in (d.error or "")
+    assert pending(conn, "orders", 2) == 0

@@ -15,11 +15,10 @@ from typing import Any
 
 import pytest
 
-from coordinator.group import GroupAdmin
 from coordinator.member import Member
-from coordinator.records import HeartbeatResult
-from coordinator.settings import GroupSettings
-from partitions._base.types import TopicPartition
+from partitions._admin.groups import GroupAdmin
+from partitions._base.settings import GroupSettings
+from partitions._base.types import HeartbeatResult, TopicPartition
 from partitions._client.connection import Connection, connect
 
 MEMBERS = 200
@@ -109,7 +108,7 @@ def test_coordinator_scripts_at_200_members_1024_partitions(conn: Connection) ->
         conn.functions.call("member", keys, ["leave", "extra", 0, "0"])
 
     worst["join+leave"] = report("join + leave scripts (2 calls)", timed(join_leave, 100))
-    admin = GroupAdmin(conn.client, conn.keys)
+    admin = GroupAdmin(conn)
     worst["describe"] = report(
         "describe (whole group, admin.lua)", timed(lambda: admin.describe("big"), 50)
     )

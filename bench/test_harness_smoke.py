@@ -124,7 +124,7 @@ def test_text_output(url: str) -> None:
 
 def test_peers(url: str) -> None:
     """``--peers`` runs each installed peer in the rounds; skips when none is installed."""
-    from partitions.bench import peers
+    from bench import peers
 
     found = [p for p in peers.PEERS if peers.installed(p)]
     if not found:
@@ -146,7 +146,7 @@ def test_peers(url: str) -> None:
 
 def test_peers_missing(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Without the client libraries, ``--peers`` says so and runs the rest."""
-    from partitions.bench import peers
+    from bench import peers
 
     monkeypatch.setattr(peers, "installed", lambda peer: False)
     data = bench(url, "produce", "-n", "500", "-p", "2", "--peers", "--no-redis-benchmark")

@@ -22,7 +22,8 @@ import hiredis
 import pytest
 
 from partitions._admin.topics import TopicAdmin, TopicSpec
-from partitions._base.records import Record, read_reply_items, records_from_entries
+from partitions._base.records import Record
+from partitions._base.replies import read_reply_items, records_from_entries
 from partitions._client.config import ClientConfig, ProducerConfig
 from partitions._client.connection import Connection, connect
 from partitions._producer.producer import Producer, RecordFuture

@@ -11,25 +11,24 @@ from __future__ import annotations
 # the two a program imports first, each module is complete before it is used.
 import partitions  # noqa: F401
 from coordinator.assignors import ASSIGNORS, assign
-from coordinator.group import GroupAdmin
 from coordinator.heartbeat import Heartbeat
 from coordinator.member import Member
-from coordinator.records import (
+from coordinator.runner import MemberRunner, RebalanceListener
+from partitions._base.fence import claim_fence, fence_value, read_fence, release_fence
+from partitions._base.settings import GroupSettings
+from partitions._base.types import (
     Grant,
     GroupDescription,
     HeartbeatResult,
     MemberDescription,
+    MemberSubscription,
     PartitionOwner,
+    TopicPartition,
 )
-from coordinator.runner import MemberRunner, RebalanceListener
-from coordinator.settings import GroupSettings
-from partitions._base.fence import claim_fence, fence_value, read_fence, release_fence
-from partitions._base.types import MemberSubscription, TopicPartition
 
 __all__ = [
     "ASSIGNORS",
     "Grant",
-    "GroupAdmin",
     "GroupDescription",
     "GroupSettings",
     "Heartbeat",

@@ -19,13 +19,18 @@ from typing import Any
 import redis.exceptions as rex
 
 from coordinator.assignors import assign
-from coordinator.records import HeartbeatResult, parse_describe, parse_member_reply
-from coordinator.settings import GroupSettings
 from partitions._base.durability import Durability
 from partitions._base.errors import ConfigError, MembershipError, UnknownMemberError, translate
 from partitions._base.functions import Functions
 from partitions._base.keys import Keys, validate_name
-from partitions._base.types import MemberSubscription, TopicPartition, join_partitions
+from partitions._base.replies import parse_describe, parse_member_reply, script_status
+from partitions._base.settings import GroupSettings
+from partitions._base.types import (
+    HeartbeatResult,
+    MemberSubscription,
+    TopicPartition,
+    join_partitions,
+)
 
 log = logging.getLogger("partstream.coordinator")
 
@@ -218,7 +223,7 @@ class Member:
             durability=self.durability,
             wait_ms=self._wait_ms(),
         )
-        status = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
+        status = script_status(reply)
         if status == "ERR":
             log.error("group %s: target rejected: %s", self.group, reply[2])
         return status in ("OK", "DONE")

@@ -29,7 +29,6 @@ from typing import Protocol
 
 from coordinator.heartbeat import Heartbeat, PollTimer
 from coordinator.member import Member
-from coordinator.records import Grant, HeartbeatResult
 from partitions._base.errors import (
     MembershipError,
     PartstreamError,
@@ -37,7 +36,7 @@ from partitions._base.errors import (
     StateLostError,
 )
 from partitions._base.fence import release_fence
-from partitions._base.types import TopicPartition
+from partitions._base.types import Grant, HeartbeatResult, TopicPartition
 
 log = logging.getLogger("partstream.coordinator")
 

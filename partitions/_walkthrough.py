@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import random
 import time
+import tomllib
 from collections import Counter, defaultdict
 from collections.abc import Callable
-from pathlib import Path
+from importlib import resources
 
 from partitions._admin import apply as apply_mod
 from partitions._admin.replay import replay
@@ -18,32 +19,24 @@ from partitions._admin.topics import TopicAdmin
 from partitions._client.connection import Connection
 from partitions._producer.producer import Producer
 
-DEMO_CONFIG = Path(__file__).resolve().parents[1] / "config" / "demo.toml"
-_FALLBACK = """
-[topics.orders]
-partitions = 8
-max_length = 200000
-[topics.orders.regions]
-eu = [0, 3]
-us = [4, 7]
-"""
+# Package data (config/demo.toml in the source tree links to it), so an installed wheel
+# applies the same declaration as a checkout.
+DEMO_CONFIG = "demo.toml"
 
 TENANTS = [f"tenant-{i:02d}" for i in range(24)]
 TYPES = ["created", "paid", "packed", "shipped", "delivered"]
 
 
-def _declared() -> apply_mod.Declared:
-    if DEMO_CONFIG.exists():
-        return apply_mod.load(DEMO_CONFIG)
-    import tomllib
-
-    return apply_mod.parse(tomllib.loads(_FALLBACK), "built-in demo config")
+def demo_declared() -> apply_mod.Declared:
+    """The demo's topics and groups (partitions/demo.toml, shipped with the package)."""
+    text = resources.files("partitions").joinpath(DEMO_CONFIG).read_text()
+    return apply_mod.parse(tomllib.loads(text), DEMO_CONFIG)
 
 
 def run(conn: Connection, echo: Callable[[str], None] = print, orders: int = 400) -> dict[str, int]:
     """Run the tour; returns a few figures (for tests)."""
     echo(f"1. Server: {conn.server.describe()} at {conn.redacted_url}")
-    actions = apply_mod.execute(conn, _declared())
+    actions = apply_mod.execute(conn, demo_declared())
     echo("2. Applied config/demo.toml: " + "; ".join(str(a) for a in actions))
     meta = TopicAdmin(conn).get("orders")
     regions = ", ".join(f"{k}={v[0]}-{v[1]}" for k, v in meta.spec.regions.items())

@@ -48,7 +48,7 @@ import shlex
 from collections.abc import Iterable, Sequence
 
 from partitions._base.errors import ConfigError
-from partitions._base.keys import DEFAULT_NAMESPACE, validate_name
+from partitions._base.keys import DEFAULT_NAMESPACE, Keys, validate_name
 
 ROLES = ("producer", "consumer", "admin")
 
@@ -136,12 +136,6 @@ def _selector(commands: Iterable[str], *patterns: str) -> str:
     return "(" + " ".join([*commands, *patterns]) + ")"
 
 
-def _stream(ns: str, topic: str, suffix: str = "") -> str:
-    # Topic names never hold glob characters (see partitions._base.keys), and a stream key is the
-    # only partition key ending in "}", so "{topic:*}" cannot match another topic's keys.
-    return f"{ns}:t:{{{topic}:*}}{suffix}"
-
-
 def acl_rules(
     role: str,
     *,
@@ -175,18 +169,18 @@ def acl_rules(
         head.append(password_hash(password))
     head.append("resetchannels")
     setinfo = ["+client|setinfo"] if client_setinfo else []
-    ns = namespace
+    k = Keys(namespace)
     if role == "admin":
-        return [*head, f"~{ns}:*", *_ADMIN_COMMANDS, *setinfo]
+        return [*head, f"~{k.namespace_glob}", *_ADMIN_COMMANDS, *setinfo]
     if not topics:
         raise ConfigError(f"a {role} user needs at least one topic")
-    meta = [f"%R~{ns}:t:{{{t}}}:meta" for t in topics]
+    meta = [f"%R~{k.topic_meta(t)}" for t in topics]
     if role == "producer":
         if groups:
             raise ConfigError("a producer user takes no group")
-        streams = [f"~{_stream(ns, t)}" for t in topics]
-        seqs = [f"~{_stream(ns, t, ':seq')}" for t in topics]
-        marks = [f"~{_stream(ns, t, ':groups')}" for t in topics]
+        streams = [f"~{k.stream_glob(t)}" for t in topics]
+        seqs = [f"~{k.seq_glob(t)}" for t in topics]
+        marks = [f"~{k.stream_groups_glob(t)}" for t in topics]
         return [
             *head,
             "-@all",
@@ -202,10 +196,10 @@ def acl_rules(
         ]
     if not groups:
         raise ConfigError("a consumer user needs at least one group")
-    streams = [f"~{_stream(ns, t)}" for t in topics]
-    fences = [f"~{_stream(ns, t, s)}" for t in topics for s in (":fence", ":groups")]
-    dlqs = [f"~{_stream(ns, t, ':dlq')}" for t in topics]
-    group_keys = [f"~{ns}:g:{{{g}}}:*" for g in groups]
+    streams = [f"~{k.stream_glob(t)}" for t in topics]
+    fences = [f"~{glob}" for t in topics for glob in (k.fence_glob(t), k.stream_groups_glob(t))]
+    dlqs = [f"~{k.dlq_glob(t)}" for t in topics]
+    group_keys = [f"~{k.group_glob(g)}" for g in groups]
     return [
         *head,
         "-@all",
@@ -224,7 +218,7 @@ def acl_rules(
         _selector(_CONSUMER_FENCE, *fences),
         _selector(["+xadd", "+exists"], *dlqs),
         _selector(_CONSUMER_GROUP, *group_keys),
-        _selector(["+sadd"], f"~{ns}:groups"),
+        _selector(["+sadd"], f"~{k.groups}"),
         _selector(["+hgetall"], *meta),
     ]
 

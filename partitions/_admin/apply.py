@@ -41,12 +41,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from coordinator.group import GroupAdmin
-from coordinator.settings import GroupSettings
+from partitions._admin.groups import GroupAdmin
 from partitions._admin.library import load_library
 from partitions._admin.topics import TopicAdmin, TopicSpec
 from partitions._base.errors import ConfigError, UnknownGroupError, UnknownTopicError
 from partitions._base.keys import validate_name
+from partitions._base.settings import GroupSettings
 from partitions._client.config import ClientConfig, ConsumerConfig, ProducerConfig
 from partitions._client.connection import Connection
 
@@ -148,7 +148,7 @@ def plan(conn: Connection, declared: Declared) -> list[Action]:
             actions.append(Action("alter", target, detail, changes))
         else:
             actions.append(Action("unchanged", target))
-    groups = GroupAdmin(conn.client, conn.keys)
+    groups = GroupAdmin(conn)
     for name, settings in sorted(declared.groups.items()):
         target = f"group {name}"
         try:
@@ -204,7 +204,7 @@ def execute(conn: Connection, declared: Declared, *, force: bool = False) -> lis
         )
     load_library(conn)
     topics = TopicAdmin(conn)
-    groups = GroupAdmin(conn.client, conn.keys)
+    groups = GroupAdmin(conn)
     for action in actions:
         kind, name = action.target.split(" ", 1)
         if action.kind == "create" and kind == "topic":

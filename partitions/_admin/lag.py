@@ -28,15 +28,14 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from partitions._base.errors import PartstreamError, StateLostError
+from partitions._base.errors import StateLostError, translate
 from partitions._base.functions import function_name, is_missing
-from partitions._base.records import (
+from partitions._base.records import id_timestamp, parse_id
+from partitions._base.replies import (
     GroupStreamInfo,
     PendingSummary,
     entry_ids,
     group_infos_from_reply,
-    id_timestamp,
-    parse_id,
     pending_summary_from_reply,
     time_ms_from_reply,
 )
@@ -147,10 +146,8 @@ def missing_function(reply: Any) -> bool:
 
 
 def _ok(reply: Any, context: str) -> Any:
-    if isinstance(reply, PartstreamError):
-        raise reply
     if isinstance(reply, Exception):
-        raise PartstreamError(f"{context}: {reply}")
+        raise translate(reply, context)
     return reply
 
 

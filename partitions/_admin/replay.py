@@ -18,7 +18,8 @@ import redis.exceptions as rex
 
 from partitions._admin.topics import TopicAdmin
 from partitions._base.errors import ConfigError, translate
-from partitions._base.records import Record, parse_id, read_reply_items, records_from_entries
+from partitions._base.records import Record, parse_id
+from partitions._base.replies import read_reply_items, records_from_entries, text
 from partitions._client.connection import Connection
 from partitions._client.nodes import execute_on_key, execute_per_key
 
@@ -84,7 +85,7 @@ def read_partition(
         yield from records_from_entries(topic, partition, page)
         if len(page) < PAGE:
             return
-        lo = _after(page[-1][0].decode())
+        lo = _after(text(page[-1][0]))
 
 
 def replay(
@@ -138,7 +139,7 @@ def _last_ids(conn: Connection, topic: str, parts: list[int]) -> dict[int, str]:
     for reply in replies:
         if isinstance(reply, Exception):
             raise reply
-    return {p: (r[0][0].decode() if r else "0-0") for p, r in zip(parts, replies, strict=True)}
+    return {p: (text(r[0][0]) if r else "0-0") for p, r in zip(parts, replies, strict=True)}
 
 
 def _follow(
@@ -195,7 +196,7 @@ def _follow(
             p = keys[key]
             recs = records_from_entries(topic, p, entries)
             if entries:
-                last_ids[p] = entries[-1][0].decode()
+                last_ids[p] = text(entries[-1][0])
             batch += recs
         batch.sort(key=lambda r: parse_id(r.id))
         for record in batch:

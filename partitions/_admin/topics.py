@@ -16,13 +16,14 @@ import redis.exceptions as rex
 
 from partitions._base.errors import (
     ConfigError,
+    ConflictError,
     TopicExistsError,
     UnknownTopicError,
     WrongTypeError,
     translate,
 )
 from partitions._base.keys import validate_name
-from partitions._base.records import StreamInfo, stream_info_from_reply
+from partitions._base.replies import StreamInfo, stream_info_from_reply, string_map, text
 from partitions._client.connection import Connection
 from partitions._producer.router import ROUTINGS, Router, validate_regions
 
@@ -185,12 +186,8 @@ def _opt_int(value: int | bool | None) -> int | None:
     return None if value is None else int(value)
 
 
-def _s(raw: Any) -> str:
-    return raw.decode() if isinstance(raw, bytes) else str(raw)
-
-
 def meta_from_hash(name: str, raw: Mapping[Any, Any]) -> TopicMeta:
-    data = {_s(k): _s(v) for k, v in raw.items()}
+    data = string_map(raw)
     regions = orjson.loads(data.get("regions") or "{}")
     spec = TopicSpec(
         name=name,
@@ -246,7 +243,7 @@ class TopicAdmin:
 
     def names(self) -> list[str]:
         names = self._call(lambda: self._r.smembers(self.keys.topics), "listing topics")
-        return sorted(_s(n) for n in names)
+        return sorted(text(n) for n in names)
 
     def stream_info(self, name: str, partitions: Sequence[int]) -> list[StreamInfo | None]:
         """XINFO STREAM for each partition (None where the stream does not exist yet)."""
@@ -329,7 +326,9 @@ class TopicAdmin:
             )
         except Exception as err:
             if "STALE" in str(err):
-                raise ConfigError(f"topic {name} changed concurrently; retry") from err
+                raise ConflictError(
+                    f"topic {name} changed concurrently; retry", retriable=True
+                ) from err
             raise
         return self.get(name)
 
@@ -382,7 +381,7 @@ class TopicAdmin:
         types = self._call(pipe.execute, f"checking keys of {name}")
         expected = ["hash"] + ["stream", "stream"] * len(partitions)
         for key, typ, want in zip(keys, types, expected, strict=True):
-            typ = _s(typ)
+            typ = text(typ)
             if typ not in ("none", want):
                 raise WrongTypeError(
                     f"key {key} holds a {typ}, not a {want}: something else wrote it; "

@@ -14,11 +14,17 @@ Users catch these and never redis-py's types: redis errors are translated where 
     │   ├── ServerOutOfMemoryError  OOM on write (retriable once memory frees up)
     │   ├── LibraryMissingError     partstream's server-side functions are not loaded there
     │   └── PermissionDeniedError   the ACL user may not run a command or touch a key
-    ├── UnknownTopicError / TopicExistsError
-    ├── UnknownGroupError
+    ├── UnknownTopicError / UnknownGroupError   (also KeyError)
+    ├── ConflictError               the change conflicts with the current state; retriable
+    │   │                           where it lost a race (a concurrent topic change, a
+    │   │                           group with live members)
+    │   ├── TopicExistsError        create of a topic that exists (use alter)
+    │   └── GroupExistsError        create of a group that exists (use alter)
     ├── WrongTypeError              a key that should be a stream/hash holds something else
     ├── StateLostError              a stream or group vanished under a live client
     ├── NotEnoughReplicasError      acks='all': too few replicas confirmed a write (in doubt)
+    ├── SequenceLostError           the server lost a producer's recent sequence (OUTOFSEQ):
+    │                               the batch was not appended
     ├── MembershipError             the coordinator refused a member
     │   ├── FencedError             the member's epoch is stale: drop everything and rejoin
     │   ├── UnknownMemberError      the member was evicted (session expired)
@@ -93,22 +99,40 @@ class PermissionDeniedError(ServerError):
     """The ACL user is not allowed this command or key."""
 
 
-class UnknownTopicError(PartstreamError, KeyError):
-    """The topic does not exist; create it with ``partstream topic create`` or ``apply``."""
+class _NotFound(PartstreamError, KeyError):
+    """A lookup that found nothing: also a KeyError, for ``except KeyError`` callers."""
 
     def __str__(self) -> str:  # KeyError quotes its message; we do not want that
         return str(self.args[0]) if self.args else ""
 
 
-class TopicExistsError(PartstreamError):
-    """A topic with that name already exists."""
+class UnknownTopicError(_NotFound):
+    """The topic does not exist; create it with ``partstream topic create`` or ``apply``."""
 
 
-class UnknownGroupError(PartstreamError, KeyError):
+class UnknownGroupError(_NotFound):
     """The consumer group does not exist."""
 
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else ""
+
+class ConflictError(PartstreamError):
+    """The change conflicts with the server's current state; nothing was changed.
+
+    ``retriable`` is true when the conflict is a race that may be gone on the next try (the
+    topic changed between read and write; the group still had live members), false when
+    trying again cannot help (the object already exists: use alter).
+    """
+
+    def __init__(self, message: str, *, retriable: bool = False) -> None:
+        super().__init__(message)
+        self.retriable = retriable
+
+
+class TopicExistsError(ConflictError):
+    """A topic with that name already exists (``alter`` changes it)."""
+
+
+class GroupExistsError(ConflictError):
+    """A consumer group with that name already exists (``alter`` changes its settings)."""
 
 
 class WrongTypeError(PartstreamError):
@@ -134,6 +158,13 @@ class NotEnoughReplicasError(PartstreamError):
     """
 
     retriable = True
+
+
+class SequenceLostError(PartstreamError):
+    """The server no longer has this producer's recent sequence (``OUTOFSEQ``): a crash or a
+    restart without persistence lost its last writes. The batch was not appended; the
+    records written before it may be gone too. Not retriable as is: check the server's
+    persistence, then produce again (a new producer starts a new sequence)."""
 
 
 class MembershipError(PartstreamError):

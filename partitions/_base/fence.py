@@ -22,6 +22,7 @@ from partitions._base.durability import Durability
 from partitions._base.errors import translate
 from partitions._base.functions import Functions
 from partitions._base.keys import Keys
+from partitions._base.replies import fence_from_reply
 
 
 def fence_value(member_id: str, token: int) -> str:
@@ -87,7 +88,4 @@ def read_fence(
         raw = client.hget(keys.fence(topic, partition), group)
     except rex.RedisError as err:
         raise translate(err, f"reading the fence of {topic}/{partition}") from err
-    if raw is None:
-        return None
-    member_id, token = (raw.decode() if isinstance(raw, bytes) else str(raw)).split(" ")
-    return member_id, int(token)
+    return fence_from_reply(raw)

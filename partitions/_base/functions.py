@@ -35,6 +35,7 @@ import redis.exceptions as rex
 
 from partitions._base.durability import Durability
 from partitions._base.errors import ConnectionFailedError, LibraryMissingError, translate
+from partitions._base.replies import library_names
 
 LIBRARY_PREFIX = "partstream_"
 # A durable call on a cluster follows this many redirections (it did not run) before failing.
@@ -337,14 +338,8 @@ def loaded_versions(node: Any) -> list[str]:
         libs = node.execute_command("FUNCTION", "LIST", "LIBRARYNAME", LIBRARY_PREFIX + "*")
     except rex.RedisError as err:
         raise translate(err, "listing server-side functions") from err
-    out = []
-    for lib in libs:
-        fields = lib if isinstance(lib, dict) else dict(zip(lib[::2], lib[1::2], strict=False))
-        raw = fields.get(b"library_name", fields.get("library_name", b""))
-        name = raw.decode() if isinstance(raw, bytes) else str(raw)
-        if name.startswith(LIBRARY_PREFIX):
-            out.append(name[len(LIBRARY_PREFIX) :])
-    return sorted(out)
+    names = library_names(libs)
+    return sorted(n[len(LIBRARY_PREFIX) :] for n in names if n.startswith(LIBRARY_PREFIX))
 
 
 def delete_version(node: Any, ver: str) -> None:

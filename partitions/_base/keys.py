@@ -31,7 +31,7 @@ key                                   type    contents / written by
                                               consume.lua, seek.lua (first touch only).
                                               "<group>:reclaim" -> min idle ms: a "reclaim
                                               stuck entries now" request (':' is never in
-                                              a name) / offsets.reclaim_now writes it, the
+                                              a name) / groups.reclaim_now writes it, the
                                               owner's consume.lua read serves and clears it.
                                               "~cut" -> id: safe retention trims below it /
                                               consume.lua (reclaim-time reads), cleared by a
@@ -111,20 +111,23 @@ class Keys:
     def topic_meta(self, topic: str) -> str:
         return f"{self.ns}:t:{{{topic}}}:meta"
 
+    def _partition(self, topic: str, partition: int | str, suffix: str = "") -> str:
+        return f"{self.ns}:t:{{{topic}:{partition}}}{suffix}"
+
     def stream(self, topic: str, partition: int) -> str:
-        return f"{self.ns}:t:{{{topic}:{partition}}}"
+        return self._partition(topic, partition)
 
     def fence(self, topic: str, partition: int) -> str:
-        return f"{self.ns}:t:{{{topic}:{partition}}}:fence"
+        return self._partition(topic, partition, ":fence")
 
     def seq(self, topic: str, partition: int) -> str:
-        return f"{self.ns}:t:{{{topic}:{partition}}}:seq"
+        return self._partition(topic, partition, ":seq")
 
     def dlq(self, topic: str, partition: int) -> str:
-        return f"{self.ns}:t:{{{topic}:{partition}}}:dlq"
+        return self._partition(topic, partition, ":dlq")
 
     def stream_groups(self, topic: str, partition: int) -> str:
-        return f"{self.ns}:t:{{{topic}:{partition}}}:groups"
+        return self._partition(topic, partition, ":groups")
 
     def partition_keys(self, topic: str, partition: int) -> list[str]:
         """All keys of one partition (they share one slot)."""
@@ -141,26 +144,29 @@ class Keys:
     def groups(self) -> str:
         return f"{self.ns}:groups"
 
+    def _group(self, group: str, suffix: str) -> str:
+        return f"{self.ns}:g:{{{group}}}:{suffix}"
+
     def group_cfg(self, group: str) -> str:
-        return f"{self.ns}:g:{{{group}}}:cfg"
+        return self._group(group, "cfg")
 
     def group_state(self, group: str) -> str:
-        return f"{self.ns}:g:{{{group}}}:state"
+        return self._group(group, "state")
 
     def group_members(self, group: str) -> str:
-        return f"{self.ns}:g:{{{group}}}:members"
+        return self._group(group, "members")
 
     def group_hb(self, group: str) -> str:
-        return f"{self.ns}:g:{{{group}}}:hb"
+        return self._group(group, "hb")
 
     def group_target(self, group: str) -> str:
-        return f"{self.ns}:g:{{{group}}}:target"
+        return self._group(group, "target")
 
     def group_owners(self, group: str) -> str:
-        return f"{self.ns}:g:{{{group}}}:owners"
+        return self._group(group, "owners")
 
     def group_instances(self, group: str) -> str:
-        return f"{self.ns}:g:{{{group}}}:instances"
+        return self._group(group, "instances")
 
     def group_keys(self, group: str) -> list[str]:
         """The coordinator keys of one group, in the order member.lua/admin.lua take them."""
@@ -173,3 +179,31 @@ class Keys:
             self.group_owners(group),
             self.group_instances(group),
         ]
+
+    # -- ACL key patterns -----------------------------------------------------------------
+    # Globs over the keys above, for ACL rules (partitions._admin.acl). Names never hold glob
+    # characters (see validate_name), and a stream key is the only partition key ending in
+    # "}", so "{topic:*}" matches exactly the partitions of that one topic.
+    @property
+    def namespace_glob(self) -> str:
+        """Every key of the namespace."""
+        return f"{self.ns}:*"
+
+    def stream_glob(self, topic: str) -> str:
+        return self._partition(topic, "*")
+
+    def fence_glob(self, topic: str) -> str:
+        return self._partition(topic, "*", ":fence")
+
+    def seq_glob(self, topic: str) -> str:
+        return self._partition(topic, "*", ":seq")
+
+    def dlq_glob(self, topic: str) -> str:
+        return self._partition(topic, "*", ":dlq")
+
+    def stream_groups_glob(self, topic: str) -> str:
+        return self._partition(topic, "*", ":groups")
+
+    def group_glob(self, group: str) -> str:
+        """Every coordinator key of one group."""
+        return self._group(group, "*")

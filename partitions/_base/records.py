@@ -1,4 +1,4 @@
-"""Records and the parsing of raw stream replies: the one module that reads redis-py's lists.
+"""Records and their codec: what a record is on the wire, how one is encoded, and stream ids.
 
 A record on the wire is a plain stream entry any Redis client can read:
 
@@ -6,13 +6,13 @@ A record on the wire is a plain stream entry any Redis client can read:
 * ``value`` the value bytes, as given or JSON by orjson (absent for a tombstone),
 * ``h:<name>`` one field per header.
 
-The entry ID is the offset; its millisecond part is the append time (``timestamp``).
+The entry ID is the offset; its millisecond part is the append time (``timestamp``). Decoding
+server replies into records is :mod:`partitions._base.replies`' job.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -318,89 +318,6 @@ def check_size(size: int, limit: int) -> None:
         raise RecordTooLargeError(f"record of {size} bytes is over max_record_bytes={limit}")
 
 
-# -- decoding -----------------------------------------------------------------------------
-def _text(raw: Any) -> str:
-    return raw.decode() if isinstance(raw, bytes) else str(raw)
-
-
-def record_from_entry(topic: str, partition: int, entry: Any) -> Record:
-    """Build a Record from a raw ``[id, [field, value, ...]]`` entry (any client's)."""
-    raw_id, flat = entry[0], entry[1]
-    if isinstance(flat, dict):  # redis-py's parsed form: {field: value}
-        flat = [x for kv in flat.items() for x in kv]
-    flat = flat or []
-    key = value = None
-    headers: dict[str, bytes] = {}
-    for i in range(0, len(flat) - 1, 2):
-        name = flat[i]
-        if name == KEY_FIELD and key is None:
-            key = flat[i + 1]
-        elif name == VALUE_FIELD and value is None:
-            value = flat[i + 1]
-        elif name.startswith(HEADER_PREFIX) and len(name) > 2:
-            headers[name[2:].decode("utf-8", "replace")] = flat[i + 1]
-    return Record(topic, partition, _text(raw_id), key, value, headers, flat)
-
-
-def records_from_entries(topic: str, partition: int, entries: Iterable[Any]) -> list[Record]:
-    """Records of a raw XRANGE / XREADGROUP entry list; entries whose payload was deleted
-    (``[id, nil]`` in XCLAIM/XREADGROUP replies) are skipped: see :func:`deleted_ids`."""
-    return [record_from_entry(topic, partition, e) for e in entries if e[1] is not None]
-
-
-def read_reply_items(reply: Any) -> list[tuple[str, list[Any]]]:
-    """(stream key, entries) pairs of an XREAD/XREADGROUP reply (a list of pairs in RESP2,
-    a map in RESP3 and in some redis-py versions)."""
-    if not reply:
-        return []
-    pairs = reply.items() if isinstance(reply, dict) else reply
-    return [(_text(k), entries or []) for k, entries in pairs]
-
-
-def deleted_ids(entries: Iterable[Any]) -> list[str]:
-    """IDs of entries whose payload is gone (trimmed/deleted while pending)."""
-    return [_text(e[0]) for e in entries if e[1] is None]
-
-
-@dataclass(frozen=True, slots=True)
-class StreamInfo:
-    """Summary of one partition stream (from XINFO STREAM)."""
-
-    length: int
-    first_id: str | None
-    last_id: str | None
-    last_generated_id: str | None
-    groups: int
-    entries_added: int | None = None  # every entry ever appended (trims do not lower it)
-
-    @property
-    def first_timestamp(self) -> int | None:
-        return id_timestamp(self.first_id) if self.first_id else None
-
-    @property
-    def last_timestamp(self) -> int | None:
-        return id_timestamp(self.last_id) if self.last_id else None
-
-
-def stream_info_from_reply(reply: Any) -> StreamInfo:
-    """Parse XINFO STREAM (RESP2 flat list or redis-py dict)."""
-    if isinstance(reply, list):
-        reply = dict(zip(reply[::2], reply[1::2], strict=False))
-    data = {_text(k): v for k, v in reply.items()}
-    first = data.get("first-entry")
-    last = data.get("last-entry")
-    return StreamInfo(
-        length=int(data.get("length", 0)),
-        first_id=_text(first[0]) if first else None,
-        last_id=_text(last[0]) if last else None,
-        last_generated_id=_text(data["last-generated-id"])
-        if data.get("last-generated-id")
-        else None,
-        groups=int(data.get("groups", 0)),
-        entries_added=None if data.get("entries-added") is None else int(data["entries-added"]),
-    )
-
-
 def id_timestamp(stream_id: str) -> int:
     return int(stream_id.partition("-")[0])
 
@@ -411,174 +328,3 @@ def parse_id(text: str) -> tuple[int, int]:
     if not ms.isdigit() or (seq and not seq.isdigit()):
         raise ValueError(f"not a stream id: {text!r}")
     return int(ms), int(seq or 0)
-
-
-# -- consumer replies ---------------------------------------------------------------------
-class FetchResult:
-    """One partition's answer to a fenced read (consume.lua ``read``/``ack``/``retry``).
-
-    ``status`` is 1 (ok), 0 (not owner: ``detail`` is the holder) or -1 (state lost:
-    ``detail`` says what vanished: fence, stream or group).
-    """
-
-    __slots__ = ("acked", "cursor", "dead", "detail", "reclaimed", "records", "status", "tail")
-
-    def __init__(
-        self,
-        status: int,
-        detail: str = "",
-        acked: int = 0,
-        records: list[Record] | None = None,
-        cursor: str = "",
-        tail: str = "",
-        dead: int = 0,
-        reclaimed: int = 0,
-    ) -> None:
-        self.status = status
-        self.detail = detail
-        self.acked = acked
-        self.records = records if records is not None else []
-        self.cursor = cursor
-        self.tail = tail
-        self.dead = dead
-        self.reclaimed = reclaimed
-
-
-def records_from_read(topic: str, partition: int, entries: list[Any]) -> list[Record]:
-    """Records of a fenced read's entries; the hot path of consuming.
-
-    The common shape (fields ``key``, ``value`` and nothing else) skips the general parser.
-    """
-    out: list[Record] = []
-    append = out.append
-    for e in entries:
-        flat = e[1]
-        if len(flat) == 4 and flat[0] == KEY_FIELD and flat[2] == VALUE_FIELD:
-            append(Record(topic, partition, e[0].decode(), flat[1], flat[3], {}, flat))
-        else:
-            append(record_from_entry(topic, partition, e))
-    return out
-
-
-def fetch_result(topic: str, partition: int, reply: Any) -> FetchResult:
-    """Parse consume.lua's ``read`` reply: {1, acked, entries, cursor, tail, dead, reclaimed,
-    counts}. The leading ``len(counts)`` entries were recovered from the group's pending
-    list: their next hand-out is recorded first (``_claim``), with their deliveries."""
-    status = int(reply[0])
-    if status != 1:
-        return FetchResult(status, _text(reply[1]))
-    entries = reply[2]
-    records = records_from_read(topic, partition, entries) if entries else []
-    counts = reply[7]
-    for i, recorded in enumerate(counts):
-        records[i] = _Redelivered(records[i], int(recorded) + 1)
-    return FetchResult(
-        1, "", int(reply[1]), records, _text(reply[3]), _text(reply[4]), int(reply[5]),
-        int(reply[6]),
-    )  # fmt: skip
-
-
-def ack_result(reply: Any) -> FetchResult:
-    """Parse consume.lua's ``ack`` reply: {1, acked}."""
-    status = int(reply[0])
-    if status != 1:
-        return FetchResult(status, _text(reply[1]))
-    return FetchResult(1, acked=int(reply[1]))
-
-
-class IdsResult:
-    """consume.lua's answer to ``hand``, ``retry`` and ``dead``: status, detail and ids.
-
-    ``ids``: for ``hand`` the ids no longer pending (not to hand out), for ``retry`` the ids
-    kept for another hand-out; ``acked`` and ``dead`` count what the call acked and
-    dead-lettered."""
-
-    __slots__ = ("acked", "dead", "detail", "ids", "status")
-
-    def __init__(
-        self, status: int, detail: str = "", ids: set[str] | None = None, acked: int = 0,
-        dead: int = 0,
-    ) -> None:  # fmt: skip
-        self.status = status
-        self.detail = detail
-        self.ids = ids if ids is not None else set()
-        self.acked = acked
-        self.dead = dead
-
-
-def hand_result(reply: Any) -> IdsResult:
-    """Parse consume.lua's ``hand`` reply: {1, acked, gone ids}."""
-    status = int(reply[0])
-    if status != 1:
-        return IdsResult(status, _text(reply[1]))
-    return IdsResult(1, ids={_text(i) for i in reply[2]}, acked=int(reply[1]))
-
-
-def retry_result(reply: Any) -> IdsResult:
-    """Parse consume.lua's ``retry``/``dead`` reply: {1, kept ids, dead}."""
-    status = int(reply[0])
-    if status != 1:
-        return IdsResult(status, _text(reply[1]))
-    return IdsResult(1, ids={_text(i) for i in reply[1]}, dead=int(reply[2]))
-
-
-@dataclass(frozen=True, slots=True)
-class GroupStreamInfo:
-    """One consumer group on one partition stream (from XINFO GROUPS)."""
-
-    name: str
-    last_delivered_id: str
-    pending: int
-    entries_read: int | None
-    lag: int | None  # None when the server cannot tell (after XGROUP SETID, deletions)
-
-
-def group_infos_from_reply(reply: Any) -> list[GroupStreamInfo]:
-    """Parse XINFO GROUPS (RESP2 flat lists or redis-py dicts)."""
-    out = []
-    for g in reply:
-        if isinstance(g, list):
-            g = dict(zip(g[::2], g[1::2], strict=False))
-        d = {_text(k): v for k, v in g.items()}
-        entries_read, lag = d.get("entries-read"), d.get("lag")
-        out.append(
-            GroupStreamInfo(
-                name=_text(d["name"]),
-                last_delivered_id=_text(d["last-delivered-id"]),
-                pending=int(d.get("pending", 0)),
-                entries_read=None if entries_read is None else int(entries_read),
-                lag=None if lag is None else int(lag),
-            )
-        )
-    return out
-
-
-@dataclass(frozen=True, slots=True)
-class PendingSummary:
-    """A group's pending entries on one partition (the summary form of XPENDING)."""
-
-    count: int
-    min_id: str | None  # the oldest pending entry (None when nothing is pending)
-    max_id: str | None
-
-
-def pending_summary_from_reply(reply: Any) -> PendingSummary:
-    """Parse ``XPENDING key group`` (raw ``[count, min, max, consumers]`` or redis-py's dict)."""
-    if isinstance(reply, dict):
-        d = {_text(k): v for k, v in reply.items()}
-        count, low, high = d.get("pending", 0), d.get("min"), d.get("max")
-    else:
-        count, low, high = reply[0], reply[1], reply[2]
-    return PendingSummary(
-        int(count or 0), None if low is None else _text(low), None if high is None else _text(high)
-    )
-
-
-def entry_ids(entries: Any) -> list[str]:
-    """The ids of a raw XRANGE/XREVRANGE reply's entries."""
-    return [_text(e[0]) for e in entries or []]
-
-
-def time_ms_from_reply(reply: Any) -> int:
-    """The server's TIME (raw ``[seconds, microseconds]`` or redis-py's tuple) in ms."""
-    return int(reply[0]) * 1000 + int(reply[1]) // 1000

@@ -19,8 +19,7 @@ running cluster (pid files), and a stopped cluster restarts on the same ports fr
 ``nodes.conf`` files and data. Starting is guarded by an exclusive ``flock``.
 
 Its URL is ``redis+cluster://127.0.0.1:<port>[,127.0.0.1:<port>...]`` with every first
-master as a seed (a client can start while one is down); :func:`running_cluster_url`
-returns it (or None) for benchmarks and tools that want the cluster only if it is up.
+master as a seed (a client can start while one is down).
 """
 
 from __future__ import annotations
@@ -35,6 +34,7 @@ from pathlib import Path
 import redis
 
 from partitions._base.errors import ConfigError, ConnectionFailedError
+from partitions._base.replies import info_fields, text
 from partitions._client.server import (
     PERSISTENCE_ARGS,
     default_data_dir,
@@ -155,8 +155,7 @@ class EmbeddedCluster:
                     raw = node.execute_command("CLUSTER", "NODES")
             except (redis.RedisError, OSError):
                 continue
-            text = raw.decode() if isinstance(raw, bytes) else str(raw)
-            for line in text.splitlines():
+            for line in text(raw).splitlines():
                 fields = line.split()
                 if len(fields) < 8:
                     continue
@@ -253,58 +252,7 @@ class EmbeddedCluster:
     def node_id(self, port: int) -> str:
         with self.client(port) as node:
             raw = node.execute_command("CLUSTER", "MYID")
-        return raw.decode() if isinstance(raw, bytes) else str(raw)
-
-    def owner_of(self, slot: int) -> int:
-        """The port of the node that serves ``slot`` now (asked of the first live node)."""
-        for port in self.ports:
-            try:
-                with self.client(port) as node:
-                    ranges = node.execute_command("CLUSTER", "SLOTS")
-            except (redis.RedisError, OSError):
-                continue
-            for lo, hi, primary, *_ in ranges:
-                if lo <= slot <= hi:
-                    return int(primary[1])
-        raise ConfigError(f"slot {slot} is not served by any node")
-
-    def migrate_slot(
-        self,
-        slot: int,
-        to_port: int,
-        *,
-        keys_per_step: int = 100,
-        step_delay: float = 0.0,
-        finish_delay: float = 0.0,
-    ) -> int:
-        """Move ``slot`` with its keys to the node on ``to_port``, live, the classic way.
-
-        IMPORTING on the target, MIGRATING on the source, MIGRATE ``keys_per_step`` keys at a
-        time, then SETSLOT NODE on the target, the source and the others. Returns the number
-        of keys moved. Tests widen the windows a client sees: ``step_delay`` between steps
-        (TRYAGAIN for a script whose keys are split) and ``finish_delay`` once every key is
-        on the target but the slot is not yet handed over (ASK for every command).
-        """
-        from_port = self.owner_of(slot)
-        if from_port == to_port:
-            return 0
-        src_id, dst_id = self.node_id(from_port), self.node_id(to_port)
-        moved = 0
-        with self.client(from_port) as src, self.client(to_port) as dst:
-            dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", src_id)
-            src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", dst_id)
-            while keys := src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, keys_per_step):
-                src.execute_command("MIGRATE", "127.0.0.1", to_port, "", 0, 5000, "KEYS", *keys)
-                moved += len(keys)
-                time.sleep(step_delay)
-            time.sleep(finish_delay)
-            dst.execute_command("CLUSTER", "SETSLOT", slot, "NODE", dst_id)
-            src.execute_command("CLUSTER", "SETSLOT", slot, "NODE", dst_id)
-        for port in self.primary_ports():
-            if port not in (from_port, to_port):
-                with self.client(port) as other:
-                    other.execute_command("CLUSTER", "SETSLOT", slot, "NODE", dst_id)
-        return moved
+        return text(raw)
 
     # -- internals ------------------------------------------------------------------------
     def _load_state(self) -> tuple[list[int], int, int] | None:
@@ -387,8 +335,7 @@ class EmbeddedCluster:
                 info = node.execute_command("CLUSTER", "INFO")
         except (redis.RedisError, OSError):
             return False
-        text = info.decode() if isinstance(info, bytes) else str(info)
-        fields = dict(line.split(":", 1) for line in text.split() if ":" in line)
+        fields = info_fields(info)
         return (
             fields.get("cluster_state") == "ok"
             and fields.get("cluster_known_nodes") == str(len(self.ports))
@@ -408,9 +355,3 @@ class EmbeddedCluster:
 
     def _ping(self, port: int) -> bool:
         return ping(socket.AF_INET, ("127.0.0.1", port))
-
-
-def running_cluster_url(data_dir: Path | str | None = None) -> str | None:
-    """The URL of the embedded cluster in ``data_dir`` if it is up and healthy, else None."""
-    cluster = EmbeddedCluster(data_dir)
-    return cluster.url if cluster.is_running() else None

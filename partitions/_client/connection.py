@@ -30,6 +30,7 @@ from partitions._base.errors import (
 )
 from partitions._base.functions import FAILOVER_GRACE_S, Functions, did_not_run, fails_over
 from partitions._base.keys import Keys
+from partitions._base.replies import text
 from partitions._client.config import ClientConfig
 from partitions._client.urls import parse_cluster, parse_sentinel, redact_url
 
@@ -145,7 +146,7 @@ def _detect_node(client: Any, *, cluster: bool) -> ServerInfo:
     policy: str | None
     try:
         raw = client.config_get("maxmemory-policy").get("maxmemory-policy")
-        policy = raw.decode() if isinstance(raw, bytes) else raw
+        policy = None if raw is None else text(raw)
     except rex.RedisError:
         policy = None  # CONFIG may be denied by ACL or renamed: we cannot tell
     return ServerInfo(flavor, version, frozenset(features), cluster, policy, _replicas(client))

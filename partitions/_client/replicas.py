@@ -30,6 +30,7 @@ from pathlib import Path
 import redis
 
 from partitions._base.errors import ConfigError, ConnectionFailedError
+from partitions._base.replies import string_map
 from partitions._client.server import (
     PERSISTENCE_ARGS,
     default_data_dir,
@@ -337,7 +338,7 @@ class EmbeddedReplicaSet:
                 raw = s.execute_command("SENTINEL", "MASTER", MASTER_NAME)
         except (redis.RedisError, OSError):
             return False
-        state = _pairs(raw)
+        state = string_map(raw)
         return (
             state.get("port") == str(primary)
             and "o_down" not in state.get("flags", "")
@@ -379,21 +380,6 @@ def _as_config(args: list[str]) -> list[str]:
             value = f'"{arg}"' if " " in arg else arg
             out[-1] += f" {value}"
     return out
-
-
-def _pairs(raw: object) -> dict[str, str]:
-    """A RESP flat list (or map) of names and values as a dict of strings."""
-    if isinstance(raw, dict):
-        items = list(raw.items())
-    else:
-        seq = list(raw) if isinstance(raw, list | tuple) else []
-        items = list(zip(seq[::2], seq[1::2], strict=False))
-    return {
-        (k.decode() if isinstance(k, bytes) else str(k)): (
-            v.decode() if isinstance(v, bytes) else str(v)
-        )
-        for k, v in items
-    }
 
 
 def running_replicas_url(data_dir: Path | str | None = None) -> str | None:

@@ -36,7 +36,6 @@ import redis.connection as sconn
 import redis.exceptions as rex
 
 from coordinator.member import Member
-from coordinator.settings import GroupSettings
 from partitions._admin.offsets import target_id
 from partitions._admin.topics import TopicAdmin
 from partitions._base.errors import (
@@ -50,6 +49,7 @@ from partitions._base.fence import release_fence
 from partitions._base.keys import validate_name
 from partitions._base.records import Record
 from partitions._base.serde import Serializer, decoder
+from partitions._base.settings import GroupSettings
 from partitions._base.types import TopicPartition
 from partitions._client.config import ConsumerConfig
 from partitions._client.connection import Connection

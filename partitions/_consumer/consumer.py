@@ -34,13 +34,13 @@ from types import TracebackType
 
 from coordinator.member import Member
 from coordinator.runner import RebalanceListener
-from coordinator.settings import GroupSettings
 from partitions._admin.offsets import target_id
 from partitions._admin.topics import TopicAdmin
 from partitions._base.errors import ClosedError, ConfigError, ConnectionFailedError
 from partitions._base.keys import validate_name
 from partitions._base.records import Record
 from partitions._base.serde import Serializer, decoder
+from partitions._base.settings import GroupSettings
 from partitions._base.types import TopicPartition
 from partitions._client.config import ClientConfig, ConsumerConfig
 from partitions._client.connection import Connection, connect

@@ -22,8 +22,6 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from coordinator.records import Grant
-from coordinator.settings import GroupSettings
 from partitions._base.durability import NONE, Durability
 from partitions._base.errors import (
     ConnectionFailedError,
@@ -35,7 +33,8 @@ from partitions._base.errors import (
 from partitions._base.functions import is_missing
 from partitions._base.records import Record
 from partitions._base.serde import Decoder
-from partitions._base.types import TopicPartition
+from partitions._base.settings import GroupSettings
+from partitions._base.types import Grant, TopicPartition
 from partitions._client.config import ConsumerConfig
 from partitions._consumer import ops, plans
 from partitions._consumer.assignment import Assignment

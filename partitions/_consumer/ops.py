@@ -11,14 +11,13 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from coordinator.records import Grant
 from partitions._admin.topics import TopicSpec
 from partitions._base.durability import Durability
 from partitions._base.errors import (
     ConnectionFailedError,
     PartstreamError,
 )
-from partitions._base.types import TopicPartition
+from partitions._base.types import Grant, TopicPartition
 from partitions._consumer.assignment import PartitionState
 
 log = logging.getLogger("partstream.consumer")

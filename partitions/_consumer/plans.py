@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from partitions._base.errors import NotOwnerError, StateLostError
-from partitions._base.records import (
+from partitions._base.records import Record
+from partitions._base.replies import (
     FetchResult,
-    Record,
     ack_result,
     fetch_result,
     hand_result,

@@ -19,12 +19,11 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from coordinator.records import Grant
 from coordinator.runner import MemberRunner
-from coordinator.settings import GroupSettings
 from partitions._base.fence import claim_fence
 from partitions._base.serde import Decoder
-from partitions._base.types import TopicPartition
+from partitions._base.settings import GroupSettings
+from partitions._base.types import Grant, TopicPartition
 from partitions._client.config import ConsumerConfig
 from partitions._client.connection import Connection
 from partitions._consumer import ops

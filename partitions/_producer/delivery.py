@@ -41,6 +41,7 @@ from partitions._base.errors import (
     DeliveryTimeoutError,
     NotEnoughReplicasError,
     PartstreamError,
+    SequenceLostError,
     translate,
 )
 from partitions._base.functions import is_missing
@@ -218,7 +219,7 @@ def final_error(batch: Batch, err: Exception, now: float) -> PartstreamError:
     elif is_out_of_seq(err):
         # The server lost this producer's sequence (a crash lost its last writes, or it
         # restarted empty): this batch was NOT appended and fails loudly.
-        error = PartstreamError(
+        error = SequenceLostError(
             f"{where}: {err} (the server lost recent writes; this batch was not appended)"
         )
     else:

@@ -39,10 +39,10 @@ from dataclasses import dataclass, field, replace
 from types import FrameType
 from typing import Any
 
-from coordinator.settings import GroupSettings
 from partitions._base.errors import ConfigError, NotOwnerError, PollIntervalExceededError
 from partitions._base.records import Record
 from partitions._base.serde import Serializer
+from partitions._base.settings import GroupSettings
 from partitions._base.types import TopicPartition
 from partitions._client.config import ClientConfig, ConsumerConfig
 from partitions._client.connection import Connection

@@ -27,14 +27,15 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from coordinator.group import GroupAdmin
-from coordinator.records import GroupDescription, parse_describe
 from partitions._admin.deadletter import DeadLetterTally
+from partitions._admin.groups import GroupAdmin
 from partitions._admin.lag import Command, PartitionOffset, missing_function, read_offsets
 from partitions._admin.topics import TopicAdmin, TopicMeta, meta_from_hash
-from partitions._base.errors import PartstreamError, UnknownGroupError
+from partitions._base.errors import UnknownGroupError, translate
 from partitions._base.functions import function_name
-from partitions._base.records import StreamInfo, id_timestamp, stream_info_from_reply
+from partitions._base.records import id_timestamp
+from partitions._base.replies import StreamInfo, parse_describe, stream_info_from_reply
+from partitions._base.types import GroupDescription
 from partitions._client.connection import Connection
 from partitions._client.nodes import execute_per_key
 
@@ -110,7 +111,7 @@ def _describe_all(conn: Connection, groups: list[str]) -> list[GroupDescription]
             if isinstance(reply, Exception):
                 if not missing_function(reply):
                     raise reply
-                out.append(GroupAdmin(conn.client, k).describe(g))  # loads the library
+                out.append(GroupAdmin(conn).describe(g))  # loads the library
             else:
                 out.append(parse_describe(reply, g))
         except UnknownGroupError:
@@ -142,7 +143,7 @@ def scrape(
     tally = tally or DeadLetterTally()
     k = conn.keys
     metas = _metas(conn, TopicAdmin(conn).names())
-    descs = _describe_all(conn, GroupAdmin(conn.client, k).list())
+    descs = _describe_all(conn, GroupAdmin(conn).list())
     parts = [(m.name, p) for m in metas for p in range(m.partitions)]
     streams = [k.stream(t, p) for t, p in parts]
     extra: list[Command] = [(s, (b"XINFO", "STREAM", s)) for s in streams]
@@ -157,7 +158,7 @@ def scrape(
         info: StreamInfo | None = None
         if isinstance(reply, Exception):
             if "no such key" not in str(reply).lower():
-                raise reply if isinstance(reply, PartstreamError) else PartstreamError(str(reply))
+                raise translate(reply, f"reading {t}/{p}")
         else:
             info = stream_info_from_reply(reply)
         if info is None:

@@ -22,9 +22,9 @@ from array import array
 from collections.abc import Callable
 from typing import Any
 
-from coordinator.group import GroupAdmin
+from partitions._admin.groups import GroupAdmin
 from partitions._admin.topics import TopicAdmin, TopicSpec
-from partitions._base.records import read_reply_items, records_from_entries
+from partitions._base.replies import read_reply_items, records_from_entries
 from partitions._client.config import ConsumerConfig, ProducerConfig
 from partitions._consumer.aio import AsyncConsumer
 from partitions._consumer.consumer import Consumer
@@ -57,7 +57,7 @@ def prepare(server: BenchServer, ns: str, opts: BenchOptions) -> None:
 
 def _wait_stable(server: BenchServer, ns: str, group: str, consumer: Consumer, n: int) -> None:
     with server.connect(ns) as conn:
-        admin = GroupAdmin(conn.client, conn.keys)
+        admin = GroupAdmin(conn)
         deadline = time.monotonic() + SETTLE_S
         while time.monotonic() < deadline:
             mine = consumer.assignment()

@@ -21,7 +21,7 @@ from typing import Any
 
 from xxhash import xxh3_64_intdigest
 
-from partitions._base.records import read_reply_items, records_from_entries
+from partitions._base.replies import read_reply_items, records_from_entries
 from partitions._client.config import ConsumerConfig, ProducerConfig
 from partitions._consumer.consumer import Consumer
 from partitions._producer.producer import Producer

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from coordinator.member import Member
-from coordinator.settings import GroupSettings
+from partitions._base.settings import GroupSettings
 from partitions._base.types import TopicPartition
 from partitions._client.connection import Connection
 from partitions.bench.env import bench_server, drop_namespace, environment, new_namespace

@@ -9,11 +9,15 @@ writes the results file (``out``) and plot (``plot``) when asked.
 from __future__ import annotations
 
 import contextlib
+import importlib
+import sys
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import orjson
 
+from partitions._base.errors import ConfigError
 from partitions.bench.env import (
     BenchServer,
     bench_cluster,
@@ -65,6 +69,25 @@ class Bench:
             drop_namespace(conn)
 
 
+# The NATS and FastStream peers are development tooling: they live in the source tree's
+# bench/peers.py, not in the installed package, and load only for --peers.
+PEERS_FILE = Path(__file__).resolve().parents[2] / "bench" / "peers.py"
+
+
+def load_peers() -> ModuleType:
+    """bench/peers.py of the source checkout this package runs from; ConfigError without one."""
+    if not PEERS_FILE.is_file():
+        raise ConfigError(
+            "--peers needs the peer benchmarks of a partstream source checkout "
+            f"(bench/peers.py, not found at {PEERS_FILE}); they are not installed with the "
+            "package: run partstream bench --peers from a clone (pip install -e '.[peers]')"
+        )
+    root = str(PEERS_FILE.parents[1])
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    return importlib.import_module("bench.peers")
+
+
 def _produce(b: Bench, result: BenchResult) -> None:
     from partitions.bench import produce
 
@@ -91,9 +114,7 @@ def _produce(b: Bench, result: BenchResult) -> None:
     if o.acks == "all":
         sides.append(("partstream-acks-all", own(produce.run_partstream_acks_all)))
     if o.peers:
-        from partitions.bench.peers import produce_sides
-
-        sides += produce_sides(b, result)
+        sides += load_peers().produce_sides(b, result)
     with contextlib.ExitStack() as stack:
         if o.cluster:
             cluster = stack.enter_context(bench_cluster(o.cluster))
@@ -225,9 +246,7 @@ def _consume(b: Bench, result: BenchResult) -> None:
     cleanup: Callable[[], None] = lambda: None  # noqa: E731
     try:
         if o.peers:
-            from partitions.bench.peers import consume_sides
-
-            peer_sides, cleanup = consume_sides(b, result)
+            peer_sides, cleanup = load_peers().consume_sides(b, result)
             sides += peer_sides
         rounds = _rounds(b, result, sides, shape)
     finally:

@@ -28,9 +28,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from coordinator.group import GroupAdmin
-from coordinator.settings import GroupSettings
+from partitions._admin.groups import GroupAdmin
 from partitions._admin.topics import TopicAdmin, TopicSpec
+from partitions._base.settings import GroupSettings
 from partitions._client.config import ConsumerConfig, ProducerConfig
 from partitions._consumer.consumer import Consumer
 from partitions._producer.producer import Producer
@@ -127,7 +127,7 @@ def run_rebalance(server: BenchServer, ns: str, opts: BenchOptions, say: Any) ->
     with server.connect(ns) as conn:
         TopicAdmin(conn).create(TopicSpec(TOPIC, opts.partitions))
     admin_conn = server.connect(ns)
-    admin = GroupAdmin(admin_conn.client, admin_conn.keys)
+    admin = GroupAdmin(admin_conn)
     stop = _ctx.Event()
     procs: dict[str, Any] = {}
     limit = SESSION_MS / 1000 * 3 + 30

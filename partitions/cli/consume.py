@@ -9,9 +9,9 @@ from typing import Any
 
 import click
 
-from coordinator.settings import GroupSettings
 from partitions._base.errors import PollIntervalExceededError
 from partitions._base.records import Record
+from partitions._base.settings import GroupSettings
 from partitions._client.config import ConsumerConfig
 from partitions._consumer.consumer import Consumer
 from partitions.cli.common import State, json_line, main, pass_state

@@ -2,10 +2,30 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import click
 
 from partitions._client.connection import connect
 from partitions.cli.common import State, main, pass_state
+
+
+def _serve() -> Callable[..., None]:
+    """The dashboard's ``serve``, or a clear error when the web server is not installed."""
+    try:
+        import uvicorn  # noqa: F401  (serve() imports it late; fail here, before any work)
+
+        from partitions.dashboard import serve
+    except ModuleNotFoundError as err:
+        if err.name not in ("starlette", "uvicorn") and not str(err.name).startswith(
+            ("starlette.", "uvicorn.")
+        ):
+            raise
+        raise click.ClickException(
+            f"the dashboard needs its web server ({err.name} is not installed): "
+            "pip install 'partstream[dashboard]'"
+        ) from None
+    return serve
 
 
 @main.command("demo")
@@ -14,8 +34,7 @@ from partitions.cli.common import State, main, pass_state
 @pass_state
 def demo_cmd(state: State, port: int, host: str) -> None:
     """Run the live demo: topic, consumer processes and dashboard (namespace "demo")."""
-    from partitions.dashboard import serve
-
+    serve = _serve()
     cfg = state.client_config
     if state.namespace is None:
         cfg = cfg.with_changes(namespace="demo")
@@ -30,7 +49,6 @@ def demo_cmd(state: State, port: int, host: str) -> None:
 @pass_state
 def dashboard_cmd(state: State, topic: str, port: int, host: str) -> None:
     """Serve the dashboard over an existing deployment (no processes are started)."""
-    from partitions.dashboard import serve
-
+    serve = _serve()
     with connect(state.client_config) as conn:
         serve(conn, host=host, port=port, topic=topic, start_demo=False, echo=click.echo)

@@ -8,15 +8,15 @@ from typing import Any
 
 import click
 
-from coordinator.group import GroupAdmin
-from coordinator.settings import GroupSettings
-from partitions._admin.offsets import (
+from partitions._admin.groups import (
+    GroupAdmin,
     check_lag,
     describe_with_lag,
     execute_group_seek,
     plan_group_seek,
     reclaim_now,
 )
+from partitions._base.settings import GroupSettings
 from partitions.cli.common import State, emit, format_option, main, pass_state
 
 
@@ -50,7 +50,7 @@ def _changes(**values: Any) -> dict[str, Any]:
 
 
 def _admin(state: State) -> GroupAdmin:
-    return GroupAdmin(state.conn.client, state.conn.keys)
+    return GroupAdmin(state.conn)
 
 
 @main.group()
@@ -111,7 +111,7 @@ def _describe_text(d: dict[str, Any]) -> str:
 @pass_state
 def group_describe(state: State, name: str, fmt: str) -> None:
     """Members, owners, positions and lag of group NAME."""
-    emit(fmt, describe_with_lag(state.conn, name), _describe_text)
+    emit(fmt, describe_with_lag(state.conn, name).to_dict(), _describe_text)
 
 
 # Exit status of `group lag` when a bound is exceeded (1: an error, 2: bad usage).
@@ -208,7 +208,7 @@ def _reclaim_text(d: dict[str, Any]) -> str:
 @pass_state
 def group_reclaim(state: State, name: str, topic: str | None, min_idle_ms: int, fmt: str) -> None:
     """Make the owners of group NAME's partitions redeliver stuck entries now."""
-    emit(fmt, reclaim_now(state.conn, name, topic, min_idle_ms), _reclaim_text)
+    emit(fmt, reclaim_now(state.conn, name, topic, min_idle_ms).to_dict(), _reclaim_text)
 
 
 @group.command("delete")

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from partitions._admin import apply as apply_mod
 from partitions._client.connection import Connection
+from partitions._walkthrough import demo_declared
 from partitions.dashboard.app import Dashboard, create_app
 from partitions.dashboard.fleet import Fleet
 
@@ -26,10 +27,8 @@ DEMO_FLEET = {"notifications": 2, "analytics": 1}
 
 
 def demo_config() -> apply_mod.Declared:
-    """config/demo.toml from the source tree, or the same declaration built in."""
-    from partitions._walkthrough import _declared
-
-    return _declared()
+    """The demo's declaration (config/demo.toml, shipped as package data)."""
+    return demo_declared()
 
 
 def serve(

@@ -21,10 +21,10 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from coordinator.group import GroupAdmin
-from coordinator.settings import GroupSettings
+from partitions._admin.groups import GroupAdmin
 from partitions._admin.topics import TopicAdmin
-from partitions._base.errors import PartstreamError
+from partitions._base.errors import ConfigError, PartstreamError
+from partitions._base.settings import GroupSettings
 from partitions._client.connection import Connection
 from partitions._producer.producer import Producer
 from partitions.dashboard.fleet import Fleet
@@ -100,7 +100,7 @@ class Dashboard:
         return {"produced": count, "partitions": parts}
 
     def create_group(self, name: str) -> dict[str, Any]:
-        settings = GroupAdmin(self.conn.client, self.conn.keys)
+        settings = GroupAdmin(self.conn)
         demo = GroupSettings(
             session_timeout_ms=3000,
             heartbeat_interval_ms=500,
@@ -112,7 +112,7 @@ class Dashboard:
         return {"group": name, "created": created, "worker": worker.worker_id}
 
     def reset_group(self, group: str, to: str) -> dict[str, Any]:
-        from partitions._admin.offsets import execute_group_seek, plan_group_seek
+        from partitions._admin.groups import execute_group_seek, plan_group_seek
 
         # A live reset, as the demo wants: members keep reading from the new position.
         plan = plan_group_seek(self.conn, group, to, topic=self.topic)
@@ -120,10 +120,10 @@ class Dashboard:
 
     def reclaim(self, group: str, min_idle_ms: int = 1000) -> dict[str, Any]:
         """Reclaim stuck entries now: each owner redelivers its entries idle past
-        ``min_idle_ms`` on its next read (see :func:`partitions._admin.offsets.reclaim_now`)."""
-        from partitions._admin.offsets import reclaim_now
+        ``min_idle_ms`` on its next read (see :func:`partitions._admin.groups.reclaim_now`)."""
+        from partitions._admin.groups import reclaim_now
 
-        return reclaim_now(self.conn, group, topic=self.topic, min_idle_ms=min_idle_ms)
+        return reclaim_now(self.conn, group, topic=self.topic, min_idle_ms=min_idle_ms).to_dict()
 
     def trim(self, partition: int, max_length: int) -> dict[str, Any]:
         removed = TopicAdmin(self.conn).trim(self.topic, partition, max_length=max_length)
@@ -131,7 +131,7 @@ class Dashboard:
 
     def _fleet(self) -> Fleet:
         if self.fleet is None:
-            raise PartstreamError("this dashboard has no consumer fleet (started read-only)")
+            raise ConfigError("this dashboard has no consumer fleet (started read-only)")
         return self.fleet
 
     def fail_next(self, tenant: str, count: int) -> dict[str, Any]:
@@ -143,7 +143,7 @@ class Dashboard:
         fn = {"remove": fleet.remove, "kill": fleet.kill, "pause": fleet.pause,
               "resume": fleet.resume}.get(action)  # fmt: skip
         if fn is None:
-            raise PartstreamError(f"unknown action {action!r}")
+            raise ConfigError(f"unknown action {action!r}")
         w = fn(worker_id)
         return {"worker_id": w.worker_id, "state": w.state, "pid": w.pid}
 

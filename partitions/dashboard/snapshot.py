@@ -18,7 +18,7 @@ import time
 from collections import deque
 from typing import Any
 
-from coordinator.group import GroupAdmin
+from partitions._admin.groups import GroupAdmin
 from partitions._admin.replay import replay
 from partitions._admin.topics import TopicAdmin
 from partitions._base.errors import PartstreamError
@@ -106,7 +106,7 @@ class Snapshots:
         self.conn = conn
         self.topics = topics
         self._admin = TopicAdmin(conn)
-        self._groups = GroupAdmin(conn.client, conn.keys)
+        self._groups = GroupAdmin(conn)
         self._last: dict[tuple[str, int], tuple[float, str | None, int]] = {}
         self.history = History()
 
@@ -125,7 +125,7 @@ class Snapshots:
         return desc
 
     def group_view(self, group: str) -> dict[str, Any]:
-        from partitions._admin.offsets import group_lag
+        from partitions._admin.groups import group_lag
 
         data = self._groups.describe(group).to_dict()
         try:
@@ -154,7 +154,7 @@ class Snapshots:
     def latest(self, topic: str, partition: int, count: int = 10) -> list[dict[str, Any]]:
         key = self.conn.keys.stream(topic, partition)
         raw = self.conn.client.execute_command(b"XREVRANGE", key, "+", "-", "COUNT", count)
-        from partitions._base.records import records_from_entries
+        from partitions._base.replies import records_from_entries
 
         return [r.to_dict() for r in records_from_entries(topic, partition, raw)]
 

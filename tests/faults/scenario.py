@@ -26,7 +26,7 @@ from types import TracebackType
 from typing import Any
 
 import partitions
-from partitions._admin.offsets import group_lag
+from partitions._admin.groups import group_lag
 from partitions._admin.topics import TopicAdmin, TopicSpec
 from partitions._base.errors import UnknownTopicError
 from partitions._client.config import ClientConfig

@@ -27,11 +27,11 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, precondition, rule
 
-from coordinator.settings import GroupSettings
-from partitions._admin.offsets import group_lag
+from partitions._admin.groups import group_lag
 from partitions._admin.topics import TopicAdmin, TopicSpec
 from partitions._base.errors import NotOwnerError
 from partitions._base.records import Record
+from partitions._base.settings import GroupSettings
 from partitions._client.config import ClientConfig, ConsumerConfig
 from partitions._client.connection import Connection, connect
 from partitions._consumer.consumer import Consumer

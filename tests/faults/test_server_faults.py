@@ -263,8 +263,8 @@ def test_restart_empty_noticed_by_the_heartbeat_is_still_a_loud_error() -> None:
     the consumer does not read until its heartbeat thread has noticed. The rejoin must not
     re-create the group (member.lua refuses: STATE_LOST for a member that was in it); the
     next poll raises StateLostError, and no stream group was re-created."""
-    from coordinator.settings import GroupSettings
     from partitions._base.errors import ConnectionFailedError, StateLostError
+    from partitions._base.settings import GroupSettings
     from partitions._client.config import ConsumerConfig
     from partitions._consumer.consumer import Consumer
     from partitions._producer.producer import Producer

@@ -40,13 +40,13 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import partitions
-from coordinator.settings import GroupSettings
 from partitions._base.errors import (
     ConnectionFailedError,
     NotOwnerError,
     PartstreamError,
     StateLostError,
 )
+from partitions._base.settings import GroupSettings
 from partitions._base.types import TopicPartition
 from partitions._client.config import ClientConfig, ConsumerConfig, ProducerConfig
 from partitions._client.connection import connect

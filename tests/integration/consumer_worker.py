@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 
-from coordinator.settings import GroupSettings
+from partitions._base.settings import GroupSettings
 from partitions._client.config import ConsumerConfig
 from partitions._client.connection import connect
 from partitions._consumer.consumer import Consumer

@@ -20,11 +20,10 @@ import threading
 import time
 
 from coordinator.member import Member
-from coordinator.records import Grant
 from coordinator.runner import MemberRunner
-from coordinator.settings import GroupSettings
 from partitions._base.fence import claim_fence, fence_value, release_fence
-from partitions._base.types import TopicPartition
+from partitions._base.settings import GroupSettings
+from partitions._base.types import Grant, TopicPartition
 from partitions._client.connection import connect
 
 FENCED_READ = """

@@ -24,9 +24,9 @@ import sys
 import threading
 import time
 
-from coordinator.settings import GroupSettings
 from partitions._base.errors import PollIntervalExceededError
 from partitions._base.records import Record
+from partitions._base.settings import GroupSettings
 from partitions._client.config import ConsumerConfig
 from partitions._client.connection import connect
 from partitions._consumer.consumer import Consumer

@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
-from coordinator.settings import GroupSettings
 from partitions import AsyncConsumer
 from partitions._admin.deadletter import DeadLetters
 from partitions._admin.topics import TopicAdmin, TopicSpec
 from partitions._base.records import Record
+from partitions._base.settings import GroupSettings
 from partitions._base.types import TopicPartition
 from partitions._client.config import ConsumerConfig
 from partitions._client.connection import Connection

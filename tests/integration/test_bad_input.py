@@ -17,8 +17,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from coordinator.group import GroupAdmin
-from coordinator.settings import GroupSettings
+from partitions._admin.groups import GroupAdmin
 from partitions._admin.topics import TopicAdmin, TopicSpec
 from partitions._base.errors import (
     EvictionPolicyError,
@@ -29,6 +28,7 @@ from partitions._base.errors import (
     StateLostError,
     WrongTypeError,
 )
+from partitions._base.settings import GroupSettings
 from partitions._client.config import ClientConfig, ProducerConfig
 from partitions._client.connection import Connection, connect
 from partitions._consumer.consumer import Consumer
@@ -72,7 +72,7 @@ def test_bad_names_at_every_entry_point_write_nothing(conn: Connection) -> None:
             with pytest.raises(InvalidNameError):
                 p.send(name, "v")
             with pytest.raises(InvalidNameError):
-                GroupAdmin(conn.client, conn.keys).create(name)
+                GroupAdmin(conn).create(name)
             with pytest.raises(InvalidNameError):
                 Consumer(name, "ok", conn=conn, group_settings=FAST)
             with pytest.raises(InvalidNameError):
@@ -171,7 +171,7 @@ def test_group_create_over_a_wrongtype_key_is_refused_before_writing(
     conn.client.set(key, "not a hash")
     before = snapshot(conn)
     with pytest.raises(WrongTypeError):
-        GroupAdmin(conn.client, conn.keys).create("clashing")
+        GroupAdmin(conn).create("clashing")
     assert snapshot(conn) == before
 
 

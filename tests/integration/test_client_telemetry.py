@@ -14,10 +14,10 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import CollectorRegistry
 
-from coordinator.settings import GroupSettings
 from partitions._admin.topics import TopicAdmin, TopicSpec
 from partitions._base.fence import claim_fence
 from partitions._base.records import Record
+from partitions._base.settings import GroupSettings
 from partitions._client.config import ClientConfig, ConsumerConfig, ProducerConfig
 from partitions._client.connection import Connection, connect
 from partitions._consumer.consumer import Consumer

@@ -23,12 +23,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from coordinator.settings import GroupSettings
 from partitions._admin.apply import execute, parse, plan
-from partitions._admin.offsets import group_lag, group_offsets
+from partitions._admin.groups import group_lag, group_offsets
 from partitions._admin.replay import replay
 from partitions._admin.topics import TopicAdmin, TopicSpec
 from partitions._base.errors import EvictionPolicyError
+from partitions._base.settings import GroupSettings
 from partitions._client.cluster import EmbeddedCluster, free_base_port
 from partitions._client.config import ClientConfig, ProducerConfig
 from partitions._client.connection import Connection, connect
@@ -37,6 +37,7 @@ from partitions._consumer.consumer import Consumer
 from partitions._producer.producer import Producer, RecordFuture
 from partitions.cli import main
 from tests.conftest import drop_namespace
+from tests.integration.cluster_slots import migrate_slot, owner_of
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(60)]
 
@@ -193,7 +194,7 @@ def test_resharding_a_live_partition_loses_nothing_and_keeps_key_order(
     TopicAdmin(cconn).create(TopicSpec(topic, 6))
     stream = cconn.keys.stream(topic, 0)
     slot = int(cconn.client.keyslot(stream))
-    src = cluster.owner_of(slot)
+    src = owner_of(cluster, slot)
     dst = next(port for port in cluster.primary_ports() if port != src)
 
     stop_producing, stop_reading = threading.Event(), threading.Event()
@@ -222,7 +223,7 @@ def test_resharding_a_live_partition_loses_nothing_and_keeps_key_order(
     # Key by key with a pause (TRYAGAIN while the stream and its sequence hash are split),
     # then 1.5 s with every key on the target but the slot not handed over: only ASK-ing
     # the target gets through, the producer's retry budget (25 x 20 ms) would run out.
-    moved = cluster.migrate_slot(slot, dst, keys_per_step=1, step_delay=0.1, finish_delay=1.5)
+    moved = migrate_slot(cluster, slot, dst, keys_per_step=1, step_delay=0.1, finish_delay=1.5)
     time.sleep(0.5)
     stop_producing.set()
     writer.join(20)
@@ -235,7 +236,7 @@ def test_resharding_a_live_partition_loses_nothing_and_keeps_key_order(
     reader.join(5)
 
     assert moved >= 2  # the stream and its producer-sequence hash went over
-    assert cluster.owner_of(slot) == dst
+    assert owner_of(cluster, slot) == dst
     assert node_name(cconn, stream) == f"127.0.0.1:{dst}"
     assert any(m.partition == 0 for m in metas)
     # L: everything acknowledged was read exactly once; O: each key in send order.
@@ -258,7 +259,7 @@ def test_consumers_keep_consuming_while_a_partition_slot_migrates(
     TopicAdmin(cconn).create(TopicSpec(topic, 6))
     stream = cconn.keys.stream(topic, 0)
     slot = int(cconn.client.keyslot(stream))
-    src = cluster.owner_of(slot)
+    src = owner_of(cluster, slot)
     dst = next(port for port in cluster.primary_ports() if port != src)
     settings = GroupSettings(session_timeout_ms=6000, heartbeat_interval_ms=500)
 
@@ -299,7 +300,7 @@ def test_consumers_keep_consuming_while_a_partition_slot_migrates(
     writer = threading.Thread(target=produce, daemon=True)
     writer.start()
     time.sleep(1.0)
-    moved = cluster.migrate_slot(slot, dst, keys_per_step=1, step_delay=0.1, finish_delay=1.0)
+    moved = migrate_slot(cluster, slot, dst, keys_per_step=1, step_delay=0.1, finish_delay=1.0)
     time.sleep(0.5)
     stop_producing.set()
     writer.join(20)
@@ -318,7 +319,7 @@ def test_consumers_keep_consuming_while_a_partition_slot_migrates(
         t.join(10)
     assert not errors, errors
 
-    assert moved >= 3 and cluster.owner_of(slot) == dst
+    assert moved >= 3 and owner_of(cluster, slot) == dst
     assert any(m.partition == 0 for m in metas[len(metas) // 2 :])  # sent around the move
     # L: everything sent was processed; acks landed: nothing pending, no lag.
     assert {(k, n) for k, n, _ in seen} == {

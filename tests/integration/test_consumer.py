@@ -10,15 +10,14 @@ from typing import Any
 
 import pytest
 
-from coordinator.records import Grant
-from coordinator.settings import GroupSettings
 from partitions._admin.deadletter import DeadLetters
-from partitions._admin.offsets import execute_group_seek, group_lag, group_offsets, plan_group_seek
+from partitions._admin.groups import execute_group_seek, group_lag, group_offsets, plan_group_seek
 from partitions._admin.topics import TopicAdmin, TopicSpec
 from partitions._base.errors import NotOwnerError, StateLostError
 from partitions._base.fence import claim_fence
 from partitions._base.records import Record
-from partitions._base.types import TopicPartition
+from partitions._base.settings import GroupSettings
+from partitions._base.types import Grant, TopicPartition
 from partitions._client.config import ConsumerConfig
 from partitions._client.connection import Connection
 from partitions._consumer.consumer import Consumer

@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from coordinator.group import GroupAdmin
 from partitions._admin.deadletter import DeadLetters
+from partitions._admin.groups import GroupAdmin
 from partitions._admin.topics import TopicAdmin, TopicSpec
 from partitions._base.errors import UnknownGroupError
 from partitions._client.connection import Connection
@@ -54,7 +54,7 @@ class Fleet:
     def __init__(self, url: str, conn: Connection) -> None:
         self.url, self.conn = url, conn
         self.workers: list[Worker] = []
-        self.admin = GroupAdmin(conn.client, conn.keys)
+        self.admin = GroupAdmin(conn)
 
     def spawn(self, *extra: str) -> Worker:
         cmd = [sys.executable, str(SCRIPT), "--url", self.url, "--ns", self.conn.keys.ns]

@@ -8,20 +8,21 @@ import time
 
 import pytest
 
-from coordinator.group import GroupAdmin
 from coordinator.member import Member
-from coordinator.records import Grant, HeartbeatResult
 from coordinator.runner import MemberRunner
-from coordinator.settings import GroupSettings
+from partitions._admin.groups import GroupAdmin
 from partitions._base.errors import (
     ConfigError,
+    ConflictError,
     DuplicateInstanceError,
     FencedError,
+    GroupExistsError,
     UnknownGroupError,
     UnknownMemberError,
 )
 from partitions._base.fence import claim_fence, fence_value, read_fence, release_fence
-from partitions._base.types import TopicPartition
+from partitions._base.settings import GroupSettings
+from partitions._base.types import Grant, HeartbeatResult, TopicPartition
 from partitions._client.connection import Connection
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -66,7 +67,7 @@ def test_join_heartbeat_leave(conn: Connection) -> None:
     assert len(set(tokens)) == 12 and all(g.epoch == 1 for g in r.owned.values())
     assert r.settings == FAST and r.heartbeat_interval_ms == 200
     assert a.heartbeat().owned == r.owned  # a heartbeat changes nothing when stable
-    admin = GroupAdmin(conn.client, conn.keys)
+    admin = GroupAdmin(conn)
     d = admin.describe("g")
     assert d.state == "stable" and d.epoch == 1 and d.assignor == "uniform"
     (m,) = d.members
@@ -98,7 +99,7 @@ def test_cooperative_rebalance_revokes_before_granting(conn: Connection) -> None
     rb2 = b.heartbeat()
     assert set(rb2.owned) == ra.to_revoke and rb2.pending == frozenset()
     assert min(g.token for g in rb2.owned.values()) > max(g.token for g in kept.values())
-    assert GroupAdmin(conn.client, conn.keys).describe("g").state == "stable"
+    assert GroupAdmin(conn).describe("g").state == "stable"
 
 
 def test_four_members_balance_and_leave_moves_only_the_leavers(conn: Connection) -> None:
@@ -123,7 +124,7 @@ def test_silent_member_is_evicted_after_the_session_timeout(conn: Connection) ->
     a.join()
     b.join()
     settle([a, b])
-    epoch = GroupAdmin(conn.client, conn.keys).describe("g").epoch
+    epoch = GroupAdmin(conn).describe("g").epoch
     deadline = time.monotonic() + 0.8
     while time.monotonic() < deadline:  # a heartbeats, b is silent but not yet expired
         assert len(a.heartbeat().owned) == 6
@@ -172,7 +173,7 @@ def test_duplicate_instance_refused_and_static_rejoin_keeps_partitions(conn: Con
     old_tokens = s1.last.owned if s1.last else {}
     with pytest.raises(DuplicateInstanceError, match=r"pod-0.*held by live member s1"):
         member(conn, "s2", instance_id="pod-0").join()
-    admin = GroupAdmin(conn.client, conn.keys)
+    admin = GroupAdmin(conn)
     epoch = admin.describe("g").epoch
     s1.leave(temporary=True)
     assert admin.describe("g").epoch == epoch  # reserved, no rebalance
@@ -218,7 +219,7 @@ def test_static_restart_under_a_new_member_id_keeps_the_share(
     again = member(conn, "d", instance_id="pod-0", settings=s)
     assert set(again.join().owned) == shares["pod-0"]
     other = Member(conn.client, conn.keys, "g", {"audit": 2}, member_id="a", settings=s)
-    epoch = GroupAdmin(conn.client, conn.keys).describe("g").epoch
+    epoch = GroupAdmin(conn).describe("g").epoch
     other.join()
     last = settle([again, pod1, other])
     assert last["d"].group_epoch > epoch
@@ -234,8 +235,8 @@ def test_target_is_compare_and_set_on_the_group_epoch(conn: Connection) -> None:
     conn.functions.call(
         "member", conn.keys.group_keys("g"), ["join", "b", "", "", "orders=12", *FAST.to_fields()]
     )
-    b._epoch = GroupAdmin(conn.client, conn.keys).describe("g").epoch
-    d = GroupAdmin(conn.client, conn.keys).describe("g")
+    b._epoch = GroupAdmin(conn).describe("g").epoch
+    d = GroupAdmin(conn).describe("g")
     assert d.target_epoch < d.epoch and d.state == "reconciling"
     stale = conn.functions.call("admin", conn.keys.group_keys("g"), ["assign", d.epoch - 1])
     assert stale[0] == b"STALE"
@@ -277,7 +278,7 @@ def test_tokens_of_a_recreated_group_beat_old_fences(conn: Connection) -> None:
     tp, grant = sorted(a.join().owned.items())[0]
     assert claim_fence(conn.client, conn.keys, "g", tp.topic, tp.partition, "a", grant.token)
     a.leave()
-    assert GroupAdmin(conn.client, conn.keys).delete("g")
+    assert GroupAdmin(conn).delete("g")
     time.sleep(0.01)
     r = member(conn, "b").join()
     assert r.created_group
@@ -285,7 +286,7 @@ def test_tokens_of_a_recreated_group_beat_old_fences(conn: Connection) -> None:
 
 
 def test_admin_create_alter_describe_delete(conn: Connection) -> None:
-    admin = GroupAdmin(conn.client, conn.keys)
+    admin = GroupAdmin(conn)
     with pytest.raises(UnknownGroupError):
         admin.describe("g")
     with pytest.raises(UnknownGroupError):
@@ -293,8 +294,9 @@ def test_admin_create_alter_describe_delete(conn: Connection) -> None:
     declared = GroupSettings(assignor="range", session_timeout_ms=2000, heartbeat_interval_ms=300)
     assert admin.create("g", declared)
     assert not admin.create("g", exist_ok=True)
-    with pytest.raises(ConfigError, match="already exists"):
+    with pytest.raises(GroupExistsError, match="already exists") as exists:
         admin.create("g")
+    assert isinstance(exists.value, ConflictError) and not exists.value.retriable
     r = member(conn, "a").join()  # brings FAST settings; the declared ones win
     assert r.settings == declared
     epoch = admin.describe("g").epoch
@@ -308,8 +310,9 @@ def test_admin_create_alter_describe_delete(conn: Connection) -> None:
     assert {"group", "state", "epoch", "members", "partitions"} <= set(d)
     assert d["members"][0]["member_id"] == "a" and "partitions" in d["members"][0]
     assert {"topic", "partition", "owner"} <= set(d["partitions"][0])
-    with pytest.raises(ConfigError, match="live members"):
+    with pytest.raises(ConflictError, match="live members") as busy:
         admin.delete("g")
+    assert busy.value.retriable  # once the members are gone, the same call succeeds
     assert admin.delete("g", force=True)
     assert admin.list() == [] and not admin.delete("g")
     assert conn.client.keys(f"{conn.keys.ns}:g:*") == []
@@ -359,4 +362,4 @@ def test_runner_reports_revocations_before_assignments(conn: Connection) -> None
             time.sleep(0.02)
         assert len(ra.owned()) == 12
         ra.close()
-    assert GroupAdmin(conn.client, conn.keys).describe("g").state == "empty"
+    assert GroupAdmin(conn).describe("g").state == "empty"

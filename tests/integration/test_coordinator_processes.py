@@ -17,10 +17,9 @@ from typing import Any
 
 import pytest
 
-from coordinator.group import GroupAdmin
-from coordinator.records import GroupDescription
+from partitions._admin.groups import GroupAdmin
 from partitions._base.errors import UnknownGroupError
-from partitions._base.types import TopicPartition
+from partitions._base.types import GroupDescription, TopicPartition
 from partitions._client.connection import Connection
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(45)]
@@ -47,7 +46,7 @@ class Fleet:
 
     def __init__(self, url: str, conn: Connection) -> None:
         self.url, self.conn = url, conn
-        self.admin = GroupAdmin(conn.client, conn.keys)
+        self.admin = GroupAdmin(conn)
         self.procs: list[Proc] = []
 
     def spawn(self, member_id: str, instance_id: str | None = None, *extra: str) -> Proc:

@@ -13,6 +13,7 @@ from partitions._base.errors import (
     BufferFullError,
     ConfigError,
     RecordTooLargeError,
+    SequenceLostError,
     TopicExistsError,
     UnknownTopicError,
     WrongTypeError,
@@ -223,7 +224,7 @@ def test_lost_sequence_state_fails_one_batch_loudly_then_recovers(conn: Connecti
         p.send("seq", "b", key="k").result(5)
         conn.client.delete(conn.keys.seq("seq", 0))
         lost = p.send("seq", "c", key="k")
-        with pytest.raises(Exception, match="OUTOFSEQ"):
+        with pytest.raises(SequenceLostError, match="OUTOFSEQ"):
             lost.result(5)
         assert p.send("seq", "d", key="k").result(5).partition == 0
     assert [r.value for r in replay(conn, "seq")] == [b"a", b"b", b"d"]

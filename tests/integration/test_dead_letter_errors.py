@@ -11,8 +11,7 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
-from coordinator.settings import GroupSettings
-from partitions import AsyncConsumer, Consumer
+from partitions import AsyncConsumer, Consumer, GroupSettings
 from partitions._admin.deadletter import DeadLetters
 from partitions._admin.topics import TopicAdmin, TopicSpec
 from partitions._base.errors import ConfigError

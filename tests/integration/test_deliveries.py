@@ -30,10 +30,10 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from coordinator.settings import GroupSettings
 from partitions._admin.deadletter import DeadLetters
 from partitions._admin.topics import TopicAdmin, TopicSpec
 from partitions._base.records import Record
+from partitions._base.settings import GroupSettings
 from partitions._client.config import ConsumerConfig
 from partitions._client.connection import Connection
 from partitions._consumer.consumer import Consumer
@@ -53,7 +53,7 @@ WORKER = textwrap.dedent(
     from partitions._client.config import ConsumerConfig
     from partitions._client.connection import connect
     from partitions._consumer.consumer import Consumer
-    from coordinator.settings import GroupSettings
+    from partitions._base.settings import GroupSettings
     url, ns, mode, arg = sys.argv[1:5]
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # close() commits and leaves
     conn = connect(url=url, namespace=ns)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import time
 
-from coordinator.group import GroupAdmin
-from coordinator.settings import GroupSettings
+from partitions._admin.groups import GroupAdmin
 from partitions._admin.topics import TopicAdmin, TopicSpec
-from partitions._base.records import group_infos_from_reply
+from partitions._base.replies import group_infos_from_reply
+from partitions._base.settings import GroupSettings
 from partitions._client.config import ConsumerConfig
 from partitions._client.connection import Connection
 from partitions._consumer.consumer import Consumer
@@ -36,7 +36,7 @@ def test_delete_group_drops_positions_marks_and_fences(conn: Connection) -> None
     k = conn.keys
     assert any(conn.client.hexists(k.stream_groups("t", p), "g") for p in range(3))
 
-    assert GroupAdmin(conn.client, conn.keys).delete("g", force=True) is True
+    assert GroupAdmin(conn).delete("g", force=True) is True
     for p in range(3):
         infos = group_infos_from_reply(conn.client.xinfo_groups(k.stream("t", p)))
         assert [i.name for i in infos] == []  # the stream group is gone

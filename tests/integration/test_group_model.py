@@ -29,9 +29,9 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from coordinator.group import GroupAdmin
 from coordinator.member import Member
-from coordinator.settings import GroupSettings
+from partitions._admin.groups import GroupAdmin
+from partitions._base.settings import GroupSettings
 from partitions._base.types import TopicPartition
 from partitions._client.config import ClientConfig
 from partitions._client.connection import Connection, connect
@@ -89,7 +89,7 @@ class GroupModel(RuleBasedStateMachine):
     @rule()
     def settle(self) -> None:
         """Everyone heartbeats, releasing what it is asked to, until the group is stable."""
-        admin = GroupAdmin(self.conn.client, self.conn.keys)
+        admin = GroupAdmin(self.conn)
         for _ in range(40):
             for m in list(self.live.values()):
                 last = m.last
@@ -108,7 +108,7 @@ class GroupModel(RuleBasedStateMachine):
     def one_owner_and_monotone(self) -> None:
         if not self.live:
             return
-        d = GroupAdmin(self.conn.client, self.conn.keys).describe(self.group)
+        d = GroupAdmin(self.conn).describe(self.group)
         assert d.epoch >= self.group_epoch
         self.group_epoch = d.epoch
         seen: dict[TopicPartition, str] = {}
@@ -127,7 +127,7 @@ class GroupModel(RuleBasedStateMachine):
     def teardown(self) -> None:
         for m in self.live.values():
             m.leave()
-        GroupAdmin(self.conn.client, self.conn.keys).delete(self.group, force=True)
+        GroupAdmin(self.conn).delete(self.group, force=True)
 
 
 @pytest.mark.timeout(240)

@@ -21,11 +21,12 @@ import redis
 from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 
-from coordinator.settings import GroupSettings
-from partitions._admin.offsets import describe_with_lag
+from partitions._admin.groups import describe_with_lag
 from partitions._admin.topics import TopicAdmin, TopicSpec
 from partitions._base.functions import library_name
-from partitions._base.records import id_timestamp, time_ms_from_reply
+from partitions._base.records import id_timestamp
+from partitions._base.replies import time_ms_from_reply
+from partitions._base.settings import GroupSettings
 from partitions._client.config import ClientConfig, ConsumerConfig
 from partitions._client.connection import Connection
 from partitions._client.nodes import primaries
@@ -78,11 +79,11 @@ def run(cfg: ClientConfig, *args: str) -> tuple[int, str, str]:
 
 
 def wait_stable(conn: Connection, group: str, members: int) -> None:
-    from coordinator.group import GroupAdmin
+    from partitions._admin.groups import GroupAdmin
 
     end = time.monotonic() + 20
     while time.monotonic() < end:
-        d = GroupAdmin(conn.client, conn.keys).describe(group)
+        d = GroupAdmin(conn).describe(group)
         if d.state == "stable" and len(d.members) == members:
             return
         time.sleep(0.1)
@@ -119,7 +120,7 @@ def test_exporter_matches_describe_while_behind_and_reads_zero_after_draining(
             scrapes = exporter.scrapes
             assert _get(exporter.url) and _get(exporter.url)
             assert exporter.scrapes == scrapes  # served from the last scrape: no Redis reads
-        desc = describe_with_lag(conn, "billing")
+        desc = describe_with_lag(conn, "billing").to_dict()
         m = samples(text)
         assert value(m, "partstream_up") == 1
         assert value(m, "partstream_consumergroup_members", group="billing") == 1
@@ -192,7 +193,7 @@ def test_exporter_matches_describe_while_behind_and_reads_zero_after_draining(
         while time.monotonic() < end:
             batch = c.poll(max_records=100, timeout=0.2)
             c.commit(batch)
-            if not batch and describe_with_lag(conn, "billing")["total_lag"] == 0:
+            if not batch and describe_with_lag(conn, "billing").lag.total_lag == 0:
                 break
         with exporter:
             assert exporter.scrape_once() is not None
@@ -284,7 +285,7 @@ def test_exporter_counts_lag_where_the_server_lag_is_null_and_reloads_the_librar
                 node.execute_command("FUNCTION", "DELETE", library_name())
         with MetricsExporter(conn, port=0, interval=30) as exporter:
             m = samples(_get(exporter.url))
-        [row] = describe_with_lag(conn, "g")["partitions"]
+        [row] = describe_with_lag(conn, "g").to_dict()["partitions"]
         labels = {"group": "g", "topic": "orders", "partition": "0"}
         assert value(m, "partstream_consumergroup_lag", **labels) == row["lag"] == 20 + 6
         # XDEL leaves got[5] in the pending list: 6 pending

@@ -25,11 +25,11 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from coordinator.group import GroupAdmin
-from coordinator.settings import GroupSettings
+from partitions._admin.groups import GroupAdmin
 from partitions._admin.topics import TopicAdmin, TopicSpec
 from partitions._base.errors import NotOwnerError, PollIntervalExceededError, UnknownGroupError
 from partitions._base.records import Record
+from partitions._base.settings import GroupSettings
 from partitions._base.types import TopicPartition
 from partitions._client.config import ConsumerConfig
 from partitions._client.connection import Connection
@@ -87,7 +87,7 @@ class Fleet:
     def __init__(self, url: str, conn: Connection, tmp: Path) -> None:
         self.url, self.conn, self.tmp = url, conn, tmp
         self.workers: list[Worker] = []
-        self.admin = GroupAdmin(conn.client, conn.keys)
+        self.admin = GroupAdmin(conn)
 
     def spawn(self, *extra: str) -> Worker:
         cmd = [sys.executable, str(SCRIPT), "--url", self.url, "--ns", self.conn.keys.ns]
@@ -222,7 +222,7 @@ def consumer(conn: Connection, **config: Any) -> Consumer:
 
 
 def members(conn: Connection) -> set[str]:
-    return {m.member_id for m in GroupAdmin(conn.client, conn.keys).describe(GROUP).members}
+    return {m.member_id for m in GroupAdmin(conn).describe(GROUP).members}
 
 
 def test_waiting_inside_poll_does_not_count_but_not_polling_does(conn: Connection) -> None:

@@ -1,5 +1,5 @@
 """ "Reclaim stuck entries now": an admin request that each partition's owner serves on its next
-fenced read (offsets.reclaim_now, ``partstream group reclaim``, the dashboard's button)."""
+fenced read (groups.reclaim_now, ``partstream group reclaim``, the dashboard's button)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
-from coordinator.settings import GroupSettings
-from partitions._admin.offsets import reclaim_now
+from partitions._admin.groups import reclaim_now
 from partitions._admin.topics import TopicAdmin, TopicSpec
 from partitions._base.records import Record
+from partitions._base.settings import GroupSettings
 from partitions._client.config import ClientConfig, ConsumerConfig
 from partitions._client.connection import Connection
 from partitions._client.nodes import execute_on_key
@@ -95,12 +95,14 @@ def test_owner_redelivers_stuck_entries_on_its_next_read(conn: Connection) -> No
         time.sleep(0.1)
         # A threshold above the entries' idle time: nothing is stuck, nothing requested.
         none = reclaim_now(conn, "g", min_idle_ms=600_000)
-        assert (none["stuck"], none["requested"]) == (0, 0)
+        assert (none.stuck, none.requested) == (0, 0)
         assert c.poll(timeout=0.3) == []
 
         res = reclaim_now(conn, "g", min_idle_ms=50)
-        assert res["stuck"] == 40 and res["requested"] == PARTS
-        assert sum(p["stuck"] for p in res["partitions"]) == 40
+        assert res.stuck == 40 and res.requested == PARTS
+        assert sum(p.stuck for p in res.partitions) == 40 and all(
+            p.requested for p in res.partitions
+        )
         t0 = time.monotonic()
         again: list[Record] = []
         while len(again) < 40 and time.monotonic() - t0 < 5:

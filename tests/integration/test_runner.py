@@ -28,10 +28,10 @@ from typing import Any
 
 import pytest
 
-from coordinator.settings import GroupSettings
 from partitions import Record, RetryPolicy, run
 from partitions._admin.deadletter import DeadLetters
 from partitions._admin.topics import TopicAdmin, TopicSpec
+from partitions._base.settings import GroupSettings
 from partitions._client.connection import Connection
 from partitions._producer.producer import Producer
 from partitions._runner.runner import Runner

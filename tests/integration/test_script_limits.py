@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from coordinator.group import GroupAdmin
+from partitions._admin.groups import GroupAdmin
 from partitions._base.functions import Functions
 from partitions._client.connection import Connection
 
@@ -13,7 +13,7 @@ pytestmark = pytest.mark.integration
 
 
 def test_target_of_thousands_of_members_is_stored(conn: Connection) -> None:
-    GroupAdmin(conn.client, conn.keys).create("g")
+    GroupAdmin(conn).create("g")
     keys = conn.keys.group_keys("g")
     members, state, target = keys[2], keys[1], keys[4]
     n = 4_100  # 8,200 hash values: one HSET of all of them would pass the stack limit

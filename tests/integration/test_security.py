@@ -21,9 +21,8 @@ import pytest
 import redis
 from click.testing import CliRunner
 
-from coordinator.group import GroupAdmin
-from coordinator.settings import GroupSettings
 from partitions._admin.acl import acl_rules
+from partitions._admin.groups import GroupAdmin
 from partitions._admin.topics import TopicAdmin, TopicSpec
 from partitions._base.errors import (
     ConfigError,
@@ -33,6 +32,7 @@ from partitions._base.errors import (
     translate,
 )
 from partitions._base.functions import library_name
+from partitions._base.settings import GroupSettings
 from partitions._client.config import ClientConfig, ConsumerConfig, ProducerConfig
 from partitions._client.connection import Connection, connect
 from partitions._consumer.consumer import Consumer
@@ -101,8 +101,8 @@ def acl(request: pytest.FixtureRequest) -> Iterator[AclSetup]:
             topics.create(TopicSpec("orders", 2))
             topics.create(TopicSpec("other", 1))
             topics.create(TopicSpec("kept", 1, max_length=10, safe_retention=True))
-            GroupAdmin(admin.client, admin.keys).create("billing", FAST)
-            GroupAdmin(admin.client, admin.keys).create("audit", FAST)
+            GroupAdmin(admin).create("billing", FAST)
+            GroupAdmin(admin).create("audit", FAST)
         yield setup
         root.close()
 
@@ -273,8 +273,8 @@ def test_admin_owns_the_namespace_and_nothing_dangerous(acl: AclSetup) -> None:
         topics.create(TopicSpec("scratch", 3))
         assert "scratch" in topics.names()
         assert topics.delete("scratch") is True
-        GroupAdmin(admin.client, admin.keys).create("temp", FAST)
-        assert GroupAdmin(admin.client, admin.keys).delete("temp") is True
+        GroupAdmin(admin).create("temp", FAST)
+        assert GroupAdmin(admin).delete("temp") is True
         for cmd in (
             ("FLUSHALL",),
             ("KEYS", "*"),

@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 import redis
 
-from coordinator.group import GroupAdmin
-from coordinator.settings import GroupSettings
 from partitions._admin.acl import acl_rules
+from partitions._admin.groups import GroupAdmin
 from partitions._admin.library import load_library
 from partitions._admin.topics import TopicAdmin, TopicSpec
+from partitions._base.settings import GroupSettings
 from partitions._client.config import ClientConfig, ProducerConfig
 from partitions._client.connection import Connection, connect
 from partitions._consumer.consumer import Consumer
@@ -82,7 +82,7 @@ def test_each_role_works_on_every_node_of_the_cluster(
     with connect(ClientConfig(url=users["admin"], namespace=ns)) as admin:
         load_library(admin)  # on every primary, as `partstream functions load` does
         TopicAdmin(admin).create(TopicSpec("orders", 6))  # partitions spread over the nodes
-        GroupAdmin(admin.client, admin.keys).create("billing", FAST)
+        GroupAdmin(admin).create("billing", FAST)
     with (
         connect(ClientConfig(url=users["producer"], namespace=ns)) as pc,
         Producer(pc, ProducerConfig(linger_ms=1)) as p,

@@ -27,10 +27,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from coordinator.group import GroupAdmin
-from coordinator.settings import GroupSettings
+from partitions._admin.groups import GroupAdmin
 from partitions._admin.topics import TopicAdmin, TopicSpec
 from partitions._base.errors import NotEnoughReplicasError, StateLostError
+from partitions._base.settings import GroupSettings
 from partitions._client.cluster import EmbeddedCluster
 from partitions._client.config import ClientConfig, ConsumerConfig, ProducerConfig
 from partitions._client.connection import Connection, connect
@@ -188,7 +188,7 @@ def test_group_with_acks_all_is_on_the_replica_and_refuses_without_one(
             try:
                 t = time.monotonic()
                 with pytest.raises(NotEnoughReplicasError):
-                    GroupAdmin(conn.client, conn.keys).alter("g", max_deliveries=7)
+                    GroupAdmin(conn).alter("g", max_deliveries=7)
                 assert time.monotonic() - t < 10
             finally:
                 os.kill(pid, signal.SIGCONT)

@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from coordinator.settings import GroupSettings
 from partitions._admin.topics import TopicAdmin, TopicSpec
+from partitions._base.settings import GroupSettings
 from partitions._client.config import ConsumerConfig
 from partitions._client.connection import Connection
 from partitions._consumer import ops as consumer_mod

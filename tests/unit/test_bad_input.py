@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from coordinator.settings import GroupSettings
 from partitions._admin.apply import load
 from partitions._base.errors import ConfigError, InvalidNameError
+from partitions._base.settings import GroupSettings
 from partitions._client.config import ClientConfig, ConsumerConfig, ProducerConfig
 from partitions.cli import main
 

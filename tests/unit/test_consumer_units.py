@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import pytest
 
-from partitions._admin.deadletter import dead_letter_from_entry
 from partitions._admin.offsets import target_id, time_id
 from partitions._base.errors import ConfigError
-from partitions._base.records import group_infos_from_reply, records_from_read
+from partitions._base.replies import (
+    dead_letter_from_entry,
+    group_infos_from_reply,
+    records_from_read,
+)
 from partitions._client.config import ClientConfig, ConsumerConfig
 
 

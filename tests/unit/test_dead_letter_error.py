@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from partitions._admin.deadletter import dead_letter_from_entry
 from partitions._base.errors import ConfigError
+from partitions._base.replies import dead_letter_from_entry
 from partitions._consumer.calls import MAX_ERROR_BYTES, TRUNCATED, bounded_error, check_reason
 
 META = [b"dlq.topic", b"t", b"dlq.partition", b"0", b"dlq.id", b"5-0", b"dlq.group", b"g",

@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 import redis.exceptions as rex
 
-from coordinator.settings import GroupSettings
 from partitions._admin.apply import parse
 from partitions._base.durability import Durability, parse_acks
 from partitions._base.errors import ConfigError, NotEnoughReplicasError, ServerError
+from partitions._base.replies import settings_from_reply
+from partitions._base.settings import GroupSettings
 from partitions._client.config import ClientConfig, ProducerConfig
 from partitions._producer.delivery import Verdict, classify
 
@@ -86,9 +87,9 @@ def test_group_settings_round_trip_through_the_stored_hash() -> None:
     s = GroupSettings(acks="all", min_insync_replicas=2, fsync="local")
     raw = dict(zip(s.to_fields()[::2], s.to_fields()[1::2], strict=True))
     assert raw["acks"] == "all"
-    back = GroupSettings.from_fields({k.encode(): v.encode() for k, v in raw.items()})
+    back = settings_from_reply({k.encode(): v.encode() for k, v in raw.items()})
     assert back == s and back.durability == Durability("all", 2, "local")
-    assert GroupSettings.from_fields({b"acks": b"1"}).acks == 1
+    assert settings_from_reply({b"acks": b"1"}).acks == 1
     assert GroupSettings().with_changes(acks="all").acks == "all"
 
 

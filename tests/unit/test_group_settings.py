@@ -6,8 +6,10 @@ import tomllib
 
 import pytest
 
-from coordinator.settings import GroupSettings
+from coordinator.assignors import ASSIGNORS
 from partitions._base.errors import ConfigError
+from partitions._base.replies import settings_from_reply
+from partitions._base.settings import ASSIGNOR_NAMES, DEFAULT_ASSIGNOR, GroupSettings
 
 
 def test_defaults_are_kafka_like() -> None:
@@ -55,7 +57,12 @@ def test_fields_round_trip_through_a_redis_hash_reply() -> None:
     flat = s.to_fields()
     raw = {flat[i].encode(): flat[i + 1].encode() for i in range(0, len(flat), 2)}
     raw[b"from_a_newer_version"] = b"x"
-    assert GroupSettings.from_fields(raw) == s
+    assert settings_from_reply(raw) == s
+
+
+def test_the_assignor_names_are_the_registered_assignors() -> None:
+    assert set(ASSIGNOR_NAMES) == set(ASSIGNORS)
+    assert DEFAULT_ASSIGNOR in ASSIGNORS
 
 
 def test_with_changes_validates_again() -> None:

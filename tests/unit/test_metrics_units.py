@@ -9,11 +9,11 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from partitions._admin.deadletter import OTHER, UNCLASSIFIED, DeadLetterTally
+from partitions._admin.groups import GroupLag, LagCheck
 from partitions._admin.lag import PartitionOffset, age_ms, needs_head, offset_of, older
-from partitions._admin.offsets import GroupLag, LagCheck
 from partitions._admin.topics import TopicMeta, TopicSpec
 from partitions._base.errors import ConfigError
-from partitions._base.records import GroupStreamInfo, PendingSummary, pending_summary_from_reply
+from partitions._base.replies import GroupStreamInfo, PendingSummary, pending_summary_from_reply
 from partitions._telemetry.exporter import metric_families, require_prometheus
 from partitions._telemetry.scrape import DeadLetterCount, GroupState, PartitionState, Scrape
 from partitions.dashboard.snapshot import History, percentile

@@ -13,7 +13,7 @@ from partitions._base.errors import (
     ConnectionFailedError,
     DeliveryTimeoutError,
     InvalidRecordError,
-    PartstreamError,
+    SequenceLostError,
     SerializationError,
     ServerOutOfMemoryError,
     WrongTypeError,
@@ -193,7 +193,8 @@ def test_final_error_is_the_last_error_typed_and_says_how_long() -> None:
     assert isinstance(wrong, WrongTypeError) and "gave up" not in str(wrong)
     assert isinstance(wrong.__cause__, rex.ResponseError)
     lost = final_error(_batch(), rex.ResponseError("OUTOFSEQ producer p is unknown"), 100.1)
-    assert type(lost) is PartstreamError and "this batch was not appended" in str(lost)
+    assert type(lost) is SequenceLostError and "this batch was not appended" in str(lost)
+    assert not lost.retriable
 
 
 def test_an_unsent_batch_expires_with_its_partitions_last_error() -> None:

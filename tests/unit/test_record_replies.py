@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from partitions._admin.deadletter import dead_letter_from_entry
-from partitions._base.records import fetch_result, record_from_entry
+from partitions._base.replies import dead_letter_from_entry, fetch_result, record_from_entry
 
 
 def test_partstream_entries_are_not_foreign_and_other_fields_are() -> None:

@@ -19,7 +19,8 @@ from partitions import (
     SerializationError,
     Serializer,
 )
-from partitions._base.records import Record, encode_value, records_from_read
+from partitions._base.records import Record, encode_value
+from partitions._base.replies import records_from_read
 from partitions._base.serde import Decoder, check_serializer, decoder
 
 

@@ -20,8 +20,8 @@ from partitions._base.records import (
     encode_key,
     encode_value,
     entry_fields,
-    record_from_entry,
 )
+from partitions._base.replies import record_from_entry
 from partitions._client.config import ClientConfig, ProducerConfig, redact_url
 
 

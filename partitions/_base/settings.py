@@ -3,6 +3,10 @@
 Declared under ``[groups.NAME]`` in the TOML config (:meth:`GroupSettings.from_dict`), set by
 ``partstream group create|alter``, or brought by the first member that joins an undeclared
 group. Once a group exists its stored settings win over any member's.
+
+They live in the base layer because both planes read them (the consumer its ``max_deliveries``
+and ``reclaim_idle_ms``, the coordinator the rest); the assignors themselves are the control
+plane's (``coordinator.assignors`` registers one under each of :data:`ASSIGNOR_NAMES`).
 """
 
 from __future__ import annotations
@@ -11,7 +15,6 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-from coordinator.assignors import ASSIGNORS, DEFAULT_ASSIGNOR
 from partitions._base.durability import Durability, check_settings, parse_acks
 from partitions._base.errors import ConfigError
 
@@ -22,6 +25,10 @@ _INT_FIELDS = (
     "reclaim_idle_ms",
     "min_insync_replicas",
 )
+# The assignors coordinator.assignors registers ("uniform" is sticky); a unit test checks that
+# the registry and this list agree.
+ASSIGNOR_NAMES = ("range", "roundrobin", "uniform")
+DEFAULT_ASSIGNOR = "uniform"
 # Below this a session would expire between two scheduler ticks of a busy test machine.
 MIN_SESSION_TIMEOUT_MS = 100
 
@@ -49,8 +56,8 @@ class GroupSettings:
     fsync: str = "none"
 
     def __post_init__(self) -> None:
-        if self.assignor not in ASSIGNORS:
-            known = ", ".join(sorted(ASSIGNORS))
+        if self.assignor not in ASSIGNOR_NAMES:
+            known = ", ".join(ASSIGNOR_NAMES)
             raise ConfigError(f"unknown assignor {self.assignor!r}; known assignors: {known}")
         for name in _INT_FIELDS:
             value = getattr(self, name)
@@ -110,13 +117,12 @@ class GroupSettings:
         return out
 
     @classmethod
-    def from_fields(cls, raw: Mapping[Any, Any]) -> GroupSettings:
-        """Inverse of :meth:`to_fields`, from an HGETALL reply; unknown fields are ignored."""
+    def from_fields(cls, raw: Mapping[str, str]) -> GroupSettings:
+        """Inverse of :meth:`to_fields`, from the decoded cfg hash (see
+        :func:`partitions._base.replies.settings_from_reply`); unknown fields are ignored."""
         values: dict[str, Any] = {}
         names = {f.name for f in fields(cls)}
-        for key, value in raw.items():
-            k = key.decode() if isinstance(key, bytes) else key
-            v = value.decode() if isinstance(value, bytes) else value
+        for k, v in raw.items():
             if k not in names:
                 continue  # written by a newer version: keep working
             values[k] = int(v) if k in _INT_FIELDS else parse_acks(v) if k == "acks" else v

@@ -1,5 +1,8 @@
 """Optional peers, run by ``--peers`` when their client library is installed: never needed by tests.
 
+Development tooling of the source tree, not part of the installed package: ``partstream bench
+--peers`` loads this file from the checkout it runs from (``partitions.bench.harness.load_peers``).
+
 Install them with ``pip install 'partstream[peers]'``. Each peer handles the same keyed
 records (same count, value size, keys, partitions) as partstream in the same run, and takes
 part in the same alternating rounds, so ``partstream/<peer>`` is a ratio like the others:

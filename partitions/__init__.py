@@ -88,12 +88,14 @@ from partitions._base.types import (
     PartitionOwner,
     TopicPartition,
 )
+from partitions._client.aio import AsyncConnection, connect_async
 from partitions._client.config import ClientConfig, ConsumerConfig, ProducerConfig
 from partitions._client.connection import Connection, ServerInfo, connect
 from partitions._client.replicas import EmbeddedReplicaSet, MemberStatus
 from partitions._client.server import EmbeddedServer, ServerStatus
 from partitions._consumer.aio import AsyncConsumer
 from partitions._consumer.consumer import Consumer
+from partitions._producer.aio import AsyncProducer, AsyncRecordFuture
 from partitions._producer.producer import Producer, RecordFuture, RecordMetadata
 from partitions._producer.router import Router
 from partitions._runner.retry import RetryPolicy
@@ -102,7 +104,10 @@ from partitions._telemetry.metrics import ClientMetrics
 from partitions._telemetry.tracing import TracerProvider
 
 __all__ = [
+    "AsyncConnection",
     "AsyncConsumer",
+    "AsyncProducer",
+    "AsyncRecordFuture",
     "BufferFullError",
     "BytesSerializer",
     "ClientConfig",
@@ -189,6 +194,7 @@ __all__ = [
     "acl_rules",
     "check_lag",
     "connect",
+    "connect_async",
     "describe_with_lag",
     "execute_group_seek",
     "group_lag",

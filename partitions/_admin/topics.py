@@ -186,6 +186,15 @@ def _opt_int(value: int | bool | None) -> int | None:
     return None if value is None else int(value)
 
 
+def existing_meta(name: str, raw: Mapping[Any, Any]) -> TopicMeta:
+    """The topic's metadata from its hash as read (HGETALL); UnknownTopicError if empty."""
+    if not raw:
+        raise UnknownTopicError(
+            f"topic {name} does not exist (create it with `partstream topic create`)"
+        )
+    return meta_from_hash(name, raw)
+
+
 def meta_from_hash(name: str, raw: Mapping[Any, Any]) -> TopicMeta:
     data = string_map(raw)
     regions = orjson.loads(data.get("regions") or "{}")
@@ -229,11 +238,7 @@ class TopicAdmin:
         raw = self._call(
             lambda: self._r.hgetall(self.keys.topic_meta(name)), f"reading topic {name}"
         )
-        if not raw:
-            raise UnknownTopicError(
-                f"topic {name} does not exist (create it with `partstream topic create`)"
-            )
-        return meta_from_hash(name, raw)
+        return existing_meta(name, raw)
 
     def exists(self, name: str) -> bool:
         validate_name(name, "topic")

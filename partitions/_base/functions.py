@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Callable
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -39,7 +40,7 @@ from partitions._base.replies import library_names
 
 LIBRARY_PREFIX = "partstream_"
 # A durable call on a cluster follows this many redirections (it did not run) before failing.
-_DURABLE_ATTEMPTS = 4
+DURABLE_ATTEMPTS = 4
 _REDIRECTS = (rex.AskError, rex.TryAgainError, rex.ClusterDownError, rex.ReadOnlyError)
 # Longest WAIT after a write unless the caller says: under the default socket timeout.
 DEFAULT_WAIT_MS = 5000
@@ -129,16 +130,47 @@ _PAUSE_S = 0.05
 _MAX_PAUSE_S = 0.5
 
 
-class _NotRun(Exception):
+class NotRun(Exception):
     """Internal: the call failed in a way that proves it did not run (its cause says how)."""
+
+
+class Backoff:
+    """When to try again while a server fails over: pauses doubling from ``first`` up to
+    ``most``, for ``window`` seconds in all. Pure (the clock is injected): the sync and the
+    asyncio shells sleep the pauses it gives with their own sleep.
+    """
+
+    def __init__(
+        self,
+        window: float,
+        *,
+        first: float = _PAUSE_S,
+        most: float = _MAX_PAUSE_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._clock = clock
+        self._deadline = clock() + window
+        self._pause = first
+        self._most = most
+
+    def next_pause(self) -> float | None:
+        """The pause before the next try, or None: the window is over, give up."""
+        pause = self._pause
+        if self._clock() + pause > self._deadline:
+            return None
+        self._pause = min(pause * 2, self._most)
+        return pause
+
+
+def is_cluster_client(client: Any) -> bool:
+    """A ``RedisCluster`` (redis-py's or redis.asyncio's)."""
+    return hasattr(client, "get_node_from_key")
 
 
 def fails_over(client: Any) -> bool:
     """A cluster client, or one behind Sentinels: its primaries can be replaced under it."""
     pool = getattr(client, "connection_pool", None)
-    return (
-        hasattr(client, "get_node_from_key") or getattr(pool, "sentinel_manager", None) is not None
-    )
+    return is_cluster_client(client) or getattr(pool, "sentinel_manager", None) is not None
 
 
 def did_not_run(err: BaseException) -> bool:
@@ -184,6 +216,64 @@ def missing_error(where: str, cause: BaseException | None = None) -> LibraryMiss
     )
 
 
+# -- the decisions of a call, shared by Functions and the asyncio AsyncFunctions -------------
+
+
+def load_failure(err: Exception) -> Exception | None:
+    """What a failed FUNCTION LOAD means: None if this version was already there, else the
+    error to raise (LibraryMissingError if this user may not load it)."""
+    if isinstance(err, rex.ResponseError) and "already exists" in str(err):
+        return None
+    if isinstance(err, rex.ResponseError) and _is_noperm(err):
+        return missing_error("", err)
+    return translate(err, "loading partstream's server-side functions")
+
+
+def final_error(err: BaseException, where: str) -> Exception:
+    """The partstream error a failed call ends in."""
+    if isinstance(err, rex.RedisClusterException):
+        return ConnectionFailedError(f"{where}: {err}")
+    assert isinstance(err, Exception)
+    return translate(err, where)
+
+
+def call_failure(err: BaseException, where: str, *, retrying: bool) -> Exception:
+    """A failed FCALL: NotRun (try again after a pause) when retrying and it provably did
+    not run, else its final error."""
+    if retrying and did_not_run(err):
+        return NotRun()
+    return final_error(err, where)
+
+
+def gave_up(not_run: NotRun, where: str) -> Exception:
+    """The error of a call whose retry window closed: that of its last try."""
+    assert not_run.__cause__ is not None
+    return final_error(not_run.__cause__, where)
+
+
+def fcall_command(name: str, keys: list[str], args: list[Any]) -> tuple[Any, ...]:
+    return ("FCALL", function_name(name), len(keys), *keys, *args)
+
+
+def durable_commands(
+    name: str, keys: list[str], args: list[Any], durability: Durability, wait_ms: int
+) -> list[tuple[Any, ...]]:
+    """The pipeline of a durable call: the FCALL, then WAIT/WAITAOF on the same connection
+    (WAIT counts what its own connection wrote)."""
+    return [fcall_command(name, keys, args), *durability.commands(wait_ms)]
+
+
+def durable_retry(first: Any, *, attempt: int, loaded: bool, cluster: bool) -> str | None:
+    """What to do when a durable call's FCALL reply is an error: "load" the library and send
+    it again, "redirect" it (it did not run: learn the slot map, send it where the slot is),
+    or None: raise it."""
+    if not loaded and is_missing(first):
+        return "load"
+    if cluster and attempt < DURABLE_ATTEMPTS and _is_redirect(first):
+        return "redirect"
+    return None
+
+
 class Functions:
     """Calls the library's functions on one client (``redis.Redis`` or ``RedisCluster``);
     loads the library where it is missing, if this client may.
@@ -208,14 +298,11 @@ class Functions:
         this user may not load it."""
         try:
             (target or self._client).execute_command("FUNCTION", "LOAD", library_code())
-        except rex.ResponseError as err:
-            if "already exists" in str(err):
-                return False
-            if _is_noperm(err):
-                raise missing_error("", err) from err
-            raise translate(err, "loading partstream's server-side functions") from err
         except rex.RedisError as err:
-            raise translate(err, "loading partstream's server-side functions") from err
+            failure = load_failure(err)
+            if failure is None:
+                return False
+            raise failure from err
         return True
 
     def call(
@@ -234,83 +321,71 @@ class Functions:
         ``wait_ms``) on the same connection, and returns only once enough replicas confirmed
         what it wrote; else NotEnoughReplicasError (it ran: its effects are on the primary).
         """
-        deadline = time.monotonic() + self.retry_for
-        pause = _PAUSE_S
+        backoff = Backoff(self.retry_for)
+        where = context or f"function {name}"
         while True:
             try:
                 if durability is not None and durability.waits:
-                    return self._call_durable(name, keys, args, context, durability, wait_ms)
-                return self._call(name, keys, args, context)
-            except _NotRun as not_run:
-                if time.monotonic() + pause > deadline:
-                    err = not_run.__cause__
-                    assert isinstance(err, Exception)
-                    where = context or f"function {name}"
-                    if isinstance(err, rex.RedisClusterException):
-                        raise ConnectionFailedError(f"{where}: {err}") from err
-                    raise translate(err, where) from err
+                    return self._call_durable(name, keys, args, where, durability, wait_ms)
+                return self._call(name, keys, args, where)
+            except NotRun as not_run:
+                pause = backoff.next_pause()
+                if pause is None:
+                    raise gave_up(not_run, where) from not_run.__cause__
                 time.sleep(pause)
-                pause = min(pause * 2, _MAX_PAUSE_S)
 
-    def _call(self, name: str, keys: list[str], args: list[Any], context: str) -> Any:
-        fname = function_name(name)
+    def _call(self, name: str, keys: list[str], args: list[Any], where: str) -> Any:
+        command = fcall_command(name, keys, args)
         try:
             try:
-                return self._client.execute_command("FCALL", fname, len(keys), *keys, *args)
+                return self._client.execute_command(*command)
             except rex.ResponseError as err:
                 if not is_missing(err):
                     raise
                 self._load_for(keys)
-                return self._client.execute_command("FCALL", fname, len(keys), *keys, *args)
+                return self._client.execute_command(*command)
         except (rex.RedisError, rex.RedisClusterException) as err:
-            if self.retry_for and did_not_run(err):
-                raise _NotRun() from err
-            if isinstance(err, rex.RedisClusterException):
-                raise ConnectionFailedError(f"{context or name}: {err}") from err
-            raise translate(err, context or f"function {name}") from err
+            raise call_failure(err, where, retrying=bool(self.retry_for)) from err
 
     def _call_durable(
         self,
         name: str,
         keys: list[str],
         args: list[Any],
-        context: str,
+        where: str,
         durability: Durability,
         wait_ms: int,
     ) -> Any:
-        # WAIT counts what its own connection wrote: one pipeline on the node of the keys (on
-        # a cluster that bypasses RedisCluster's redirection handling, so it is done here).
-        context = context or f"function {name}"
-        cluster = bool(keys) and hasattr(self._client, "get_node_from_key")
-        waits = durability.commands(wait_ms)
+        # One pipeline on the node of the keys (on a cluster that bypasses RedisCluster's
+        # redirection handling, so it is done here).
+        cluster = bool(keys) and is_cluster_client(self._client)
+        commands = durable_commands(name, keys, args, durability, wait_ms)
         loaded = False
-        for attempt in range(1, _DURABLE_ATTEMPTS + 1):
+        for attempt in range(1, DURABLE_ATTEMPTS + 1):
             node = self._client
             if cluster:
                 node = node.get_redis_connection(node.get_node_from_key(keys[0]))
             pipe = node.pipeline(transaction=False)
-            pipe.execute_command("FCALL", function_name(name), len(keys), *keys, *args)
-            for cmd in waits:
+            for cmd in commands:
                 pipe.execute_command(*cmd)
             try:
                 replies = pipe.execute(raise_on_error=False)
             except rex.RedisError as err:
                 if cluster:  # a node died or failed over: learn the map for the next call
                     self._refresh_map(err)
-                if self.retry_for and did_not_run(err):
-                    raise _NotRun() from err
-                raise translate(err, context) from err
+                raise call_failure(err, where, retrying=bool(self.retry_for)) from err
             first = replies[0]
             if isinstance(first, Exception):
-                if not loaded and is_missing(first):
+                action = durable_retry(first, attempt=attempt, loaded=loaded, cluster=cluster)
+                if action == "load":
                     loaded = True
                     self.load(node)
-                    continue
-                if cluster and attempt < _DURABLE_ATTEMPTS and _is_redirect(first):
-                    self._refresh_map(first)  # it did not run: send it where the slot is
-                    continue
-                raise translate(first, context) from first
-            durability.check(replies[1:], context)
+                elif action == "redirect":
+                    self._refresh_map(first)
+                else:
+                    raise translate(first, where) from first
+                continue
+            durability.check(replies[1:], where)
             return first
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -326,7 +401,7 @@ class Functions:
 
     def _load_for(self, keys: list[str]) -> None:
         target = None
-        if keys and hasattr(self._client, "get_node_from_key"):  # a cluster: that key's node
+        if keys and is_cluster_client(self._client):  # a cluster: that key's node
             node = self._client.get_node_from_key(keys[0])
             target = self._client.get_redis_connection(node)
         self.load(target)

@@ -12,9 +12,10 @@ import contextlib
 import logging
 import time
 import warnings
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, Generic, TypeVar, cast
 from urllib.parse import urlsplit
 
 import redis
@@ -28,13 +29,26 @@ from partitions._base.errors import (
     ServerTooOldError,
     translate,
 )
-from partitions._base.functions import FAILOVER_GRACE_S, Functions, did_not_run, fails_over
+from partitions._base.functions import (
+    FAILOVER_GRACE_S,
+    Backoff,
+    Functions,
+    did_not_run,
+    fails_over,
+)
 from partitions._base.keys import Keys
 from partitions._base.replies import text
 from partitions._client.config import ClientConfig
-from partitions._client.urls import parse_cluster, parse_sentinel, redact_url
+from partitions._client.urls import (
+    ClusterSeeds,
+    SentinelTarget,
+    parse_cluster,
+    parse_sentinel,
+    redact_url,
+)
 
 log = logging.getLogger("partstream")
+T = TypeVar("T")
 
 MIN_REDIS = (7, 0, 0)
 MIN_VALKEY = (7, 2, 0)
@@ -85,10 +99,88 @@ class ServerInfo:
         return f"{self.flavor} {self.version_text} ({mode}; features: {feats})"
 
 
-def _has_command(client: Any, name: str) -> bool:
+# Connecting is written once, as steps that yield what they need done (a command, a pause, a
+# fresh slot map) and get the reply back (an error is thrown into them): the shells, this
+# module's :func:`drive` and the asyncio one in partitions/_client/aio.py, only do it.
+@dataclass(frozen=True, slots=True)
+class Pause:
+    """Sleep this long (the shell's own sleep), reply None."""
+
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class OnNode:
+    """Send ``command`` to one node of a cluster (from :data:`PRIMARIES`), unmerged."""
+
+    node: Any
+    command: tuple[Any, ...]
+
+
+PRIMARIES = "primaries"  # reply: the cluster's primary nodes, for OnNode
+REFRESH = "refresh"  # re-learn the cluster's slot map (errors are swallowed), reply None
+Action = tuple[Any, ...] | Pause | OnNode | str
+Steps = Generator[Action, Any, T]
+# What a shell catches and throws back into the steps.
+IO_ERRORS = (rex.RedisError, rex.RedisClusterException)
+
+
+class Stepper(Generic[T]):
+    """Feeds a shell's replies into steps: ``action`` is what to do next, until ``done``."""
+
+    def __init__(self, steps: Steps[T]) -> None:
+        self._steps = steps
+        self.done = False
+        self.value: T | None = None
+        self.action: Action = ""
+        self._advance(lambda: next(steps))
+
+    def reply(self, reply: Any) -> None:
+        self._advance(lambda: self._steps.send(reply))
+
+    def fail(self, error: Exception) -> None:
+        self._advance(lambda: self._steps.throw(error))
+
+    def _advance(self, step: Callable[[], Action]) -> None:
+        try:
+            self.action = step()
+        except StopIteration as stop:
+            self.done, self.value = True, stop.value
+
+    def result(self) -> T:
+        return cast(T, self.value)
+
+
+def drive(steps: Steps[T], client: Any) -> T:
+    """Run ``steps`` on a redis-py client, blocking."""
+    stepper = Stepper(steps)
+    while not stepper.done:
+        try:
+            stepper.reply(_perform(stepper.action, client))
+        except IO_ERRORS as err:
+            stepper.fail(err)
+    return stepper.result()
+
+
+def _perform(action: Action, client: Any) -> Any:
+    if isinstance(action, Pause):
+        return time.sleep(action.seconds)
+    if isinstance(action, OnNode):
+        return client.get_redis_connection(action.node).execute_command(*action.command)
+    if action == PRIMARIES:
+        return client.get_primaries()
+    if action == REFRESH:
+        with contextlib.suppress(*IO_ERRORS):
+            client.nodes_manager.initialize()
+        return None
+    assert isinstance(action, tuple)
+    return client.execute_command(*action)
+
+
+def _probe(name: str, send: Callable[[tuple[Any, ...]], Action]) -> Steps[bool]:
     """Probe a command by calling it with no arguments: an arity error means it exists."""
     try:
-        client.execute_command(name)
+        yield send((name,))
     except rex.ResponseError as err:
         return "unknown command" not in str(err).lower()
     except rex.RedisError:
@@ -96,29 +188,15 @@ def _has_command(client: Any, name: str) -> bool:
     return True
 
 
-def detect_server(client: Any, *, cluster: bool = False) -> ServerInfo:
-    """Read INFO and probe commands; raise ServerTooOldError below the supported minimum.
+def node_steps(*, cluster: bool, node: Any = None) -> Steps[ServerInfo]:
+    """Detect one server (``node``: one primary of a cluster); raise ServerTooOldError below
+    the supported minimum."""
 
-    On a cluster every primary is checked: the oldest one decides the version, a feature
-    counts only if all primaries have it, and an evicting policy on any primary is reported.
-    """
-    if not cluster:
-        return _detect_node(client, cluster=False)
-    nodes = [client.get_redis_connection(n) for n in client.get_primaries()]
-    infos = [_detect_node(n, cluster=True) for n in nodes]
-    oldest = min(infos, key=lambda i: (i.flavor == "valkey", i.version))
-    features = frozenset.intersection(*(i.features for i in infos))
-    policies = [i.maxmemory_policy for i in infos]
-    evicting = [p for p in policies if p is not None and p.startswith("allkeys-")]
-    policy = evicting[0] if evicting else None if None in policies else policies[0]
-    replicas = min(i.replicas for i in infos)
-    return ServerInfo(oldest.flavor, oldest.version, features, True, policy, replicas)
+    def send(command: tuple[Any, ...]) -> Action:
+        return command if node is None else OnNode(node, command)
 
-
-def _detect_node(client: Any, *, cluster: bool) -> ServerInfo:
-    """Detect one node (a plain ``redis.Redis``)."""
     try:
-        info = client.info("server")
+        info = yield send(("INFO", "server"))
     except rex.RedisError as err:
         raise translate(err, "reading server info") from err
     flavor = (
@@ -139,61 +217,83 @@ def _detect_node(client: Any, *, cluster: bool) -> ServerInfo:
     if flavor == "redis":
         features = {name for name, since in _REDIS_FEATURES.items() if version >= since}
     else:
-        if _has_command(client, "XACKDEL"):
+        if (yield from _probe("XACKDEL", send)):
             features.add("acked_trim")
-        if _has_command(client, "WAITAOF"):
+        if (yield from _probe("WAITAOF", send)):
             features.add("waitaof")
     policy: str | None
     try:
-        raw = client.config_get("maxmemory-policy").get("maxmemory-policy")
+        raw = (yield send(("CONFIG GET", "maxmemory-policy"))).get("maxmemory-policy")
         policy = None if raw is None else text(raw)
     except rex.RedisError:
         policy = None  # CONFIG may be denied by ACL or renamed: we cannot tell
-    return ServerInfo(flavor, version, frozenset(features), cluster, policy, _replicas(client))
-
-
-def _replicas(client: Any) -> int:
-    """Replicas connected to this primary now (0 when INFO replication is denied)."""
     try:
-        info = client.info("replication")
+        replication = yield send(("INFO", "replication"))
+        replicas = int(replication.get("connected_slaves", 0) or 0)
     except rex.RedisError:
-        return 0
-    return int(info.get("connected_slaves", 0) or 0)
+        replicas = 0  # INFO replication denied
+    return ServerInfo(flavor, version, frozenset(features), cluster, policy, replicas)
 
 
-def _ping(client: Any) -> None:
-    """PING, waiting up to FAILOVER_GRACE_S on a cluster or behind Sentinels while the node
-    asked is down or still loading (a failover, a node restarting): they take seconds."""
-    deadline = time.monotonic() + (FAILOVER_GRACE_S if fails_over(client) else 0.0)
-    pause = 0.1
+def combine(infos: list[ServerInfo]) -> ServerInfo:
+    """A cluster's info from its primaries': the oldest one decides the version, a feature
+    counts only if all primaries have it, and an evicting policy on any primary is reported."""
+    oldest = min(infos, key=lambda i: (i.flavor == "valkey", i.version))
+    features = frozenset.intersection(*(i.features for i in infos))
+    policies = [i.maxmemory_policy for i in infos]
+    evicting = [p for p in policies if p is not None and p.startswith("allkeys-")]
+    policy = evicting[0] if evicting else None if None in policies else policies[0]
+    replicas = min(i.replicas for i in infos)
+    return ServerInfo(oldest.flavor, oldest.version, features, True, policy, replicas)
+
+
+def detect_steps(*, cluster: bool) -> Steps[ServerInfo]:
+    """Read INFO and probe commands; on a cluster every primary (see :func:`combine`)."""
+    if not cluster:
+        return (yield from node_steps(cluster=False))
+    infos = []
+    for node in (yield PRIMARIES):
+        infos.append((yield from node_steps(cluster=True, node=node)))
+    return combine(infos)
+
+
+def detect_server(client: Any, *, cluster: bool = False) -> ServerInfo:
+    """Read INFO and probe commands; raise ServerTooOldError below the supported minimum."""
+    return drive(detect_steps(cluster=cluster), client)
+
+
+def connect_steps(*, cluster: bool, failover_window: float) -> Steps[ServerInfo]:
+    """PING, then detect the server, riding out a failover in progress for
+    ``failover_window`` seconds: a node down or still loading, a cluster whose map still
+    names a dead primary (until its replica is promoted: asked again with a fresh slot map),
+    Sentinels between two primaries."""
+    backoff = Backoff(failover_window, first=0.1, most=1.0)
     while True:
         try:
-            client.ping()
-            return
-        except (rex.RedisError, rex.RedisClusterException) as err:
-            if not did_not_run(err) or time.monotonic() + pause > deadline:
+            yield ("PING",)
+            break
+        except IO_ERRORS as err:
+            pause = backoff.next_pause() if did_not_run(err) else None
+            if pause is None:
                 raise
-            time.sleep(pause)
-            pause = min(pause * 2, 1.0)
-
-
-def _detect(client: Any, cluster: bool) -> ServerInfo:
-    """detect_server, riding out a failover in progress: a cluster whose map still names a
-    dead primary (until its replica is promoted), or Sentinels between two primaries, is
-    asked again, with a fresh slot map, for up to FAILOVER_GRACE_S."""
-    deadline = time.monotonic() + (FAILOVER_GRACE_S if fails_over(client) else 0.0)
-    pause = 0.1
+            yield Pause(pause)
+    backoff = Backoff(failover_window, first=0.1, most=1.0)
     while True:
         try:
-            return detect_server(client, cluster=cluster)
+            return (yield from detect_steps(cluster=cluster))
         except ConnectionFailedError:
-            if time.monotonic() + pause > deadline:
+            pause = backoff.next_pause()
+            if pause is None:
                 raise
-            time.sleep(pause)
-            pause = min(pause * 2, 1.0)
+            yield Pause(pause)
             if cluster:
-                with contextlib.suppress(rex.RedisError, rex.RedisClusterException):
-                    client.nodes_manager.initialize()
+                yield REFRESH
+
+
+def failover_window(client: Any) -> float:
+    """How long connecting rides out a failover: FAILOVER_GRACE_S on a cluster or behind
+    Sentinels, not at all on a single server."""
+    return FAILOVER_GRACE_S if fails_over(client) else 0.0
 
 
 def check_eviction_policy(server: ServerInfo, strict: bool) -> None:
@@ -286,6 +386,49 @@ def resolve_url(config: ClientConfig) -> str:
     return EmbeddedServer(config.data_dir).ensure_running()
 
 
+@dataclass(frozen=True, slots=True)
+class ClientPlan:
+    """What client a URL needs, with which settings: decided once for both the redis-py
+    client and the redis.asyncio one (each built by its own shell from this)."""
+
+    kind: str  # "single", "cluster" or "sentinel"
+    url: str
+    kwargs: dict[str, Any]
+    cluster: ClusterSeeds | None = None
+    sentinel: SentinelTarget | None = None
+    sentinel_kwargs: dict[str, Any] | None = None
+
+
+def client_plan(url: str, config: ClientConfig) -> ClientPlan:
+    """The plan of a client for ``url``: nothing is opened or sent."""
+    scheme = urlsplit(url).scheme
+    if scheme == "unix" and (config.ssl_ca_certs or config.ssl_certfile or config.ssl_keyfile):
+        # A unix socket is local: TLS settings (from the environment, say) do not apply.
+        config = config.with_changes(ssl_ca_certs=None, ssl_certfile=None, ssl_keyfile=None)
+    kwargs = _client_kwargs(config, tls=scheme.startswith("rediss"))
+    if scheme.endswith("+cluster"):
+        seeds = parse_cluster(url)
+        kwargs.pop("health_check_interval", None)
+        if seeds.tls:
+            kwargs["ssl"] = True
+        kwargs.update(username=seeds.username, password=seeds.password)
+        return ClientPlan("cluster", url, kwargs, cluster=seeds)
+    if scheme.endswith("+sentinel"):
+        target = parse_sentinel(url)
+        # Sentinels answer small queries: a dead one must not hold a reconnect for long.
+        sentinel_kwargs: dict[str, Any] = {
+            "socket_timeout": config.connect_timeout,
+            "socket_connect_timeout": config.connect_timeout,
+            "username": target.sentinel_username,
+            "password": target.sentinel_password,
+        }
+        if target.tls:
+            kwargs["ssl"] = True
+            sentinel_kwargs.update({k: v for k, v in kwargs.items() if k.startswith("ssl")})
+        return ClientPlan("sentinel", url, kwargs, sentinel=target, sentinel_kwargs=sentinel_kwargs)
+    return ClientPlan("single", url, kwargs)
+
+
 def open_client(url: str, config: ClientConfig) -> tuple[Any, bool]:
     """A redis-py client for ``url``: (client, is_cluster). Nothing is sent yet.
 
@@ -294,54 +437,24 @@ def open_client(url: str, config: ClientConfig) -> tuple[Any, bool]:
     ``READONLY`` from a demoted primary drops that connection (redis-py's
     SentinelManagedConnection turns it into a ConnectionError).
     """
-    scheme = urlsplit(url).scheme
-    if scheme == "unix" and (config.ssl_ca_certs or config.ssl_certfile or config.ssl_keyfile):
-        # A unix socket is local: TLS settings (from the environment, say) do not apply.
-        config = config.with_changes(ssl_ca_certs=None, ssl_certfile=None, ssl_keyfile=None)
-    kwargs = _client_kwargs(config, tls=scheme.startswith("rediss"))
-    if scheme.endswith("+cluster"):
-        return _cluster_client(url, kwargs), True
-    if scheme.endswith("+sentinel"):
-        return _sentinel_client(url, config, kwargs), False
-    return redis.Redis.from_url(url, **kwargs), False
+    plan = client_plan(url, config)
+    if plan.cluster is not None:
+        from redis.cluster import ClusterNode, RedisCluster
 
+        nodes = [ClusterNode(h, p) for h, p in plan.cluster.nodes]  # type: ignore[no-untyped-call]
+        return RedisCluster(startup_nodes=nodes, **plan.kwargs), True
+    if plan.sentinel is not None:
+        from redis.sentinel import Sentinel
 
-def _cluster_client(url: str, kwargs: dict[str, Any]) -> Any:
-    from redis.cluster import ClusterNode, RedisCluster
-
-    seeds = parse_cluster(url)
-    kwargs.pop("health_check_interval", None)
-    if seeds.tls:
-        kwargs["ssl"] = True
-    nodes = [ClusterNode(host, port) for host, port in seeds.nodes]  # type: ignore[no-untyped-call]
-    return RedisCluster(
-        startup_nodes=nodes,
-        username=seeds.username,
-        password=seeds.password,
-        **kwargs,
-    )
-
-
-def _sentinel_client(url: str, config: ClientConfig, kwargs: dict[str, Any]) -> Any:
-    from redis.sentinel import Sentinel
-
-    target = parse_sentinel(url)
-    # Sentinels answer small queries: a dead one must not hold a reconnect for long.
-    sentinel_kwargs: dict[str, Any] = {
-        "socket_timeout": config.connect_timeout,
-        "socket_connect_timeout": config.connect_timeout,
-        "username": target.sentinel_username,
-        "password": target.sentinel_password,
-    }
-    if target.tls:
-        kwargs["ssl"] = True
-        sentinel_kwargs.update({k: v for k, v in kwargs.items() if k.startswith("ssl")})
-    manager = Sentinel(  # type: ignore[no-untyped-call]
-        list(target.sentinels), sentinel_kwargs=sentinel_kwargs, **kwargs
-    )
-    return manager.master_for(  # type: ignore[no-untyped-call]
-        target.master, db=target.db, username=target.username, password=target.password
-    )
+        target = plan.sentinel
+        manager = Sentinel(  # type: ignore[no-untyped-call]
+            list(target.sentinels), sentinel_kwargs=plan.sentinel_kwargs, **plan.kwargs
+        )
+        client = manager.master_for(  # type: ignore[no-untyped-call]
+            target.master, db=target.db, username=target.username, password=target.password
+        )
+        return client, False
+    return redis.Redis.from_url(url, **plan.kwargs), False
 
 
 def sentinel_manager(client: Any) -> Any:
@@ -382,32 +495,48 @@ def _tls_error(err: Exception, url: str) -> PartstreamError | None:
     return None
 
 
+def connect_failure(err: Exception, url: str) -> Exception | None:
+    """The partstream error of a client that could not open ``url``, or None: not a
+    connection error, let it through."""
+    where = f"connecting to {redact_url(url)}"
+    if isinstance(err, PartstreamError):  # already says what to do (too old, evicting...)
+        return None
+    if isinstance(err, rex.RedisError):
+        return _tls_error(err, url) or translate(err, where)
+    if isinstance(err, rex.RedisClusterException):  # no seed node answered
+        return ConnectionFailedError(f"{where}: {err}")
+    if isinstance(err, OSError | ValueError):
+        return ConfigError(f"cannot use {redact_url(url)}: {err}")
+    return None
+
+
+def resolve_config(config: ClientConfig | None, overrides: dict[str, Any]) -> ClientConfig:
+    """``overrides`` (ClientConfig fields) over ``config`` (default: from the environment)."""
+    config = config or ClientConfig.from_env()
+    return config.with_changes(**overrides) if overrides else config
+
+
 def connect(config: ClientConfig | None = None, **overrides: Any) -> Connection:
     """Open a connection to the configured server (or the embedded one) and check it.
 
     ``overrides`` are ClientConfig fields (``url=...``, ``namespace=...``) applied over
     ``config`` (default: from the environment).
     """
-    config = config or ClientConfig.from_env()
-    if overrides:
-        config = config.with_changes(**overrides)
+    config = resolve_config(config, overrides)
     url = resolve_url(config)
     client: Any = None
     try:
         client, cluster = open_client(url, config)
-        _ping(client)
-    except rex.RedisError as err:
-        close_client(client)
-        raise _tls_error(err, url) or translate(err, f"connecting to {redact_url(url)}") from err
-    except rex.RedisClusterException as err:  # no seed node answered
-        close_client(client)
-        raise ConnectionFailedError(f"connecting to {redact_url(url)}: {err}") from err
-    except (OSError, ValueError) as err:
-        close_client(client)
-        raise ConfigError(f"cannot use {redact_url(url)}: {err}") from err
-    try:
-        server = _detect(client, cluster)
+        server = drive(
+            connect_steps(cluster=cluster, failover_window=failover_window(client)), client
+        )
         check_eviction_policy(server, config.strict_eviction_policy)
+    except Exception as err:
+        close_client(client)
+        failure = connect_failure(err, url)
+        if failure is None:
+            raise
+        raise failure from err
     except BaseException:
         close_client(client)
         raise

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import redis.exceptions as rex
 
@@ -59,17 +59,28 @@ def node_name(conn: Connection, key: str | bytes) -> str | None:
     return f"{node.host}:{node.port}"
 
 
-def redirect(conn: Connection, err: BaseException) -> Any:
-    """Learn from a cluster redirection. Returns the ASK target's client, else None.
+def redirect_plan(err: BaseException) -> str:
+    """What a cluster reply teaches (the one MOVED/ASK policy, for both shells): ``"moved"``
+    (update the slot map from the reply: the slot has a new owner for good), ``"ask"`` (the
+    move is not finished: send this one command to the named node, after ``ASKING``) or
+    ``"refresh"`` (TRYAGAIN, CLUSTERDOWN, a lost node: re-read the whole map)."""
+    if isinstance(err, rex.MovedError):  # (a subclass of AskError in redis-py)
+        return "moved"
+    if isinstance(err, rex.AskError):
+        return "ask"
+    return "refresh"
 
-    ``MOVED`` updates the slot map; ``ASK`` does not (the move is not finished) but names the
-    node to send this one command to; anything else refreshes the whole map.
-    """
+
+def redirect(conn: Connection, err: BaseException) -> Any:
+    """Learn from a cluster redirection (:func:`redirect_plan`). Returns the ASK target's
+    client, else None."""
     client = conn.client
     try:
-        if isinstance(err, rex.MovedError):  # (a subclass of AskError in redis-py)
+        plan = redirect_plan(err)
+        if plan == "moved":
             client.nodes_manager.move_slot(err)
-        elif isinstance(err, rex.AskError):
+        elif plan == "ask":
+            assert isinstance(err, rex.AskError)
             node = client.get_node(host=err.host, port=err.port)
             if node is None:
                 client.nodes_manager.initialize()
@@ -80,6 +91,20 @@ def redirect(conn: Connection, err: BaseException) -> Any:
     except (rex.RedisError, rex.RedisClusterException):
         pass  # the cluster is unreachable right now: the next attempt fails and counts
     return None
+
+
+def group_by_node(
+    items: Sequence[Any], node_of: Callable[[Any], Any]
+) -> list[tuple[Any, list[Any]]]:
+    """``items`` grouped by the node ``node_of(item)`` names, in first-seen order."""
+    groups: dict[int, tuple[Any, list[Any]]] = {}
+    for item in items:
+        node = node_of(item)
+        entry = groups.get(id(node))
+        if entry is None:
+            entry = groups[id(node)] = (node, [])
+        entry[1].append(item)
+    return list(groups.values())
 
 
 # What a resharding or failover answers. redis-py strips the code from these errors'
@@ -99,7 +124,19 @@ def is_redirect(err: BaseException) -> bool:
     return isinstance(err, _REDIRECTS) or str(err).startswith(_RETRY_PREFIXES)
 
 
-def _retriable(conn: Connection, err: BaseException) -> bool:
+class Topology(Protocol):
+    """What the retry policy needs to know of a connection (sync or asyncio)."""
+
+    @property
+    def is_cluster(self) -> bool: ...
+
+    behind_sentinel: bool
+
+
+def retriable(conn: Topology, err: BaseException) -> bool:
+    """Whether a command that failed with ``err`` may go again after the map is refreshed
+    (:func:`redirect`): on a cluster a redirection or a lost node, behind Sentinels a lost
+    primary; never on a single server (its errors are the caller's to judge)."""
     if conn.is_cluster:
         return is_redirect(err) or isinstance(err, rex.ConnectionError | rex.TimeoutError)
     if conn.behind_sentinel:  # the primary is being replaced: reconnecting finds the new one
@@ -141,7 +178,7 @@ def execute_on_key(conn: Connection, key: str | bytes, *args: Any, context: str 
             given_up = (
                 attempt >= MAX_ATTEMPTS if moving else attempt >= 2 and time.monotonic() > deadline
             )
-            if given_up or not _retriable(conn, err):
+            if given_up or not retriable(conn, err):
                 if isinstance(err, rex.RedisClusterException):
                     raise ConnectionFailedError(f"{context or args[0]!r}: {err}") from err
                 raise translate(err, context or f"running {args[0]!r} on {key!r}") from err
@@ -159,24 +196,21 @@ def execute_per_key(
     :func:`execute_on_key`. Server errors other than redirections are returned in place of
     the reply (like ``raise_on_error=False``), already translated.
     """
-    groups: dict[int, tuple[Any, list[int]]] = {}
-    for i, (key, _) in enumerate(commands):
-        node = node_for_key(conn, key)
-        groups.setdefault(id(node), (node, []))[1].append(i)
+    groups = group_by_node(range(len(commands)), lambda i: node_for_key(conn, commands[i][0]))
     out: list[Any] = [None] * len(commands)
-    for node, indexes in groups.values():
+    for node, indexes in groups:
         pipe = node.pipeline(transaction=False)
         for i in indexes:
             pipe.execute_command(*commands[i][1])
         try:
             replies = pipe.execute(raise_on_error=False)
         except rex.RedisError as err:
-            if not _retriable(conn, err):
+            if not retriable(conn, err):
                 raise translate(err, context) from err
             redirect(conn, err)
             replies = [err] * len(indexes)
         for i, reply in zip(indexes, replies, strict=True):
-            if isinstance(reply, Exception) and _retriable(conn, reply):
+            if isinstance(reply, Exception) and retriable(conn, reply):
                 key, args = commands[i]
                 try:
                     reply = execute_on_key(conn, key, *args, context=context)
@@ -209,25 +243,27 @@ def pipeline_per_node(
     out: list[Any] = [None] * len(commands)
     todo: list[tuple[int, Any]] = [(i, None) for i in range(len(commands))]  # (index, ASK node)
     for attempt in range(1, attempts + 1):
-        groups: dict[int, tuple[Any, list[tuple[int, bool]]]] = {}
-        for i, ask in todo:
-            node = ask if ask is not None else node_for_key(conn, commands[i][0])
-            groups.setdefault(id(node), (node, []))[1].append((i, ask is not None))
+        groups = group_by_node(
+            todo,
+            lambda item: node_for_key(conn, commands[item[0]][0]) if item[1] is None else item[1],
+        )
         todo = []
         wait = False
-        for node, items in groups.values():
+        for node, items in groups:
             pipe = node.pipeline(transaction=False)
-            for i, asking in items:
+            for i, ask in items:
+                asking = ask is not None
                 if asking:
                     pipe.execute_command("ASKING")
                 pipe.execute_command(*commands[i][1])
             try:
                 replies = iter(pipe.execute(raise_on_error=False))
             except rex.RedisError as err:
-                if _retriable(conn, err):
+                if retriable(conn, err):
                     redirect(conn, err)
                 raise translate(err, "running commands per node") from err
-            for i, asking in items:
+            for i, ask in items:
+                asking = ask is not None
                 if asking:
                     next(replies)  # ASKING's own OK
                 reply = out[i] = next(replies)

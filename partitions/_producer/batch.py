@@ -18,30 +18,45 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
-import redis.exceptions as rex
-
 from partitions._admin.topics import TopicMeta
+from partitions._base.errors import ConfigError
 from partitions._base.functions import function_name
-from partitions._client.connection import Connection
+from partitions._base.keys import Keys
+from partitions._base.records import (
+    Key,
+    Value,
+    check_size,
+    encode_headers,
+    encode_key,
+    encode_value,
+    entry_fields,
+)
+from partitions._client.wire import ASKING, NotSentError, bulk
 from partitions._producer.router import Router
+
+__all__ = [
+    "MAX_BATCH_BYTES",
+    "Batch",
+    "NotSentError",
+    "RecordFuture",
+    "RecordMetadata",
+    "Route",
+    "encode_record",
+]
 
 log = logging.getLogger("partstream.producer")
 
-_ASKING = b"*1\r\n$6\r\nASKING\r\n"
 _APPEND = function_name("append").encode()
 _FCALL_HEAD = b"$5\r\nFCALL\r\n$%d\r\n%s\r\n$1\r\n3\r\n" % (len(_APPEND), _APPEND)
 # Header args between the two keys and the records: pid, seq, maxlen, retention_ms, safe, n.
 _HEADER_ARGS = 6
+# Re-read topic metadata this often, to pick up added partitions and retention changes.
+METADATA_MAX_AGE_S = 30.0
 # Encoded bytes of one batch's records: a batch is closed before a record would pass this.
 MAX_BATCH_BYTES = 4 * 1024 * 1024
-
-
-def bulk(data: bytes) -> bytes:
-    """One RESP bulk string."""
-    return b"$%d\r\n%b\r\n" % (len(data), data)
 
 
 class RecordMetadata(NamedTuple):
@@ -93,6 +108,7 @@ class Batch:
         self.callbacks: list[tuple[int, Callable[[RecordFuture], None]]] | None = None
 
     def packed(self) -> bytes:
+        """The batch's ``FCALL`` (after ``ASKING`` if a cluster redirected it) as RESP."""
         spec = self.route.meta.spec
         route, p = self.route, self.partition
         head = (
@@ -108,7 +124,7 @@ class Batch:
             + (b"$1\r\n1\r\n" if spec.safe_retention else b"$1\r\n0\r\n")
             + bulk(b"%d" % self.count)
         )
-        return head + b"".join(self.chunks)
+        return (ASKING if self.ask is not None else b"") + head + b"".join(self.chunks)
 
     def complete(self, ids: list[bytes] | None, error: BaseException | None) -> None:
         self.ids = ids
@@ -122,63 +138,6 @@ class Batch:
                 cb(RecordFuture(self, i))
             except Exception:
                 log.exception("producer callback raised")
-
-
-class NotSentError(rex.ConnectionError):
-    """No connection could be opened, so nothing of the call was written (never in doubt)."""
-
-
-def pipeline(
-    pool: Any, batches: list[Batch], waits: list[tuple[Any, ...]] | None = None
-) -> list[Any]:
-    """Write all batches' calls at once on one connection of ``pool``, then read one reply per
-    batch: the script's reply, or the error that stands for it.
-
-    An error reply is a refusal (nothing of that batch was written). A connection that breaks
-    leaves the unread batches in doubt, except before anything was written
-    (:class:`NotSentError`).
-
-    ``waits`` (``acks="all"``: WAIT / WAITAOF) go in the same write, after the calls, so they
-    cover what this connection just appended; their replies follow the batches' (fewer than
-    ``waits`` if the connection broke before they were read).
-    """
-    replies: list[Any] = []
-    confirms: list[Any] = []
-    try:
-        conn = pool.get_connection()
-    except (rex.ConnectionError, rex.TimeoutError, OSError) as err:
-        return [NotSentError(f"{type(err).__name__}: {err}")] * len(batches)
-    try:
-        # One buffer, one sendall: redis-py would otherwise write each item separately.
-        tail = conn.pack_commands(waits) if waits else []
-        conn.send_packed_command(
-            [b"".join([(_ASKING if b.ask else b"") + b.packed() for b in batches]), *tail],
-            check_health=False,
-        )
-        for batch in batches:
-            try:
-                if batch.ask is not None:
-                    batch.ask = None  # one attempt only: a later ASK says again
-                    conn.read_response()  # +OK of ASKING
-                replies.append(conn.read_response())
-            except rex.ResponseError as err:
-                replies.append(err)
-        for _ in waits or ():
-            try:
-                confirms.append(conn.read_response())
-            except rex.ResponseError as err:
-                confirms.append(err)
-    except (rex.ConnectionError, rex.TimeoutError, OSError) as err:
-        conn.disconnect()
-        if isinstance(err, rex.BusyLoadingError):
-            # redis-py drops the connection on a LOADING reply: that batch was refused, the
-            # ones after it are unread, so in doubt.
-            replies.append(err)
-            err = rex.ConnectionError(f"connection dropped after a LOADING reply ({err})")
-        replies += [err] * (len(batches) - len(replies))
-    finally:
-        pool.release(conn)
-    return replies + confirms
 
 
 # Guards registering callbacks against a batch completing at the same moment; callbacks are
@@ -229,16 +188,69 @@ class Route:
     """Per-topic routing state cached by the producer."""
 
     __slots__ = (
-        "fetched", "groups_keys", "meta", "modulo", "n", "router", "seq_keys", "stream_keys",
+        "expires", "fetched", "for_key", "groups_keys", "meta", "n", "router", "seq_keys",
+        "stream_keys", "topic",
     )  # fmt: skip
 
-    def __init__(self, meta: TopicMeta, conn: Connection) -> None:
+    def __init__(self, meta: TopicMeta, keys: Keys) -> None:
         self.meta = meta
+        self.topic = meta.name
         self.router: Router = meta.spec.router()
         self.n = meta.partitions
-        self.modulo = meta.spec.routing == "modulo"
-        k = conn.keys
+        self.for_key = self.router.key_partitioner()
+        k = keys
         self.stream_keys = [k.stream(meta.name, p).encode() for p in range(self.n)]
         self.seq_keys = [k.seq(meta.name, p).encode() for p in range(self.n)]
         self.groups_keys = [k.stream_groups(meta.name, p).encode() for p in range(self.n)]
         self.fetched = time.monotonic()
+        # Due for a re-read after this (monotonic clock), to pick up added partitions and
+        # retention changes: the shells compare it inline, once per record.
+        self.expires = self.fetched + METADATA_MAX_AGE_S
+
+
+def _explicit_partition(route: Route, partition: object) -> int:
+    if isinstance(partition, int) and not isinstance(partition, bool) and 0 <= partition < route.n:
+        return partition
+    raise ConfigError(f"topic {route.meta.name} has partitions 0..{route.n - 1}, not {partition!r}")
+
+
+def _general_form(
+    key: bytes | None, value: bytes | None, headers: Mapping[str, str | bytes] | None
+) -> tuple[bytes, int, int]:
+    """A record with headers, or without key or value, in the script's "f, fields..." form:
+    (RESP bytes, arguments, record bytes)."""
+    fields = entry_fields(key, value, encode_headers(headers))
+    size = sum(len(f) for f in fields)
+    chunk = b"%b%b" % (bulk(b"%d" % len(fields)), b"".join(bulk(f) for f in fields))
+    return chunk, 1 + len(fields), size
+
+
+def encode_record(
+    route: Route,
+    value: Value,
+    key: Key,
+    headers: Mapping[str, str | bytes] | None,
+    partition: int | None,
+    region: str | None,
+    max_bytes: int,
+) -> tuple[int | None, bytes, int]:
+    """Check and encode one record for ``route``'s topic, as both producers' ``send()`` do:
+    (its partition, None for a keyless one the sticky rule places; the RESP arguments of its
+    part of the append call; how many arguments). Raises before anything is queued."""
+    kb = key if type(key) is bytes else encode_key(key)
+    vb = value if type(value) is bytes else encode_value(value)
+    if partition is not None:
+        p: int | None = _explicit_partition(route, partition)
+    elif region is None and kb is not None:
+        p = route.for_key(kb)
+    else:
+        p = route.router.route(kb, region)
+    if headers is None and kb is not None and vb is not None:
+        # The script's short form "0, key, value" for the common key+value record.
+        chunk = b"$1\r\n0\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n" % (len(kb), kb, len(vb), vb)
+        if len(kb) + len(vb) > max_bytes:
+            check_size(len(kb) + len(vb), max_bytes)
+        return p, chunk, 3
+    chunk, nargs, size = _general_form(kb, vb, headers)
+    check_size(size, max_bytes)
+    return p, chunk, nargs

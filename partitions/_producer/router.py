@@ -20,7 +20,7 @@ drained the old partition.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import xxhash
@@ -84,6 +84,14 @@ class Router:
         if self.routing == "modulo":
             return _xxh3(key) % self.partitions
         return jump_hash(_xxh3(key), self.partitions)
+
+    def key_partitioner(self) -> Callable[[bytes], int]:
+        """:meth:`for_key` as a closure over this topic's partition count: the same rule, at
+        the cost of one call on the producer's hot path."""
+        n = self.partitions
+        if self.routing == "modulo":
+            return lambda key: _xxh3(key) % n
+        return lambda key: jump_hash(_xxh3(key), n)
 
     def range_for(self, region: str | None) -> tuple[int, int]:
         """The ``[first, last]`` partitions a region's records may go to (all if None)."""

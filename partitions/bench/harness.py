@@ -41,6 +41,8 @@ REBALANCE_GOAL = 1.5
 
 # One side of a round (partstream, a baseline or a peer): run round r, return its measurement.
 Side = Callable[[int], RunResult]
+# AsyncProducer / Producer records/s (the same accumulator behind an event loop).
+ASYNC_GOAL = 0.8
 # acks="all" / acks=1 records/s of partstream's producer, on a primary with one replica.
 ACKS_ALL_GOAL = 0.7
 # partstream / FastStream-Redis records/s, produce and consume (the issue: "ahead of" it).
@@ -110,6 +112,7 @@ def _produce(b: Bench, result: BenchResult) -> None:
     sides: list[tuple[str, Side]] = [
         ("partstream", own(produce.run_partstream)),
         ("redis-py", own(produce.run_redis_py)),
+        ("partstream-async", own(produce.run_partstream_async)),
     ]
     if o.acks == "all":
         sides.append(("partstream-acks-all", own(produce.run_partstream_acks_all)))
@@ -132,6 +135,9 @@ def _produce(b: Bench, result: BenchResult) -> None:
         )
     if o.acks == "all":
         _acks_all_result(b, result, rounds["partstream-acks-all"])
+    vs_sync = median([1.0 / x for x in rounds["partstream-async"] if x > 0])
+    result.ratios["partstream-async/partstream"] = vs_sync
+    result.targets.append(Target("produce partstream-async/partstream", vs_sync, ASYNC_GOAL))
     if o.redis_benchmark:
         b.say(
             phase_header("redis-benchmark", f"XADD -P {o.batch_size} over {o.partitions} streams")

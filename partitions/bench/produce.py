@@ -4,6 +4,8 @@ All three write the same keyed records (``--records``, ``--record-size``, ``--ke
 the same number of partitions in the same run:
 
 * **partstream**: :class:`~partitions.Producer` with ``batch_size`` and ``linger_ms``;
+* **partstream-async**: :class:`~partitions.AsyncProducer`, the same settings, on one event
+  loop (target: at least :data:`~partitions.bench.harness.ASYNC_GOAL` of the threaded rate);
 * **redis-py**: the best plain loop: route each record with the same xxh3 rule, queue an
   ``XADD`` in a non-transactional pipeline, execute every ``batch_size`` records;
 * **redis-benchmark**: pipelined ``XADD`` from the C tool, ``-P batch_size`` over
@@ -15,6 +17,7 @@ sampled on one record in :data:`~partitions.bench.options.SAMPLE_EVERY`.
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import shutil
@@ -27,8 +30,10 @@ from typing import Any
 from xxhash import xxh3_64_intdigest
 
 from partitions._admin.topics import TopicAdmin, TopicSpec
+from partitions._client.aio import connect_async
 from partitions._client.config import ProducerConfig
-from partitions._producer.producer import Producer, RecordFuture
+from partitions._producer.aio import AsyncProducer
+from partitions._producer.producer import Producer
 from partitions.bench.env import BenchServer
 from partitions.bench.options import BenchOptions, iter_chunks, make_values, split
 from partitions.bench.stats import Latency, RunResult
@@ -53,30 +58,41 @@ def produce_partstream_acks_all(
     return _produce_partstream(counters, ready, arg, acks="all")
 
 
-def _produce_partstream(
-    counters: Counters, ready: Callable[[], None], arg: Any, *, acks: int | str
-) -> WorkerOutput:
-    server, ns, opts, topic, count, first = arg
-    conn = server.connect(ns)
-    cfg = ProducerConfig(
+def _config(opts: BenchOptions, acks: int | str) -> ProducerConfig:
+    return ProducerConfig(
         batch_size=opts.batch_size,
         linger_ms=opts.linger("produce"),
         buffer_records=max(200_000, 4 * opts.batch_size),
         acks=acks,
     )
-    lat = array("d")
+
+
+def _sampler(counters: Counters, lat: array[float]) -> Callable[[], Callable[[Any], None]]:
+    """A done-callback factory timing one record from now until its future resolves."""
     perf = time.perf_counter
 
-    def sampled(sent: float) -> Callable[[RecordFuture], None]:
-        def done(_: RecordFuture) -> None:
+    def sampled() -> Callable[[Any], None]:
+        sent = perf()
+
+        def done(_: Any) -> None:
             ms = (perf() - sent) * 1000.0
             lat.append(ms)
             counters.latency(ms)
 
         return done
 
+    return sampled
+
+
+def _produce_partstream(
+    counters: Counters, ready: Callable[[], None], arg: Any, *, acks: int | str
+) -> WorkerOutput:
+    server, ns, opts, topic, count, first = arg
+    conn = server.connect(ns)
+    lat = array("d")
+    sampled = _sampler(counters, lat)
     chunks = list(iter_chunks(opts, count, first)) if count <= 100_000 else None
-    with Producer(conn, cfg) as producer:
+    with Producer(conn, _config(opts, acks)) as producer:
         send = producer.send
         send(topic, b"warm-up", key=b"warm-up").result(30)  # metadata + script cached
         ready()
@@ -84,7 +100,7 @@ def _produce_partstream(
         done = 0
         for chunk in chunks if chunks is not None else iter_chunks(opts, count, first):
             k0, v0 = chunk[0]
-            send(topic, v0, key=k0).add_done_callback(sampled(perf()))
+            send(topic, v0, key=k0).add_done_callback(sampled())
             for k, v in chunk[1:]:
                 send(topic, v, key=k)
             done += len(chunk)
@@ -92,6 +108,40 @@ def _produce_partstream(
         producer.flush()
         ended = time.monotonic()
     conn.close()
+    return WorkerOutput(count, started, ended, lat)
+
+
+def produce_partstream_async(
+    index: int, counters: Counters, ready: Callable[[], None], arg: Any
+) -> WorkerOutput:
+    """Worker: the same records with :class:`~partitions.AsyncProducer` (acks=1) on one
+    event loop: ``await send()`` per record, then ``await flush()``."""
+    return asyncio.run(_produce_async(counters, ready, arg))
+
+
+async def _produce_async(counters: Counters, ready: Callable[[], None], arg: Any) -> WorkerOutput:
+    server, ns, opts, topic, count, first = arg
+    lat = array("d")
+    sampled = _sampler(counters, lat)
+    chunks = list(iter_chunks(opts, count, first)) if count <= 100_000 else None
+    async with (
+        await connect_async(server.client_config(ns)) as conn,
+        AsyncProducer(conn, _config(opts, 1)) as producer,
+    ):
+        send = producer.send
+        await producer.send_and_wait(topic, b"warm-up", key=b"warm-up")
+        ready()
+        started = time.monotonic()
+        done = 0
+        for chunk in chunks if chunks is not None else iter_chunks(opts, count, first):
+            k0, v0 = chunk[0]
+            (await send(topic, v0, key=k0)).add_done_callback(sampled())
+            for k, v in chunk[1:]:
+                await send(topic, v, key=k)
+            done += len(chunk)
+            counters.done(done)
+        await producer.flush()
+        ended = time.monotonic()
     return WorkerOutput(count, started, ended, lat)
 
 
@@ -150,6 +200,13 @@ def run_partstream_acks_all(
     """partstream's producer with acks="all" (WAIT for the replica after each round)."""
     return _run("partstream-acks-all", produce_partstream_acks_all, server, ns, opts, progress,
                 topic)  # fmt: skip
+
+
+def run_partstream_async(
+    server: BenchServer, ns: str, opts: BenchOptions, progress: Progress, topic: str = PS_TOPIC
+) -> RunResult:
+    """partstream's AsyncProducer, one event loop per producer process."""
+    return _run("partstream-async", produce_partstream_async, server, ns, opts, progress, topic)
 
 
 def run_partstream_cluster(

@@ -13,7 +13,6 @@ import pytest
 import redis.exceptions as rex
 from click.testing import CliRunner
 
-import partitions._producer.producer as producer_module
 from partitions._admin.replay import replay
 from partitions._admin.topics import TopicAdmin, TopicSpec
 from partitions._base.errors import (
@@ -25,6 +24,7 @@ from partitions._base.errors import (
 from partitions._base.records import MAX_HEADERS
 from partitions._client.config import ClientConfig, ProducerConfig
 from partitions._client.connection import Connection
+from partitions._producer.accumulator import Accumulator
 from partitions._producer.batch import MAX_BATCH_BYTES, Batch
 from partitions._producer.producer import Producer
 from partitions.cli import main
@@ -170,13 +170,14 @@ def test_wrongtype_sequence_key_refuses_before_writing(conn: Connection) -> None
 def calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[int, int]]]:
     """(records, packed bytes) of every batch the producer puts on the wire."""
     seen: list[tuple[int, int]] = []
-    real = producer_module.pipeline
+    real = Accumulator.settle
 
-    def spy(pool: Any, batches: list[Batch]) -> list[Any]:
-        seen.extend((b.count, len(b.packed())) for b in batches)
-        return real(pool, batches)
+    def spy(self: Accumulator, group: list[Batch], *args: Any) -> Any:
+        # Settled before the futures resolve: the batches still hold their packed records.
+        seen.extend((b.count, len(b.packed())) for b in group)
+        return real(self, group, *args)
 
-    monkeypatch.setattr(producer_module, "pipeline", spy)
+    monkeypatch.setattr(Accumulator, "settle", spy)
     yield seen
 
 

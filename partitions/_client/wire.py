@@ -1,0 +1,178 @@
+"""The one raw wire writer: RESP packing and "write once, read N replies" on one connection.
+
+redis-py's pipelines build a Python object per command and write each separately; the hot
+paths (the producer's batches, the consumer's fetch) instead pack their calls into one
+buffer, write it with one ``sendall`` and read the replies in order. This module is where
+that happens, for both shells:
+
+* :func:`bulk`, :func:`pack` and :data:`ASKING` build RESP;
+* :func:`exchange` (threads, a ``redis.ConnectionPool``; :func:`exchange_on` on a connection
+  the caller holds) and :func:`aexchange` (asyncio, a :class:`AsyncLink` over a
+  ``redis.asyncio`` pool or cluster node) write and read;
+* :class:`Replies` is the convention both share for what comes back: a server error reply
+  stays in place as the redis-py exception (a refusal: nothing of that call ran); a broken
+  connection fills the unread places with the connection error (those calls are in doubt),
+  except when no connection could be opened (:class:`NotSentError`: nothing was written).
+
+Callers translate errors into partstream's tree where they know what the call was; cluster
+redirections are decided in :mod:`partitions._client.nodes`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import redis.exceptions as rex
+
+__all__ = [
+    "ASKING",
+    "AsyncLink",
+    "NotSentError",
+    "Replies",
+    "aexchange",
+    "bulk",
+    "exchange",
+    "exchange_on",
+    "pack",
+]
+
+ASKING = b"*1\r\n$6\r\nASKING\r\n"
+
+# A connection that broke, timed out or could not be opened.
+CONNECTION_ERRORS = (rex.ConnectionError, rex.TimeoutError, OSError)
+
+
+class NotSentError(rex.ConnectionError):
+    """No connection could be opened, so nothing of the call was written (never in doubt)."""
+
+
+def bulk(data: bytes) -> bytes:
+    """One RESP bulk string."""
+    return b"$%d\r\n%b\r\n" % (len(data), data)
+
+
+def _arg(value: Any) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode()
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return repr(value).encode()
+    raise TypeError(f"cannot send {type(value).__name__} as a command argument")
+
+
+def pack(args: Iterable[Any]) -> bytes:
+    """One command (bytes, str, int or float arguments) as a RESP array."""
+    parts = [bulk(_arg(a)) for a in args]
+    return b"*%d\r\n%b" % (len(parts), b"".join(parts))
+
+
+class Replies:
+    """The replies of one exchange, ``expect`` of them, under the shared error convention."""
+
+    __slots__ = ("expect", "out")
+
+    def __init__(self, expect: int) -> None:
+        self.expect = expect
+        self.out: list[Any] = []
+
+    def wanted(self) -> bool:
+        return len(self.out) < self.expect
+
+    def add(self, reply: Any) -> None:
+        self.out.append(reply)
+
+    def broken(self, err: BaseException) -> None:
+        """The connection broke before every reply was read: the rest are in doubt."""
+        if isinstance(err, rex.BusyLoadingError):
+            # redis-py drops the connection on a LOADING reply: that call was refused, the
+            # ones after it are unread, so in doubt.
+            self.out.append(err)
+            err = rex.ConnectionError(f"connection dropped after a LOADING reply ({err})")
+        self.out += [err] * (self.expect - len(self.out))
+
+    @staticmethod
+    def not_sent(err: BaseException, expect: int) -> list[Any]:
+        return [NotSentError(f"{type(err).__name__}: {err}")] * expect
+
+
+def exchange(pool: Any, payload: list[bytes], expect: int) -> list[Any]:
+    """Write ``payload`` in one go on a connection of ``pool``, read ``expect`` replies."""
+    try:
+        conn = pool.get_connection()
+    except CONNECTION_ERRORS as err:
+        return Replies.not_sent(err, expect)
+    try:
+        return exchange_on(conn, payload, expect)
+    finally:
+        pool.release(conn)
+
+
+def exchange_on(conn: Any, payload: list[bytes], expect: int) -> list[Any]:
+    """:func:`exchange` on a connection the caller holds (e.g. the consumer's own): after a
+    connection error it is disconnected, and the error stands for every unread reply."""
+    replies = Replies(expect)
+    try:
+        conn.send_packed_command(payload, check_health=False)
+        while replies.wanted():
+            try:
+                replies.add(conn.read_response())
+            except rex.ResponseError as err:
+                replies.add(err)
+    except CONNECTION_ERRORS as err:
+        conn.disconnect()
+        replies.broken(err)
+    return replies.out
+
+
+class AsyncLink:
+    """Where an asyncio exchange takes its connection: a ``redis.asyncio`` connection pool
+    (``get_connection``/``release`` are coroutines) or a cluster node (``acquire_connection``
+    / ``release`` are plain calls)."""
+
+    __slots__ = ("_node", "_pool")
+
+    def __init__(self, *, pool: Any = None, node: Any = None) -> None:
+        self._pool = pool
+        self._node = node
+
+    async def acquire(self) -> Any:
+        if self._pool is not None:
+            return await self._pool.get_connection()
+        conn = self._node.acquire_connection()
+        if not conn.is_connected:
+            await conn.connect()
+        return conn
+
+    async def release(self, conn: Any) -> None:
+        if self._pool is not None:
+            await self._pool.release(conn)
+        else:
+            self._node.release(conn)
+
+
+async def aexchange(link: AsyncLink, payload: list[bytes], expect: int) -> list[Any]:
+    """:func:`exchange` on asyncio. A cancellation in the middle leaves the connection's
+    state unknown: it is disconnected (never reused half-read) and the cancellation goes on."""
+    try:
+        conn = await link.acquire()
+    except CONNECTION_ERRORS as err:
+        return Replies.not_sent(err, expect)
+    replies = Replies(expect)
+    try:
+        await conn.send_packed_command(payload, check_health=False)
+        while replies.wanted():
+            try:
+                replies.add(await conn.read_response())
+            except rex.ResponseError as err:
+                replies.add(err)
+    except CONNECTION_ERRORS as err:
+        await conn.disconnect()
+        replies.broken(err)
+    except BaseException:
+        await conn.disconnect()
+        raise
+    finally:
+        await link.release(conn)
+    return replies.out

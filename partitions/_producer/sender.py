@@ -1,0 +1,254 @@
+"""The producer's sender: drains the accumulator per node and writes, for both shells.
+
+One round, written once as a generator (:func:`send_round`), decides everything: which node
+each batch goes to, the one write per node (the batches' ``FCALL`` s, then ``WAIT`` /
+``WAITAOF`` for ``acks="all"``), what each reply means, what an error needs before the retry
+(a function library to load, a cluster map to learn from) and which batches are retried. It
+does no I/O: it yields an :class:`Exchange` or a :class:`React` and is sent the result. The
+threaded :class:`Sender` drives it with blocking calls, the asyncio producer
+(:mod:`partitions._producer.aio`) with awaits.
+
+Two senders run per threaded producer: while one waits for the server to run its round, the
+other packs and sends the next, so the server is not idle between rounds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from typing import Any
+
+from partitions._base.functions import is_missing
+from partitions._client.connection import Connection
+from partitions._client.nodes import group_by_node, node_for_key, redirect, retriable
+from partitions._client.wire import exchange, pack
+from partitions._producer.accumulator import Accumulator, Completion, complete
+from partitions._producer.batch import Batch
+from partitions._producer.delivery import wait_commands
+
+__all__ = ["SENDERS", "Driver", "Exchange", "React", "Sender", "reaction", "send_round"]
+
+log = logging.getLogger("partstream.producer")
+
+SENDERS = 2
+
+
+@dataclass(slots=True)
+class Exchange:
+    """Write ``payload`` on a connection of ``target`` and read ``expect`` replies."""
+
+    target: Any
+    payload: list[bytes]
+    expect: int
+
+
+@dataclass(slots=True)
+class React:
+    """Before ``batch`` is judged: ``"reload"`` the function library (the server lacks it),
+    or ``"redirect"`` (learn from a cluster's answer; the result is the ASK target, or None)."""
+
+    what: str
+    batch: Batch
+    err: Exception
+
+
+Step = Exchange | React
+Round = Generator[Step, Any, list[Completion]]
+
+
+def reaction(err: Exception, cluster: bool, moving: bool) -> str | None:
+    """What an error needs before its batch is sent again (``moving``: the one cluster
+    policy, :func:`partitions._client.nodes.retriable`, says the map is stale)."""
+    if is_missing(err):
+        # A server without this version's functions (restarted empty, a new or promoted
+        # primary, an upgrade): load them if this user may; nothing was executed.
+        return "reload"
+    if cluster and moving:
+        # MOVED updates the slot map; ASK sends the next attempt to the importing node (with
+        # ASKING); the rest refresh the map. A redirection executed nothing, so the sequence
+        # number stays and the script drops a real duplicate.
+        return "redirect"
+    return None
+
+
+def send_round(
+    acc: Accumulator,
+    guard: contextlib.AbstractContextManager[Any],
+    batches: list[Batch],
+    target_of: Callable[[bytes], Any],
+    socket_timeout: float,
+    moving: Callable[[Exception], bool],
+) -> Round:
+    """One round: one write per node, then settle, react, judge and put back. Returns the
+    completions to resolve (unlocked) once the generator is done; ``guard`` is held around
+    every change of the accumulator (a lock in the threaded shell)."""
+    retry: list[Batch] = []
+    done: list[Completion] = []
+    cluster = acc.cluster
+    try:
+        groups = group_by_node(
+            batches,
+            lambda b: b.ask if b.ask is not None else target_of(b.route.stream_keys[b.partition]),
+        )
+        for target, group in groups:
+            waits = wait_commands(acc.durability, group, socket_timeout)
+            asking = [b.ask is not None for b in group]
+            payload = [b"".join(b.packed() for b in group)]
+            if waits:
+                payload.append(b"".join(pack(w) for w in waits))
+            for b in group:
+                b.ask = None  # one attempt only: a later ASK says again
+            started = time.monotonic()
+            out = yield Exchange(target, payload, len(group) + sum(asking) + len(waits))
+            replies, confirms = _split(out, asking, len(waits))
+            with guard:
+                settled, errors = acc.settle(group, replies, waits, confirms,
+                                             time.monotonic() - started)  # fmt: skip
+            complete(settled)
+            for batch, err in errors:
+                what = reaction(err, cluster, moving(err))
+                if what is not None:
+                    ask = yield React(what, batch, err)
+                    if what == "redirect":
+                        batch.ask = ask
+            with guard:
+                again, failed = acc.judge(errors)
+            complete(failed)
+            retry += again
+    except Exception as err:  # a dead sender would hang every flush()
+        log.exception("producer sender failed a round")
+        with guard:
+            unsettled = [b for b in batches if b not in retry]
+            again, failed = acc.judge(acc.broken_round(unsettled, err))
+        complete(failed)
+        retry += [b for b in again if b not in retry]
+    with guard:
+        done = acc.finish(batches, retry, [])
+    return done
+
+
+def _split(out: list[Any], asking: list[bool], waits: int) -> tuple[list[Any], list[Any]]:
+    """One node's replies: (a reply per batch, skipping ASKING's +OK; the WAITs' replies)."""
+    replies: list[Any] = []
+    it = iter(out)
+    for ask in asking:
+        if ask:
+            next(it)
+        replies.append(next(it))
+    return replies, list(it)[:waits]
+
+
+class Driver:
+    """Steps a round for a shell: ``next()`` gives the I/O to do (None once the round is
+    over, its completions in ``result``), ``reply()`` hands back its answer or its error
+    (an error goes into the round, which gives its batches to the retry policy)."""
+
+    __slots__ = ("_answer", "_error", "_round", "result")
+
+    def __init__(self, round_: Round) -> None:
+        self._round = round_
+        self._answer: Any = None
+        self._error: BaseException | None = None
+        self.result: list[Completion] = []
+
+    def next(self) -> Step | None:
+        try:
+            if self._error is not None:
+                error, self._error = self._error, None
+                return self._round.throw(error)
+            return self._round.send(self._answer)
+        except StopIteration as stop:
+            self.result = stop.value
+            return None
+
+    def reply(self, answer: Any = None, error: BaseException | None = None) -> None:
+        self._answer, self._error = answer, error
+
+
+class Sender:
+    """The threaded shell's sender: a daemon thread draining the accumulator under ``cond``."""
+
+    def __init__(self, acc: Accumulator, cond: threading.Condition, conn: Connection) -> None:
+        self._acc = acc
+        self._cond = cond
+        self._conn = conn
+        if conn.is_cluster:
+            self._target: Callable[[bytes], Any] = lambda key: (
+                node_for_key(conn, key).connection_pool
+            )
+        else:
+            pool = conn.client.connection_pool
+            self._target = lambda key: pool
+        self.threads = [
+            threading.Thread(target=self._run, name=f"partstream-producer-{i}", daemon=True)
+            for i in range(SENDERS)
+        ]
+        for t in self.threads:
+            t.start()
+
+    def join(self, timeout: float | None) -> None:
+        for t in self.threads:
+            t.join(timeout)
+
+    def _take(self) -> tuple[list[Batch], list[Batch]]:
+        """With the lock held: wait for a round, or for unsent batches that expired."""
+        acc = self._acc
+        while True:
+            batches, expired, wake = acc.drain()
+            if batches or expired:
+                return batches, expired
+            if acc.closed and not acc.ready and not acc.open:
+                return [], []
+            self._cond.wait(None if wake is None else max(0.0, wake - acc.clock()))
+
+    def _run(self) -> None:
+        acc, cond = self._acc, self._cond
+        while True:
+            with cond:
+                batches, expired = self._take()
+                expiries = acc.expire(expired)
+            if not batches and not expired:
+                return
+            complete(expiries)
+            with cond:
+                acc.finish([], [], expired)
+                cond.notify_all()
+            if batches:
+                timeout = self._conn.config.socket_timeout
+                driver = Driver(send_round(acc, cond, batches, self._target, timeout, self._moving))
+                while (step := driver.next()) is not None:
+                    try:
+                        driver.reply(self._io(step))
+                    except Exception as err:
+                        driver.reply(error=err)
+                complete(driver.result)
+                with cond:
+                    cond.notify_all()
+
+    def _moving(self, err: Exception) -> bool:
+        return retriable(self._conn, err)
+
+    def _io(self, step: Step) -> Any:
+        if isinstance(step, Exchange):
+            return exchange(step.target, step.payload, step.expect)
+        if step.what == "reload":
+            self._reload()
+            return None
+        ask = redirect(self._conn, step.err)
+        return None if ask is None else ask.connection_pool
+
+    def _reload(self) -> None:
+        conn = self._conn
+        try:
+            if conn.is_cluster:  # a node restarted, failed over or joined: every primary
+                conn.client.nodes_manager.initialize()
+                for node in conn.client.get_primaries():
+                    conn.functions.load(conn.client.get_redis_connection(node))
+            else:
+                conn.functions.load()
+        except Exception:  # not ours to load, or an outage: the next attempt backs off
+            log.debug("loading the server-side functions failed", exc_info=True)

@@ -260,3 +260,45 @@ def decoder(value: Any, key: Any) -> Decoder | None:
     v = check_serializer(value, "value_serializer")
     k = check_serializer(key, "key_serializer")
     return None if v is None and k is None else Decoder(v, k)
+
+
+class Encoder:
+    """A producer's serializers, applied in ``send()`` before anything else is checked: a
+    value (key) that does not serialize raises SerializationError there, nothing queued."""
+
+    __slots__ = ("key", "value")
+
+    def __init__(self, value: Serializer | None, key: Serializer | None) -> None:
+        self.value, self.key = value, key
+
+    def __call__(self, value: Any, key: Any) -> tuple[Any, Any]:
+        """(value bytes, key bytes); None (a tombstone, a keyless record) stays None."""
+        if self.value is not None and value is not None:
+            value = _dump(self.value, value, "value")
+        if self.key is not None and key is not None:
+            key = _dump(self.key, key, "key")
+        return value, key
+
+
+def _dump(serializer: Serializer, obj: Any, what: str) -> bytes:
+    try:
+        data = serializer.dumps(obj)
+    except SerializationError:
+        raise
+    except Exception as err:  # a user serializer may raise anything
+        raise SerializationError(
+            f"{what} of type {type(obj).__name__} did not serialize with {serializer!r}: "
+            f"{describe(err)}"
+        ) from err
+    if type(data) is not bytes:
+        raise SerializationError(
+            f"{serializer!r}.dumps returned {type(data).__name__}, not bytes, for the {what}"
+        )
+    return data
+
+
+def encoder(value: Any, key: Any) -> Encoder | None:
+    """The producer's encoder for ``value_serializer``/``key_serializer`` (None: neither)."""
+    v = check_serializer(value, "value_serializer")
+    k = check_serializer(key, "key_serializer")
+    return None if v is None and k is None else Encoder(v, k)

@@ -15,6 +15,8 @@ import pytest
 
 from partitions import (
     AsyncConsumer,
+    AsyncProducer,
+    ClientConfig,
     Consumer,
     ConsumerConfig,
     JsonSerializer,
@@ -22,8 +24,10 @@ from partitions import (
     MsgpackSerializer,
     Producer,
     Record,
+    SerializationError,
     TopicAdmin,
     TopicSpec,
+    connect_async,
     run,
 )
 from partitions._admin.deadletter import DeadLetters
@@ -182,3 +186,59 @@ def test_the_runner_hands_models_to_the_handler_and_dead_letters_poison(conn: Co
     [d] = DeadLetters(conn).list("orders")
     assert d.reason == "deserialization" and "id" in (d.error or "")
     assert pending(conn, "orders", 2) == 0
+
+
+def test_producer_and_consumer_share_a_model_serializer(conn: Connection) -> None:
+    TopicAdmin(conn).create(TopicSpec("orders", 2))
+    orders = [Order(id=i, item=f"i{i}", price=i + 0.5) for i in range(20)]
+    ser = ModelSerializer(Order)
+    with Producer(conn, value_serializer=ser, key_serializer=JsonSerializer()) as p:
+        for o in orders:
+            p.send("orders", o, key={"customer": o.id % 3})
+        p.send("orders", None, key={"customer": 0})  # a tombstone stays one
+    kw: dict[str, Any] = {"value_serializer": ser, "key_serializer": JsonSerializer()}
+    with Consumer("g", "orders", conn=conn, **kw) as c:
+        got = drain(c, 21)
+    assert sorted((r.value for r in got if r.value is not None), key=lambda o: o.id) == orders
+    assert {r.key["customer"] for r in got} == {0, 1, 2}
+    assert [r.value for r in got if r.value is None] == [None]
+    assert DeadLetters(conn).list("orders") == []
+
+
+def test_a_value_that_does_not_serialize_raises_in_send_before_anything_is_written(
+    conn: Connection,
+) -> None:
+    TopicAdmin(conn).create(TopicSpec("pay", 1))
+    stream = conn.keys.stream("pay", 0)
+    ser = ModelSerializer(Payment, format="msgpack")
+    with Producer(conn, value_serializer=ser) as p:
+        with pytest.raises(SerializationError, match="Payment"):
+            p.send("pay", {"id": "not an int", "amount": object()})
+        with pytest.raises(SerializationError):
+            p.validate("pay", object())
+        assert p.flush(10)
+        assert not conn.client.exists(stream) or conn.client.xlen(stream) == 0
+        p.send("pay", Payment(id=1, amount=5)).result(10)
+    with Consumer(
+        "g", "pay", conn=conn, value_serializer=ModelSerializer(Payment, format="msgpack")
+    ) as c:
+        assert [r.value for r in drain(c, 1)] == [Payment(id=1, amount=5)]
+
+
+def test_async_producer_serializes_and_refuses_before_queuing(
+    conn: Connection, client_config: ClientConfig
+) -> None:
+    TopicAdmin(conn).create(TopicSpec("docs", 1))
+
+    async def main() -> None:
+        aconn = await connect_async(client_config)
+        async with aconn, AsyncProducer(aconn, value_serializer=MsgpackSerializer()) as p:
+            with pytest.raises(SerializationError):
+                await p.send("docs", object())
+            await p.send_and_wait("docs", {"a": [1, 2]}, key="k")
+            await p.send_and_wait("docs", b"raw bytes", key="k")
+
+    asyncio.run(main())
+    with Consumer("g", "docs", conn=conn, value_serializer=MsgpackSerializer()) as c:
+        assert [r.value for r in drain(c, 2)] == [{"a": [1, 2]}, b"raw bytes"]
+    assert DeadLetters(conn).list("docs") == []

@@ -21,7 +21,7 @@ from partitions import (
 )
 from partitions._base.records import Record, encode_value
 from partitions._base.replies import records_from_read
-from partitions._base.serde import Decoder, check_serializer, decoder
+from partitions._base.serde import Decoder, check_serializer, decoder, encoder
 
 
 class Order(pydantic.BaseModel):
@@ -192,3 +192,31 @@ def test_default_records_are_untouched() -> None:
     assert (r.value, r.raw_value, r.key, r.raw_key) == (b"v", b"v", b"k", b"k")
     plain = Record("t", 0, "1-0", b"k", b"v", {})  # built by hand, no raw fields
     assert (plain.raw_value, plain.raw_key) == (b"v", b"k")
+
+
+def test_encoder_serializes_values_and_keys_and_keeps_tombstones() -> None:
+    enc = encoder(ModelSerializer(Order), JsonSerializer())
+    assert enc is not None and encoder(None, None) is None
+    value, key = enc(Order(id=1, item="a", price=2), {"tenant": 7})
+    assert value == b'{"id":1,"item":"a","price":2.0}' and key == b'{"tenant":7}'
+    assert enc(None, None) == (None, None)  # a keyless tombstone
+
+
+def test_encoder_turns_any_failure_into_a_serialization_error() -> None:
+    class Broken:
+        def dumps(self, obj: Any) -> bytes:
+            raise RuntimeError("disk on fire")
+
+        def loads(self, data: bytes) -> Any:
+            return data
+
+    class NotBytes(Broken):
+        def dumps(self, obj: Any) -> bytes:
+            return "text"  # type: ignore[return-value]
+
+    with pytest.raises(SerializationError, match="RuntimeError: disk on fire"):
+        encoder(Broken(), None)(b"x", None)  # type: ignore[misc]
+    with pytest.raises(SerializationError, match="not bytes"):
+        encoder(NotBytes(), None)(b"x", None)  # type: ignore[misc]
+    with pytest.raises(SerializationError, match="expected a Order"):
+        encoder(ModelSerializer(Order), None)({"id": 1}, None)  # type: ignore[misc]

@@ -5,8 +5,12 @@ while the records after it flow (threaded and asyncio consumer, default settings
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -242,3 +246,18 @@ def test_async_producer_serializes_and_refuses_before_queuing(
     with Consumer("g", "docs", conn=conn, value_serializer=MsgpackSerializer()) as c:
         assert [r.value for r in drain(c, 2)] == [{"a": [1, 2]}, b"raw bytes"]
     assert DeadLetters(conn).list("docs") == []
+
+
+def test_the_readme_example_runs(client_config: ClientConfig, conn: Connection) -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("## Typed payloads", 1)[1].split("\n## ", 1)[0]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    env = {**os.environ, "PARTSTREAM_URL": client_config.url or "",
+           "PARTSTREAM_NAMESPACE": client_config.namespace}  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=45, check=False)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[:2] == ["b'alice' id=1 item='tea' price=2.5", "b'alice' id=3 item='jam' price=4.0"]
+    assert lines[2].startswith("deserialization SerializationError: 1 validation error for Order")
+    assert "price" in out.stdout

@@ -1,8 +1,12 @@
-"""The benchmarks use the test suite's server: $PARTSTREAM_TEST_URL, else a private embedded
-Valkey started for the session and stopped (by pid) at its end."""
+"""The benchmarks use the same server as the test suite, through the partstream pytest plugin
+(partitions/pytest_plugin.py): $PARTSTREAM_TEST_URL, else a private embedded Valkey started for
+the session and stopped (by pid) at its end."""
 
 from __future__ import annotations
 
-from tests.conftest import server_url
+import pytest
 
-__all__ = ["server_url"]
+
+@pytest.fixture(scope="session")
+def server_url(partstream_url: str) -> str:
+    return partstream_url

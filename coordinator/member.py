@@ -21,11 +21,13 @@ import redis.exceptions as rex
 from coordinator.assignors import assign
 from partitions._base.durability import Durability
 from partitions._base.errors import ConfigError, MembershipError, UnknownMemberError, translate
-from partitions._base.functions import Functions
+from partitions._base.functions import FCall, Functions, Send, call_steps, is_cluster_client
 from partitions._base.keys import Keys, validate_name
-from partitions._base.replies import parse_describe, parse_member_reply, script_status
+from partitions._base.replies import parse_describe, parse_member_reply
 from partitions._base.settings import GroupSettings
+from partitions._base.steps import Steps, T
 from partitions._base.types import (
+    GroupDescription,
     HeartbeatResult,
     MemberSubscription,
     TopicPartition,
@@ -46,12 +48,103 @@ def topics_spec(topics: Mapping[str, int]) -> str:
     return " ".join(parts)
 
 
-class Member:
-    """One member of ``group`` subscribed to ``topics`` ({name: partition count}).
+# -- requests: what each operation sends (pure) -------------------------------------------
 
-    Thread-safe: calls are serialized by an internal lock. The member's state is whatever
-    the last reply said; after FencedError or UnknownMemberError it must :meth:`join` again
-    (and its user must first drop every partition it owned).
+
+def join_request(
+    keys: Keys,
+    group: str,
+    member_id: str,
+    instance_id: str | None,
+    client_info: str,
+    spec: str,
+    rejoin: bool,
+    settings: GroupSettings,
+) -> FCall:
+    """member.lua ``join``: create the group with ``settings`` if undeclared; ``rejoin``
+    means the group must exist (a member that was in it finds it vanished: lost state)."""
+    args = ["join", member_id, instance_id or "", client_info, spec, "1" if rejoin else "0"]
+    return FCall(
+        "member",
+        keys.group_keys(group),
+        [*args, *settings.to_fields()],
+        f"join of {member_id} in group {group}",
+    )
+
+
+def heartbeat_request(
+    keys: Keys,
+    group: str,
+    member_id: str,
+    epoch: int,
+    released: Iterable[TopicPartition] = (),
+    spec: str = "",
+) -> FCall:
+    """member.lua ``heartbeat``: hand back ``released``, send ``spec`` if it changed."""
+    return FCall(
+        "member",
+        keys.group_keys(group),
+        ["heartbeat", member_id, epoch, join_partitions(released), spec],
+        f"heartbeat of {member_id} in group {group}",
+    )
+
+
+def leave_request(
+    keys: Keys, group: str, member_id: str, epoch: int, *, temporary: bool = False
+) -> FCall:
+    """member.lua ``leave``; ``temporary`` keeps a static member's partitions reserved."""
+    return FCall(
+        "member",
+        keys.group_keys(group),
+        ["leave", member_id, epoch, "1" if temporary else "0"],
+        f"leave of {member_id} in group {group}",
+    )
+
+
+def describe_request(keys: Keys, group: str) -> FCall:
+    """admin.lua ``describe``: the whole group in one atomic read."""
+    return FCall("admin", keys.group_keys(group), ["describe"], "describe")
+
+
+def assign_request(
+    keys: Keys, group: str, epoch: int, target: Mapping[str, Iterable[TopicPartition]]
+) -> FCall:
+    """admin.lua ``assign``: the target at group ``epoch``, compare-and-set on the epoch."""
+    args: list[Any] = ["assign", epoch]
+    for member_id in sorted(target):
+        args += [member_id, join_partitions(target[member_id])]
+    return FCall("admin", keys.group_keys(group), args, "assign")
+
+
+def compute_target(desc: GroupDescription) -> dict[str, set[TopicPartition]]:
+    """The target the group's assignor computes from a describe (deterministic: every member
+    computes the same). ConfigError if the assignor cannot run here."""
+    # Instance ids order static members, so a restart under a new member id changes nothing
+    # any assignor computes.
+    members = {
+        m.member_id: MemberSubscription(frozenset(m.topics), m.instance_id) for m in desc.members
+    }
+    current = {m.member_id: set(m.target) for m in desc.members}
+    return assign(desc.assignor, members, desc.topics, current)
+
+
+def assign_status(reply: list[Any]) -> tuple[str, str]:
+    """(status, message) of an assign reply: OK / DONE (someone else did it) / STALE / ERR."""
+    status = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
+    message = reply[2] if status == "ERR" and len(reply) > 2 else ""
+    return status, message.decode() if isinstance(message, bytes) else str(message)
+
+
+# -- the member: state and steps, then the blocking shell ----------------------------------
+
+
+class MemberCore:
+    """A member's identity and what its last reply said, and each operation as steps
+    (partitions/_base/steps.py) over the Functions actions: no I/O, no lock. The blocking
+    :class:`Member` and the asyncio :class:`coordinator.aio.AsyncMember` run these steps.
+
+    After FencedError or UnknownMemberError it must join again (and its user must first drop
+    every partition it owned).
     """
 
     def __init__(
@@ -66,6 +159,8 @@ class Member:
         client_info: str = "",
         settings: GroupSettings | None = None,
     ) -> None:
+        # The client is only held for the shell (and the runner's fence calls): the steps
+        # need to know whether it is a cluster's, nothing else.
         self.client = client
         self.keys = keys
         self.group = validate_name(group, "group")
@@ -76,13 +171,15 @@ class Member:
         self._topics = dict(topics)
         self._spec = topics_spec(self._topics)
         self._spec_dirty = False
-        # No failover grace: the runner retries a failed heartbeat on its own schedule.
-        self._functions = Functions(client, retry_for=0)
-        self._lock = threading.RLock()
+        self._cluster = is_cluster_client(client)
         self._epoch: int | None = None
         # Once joined, a rejoin must find the group: a vanished group is lost state.
         self._was_member = False
         self.last: HeartbeatResult | None = None
+        self._open(client)
+
+    def _open(self, client: Any) -> None:
+        """The shell's part of construction: what runs the steps on ``client``."""
 
     @property
     def joined(self) -> bool:
@@ -95,10 +192,9 @@ class Member:
 
     def update_topics(self, topics: Mapping[str, int]) -> None:
         """Change the subscription or partition counts; sent with the next heartbeat."""
-        with self._lock:
-            self._spec = topics_spec(topics)
-            self._topics = dict(topics)
-            self._spec_dirty = True
+        self._spec = topics_spec(topics)
+        self._topics = dict(topics)
+        self._spec_dirty = True
 
     @property
     def durability(self) -> Durability:
@@ -110,15 +206,18 @@ class Member:
         s = self.last.settings if self.last is not None else self.settings
         return s.heartbeat_interval_ms
 
-    def _call(self, *args: Any) -> HeartbeatResult:
-        reply = self._functions.call(
-            "member",
-            self.keys.group_keys(self.group),
-            list(args),
-            context=f"{args[0]} of {self.member_id} in group {self.group}",
-            durability=self.durability,
+    def _send(self, call: FCall, *, durable: bool = True) -> Steps[Any]:
+        # No failover grace: the runner retries a failed heartbeat on its own schedule.
+        return call_steps(
+            call,
+            retry_for=0,
+            cluster=self._cluster,
+            durability=self.durability if durable else None,
             wait_ms=self._wait_ms(),
         )
+
+    def _exchange(self, call: FCall) -> Steps[HeartbeatResult]:
+        reply = yield from self._send(call)
         try:
             result = parse_member_reply(reply, self.group)
         except MembershipError:
@@ -129,101 +228,116 @@ class Member:
         self.last = result
         return result
 
-    def join(self) -> HeartbeatResult:
+    def join_steps(self) -> Steps[HeartbeatResult]:
         """Join (or rejoin) the group, creating it with this member's settings if undeclared.
 
         Raises DuplicateInstanceError if a live member holds the same instance id.
         """
-        with self._lock:
-            result = self._call(
-                "join",
-                self.member_id,
-                self.instance_id or "",
-                self.client_info,
-                self._spec,
-                "1" if self._was_member else "0",
-                *self.settings.to_fields(),
-            )
-            self._was_member = True
-            self._spec_dirty = False
-            try:
-                self.client.sadd(self.keys.groups, self.group)
-            except rex.RedisError as err:
-                raise translate(err, f"registering group {self.group}") from err
-            return self._settle(result)
+        call = join_request(
+            self.keys,
+            self.group,
+            self.member_id,
+            self.instance_id,
+            self.client_info,
+            self._spec,
+            self._was_member,
+            self.settings,
+        )
+        result = yield from self._exchange(call)
+        self._was_member = True
+        self._spec_dirty = False
+        try:
+            yield Send(("SADD", self.keys.groups, self.group))
+        except rex.RedisError as err:
+            raise translate(err, f"registering group {self.group}") from err
+        return (yield from self._settle(result))
 
-    def heartbeat(self, released: Iterable[TopicPartition] = ()) -> HeartbeatResult:
-        """Heartbeat, handing back ``released`` partitions; returns the full current state.
+    def heartbeat_steps(self, released: Iterable[TopicPartition] = ()) -> Steps[HeartbeatResult]:
+        """Heartbeat, handing back ``released`` partitions; the full current state.
 
         Raises UnknownMemberError (evicted: rejoin) or FencedError (stale epoch: rejoin).
         """
-        with self._lock:
-            if self._epoch is None:
-                raise UnknownMemberError(f"member {self.member_id} has not joined {self.group}")
-            spec = self._spec if self._spec_dirty else ""
-            result = self._call(
-                "heartbeat", self.member_id, self._epoch, join_partitions(released), spec
-            )
-            self._spec_dirty = False
-            return self._settle(result)
+        if self._epoch is None:
+            raise UnknownMemberError(f"member {self.member_id} has not joined {self.group}")
+        spec = self._spec if self._spec_dirty else ""
+        call = heartbeat_request(self.keys, self.group, self.member_id, self._epoch, released, spec)
+        result = yield from self._exchange(call)
+        self._spec_dirty = False
+        return (yield from self._settle(result))
 
-    def _settle(self, result: HeartbeatResult) -> HeartbeatResult:
+    def _settle(self, result: HeartbeatResult) -> Steps[HeartbeatResult]:
         # A stale target: compute and submit it, then heartbeat once more to get the grants.
-        if result.target_stale and self.compute_target(result.group_epoch):
+        if result.target_stale and (yield from self.target_steps(result.group_epoch)):
             created = result.created_group
-            result = self._call("heartbeat", self.member_id, self._epoch, "", "")
+            assert self._epoch is not None
+            call = heartbeat_request(self.keys, self.group, self.member_id, self._epoch)
+            result = yield from self._exchange(call)
             if created:
                 result = replace(result, created_group=True)
                 self.last = result
         return result
 
-    def leave(self, *, temporary: bool = False) -> None:
+    def leave_steps(self, *, temporary: bool = False) -> Steps[None]:
         """Leave the group. ``temporary`` (static members only) keeps the partitions reserved
         for this instance id until the session timeout; otherwise they move now."""
-        with self._lock:
-            self._functions.call(
-                "member",
-                self.keys.group_keys(self.group),
-                ["leave", self.member_id, self._epoch or 0, "1" if temporary else "0"],
-                context=f"leave of {self.member_id} in group {self.group}",
-                durability=self.durability,
-                wait_ms=self._wait_ms(),
-            )
-            self._epoch = None
-            self.last = None
-
-    def compute_target(self, epoch: int) -> bool:
-        """Compute the target at group ``epoch`` and CAS it; True if a target now exists there."""
-        reply = self._functions.call(
-            "admin", self.keys.group_keys(self.group), ["describe"], context="describe"
+        call = leave_request(
+            self.keys, self.group, self.member_id, self._epoch or 0, temporary=temporary
         )
+        yield from self._send(call)
+        self._epoch = None
+        self.last = None
+
+    def target_steps(self, epoch: int) -> Steps[bool]:
+        """Compute the target at group ``epoch`` and CAS it; True if a target now exists there."""
+        reply = yield from self._send(describe_request(self.keys, self.group), durable=False)
         desc = parse_describe(reply, self.group)
         if desc.epoch != epoch or desc.target_epoch == desc.epoch:
             return desc.target_epoch == desc.epoch
-        # Instance ids order static members, so a restart under a new member id changes
-        # nothing any assignor computes.
-        members = {
-            m.member_id: MemberSubscription(frozenset(m.topics), m.instance_id)
-            for m in desc.members
-        }
-        current = {m.member_id: set(m.target) for m in desc.members}
         try:
-            target = assign(desc.assignor, members, desc.topics, current)
+            target = compute_target(desc)
         except ConfigError:
             log.warning("group %s: cannot run assignor %r here", self.group, desc.assignor)
             return False
-        args: list[Any] = ["assign", desc.epoch]
-        for member_id in sorted(target):
-            args += [member_id, join_partitions(target[member_id])]
-        reply = self._functions.call(
-            "admin",
-            self.keys.group_keys(self.group),
-            args,
-            context="assign",
-            durability=self.durability,
-            wait_ms=self._wait_ms(),
-        )
-        status = script_status(reply)
+        reply = yield from self._send(assign_request(self.keys, self.group, desc.epoch, target))
+        status, message = assign_status(reply)
         if status == "ERR":
-            log.error("group %s: target rejected: %s", self.group, reply[2])
+            log.error("group %s: target rejected: %s", self.group, message)
         return status in ("OK", "DONE")
+
+
+class Member(MemberCore):
+    """One member of ``group`` subscribed to ``topics`` ({name: partition count}), on a
+    redis-py client.
+
+    Thread-safe: calls are serialized by an internal lock. The member's state is whatever
+    the last reply said; after FencedError or UnknownMemberError it must :meth:`join` again
+    (and its user must first drop every partition it owned).
+    """
+
+    def _open(self, client: Any) -> None:
+        self._functions = Functions(client, retry_for=0)
+        self._lock = threading.RLock()
+
+    def _run(self, steps: Steps[T]) -> T:
+        with self._lock:
+            return self._functions.run(steps)
+
+    def update_topics(self, topics: Mapping[str, int]) -> None:
+        with self._lock:
+            super().update_topics(topics)
+
+    def join(self) -> HeartbeatResult:
+        """See :meth:`MemberCore.join_steps`."""
+        return self._run(self.join_steps())
+
+    def heartbeat(self, released: Iterable[TopicPartition] = ()) -> HeartbeatResult:
+        """See :meth:`MemberCore.heartbeat_steps`."""
+        return self._run(self.heartbeat_steps(released))
+
+    def leave(self, *, temporary: bool = False) -> None:
+        """See :meth:`MemberCore.leave_steps`."""
+        self._run(self.leave_steps(temporary=temporary))
+
+    def compute_target(self, epoch: int) -> bool:
+        """See :meth:`MemberCore.target_steps`."""
+        return self._run(self.target_steps(epoch))

@@ -8,7 +8,7 @@ exported here.
 
 from __future__ import annotations
 
-from coordinator.runner import RebalanceListener
+from coordinator.listener import AsyncRebalanceListener, RebalanceListener
 from partitions._admin.acl import acl_rules
 from partitions._admin.deadletter import DeadLetters, ReplayResult
 from partitions._admin.groups import (
@@ -107,6 +107,7 @@ __all__ = [
     "AsyncConnection",
     "AsyncConsumer",
     "AsyncProducer",
+    "AsyncRebalanceListener",
     "AsyncRecordFuture",
     "BufferFullError",
     "BytesSerializer",

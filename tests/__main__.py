@@ -85,6 +85,8 @@ CLUSTER_READY = [
     "tests/integration/test_deliveries.py",
     "tests/integration/test_library.py",
     "tests/integration/test_async_connection.py",
+    "tests/integration/test_async_member.py",
+    "tests/integration/test_async_runner.py",
     "tests/integration/test_async_producer.py",
     "tests/integration/test_security_cluster.py",
     "tests/integration/test_metrics.py",

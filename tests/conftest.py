@@ -1,4 +1,5 @@
-"""Shared fixtures.
+"""Shared fixtures: the short names the suite uses for the partstream pytest plugin's fixtures
+(partitions/pytest_plugin.py), which users get for their own tests the same way.
 
 Integration tests run against ``PARTSTREAM_TEST_URL`` when set (CI runs the suite once on
 the machine's Redis 7 that way), else against a private embedded Valkey started for this test
@@ -10,82 +11,30 @@ A server that cannot be reached skips integration tests locally and fails them u
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
-import uuid
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 
 from partitions._client.config import ClientConfig
-from partitions._client.connection import Connection, connect
-from partitions._client.server import EmbeddedServer
+from partitions._client.connection import Connection
 
 
 @pytest.fixture(scope="session")
-def server_url() -> Iterator[str]:
-    url = os.environ.get("PARTSTREAM_TEST_URL")
-    if url:
-        yield url
-        return
-    data_dir = Path(tempfile.mkdtemp(prefix="ps-test-", dir="/tmp"))
-    server = EmbeddedServer(data_dir)
-    try:
-        url = server.ensure_running()
-    except Exception as err:
-        shutil.rmtree(data_dir, ignore_errors=True)
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(f"no server for integration tests: {err}")
-    try:
-        yield url
-    finally:
-        server.stop()
-        shutil.rmtree(data_dir, ignore_errors=True)
+def server_url(partstream_url: str) -> str:
+    return partstream_url
 
 
 @pytest.fixture
-def namespace() -> str:
-    return "t" + uuid.uuid4().hex[:12]
+def namespace(partstream_namespace: str) -> str:
+    return partstream_namespace
 
 
 @pytest.fixture
-def client_config(server_url: str, namespace: str) -> ClientConfig:
-    return ClientConfig(url=server_url, namespace=namespace)
+def client_config(partstream_config: ClientConfig) -> ClientConfig:
+    return partstream_config
 
 
 @pytest.fixture
-def conn(client_config: ClientConfig) -> Iterator[Connection]:
-    try:
-        c = connect(client_config)
-    except Exception as err:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(f"server unreachable: {err}")
-    try:
-        yield c
-    finally:
-        # Drop this test's keys so a long-lived server does not fill up.
-        try:
-            drop_namespace(c, client_config.namespace)
-        finally:
-            c.close()
-
-
-def drop_namespace(c: Connection, namespace: str) -> None:
-    """Delete every key of ``namespace``: SCAN each primary, DEL key by key (one slot each)."""
-    pattern = f"{namespace}:*"
-    nodes = (
-        [c.client.get_redis_connection(n) for n in c.client.get_primaries()]
-        if c.is_cluster
-        else [c.client]
-    )
-    for node in nodes:
-        batch = [key for key in node.scan_iter(match=pattern, count=1000)]
-        for key in batch:
-            c.client.delete(key)
+def conn(partstream_conn: Connection) -> Connection:
+    return partstream_conn
 
 
 def pytest_configure(config: pytest.Config) -> None:

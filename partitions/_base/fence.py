@@ -20,7 +20,7 @@ import redis.exceptions as rex
 
 from partitions._base.durability import Durability
 from partitions._base.errors import translate
-from partitions._base.functions import Functions
+from partitions._base.functions import FCall, Functions
 from partitions._base.keys import Keys
 from partitions._base.replies import fence_from_reply
 
@@ -28,6 +28,25 @@ from partitions._base.replies import fence_from_reply
 def fence_value(member_id: str, token: int) -> str:
     """The exact string a fence field holds for this grant."""
     return f"{member_id} {int(token)}"
+
+
+def fence_request(
+    op: str, keys: Keys, group: str, topic: str, partition: int, member_id: str, token: int
+) -> FCall:
+    """fence.lua ``claim`` or ``release`` of one partition's fence for this grant."""
+    doing = "claiming" if op == "claim" else "releasing"
+    return FCall(
+        "fence",
+        [keys.fence(topic, partition)],
+        [op, group, member_id, str(int(token))],
+        f"{doing} {topic}/{partition} for group {group}",
+    )
+
+
+def fence_held(reply: Any) -> bool:
+    """A claim or release reply: True if it took (or freed) the fence, False if a newer
+    grant holds it."""
+    return bool(int(reply))
 
 
 def claim_fence(
@@ -48,14 +67,9 @@ def claim_fence(
     group's ``durability`` it returns once the claim is on enough replicas. ``retry_for``:
     seconds it is tried while the partition's node fails over (default: Functions').
     """
-    reply = Functions(client, retry_for=retry_for).call(
-        "fence",
-        [keys.fence(topic, partition)],
-        ["claim", group, member_id, str(int(token))],
-        context=f"claiming {topic}/{partition} for group {group}",
-        durability=durability,
-    )
-    return bool(int(reply))
+    call = fence_request("claim", keys, group, topic, partition, member_id, token)
+    functions = Functions(client, retry_for=retry_for)
+    return fence_held(functions.call(*call.parts(), durability=durability))
 
 
 def release_fence(
@@ -70,14 +84,8 @@ def release_fence(
     durability: Durability | None = None,
 ) -> bool:
     """Clear the fence only if it still holds this grant; False if someone newer holds it."""
-    reply = Functions(client).call(
-        "fence",
-        [keys.fence(topic, partition)],
-        ["release", group, member_id, str(int(token))],
-        context=f"releasing {topic}/{partition} for group {group}",
-        durability=durability,
-    )
-    return bool(int(reply))
+    call = fence_request("release", keys, group, topic, partition, member_id, token)
+    return fence_held(Functions(client).call(*call.parts(), durability=durability))
 
 
 def read_fence(

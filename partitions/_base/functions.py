@@ -25,18 +25,21 @@ has none, so an OOM server refuses it (and the producer retries within its deliv
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import cache
 from importlib import resources
-from typing import Any
+from typing import Any, cast
 
 import redis.exceptions as rex
 
 from partitions._base.durability import Durability
 from partitions._base.errors import ConnectionFailedError, LibraryMissingError, translate
 from partitions._base.replies import library_names
+from partitions._base.steps import IO_ERRORS, Pause, Steps, T, dispatch, drive
 
 LIBRARY_PREFIX = "partstream_"
 # A durable call on a cluster follows this many redirections (it did not run) before failing.
@@ -216,65 +219,194 @@ def missing_error(where: str, cause: BaseException | None = None) -> LibraryMiss
     )
 
 
-# -- the decisions of a call, shared by Functions and the asyncio AsyncFunctions -------------
+# -- a call, written once as steps (partitions/_base/steps.py) ------------------------------
+# Functions (below) and the asyncio AsyncFunctions (partitions/_client/aio.py) only do
+# these actions, each on its own client.
 
 
-def load_failure(err: Exception) -> Exception | None:
-    """What a failed FUNCTION LOAD means: None if this version was already there, else the
-    error to raise (LibraryMissingError if this user may not load it)."""
-    if isinstance(err, rex.ResponseError) and "already exists" in str(err):
-        return None
-    if isinstance(err, rex.ResponseError) and _is_noperm(err):
-        return missing_error("", err)
-    return translate(err, "loading partstream's server-side functions")
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Send ``command`` on the client (a cluster client routes it by its keys)."""
+
+    command: tuple[Any, ...]
 
 
-def final_error(err: BaseException, where: str) -> Exception:
-    """The partstream error a failed call ends in."""
+@dataclass(frozen=True, slots=True)
+class Pipeline:
+    """Send ``commands`` down one connection, to ``key``'s node on a cluster (None: the
+    client's own); the result is every reply, errors included (raise_on_error=False)."""
+
+    key: str | None
+    commands: list[tuple[Any, ...]]
+
+
+@dataclass(frozen=True, slots=True)
+class Load:
+    """FUNCTION LOAD the library on ``target`` (a node, as the caller gave it), else on
+    ``key``'s node on a cluster, else on the client."""
+
+    key: str | None = None
+    target: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class Refresh:
+    """Re-learn the cluster's slot map after ``error`` (errors doing so are swallowed: the
+    next try fails and says why)."""
+
+    error: BaseException
+
+
+@dataclass(frozen=True, slots=True)
+class FCall:
+    """One FCALL: which function, its keys and arguments, and what the call is for (the
+    context errors are worded with)."""
+
+    name: str
+    keys: list[str]
+    args: list[Any]
+    context: str = ""
+
+    @property
+    def where(self) -> str:
+        return self.context or f"function {self.name}"
+
+    @property
+    def command(self) -> tuple[Any, ...]:
+        return ("FCALL", function_name(self.name), len(self.keys), *self.keys, *self.args)
+
+    @property
+    def key(self) -> str | None:
+        return self.keys[0] if self.keys else None
+
+    def parts(self) -> tuple[str, list[str], list[Any], str]:
+        """(name, keys, args, context): the arguments of ``Functions.call``."""
+        return self.name, self.keys, self.args, self.context
+
+
+def load_steps(action: Load) -> Steps[bool]:
+    """FUNCTION LOAD: True if loaded now, False if this version was already there;
+    LibraryMissingError if this user may not load it."""
+    try:
+        yield action
+    except rex.ResponseError as err:
+        if "already exists" in str(err):
+            return False
+        if _is_noperm(err):
+            raise missing_error("", err) from err
+        raise translate(err, "loading partstream's server-side functions") from err
+    except rex.RedisError as err:
+        raise translate(err, "loading partstream's server-side functions") from err
+    return True
+
+
+def _failure(err: BaseException, where: str) -> Exception:
     if isinstance(err, rex.RedisClusterException):
         return ConnectionFailedError(f"{where}: {err}")
     assert isinstance(err, Exception)
     return translate(err, where)
 
 
-def call_failure(err: BaseException, where: str, *, retrying: bool) -> Exception:
-    """A failed FCALL: NotRun (try again after a pause) when retrying and it provably did
-    not run, else its final error."""
-    if retrying and did_not_run(err):
-        return NotRun()
-    return final_error(err, where)
+def _attempt(err: BaseException, where: str, retrying: bool) -> Exception:
+    """A failed try: NotRun (try again after a pause) when retrying and it provably did not
+    run, else its final error."""
+    return NotRun() if retrying and did_not_run(err) else _failure(err, where)
 
 
-def gave_up(not_run: NotRun, where: str) -> Exception:
-    """The error of a call whose retry window closed: that of its last try."""
-    assert not_run.__cause__ is not None
-    return final_error(not_run.__cause__, where)
+def call_steps(
+    call: FCall,
+    *,
+    retry_for: float,
+    cluster: bool,
+    durability: Durability | None = None,
+    wait_ms: int = DEFAULT_WAIT_MS,
+    clock: Callable[[], float] = time.monotonic,
+) -> Steps[Any]:
+    """FCALL ``call``; if the library is missing there, load it and retry once; while the
+    server fails over, try again for ``retry_for`` seconds (see :class:`Functions`)."""
+    backoff = Backoff(retry_for, clock=clock)
+    while True:
+        try:
+            if durability is not None and durability.waits:
+                return (yield from _durable_steps(call, durability, wait_ms, cluster, retry_for))
+            return (yield from _plain_steps(call, retry_for))
+        except NotRun as not_run:
+            pause = backoff.next_pause()
+            if pause is None:
+                assert not_run.__cause__ is not None
+                raise _failure(not_run.__cause__, call.where) from not_run.__cause__
+            yield Pause(pause)
 
 
-def fcall_command(name: str, keys: list[str], args: list[Any]) -> tuple[Any, ...]:
-    return ("FCALL", function_name(name), len(keys), *keys, *args)
+def _plain_steps(call: FCall, retry_for: float) -> Steps[Any]:
+    try:
+        try:
+            return (yield Send(call.command))
+        except rex.ResponseError as err:
+            if not is_missing(err):
+                raise
+            yield from load_steps(Load(call.key))
+            return (yield Send(call.command))
+    except IO_ERRORS as err:
+        raise _attempt(err, call.where, bool(retry_for)) from err
 
 
-def durable_commands(
-    name: str, keys: list[str], args: list[Any], durability: Durability, wait_ms: int
-) -> list[tuple[Any, ...]]:
-    """The pipeline of a durable call: the FCALL, then WAIT/WAITAOF on the same connection
-    (WAIT counts what its own connection wrote)."""
-    return [fcall_command(name, keys, args), *durability.commands(wait_ms)]
+def _durable_steps(
+    call: FCall, durability: Durability, wait_ms: int, cluster: bool, retry_for: float
+) -> Steps[Any]:
+    # WAIT counts what its own connection wrote: one pipeline on the node of the keys (on a
+    # cluster that bypasses the client's redirection handling, so it is done here).
+    cluster = cluster and call.key is not None
+    pipeline = Pipeline(
+        call.key if cluster else None, [call.command, *durability.commands(wait_ms)]
+    )
+    loaded = False
+    for attempt in range(1, DURABLE_ATTEMPTS + 1):
+        try:
+            replies = yield pipeline
+        except rex.RedisError as err:
+            if cluster:  # a node died or failed over: learn the map for the next call
+                yield Refresh(err)
+            raise _attempt(err, call.where, bool(retry_for)) from err
+        first = replies[0]
+        if not isinstance(first, Exception):
+            durability.check(replies[1:], call.where)
+            return first
+        if not loaded and is_missing(first):
+            loaded = True
+            yield from load_steps(Load(pipeline.key))
+        elif cluster and attempt < DURABLE_ATTEMPTS and _is_redirect(first):
+            yield Refresh(first)  # it did not run: send it where the slot is
+        else:
+            raise translate(first, call.where) from first
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
-def durable_retry(first: Any, *, attempt: int, loaded: bool, cluster: bool) -> str | None:
-    """What to do when a durable call's FCALL reply is an error: "load" the library and send
-    it again, "redirect" it (it did not run: learn the slot map, send it where the slot is),
-    or None: raise it."""
-    if not loaded and is_missing(first):
-        return "load"
-    if cluster and attempt < DURABLE_ATTEMPTS and _is_redirect(first):
-        return "redirect"
-    return None
+class CallsFunctions:
+    """What both shells of a Functions client share: the client, the retry window, and the
+    steps of a call on it."""
+
+    def __init__(self, client: Any, *, retry_for: float | None = None) -> None:
+        self._client = client
+        self.retry_for = default_retry(client) if retry_for is None else retry_for
+
+    def _steps(
+        self,
+        name: str,
+        keys: list[str],
+        args: list[Any],
+        context: str,
+        durability: Durability | None,
+        wait_ms: int,
+    ) -> Steps[Any]:
+        call = FCall(name, keys, args, context)
+        cluster = is_cluster_client(self._client)
+        return call_steps(
+            call, retry_for=self.retry_for, cluster=cluster, durability=durability, wait_ms=wait_ms
+        )
 
 
-class Functions:
+class Functions(CallsFunctions):
     """Calls the library's functions on one client (``redis.Redis`` or ``RedisCluster``);
     loads the library where it is missing, if this client may.
 
@@ -286,24 +418,27 @@ class Functions:
     """
 
     def __init__(self, client: Any, *, retry_for: float | None = None) -> None:
-        self._client = client
-        if retry_for is None:
-            retry_for = FAILOVER_GRACE_S if fails_over(client) else 0.0
-        self.retry_for = retry_for
+        super().__init__(client, retry_for=retry_for)
+        self.perform = dispatch(
+            {
+                Send: lambda a: client.execute_command(*a.command),
+                Pipeline: self._pipeline,
+                Load: lambda a: self._target(a).execute_command("FUNCTION", "LOAD", library_code()),
+                Refresh: self._refresh_map,
+                Pause: lambda a: time.sleep(a.seconds),
+            }
+        )
+
+    def run(self, steps: Steps[T]) -> T:
+        """Run steps made of this module's actions (a call's, or a member's built on them)."""
+        return drive(steps, self.perform)
 
     def load(self, target: Any = None) -> bool:
         """FUNCTION LOAD this version's library (on ``target``: a node client or connection).
 
         True if it was loaded now, False if it was already there. LibraryMissingError if
         this user may not load it."""
-        try:
-            (target or self._client).execute_command("FUNCTION", "LOAD", library_code())
-        except rex.RedisError as err:
-            failure = load_failure(err)
-            if failure is None:
-                return False
-            raise failure from err
-        return True
+        return self.run(load_steps(Load(target=target)))
 
     def call(
         self,
@@ -321,90 +456,35 @@ class Functions:
         ``wait_ms``) on the same connection, and returns only once enough replicas confirmed
         what it wrote; else NotEnoughReplicasError (it ran: its effects are on the primary).
         """
-        backoff = Backoff(self.retry_for)
-        where = context or f"function {name}"
-        while True:
-            try:
-                if durability is not None and durability.waits:
-                    return self._call_durable(name, keys, args, where, durability, wait_ms)
-                return self._call(name, keys, args, where)
-            except NotRun as not_run:
-                pause = backoff.next_pause()
-                if pause is None:
-                    raise gave_up(not_run, where) from not_run.__cause__
-                time.sleep(pause)
+        return self.run(self._steps(name, keys, args, context, durability, wait_ms))
 
-    def _call(self, name: str, keys: list[str], args: list[Any], where: str) -> Any:
-        command = fcall_command(name, keys, args)
-        try:
-            try:
-                return self._client.execute_command(*command)
-            except rex.ResponseError as err:
-                if not is_missing(err):
-                    raise
-                self._load_for(keys)
-                return self._client.execute_command(*command)
-        except (rex.RedisError, rex.RedisClusterException) as err:
-            raise call_failure(err, where, retrying=bool(self.retry_for)) from err
+    def _node(self, key: str | None) -> Any:
+        """The plain client of ``key``'s node on a cluster, else the client."""
+        if key is None or not is_cluster_client(self._client):
+            return self._client
+        return self._client.get_redis_connection(self._client.get_node_from_key(key))
 
-    def _call_durable(
-        self,
-        name: str,
-        keys: list[str],
-        args: list[Any],
-        where: str,
-        durability: Durability,
-        wait_ms: int,
-    ) -> Any:
-        # One pipeline on the node of the keys (on a cluster that bypasses RedisCluster's
-        # redirection handling, so it is done here).
-        cluster = bool(keys) and is_cluster_client(self._client)
-        commands = durable_commands(name, keys, args, durability, wait_ms)
-        loaded = False
-        for attempt in range(1, DURABLE_ATTEMPTS + 1):
-            node = self._client
-            if cluster:
-                node = node.get_redis_connection(node.get_node_from_key(keys[0]))
-            pipe = node.pipeline(transaction=False)
-            for cmd in commands:
-                pipe.execute_command(*cmd)
-            try:
-                replies = pipe.execute(raise_on_error=False)
-            except rex.RedisError as err:
-                if cluster:  # a node died or failed over: learn the map for the next call
-                    self._refresh_map(err)
-                raise call_failure(err, where, retrying=bool(self.retry_for)) from err
-            first = replies[0]
-            if isinstance(first, Exception):
-                action = durable_retry(first, attempt=attempt, loaded=loaded, cluster=cluster)
-                if action == "load":
-                    loaded = True
-                    self.load(node)
-                elif action == "redirect":
-                    self._refresh_map(first)
-                else:
-                    raise translate(first, where) from first
-                continue
-            durability.check(replies[1:], where)
-            return first
-        raise AssertionError("unreachable")  # pragma: no cover
+    def _target(self, action: Load) -> Any:
+        return action.target or self._node(action.key)
 
-    def _refresh_map(self, err: BaseException) -> None:
+    def _pipeline(self, action: Pipeline) -> list[Any]:
+        pipe = self._node(action.key).pipeline(transaction=False)
+        for command in action.commands:
+            pipe.execute_command(*command)
+        return cast(list[Any], pipe.execute(raise_on_error=False))
+
+    def _refresh_map(self, action: Refresh) -> None:
         manager = self._client.nodes_manager
-        try:
-            if isinstance(err, rex.MovedError):
-                manager.move_slot(err)
+        with contextlib.suppress(*IO_ERRORS):
+            if isinstance(action.error, rex.MovedError):
+                manager.move_slot(action.error)
             else:
                 manager.initialize()
-        except (rex.RedisError, rex.RedisClusterException):
-            pass  # the cluster is unreachable right now: the next call fails and retries
 
-    def _load_for(self, keys: list[str]) -> None:
-        target = None
-        if keys and is_cluster_client(self._client):  # a cluster: that key's node
-            node = self._client.get_node_from_key(keys[0])
-            target = self._client.get_redis_connection(node)
-        self.load(target)
+
+def default_retry(client: Any) -> float:
+    """:class:`Functions`' default ``retry_for`` on this client."""
+    return FAILOVER_GRACE_S if fails_over(client) else 0.0
 
 
 def loaded_versions(node: Any) -> list[str]:

@@ -12,10 +12,10 @@ import contextlib
 import logging
 import time
 import warnings
-from collections.abc import Callable, Generator
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Generic, TypeVar, cast
+from typing import Any
 from urllib.parse import urlsplit
 
 import redis
@@ -33,11 +33,14 @@ from partitions._base.functions import (
     FAILOVER_GRACE_S,
     Backoff,
     Functions,
+    Refresh,
+    Send,
     did_not_run,
     fails_over,
 )
 from partitions._base.keys import Keys
 from partitions._base.replies import text
+from partitions._base.steps import IO_ERRORS, Pause, Steps, dispatch, drive
 from partitions._client.config import ClientConfig
 from partitions._client.urls import (
     ClusterSeeds,
@@ -48,7 +51,6 @@ from partitions._client.urls import (
 )
 
 log = logging.getLogger("partstream")
-T = TypeVar("T")
 
 MIN_REDIS = (7, 0, 0)
 MIN_VALKEY = (7, 2, 0)
@@ -99,85 +101,40 @@ class ServerInfo:
         return f"{self.flavor} {self.version_text} ({mode}; features: {feats})"
 
 
-# Connecting is written once, as steps that yield what they need done (a command, a pause, a
-# fresh slot map) and get the reply back (an error is thrown into them): the shells, this
-# module's :func:`drive` and the asyncio one in partitions/_client/aio.py, only do it.
-@dataclass(frozen=True, slots=True)
-class Pause:
-    """Sleep this long (the shell's own sleep), reply None."""
-
-    seconds: float
-
-
+# Connecting is written once, as steps (partitions/_base/steps.py): this module's connect()
+# and the asyncio connect_async() (partitions/_client/aio.py) only do the actions.
 @dataclass(frozen=True, slots=True)
 class OnNode:
-    """Send ``command`` to one node of a cluster (from :data:`PRIMARIES`), unmerged."""
+    """Send ``command`` to one primary of a cluster (from :class:`Primaries`), unmerged."""
 
     node: Any
     command: tuple[Any, ...]
 
 
-PRIMARIES = "primaries"  # reply: the cluster's primary nodes, for OnNode
-REFRESH = "refresh"  # re-learn the cluster's slot map (errors are swallowed), reply None
-Action = tuple[Any, ...] | Pause | OnNode | str
-Steps = Generator[Action, Any, T]
-# What a shell catches and throws back into the steps.
-IO_ERRORS = (rex.RedisError, rex.RedisClusterException)
+@dataclass(frozen=True, slots=True)
+class Primaries:
+    """The result is the cluster's primary nodes (for :class:`OnNode`)."""
 
 
-class Stepper(Generic[T]):
-    """Feeds a shell's replies into steps: ``action`` is what to do next, until ``done``."""
-
-    def __init__(self, steps: Steps[T]) -> None:
-        self._steps = steps
-        self.done = False
-        self.value: T | None = None
-        self.action: Action = ""
-        self._advance(lambda: next(steps))
-
-    def reply(self, reply: Any) -> None:
-        self._advance(lambda: self._steps.send(reply))
-
-    def fail(self, error: Exception) -> None:
-        self._advance(lambda: self._steps.throw(error))
-
-    def _advance(self, step: Callable[[], Action]) -> None:
-        try:
-            self.action = step()
-        except StopIteration as stop:
-            self.done, self.value = True, stop.value
-
-    def result(self) -> T:
-        return cast(T, self.value)
+def perform(client: Any) -> Callable[[Any], Any]:
+    """How a redis-py client does the actions of connecting."""
+    return dispatch(
+        {
+            Send: lambda a: client.execute_command(*a.command),
+            OnNode: lambda a: client.get_redis_connection(a.node).execute_command(*a.command),
+            Primaries: lambda a: client.get_primaries(),
+            Refresh: lambda a: _initialize(client),
+            Pause: lambda a: time.sleep(a.seconds),
+        }
+    )
 
 
-def drive(steps: Steps[T], client: Any) -> T:
-    """Run ``steps`` on a redis-py client, blocking."""
-    stepper = Stepper(steps)
-    while not stepper.done:
-        try:
-            stepper.reply(_perform(stepper.action, client))
-        except IO_ERRORS as err:
-            stepper.fail(err)
-    return stepper.result()
+def _initialize(client: Any) -> None:
+    with contextlib.suppress(*IO_ERRORS):
+        client.nodes_manager.initialize()
 
 
-def _perform(action: Action, client: Any) -> Any:
-    if isinstance(action, Pause):
-        return time.sleep(action.seconds)
-    if isinstance(action, OnNode):
-        return client.get_redis_connection(action.node).execute_command(*action.command)
-    if action == PRIMARIES:
-        return client.get_primaries()
-    if action == REFRESH:
-        with contextlib.suppress(*IO_ERRORS):
-            client.nodes_manager.initialize()
-        return None
-    assert isinstance(action, tuple)
-    return client.execute_command(*action)
-
-
-def _probe(name: str, send: Callable[[tuple[Any, ...]], Action]) -> Steps[bool]:
+def _probe(name: str, send: Callable[[tuple[Any, ...]], Any]) -> Steps[bool]:
     """Probe a command by calling it with no arguments: an arity error means it exists."""
     try:
         yield send((name,))
@@ -192,8 +149,8 @@ def node_steps(*, cluster: bool, node: Any = None) -> Steps[ServerInfo]:
     """Detect one server (``node``: one primary of a cluster); raise ServerTooOldError below
     the supported minimum."""
 
-    def send(command: tuple[Any, ...]) -> Action:
-        return command if node is None else OnNode(node, command)
+    def send(command: tuple[Any, ...]) -> Send | OnNode:
+        return Send(command) if node is None else OnNode(node, command)
 
     try:
         info = yield send(("INFO", "server"))
@@ -252,14 +209,14 @@ def detect_steps(*, cluster: bool) -> Steps[ServerInfo]:
     if not cluster:
         return (yield from node_steps(cluster=False))
     infos = []
-    for node in (yield PRIMARIES):
+    for node in (yield Primaries()):
         infos.append((yield from node_steps(cluster=True, node=node)))
     return combine(infos)
 
 
 def detect_server(client: Any, *, cluster: bool = False) -> ServerInfo:
     """Read INFO and probe commands; raise ServerTooOldError below the supported minimum."""
-    return drive(detect_steps(cluster=cluster), client)
+    return drive(detect_steps(cluster=cluster), perform(client))
 
 
 def connect_steps(*, cluster: bool, failover_window: float) -> Steps[ServerInfo]:
@@ -270,7 +227,7 @@ def connect_steps(*, cluster: bool, failover_window: float) -> Steps[ServerInfo]
     backoff = Backoff(failover_window, first=0.1, most=1.0)
     while True:
         try:
-            yield ("PING",)
+            yield Send(("PING",))
             break
         except IO_ERRORS as err:
             pause = backoff.next_pause() if did_not_run(err) else None
@@ -281,13 +238,13 @@ def connect_steps(*, cluster: bool, failover_window: float) -> Steps[ServerInfo]
     while True:
         try:
             return (yield from detect_steps(cluster=cluster))
-        except ConnectionFailedError:
+        except ConnectionFailedError as err:
             pause = backoff.next_pause()
             if pause is None:
                 raise
             yield Pause(pause)
             if cluster:
-                yield REFRESH
+                yield Refresh(err)
 
 
 def failover_window(client: Any) -> float:
@@ -311,12 +268,9 @@ def check_eviction_policy(server: ServerInfo, strict: bool) -> None:
     log.warning(msg)
 
 
-class Connection:
-    """An open server: the redis client, its key names, server-side functions and detected
-    features.
-
-    Thread-safe: the underlying redis-py client keeps a connection pool.
-    """
+class Opened:
+    """What an open server is, for both shells (:class:`Connection` and the asyncio
+    ``AsyncConnection``): the client, its config and URL, the detected server, key names."""
 
     def __init__(self, client: Any, config: ClientConfig, url: str, server: ServerInfo) -> None:
         self.client = client
@@ -324,7 +278,6 @@ class Connection:
         self.url = url
         self.server = server
         self.keys = Keys(config.namespace)
-        self.functions = Functions(client)
         # Behind Sentinels: a primary can be replaced under this connection (see nodes.py).
         self.behind_sentinel = sentinel_manager(client) is not None
 
@@ -335,6 +288,21 @@ class Connection:
     @property
     def redacted_url(self) -> str:
         return redact_url(self.url)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.redacted_url} {self.server.describe()}>"
+
+
+class Connection(Opened):
+    """An open server: the redis client, its key names, server-side functions and detected
+    features.
+
+    Thread-safe: the underlying redis-py client keeps a connection pool.
+    """
+
+    def __init__(self, client: Any, config: ClientConfig, url: str, server: ServerInfo) -> None:
+        super().__init__(client, config, url, server)
+        self.functions = Functions(client)
 
     def close(self) -> None:
         close_client(self.client)
@@ -349,9 +317,6 @@ class Connection:
         tb: TracebackType | None,
     ) -> None:
         self.close()
-
-    def __repr__(self) -> str:
-        return f"<Connection {self.redacted_url} {self.server.describe()}>"
 
 
 def _client_kwargs(config: ClientConfig, tls: bool) -> dict[str, Any]:
@@ -527,9 +492,8 @@ def connect(config: ClientConfig | None = None, **overrides: Any) -> Connection:
     client: Any = None
     try:
         client, cluster = open_client(url, config)
-        server = drive(
-            connect_steps(cluster=cluster, failover_window=failover_window(client)), client
-        )
+        steps = connect_steps(cluster=cluster, failover_window=failover_window(client))
+        server = drive(steps, perform(client))
         check_eviction_policy(server, config.strict_eviction_policy)
     except Exception as err:
         close_client(client)

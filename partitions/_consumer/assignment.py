@@ -9,18 +9,25 @@ server (tests/unit/test_assignment.py).
 
 Where a record can be, and how it moves::
 
-    fill() -> buffer --take()--> handed (+ current) --confirm()--> acks --take_acks()--> sent
+    fill() -> buffers --take()--> handed (+ current) --confirm()--> acks --take_acks()--> sent
                  |                   |                                        |
     drop()/drop_buffered(): gone, still pending for the group (redelivered, not counted)
                                                       unknown outcome --> unsent --> next read
 
 A partition leaving (:meth:`Assignment.drop`) takes its buffered, handed-out and pending
 records with it: they stay pending for the group, and the next owner delivers them again.
+
+Fairness, as Kafka's fetcher: each partition has its own buffer, only partitions whose buffer
+ran dry are read again (:meth:`Assignment.reading`), and :meth:`Assignment.take` hands out
+round-robin over the partitions holding records, so one partition's backlog (a takeover)
+never holds back the fresh records of the others.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from itertools import groupby
+from operator import attrgetter
 
 from partitions._base.fence import fence_value
 from partitions._base.keys import Keys
@@ -37,6 +44,7 @@ class PartitionState:
     """What the consumer tracks for one owned partition: its keys, its grant, where it reads."""
 
     __slots__ = (
+        "catching_up",
         "cursor",
         "dlq_key",
         "fence",
@@ -76,11 +84,17 @@ class PartitionState:
         # "<max length> <retention ms>" of a safe-retention topic: its reclaim-time reads
         # compute where producers may trim ("~cut"); '' = plain retention, nothing to compute.
         self.retention = ""
+        # Assigned (or seeked) here and not yet read to its end: its reads are budgeted
+        # while other partitions are caught up (plans.read_counts).
+        self.catching_up = True
 
     def recover_from_handed(self) -> None:
         """Read again, in id order, what is pending after the last record handed out (a read
         whose reply was lost may have run: its entries are pending but were never handed)."""
         self.cursor = self.last_id or "-"
+
+
+_partition_of = attrgetter("topic", "partition")
 
 
 def _tp(r: Record) -> TopicPartition:
@@ -96,8 +110,9 @@ class Assignment:
     def __init__(self, keys: Keys, group: str, member_id: str) -> None:
         self.keys, self.group, self.member_id = keys, group, member_id
         self.parts: dict[TopicPartition, PartitionState] = {}
-        self._buf: list[Record] = []
-        self._pos = 0
+        # Fetched and not handed out yet, per partition in id order; only non-empty lists.
+        # The dict's order is the hand-out turn: a partition served goes to the back.
+        self._bufs: dict[TopicPartition, list[Record]] = {}
         # Handed out by poll() and not yet committed: the last poll's records with
         # auto-commit, every one since the last commit() without it.
         self.handed: list[Record] = []
@@ -143,18 +158,31 @@ class Assignment:
 
     def drop_buffered(self, tps: set[TopicPartition]) -> None:
         """Forget the records of ``tps`` fetched but not handed out yet."""
-        if self._pos < len(self._buf):
-            self._buf = [r for r in self._buf[self._pos :] if _tp(r) not in tps]
-            self._pos = 0
+        for tp in tps:
+            self._bufs.pop(tp, None)
 
     def seek(self, tp: TopicPartition) -> None:
         """Before a seek of ``tp``: nothing fetched, handed out or processed of it survives."""
         self.drop_buffered({tp})
         self.handed = [r for r in self.handed if _tp(r) != tp]
         self.acks.pop(tp, None)
+        st = self.parts.get(tp)
+        if st is not None:
+            st.catching_up = True
 
     def reading(self) -> list[PartitionState]:
-        return list(self.parts.values())
+        """The partitions a fetch reads: those whose buffer ran dry (Kafka's fetcher rule:
+        a partition holding records is not fetched again until they are handed out)."""
+        bufs = self._bufs
+        return [st for tp, st in self.parts.items() if tp not in bufs]
+
+    def refill_due(self) -> bool:
+        """Records are buffered while a caught-up partition ran dry: read the dry ones before
+        handing out more, so their fresh records do not wait for the others' backlog."""
+        if not self._bufs:
+            return False
+        bufs = self._bufs
+        return any(not st.catching_up for tp, st in self.parts.items() if tp not in bufs)
 
     def waiting(self) -> dict[str, str]:
         """Streams a blocking wait may watch (stream -> the tail id the last fetch saw): the
@@ -164,7 +192,7 @@ class Assignment:
     def recover_from_handed(self) -> None:
         """A read or hand-out failed with its outcome unknown: forget the buffer (it stays
         pending for the group) and re-read every partition from the last record handed out."""
-        self._buf, self._pos = [], 0
+        self._bufs = {}
         for st in self.parts.values():
             st.recover_from_handed()
 
@@ -172,27 +200,58 @@ class Assignment:
         for st in self.parts.values():
             st.retention = retention.get(st.topic, "")
 
-    # -- the buffer -------------------------------------------------------------------------
+    # -- the buffers ------------------------------------------------------------------------
     def buffered(self) -> bool:
-        return self._pos < len(self._buf)
+        return bool(self._bufs)
 
     def fill(self, records: list[Record]) -> None:
-        self._buf, self._pos = records, 0
+        """Add a fetch's records (each partition's in id order) to their partitions' buffers."""
+        bufs = self._bufs
+        for key, run in groupby(records, _partition_of):
+            bufs.setdefault(TopicPartition(*key), []).extend(run)
 
     def take(self, n: int) -> list[Record]:
-        """Up to ``n`` buffered records, in order. A recovered record that may be what
-        crashed its last consumer goes out alone (see :func:`isolate_suspects`)."""
-        out = self._buf[self._pos : self._pos + n]
-        if any(r._claim for r in out):
-            out = isolate_suspects(out)
-        self._pos += len(out)
-        if self._pos >= len(self._buf):
-            self._buf, self._pos = [], 0
+        """Up to ``n`` buffered records, round-robin over the partitions holding some (each
+        partition's in order; a partition served goes to the back of the turn). A recovered
+        record that may be what crashed its last consumer goes out alone (see
+        :func:`_suspect`), before anything else."""
+        bufs = self._bufs
+        if not bufs:
+            return []
+        for tp, buf in bufs.items():
+            if _suspect(buf[0]):
+                return self._serve(tp, 1)
+        out: list[Record] = []
+        turn = list(bufs)
+        while turn and len(out) < n:
+            share = -(-(n - len(out)) // len(turn))  # ceil: the last ones get the rest
+            still = []
+            for tp in turn:
+                want = min(share, n - len(out))
+                if want <= 0:
+                    break
+                chunk = bufs[tp][:want]
+                clean = _before_suspect(chunk) if any(r._claim for r in chunk) else len(chunk)
+                if clean:
+                    out += self._serve(tp, clean)
+                if clean == len(chunk) and tp in bufs:
+                    still.append(tp)  # else a suspect is next: it waits for a batch alone
+            turn = still
+        return out
+
+    def _serve(self, tp: TopicPartition, k: int) -> list[Record]:
+        """The first ``k`` buffered records of ``tp``; ``tp`` moves to the back of the turn."""
+        buf = self._bufs.pop(tp)
+        out = buf[:k]
+        del buf[:k]
+        if buf:
+            self._bufs[tp] = buf
         return out
 
     def push_front(self, record: Record) -> None:
-        """Deliver ``record`` next, before the rest of the buffer (a nack)."""
-        self._buf[self._pos : self._pos] = [record]
+        """Deliver ``record`` next, before the rest of its partition's buffer (a nack)."""
+        tp = _tp(record)
+        self._bufs[tp] = [record, *self._bufs.pop(tp, [])]
 
     @staticmethod
     def claims(out: list[Record]) -> dict[TopicPartition, list[Record]]:
@@ -304,14 +363,17 @@ class Assignment:
             self.unsent.setdefault(tp, []).extend(ids)
 
 
-def isolate_suspects(out: list[Record]) -> list[Record]:
-    """A recovered record that was handed out before and never acked (its consumer crashed,
-    or the handler nacked it) goes out alone, and a batch stops before one: if it is what
-    crashes the process, only its own hand-out is recorded, not those of the records beside
-    it, so a crash-looping record reaches the dead-letter stream alone."""
-    if out[0]._claim and out[0].deliveries > 1:
-        return out[:1]
-    for i, r in enumerate(out):
-        if r._claim and r.deliveries > 1:
-            return out[:i]
-    return out
+def _suspect(r: Record) -> bool:
+    """A recovered record handed out before and never acked (its consumer crashed, or the
+    handler nacked it): it goes out alone, and a batch stops before one, so that if it is
+    what crashes the process only its own hand-out is recorded, not those of the records
+    beside it, and a crash-looping record reaches the dead-letter stream alone."""
+    return r._claim and r.deliveries > 1
+
+
+def _before_suspect(records: list[Record]) -> int:
+    """How many of ``records`` come before the first suspect."""
+    for i, r in enumerate(records):
+        if _suspect(r):
+            return i
+    return len(records)

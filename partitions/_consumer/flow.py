@@ -65,6 +65,12 @@ from partitions._consumer.ops import (
 
 log = logging.getLogger("partstream.consumer")
 
+# While some partitions hold buffered records, caught-up partitions that ran dry are read
+# again at most this often: often enough that their fresh records do not wait for the
+# others' backlog, rarely enough that iterating record by record does not cost a round
+# trip per record.
+REFILL_AFTER_S = 0.005
+
 
 def current_settings(member: Any) -> GroupSettings:
     """The group's settings as stored (once a heartbeat told them), else this member's."""
@@ -117,6 +123,7 @@ class ConsumerFlow:
         # The last connection failure poll() rode out (None: none yet), for diagnostics.
         self.last_error: ConnectionFailedError | None = None
         self.member_id = assignment.member_id
+        self._fetched_at = 0.0  # monotonic time of the last fetch
 
     # -- requests -----------------------------------------------------------------------------
     def enter(self) -> Step:
@@ -175,6 +182,10 @@ class ConsumerFlow:
             try:
                 yield from self.sync()
                 if a.buffered() and self.alive():
+                    if time.monotonic() - self._fetched_at >= REFILL_AFTER_S and a.refill_due():
+                        # Caught-up partitions that ran dry are read again before more of
+                        # the others' backlog goes out.
+                        yield from self.fill(tails=False)
                     out = a.take(n)
                     if any(r._claim for r in out):
                         out = yield from self.record_handout(out)
@@ -230,11 +241,13 @@ class ConsumerFlow:
         return True
 
     # -- reads ----------------------------------------------------------------------------------
-    def fill(self) -> Step:
+    def fill(self, *, tails: bool = True) -> Step:
+        """Read the partitions whose buffer ran dry into their buffers. ``tails=False``: other
+        partitions hold records, so no blocking wait follows and their tails are not needed."""
         s, m = self.settings(), self.metrics
-        started = time.monotonic() if m is not None else 0.0
+        started = self._fetched_at = time.monotonic()
         try:
-            records, refused = yield from self.fetch(s.max_deliveries, s.reclaim_idle_ms)
+            records, refused = yield from self.fetch(s.max_deliveries, s.reclaim_idle_ms, tails)
         except OUTCOME_UNKNOWN:
             # The read may have run without its reply reaching us (connection lost, server
             # killed after appending it to its AOF): its entries are then pending for the
@@ -253,13 +266,13 @@ class ConsumerFlow:
             records = yield from self.dead_letter_undecodable(records)
         self.a.fill(records)
 
-    def fetch(self, max_deliveries: int, reclaim_ms: int) -> Step:
-        """Read every owned partition (its acks riding along) in one round trip."""
+    def fetch(self, max_deliveries: int, reclaim_ms: int, tails: bool = True) -> Step:
+        """Read every dry partition (its acks riding along) in one round trip."""
         now = time.monotonic()
         parts = self.a.reading()
         if not self.is_cluster and plans.fast_ok(parts, reclaim_ms, now):
             fast = yield from self.fast_fetch(parts)
-            if fast:
+            if fast or (fast is not None and not tails):
                 return fast, []
             # Nothing new (or the fast path stepped aside): the script path below also
             # answers each partition's tail, which a blocking wait needs.
@@ -485,7 +498,7 @@ class ConsumerFlow:
         if self.metrics is not None:
             self.metrics.rebalanced(assigned=grants)
         if self.listener is not None and grants:
-            yield Callback(self.listener.on_partitions_assigned, dict(grants))
+            yield Callback(self.listener.on_partitions_assigned, set(grants))
 
     def revoke(self, revoked: set[TopicPartition]) -> Step:
         known = self.a.owned(revoked)

@@ -35,6 +35,15 @@ from partitions._telemetry.metrics import ConsumerMetrics
 
 Refused = list[tuple[PartitionState, FetchResult]]
 
+# Records one fetch reads, in all, from the partitions that are catching up (taken over or
+# seeked here, not yet read to their end) while other partitions are caught up. A dead
+# member's backlog (its unacked entries and all that came during the session timeout) then
+# arrives in slices, each costing a fetch about what a steady one costs, and the caught-up
+# partitions are read between the slices, not after the whole backlog. Each catching-up
+# partition reads at least CATCH_UP_MIN a fetch, so none of them starves.
+CATCH_UP_BUDGET = 256
+CATCH_UP_MIN = 8
+
 
 class Tally:
     """What the consumer's calls did: counters for its users, and its client metrics."""
@@ -70,11 +79,30 @@ def ran(reply: Any) -> bool:
 
 
 # -- fetch --------------------------------------------------------------------------------
+def read_counts(a: Assignment, parts: list[PartitionState], count: int) -> list[int]:
+    """The COUNT of each of ``parts``' reads: ``count``, but the catching-up ones share
+    :data:`CATCH_UP_BUDGET` while some owned partition is caught up (when every partition is
+    behind there is nobody to keep waiting, and the backlog is read at full speed)."""
+    behind = sum(1 for st in parts if st.catching_up)
+    if not behind or all(st.catching_up for st in a.parts.values()):
+        return [count] * len(parts)
+    each = min(count, max(CATCH_UP_MIN, CATCH_UP_BUDGET // behind))
+    return [each if st.catching_up else count for st in parts]
+
+
+def caught_up(st: PartitionState, asked: int, got: int) -> None:
+    """A read of ``st`` for ``asked`` entries returned ``got``: fewer, with nothing left to
+    recover, means it reached the end of its stream."""
+    if st.catching_up and got < asked and not st.cursor:
+        st.catching_up = False
+
+
 @dataclass(slots=True)
 class FetchPlan:
-    """One fenced read per owned partition, each carrying the partition's pending acks."""
+    """One fenced read per partition read, each carrying the partition's pending acks."""
 
     calls: list[ScriptCall]
+    counts: list[int] = field(default_factory=list)  # each read's COUNT (caught_up)
 
     def commands(self) -> list[tuple[Any, ...]]:
         return [c.command() for c in self.calls]
@@ -85,7 +113,8 @@ class FetchPlan:
         """The records read (recovered ones first per partition) and the refused partitions."""
         records: list[Record] = []
         refused: Refused = []
-        for call, reply in zip(self.calls, replies, strict=True):
+        counts = self.counts or [0] * len(self.calls)
+        for call, reply, asked in zip(self.calls, replies, counts, strict=True):
             if not ran(reply):
                 continue  # its slot is moving: nothing ran; read and ack it next time
             st = call.st
@@ -96,6 +125,7 @@ class FetchPlan:
                 continue
             st.cursor = res.cursor
             st.tail = res.tail
+            caught_up(st, asked, len(res.records) + res.dead)
             tally.dead(st.topic, res.dead)
             tally.acked(st.topic, res.acked)
             tally.reclaimed += res.reclaimed
@@ -107,10 +137,13 @@ class FetchPlan:
 def plan_fetch(
     a: Assignment, now: float, *, count: int, start: str, max_deliveries: int, reclaim_ms: int
 ) -> FetchPlan:
-    """Read every owned partition; a reclaim pass rides along where one is due."""
+    """Read every partition whose buffer ran dry, the catching-up ones within their budget
+    (:func:`read_counts`); a reclaim pass rides along where one is due."""
     acks = a.acks_for_read()
     calls = []
-    for st in a.reading():
+    parts = a.reading()
+    counts = read_counts(a, parts, count)
+    for st, n in zip(parts, counts, strict=True):
         reclaim = 0
         if reclaim_ms and now >= st.next_reclaim:
             reclaim = reclaim_ms
@@ -119,14 +152,14 @@ def plan_fetch(
         calls.append(
             read_call(
                 st,
-                count=count,
+                count=n,
                 max_deliveries=max_deliveries,
                 reclaim_ms=reclaim,
                 start=start,
                 acks=ids,
             )
         )
-    return FetchPlan(calls)
+    return FetchPlan(calls, counts)
 
 
 # -- hand-out -----------------------------------------------------------------------------
@@ -258,11 +291,13 @@ def fast_checked(parts: list[PartitionState], answers: list[Any]) -> bool:
 
 @dataclass(slots=True)
 class FastPlan:
-    """The transaction: the queued acks, then one XREADGROUP over every owned stream."""
+    """The transaction: the queued acks, then one XREADGROUP over the streams read (two
+    when the catching-up ones read within their budget: COUNT is per call)."""
 
     parts: list[PartitionState]
     acking: list[PartitionState]
     txn: list[tuple[Any, ...]]
+    reads: list[tuple[list[PartitionState], int]] = field(default_factory=list)
 
     def settle(self, a: Assignment, replies: list[Any], tally: Tally) -> list[Record] | None:
         """The records read, or None if the transaction did not run (a fence changed
@@ -273,18 +308,19 @@ class FastPlan:
         if any(isinstance(r, Exception) for r in out):
             return None
         a.acks_sent(st.tp for st in self.parts)
-        for st, acked in zip(self.acking, out, strict=False):  # XACK replies, then the read
+        for st, acked in zip(self.acking, out, strict=False):  # XACK replies, then the reads
             tally.acked(st.topic, int(acked))
-        reply = out[-1]
-        if not reply:
-            return []
-        by_stream = {st.stream.encode(): st for st in self.parts}
         records: list[Record] = []
-        # RESP3 answers a map {stream: entries}, RESP2 a list of [stream, entries].
-        for name, entries in reply.items() if isinstance(reply, dict) else reply:
-            st = by_stream[name]
-            st.tail = ""
-            records += records_from_read(st.topic, st.partition, entries)
+        for (parts, count), reply in zip(self.reads, out[len(self.acking) :], strict=True):
+            got: dict[bytes, Any] = {}
+            if reply:  # RESP3 answers a map {stream: entries}, RESP2 a list of pairs
+                got = reply if isinstance(reply, dict) else dict(reply)
+            for st in parts:
+                entries = got.get(st.stream.encode())
+                caught_up(st, count, len(entries) if entries else 0)
+                if entries:
+                    st.tail = ""
+                    records += records_from_read(st.topic, st.partition, entries)
         return records
 
 
@@ -298,11 +334,16 @@ def plan_fast(a: Assignment, parts: list[PartitionState], count: int) -> FastPla
         if ids:
             txn.append(("XACK", st.stream, group, *ids))
             acking.append(st)
-    streams = [st.stream for st in parts]
-    txn.append(("XREADGROUP", "GROUP", group, STREAM_CONSUMER, "COUNT", count,
-                "STREAMS", *streams, *(">" for _ in parts)))  # fmt: skip
+    by_count: dict[int, list[PartitionState]] = {}
+    for st, n in zip(parts, read_counts(a, parts, count), strict=True):
+        by_count.setdefault(n, []).append(st)
+    reads = list(by_count.items())
+    for group_parts, n in ((ps, n) for n, ps in reads):
+        streams = [st.stream for st in group_parts]
+        txn.append(("XREADGROUP", "GROUP", group, STREAM_CONSUMER, "COUNT", n,
+                    "STREAMS", *streams, *(">" for _ in group_parts)))  # fmt: skip
     txn.append(("EXEC",))
-    return FastPlan(parts, acking, txn)
+    return FastPlan(parts, acking, txn, [(ps, n) for n, ps in reads])
 
 
 def lost_error(st: PartitionState, what: str) -> StateLostError:

@@ -25,6 +25,7 @@ from urllib.parse import unquote, urlsplit
 
 from partitions._client.config import ClientConfig, redact_url
 from partitions._client.connection import Connection, connect
+from partitions.testing import drop_namespace as drop_namespace  # bench.harness imports it here
 
 PACKAGES = (
     "partstream",
@@ -118,25 +119,6 @@ def bench_cluster(masters: int) -> Iterator[BenchServer]:
 
 def new_namespace() -> str:
     return "bench" + uuid.uuid4().hex[:10]
-
-
-def drop_namespace(conn: Connection, namespace: str | None = None) -> int:
-    """Delete every key of the namespace (default: the connection's); returns how many."""
-    pattern = f"{namespace or conn.keys.ns}:*"
-    deleted = 0
-    for key_batch in _scan(conn, pattern):
-        deleted += int(conn.client.unlink(*key_batch))
-    return deleted
-
-
-def _scan(conn: Connection, pattern: str) -> Iterator[list[Any]]:
-    cursor = 0
-    while True:
-        cursor, keys = conn.client.scan(cursor, match=pattern, count=1000)
-        if keys:
-            yield keys
-        if cursor == 0:
-            return
 
 
 def _version(package: str) -> str | None:

@@ -1,8 +1,8 @@
-"""The fault harness: private servers, worker processes, fault injection, log collection.
+"""The fault harness: worker processes, fault injection, log collection.
 
-Everything here is started by the test and stopped by pid in ``finally``: a
-:class:`ServerProc` is a ``valkey-server`` (or ``/usr/bin/redis-server``) child on a free
-loopback port with the persistence a scenario needs; a :class:`Fleet` runs producer and
+Everything here is started by the test and stopped by pid in ``finally``: the server is a
+:class:`tests.helpers.ServerProc` (a ``valkey-server`` or ``redis-server`` child on a free
+loopback port with the persistence a scenario needs); a :class:`Fleet` runs producer and
 consumer processes of :mod:`tests.faults.worker`, each writing JSON lines to its own file;
 :class:`FaultProxy` (in :mod:`tests.faults.proxy`) sits between clients and server when a
 scenario needs latency or a black hole. The machine's Redis on 6379 is never touched.
@@ -13,144 +13,21 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import redis
-
-from partitions._client.server import valkey_binary
 from tests.faults.checker import WorkerExit
+from tests.helpers import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).with_name("worker.py")
-REDIS7 = Path("/usr/bin/redis-server")
-# Ports are picked below this bound (the machine's ephemeral range starts above it).
-PORT_CEILING = 55535
-_FORBIDDEN_PORTS = {6379}
-
-
-def free_port() -> int:
-    """A currently free loopback TCP port in [20000, PORT_CEILING)."""
-    for _ in range(200):
-        port = random.randrange(20000, PORT_CEILING)
-        if port in _FORBIDDEN_PORTS:
-            continue
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free loopback port found")
-
-
-def wait_for(cond: Callable[[], Any], timeout: float, what: str, step: float = 0.05) -> Any:
-    """Poll ``cond`` until it returns something truthy; AssertionError after ``timeout``."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = cond()
-        if value:
-            return value
-        time.sleep(step)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
-class ServerProc:
-    """One private server process on 127.0.0.1:<port>, restartable on the same port and dir.
-
-    ``persistence``: ``"always"`` / ``"everysec"`` (AOF with that fsync policy, no RDB
-    snapshots) or ``"none"`` (nothing survives a restart).
-    """
-
-    def __init__(
-        self,
-        workdir: Path,
-        persistence: str = "always",
-        binary: str = "valkey",
-        *,
-        maxmemory: str | None = None,
-    ) -> None:
-        if persistence not in ("always", "everysec", "none"):
-            raise ValueError(persistence)
-        self.persistence = persistence
-        self.maxmemory = maxmemory
-        self.binary = str(valkey_binary()) if binary == "valkey" else str(REDIS7)
-        self.flavor = binary
-        self.dir = workdir / "server"
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.starts = 0
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}"
-
-    def args(self) -> list[str]:
-        aof = ["--appendonly", "no"]
-        if self.persistence != "none":
-            aof = ["--appendonly", "yes", "--appendfsync", self.persistence]
-        return [
-            self.binary,
-            "--port", str(self.port),
-            "--bind", "127.0.0.1",
-            "--protected-mode", "yes",
-            "--daemonize", "no",
-            "--dir", str(self.dir),
-            "--save", "",
-            "--maxmemory-policy", "noeviction",
-            "--logfile", str(self.dir / f"server-{self.starts}.log"),
-            *aof,
-            *(["--maxmemory", self.maxmemory] if self.maxmemory else []),
-        ]  # fmt: skip
-
-    def start(self, timeout: float = 15.0) -> ServerProc:
-        """Start (or restart after a kill) on the same port and data directory."""
-        assert self.port not in _FORBIDDEN_PORTS
-        self.proc = subprocess.Popen(self.args(), stdout=subprocess.DEVNULL, cwd=self.dir)
-        self.starts += 1
-        wait_for(self.ping, timeout, f"{self.flavor} on port {self.port}")
-        return self
-
-    def ping(self) -> bool:
-        try:
-            with redis.Redis(port=self.port, host="127.0.0.1", socket_timeout=1) as r:
-                return bool(r.ping())
-        except redis.RedisError:
-            return False
-        except OSError:
-            return False
-
-    def client(self, **kw: Any) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5, **kw)
-
-    def signal(self, sig: int) -> None:
-        assert self.proc is not None
-        os.kill(self.proc.pid, sig)
-
-    def kill9(self) -> None:
-        """SIGKILL the server and reap it (no shutdown, no final fsync)."""
-        assert self.proc is not None
-        self.proc.kill()
-        self.proc.wait(timeout=10)
-
-    def stop(self) -> None:
-        """Kill by pid (SIGCONT first, in case a scenario left it stopped)."""
-        if self.proc is not None and self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.proc.pid, signal.SIGCONT)
-            self.proc.kill()
-            self.proc.wait(timeout=10)
 
 
 @dataclass

@@ -19,7 +19,7 @@ import socket
 import threading
 import time
 
-from tests.faults.harness import free_port
+from tests.helpers import free_port
 
 
 class FaultProxy:

@@ -25,8 +25,9 @@ from partitions._client.cluster import EmbeddedCluster
 from partitions._client.config import ClientConfig
 from partitions._client.connection import Connection, connect
 from partitions._client.replicas import EmbeddedReplicaSet
-from tests.faults.harness import Fleet, wait_for
+from tests.faults.harness import Fleet
 from tests.faults.scenario import GROUP, TOPIC, Scenario
+from tests.helpers import wait_for
 
 # How long Sentinels / cluster nodes wait before they call a silent primary dead: short, so a
 # failover fits in a bounded test, long enough that a loaded 2-core machine does not fail

@@ -32,7 +32,8 @@ from partitions._base.errors import UnknownTopicError
 from partitions._client.config import ClientConfig
 from partitions._client.connection import Connection, connect
 from tests.faults.checker import DeadLetter, Verdict, check
-from tests.faults.harness import Fleet, ServerProc, Worker, read_log, wait_for, workdir
+from tests.faults.harness import Fleet, Worker, read_log, workdir
+from tests.helpers import ServerProc, wait_for
 
 VERDICTS: list[Verdict] = []
 PRINT = [True]  # Scenario.finish prints each verdict (the soak prints its own lines)

@@ -16,13 +16,14 @@ import time
 import pytest
 
 from tests.faults.checker import Verdict
-from tests.faults.harness import Worker, wait_for
+from tests.faults.harness import Worker
 from tests.faults.scenario import (
     SHORT_SESSION,
     Scenario,
     assert_verdict,
     scenario,
 )
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.timeout(180)
 # The consumer workers' shell: the threaded Consumer, or the AsyncConsumer (worker.py).

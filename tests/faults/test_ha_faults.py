@@ -20,10 +20,10 @@ import time
 import pytest
 
 from tests.faults.checker import Verdict
-from tests.faults.harness import wait_for
 from tests.faults.proxy import FaultProxy
 from tests.faults.replicated import ReplicatedScenario, acked_but_gone
 from tests.faults.scenario import SHORT_SESSION, TOPIC, Scenario, assert_verdict, scenario
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.timeout(240)
 

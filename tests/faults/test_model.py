@@ -37,8 +37,9 @@ from partitions._client.connection import Connection, connect
 from partitions._consumer.consumer import Consumer
 from partitions._producer.producer import Producer
 from tests.faults.checker import DeadLetter, Verdict, check
-from tests.faults.harness import ServerProc, workdir
+from tests.faults.harness import workdir
 from tests.faults.scenario import VERDICTS
+from tests.helpers import ServerProc
 
 pytestmark = pytest.mark.timeout(150)
 

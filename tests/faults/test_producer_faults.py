@@ -12,8 +12,8 @@ import time
 import pytest
 
 from tests.faults.checker import Verdict
-from tests.faults.harness import wait_for
 from tests.faults.scenario import Scenario, assert_verdict, scenario
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.timeout(180)
 

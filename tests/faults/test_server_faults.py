@@ -268,7 +268,7 @@ def test_restart_empty_noticed_by_the_heartbeat_is_still_a_loud_error() -> None:
     from partitions._client.config import ConsumerConfig
     from partitions._consumer.consumer import Consumer
     from partitions._producer.producer import Producer
-    from tests.faults.harness import wait_for
+    from tests.helpers import wait_for
 
     with Scenario("restart-empty-rejoined", "restart empty, heartbeat rejoins first",
                   persistence="none") as s:  # fmt: skip

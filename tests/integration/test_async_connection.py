@@ -15,6 +15,7 @@ import redis
 import redis.asyncio.cluster
 
 from partitions import AsyncConnection, ClientConfig, connect_async
+from partitions._base.aiofunctions import AsyncFunctions
 from partitions._base.durability import Durability
 from partitions._base.errors import (
     ConfigError,
@@ -25,37 +26,21 @@ from partitions._base.errors import (
     PartstreamError,
 )
 from partitions._base.functions import library_name, version
-from partitions._client.aio import AsyncFunctions
 from partitions._client.connection import Connection, connect
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio, pytest.mark.timeout(60)]
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-async def _open(client_config: ClientConfig) -> AsyncConnection:
-    try:
-        return await connect_async(client_config)
-    except ConnectionFailedError as err:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(f"server unreachable: {err}")
-
-
 async def test_connect_async_detects_the_same_server_as_connect(
-    client_config: ClientConfig, conn: Connection
+    client_config: ClientConfig, aconn: AsyncConnection, conn: Connection
 ) -> None:
-    async with await _open(client_config) as aconn:
-        assert aconn.server == conn.server
-        assert aconn.is_cluster == conn.is_cluster
-        assert aconn.keys.ns == conn.keys.ns == client_config.namespace
-        expected = redis.asyncio.cluster.RedisCluster if conn.is_cluster else redis.asyncio.Redis
-        assert isinstance(aconn.client, expected)
-        assert await aconn.client.set(aconn.keys.ns + ":probe", b"v")
-        assert conn.client.get(aconn.keys.ns + ":probe") == b"v"
+    assert aconn.server == conn.server
+    assert aconn.is_cluster == conn.is_cluster
+    assert aconn.keys.ns == conn.keys.ns == client_config.namespace
+    expected = redis.asyncio.cluster.RedisCluster if conn.is_cluster else redis.asyncio.Redis
+    assert isinstance(aconn.client, expected)
+    assert await aconn.client.set(aconn.keys.ns + ":probe", b"v")
+    assert conn.client.get(aconn.keys.ns + ":probe") == b"v"
     assert "AsyncConnection" in repr(aconn)
 
 
@@ -66,27 +51,26 @@ def _primaries(conn: Connection) -> list[Any]:
 
 
 async def test_fcall_loads_a_missing_library_and_writes_what_the_sync_call_reads(
-    client_config: ClientConfig, conn: Connection
+    aconn: AsyncConnection, conn: Connection
 ) -> None:
     fence = conn.keys.fence("t", 3)
-    async with await _open(client_config) as aconn:
-        for node in _primaries(conn):  # as on a server restarted without persistence
-            with contextlib.suppress(redis.ResponseError):
-                node.execute_command("FUNCTION", "DELETE", library_name())
-        claimed = await aconn.functions.call("fence", [fence], ["claim", "g", "m1", "5"])
-        assert claimed == 1
-        assert conn.client.hget(fence, "g") == b"m1 5"
-        # The sync shell sees the same library (loaded by the async one) and the same state.
-        assert conn.functions.call("fence", [fence], ["claim", "g", "m2", "4"]) == 0
-        assert await aconn.functions.call("fence", [fence], ["release", "g", "m1", "5"]) == 1
-        assert conn.client.hget(fence, "g") is None
-        assert any(version() in row for row in map(str, loaded(conn)))
-        with pytest.raises(PartstreamError, match="unknown op") as async_err:
-            await aconn.functions.call("fence", [fence], ["bogus", "g", "m1", "1"])
-        with pytest.raises(PartstreamError, match="unknown op") as sync_err:
-            conn.functions.call("fence", [fence], ["bogus", "g", "m1", "1"])
-        assert type(async_err.value) is type(sync_err.value)
-        assert str(async_err.value) == str(sync_err.value)
+    for node in _primaries(conn):  # as on a server restarted without persistence
+        with contextlib.suppress(redis.ResponseError):
+            node.execute_command("FUNCTION", "DELETE", library_name())
+    claimed = await aconn.functions.call("fence", [fence], ["claim", "g", "m1", "5"])
+    assert claimed == 1
+    assert conn.client.hget(fence, "g") == b"m1 5"
+    # The sync shell sees the same library (loaded by the async one) and the same state.
+    assert conn.functions.call("fence", [fence], ["claim", "g", "m2", "4"]) == 0
+    assert await aconn.functions.call("fence", [fence], ["release", "g", "m1", "5"]) == 1
+    assert conn.client.hget(fence, "g") is None
+    assert any(version() in row for row in map(str, loaded(conn)))
+    with pytest.raises(PartstreamError, match="unknown op") as async_err:
+        await aconn.functions.call("fence", [fence], ["bogus", "g", "m1", "1"])
+    with pytest.raises(PartstreamError, match="unknown op") as sync_err:
+        conn.functions.call("fence", [fence], ["bogus", "g", "m1", "1"])
+    assert type(async_err.value) is type(sync_err.value)
+    assert str(async_err.value) == str(sync_err.value)
 
 
 def loaded(conn: Connection) -> list[Any]:
@@ -98,26 +82,25 @@ def loaded(conn: Connection) -> list[Any]:
 
 
 async def test_a_durable_call_waits_on_the_same_connection(
-    client_config: ClientConfig, conn: Connection
+    aconn: AsyncConnection, conn: Connection
 ) -> None:
     fence = conn.keys.fence("t", 1)
-    async with await _open(client_config) as aconn:
-        if aconn.server.replicas == 0:
-            # acks="all" with no replica: it ran on the primary, and says nobody confirmed it.
-            with pytest.raises(NotEnoughReplicasError, match="on the primary"):
-                await aconn.functions.call(
-                    "fence",
-                    [fence],
-                    ["claim", "g", "m1", "7"],
-                    durability=Durability(acks="all"),
-                    wait_ms=100,
-                )
-            assert conn.client.hget(fence, "g") == b"m1 7"
-        else:
-            reply = await aconn.functions.call(
-                "fence", [fence], ["claim", "g", "m1", "7"], durability=Durability(acks="all")
+    if aconn.server.replicas == 0:
+        # acks="all" with no replica: it ran on the primary, and says nobody confirmed it.
+        with pytest.raises(NotEnoughReplicasError, match="on the primary"):
+            await aconn.functions.call(
+                "fence",
+                [fence],
+                ["claim", "g", "m1", "7"],
+                durability=Durability(acks="all"),
+                wait_ms=100,
             )
-            assert reply == 1 and conn.client.hget(fence, "g") == b"m1 7"
+        assert conn.client.hget(fence, "g") == b"m1 7"
+    else:
+        reply = await aconn.functions.call(
+            "fence", [fence], ["claim", "g", "m1", "7"], durability=Durability(acks="all")
+        )
+        assert reply == 1 and conn.client.hget(fence, "g") == b"m1 7"
 
 
 async def test_a_user_who_may_not_load_the_library_is_told_what_to_run(

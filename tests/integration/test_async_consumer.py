@@ -14,42 +14,22 @@ import pytest
 
 from partitions import AsyncConsumer
 from partitions._admin.deadletter import DeadLetters
-from partitions._admin.topics import TopicAdmin, TopicSpec
 from partitions._base.records import Record
-from partitions._base.settings import GroupSettings
 from partitions._base.types import TopicPartition
 from partitions._client.config import ConsumerConfig
 from partitions._client.connection import Connection
-from partitions._producer.producer import Producer
+from tests import helpers
+from tests.helpers import drain_async as drain
+from tests.helpers import produce, topic
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
-FAST = GroupSettings(session_timeout_ms=1000, heartbeat_interval_ms=200, max_deliveries=3,
-                     reclaim_idle_ms=60_000)  # fmt: skip
-
-
-def topic(conn: Connection, name: str = "orders", n: int = 4) -> str:
-    TopicAdmin(conn).create(TopicSpec(name, n))
-    return name
-
-
-def produce(conn: Connection, name: str, count: int, keys: int = 10, start: int = 0) -> None:
-    with Producer(conn) as p:
-        for i in range(start, start + count):
-            p.send(name, f"v{i}", key=f"k{i % keys}")
+FAST = helpers.FAST.with_changes(max_deliveries=3, reclaim_idle_ms=60_000)
 
 
 def consumer(conn: Connection, **kw: Any) -> AsyncConsumer:
     kw.setdefault("group_settings", FAST)
     return AsyncConsumer(conn, kw.pop("group", "g"), kw.pop("topics", "orders"), **kw)
-
-
-async def drain(c: AsyncConsumer, want: int, timeout: float = 10.0) -> list[Record]:
-    out: list[Record] = []
-    end = time.monotonic() + timeout
-    while len(out) < want and time.monotonic() < end:
-        out += await c.poll(timeout=0.2)
-    return out
 
 
 def pending(conn: Connection, name: str, n: int, group: str = "g") -> int:

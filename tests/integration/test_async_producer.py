@@ -29,7 +29,7 @@ from partitions._admin.replay import replay
 from partitions._admin.topics import TopicAdmin, TopicSpec
 from partitions._client.connection import Connection
 from partitions._client.nodes import node_for_key
-from tests.integration.own_server import own_server
+from tests.helpers import own_server
 from tests.integration.test_producer_outages import _fill
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio, pytest.mark.timeout(90)]

@@ -3,6 +3,7 @@ consumed; consumer spans continue the producer spans through the record headers.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Iterator
 from urllib.parse import urlparse
@@ -17,28 +18,22 @@ from prometheus_client import CollectorRegistry
 from partitions._admin.topics import TopicAdmin, TopicSpec
 from partitions._base.fence import claim_fence
 from partitions._base.records import Record
-from partitions._base.settings import GroupSettings
 from partitions._client.config import ClientConfig, ConsumerConfig, ProducerConfig
 from partitions._client.connection import Connection, connect
 from partitions._consumer.consumer import Consumer
 from partitions._producer.producer import Producer
 from partitions._telemetry.metrics import ClientMetrics
+from tests import helpers
+from tests.helpers import FAST
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
-
-FAST = GroupSettings(session_timeout_ms=1000, heartbeat_interval_ms=200)
 
 
 def value(registry: CollectorRegistry, name: str, **labels: str) -> float:
     return registry.get_sample_value(name, labels) or 0.0
 
 
-def drain(c: Consumer, want: int, timeout: float = 15.0) -> list[Record]:
-    out: list[Record] = []
-    end = time.monotonic() + timeout
-    while len(out) < want and time.monotonic() < end:
-        out += c.poll(timeout=0.2)
-    return out
+drain = functools.partial(helpers.drain, timeout=15.0)
 
 
 @pytest.fixture

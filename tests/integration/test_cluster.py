@@ -36,7 +36,7 @@ from partitions._client.nodes import node_name, primaries
 from partitions._consumer.consumer import Consumer
 from partitions._producer.producer import Producer, RecordFuture
 from partitions.cli import main
-from tests.conftest import drop_namespace
+from tests.helpers import drop_namespace
 from tests.integration.cluster_slots import migrate_slot, owner_of
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(60)]

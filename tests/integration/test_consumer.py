@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from partitions._admin.deadletter import DeadLetters
 from partitions._admin.groups import execute_group_seek, group_lag, group_offsets, plan_group_seek
-from partitions._admin.topics import TopicAdmin, TopicSpec
 from partitions._base.errors import NotOwnerError, StateLostError
 from partitions._base.fence import claim_fence
 from partitions._base.records import Record
@@ -21,41 +19,12 @@ from partitions._base.types import Grant, TopicPartition
 from partitions._client.config import ConsumerConfig
 from partitions._client.connection import Connection
 from partitions._consumer.consumer import Consumer
-from partitions._producer.producer import Producer
+from tests import helpers
+from tests.helpers import drain, produce, topic, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
-FAST = GroupSettings(session_timeout_ms=1000, heartbeat_interval_ms=200, max_deliveries=3,
-                     reclaim_idle_ms=60_000)  # fmt: skip
-
-
-def topic(conn: Connection, name: str = "orders", n: int = 4, **kw: Any) -> str:
-    TopicAdmin(conn).create(TopicSpec(name, n, **kw))
-    return name
-
-
-def produce(conn: Connection, name: str, count: int, keys: int = 10, start: int = 0) -> None:
-    with Producer(conn) as p:
-        for i in range(start, start + count):
-            p.send(name, f"v{i}", key=f"k{i % keys}")
-
-
-def drain(c: Consumer, want: int, timeout: float = 10.0) -> list[Record]:
-    out: list[Record] = []
-    end = time.monotonic() + timeout
-    while len(out) < want and time.monotonic() < end:
-        out += c.poll(timeout=0.2)
-    return out
-
-
-def wait_for(cond: Callable[[], Any], timeout: float = 10.0) -> Any:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.02)
-    raise AssertionError("condition never held")
+FAST = helpers.FAST.with_changes(max_deliveries=3, reclaim_idle_ms=60_000)
 
 
 def idkey(i: str) -> tuple[int, int]:

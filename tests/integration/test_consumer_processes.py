@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from partitions._base.errors import UnknownGroupError
 from partitions._client.connection import Connection
 from partitions._producer.producer import Producer
 from partitions.cli import main as cli_main
+from tests.helpers import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
@@ -101,16 +102,6 @@ class Fleet:
 
     def all_records(self) -> list[dict[str, Any]]:
         return [r for w in self.workers for r in w.records()]
-
-
-def wait_for(cond: Callable[[], Any], timeout: float, msg: str) -> Any:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.02)
-    raise AssertionError(msg)
 
 
 @pytest.fixture

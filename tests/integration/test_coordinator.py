@@ -24,10 +24,10 @@ from partitions._base.fence import claim_fence, fence_value, read_fence, release
 from partitions._base.settings import GroupSettings
 from partitions._base.types import Grant, HeartbeatResult, TopicPartition
 from partitions._client.connection import Connection
+from tests.helpers import FAST
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
-FAST = GroupSettings(session_timeout_ms=1000, heartbeat_interval_ms=200)
 TOPICS = {"orders": 12}
 
 

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from partitions._admin.groups import GroupAdmin
 from partitions._base.errors import UnknownGroupError
 from partitions._base.types import GroupDescription, TopicPartition
 from partitions._client.connection import Connection
+from tests.helpers import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(45)]
 
@@ -99,16 +100,6 @@ class Fleet:
             rows = [r.decode().split() for r in self.conn.client.lrange(key, 0, -1)]
             out[p] = [(m, int(t)) for m, t in rows]
         return out
-
-
-def wait_for(cond: Callable[[], Any], timeout: float, msg: str) -> Any:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(msg)
 
 
 class Sampler:

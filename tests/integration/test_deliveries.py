@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -32,13 +33,12 @@ from click.testing import CliRunner
 
 from partitions._admin.deadletter import DeadLetters
 from partitions._admin.topics import TopicAdmin, TopicSpec
-from partitions._base.records import Record
 from partitions._base.settings import GroupSettings
 from partitions._client.config import ConsumerConfig
 from partitions._client.connection import Connection
 from partitions._consumer.consumer import Consumer
-from partitions._producer.producer import Producer
 from partitions.cli import main as cli_main
+from tests import helpers
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -94,21 +94,14 @@ def reap(proc: subprocess.Popen[str]) -> None:
 
 def produce(conn: Connection, count: int, keys: int = 10, partitions: int = 1) -> None:
     TopicAdmin(conn).create(TopicSpec("orders", partitions), exist_ok=True)
-    with Producer(conn) as p:
-        for i in range(count):
-            p.send("orders", f"v{i}", key=f"k{i % keys}")
+    helpers.produce(conn, "orders", count, keys)
 
 
 def pending(conn: Connection, partition: int = 0) -> int:
     return int(conn.client.xpending(conn.keys.stream("orders", partition), "g")["pending"])
 
 
-def drain(c: Consumer, want: int, timeout: float = 60.0) -> list[Record]:
-    out: list[Record] = []
-    end = time.monotonic() + timeout
-    while len(out) < want and time.monotonic() < end:
-        out += c.poll(timeout=0.5)
-    return out
+drain = functools.partial(helpers.drain, timeout=60.0, poll_timeout=0.5)
 
 
 def test_a_crash_looping_poison_record_is_dead_lettered_alone(

@@ -7,13 +7,11 @@ import time
 from partitions._admin.groups import GroupAdmin
 from partitions._admin.topics import TopicAdmin, TopicSpec
 from partitions._base.replies import group_infos_from_reply
-from partitions._base.settings import GroupSettings
 from partitions._client.config import ConsumerConfig
 from partitions._client.connection import Connection
 from partitions._consumer.consumer import Consumer
 from partitions._producer.producer import Producer
-
-FAST = GroupSettings(session_timeout_ms=1000, heartbeat_interval_ms=200)
+from tests.helpers import FAST
 
 
 def _drain(conn: Connection, group: str, want: int) -> int:

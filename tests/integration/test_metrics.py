@@ -26,7 +26,6 @@ from partitions._admin.topics import TopicAdmin, TopicSpec
 from partitions._base.functions import library_name
 from partitions._base.records import id_timestamp
 from partitions._base.replies import time_ms_from_reply
-from partitions._base.settings import GroupSettings
 from partitions._client.config import ClientConfig, ConsumerConfig
 from partitions._client.connection import Connection
 from partitions._client.nodes import primaries
@@ -34,12 +33,13 @@ from partitions._consumer.consumer import Consumer
 from partitions._producer.producer import Producer
 from partitions._telemetry.exporter import MetricsExporter
 from partitions.cli import main
+from tests import helpers
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
 README = Path(__file__).resolve().parents[2] / "README.md"
-FAST = GroupSettings(session_timeout_ms=3000, heartbeat_interval_ms=300, max_deliveries=3,
-                     reclaim_idle_ms=60_000)  # fmt: skip
+FAST = helpers.FAST.with_changes(session_timeout_ms=3000, heartbeat_interval_ms=300,
+                                 max_deliveries=3, reclaim_idle_ms=60_000)  # fmt: skip
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 

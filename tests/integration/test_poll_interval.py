@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,13 +29,14 @@ from partitions._admin.groups import GroupAdmin
 from partitions._admin.topics import TopicAdmin, TopicSpec
 from partitions._base.errors import NotOwnerError, PollIntervalExceededError, UnknownGroupError
 from partitions._base.records import Record
-from partitions._base.settings import GroupSettings
 from partitions._base.types import TopicPartition
 from partitions._client.config import ConsumerConfig
 from partitions._client.connection import Connection
 from partitions._consumer.consumer import Consumer
 from partitions._producer.producer import Producer
 from partitions.cli import main
+from tests import helpers
+from tests.helpers import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -43,16 +44,6 @@ SCRIPT = Path(__file__).with_name("poll_worker.py")
 ROOT = SCRIPT.parents[2]
 TOPIC, GROUP = "orders", "g"
 MAX_POLL_MS, SESSION_MS, HEARTBEAT_MS = 3000, 10_000, 500
-
-
-def wait_for(cond: Callable[[], Any], timeout: float, msg: str) -> Any:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.02)
-    raise AssertionError(msg)
 
 
 def produce(conn: Connection, n: int, keys: int = 40) -> None:
@@ -212,7 +203,7 @@ def _ids(conn: Connection, p: int) -> list[Any]:
 
 
 # -- one process --------------------------------------------------------------------------------
-FAST = GroupSettings(session_timeout_ms=SESSION_MS, heartbeat_interval_ms=300)
+FAST = helpers.FAST.with_changes(session_timeout_ms=SESSION_MS, heartbeat_interval_ms=300)
 
 
 def consumer(conn: Connection, **config: Any) -> Consumer:

@@ -7,12 +7,6 @@ Everything runs under ``ProducerConfig()`` defaults unless a test is about a set
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
-import signal
-import socket
-import subprocess
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -28,7 +22,7 @@ from partitions._base.errors import ClosedError, ServerOutOfMemoryError
 from partitions._client.config import ClientConfig, ProducerConfig
 from partitions._client.connection import Connection, connect
 from partitions._producer.producer import Producer, RecordFuture
-from tests.integration.own_server import free_port, missing, own_server, server_binaries
+from tests.helpers import ServerProc, missing, own_server, server_binaries
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -47,49 +41,6 @@ def _need(binary: str | None) -> str:
         missing("server binary not available")
     assert binary is not None
     return binary
-
-
-class RestartableServer:
-    """A server on a fixed port and data directory that a test can kill -9 and start again."""
-
-    def __init__(self, binary: str, args: list[str]) -> None:
-        self.binary = binary
-        self.args = args
-        self.port = free_port()
-        self.dir = Path(tempfile.mkdtemp(prefix="ps-prod-", dir="/tmp"))
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        cmd = [
-            self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
-            "--logfile", str(self.dir / "server.log"), *self.args,
-        ]  # fmt: skip
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError((self.dir / "server.log").read_text()[-2000:])
-            with socket.socket() as s:
-                s.settimeout(0.2)
-                if s.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return
-            time.sleep(0.02)
-        raise RuntimeError(f"server did not listen on {self.port}")
-
-    def kill9(self) -> None:
-        assert self.proc is not None
-        os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -113,9 +64,7 @@ def test_default_producer_rides_out_a_kill_and_restart(binary: str | None) -> No
     or duplicate is the producer's. (With ``everysec`` a kill may lose the last second of
     acknowledged writes: that is the server's acks=1 window, not what this test checks.)
     """
-    server = RestartableServer(
-        _need(binary), ["--appendonly", "yes", "--appendfsync", "always", "--save", ""]
-    )
+    server = ServerProc(persistence="always", binary=_need(binary))
     server.start()
     futures: list[tuple[str, int, RecordFuture]] = []
     try:

@@ -32,23 +32,23 @@ from partitions._base.errors import (
     translate,
 )
 from partitions._base.functions import library_name
-from partitions._base.settings import GroupSettings
 from partitions._client.config import ClientConfig, ConsumerConfig, ProducerConfig
 from partitions._client.connection import Connection, connect
 from partitions._consumer.consumer import Consumer
 from partitions._producer.producer import Producer
 from partitions.cli import main
-from tests.integration.own_server import OwnServer, free_port, missing, own_server, server_binaries
+from tests import helpers
+from tests.helpers import ServerProc, free_port, missing, own_server, server_binaries
 
 NS = "sec"
 PASSWORD = "Pr0d-s3cret-pw"  # distinctive, so a leak is easy to find in any output
-FAST = GroupSettings(session_timeout_ms=3000, heartbeat_interval_ms=500)
+FAST = helpers.FAST.with_changes(session_timeout_ms=3000, heartbeat_interval_ms=500)
 
 
 # -- ACL users ------------------------------------------------------------------------------
 @dataclass
 class AclSetup:
-    server: OwnServer
+    server: ServerProc
     root: Any  # redis.Redis (execute_command is untyped)
 
     def url(self, user: str, password: str = PASSWORD) -> str:
@@ -426,23 +426,23 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
 
 
 @pytest.fixture(scope="module")
-def tls_server(certs: Certs) -> Iterator[OwnServer]:
+def tls_server(certs: Certs) -> Iterator[ServerProc]:
     yield from _start_tls(certs, auth_clients=False)
 
 
 @pytest.fixture(scope="module")
-def mtls_server(certs: Certs) -> Iterator[OwnServer]:
+def mtls_server(certs: Certs) -> Iterator[ServerProc]:
     yield from _start_tls(certs, auth_clients=True)
 
 
 @pytest.fixture(scope="module")
-def other_name_server(certs: Certs) -> Iterator[OwnServer]:
+def other_name_server(certs: Certs) -> Iterator[ServerProc]:
     yield from _start_tls(certs, auth_clients=False, cert=(certs.other_cert, certs.other_key))
 
 
 def _start_tls(
     certs: Certs, auth_clients: bool, cert: tuple[Path, Path] | None = None
-) -> Iterator[OwnServer]:
+) -> Iterator[ServerProc]:
     cert_file, key_file = cert or (certs.server_cert, certs.server_key)
     tls_args = [
         "--tls-cert-file", str(cert_file), "--tls-key-file", str(key_file),
@@ -466,7 +466,7 @@ def _start_tls(
 
 
 def test_tls_with_the_ca_works_and_is_verified_by_default(
-    tls_server: OwnServer, certs: Certs
+    tls_server: ServerProc, certs: Certs
 ) -> None:
     url = f"rediss://{tls_server.host_port}"
     with connect(ClientConfig(url=url, namespace=NS, ssl_ca_certs=str(certs.ca))) as conn:
@@ -487,7 +487,7 @@ def test_tls_with_the_ca_works_and_is_verified_by_default(
 
 
 def test_tls_refuses_a_trusted_certificate_issued_for_another_name(
-    other_name_server: OwnServer, certs: Certs
+    other_name_server: ServerProc, certs: Certs
 ) -> None:
     # The chain is good (our CA signed it) but it names other.example, not 127.0.0.1.
     url = f"rediss://{other_name_server.host_port}"
@@ -496,7 +496,7 @@ def test_tls_refuses_a_trusted_certificate_issued_for_another_name(
 
 
 def test_tls_settings_from_env_and_cli(
-    tls_server: OwnServer, certs: Certs, monkeypatch: pytest.MonkeyPatch
+    tls_server: ServerProc, certs: Certs, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     url = f"rediss://{tls_server.host_port}"
     res = CliRunner().invoke(main, ["--url", url, "--namespace", NS, "topic", "list"])
@@ -512,7 +512,7 @@ def test_tls_settings_from_env_and_cli(
 
 
 def test_mutual_tls_needs_the_client_certificate(
-    mtls_server: OwnServer, certs: Certs, monkeypatch: pytest.MonkeyPatch
+    mtls_server: ServerProc, certs: Certs, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     url = f"rediss://{mtls_server.host_port}"
     with pytest.raises(ConnectionFailedError):

@@ -30,7 +30,6 @@ from click.testing import CliRunner
 from partitions._admin.groups import GroupAdmin
 from partitions._admin.topics import TopicAdmin, TopicSpec
 from partitions._base.errors import NotEnoughReplicasError, StateLostError
-from partitions._base.settings import GroupSettings
 from partitions._client.cluster import EmbeddedCluster
 from partitions._client.config import ClientConfig, ConsumerConfig, ProducerConfig
 from partitions._client.connection import Connection, connect
@@ -38,14 +37,13 @@ from partitions._client.replicas import MASTER_NAME, EmbeddedReplicaSet
 from partitions._consumer.consumer import Consumer
 from partitions._producer.producer import Producer
 from partitions.cli import main
-from tests.faults.harness import wait_for
+from tests import helpers
+from tests.helpers import REDIS7, wait_for
 
 pytestmark = [pytest.mark.timeout(120)]
 
-FAST = GroupSettings(session_timeout_ms=6000, heartbeat_interval_ms=500)
-
-
-REDIS7 = Path("/usr/bin/redis-server")
+# A failover takes seconds: a session that outlives it.
+FAST = helpers.FAST.with_changes(session_timeout_ms=6000, heartbeat_interval_ms=500)
 
 
 def _binary() -> Path | None:

@@ -200,3 +200,78 @@ def test_fast_path_check_and_transaction() -> None:
     assert records is not None and [r.id for r in records] == [ID1, ID2]
     assert a.acks == {}
     assert plans.plan_fast(a, [st], 500).settle(a, [b"OK", b"QUEUED", None], plans.Tally()) is None
+
+
+# -- the catch-up budget ------------------------------------------------------------------
+def test_catching_up_partitions_share_the_budget_while_others_are_caught_up() -> None:
+    tps = [TopicPartition("rect", p) for p in range(6)]
+    a = assignment(*tps)
+    for tp in tps[:2]:
+        a.parts[tp].catching_up = False  # unmoved: read to their end before
+    plan = plans.plan_fetch(a, 0.0, count=1000, start="0", max_deliveries=5, reclaim_ms=0)
+    each = max(plans.CATCH_UP_MIN, plans.CATCH_UP_BUDGET // 4)
+    assert plan.counts == [1000, 1000, each, each, each, each]
+    assert [c.args[6] for c in plan.calls] == plan.counts  # the COUNT each read sends
+    assert sum(plan.counts[2:]) <= plans.CATCH_UP_BUDGET
+
+
+def test_no_budget_when_every_partition_is_behind_or_none_is() -> None:
+    tps = [TopicPartition("rect", p) for p in range(3)]
+    a = assignment(*tps)  # a first assignment: all catching up, nobody waits for them
+    assert plans.read_counts(a, a.reading(), 1000) == [1000, 1000, 1000]
+    for st in a.parts.values():
+        st.catching_up = False
+    assert plans.read_counts(a, a.reading(), 1000) == [1000, 1000, 1000]
+
+
+def test_budget_never_starves_a_partition_nor_exceeds_the_count() -> None:
+    tps = [TopicPartition("rect", p) for p in range(1001)]
+    a = assignment(*tps)
+    a.parts[tps[0]].catching_up = False
+    counts = plans.read_counts(a, a.reading(), 1000)
+    assert counts[0] == 1000 and set(counts[1:]) == {plans.CATCH_UP_MIN}
+    assert set(plans.read_counts(a, a.reading(), 4)[1:]) == {4}
+
+
+def test_a_read_short_of_its_count_ends_catching_up() -> None:
+    other = TopicPartition("rect", 1)
+    a = assignment(TP, other)
+    a.parts[other].catching_up = False
+    plan = plans.plan_fetch(a, 0.0, count=1000, start="0", max_deliveries=5, reclaim_ms=0)
+    asked = plan.counts[0]
+    # Recovery not done (a cursor left): still catching up, whatever came back.
+    paging = [1, 0, ENTRIES[:1], ID0.encode(), b"", 0, 0, [0]]
+    plan.settle(a, [paging, FIRST_READ], plans.Tally())
+    assert a.parts[TP].catching_up and a.parts[TP].cursor == ID0
+    # A full read: more may follow.
+    full = [1, 0, ENTRIES * (asked // 3) + ENTRIES[: asked % 3], b"", b"", 0, 0, []]
+    plan = plans.plan_fetch(a, 0.0, count=1000, start="0", max_deliveries=5, reclaim_ms=0)
+    plan.settle(a, [full, FIRST_READ], plans.Tally())
+    assert a.parts[TP].catching_up
+    # Fewer than asked with recovery done: it reached the end of its stream.
+    plan = plans.plan_fetch(a, 0.0, count=1000, start="0", max_deliveries=5, reclaim_ms=0)
+    plan.settle(a, [TAKEOVER_READ, FIRST_READ], plans.Tally())
+    assert not a.parts[TP].catching_up
+    assert plans.plan_fetch(
+        a, 0.0, count=1000, start="0", max_deliveries=5, reclaim_ms=0
+    ).counts == [1000, 1000]
+
+
+def test_fast_path_reads_catching_up_streams_with_their_own_count() -> None:
+    other = TopicPartition("rect", 1)
+    a = assignment(TP, other)
+    st, caught = a.parts[TP], a.parts[other]
+    st.cursor = caught.cursor = ""
+    caught.catching_up = False
+    plan = plans.plan_fast(a, [st, caught], 1000)
+    reads = [c for c in plan.txn if c[0] == "XREADGROUP"]
+    each = max(plans.CATCH_UP_MIN, plans.CATCH_UP_BUDGET)
+    assert [(c[5], c[7:]) for c in reads] == [
+        (each, (st.stream, ">")),
+        (1000, (caught.stream, ">")),
+    ]
+    # RESP3: each XREADGROUP answers a map; the caught-up stream had nothing new (None).
+    exec_reply = [{st.stream.encode(): ENTRIES}, None]
+    records = plan.settle(a, [b"OK", b"QUEUED", b"QUEUED", exec_reply], plans.Tally())
+    assert records is not None and [r.id for r in records] == [ID0, ID1, ID2]
+    assert not st.catching_up  # 3 < its budget: at the end of its stream

@@ -28,15 +28,15 @@ from partitions._base.errors import (
     StateLostError,
     WrongTypeError,
 )
-from partitions._base.settings import GroupSettings
 from partitions._client.config import ClientConfig, ProducerConfig
 from partitions._client.connection import Connection, connect
 from partitions._consumer.consumer import Consumer
 from partitions._producer.producer import Producer
 from partitions.cli import main
-from tests.integration.own_server import own_server
+from tests import helpers
+from tests.helpers import own_server
 
-FAST = GroupSettings(session_timeout_ms=3000, heartbeat_interval_ms=500)
+FAST = helpers.FAST.with_changes(session_timeout_ms=3000, heartbeat_interval_ms=500)
 
 
 def snapshot(conn: Connection) -> dict[bytes, Any]:

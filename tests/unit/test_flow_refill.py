@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from coordinator.settings import GroupSettings
 from partitions._base.keys import Keys
 from partitions._base.records import Record
+from partitions._base.settings import GroupSettings
 from partitions._base.types import TopicPartition
 from partitions._client.config import ConsumerConfig
 from partitions._consumer import flow as flow_mod

@@ -73,6 +73,13 @@ from partitions._base.errors import (
 )
 from partitions._base.records import Record
 from partitions._base.replies import DeadLetter, StreamInfo
+from partitions._base.serde import (
+    BytesSerializer,
+    JsonSerializer,
+    ModelSerializer,
+    MsgpackSerializer,
+    Serializer,
+)
 from partitions._base.settings import GroupSettings
 from partitions._base.types import (
     Grant,
@@ -103,6 +110,7 @@ __all__ = [
     "AsyncRebalanceListener",
     "AsyncRecordFuture",
     "BufferFullError",
+    "BytesSerializer",
     "ClientConfig",
     "ClientMetrics",
     "ClosedError",
@@ -130,11 +138,14 @@ __all__ = [
     "GroupSettings",
     "InvalidNameError",
     "InvalidRecordError",
+    "JsonSerializer",
     "LagCheck",
     "LibraryMissingError",
     "MemberDescription",
     "MemberStatus",
     "MembershipError",
+    "ModelSerializer",
+    "MsgpackSerializer",
     "NotEnoughReplicasError",
     "NotOwnerError",
     "OperationTimeoutError",
@@ -162,6 +173,7 @@ __all__ = [
     "SeekStep",
     "SequenceLostError",
     "SerializationError",
+    "Serializer",
     "ServerError",
     "ServerInfo",
     "ServerOutOfMemoryError",

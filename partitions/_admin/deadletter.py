@@ -3,7 +3,9 @@
 Each partition has its own dead-letter stream (``Keys.dlq``) in the partition's slot, so the
 consumer moves an entry there and acks it in one atomic script. An entry keeps the original
 key, value and headers plus ``dlq.*`` fields: origin topic, partition, id, group, delivery
-count and reason (``max_deliveries``, ``trimmed`` or a user reason).
+count and reason (``max_deliveries``, ``trimmed``, ``deserialization`` or a user reason: a
+short label), and the error that sent it there when one was given (``dlq.error``, at most
+1 KiB of text).
 
 :class:`DeadLetterTally` counts a dead-letter stream's entries by group and reason for the
 metrics exporter, reading each entry once (see its docstring for exactly what it counts).

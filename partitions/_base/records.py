@@ -36,6 +36,9 @@ class Record:
     wrote (a raw ``XADD`` with fields of its own) is delivered too: its data is in
     :attr:`fields` and :attr:`foreign` is true (or, by ConsumerConfig's ``foreign_entries``,
     it goes to the dead-letter stream as ``malformed`` instead).
+
+    With a consumer's ``value_serializer`` (``key_serializer``), ``value`` (``key``) is the
+    object it loaded; :attr:`raw_value` (:attr:`raw_key`) keeps the bytes as stored.
     """
 
     __slots__ = ("_raw", "headers", "id", "key", "partition", "topic", "value")
@@ -84,6 +87,16 @@ class Record:
         return dict(zip(raw[::2], raw[1::2], strict=False))
 
     @property
+    def raw_value(self) -> bytes | None:
+        """The value's bytes as stored (``value`` itself when no serializer loaded it)."""
+        return _first(self._raw, VALUE_FIELD, self.value)
+
+    @property
+    def raw_key(self) -> bytes | None:
+        """The key's bytes as stored (``key`` itself when no serializer loaded it)."""
+        return _first(self._raw, KEY_FIELD, self.key)
+
+    @property
     def foreign(self) -> bool:
         """True if the entry has fields partstream does not write (another client's entry)."""
         return _is_foreign(self._raw or [])
@@ -94,15 +107,17 @@ class Record:
         return int(self.id.partition("-")[0])
 
     def text(self) -> str | None:
-        """The value decoded as UTF-8."""
-        return None if self.value is None else self.value.decode("utf-8")
+        """The value's bytes decoded as UTF-8."""
+        raw = self.raw_value
+        return None if raw is None else raw.decode("utf-8")
 
     def json(self) -> Any:
-        """The value parsed as JSON (orjson)."""
-        if self.value is None:
+        """The value's bytes parsed as JSON (orjson)."""
+        raw = self.raw_value
+        if raw is None:
             return None
         try:
-            return orjson.loads(self.value)
+            return orjson.loads(raw)
         except orjson.JSONDecodeError as err:
             raise SerializationError(
                 f"record {self.topic}/{self.partition}@{self.id}: {err}"
@@ -114,8 +129,8 @@ class Record:
             "topic": self.topic,
             "partition": self.partition,
             "id": self.id,
-            "key": _display(self.key),
-            "value": _display_value(self.value),
+            "key": _display(self.raw_key),
+            "value": _display_value(self.raw_value),
             "headers": {k: _display(v) for k, v in self.headers.items()},
             "timestamp": self.timestamp,
         }
@@ -172,9 +187,22 @@ def _is_foreign(flat: list[bytes]) -> bool:
     return False
 
 
-def _short(value: bytes | None) -> str:
+def _first(flat: list[bytes] | None, name: bytes, default: bytes | None) -> bytes | None:
+    """The first ``name`` field's value of raw fields (as the record parser reads it)."""
+    if flat is None:
+        return default
+    for i in range(0, len(flat) - 1, 2):
+        if flat[i] == name:
+            return flat[i + 1]
+    return None
+
+
+def _short(value: Any) -> str:
     if value is None:
         return "None"
+    if not isinstance(value, bytes):  # an object a serializer loaded
+        text = repr(value)
+        return text[:60] + "..." if len(text) > 60 else text
     return repr(value[:40] + b"..." if len(value) > 40 else value)
 
 

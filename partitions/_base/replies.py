@@ -185,6 +185,9 @@ class DeadLetter:
     record: Record  # the original entry's fields as they were (none if it was trimmed)
     omitted: int = 0  # original fields left out (another client's entry with thousands)
     problems: tuple[str, ...] = ()
+    # Why it failed, as text ("ValueError: ..."), cut to 1 KiB; None when the dead letter
+    # carries none (entries written before errors were kept, or a reason-only dead_letter()).
+    error: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = {
@@ -195,6 +198,7 @@ class DeadLetter:
             "group": self.group,
             "deliveries": self.deliveries,
             "reason": self.reason,
+            "error": self.error,
             "key": _display(self.record.key),
             "value": _display_value(self.record.value),
             "headers": {k: _display(v) for k, v in self.record.headers.items()},
@@ -226,6 +230,10 @@ def dead_letter_from_entry(entry: Any) -> DeadLetter:
             i += 2
         else:
             problems.append(f"no dlq.{name}")
+    error = None
+    if i + 1 < len(flat) and flat[i] == b"dlq.error":
+        error = _display(flat[i + 1])
+        i += 2
     omitted = 0
     if i + 1 < len(flat) and flat[i] == b"dlq.omitted":
         omitted = _int(text(flat[i + 1]), "omitted", problems) or 0
@@ -251,6 +259,7 @@ def dead_letter_from_entry(entry: Any) -> DeadLetter:
         record=record,
         omitted=omitted,
         problems=tuple(problems),
+        error=error,
     )
 
 

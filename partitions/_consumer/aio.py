@@ -48,6 +48,7 @@ from partitions._base.errors import (
 from partitions._base.fence import release_fence
 from partitions._base.keys import validate_name
 from partitions._base.records import Record
+from partitions._base.serde import Serializer, decoder
 from partitions._base.settings import GroupSettings
 from partitions._base.types import TopicPartition
 from partitions._client.config import ConsumerConfig
@@ -83,6 +84,7 @@ class AsyncConsumer:
     ``conn`` is a :class:`~partitions._client.connection.Connection` (its server, keys and
     Functions library); the data path opens ``redis.asyncio`` connections to the same server.
     Use as ``async with``, or await :meth:`close`. Use from one task at a time.
+    ``value_serializer`` / ``key_serializer`` as for :class:`~partitions.Consumer`.
     """
 
     def __init__(
@@ -95,7 +97,10 @@ class AsyncConsumer:
         instance_id: str | None = None,
         listener: Any = None,
         group_settings: GroupSettings | None = None,
+        value_serializer: Serializer | None = None,
+        key_serializer: Serializer | None = None,
     ) -> None:
+        self._decoder = decoder(value_serializer, key_serializer)
         if conn.is_cluster:
             raise ConfigError("AsyncConsumer does not support a cluster yet: use Consumer")
         self.config = config or ConsumerConfig()
@@ -135,7 +140,7 @@ class AsyncConsumer:
         self.assignment_state, self._runner, self._flow = compose(
             self._conn, member, self.config, ops.Events(wake=self._wake), metas,
             listener=self._listener, apply_here=lambda revoked: False,
-            closing=lambda: self._closing,
+            closing=lambda: self._closing, decoder=self._decoder,
         )  # fmt: skip
         await asyncio.to_thread(self._runner.start)
         self._started = True
@@ -176,9 +181,12 @@ class AsyncConsumer:
         """Deliver ``record`` again next (or dead-letter it once out of deliveries)."""
         await self._drive(self._enter().nack(record))
 
-    async def dead_letter(self, record: Record, reason: str = "rejected") -> None:
-        """Move ``record`` to its partition's dead-letter stream now, with ``reason``."""
-        await self._drive(self._enter().dead_letter(record, reason))
+    async def dead_letter(
+        self, record: Record, reason: str = "rejected", *, error: str | None = None
+    ) -> None:
+        """Move ``record`` to its partition's dead-letter stream now, with ``reason`` (a
+        short label) and optionally ``error`` (free text, kept up to 1 KiB)."""
+        await self._drive(self._enter().dead_letter(record, reason, error))
 
     async def seek(self, topic: str, partition: int, to: str | int) -> None:
         """Read an owned partition from ``to`` ('earliest', 'latest', an id, a time in ms)."""

@@ -9,15 +9,25 @@ fence, groups; ARGV group, fence value, new id, create) gets its builder too.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from partitions._base.errors import ConfigError
 from partitions._base.functions import function_name
 from partitions._base.records import Record
 from partitions._consumer.assignment import STREAM_CONSUMER, PartitionState
 
 CONSUME = function_name("consume")
 SEEK = function_name("seek")
+
+# A dead letter's error text is a field of its entry, bounded so that a huge exception
+# message (a whole payload quoted back) cannot bloat the dead-letter stream.
+MAX_ERROR_BYTES = 1024
+TRUNCATED = b" ...[truncated]"
+# The reason is a label (the exporter counts dead letters by it): a short word, never text.
+_REASON = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
 
 @dataclass(slots=True)
@@ -77,11 +87,42 @@ def retry_call(st: PartitionState, records: list[Record], max_deliveries: int) -
 
 
 def dead_call(
-    st: PartitionState, records: list[Record], reason: str, *, handed: bool
+    st: PartitionState,
+    records: list[Record],
+    reason: str,
+    *,
+    handed: bool,
+    errors: Sequence[str | None] | None = None,
 ) -> ScriptCall:
-    """``dead``: 7 reason, 8.. pairs id, deliveries (``handed=False``: never handed out,
-    so the fetch into the buffer is not counted as a delivery)."""
-    return _consume(st, "dead", reason, *_pairs(records, 0 if handed else 1))
+    """``dead``: 7 reason, 8.. triples id, deliveries, error ('' = none). ``handed=False``:
+    never handed out, so the fetch into the buffer is not counted as a delivery; ``errors``:
+    one error text per record (None: none), cut to :data:`MAX_ERROR_BYTES`."""
+    check_reason(reason)
+    texts = errors if errors is not None else [None] * len(records)
+    less = 0 if handed else 1
+    args: list[Any] = [reason]
+    for r, text in zip(records, texts, strict=True):
+        args += (r.id, r.deliveries - less, b"" if text is None else bounded_error(text))
+    return _consume(st, "dead", *args)
+
+
+def check_reason(reason: str) -> None:
+    """A dead-letter reason is a short label (ConfigError otherwise): the error text goes
+    beside it."""
+    if not isinstance(reason, str) or not _REASON.fullmatch(reason):
+        raise ConfigError(
+            f"a dead-letter reason is a short label of letters, digits and _.:- (at most 64), "
+            f"not {reason!r}: pass free text as error="
+        )
+
+
+def bounded_error(text: str) -> bytes:
+    """``text`` as UTF-8, cut to :data:`MAX_ERROR_BYTES` (whole characters) with a marker."""
+    raw = text.encode("utf-8", "backslashreplace")
+    if len(raw) <= MAX_ERROR_BYTES:
+        return raw
+    head = raw[: MAX_ERROR_BYTES - len(TRUNCATED)].decode("utf-8", "ignore").encode()
+    return head + TRUNCATED
 
 
 def seek_call(st: PartitionState, new_id: str) -> ScriptCall:

@@ -25,7 +25,8 @@ ARGV (common): 1 op, 2 group, 3 fence value "<member_id> <token>", 4 topic, 5 pa
   ack    7.. ids to ack
   retry  7 max_deliveries, 8.. pairs id, deliveries (the hand-out being retried included):
          keep each for another hand-out, or dead-letter it once deliveries >= max_deliveries
-  dead   7 reason, 8.. pairs id, deliveries: dead-letter with a user reason
+  dead   7 reason, 8.. triples id, deliveries, error: dead-letter with a user reason and
+         an error text ('' = none; bounded by the caller)
 
 Delivery counts. A delivery is a hand-out to the application, never a fetch into a buffer.
 The PEL's delivery counter of an entry holds 1 + the hand-outs recorded on the server: the
@@ -39,7 +40,8 @@ was never counted.
 
 A pending entry whose payload is gone (trimmed before it was acked) is always dead-lettered
 with reason "trimmed". Dead-lettering = XADD to the dlq with the origin, group, deliveries,
-reason, then the original fields, and XACK: both in this one atomic call. The first twelve
+reason, then dlq.error (only when there is an error text), dlq.omitted (only when fields were
+left out), then the original fields, and XACK: both in this one atomic call. The first twelve
 values of a dead letter are always its dlq.* metadata (original fields cannot override it).
 
 Every loop is bounded by the call's own arguments (count <= 10000 by ConsumerConfig, acks
@@ -89,11 +91,15 @@ end
 local MAX_COPIED = 7000
 
 local dead = 0
-local function dead_letter(id, deliveries, reason, e)
+local function dead_letter(id, deliveries, reason, e, err)
   if e == nil then e = redis.call('XRANGE', stream, id, id)[1] end
   if not e then reason = 'trimmed' end
   local f = {'dlq.topic', topic, 'dlq.partition', partition, 'dlq.id', id, 'dlq.group', group,
              'dlq.deliveries', tostring(deliveries), 'dlq.reason', reason}
+  if err and err ~= '' then
+    f[#f + 1] = 'dlq.error'
+    f[#f + 1] = err
+  end
   if e then
     local src = e[2]
     local n = #src
@@ -272,12 +278,13 @@ if op == 'ack' then
   return {1, ack_range(7, #ARGV)}
 end
 
--- The pairs of 'retry' and 'dead' that are still pending (an acked or foreign id is skipped).
-local function pending_pairs(first)
+-- The pairs of 'retry' (triples of 'dead': the error too) that are still pending (an acked
+-- or foreign id is skipped).
+local function pending_pairs(first, step)
   local out = {}
-  for i = first, #ARGV, 2 do
+  for i = first, #ARGV, step do
     if redis.call('XPENDING', stream, group, ARGV[i], ARGV[i], 1)[1] then
-      out[#out + 1] = {ARGV[i], tonumber(ARGV[i + 1])}
+      out[#out + 1] = {ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]}
     end
   end
   return out
@@ -285,7 +292,7 @@ end
 
 if op == 'retry' then
   local max_deliveries, kept = tonumber(ARGV[7]), {}
-  for _, p in ipairs(pending_pairs(8)) do
+  for _, p in ipairs(pending_pairs(8, 2)) do
     if p[2] >= max_deliveries then
       dead_letter(p[1], p[2], 'max_deliveries')
     else
@@ -298,7 +305,7 @@ if op == 'retry' then
 end
 
 if op == 'dead' then
-  for _, p in ipairs(pending_pairs(8)) do dead_letter(p[1], p[2], ARGV[7]) end
+  for _, p in ipairs(pending_pairs(8, 3)) do dead_letter(p[1], p[2], ARGV[7], nil, p[3]) end
   return {1, {}, dead}
 end
 

@@ -39,6 +39,7 @@ from partitions._admin.topics import TopicAdmin
 from partitions._base.errors import ClosedError, ConfigError, ConnectionFailedError
 from partitions._base.keys import validate_name
 from partitions._base.records import Record
+from partitions._base.serde import Serializer, decoder
 from partitions._base.settings import GroupSettings
 from partitions._base.types import TopicPartition
 from partitions._client.config import ClientConfig, ConsumerConfig
@@ -63,6 +64,12 @@ class Consumer:
     per hand-out and per fetch; ``tracing``: True (the global tracer provider) or a tracer
     provider, for a ``process`` span per record of iteration and a ``poll`` span per
     ``poll()`` (:mod:`partitions._telemetry.tracing`). Both off by default, at no cost.
+
+    ``value_serializer`` / ``key_serializer``: a :class:`~partitions.Serializer` whose
+    ``loads`` gives ``Record.value`` / ``Record.key`` (the bytes stay in ``raw_value`` /
+    ``raw_key``); a record that does not load goes to the dead-letter stream (reason
+    ``deserialization``, with the error) instead of to the application, and its partition
+    flows on. None (the default): values and keys are the bytes, at no cost per record.
     """
 
     def __init__(
@@ -78,8 +85,11 @@ class Consumer:
         group_settings: GroupSettings | None = None,
         metrics: ClientMetrics | None = None,
         tracing: bool | TracerProvider = False,
+        value_serializer: Serializer | None = None,
+        key_serializer: Serializer | None = None,
     ) -> None:
         self.config = config or ConsumerConfig()
+        decode = decoder(value_serializer, key_serializer)
         self.group = validate_name(group, "group")
         names = [topics] if isinstance(topics, str) else sorted(set(topics))
         if not names:
@@ -111,6 +121,7 @@ class Consumer:
         self.assignment_state, self._runner, self._flow = compose(
             self._conn, member, self.config, events, metas, listener=listener,
             apply_here=self._revoke_here, closing=lambda: self._closing, metrics=self._metrics,
+            decoder=decode,
         )  # fmt: skip
         if self._metrics is not None:
             parts = self.assignment_state.parts
@@ -171,10 +182,15 @@ class Consumer:
         self._enter()
         self._fetcher.drive(self._flow.nack(record))
 
-    def dead_letter(self, record: Record, reason: str = "rejected") -> None:
-        """Move ``record`` to its partition's dead-letter stream now, with ``reason``."""
+    def dead_letter(
+        self, record: Record, reason: str = "rejected", *, error: str | None = None
+    ) -> None:
+        """Move ``record`` to its partition's dead-letter stream now, with ``reason`` (a
+        short label, e.g. ``bad-schema``: ConfigError otherwise) and optionally ``error``,
+        free text such as the exception (kept up to 1 KiB, see :attr:`DeadLetter.error
+        <partitions._admin.deadletter.DeadLetter.error>`)."""
         self._enter()
-        self._fetcher.drive(self._flow.dead_letter(record, reason))
+        self._fetcher.drive(self._flow.dead_letter(record, reason, error))
 
     # -- positions --------------------------------------------------------------------------
     def seek(self, topic: str, partition: int, to: str | int) -> None:

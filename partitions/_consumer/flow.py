@@ -32,12 +32,19 @@ from partitions._base.errors import (
 )
 from partitions._base.functions import is_missing
 from partitions._base.records import Record
+from partitions._base.serde import Decoder
 from partitions._base.settings import GroupSettings
 from partitions._base.types import Grant, TopicPartition
 from partitions._client.config import ConsumerConfig
 from partitions._consumer import ops, plans
 from partitions._consumer.assignment import Assignment
-from partitions._consumer.calls import ScriptCall, dead_call, retry_call, seek_call
+from partitions._consumer.calls import (
+    ScriptCall,
+    check_reason,
+    dead_call,
+    retry_call,
+    seek_call,
+)
 from partitions._consumer.ops import (
     OUTCOME_UNKNOWN,
     RECONNECT_PAUSE_S,
@@ -88,6 +95,7 @@ class ConsumerFlow:
         is_cluster: bool,
         metrics: Any = None,
         update_topics: Callable[[dict[str, int]], None] = lambda counts: None,
+        decoder: Decoder | None = None,
     ) -> None:
         self.a = assignment
         self.config = config
@@ -97,6 +105,7 @@ class ConsumerFlow:
         self.listener = listener
         self.is_cluster = is_cluster
         self.metrics = metrics
+        self.decoder = decoder  # None: values stay bytes, nothing runs per record
         self.tally = plans.Tally(metrics)
         self.update_topics = update_topics
         self.topics = tuple(topics)
@@ -253,6 +262,8 @@ class ConsumerFlow:
             self.drop({st.tp})
         if self.config.foreign_entries == "dead_letter":
             records = yield from self.dead_letter_foreign(records)
+        if self.decoder is not None and records:
+            records = yield from self.dead_letter_undecodable(records)
         self.a.fill(records)
 
     def fetch(self, max_deliveries: int, reclaim_ms: int, tails: bool = True) -> Step:
@@ -329,6 +340,43 @@ class ConsumerFlow:
             yield from self.one(call, "dead-lettering")
         return [r for r in records if not r.foreign]
 
+    def dead_letter_undecodable(self, records: list[Record]) -> Step:
+        """With a serializer: load the fetched records; those that do not load go to the
+        dead-letter stream as ``deserialization`` with the error, never to the application,
+        and their partitions flow on. A partition whose dead letters did not go out (fenced
+        by a new owner: dropped; slot moving: read again from the last hand-out) hands out
+        none of this fetch, so its order holds."""
+        assert self.decoder is not None
+        failed = self.decoder(records)
+        if not failed:
+            return records
+        by_tp: dict[TopicPartition, list[tuple[Record, str]]] = {}
+        for r, text in failed:
+            tp = TopicPartition(r.topic, r.partition)
+            if tp in self.a.parts:  # else no longer ours: left pending for its owner
+                by_tp.setdefault(tp, []).append((r, text))
+        calls = [
+            dead_call(self.a.parts[tp], [r for r, _ in fs], "deserialization", handed=False,
+                      errors=[t for _, t in fs])
+            for tp, fs in by_tp.items()
+        ]  # fmt: skip
+        log.warning("%d record(s) did not deserialize: dead-lettered", len(failed))
+        replies = yield from self.run(calls, "dead-lettering", durable=True)
+        skip = {id(r) for r, _ in failed}
+        for call, reply in zip(calls, replies, strict=True):
+            if not plans.ran(reply):
+                call.st.recover_from_handed()
+                skip |= {id(r) for r in records if r.partition == call.st.partition
+                         and r.topic == call.st.topic}  # fmt: skip
+                continue
+            try:
+                plans.settle_ids(call, reply, "dead-lettering", self.tally)
+            except NotOwnerError as err:
+                log.info("%s: dropping it", err)
+                self.drop({call.st.tp})
+                skip |= {id(r) for r in records if self.a.state_of(r) is None}
+        return [r for r in records if id(r) not in skip]
+
     def idle(self, remaining: float) -> Step:
         s, a = self.settings(), self.a
         block_ms = int(min(remaining * 1000, self.config.block_ms, s.heartbeat_interval_ms))
@@ -390,11 +438,13 @@ class ConsumerFlow:
         if kept:
             self.a.push_front(record.again())
 
-    def dead_letter(self, record: Record, reason: str) -> Step:
+    def dead_letter(self, record: Record, reason: str, error: str | None = None) -> Step:
+        check_reason(reason)  # before the record is forgotten
         yield from self.enter()
         st = self.owned_state(record)
         self.a.forget(record)
-        yield from self.one(dead_call(st, [record], reason, handed=True), "dead-lettering")
+        call = dead_call(st, [record], reason, handed=True, errors=[error])
+        yield from self.one(call, "dead-lettering")
 
     def one(self, call: ScriptCall, what: str) -> Step:
         reply = (yield from self.run([call], what, durable=True))[0]

@@ -21,6 +21,7 @@ from typing import Any
 
 from coordinator.runner import MemberRunner
 from partitions._base.fence import claim_fence
+from partitions._base.serde import Decoder
 from partitions._base.settings import GroupSettings
 from partitions._base.types import Grant, TopicPartition
 from partitions._client.config import ConsumerConfig
@@ -43,6 +44,7 @@ def compose(
     apply_here: Callable[[set[TopicPartition]], bool],
     closing: Callable[[], bool],
     metrics: Any = None,
+    decoder: Decoder | None = None,
 ) -> tuple[Assignment, MemberRunner, ConsumerFlow]:
     """Wire one consumer: its assignment, its member's runner (heartbeats on a thread, the
     Bridge as its listener) and the flow over them. Either shell calls this once."""
@@ -56,7 +58,7 @@ def compose(
     flow = ConsumerFlow(
         assignment, config, topics=metas, runner=runner, settings=lambda: current_settings(member),
         events=events, listener=listener, is_cluster=conn.is_cluster, metrics=metrics,
-        update_topics=member.update_topics,
+        update_topics=member.update_topics, decoder=decoder,
     )  # fmt: skip
     return assignment, runner, flow
 

@@ -39,6 +39,7 @@ from partitions._admin.topics import existing_meta
 from partitions._base.errors import ClosedError, translate
 from partitions._base.keys import validate_name
 from partitions._base.records import Key, Value
+from partitions._base.serde import Serializer, encoder
 from partitions._client.config import ProducerConfig
 from partitions._client.nodes import redirect_plan, retriable
 from partitions._client.wire import AsyncLink, aexchange
@@ -98,8 +99,8 @@ class AsyncProducer:
     :class:`AsyncRecordFuture`; use as ``async with`` or ``await close()`` (which flushes).
 
     ``conn`` is an :class:`~partitions._client.aio.AsyncConnection` (``await
-    connect_async()``); it stays open after :meth:`close`. ``metrics`` as for
-    :class:`~partitions.Producer`.
+    connect_async()``); it stays open after :meth:`close`. ``metrics``, ``value_serializer``
+    and ``key_serializer`` as for :class:`~partitions.Producer`.
     """
 
     def __init__(
@@ -108,8 +109,11 @@ class AsyncProducer:
         config: ProducerConfig | None = None,
         *,
         metrics: ClientMetrics | None = None,
+        value_serializer: Serializer | None = None,
+        key_serializer: Serializer | None = None,
     ) -> None:
         self.config = config or ProducerConfig()
+        self._encode = encoder(value_serializer, key_serializer)
         self.config.check_against(conn.config)
         self._conn = conn
         warn_unmet_durability(self.config.durability, conn.server)
@@ -145,6 +149,8 @@ class AsyncProducer:
         route = self._routes.get(topic)
         if route is None or time.monotonic() > route.expires:
             route = await self._refresh(topic)
+        if self._encode is not None:
+            value, key = self._encode(value, key)
         p, chunk, nargs = encode_record(route, value, key, headers, partition, region,
                                         self._max_bytes)  # fmt: skip
         acc = self._acc

@@ -39,6 +39,7 @@ from types import TracebackType
 from partitions._admin.topics import TopicAdmin
 from partitions._base.errors import ClosedError
 from partitions._base.records import Key, Value, encode_key
+from partitions._base.serde import Serializer, encoder
 from partitions._client.config import ClientConfig, ProducerConfig
 from partitions._client.connection import Connection, connect
 from partitions._producer.accumulator import Accumulator, complete
@@ -66,6 +67,11 @@ class Producer:
     once per batch; ``tracing``: True (the global tracer provider) or a tracer provider, for
     a ``send`` span per record with its context in the record's headers
     (:mod:`partitions._telemetry.tracing`). Both off by default, at no cost.
+
+    ``value_serializer`` / ``key_serializer``: a :class:`~partitions.Serializer` whose
+    ``dumps`` gives the value's / key's bytes in :meth:`send` (a tombstone's None stays
+    None); a value it cannot serialize raises SerializationError there, nothing queued.
+    Without one, bytes go as given, str as UTF-8, anything else as JSON (orjson).
     """
 
     def __init__(
@@ -76,8 +82,11 @@ class Producer:
         client_config: ClientConfig | None = None,
         metrics: ClientMetrics | None = None,
         tracing: bool | TracerProvider = False,
+        value_serializer: Serializer | None = None,
+        key_serializer: Serializer | None = None,
     ) -> None:
         self.config = config or ProducerConfig()
+        self._encode = encoder(value_serializer, key_serializer)
         if conn is None:
             client_config = client_config or ClientConfig.from_env()
             self.config.check_against(client_config)
@@ -126,6 +135,8 @@ class Producer:
         route = self._routes.get(topic)
         if route is None or time.monotonic() > route.expires:
             route = self._refresh(topic)
+        if self._encode is not None:
+            value, key = self._encode(value, key)
         p, chunk, nargs = encode_record(route, value, key, headers, partition, region,
                                         self._max_bytes)  # fmt: skip
         acc = self._acc
@@ -174,6 +185,8 @@ class Producer:
         route = self._routes.get(topic)
         if route is None or time.monotonic() > route.expires:
             route = self._refresh(topic)
+        if self._encode is not None:
+            value, key = self._encode(value, key)
         return encode_record(route, value, key, headers, partition, region, self._max_bytes)[0]
 
     def flush(self, timeout: float | None = None) -> bool:

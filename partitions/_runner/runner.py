@@ -41,6 +41,7 @@ from typing import Any
 
 from partitions._base.errors import ConfigError, NotOwnerError, PollIntervalExceededError
 from partitions._base.records import Record
+from partitions._base.serde import Serializer
 from partitions._base.settings import GroupSettings
 from partitions._base.types import TopicPartition
 from partitions._client.config import ClientConfig, ConsumerConfig
@@ -109,17 +110,22 @@ def run(
     metrics_registry: Any = None,
     stop: threading.Event | None = None,
     handle_signals: bool = True,
+    value_serializer: Serializer | None = None,
 ) -> RunStats:
     """Run ``handler`` over ``topics`` as a member of ``group`` until stopped (see module).
 
     ``handler`` is ``def handler(record)`` or ``async def handler(record)``; its return value
     is ignored, an exception is retried by ``retry`` (default :class:`RetryPolicy`: 3 attempts)
     and then dead-letters the record (reason ``retries_exhausted``, or ``handler_error`` for an
-    exception the policy does not retry). ``config``'s ``auto_commit`` is ignored: the runner
+    exception the policy does not retry), with the last error as the dead letter's ``error``
+    (``"ValueError: ..."``). ``config``'s ``auto_commit`` is ignored: the runner
     acknowledges each record when it is done. ``metrics``: a :class:`~partitions.ClientMetrics`
     the consumer records into; ``health_port``: serve ``GET /health`` there (and ``/metrics``,
     the exposition of ``metrics_registry``, a prometheus_client registry). ``stop``: set it
     to stop (from another thread); with ``handle_signals`` SIGTERM and SIGINT set it too.
+    ``value_serializer``: the handler gets ``record.value`` loaded by it (a
+    :class:`~partitions.Serializer`); a record that does not load never reaches the handler,
+    it is dead-lettered as ``deserialization`` with the error.
     """
     runner = Runner(
         handler,
@@ -135,6 +141,7 @@ def run(
         instance_id=instance_id,
         metrics=metrics,
         stop=stop,
+        value_serializer=value_serializer,
     )
     return runner.run(
         health_port=health_port,
@@ -163,6 +170,7 @@ class Runner:
         instance_id: str | None = None,
         metrics: Any = None,
         stop: threading.Event | None = None,
+        value_serializer: Serializer | None = None,
     ) -> None:
         if not callable(handler):
             raise ConfigError(f"the handler must be callable, got {handler!r}")
@@ -181,6 +189,7 @@ class Runner:
         self._config = replace(config or ConsumerConfig(), auto_commit=False)
         self._group_settings, self._instance_id = group_settings, instance_id
         self._metrics = metrics
+        self._value_serializer = value_serializer
         self._cond = threading.Condition()
         self._outcomes: list[_Outcome] = []
         # Non-blocking retries: (due, tie-breaker, record) of deferred records, and the
@@ -224,6 +233,7 @@ class Runner:
                 instance_id=self._instance_id,
                 listener=_Listener(self),
                 metrics=self._metrics,
+                value_serializer=self._value_serializer,
             )
             if health_port is not None:
                 from partitions._runner.health import HealthServer
@@ -339,7 +349,7 @@ class Runner:
             error,
         )
         try:
-            consumer.dead_letter(rec, reason)
+            consumer.dead_letter(rec, reason, error=f"{type(error).__name__}: {error}")
             self.stats.dead_lettered += 1
         except NotOwnerError:
             self.stats.refused += 1

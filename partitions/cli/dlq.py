@@ -12,7 +12,8 @@ from partitions.cli.common import State, emit, format_option, main, pass_state
 
 @main.group()
 def dlq() -> None:
-    """Dead letters: records that failed max_deliveries times or were trimmed unacked."""
+    """Dead letters: records that failed max_deliveries times, were trimmed unacked, did
+    not deserialize or were rejected by a handler (with the error, when one was given)."""
 
 
 def _list_text(rows: list[dict[str, Any]]) -> str:
@@ -24,6 +25,8 @@ def _line(r: dict[str, Any]) -> str:
         f"{r['topic']}/{r['partition']}  {r['id']}  group {r['group']}  "
         f"{r['reason']} after {r['deliveries']} deliveries  key {r['key']}  value {r['value']}"
     )
+    if r.get("error") is not None:
+        line += "  error " + " | ".join(r["error"].splitlines())  # one line per letter
     if "fields" in r:
         line += f"  fields {r['fields']}"
     if "problems" in r:

@@ -198,6 +198,7 @@ def test_a_failing_record_is_retried_with_backoff_then_dead_lettered_and_its_key
     assert attempts[9][0] > attempts[5][-1]
     dead = DeadLetters(conn).list("pay")
     assert [(d.record.value, d.reason) for d in dead] == [(b"5", "retries_exhausted")]
+    assert dead[0].error == "ValueError: cannot handle 5"  # the last attempt's error
     stats = out["stats"]
     assert (stats.handled, stats.dead_lettered, stats.retried) == (39, 1, 4)
     assert pending(conn, "pay", "g", partitions=1) == 0
@@ -234,6 +235,7 @@ def test_non_blocking_retries_let_the_key_go_on_then_redeliver_after_the_backoff
     assert len(attempts[2]) == 3
     dead = DeadLetters(conn).list("feed")
     assert [(d.record.value, d.reason) for d in dead] == [(b"2", "retries_exhausted")]
+    assert dead[0].error == "ValueError: never"
     assert pending(conn, "feed", "g", partitions=1) == 0
 
 

@@ -88,6 +88,9 @@ from partitions._client.replicas import EmbeddedReplicaSet, MemberStatus
 from partitions._client.server import EmbeddedServer, ServerStatus
 from partitions._consumer.aio import AsyncConsumer
 from partitions._consumer.consumer import Consumer
+from partitions._pipeline.pipeline import AsyncPipeline, Pipeline
+from partitions._pipeline.plan import Committed, Output
+from partitions._pipeline.transform import TransformStats, transform
 from partitions._producer.aio import AsyncProducer, AsyncRecordFuture
 from partitions._producer.producer import Producer, RecordFuture, RecordMetadata
 from partitions._producer.router import Router
@@ -99,6 +102,7 @@ from partitions._telemetry.tracing import TracerProvider
 __all__ = [
     "AsyncConnection",
     "AsyncConsumer",
+    "AsyncPipeline",
     "AsyncProducer",
     "AsyncRebalanceListener",
     "AsyncRecordFuture",
@@ -106,6 +110,7 @@ __all__ = [
     "ClientConfig",
     "ClientMetrics",
     "ClosedError",
+    "Committed",
     "ConfigError",
     "ConflictError",
     "Connection",
@@ -138,12 +143,14 @@ __all__ = [
     "NotEnoughReplicasError",
     "NotOwnerError",
     "OperationTimeoutError",
+    "Output",
     "PartitionInfo",
     "PartitionOffset",
     "PartitionOwner",
     "PartitionReclaim",
     "PartstreamError",
     "PermissionDeniedError",
+    "Pipeline",
     "PollIntervalExceededError",
     "Position",
     "Producer",
@@ -176,6 +183,7 @@ __all__ = [
     "TopicPartition",
     "TopicSpec",
     "TracerProvider",
+    "TransformStats",
     "UnknownGroupError",
     "UnknownMemberError",
     "UnknownTopicError",
@@ -191,4 +199,5 @@ __all__ = [
     "reclaim_now",
     "replay",
     "run",
+    "transform",
 ]

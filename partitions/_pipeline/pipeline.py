@@ -60,7 +60,8 @@ DEFAULT_MAX_RECORD_BYTES = 1_048_576
 
 @dataclass(frozen=True, slots=True)
 class Commit:
-    """Ack ``record`` through the consumer (fenced): the idempotent mode's last step."""
+    """Ack ``record`` through the consumer (fenced): the idempotent mode's last step. The
+    answer is the consumer's grant of the record's partition after it (None: revoked)."""
 
     record: Record
 
@@ -129,7 +130,14 @@ class PipelineCore:
         for block in blocks:
             call = plan.apply_call(self.keys, record, self.group, block)
             replies.append((yield from self._call(call)))
-        yield Commit(record)
+        still = yield Commit(record)
+        if still is None:
+            # Revoked while the ack was being sent (the consumer then drops it unsent): the
+            # next owner replays the record, and the marks drop its outputs there.
+            raise NotOwnerError(
+                f"{record.topic}/{record.partition} was revoked before its ack: its outputs "
+                "are written once; the next owner's replay of it writes nothing"
+            )
         return plan.settle_apply(record, blocks, n, replies)
 
     def _call(self, call: FCall) -> Steps[Any]:
@@ -197,7 +205,9 @@ class Pipeline:
 
     def _answer(self, action: Any) -> Any:
         if isinstance(action, Commit):
-            return self.consumer.commit([action.record])
+            rec = action.record
+            self.consumer.commit([rec])
+            return self.consumer.fence(rec.topic, rec.partition)
         return self._functions(action)
 
     def close(self) -> None:
@@ -246,9 +256,11 @@ class AsyncPipeline:
         fence = self.consumer.fence(record.topic, record.partition)
         perform = self.conn.functions.perform
 
+        async def ack(rec: Record) -> str | None:
+            await self.consumer.commit([rec])
+            return self.consumer.fence(rec.topic, rec.partition)
+
         def answer(action: Any) -> Any:
-            if isinstance(action, Commit):
-                return self.consumer.commit([action.record])
-            return perform(action)
+            return ack(action.record) if isinstance(action, Commit) else perform(action)
 
         return await adrive(self.core.steps(record, outputs, fence), answer)

@@ -17,15 +17,35 @@ import argparse
 import dataclasses
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import partitions
 from partitions import ClientConfig, GroupSettings, Output, Record, connect, transform
+from partitions._consumer.consumer import Consumer
 from tests.faults.worker import Log
 
 LIB = str(Path(partitions.__file__).resolve().parent)
+
+
+def die_before_ack(n: int, log: Log) -> None:
+    """Fault injection (test-only, like worker.py's --poison): kill -9 this process right
+    before the consumer's ``n``-th ack. In the idempotent mode that is the instant between
+    an input's outputs and its ack, the one the marks must make harmless."""
+    real = Consumer.commit
+    count = [0]
+
+    def commit(self: Consumer, records: Any = None) -> None:
+        count[0] += 1
+        if count[0] == n:
+            log("die", acks=n, t=time.time())
+            os.kill(os.getpid(), signal.SIGKILL)
+        real(self, records)
+
+    Consumer.commit = commit  # type: ignore[method-assign]
 
 
 def main() -> int:
@@ -41,6 +61,8 @@ def main() -> int:
     ap.add_argument("--instance-id", default=None)
     ap.add_argument("--session-ms", type=int, default=None)
     ap.add_argument("--work-ms", type=float, default=0.0, help="the transform's own work")
+    ap.add_argument("--die-before-ack", type=int, default=0,
+                    help="N: SIGKILL itself just before the consumer's Nth ack")  # fmt: skip
     args = ap.parse_args()
     log = Log(args.log)
     conn = connect(ClientConfig(url=args.url, namespace=args.ns))
@@ -49,6 +71,8 @@ def main() -> int:
         settings = GroupSettings().with_changes(
             session_timeout_ms=args.session_ms, heartbeat_interval_ms=max(args.session_ms // 5, 20)
         )
+    if args.die_before_ack:
+        die_before_ack(args.die_before_ack, log)
     log("ready", lib=LIB, pid=os.getpid(), cluster=conn.is_cluster, t=time.time())
 
     def fn(rec: Record) -> list[Output]:

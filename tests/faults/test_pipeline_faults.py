@@ -23,6 +23,7 @@ import contextlib
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -101,7 +102,7 @@ def on_cluster(name: str) -> Iterator[Env]:
             shutil.rmtree(wd / "cluster", ignore_errors=True)
 
 
-def spawn(env: Env, mode: str, work_ms: float) -> Worker:
+def spawn(env: Env, mode: str, work_ms: float, die_before_ack: int = 0) -> Worker:
     """A pipeline process (a new member each time), in the fleet: the fleet kills it by pid
     at the end whatever happens."""
     env.fleet.counter += 1
@@ -110,7 +111,7 @@ def spawn(env: Env, mode: str, work_ms: float) -> Worker:
     cmd = [sys.executable, str(WORKER), "--url", env.url, "--ns", env.namespace,
            "--topic", TOPIC, "--out", OUT, "--group", GROUP, "--log", str(log),
            "--mode", mode, "--fanout", str(FANOUT), "--session-ms", str(SESSION_MS),
-           "--work-ms", str(work_ms)]  # fmt: skip
+           "--work-ms", str(work_ms), "--die-before-ack", str(die_before_ack)]  # fmt: skip
     err = open(env.dir / f"{name}.stderr", "wb")  # noqa: SIM115 - the child owns it
     try:
         popen = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=err, stderr=err)
@@ -157,17 +158,32 @@ def pipeline_kill9(
         producer = env.fleet.producer(count=count, keys=12, rate=rate)
         rng = random.Random(17)
         landed = 0
+        dies = {0: 0, 1: 0}
+        idempotent = cluster or mode == "idempotent"
         for k in range(kills):
             slot = k % 2
             victim = workers[slot]
             before = fn_calls(victim)
-            wait_for(lambda v=victim, b=before: fn_calls(v) > b or not producer.alive(), 30,
+            wait_for(lambda v=victim, b=before: fn_calls(v) > b or not v.alive(), 30,
                      f"{victim.name} transforming")  # fmt: skip
-            time.sleep(rng.uniform(0.02, 0.3))
+            if dies[slot]:  # it kills itself right before an ack (--die-before-ack)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    victim.popen.wait(timeout=20)
+            elif victim.alive():
+                time.sleep(rng.uniform(0.02, 0.3))
             if group_lag(env.conn, GROUP, TOPIC).total_lag > 0:
                 landed += 1  # inputs were still waiting: mid-stream
-            env.fleet.kill9(victim)
-            workers[slot] = spawn(env, mode, work_ms)
+            if victim.alive():
+                env.fleet.kill9(victim)
+            else:
+                victim.popen.wait(timeout=10)
+                victim.expected_exit, victim.stopped = (-signal.SIGKILL,), True
+            # In the idempotent mode every other incarnation kills itself right before one
+            # of its acks: between an input's outputs and its ack, the window the marks cover
+            # (the atomic mode has no such window: its one call is all or nothing).
+            self_kill = idempotent and k % 2 == 0 and k < kills - 2
+            dies[slot] = rng.randint(3, 40) if self_kill else 0
+            workers[slot] = spawn(env, mode, work_ms, dies[slot])
         producer.popen.wait(timeout=drain_timeout)
         drained = _drain(env, drain_timeout)
         for w in workers:
@@ -228,6 +244,8 @@ def _verdict(
         v.run_failures.append(drained)
     v.require(landed == kills, f"only {landed} of {kills} kills landed mid-stream")
     v.require(v.duplicated > 0, "no input was transformed again after a kill: the kills missed")
+    self_kills = sum(1 for w in env.fleet.workers for e in w.events() if e.get("ev") == "die")
+    v.notes.append(f"{self_kills} self-kills right before an ack")
     v.notes.append(f"{landed}/{kills} kills mid-stream, {v.duplicated} inputs replayed")
     VERDICTS.append(v)
     print(v.line())

@@ -193,7 +193,7 @@ def test_idempotent_steps_apply_every_partition_before_the_fenced_ack() -> None:
     def server(action: Any) -> Any:
         seen.append(action)
         if isinstance(action, Commit):
-            return None
+            return "m 1"  # the grant is still ours after the ack
         if action.command[0] == "HGETALL":
             return META_HASH
         return [1, b"8-0"]
@@ -210,3 +210,14 @@ def test_no_grant_means_nothing_is_sent() -> None:
     steps = core("atomic", Clock()).steps(IN, [Output("out", "a")], None)
     with pytest.raises(NotOwnerError, match="nothing was written"):
         next(steps)
+
+
+def test_a_revoke_during_the_idempotent_ack_is_not_reported_as_committed() -> None:
+    def server(action: Any) -> Any:
+        if isinstance(action, Commit):
+            return None  # the consumer dropped the partition: its ack was never sent
+        return META_HASH if action.command[0] == "HGETALL" else [1, b"8-0"]
+
+    steps = core("idempotent", Clock()).steps(IN, [Output("out", "a", partition=1)], "m 1")
+    with pytest.raises(NotOwnerError, match="revoked before its ack"):
+        drive(steps, server)

@@ -95,6 +95,9 @@ from partitions._client.replicas import EmbeddedReplicaSet, MemberStatus
 from partitions._client.server import EmbeddedServer, ServerStatus
 from partitions._consumer.aio import AsyncConsumer
 from partitions._consumer.consumer import Consumer
+from partitions._pipeline.pipeline import AsyncPipeline, Pipeline
+from partitions._pipeline.plan import Committed, Output
+from partitions._pipeline.transform import TransformStats, transform
 from partitions._producer.aio import AsyncProducer, AsyncRecordFuture
 from partitions._producer.producer import Producer, RecordFuture, RecordMetadata
 from partitions._producer.router import Router
@@ -106,6 +109,7 @@ from partitions._telemetry.tracing import TracerProvider
 __all__ = [
     "AsyncConnection",
     "AsyncConsumer",
+    "AsyncPipeline",
     "AsyncProducer",
     "AsyncRebalanceListener",
     "AsyncRecordFuture",
@@ -114,6 +118,7 @@ __all__ = [
     "ClientConfig",
     "ClientMetrics",
     "ClosedError",
+    "Committed",
     "ConfigError",
     "ConflictError",
     "Connection",
@@ -149,12 +154,14 @@ __all__ = [
     "NotEnoughReplicasError",
     "NotOwnerError",
     "OperationTimeoutError",
+    "Output",
     "PartitionInfo",
     "PartitionOffset",
     "PartitionOwner",
     "PartitionReclaim",
     "PartstreamError",
     "PermissionDeniedError",
+    "Pipeline",
     "PollIntervalExceededError",
     "Position",
     "Producer",
@@ -188,6 +195,7 @@ __all__ = [
     "TopicPartition",
     "TopicSpec",
     "TracerProvider",
+    "TransformStats",
     "UnknownGroupError",
     "UnknownMemberError",
     "UnknownTopicError",
@@ -203,4 +211,5 @@ __all__ = [
     "reclaim_now",
     "replay",
     "run",
+    "transform",
 ]

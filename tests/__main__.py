@@ -90,6 +90,7 @@ CLUSTER_READY = [
     "tests/integration/test_async_producer.py",
     "tests/integration/test_security_cluster.py",
     "tests/integration/test_metrics.py",
+    "tests/integration/test_pipeline.py",
 ]
 
 

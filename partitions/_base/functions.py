@@ -3,7 +3,8 @@
 Each operation lives in ``<name>.lua`` beside the Python code that calls it (``append.lua`` in
 ``partitions/_producer/``, ``consume.lua`` in ``partitions/_consumer/``, ``member.lua`` in
 ``coordinator/``: :data:`FUNCTIONS` says where), headed by the keys and arguments it takes;
-``partitions/_base/common.lua`` holds the helpers they share (server time, key type guards). The
+``partitions/_base/common.lua`` holds the helpers they share (server time, key type guards,
+appending records: append.lua and the pipeline's transact.lua append alike). The
 library is their concatenation: every file's body becomes the callback of one function
 ``ps_<name>_<version>`` (called as ``FCALL``), and the library is named
 ``partstream_<version>``. The version is a digest of the sources, so a client only ever calls
@@ -59,6 +60,7 @@ FUNCTIONS: dict[str, tuple[str, ...]] = {
     "admin": ("allow-oom",),
     "topic_create": (),
     "topic_alter": (),
+    "transact": (),
 }
 # name -> the package whose directory holds <name>.lua: beside the code that calls it.
 _HOMES: dict[str, str] = {
@@ -72,6 +74,7 @@ _HOMES: dict[str, str] = {
     "topic_alter": "partitions._admin",
     "member": "coordinator",
     "admin": "coordinator",
+    "transact": "partitions._pipeline",
 }
 
 

@@ -36,6 +36,10 @@ key                                   type    contents / written by
                                               "~cut" -> id: safe retention trims below it /
                                               consume.lua (reclaim-time reads), cleared by a
                                               new group or a seek; append.lua reads it
+{ns}:t:{<topic>:<p>}:applied          hash    "<group> <in topic> <in partition>" -> the
+                                              highest input id whose outputs an exactly-once
+                                              pipeline applied to this (output) partition,
+                                              one field per source / transact.lua "apply"
 {ns}:groups                           set     group names / GroupAdmin.create, Member.join
                                               (client side: another slot than the group)
 {ns}:g:{<group>}:cfg                  hash    GroupSettings fields (assignor, session and
@@ -129,6 +133,9 @@ class Keys:
     def stream_groups(self, topic: str, partition: int) -> str:
         return self._partition(topic, partition, ":groups")
 
+    def applied(self, topic: str, partition: int) -> str:
+        return self._partition(topic, partition, ":applied")
+
     def partition_keys(self, topic: str, partition: int) -> list[str]:
         """All keys of one partition (they share one slot)."""
         return [
@@ -137,6 +144,7 @@ class Keys:
             self.seq(topic, partition),
             self.dlq(topic, partition),
             self.stream_groups(topic, partition),
+            self.applied(topic, partition),
         ]
 
     # -- groups ---------------------------------------------------------------------------
@@ -203,6 +211,9 @@ class Keys:
 
     def stream_groups_glob(self, topic: str) -> str:
         return self._partition(topic, "*", ":groups")
+
+    def applied_glob(self, topic: str) -> str:
+        return self._partition(topic, "*", ":applied")
 
     def group_glob(self, group: str) -> str:
         """Every coordinator key of one group."""

@@ -30,35 +30,20 @@ local argv = ARGV
 local function bad(msg)
   return redis.error_reply('BADBATCH ' .. msg .. ' (nothing written)')
 end
--- A count as the server's own parsers take it (no sign, no leading zero), below 10^13.
-local function count(s)
-  return type(s) == 'string' and #s <= 13 and (s == '0' or string.match(s, '^[1-9]%d*$') ~= nil)
-end
-if not (count(argv[3]) and count(argv[4]) and count(argv[6])) then
+-- is_count, scan_records, batch_trims and append_records are common.lua's (shared with
+-- transact.lua, which appends a pipeline's outputs the same way).
+if not (is_count(argv[3]) and is_count(argv[4]) and is_count(argv[6])) then
   return bad('max length, retention ms and record count must be integers below 10^13')
 end
 local pid, seq = argv[1], tonumber(argv[2])
-if pid ~= '' and not (count(argv[2]) and seq >= 1) then
+if pid ~= '' and not (is_count(argv[2]) and seq >= 1) then
   return bad('the batch sequence must be a positive integer')
 end
 local n = tonumber(argv[6])
 if n < 1 then return bad('a batch has at least one record') end
--- Field counts: unpack() below pushes f values on Lua's C stack (about 8,000 slots).
-local i = 7
-for r = 1, n do
-  local f = argv[i]
-  if f == '0' then
-    i = i + 3
-  else
-    local nf = tonumber(f)
-    if not nf or nf < 2 or nf > 4096 or nf % 2 ~= 0 then
-      return bad('record ' .. r .. ' has field count ' .. tostring(f) .. ' (want 0 or 2..4096, even)')
-    end
-    i = i + nf + 1
-  end
-end
+local i, why = scan_records(argv, 7, n)
 if i ~= #argv + 1 then
-  return bad(n .. ' records do not match the ' .. (#argv - 6) .. ' record arguments')
+  return bad(why or (n .. ' records do not match the ' .. (#argv - 6) .. ' record arguments'))
 end
 
 local stream, seqkey = KEYS[1], KEYS[2]
@@ -89,67 +74,10 @@ if pid ~= '' then
   end
 end
 
--- Retention, applied by the batch's own XADDs: MINID ~ on the first, MAXLEN ~ on the last
--- (a one-record batch with both takes turns by sequence). Safe retention: MINID ~ "~cut" only.
-local maxlen, retention_ms, safe = tonumber(argv[3]), tonumber(argv[4]), argv[5] == '1'
-if retention_ms >= now_ms then retention_ms = 0 end  -- a negative MINID is no id
-local minid = retention_ms > 0 and (now_ms - retention_ms) .. '-0' or nil
-if safe then
-  local cut = redis.call('HGET', KEYS[3], '~cut')
-  if cut or redis.call('EXISTS', KEYS[3]) == 1 then
-    minid, maxlen = cut, 0  -- groups read this partition: only as far as they all got
-  end
-end
-local first_trim, last_trim = {}, {}
-if minid then first_trim = {'MINID', '~', minid} end
-if maxlen > 0 then last_trim = {'MAXLEN', '~', argv[3]} end
-if n == 1 and minid and maxlen > 0 then
-  if (seq or now_ms) % 2 == 0 then first_trim = last_trim end
-end
-
--- The first record gets the server's id; the others follow it in the same millisecond.
-local call = redis.call
+local first_trim, last_trim = batch_trims(argv[3], tonumber(argv[4]), argv[5] == '1', KEYS[3],
+  n, seq or now_ms, now_ms)
 local ids = {1}
-i = 7
-local function xadd(trim, id, from, nf)
-  local args = {'XADD', stream}
-  for _, a in ipairs(trim) do args[#args + 1] = a end
-  args[#args + 1] = id
-  if nf == 0 then
-    args[#args + 1] = 'key'
-    args[#args + 1] = argv[from]
-    args[#args + 1] = 'value'
-    args[#args + 1] = argv[from + 1]
-  else
-    for k = from, from + nf - 1 do args[#args + 1] = argv[k] end
-  end
-  return call(unpack(args))
-end
-local f = argv[i]
-local nf = f == '0' and 0 or tonumber(f)
-ids[2] = xadd(n == 1 and (first_trim[1] and first_trim or last_trim) or first_trim, '*', i + 1, nf)
-i = i + (nf == 0 and 3 or nf + 1)
-local ms, s0 = string.match(ids[2], '^(%d+)-(%d+)$')
-s0 = tonumber(s0)
--- Beyond 2^52 a Lua number no longer counts exactly: the server numbers the rest ('*').
-local exact = s0 < 4503599627370496
--- The hot loop: locals instead of global/table lookups, a string test for the common form.
-for r = 3, n + 1 do
-  local id = exact and ms .. '-' .. string.format('%d', s0 + r - 2) or '*'
-  f = argv[i]
-  if r == n + 1 and last_trim[1] then
-    nf = f == '0' and 0 or tonumber(f)
-    ids[r] = xadd(last_trim, id, i + 1, nf)
-    i = i + (nf == 0 and 3 or nf + 1)
-  elseif f == '0' then
-    ids[r] = call('XADD', stream, id, 'key', argv[i + 1], 'value', argv[i + 2])
-    i = i + 3
-  else
-    f = tonumber(f)
-    ids[r] = call('XADD', stream, id, unpack(argv, i + 1, i + f))
-    i = i + f + 1
-  end
-end
+append_records(ids, stream, argv, 7, n, first_trim, last_trim)
 
 if pid ~= '' then
   redis.call('HSET', seqkey, pid, seq .. ' ' .. ids[2] .. ' ' .. ids[n + 1] .. ' ' .. now_ms)

@@ -89,7 +89,6 @@ CLUSTER_READY = [
     "tests/integration/test_async_runner.py",
     "tests/integration/test_async_producer.py",
     "tests/integration/test_async_consumer.py",
-    "tests/integration/test_fastapi_example.py",
     "tests/integration/test_security_cluster.py",
     "tests/integration/test_metrics.py",
 ]

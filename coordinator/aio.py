@@ -73,11 +73,15 @@ async def fence_async(
     token: int,
     *,
     durability: Durability | None = None,
+    retry_for: float | None = None,
 ) -> bool:
     """:func:`partitions._base.fence.claim_fence` (``op="claim"``) or ``release_fence``,
-    awaited: True if the fence was taken (freed), False if a newer grant holds it."""
+    awaited: True if the fence was taken (freed), False if a newer grant holds it.
+    ``retry_for``: seconds it is tried while the partition's node fails over (default:
+    ``functions``')."""
     call = fence_request(op, keys, group, tp.topic, tp.partition, member_id, token)
-    return fence_held(await functions.call(*call.parts(), durability=durability))
+    steps = functions.fcall_steps(call, durability=durability, retry_for=retry_for)
+    return fence_held(await functions.run(steps))
 
 
 class AsyncMemberRunner(RunnerBase):

@@ -195,6 +195,16 @@ def existing_meta(name: str, raw: Mapping[Any, Any]) -> TopicMeta:
     return meta_from_hash(name, raw)
 
 
+async def read_meta_async(conn: Any, name: str) -> TopicMeta:
+    """:meth:`TopicAdmin.get` on an :class:`~partitions._client.aio.AsyncConnection`."""
+    validate_name(name, "topic")
+    try:
+        raw = await conn.client.hgetall(conn.keys.topic_meta(name))
+    except (rex.RedisError, rex.RedisClusterException) as err:
+        raise translate(err, f"reading topic {name}") from err
+    return existing_meta(name, raw)
+
+
 def meta_from_hash(name: str, raw: Mapping[Any, Any]) -> TopicMeta:
     data = string_map(raw)
     regions = orjson.loads(data.get("regions") or "{}")

@@ -403,9 +403,24 @@ class CallsFunctions:
         wait_ms: int,
     ) -> Steps[Any]:
         call = FCall(name, keys, args, context)
-        cluster = is_cluster_client(self._client)
+        return self.fcall_steps(call, durability=durability, wait_ms=wait_ms)
+
+    def fcall_steps(
+        self,
+        call: FCall,
+        *,
+        durability: Durability | None = None,
+        wait_ms: int = DEFAULT_WAIT_MS,
+        retry_for: float | None = None,
+    ) -> Steps[Any]:
+        """The steps of ``call`` on this client (``retry_for``: this call's failover window,
+        default the client's); run them with the shell's ``run``."""
         return call_steps(
-            call, retry_for=self.retry_for, cluster=cluster, durability=durability, wait_ms=wait_ms
+            call,
+            retry_for=self.retry_for if retry_for is None else retry_for,
+            cluster=is_cluster_client(self._client),
+            durability=durability,
+            wait_ms=wait_ms,
         )
 
 

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 import redis.exceptions as rex
 
 from partitions._base.errors import ConnectionFailedError, translate
-from partitions._base.functions import FAILOVER_GRACE_S, is_missing
+from partitions._base.functions import FAILOVER_GRACE_S
 from partitions._client.connection import Connection
 
 MAX_ATTEMPTS = 10
@@ -93,6 +93,27 @@ def redirect(conn: Connection, err: BaseException) -> Any:
     return None
 
 
+async def aredirect(client: Any, err: BaseException) -> Any:
+    """:func:`redirect` on a ``redis.asyncio`` cluster client: the ASK target's
+    ``ClusterNode``, else None."""
+    try:
+        plan = redirect_plan(err)
+        if plan == "moved":
+            await client.nodes_manager.move_slot(err)
+        elif plan == "ask":
+            assert isinstance(err, rex.AskError)
+            node = client.get_node(host=err.host, port=err.port)
+            if node is None:
+                await client.nodes_manager.initialize()
+                node = client.get_node(host=err.host, port=err.port)
+            return node
+        else:
+            await client.nodes_manager.initialize()
+    except (rex.RedisError, rex.RedisClusterException):
+        pass  # unreachable right now: the next attempt fails and counts
+    return None
+
+
 def group_by_node(
     items: Sequence[Any], node_of: Callable[[Any], Any]
 ) -> list[tuple[Any, list[Any]]]:
@@ -133,12 +154,17 @@ class Topology(Protocol):
     behind_sentinel: bool
 
 
+def cluster_retriable(err: BaseException) -> bool:
+    """:func:`retriable` on a cluster: a redirection or a lost node."""
+    return is_redirect(err) or isinstance(err, rex.ConnectionError | rex.TimeoutError)
+
+
 def retriable(conn: Topology, err: BaseException) -> bool:
     """Whether a command that failed with ``err`` may go again after the map is refreshed
     (:func:`redirect`): on a cluster a redirection or a lost node, behind Sentinels a lost
     primary; never on a single server (its errors are the caller's to judge)."""
     if conn.is_cluster:
-        return is_redirect(err) or isinstance(err, rex.ConnectionError | rex.TimeoutError)
+        return cluster_retriable(err)
     if conn.behind_sentinel:  # the primary is being replaced: reconnecting finds the new one
         return isinstance(err, rex.ConnectionError | rex.TimeoutError | rex.ReadOnlyError)
     return False
@@ -219,65 +245,4 @@ def execute_per_key(
             elif isinstance(reply, rex.RedisError):
                 reply = translate(reply, context)
             out[i] = reply
-    return out
-
-
-def pipeline_per_node(
-    conn: Connection,
-    commands: Sequence[tuple[str | bytes, Sequence[Any]]],
-    *,
-    on_missing: Callable[[Any], None] | None = None,
-    attempts: int = 4,
-) -> list[Any]:
-    """Run single-slot commands (FCALL included), one pipeline per node; replies in order.
-
-    Unlike :func:`execute_per_key` nothing waits long: ``MOVED`` is followed at once, ``ASK``
-    by ``ASKING`` + the command on the importing node (same pipeline), ``TRYAGAIN`` and
-    ``CLUSTERDOWN`` after a few ms, for at most ``attempts`` rounds. A command the cluster
-    still cannot serve then (a slot mid-migration) keeps its redis-py error in place, never
-    run: :func:`is_redirect` tells it apart, and the caller simply tries again later.
-    A function the node lacks calls ``on_missing(node)`` (load the library there) and
-    retries. Other
-    server errors stay in place, untranslated. A connection error raises, translated.
-    """
-    out: list[Any] = [None] * len(commands)
-    todo: list[tuple[int, Any]] = [(i, None) for i in range(len(commands))]  # (index, ASK node)
-    for attempt in range(1, attempts + 1):
-        groups = group_by_node(
-            todo,
-            lambda item: node_for_key(conn, commands[item[0]][0]) if item[1] is None else item[1],
-        )
-        todo = []
-        wait = False
-        for node, items in groups:
-            pipe = node.pipeline(transaction=False)
-            for i, ask in items:
-                asking = ask is not None
-                if asking:
-                    pipe.execute_command("ASKING")
-                pipe.execute_command(*commands[i][1])
-            try:
-                replies = iter(pipe.execute(raise_on_error=False))
-            except rex.RedisError as err:
-                if retriable(conn, err):
-                    redirect(conn, err)
-                raise translate(err, "running commands per node") from err
-            for i, ask in items:
-                asking = ask is not None
-                if asking:
-                    next(replies)  # ASKING's own OK
-                reply = out[i] = next(replies)
-                if not isinstance(reply, Exception) or attempt == attempts:
-                    continue
-                if on_missing is not None and is_missing(reply):
-                    on_missing(node)
-                    todo.append((i, node if asking else None))
-                elif is_redirect(reply):
-                    ask_node = redirect(conn, reply)
-                    todo.append((i, ask_node))
-                    wait = wait or not isinstance(reply, rex.AskError)
-        if not todo:
-            break
-        if wait:
-            time.sleep(0.005 * attempt)
     return out

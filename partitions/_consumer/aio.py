@@ -2,22 +2,33 @@
 answered with awaits on ``redis.asyncio`` instead of blocking calls.
 
 ``async with AsyncConsumer(conn, group, topics) as c: async for record in c: ...``, or
-``await c.poll(max_records, timeout)``, ``await c.commit()``, ``await c.seek(...)``. Same
-:class:`~partitions._client.config.ConsumerConfig`, the same guarantees (fencing, takeover
-order, dead letters, delivery counting, ``max_poll_interval_ms``) and errors: every decision
-is :class:`~partitions._consumer.flow.ConsumerFlow`'s, shared with the threaded consumer.
+``await c.poll(max_records, timeout)``, ``await c.commit()``, ``await c.seek(...)``; ``conn``
+is an :class:`~partitions._client.aio.AsyncConnection` (``await connect_async()``): a single
+server, Sentinels or a cluster. Same :class:`~partitions._client.config.ConsumerConfig`, the
+same guarantees (fencing, takeover order, dead letters, delivery counting,
+``max_poll_interval_ms``) and errors: every decision is
+:class:`~partitions._consumer.flow.ConsumerFlow`'s, shared with the threaded consumer.
+
+What runs where: heartbeats run in a task of their own
+(:class:`~coordinator.aio.AsyncMemberRunner`), which also claims the fences of granted
+partitions; so they go on while the application awaits anything (a slow handler awaiting
+I/O, an ``asyncio.sleep``), and stop only if the event loop itself is blocked (then
+``max_poll_interval_ms`` and the session apply, as to a stuck thread). Everything else (reads,
+hand-outs, commits, the user's rebalance callbacks) runs in the task that awaits the
+consumer's methods.
 
 Cancellation (``task.cancel()``, ``asyncio.timeout``) of any call is safe: a request cut off
 mid-way drops its connection (its reply is never read by anyone else), what was fetched and
 not handed out stays pending for the group and is read again after the last record handed
 out, and acks of a cut-off commit are sent again with the next read (XACK is idempotent):
-nothing is lost, nothing is acked twice for a different hand-out. Closing commits and leaves.
+nothing is lost, nothing is acked twice for a different hand-out. :meth:`AsyncConsumer.close`
+commits and leaves even when the task awaiting it is cancelled meanwhile (the cancellation
+is raised once it is done).
 
-Rebalance listener callbacks may be coroutines (awaited) or plain functions; they run inside
-``poll()``/iteration on the consumer's task: revocations (the user may still commit) before
-assignments. Heartbeats run off the event loop (the member runner's thread, see the module
-notes in docs), so they never depend on the application's loop returning quickly. A cluster
-URL is not supported by this shell yet (ConfigError).
+Rebalance listener callbacks (:class:`~coordinator.listener.AsyncRebalanceListener`, or a
+plain :class:`~coordinator.listener.RebalanceListener`) are awaited inside ``poll()`` /
+iteration / ``commit()``, in the consumer's task: revocations (the user may still ``await
+consumer.commit()``) before assignments.
 """
 
 from __future__ import annotations
@@ -26,70 +37,44 @@ import asyncio
 import contextlib
 import inspect
 import os
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Iterable
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
-import redis.asyncio as aredis
-import redis.asyncio.connection as aconn
-import redis.connection as sconn
 import redis.exceptions as rex
 
-from coordinator.member import Member
+from coordinator.aio import AsyncMember, AsyncMemberRunner, fence_async
 from partitions._admin.offsets import target_id
-from partitions._admin.topics import TopicAdmin
-from partitions._base.errors import (
-    ClosedError,
-    ConfigError,
-    ConnectionFailedError,
-    PartstreamError,
-    translate,
-)
-from partitions._base.fence import release_fence
-from partitions._base.keys import validate_name
+from partitions._admin.topics import read_meta_async
+from partitions._base.errors import ClosedError, ConfigError, ConnectionFailedError, translate
 from partitions._base.records import Record
 from partitions._base.serde import Serializer, decoder
 from partitions._base.settings import GroupSettings
+from partitions._base.steps import adrive
 from partitions._base.types import TopicPartition
+from partitions._client import pernode
+from partitions._client.aio import AsyncConnection
 from partitions._client.config import ConsumerConfig
-from partitions._client.connection import Connection
 from partitions._consumer import ops
 from partitions._consumer.flow import ConsumerFlow
-from partitions._consumer.rebalance import compose
+from partitions._consumer.rebalance import AsyncBridge, compose
+from partitions._consumer.shell import ConsumerShell
 
-_ASYNC_CLASSES: dict[type[Any], type[Any]] = {
-    sconn.UnixDomainSocketConnection: aconn.UnixDomainSocketConnection,
-    sconn.SSLConnection: aconn.SSLConnection,
-    sconn.Connection: aconn.Connection,
-}
+T = TypeVar("T")
 
 
-def async_pool(conn: Connection) -> aredis.ConnectionPool:
-    """A ``redis.asyncio`` pool to the server ``conn`` talks to, with its settings."""
-    sync_pool = conn.client.connection_pool
-    cls = next(
-        (a for s, a in _ASYNC_CLASSES.items() if issubclass(sync_pool.connection_class, s)),
-        aconn.Connection,
-    )
-    accepted = set(inspect.signature(cls.__init__).parameters)
-    if issubclass(cls, aconn.SSLConnection):
-        accepted |= set(inspect.signature(aconn.Connection.__init__).parameters)
-    kwargs = {k: v for k, v in sync_pool.connection_kwargs.items() if k in accepted}
-    return aredis.ConnectionPool(connection_class=cls, **kwargs)
-
-
-class AsyncConsumer:
+class AsyncConsumer(ConsumerShell):
     """Reads records of ``topics`` as a member of ``group`` from asyncio code.
 
-    ``conn`` is a :class:`~partitions._client.connection.Connection` (its server, keys and
-    Functions library); the data path opens ``redis.asyncio`` connections to the same server.
-    Use as ``async with``, or await :meth:`close`. Use from one task at a time.
+    ``conn`` is an :class:`~partitions._client.aio.AsyncConnection`; it stays open after
+    :meth:`close`. ``group_settings`` apply only when this member creates the group. Use as
+    ``async with``, or await :meth:`start` and :meth:`close`. Use from one task at a time.
     ``value_serializer`` / ``key_serializer`` as for :class:`~partitions.Consumer`.
     """
 
     def __init__(
         self,
-        conn: Connection,
+        conn: AsyncConnection,
         group: str,
         topics: str | Iterable[str],
         *,
@@ -100,49 +85,57 @@ class AsyncConsumer:
         value_serializer: Serializer | None = None,
         key_serializer: Serializer | None = None,
     ) -> None:
+        if not isinstance(conn, AsyncConnection):
+            raise ConfigError(
+                "AsyncConsumer takes an AsyncConnection (`await partitions.connect_async()`); "
+                f"got {type(conn).__name__} (the threaded Consumer takes a Connection)"
+            )
+        self._arguments(group, topics, config)
         self._decoder = decoder(value_serializer, key_serializer)
-        if conn.is_cluster:
-            raise ConfigError("AsyncConsumer does not support a cluster yet: use Consumer")
-        self.config = config or ConsumerConfig()
-        self.group = validate_name(group, "group")
-        names = [topics] if isinstance(topics, str) else sorted(set(topics))
-        if not names:
-            raise ConfigError("a consumer needs at least one topic")
         self.config.check_against(conn.config)
-        self.topics = tuple(names)
         self._conn = conn
         self._instance_id = instance_id
         self._listener = listener
         self._group_settings = group_settings
-        self._admin = TopicAdmin(conn)
-        self._pool = async_pool(conn)
+        self._pool = None if conn.is_cluster else conn.client.connection_pool
         self._data: Any = None  # the data connection (pipelines, WATCH/MULTI)
         self._blocker: Any = None  # blocking waits, cut short by CLIENT UNBLOCK
         self._blocker_id: int | None = None
-        self._closing = self._closed = False
+        self._unblocks: set[asyncio.Task[None]] = set()
+        self._node_of = pernode.async_node_of(conn) if conn.is_cluster else None
+        self._perform_nodes = pernode.perform_async(conn, asyncio.sleep)
+        self._closing = False
         self._started = False
-        self._flow: ConsumerFlow | None = None
         self.member_id = ""
 
     async def start(self) -> AsyncConsumer:
         """Join the group (DuplicateInstanceError and friends raise here) and start."""
         if self._started:
             return self
-        metas = await asyncio.to_thread(lambda: {n: self._admin.get(n) for n in self.topics})
-        member = Member(
+        if self._closed:
+            raise ClosedError("the consumer is closed")
+        metas = await self._read_topics(self.topics)
+        member = AsyncMember(
             self._conn.client, self._conn.keys, self.group,
             {name: m.partitions for name, m in metas.items()}, instance_id=self._instance_id,
             client_info=f"partstream async consumer pid {os.getpid()}",
             settings=self._group_settings,
         )  # fmt: skip
         self.member_id = member.member_id
-        self._loop = asyncio.get_running_loop()
+        self._member = member
+        events = ops.Events(wake=self._wake)
         self.assignment_state, self._runner, self._flow = compose(
-            self._conn, member, self.config, ops.Events(wake=self._wake), metas,
-            listener=self._listener, apply_here=lambda revoked: False,
+            self._conn, member, self.config, events, metas, listener=self._listener,
+            shell=(AsyncBridge, AsyncMemberRunner), apply_here=self._revoke_here,
             closing=lambda: self._closing, decoder=self._decoder,
         )  # fmt: skip
-        await asyncio.to_thread(self._runner.start)
+        try:
+            await self._runner.start()
+        except BaseException:
+            # Cut off or refused while joining: leave if the join went through.
+            with contextlib.suppress(Exception):
+                await self._runner.close()
+            raise
         self._started = True
         return self
 
@@ -150,7 +143,7 @@ class AsyncConsumer:
     async def poll(self, max_records: int | None = None, timeout: float = 1.0) -> list[Record]:
         """Up to ``max_records`` records of owned partitions, waiting up to ``timeout`` s
         (see :meth:`Consumer.poll <partitions._consumer.consumer.Consumer.poll>`)."""
-        flow = self._enter()
+        flow = self._check_open()
         with self._runner.polling():
             batch: list[Record] = await self._drive(flow.poll(max_records, timeout))
         return batch
@@ -162,7 +155,7 @@ class AsyncConsumer:
 
     async def _iterate(self) -> AsyncIterator[Record]:
         while not self._closed:
-            flow = self._enter()
+            flow = self._check_open()
             with self._runner.polling():
                 rec = await self._drive(flow.next_one())
             if rec is None:
@@ -172,67 +165,67 @@ class AsyncConsumer:
 
     # -- committing and positions -----------------------------------------------------------
     async def commit(self, records: Iterable[Record] | None = None) -> None:
-        """Ack ``records`` (default: every record handed out and not yet acked) now."""
-        flow = self._enter()
+        """Ack ``records`` (default: every record handed out and not yet acked) now (see
+        :meth:`Consumer.commit <partitions._consumer.consumer.Consumer.commit>`)."""
+        flow = self._check_open()
         with self._runner.polling():
             await self._drive(flow.commit(records))
 
     async def nack(self, record: Record) -> None:
         """Deliver ``record`` again next (or dead-letter it once out of deliveries)."""
-        await self._drive(self._enter().nack(record))
+        await self._drive(self._check_open().nack(record))
 
     async def dead_letter(
         self, record: Record, reason: str = "rejected", *, error: str | None = None
     ) -> None:
         """Move ``record`` to its partition's dead-letter stream now, with ``reason`` (a
         short label) and optionally ``error`` (free text, kept up to 1 KiB)."""
-        await self._drive(self._enter().dead_letter(record, reason, error))
+        await self._drive(self._check_open().dead_letter(record, reason, error))
 
     async def seek(self, topic: str, partition: int, to: str | int) -> None:
         """Read an owned partition from ``to`` ('earliest', 'latest', an id, a time in ms)."""
         tp = TopicPartition(topic, partition)
-        await self._drive(self._enter().seek(tp, target_id(to)))
+        await self._drive(self._check_open().seek(tp, target_id(to)))
+
+    async def position(self) -> dict[TopicPartition, str | None]:
+        """Per owned partition, the id of the last record handed out (None: none yet)."""
+        await self._drive(self._check_open().sync())
+        return {tp: st.last_id for tp, st in sorted(self.assignment_state.parts.items())}
 
     async def assignment(self) -> set[TopicPartition]:
         """The partitions this consumer owns and reads now."""
-        await self._drive(self._enter().sync())
+        await self._drive(self._check_open().sync())
         return set(self.assignment_state.parts)
-
-    def fence(self, topic: str, partition: int) -> str | None:
-        """The grant (``"<member_id> <token>"``) this consumer reads a partition under."""
-        return self.assignment_state.fence(topic, partition)
-
-    @property
-    def refused_acks(self) -> int:
-        return self._enter().tally.refused_acks
-
-    @property
-    def dead_lettered(self) -> int:
-        return self._enter().tally.dead_lettered
 
     # -- lifecycle --------------------------------------------------------------------------
     async def close(self) -> None:
-        """Commit what was processed, release the partitions, leave the group, stop."""
-        if self._closed or self._flow is None:
+        """Commit what was processed, release the partitions, leave the group, stop.
+
+        Runs to its end even if the awaiting task is cancelled meanwhile (the cancellation
+        is raised afterwards)."""
+        if self._closed:
+            return
+        if not self._started:
             self._closed = True
             return
+        await _finish(self._close())
+
+    async def _close(self) -> None:
+        flow = self._flow
         try:
-            await self._drive(self._flow.close())
+            await self._drive(flow.close())
         finally:
             self._closing = True
             self._wake()
-            # Revoke here, on this task (commit, release the fences), before the runner
-            # leaves: its own revocation then finds nothing left.
-            with contextlib.suppress(PartstreamError):
-                await self._drive(self._flow.revoke(set(self.assignment_state.parts)))
-            self._flow.events.release_all()
-            await asyncio.to_thread(self._runner.close)
-            self._flow.events.release_all()
+            flow.events.release_all()
+            await self._runner.close()  # revokes what is left, here, then leaves
             self._closed = True
+            flow.events.release_all()
+            for task in list(self._unblocks):
+                task.cancel()
             await self._drop(self._data)
             await self._drop(self._blocker)
             self._data = self._blocker = None
-            await self._pool.disconnect()
 
     async def __aenter__(self) -> AsyncConsumer:
         return await self.start()
@@ -246,22 +239,29 @@ class AsyncConsumer:
         await self.close()
 
     # -- internals --------------------------------------------------------------------------
-    def _enter(self) -> ConsumerFlow:
-        if self._flow is None:
+    def _state(self) -> ConsumerFlow:
+        if not self._started:
             raise ClosedError("the consumer is not started: use `async with` or await start()")
-        if self._closed:
-            raise ClosedError("the consumer is closed")
-        if self._runner.fatal is not None:
-            raise self._runner.fatal
         return self._flow
 
+    async def _revoke_here(self, revoked: set[TopicPartition]) -> bool:
+        """Closing: the runner's revocation comes from our own close; apply it now."""
+        if not self._closing:
+            return False
+        await self._drive(self._flow.revoke(revoked))
+        return True
+
     def _wake(self) -> None:
-        """Interrupt a blocking wait (called from the heartbeat thread)."""
-        blocker_id = self._blocker_id
-        if blocker_id is None:
+        """Interrupt a blocking wait (the heartbeat task posted an event)."""
+        if self._blocker_id is None:
             return
-        with contextlib.suppress(rex.RedisError):
-            self._conn.client.client_unblock(blocker_id)
+        task = asyncio.get_running_loop().create_task(self._unblock(self._blocker_id))
+        self._unblocks.add(task)
+        task.add_done_callback(self._unblocks.discard)
+
+    async def _unblock(self, blocker_id: int) -> None:
+        with contextlib.suppress(rex.RedisError, OSError):
+            await self._conn.client.client_unblock(blocker_id)
 
     async def _drive(self, step: ops.Step) -> Any:
         """Run a step to its end, awaiting each answer (a cancellation is thrown in too)."""
@@ -276,9 +276,15 @@ class AsyncConsumer:
 
     async def _answer(self, op: ops.Op) -> Any:
         if isinstance(op, ops.Exchange):
-            return await self._exchange(op.commands, op.what)
+            return await self._exchange(op.commands, op.what, op.bulk)
         if isinstance(op, ops.Wait):
             await self._wait(op)
+        elif isinstance(op, ops.OnNodes):
+            assert self._node_of is not None
+            steps = pernode.on_nodes_steps(
+                op.commands, self._node_of, op.what, op.waits, op.durability
+            )
+            return await adrive(steps, self._perform_nodes)
         elif isinstance(op, ops.Sleep):
             await asyncio.sleep(op.seconds)
         elif isinstance(op, ops.Callback):
@@ -289,20 +295,23 @@ class AsyncConsumer:
             await self._drop(self._data)
             self._data = None
         elif isinstance(op, ops.LoadFunctions):
-            await asyncio.to_thread(self._conn.functions.load)
+            await self._conn.functions.load()
         elif isinstance(op, ops.Release):
-            st, conn = op.st, self._conn
-            await asyncio.to_thread(
-                release_fence, conn.client, conn.keys, st.group, st.topic, st.partition,
+            st = op.st
+            await fence_async(
+                self._conn.functions, "release", self._conn.keys, st.group, st.tp,
                 st.member_id, st.token, durability=op.durability,
             )  # fmt: skip
         elif isinstance(op, ops.ReadTopics):
-            return await asyncio.to_thread(lambda: {n: self._admin.get(n) for n in op.names})
-        else:  # OnNodes, Claim: not asked of a single-node data path
+            return await self._read_topics(op.names)
+        else:  # Claim: the bridge's, not the flow's
             raise ConfigError(f"AsyncConsumer cannot answer {type(op).__name__}")
         return None
 
-    async def _exchange(self, commands: list[tuple[Any, ...]], what: str) -> list[Any]:
+    async def _read_topics(self, names: Iterable[str]) -> dict[str, Any]:
+        return {name: await read_meta_async(self._conn, name) for name in names}
+
+    async def _exchange(self, commands: list[tuple[Any, ...]], what: str, bulk: bool) -> Any:
         """One write, a reply (or the server's error) per command, on the data connection;
         cut off (cancelled, failed) mid-way, the connection is dropped: its replies are lost
         with it, never read as another request's."""
@@ -312,11 +321,12 @@ class AsyncConsumer:
         replies: list[Any] = []
         try:
             await c.send_packed_command(c.pack_commands(commands))
-            for _ in commands:
-                try:
-                    replies.append(await c.read_response())
-                except rex.ResponseError as err:
-                    replies.append(err)
+            with ops.gc_paused(bulk):
+                for _ in commands:
+                    try:
+                        replies.append(await c.read_response())
+                    except rex.ResponseError as err:
+                        replies.append(err)
         except BaseException as err:
             self._data = None
             await self._drop(c)
@@ -328,12 +338,21 @@ class AsyncConsumer:
         return replies
 
     async def _wait(self, op: ops.Wait) -> None:
+        flow = self._flow
+        if self._node_of is not None:  # a cluster: no blocking read across slots
+            steps = ops.poll_wait_steps(op.waiting, op.block_ms, self._node_of, flow.events.pending)
+            await adrive(steps, self._perform_nodes)
+            return
         if self._blocker is None:
             blocker = await self._connect("connecting for blocking reads")
-            await blocker.send_command("CLIENT", "ID")
-            self._blocker_id = int(await blocker.read_response())
+            try:
+                await blocker.send_command("CLIENT", "ID")
+                self._blocker_id = int(await blocker.read_response())
+            except BaseException:
+                await self._drop(blocker)
+                raise
             self._blocker = blocker
-        if self._flow is not None and self._flow.events.pending():
+        if flow.events.pending():
             return  # posted while the connection opened: its wake-up was missed
         b = self._blocker
         args: list[Any] = ["XREAD", "COUNT", 1, "BLOCK", op.block_ms, "STREAMS"]
@@ -349,6 +368,8 @@ class AsyncConsumer:
             await self._reset_blocker()
             if isinstance(err, rex.RedisError):
                 raise translate(err, "waiting for new entries") from err
+            if isinstance(err, OSError):
+                raise ConnectionFailedError(f"waiting for new entries: {err}") from err
             raise
 
     async def _reset_blocker(self) -> None:
@@ -356,17 +377,30 @@ class AsyncConsumer:
         await self._drop(old)
 
     async def _connect(self, what: str) -> Any:
+        assert self._pool is not None
         try:
-            return await self._pool.get_connection()  # type: ignore[no-untyped-call]
+            return await self._pool.get_connection()
         except rex.RedisError as err:
             raise translate(err, what) from err
         except OSError as err:
             raise ConnectionFailedError(f"{what}: {err}") from err
 
     async def _drop(self, c: Any) -> None:
-        if c is None:
+        if c is None or self._pool is None:
             return
         with contextlib.suppress(Exception):
             await c.disconnect()
         with contextlib.suppress(Exception):
             await self._pool.release(c)
+
+
+async def _finish(work: Awaitable[T]) -> T:
+    """Await ``work`` to its end even if the awaiting task is cancelled meanwhile; the
+    cancellation is raised once it is done."""
+    task = asyncio.ensure_future(work)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await asyncio.wait([task])
+        raise

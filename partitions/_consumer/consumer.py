@@ -33,11 +33,9 @@ from collections.abc import Iterable, Iterator
 from types import TracebackType
 
 from coordinator.member import Member
-from coordinator.runner import RebalanceListener
+from coordinator.runner import MemberRunner, RebalanceListener
 from partitions._admin.offsets import target_id
 from partitions._admin.topics import TopicAdmin
-from partitions._base.errors import ClosedError, ConfigError, ConnectionFailedError
-from partitions._base.keys import validate_name
 from partitions._base.records import Record
 from partitions._base.serde import Serializer, decoder
 from partitions._base.settings import GroupSettings
@@ -45,16 +43,16 @@ from partitions._base.types import TopicPartition
 from partitions._client.config import ClientConfig, ConsumerConfig
 from partitions._client.connection import Connection, connect
 from partitions._consumer.fetcher import Fetcher
-from partitions._consumer.flow import current_settings
 from partitions._consumer.ops import Events
-from partitions._consumer.rebalance import compose
+from partitions._consumer.rebalance import ThreadBridge, compose
+from partitions._consumer.shell import ConsumerShell
 from partitions._telemetry.metrics import ClientMetrics, consumer_metrics
 from partitions._telemetry.tracing import TracerProvider, consumer_tracer
 
 log = logging.getLogger("partstream.consumer")
 
 
-class Consumer:
+class Consumer(ConsumerShell):
     """Reads records of ``topics`` as a member of ``group``; iterable, with :meth:`poll`.
 
     ``group_settings`` apply only when this member creates the group. Use as a context
@@ -88,21 +86,15 @@ class Consumer:
         value_serializer: Serializer | None = None,
         key_serializer: Serializer | None = None,
     ) -> None:
-        self.config = config or ConsumerConfig()
+        self._arguments(group, topics, config)
         decode = decoder(value_serializer, key_serializer)
-        self.group = validate_name(group, "group")
-        names = [topics] if isinstance(topics, str) else sorted(set(topics))
-        if not names:
-            raise ConfigError("a consumer needs at least one topic")
         self._owns_conn = conn is None
         self._conn = conn or connect(client_config)
         self.config.check_against(self._conn.config)
         admin = TopicAdmin(self._conn)
-        metas = {name: admin.get(name) for name in names}
-        self.topics = tuple(names)
+        metas = {name: admin.get(name) for name in self.topics}
         self._metrics = consumer_metrics(metrics, self.group)
         self._closing = False
-        self._closed = False
         self._thread_id = threading.get_ident()
         member = Member(
             self._conn.client,
@@ -120,8 +112,8 @@ class Consumer:
         self._fetcher = Fetcher(self._conn, interrupted=events.pending)
         self.assignment_state, self._runner, self._flow = compose(
             self._conn, member, self.config, events, metas, listener=listener,
-            apply_here=self._revoke_here, closing=lambda: self._closing, metrics=self._metrics,
-            decoder=decode,
+            shell=(ThreadBridge, MemberRunner), apply_here=self._revoke_here,
+            closing=lambda: self._closing, metrics=self._metrics, decoder=decode,
         )  # fmt: skip
         if self._metrics is not None:
             parts = self.assignment_state.parts
@@ -212,36 +204,6 @@ class Consumer:
         self._fetcher.drive(self._flow.sync())
         return set(self.assignment_state.parts)
 
-    def fence(self, topic: str, partition: int) -> str | None:
-        """The grant (``"<member_id> <token>"``) this consumer reads a partition under."""
-        return self.assignment_state.fence(topic, partition)
-
-    @property
-    def group_settings(self) -> GroupSettings:
-        """The group's settings as its coordinator state holds them (session timeout,
-        max deliveries...), as this member last read them."""
-        return current_settings(self._member)
-
-    @property
-    def refused_acks(self) -> int:
-        """Acks the fence refused because the partition had moved to another member."""
-        return self._flow.tally.refused_acks
-
-    @property
-    def dead_lettered(self) -> int:
-        """Records this consumer moved to dead-letter streams."""
-        return self._flow.tally.dead_lettered
-
-    @property
-    def reclaimed(self) -> int:
-        """Entries delivered again by reclaim passes (periodic or asked for)."""
-        return self._flow.tally.reclaimed
-
-    @property
-    def last_error(self) -> ConnectionFailedError | None:
-        """The last connection failure poll() rode out (None: none yet), for diagnostics."""
-        return self._flow.last_error
-
     # -- lifecycle --------------------------------------------------------------------------
     def close(self) -> None:
         """Commit what was processed, release the partitions, leave the group, stop."""
@@ -276,10 +238,7 @@ class Consumer:
 
     # -- internals --------------------------------------------------------------------------
     def _enter(self) -> None:
-        if self._closed:
-            raise ClosedError("the consumer is closed")
-        if self._runner.fatal is not None:
-            raise self._runner.fatal
+        self._check_open()
         self._thread_id = threading.get_ident()
 
     def _revoke_here(self, revoked: set[TopicPartition]) -> bool:

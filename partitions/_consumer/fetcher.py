@@ -9,7 +9,8 @@ When a fetch comes back empty, the consumer blocks on ``XREAD BLOCK`` over the o
 streams from the ids the fetch saw last (explicit ids: no lost wake-up), for at most
 ``block_ms``, well below the socket timeout, on a connection of its own that the heartbeat
 thread cuts short with CLIENT UNBLOCK. On a cluster, where a multi-key read must stay in one
-slot, :meth:`Fetcher.poll_wait` polls each node instead.
+slot, :meth:`Fetcher.poll_wait` polls each node instead (the steps of both cluster paths are
+:mod:`partitions._client.pernode`'s and :func:`partitions._consumer.ops.poll_wait_steps`).
 
 On a cluster, a call whose partition's slot is being migrated (``TRYAGAIN``, or redirections
 beyond a few quick attempts) did not run: it keeps its redirect error in place, and the plans
@@ -21,7 +22,6 @@ Not thread-safe (but :meth:`Fetcher.wake`): used by one consumer on its own thre
 from __future__ import annotations
 
 import contextlib
-import gc
 import time
 from collections.abc import Callable
 from typing import Any
@@ -32,9 +32,9 @@ from partitions._admin.topics import TopicAdmin, TopicMeta
 from partitions._base.durability import Durability
 from partitions._base.errors import ConnectionFailedError, translate
 from partitions._base.fence import release_fence
-from partitions._base.functions import is_missing
+from partitions._base.steps import drive
+from partitions._client import pernode
 from partitions._client.connection import Connection
-from partitions._client.nodes import is_redirect, node_for_key, pipeline_per_node, redirect
 from partitions._consumer import ops
 
 
@@ -51,6 +51,8 @@ class Fetcher:
         # (a blocking read over several slots does not exist). Opened on first use.
         self._blocker: Any = None
         self._blocker_id: int | None = None
+        self._node_of = pernode.sync_node_of(conn)
+        self._perform = pernode.perform_sync(conn, time.sleep)
 
     def drive(self, step: ops.Step) -> Any:
         """Run a step to its end, answering each request; its errors raise here."""
@@ -98,27 +100,21 @@ class Fetcher:
         re-sent behind our back (a read that ran would be skipped by the next '>' read); the
         caller recovers from ConnectionFailedError instead."""
         c = self._txn_conn()
-        # A large read builds tens of thousands of acyclic objects: see ConsumerFlow.
-        paused = bulk and gc.isenabled()
-        if paused:
-            gc.disable()
         replies: list[Any] = []
         try:
-            c.send_packed_command(c.pack_commands(commands))
-            for _ in commands:
-                try:
-                    replies.append(c.read_response())
-                except rex.ResponseError as err:
-                    replies.append(err)
+            with ops.gc_paused(bulk):
+                c.send_packed_command(c.pack_commands(commands))
+                for _ in commands:
+                    try:
+                        replies.append(c.read_response())
+                    except rex.ResponseError as err:
+                        replies.append(err)
         except rex.RedisError as err:
             self._drop_conn()
             raise translate(err, what) from err
         except OSError as err:
             self._drop_conn()
             raise ConnectionFailedError(f"{what}: connection lost ({err})") from err
-        finally:
-            if paused:
-                gc.enable()
         return replies
 
     def _txn_conn(self) -> Any:
@@ -146,57 +142,9 @@ class Fetcher:
         waits: list[tuple[Any, ...]],
         durability: Durability,
     ) -> list[Any]:
-        if waits:
-            return self._durable_on_nodes(commands, what, waits, durability)
-        replies = pipeline_per_node(self.conn, commands, on_missing=self._load_on)
-        for reply in replies:
-            if isinstance(reply, Exception) and not is_redirect(reply):
-                raise translate(reply, what) from reply
+        steps = pernode.on_nodes_steps(commands, self._node_of, what, waits, durability)
+        replies: list[Any] = drive(steps, self._perform)
         return replies
-
-    def _durable_on_nodes(
-        self,
-        commands: list[tuple[str, tuple[Any, ...]]],
-        what: str,
-        waits: list[tuple[Any, ...]],
-        durability: Durability,
-    ) -> list[Any]:
-        # WAIT counts what its own connection wrote: each node's calls and its WAIT in one
-        # pipeline on that node. A redirection stays in place (it did not run), as above.
-        by_node: dict[int, tuple[Any, list[int]]] = {}
-        for i, (key, _) in enumerate(commands):
-            node = node_for_key(self.conn, key)
-            by_node.setdefault(id(node), (node, []))[1].append(i)
-        out: list[Any] = [None] * len(commands)
-        for node, indexes in by_node.values():
-            for attempt in (0, 1):
-                pipe = node.pipeline(transaction=False)
-                for i in indexes:
-                    pipe.execute_command(*commands[i][1])
-                for cmd in waits:
-                    pipe.execute_command(*cmd)
-                try:
-                    replies = pipe.execute(raise_on_error=False)
-                except rex.RedisError as err:
-                    redirect(self.conn, err)  # a node died or failed over: refresh the map
-                    raise translate(err, what) from err
-                mine, confirms = replies[: len(indexes)], replies[len(indexes) :]
-                if attempt == 0 and any(isinstance(r, Exception) and is_missing(r) for r in mine):
-                    self._load_on(node)
-                    continue
-                break
-            for i, reply in zip(indexes, mine, strict=True):
-                if isinstance(reply, Exception):
-                    if not is_redirect(reply):
-                        raise translate(reply, what) from reply
-                    redirect(self.conn, reply)  # not run: the next call goes where it moved
-                out[i] = reply
-            if any(not isinstance(r, Exception) for r in mine):
-                durability.check(confirms, what)
-        return out
-
-    def _load_on(self, node: Any) -> None:
-        self.conn.functions.load(node)
 
     # -- waiting --------------------------------------------------------------------------------
     def wait(self, waiting: dict[str, str], block_ms: int) -> None:
@@ -219,27 +167,9 @@ class Fetcher:
             raise translate(err, "waiting for new entries") from err
 
     def poll_wait(self, waiting: dict[str, str], block_ms: int) -> None:
-        """Cluster: wait up to ``block_ms`` until a stream in ``waiting`` (stream -> tail id)
-        has an entry after its tail, or a rebalance event is waiting.
-
-        A blocking read over several streams exists only for keys of one slot, and every
-        partition has its own slot: so each node's streams are polled (one pipeline per node
-        of single-key XREADs, no BLOCK) every 2 ms at first, backing off to 25 ms while idle.
-        New data is seen within that interval."""
-        deadline = time.monotonic() + block_ms / 1000
-        commands = [
-            (key, (b"XREAD", "COUNT", 1, "STREAMS", key, tail)) for key, tail in waiting.items()
-        ]
-        pause = 0.002
-        while True:
-            replies = pipeline_per_node(self.conn, commands, attempts=1)
-            if any(r is not None for r in replies):
-                return  # data, or a slot moved: the next fetch finds out
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or self.interrupted():
-                return
-            time.sleep(min(pause, remaining))
-            pause = min(pause * 2, 0.025)
+        """Cluster: see :func:`partitions._consumer.ops.poll_wait_steps`."""
+        steps = ops.poll_wait_steps(waiting, block_ms, self._node_of, self.interrupted)
+        drive(steps, self._perform)
 
     def _open_blocker(self) -> Any:
         if self._blocker is None:

@@ -5,9 +5,12 @@ the rebalance event queue both shells share, and the constants of their loops.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
+import time
 from collections import deque
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -17,7 +20,9 @@ from partitions._base.errors import (
     ConnectionFailedError,
     PartstreamError,
 )
+from partitions._base.steps import Pause, Steps
 from partitions._base.types import Grant, TopicPartition
+from partitions._client.pernode import per_node_steps
 from partitions._consumer.assignment import PartitionState
 
 log = logging.getLogger("partstream.consumer")
@@ -162,6 +167,49 @@ def claims(assigned: dict[TopicPartition, Grant]) -> Step:
         else:
             log.info("%s: a newer grant already holds the fence", tp)
     return mine, failed
+
+
+def poll_wait_steps(
+    waiting: dict[str, str],
+    block_ms: int,
+    node_of: Callable[[str | bytes], Any],
+    interrupted: Callable[[], bool],
+) -> Steps[None]:
+    """Cluster: wait up to ``block_ms`` until a stream in ``waiting`` (stream -> tail id) has
+    an entry after its tail, or ``interrupted()`` (a rebalance event is waiting).
+
+    A blocking read over several streams exists only for keys of one slot, and every
+    partition has its own slot: so each node's streams are polled (one pipeline per node of
+    single-key XREADs, no BLOCK) every 2 ms at first, backing off to 25 ms while idle. New
+    data is seen within that interval."""
+    deadline = time.monotonic() + block_ms / 1000
+    commands = [
+        (key, (b"XREAD", "COUNT", 1, "STREAMS", key, tail)) for key, tail in waiting.items()
+    ]
+    pause = 0.002
+    while True:
+        replies = yield from per_node_steps(commands, node_of, attempts=1)
+        if any(r is not None for r in replies):
+            return  # data, or a slot moved: the next fetch finds out
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or interrupted():
+            return
+        yield Pause(min(pause, remaining))
+        pause = min(pause * 2, 0.025)
+
+
+@contextmanager
+def gc_paused(paused: bool = True) -> Iterator[None]:
+    """Pause the cyclic GC while a large read is parsed: tens of thousands of short-lived,
+    acyclic objects would have it rescan them over and over (~2x)."""
+    paused = paused and gc.isenabled()
+    if paused:
+        gc.disable()
+    try:
+        yield
+    finally:
+        if paused:
+            gc.enable()
 
 
 class Runner(Protocol):

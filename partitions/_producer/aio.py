@@ -33,15 +33,12 @@ from collections.abc import Callable, Generator, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-import redis.exceptions as rex
-
-from partitions._admin.topics import existing_meta
-from partitions._base.errors import ClosedError, translate
-from partitions._base.keys import validate_name
+from partitions._admin.topics import read_meta_async
+from partitions._base.errors import ClosedError
 from partitions._base.records import Key, Value
 from partitions._base.serde import Serializer, encoder
 from partitions._client.config import ProducerConfig
-from partitions._client.nodes import redirect_plan, retriable
+from partitions._client.nodes import aredirect, retriable
 from partitions._client.wire import AsyncLink, aexchange
 from partitions._producer.accumulator import Accumulator, complete
 from partitions._producer.batch import Batch, RecordFuture, RecordMetadata, Route, encode_record
@@ -230,13 +227,8 @@ class AsyncProducer:
 
     # -- internals ------------------------------------------------------------------------
     async def _refresh(self, topic: str) -> Route:
-        validate_name(topic, "topic")
-        key = self._conn.keys.topic_meta(topic)
-        try:
-            raw = await self._conn.client.hgetall(key)
-        except (rex.RedisError, rex.RedisClusterException) as err:
-            raise translate(err, f"reading topic {topic}") from err
-        route = self._routes[topic] = Route(existing_meta(topic, raw), self._conn.keys)
+        meta = await read_meta_async(self._conn, topic)
+        route = self._routes[topic] = Route(meta, self._conn.keys)
         return route
 
     def _notify(self) -> None:
@@ -345,24 +337,8 @@ class AsyncProducer:
         return await self._redirect(step.err)
 
     async def _redirect(self, err: Exception) -> AsyncLink | None:
-        """:func:`partitions._client.nodes.redirect` on the asyncio cluster client."""
-        client = self._conn.client
-        try:
-            plan = redirect_plan(err)
-            if plan == "moved":
-                await client.nodes_manager.move_slot(err)
-            elif plan == "ask":
-                assert isinstance(err, rex.AskError)
-                node = client.get_node(host=err.host, port=err.port)
-                if node is None:
-                    await client.nodes_manager.initialize()
-                    node = client.get_node(host=err.host, port=err.port)
-                return None if node is None else self._link(node)
-            else:
-                await client.nodes_manager.initialize()
-        except (rex.RedisError, rex.RedisClusterException):
-            pass  # unreachable right now: the next attempt fails and counts
-        return None
+        node = await aredirect(self._conn.client, err)
+        return None if node is None else self._link(node)
 
     async def _reload(self) -> None:
         conn = self._conn

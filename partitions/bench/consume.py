@@ -25,6 +25,7 @@ from typing import Any
 from partitions._admin.groups import GroupAdmin
 from partitions._admin.topics import TopicAdmin, TopicSpec
 from partitions._base.replies import read_reply_items, records_from_entries
+from partitions._client.aio import connect_async
 from partitions._client.config import ConsumerConfig, ProducerConfig
 from partitions._consumer.aio import AsyncConsumer
 from partitions._consumer.consumer import Consumer
@@ -110,7 +111,7 @@ def consume_asyncio(
 
 async def _consume_asyncio(counters: Counters, ready: Callable[[], None], arg: Any) -> WorkerOutput:
     server, ns, opts, group, total, _ = arg
-    conn = server.connect(ns)
+    conn = await connect_async(server.client_config(ns))
     cfg = ConsumerConfig(fetch_count=opts.batch_size, max_poll_records=opts.batch_size)
     lat = array("d")
     perf = time.perf_counter
@@ -133,7 +134,7 @@ async def _consume_asyncio(counters: Counters, ready: Callable[[], None], arg: A
     await consumer.commit()
     ended = time.monotonic()
     await consumer.close()
-    conn.close()
+    await conn.aclose()
     return WorkerOutput(mine, started, ended, lat)
 
 

@@ -48,8 +48,9 @@ from partitions._base.errors import (
 )
 from partitions._base.settings import GroupSettings
 from partitions._base.types import TopicPartition
+from partitions._client.aio import connect_async
 from partitions._client.config import ClientConfig, ConsumerConfig, ProducerConfig
-from partitions._client.connection import connect
+from partitions._client.connection import Connection, connect
 from partitions._consumer.aio import AsyncConsumer
 from partitions._consumer.consumer import Consumer
 from partitions._producer.producer import Producer, RecordFuture
@@ -174,19 +175,27 @@ def parse_poison(text: str | None) -> tuple[str, int] | None:
 
 
 class AsyncShell:
-    """PARTSTREAM_FAULT_SHELL=async: the worker drives an AsyncConsumer, each call awaited on
-    the worker's own event loop (so one worker loop serves both shells)."""
+    """PARTSTREAM_FAULT_SHELL=async: the worker drives an AsyncConsumer on an AsyncConnection,
+    each call awaited on an event loop that runs in a thread of its own, so that one worker
+    loop serves both shells. While the worker's handler sleeps (--work-ms, --slow-ms) the loop
+    is free, as in an asyncio application whose handlers await: the heartbeat task goes on."""
 
-    def __init__(self, group: str, topic: str, *, conn: Any, **kw: Any) -> None:
+    def __init__(self, group: str, topic: str, *, conn: Connection, **kw: Any) -> None:
         self.loop = asyncio.new_event_loop()
-        self.c = self.loop.run_until_complete(AsyncConsumer(conn, group, topic, **kw).start())
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.aconn = self.run(connect_async(conn.config))
+        self.c = self.run(AsyncConsumer(self.aconn, group, topic, **kw).start())
         self.member_id = self.c.member_id
 
+    def run(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
     def poll(self, timeout: float) -> list[Any]:
-        return self.loop.run_until_complete(self.c.poll(timeout=timeout))
+        return self.run(self.c.poll(timeout=timeout))  # type: ignore[no-any-return]
 
     def commit(self, records: list[Any]) -> None:
-        self.loop.run_until_complete(self.c.commit(records))
+        self.run(self.c.commit(records))
 
     def fence(self, topic: str, partition: int) -> str | None:
         return self.c.fence(topic, partition)
@@ -196,7 +205,12 @@ class AsyncShell:
         return self.c.refused_acks
 
     def close(self) -> None:
-        self.loop.run_until_complete(self.c.close())
+        try:
+            self.run(self.c.close())
+        finally:
+            self.run(self.aconn.aclose())
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(5)
 
 
 def consume(args: argparse.Namespace, log: Log) -> int:

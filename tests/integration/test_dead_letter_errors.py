@@ -11,7 +11,7 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
-from partitions import AsyncConsumer, Consumer, GroupSettings
+from partitions import AsyncConsumer, Consumer, GroupSettings, connect_async
 from partitions._admin.deadletter import DeadLetters
 from partitions._admin.topics import TopicAdmin, TopicSpec
 from partitions._base.errors import ConfigError
@@ -109,7 +109,10 @@ def test_async_consumer_dead_letter_with_error(conn: Connection) -> None:
     setup(conn, n=2)
 
     async def run() -> list[Record]:
-        async with AsyncConsumer(conn, "g", "orders", group_settings=FAST) as c:
+        async with (
+            await connect_async(conn.config) as aconn,
+            AsyncConsumer(aconn, "g", "orders", group_settings=FAST) as c,
+        ):
             got: list[Record] = []
             end = time.monotonic() + 10
             while len(got) < 2 and time.monotonic() < end:

@@ -274,14 +274,12 @@ def test_owned_partitions_only(conn: Connection, topics: None) -> None:
 def test_the_async_pipeline_commits_exactly_once_too(
     conn: Connection, client_config: ClientConfig, topics: None, mode: str
 ) -> None:
-    if conn.is_cluster:
-        pytest.skip("AsyncConsumer does not support a cluster yet")
     produce(conn, "in", 20)
 
     async def main() -> list[Any]:
         aconn = await connect_async(client_config)
         try:
-            async with AsyncConsumer(conn, "g", "in", config=MANUAL, group_settings=FAST) as c:
+            async with AsyncConsumer(aconn, "g", "in", config=MANUAL, group_settings=FAST) as c:
                 pipe = AsyncPipeline(c, aconn, mode=mode)  # type: ignore[arg-type]
                 got = await drain_async(c, 20)
                 done = [await pipe.send_and_commit(r, outputs(r)) for r in got]

@@ -135,7 +135,10 @@ def test_async_consumer_dead_letters_a_poison_value_and_flows(conn: Connection) 
 
     async def main() -> list[Record]:
         ser = ModelSerializer(Order)
-        async with AsyncConsumer(conn, "g", "orders", value_serializer=ser) as c:
+        async with (
+            await connect_async(conn.config) as aconn,
+            AsyncConsumer(aconn, "g", "orders", value_serializer=ser) as c,
+        ):
             out: list[Record] = []
             end = time.monotonic() + 15
             while len(out) < 4 and time.monotonic() < end:

@@ -71,15 +71,7 @@ class KeyedScheduler:
                 duplicates.append(rec)
                 continue
             self._held.add(ident)
-            lane = self._lane(rec)
-            queue = self._lanes.get(lane)
-            if queue is None:
-                queue = self._lanes[lane] = deque()
-            if not queue and lane not in self._busy:
-                self._ready.append(lane)
-            queue.append(rec)
-            tp = TopicPartition(rec.topic, rec.partition)
-            self._queued_per[tp] = self._queued_per.get(tp, 0) + 1
+            self._enqueue(rec, front=False)
         return duplicates
 
     def take(self) -> list[Record]:
@@ -111,16 +103,22 @@ class KeyedScheduler:
         """Put a deferred ``rec`` back at the front of its lane; False if it was dropped."""
         if self._deferred.pop(id(rec), None) is None:
             return False
+        self._enqueue(rec, front=True)
+        return True
+
+    def _enqueue(self, rec: Record, *, front: bool) -> None:
         lane = self._lane(rec)
         queue = self._lanes.get(lane)
         if queue is None:
             queue = self._lanes[lane] = deque()
         if not queue and lane not in self._busy:
             self._ready.append(lane)
-        queue.appendleft(rec)
+        if front:
+            queue.appendleft(rec)
+        else:
+            queue.append(rec)
         tp = TopicPartition(rec.topic, rec.partition)
         self._queued_per[tp] = self._queued_per.get(tp, 0) + 1
-        return True
 
     def _release(self, rec: Record) -> None:
         if self._running.pop(id(rec), None) is None:

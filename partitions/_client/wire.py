@@ -31,6 +31,8 @@ __all__ = [
     "NotSentError",
     "Replies",
     "aexchange",
+    "aexchange_on",
+    "broken_reply",
     "bulk",
     "exchange",
     "exchange_on",
@@ -159,6 +161,15 @@ async def aexchange(link: AsyncLink, payload: list[bytes], expect: int) -> list[
         conn = await link.acquire()
     except CONNECTION_ERRORS as err:
         return Replies.not_sent(err, expect)
+    try:
+        return await aexchange_on(conn, payload, expect)
+    finally:
+        await link.release(conn)
+
+
+async def aexchange_on(conn: Any, payload: list[bytes], expect: int) -> list[Any]:
+    """:func:`exchange_on` on asyncio, on a connection the caller holds; cut off
+    (cancelled) mid-way the connection is disconnected and the cancellation goes on."""
     replies = Replies(expect)
     try:
         await conn.send_packed_command(payload, check_health=False)
@@ -173,6 +184,12 @@ async def aexchange(link: AsyncLink, payload: list[bytes], expect: int) -> list[
     except BaseException:
         await conn.disconnect()
         raise
-    finally:
-        await link.release(conn)
     return replies.out
+
+
+def broken_reply(replies: list[Any]) -> BaseException | None:
+    """The connection error that stands for unread replies of an exchange, if one does."""
+    for reply in replies:
+        if isinstance(reply, CONNECTION_ERRORS):
+            return reply
+    return None

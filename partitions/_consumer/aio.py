@@ -52,7 +52,7 @@ from partitions._base.serde import Serializer, decoder
 from partitions._base.settings import GroupSettings
 from partitions._base.steps import adrive
 from partitions._base.types import TopicPartition
-from partitions._client import pernode
+from partitions._client import pernode, wire
 from partitions._client.aio import AsyncConnection
 from partitions._client.config import ConsumerConfig
 from partitions._consumer import ops
@@ -318,23 +318,23 @@ class AsyncConsumer(ConsumerShell):
         if self._data is None:
             self._data = await self._connect(what)
         c = self._data
-        replies: list[Any] = []
+        payload = [wire.pack(command) for command in commands]
         try:
-            await c.send_packed_command(c.pack_commands(commands))
             with ops.gc_paused(bulk):
-                for _ in commands:
-                    try:
-                        replies.append(await c.read_response())
-                    except rex.ResponseError as err:
-                        replies.append(err)
+                replies = await wire.aexchange_on(c, payload, len(commands))
         except BaseException as err:
             self._data = None
             await self._drop(c)
             if isinstance(err, rex.RedisError):
                 raise translate(err, what) from err
-            if isinstance(err, OSError):
-                raise ConnectionFailedError(f"{what}: connection lost ({err})") from err
             raise
+        broken = wire.broken_reply(replies)
+        if broken is not None:
+            self._data = None
+            await self._drop(c)
+            if isinstance(broken, rex.RedisError):
+                raise translate(broken, what) from broken
+            raise ConnectionFailedError(f"{what}: connection lost ({broken})") from broken
         return replies
 
     async def _wait(self, op: ops.Wait) -> None:

@@ -33,7 +33,7 @@ from partitions._base.durability import Durability
 from partitions._base.errors import ConnectionFailedError, translate
 from partitions._base.fence import release_fence
 from partitions._base.steps import drive
-from partitions._client import pernode
+from partitions._client import pernode, wire
 from partitions._client.connection import Connection
 from partitions._consumer import ops
 
@@ -100,21 +100,19 @@ class Fetcher:
         re-sent behind our back (a read that ran would be skipped by the next '>' read); the
         caller recovers from ConnectionFailedError instead."""
         c = self._txn_conn()
-        replies: list[Any] = []
+        payload = [wire.pack(command) for command in commands]
         try:
             with ops.gc_paused(bulk):
-                c.send_packed_command(c.pack_commands(commands))
-                for _ in commands:
-                    try:
-                        replies.append(c.read_response())
-                    except rex.ResponseError as err:
-                        replies.append(err)
+                replies = wire.exchange_on(c, payload, len(commands))
         except rex.RedisError as err:
             self._drop_conn()
             raise translate(err, what) from err
-        except OSError as err:
+        broken = wire.broken_reply(replies)
+        if broken is not None:
             self._drop_conn()
-            raise ConnectionFailedError(f"{what}: connection lost ({err})") from err
+            if isinstance(broken, rex.RedisError):
+                raise translate(broken, what) from broken
+            raise ConnectionFailedError(f"{what}: connection lost ({broken})") from broken
         return replies
 
     def _txn_conn(self) -> Any:

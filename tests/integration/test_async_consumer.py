@@ -182,7 +182,7 @@ def test_cancellation_never_loses_or_double_acks(
     conn: Connection, client_config: ClientConfig
 ) -> None:
     topic(conn, n=2)
-    produce(conn, "orders", 300)
+    produce(conn, "orders", 100)
 
     cut = 0
 
@@ -205,10 +205,19 @@ def test_cancellation_never_loses_or_double_acks(
         except asyncio.CancelledError:
             return None
 
+    def trickle() -> None:
+        # The rest arrives while the consumer polls: polls that wait for records get cut
+        # mid-wait and mid-read (a loopback server otherwise answers before the loop turns,
+        # so a poll of buffered or at-once records can finish inside any cut).
+        for start in range(100, 300, 10):
+            time.sleep(0.03)
+            produce(conn, "orders", 10, start=start)
+
     async def main(aconn: AsyncConnection) -> list[Record]:
         nonlocal cut
         got: list[Record] = []
         async with consumer(aconn, config=ConsumerConfig(fetch_count=7, max_poll_records=7)) as c:
+            feeder = asyncio.ensure_future(asyncio.to_thread(trickle))
             end = time.monotonic() + 20
             # From "cut at the first await" to "usually done": cuts land anywhere in a poll
             # (the read, the hand-out, the ack riding along, the wait). A loopback server
@@ -223,6 +232,7 @@ def test_cancellation_never_loses_or_double_acks(
                     cut += 1  # cut off mid-request: nothing it fetched was handed out
                     continue
                 got += batch
+            await feeder
         return got
 
     got = run(client_config, main)

@@ -69,19 +69,7 @@ if op == 'delete' then
   return {'OK', redis.call('DEL', K_CFG, K_STATE, K_MEMBERS, K_HB, K_TARGET, K_OWNERS, K_INST)}
 end
 
-if op == 'describe' then
-  local members = {}
-  local recs = redis.call('HGETALL', K_MEMBERS)
-  for i = 1, #recs, 2 do
-    local id = recs[i]
-    members[#members + 1] = id
-    members[#members + 1] = recs[i + 1]
-    members[#members + 1] = redis.call('ZSCORE', K_HB, id) or '0'
-    members[#members + 1] = redis.call('HGET', K_TARGET, id) or ''
-  end
-  return {'OK', now_ms(), redis.call('HGETALL', K_CFG), redis.call('HGETALL', K_STATE),
-          members, redis.call('HGETALL', K_OWNERS)}
-end
+if op == 'describe' then return describe_group(KEYS) end  -- common.lua
 
 if op == 'assign' then
   local epoch = tonumber(redis.call('HGET', K_STATE, 'epoch'))

@@ -1,4 +1,5 @@
-"""Least-privilege ACL users for partstream: the rules of a producer, a consumer and an admin.
+"""Least-privilege ACL users for partstream: the rules of a producer, a consumer, a metrics
+exporter (monitor) and an admin.
 
 :func:`acl_rules` returns the arguments of one ``ACL SETUSER`` call (Redis >= 7.0 and Valkey
 >= 7.2: it uses key selectors and ``%R~`` read-only key patterns). The rules follow the key
@@ -16,12 +17,22 @@ table in :mod:`partitions._base.keys`:
     marks, XADD to their dead-letter streams only, run G's coordinator scripts on
     ``{ns}:g:{G}:*``, register G in ``{ns}:groups``, read T's metadata. It cannot XADD to a
     topic stream, touch another topic, or touch another group's coordinator keys.
+``monitor`` (the metrics exporter, ``partstream metrics serve``)
+    read-only (``%R~``) on the namespace ``{ns}:*``, with exactly the reads a scrape sends
+    (:mod:`partitions._telemetry.scrape`): SMEMBERS of the topics and groups sets, HGETALL of
+    topic metadata, and FCALL_RO of the read-only scrape function, whose reads run as this
+    user: XINFO STREAM/GROUPS, XPENDING, XLEN, EXISTS on partitions, XRANGE (the first entry a
+    group has not read, for lag seconds; the new dead letters, for their reasons), and
+    TYPE/HGETALL/HGET/ZSCORE on group keys (describe). No FCALL, so none of the functions
+    that write, and no write command at all. XRANGE lets it read entries' payloads (dead
+    letters carry their original fields): the exporter needs it for what it reports.
 ``admin``
     every non-dangerous command on every key of the namespace ``{ns}:*``.
 
 Every role also gets the keyless commands a client needs to connect: PING, INFO (server
 version and features), TIME, FCALL / FCALL_RO (partstream's server-side functions, never
-SCRIPT or EVAL: no role can load or run code of its own), CLIENT ID, and the cluster discovery
+SCRIPT or EVAL: no role can load or run code of its own; the monitor gets FCALL_RO only),
+CLIENT ID, and the cluster discovery
 commands (CLUSTER SLOTS/SHARDS/NODES, COMMAND, ASKING, READONLY). A consumer also gets
 MULTI/EXEC/DISCARD/UNWATCH and WATCH on its fences (the fast fetch path) and CLIENT UNBLOCK
 (to wake its own blocking read on a rebalance). CONFIG is never granted (``CONFIG GET`` would
@@ -50,7 +61,7 @@ from collections.abc import Iterable, Sequence
 from partitions._base.errors import ConfigError
 from partitions._base.keys import DEFAULT_NAMESPACE, Keys, validate_name
 
-ROLES = ("producer", "consumer", "admin")
+ROLES = ("producer", "consumer", "monitor", "admin")
 
 # What no rule can do, said wherever rules are printed.
 ACL_LIMITS = (
@@ -125,6 +136,20 @@ _CONSUMER_GROUP = (
     "+zrem",
     "+zscore",
 )
+# The monitor's reads: what _telemetry/scrape.py sends and what scrape.lua runs as the caller.
+_MONITOR_COMMANDS = (
+    "+smembers",  # the topics and groups sets
+    "+hgetall",  # topic metadata; describe: cfg, state, members, owners
+    "+hget",  # describe: a member's target
+    "+zscore",  # describe: a member's last heartbeat
+    "+type",  # describe: the group keys' type guard
+    "+exists",  # a partition stream or group that does not exist (yet)
+    "+xinfo|stream",  # length, first and last entry, entries added
+    "+xinfo|groups",  # each group's position and lag
+    "+xpending",  # each group's pending summary
+    "+xrange",  # the first entry after a group's position; new dead letters; the NULL-lag count
+    "+xlen",  # a dead-letter stream's length
+)
 # Admin: everything but the dangerous commands (FLUSHALL, KEYS, CONFIG, ACL, DEBUG, ...).
 _ADMIN_COMMANDS = ("+@all", "-@dangerous", "+info", "-script|flush", "-function|flush")
 
@@ -174,6 +199,13 @@ def acl_rules(
     k = Keys(namespace)
     if role == "admin":
         return [*head, f"~{k.namespace_glob}", *_ADMIN_COMMANDS, *setinfo]
+    if role == "monitor":
+        if topics or groups:
+            raise ConfigError("a monitor user takes no topic or group: it reads the namespace")
+        # FCALL_RO only: the scrape function is read-only; FCALL would also reach the ones that
+        # write (and needs write access to the keys it declares).
+        base = [c for c in _BASE_COMMANDS if c != "+fcall"]
+        return [*head, "-@all", *base, *setinfo, *_MONITOR_COMMANDS, f"%R~{k.namespace_glob}"]
     if not topics:
         raise ConfigError(f"a {role} user needs at least one topic")
     meta = [f"%R~{k.topic_meta(t)}" for t in topics]

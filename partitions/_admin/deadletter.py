@@ -173,10 +173,14 @@ class DeadLetterTally:
         self.max_labels = max_labels
         self._streams: dict[str, _StreamTally] = {}
 
+    def read_from(self, key: str) -> str:
+        """Where the next update of stream ``key`` reads from: ``-`` or ``(<last id read>``."""
+        st = self._streams.get(key)
+        return "-" if st is None or st.cursor is None else f"({st.cursor}"
+
     def commands(self, key: str) -> list[tuple[str, Sequence[object]]]:
         """The commands one update of stream ``key`` needs (send them in this order)."""
-        st = self._streams.get(key)
-        start = "-" if st is None or st.cursor is None else f"({st.cursor}"
+        start = self.read_from(key)
         return [
             (key, (b"XRANGE", key, start, "+", "COUNT", self.read_limit)),
             (key, (b"XLEN", key)),

@@ -10,14 +10,4 @@ ARGV:
 Reply: {count, exact}: exact is 1, or 0 when the count stopped at the limit (a lower bound).
 ]]
 
-local stream, after, limit = KEYS[1], ARGV[1], tonumber(ARGV[2])
-local first = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)[1]
-if not first then return {0, 1} end
-local n, cur = 0, '(' .. after
-while n < limit do
-  local page = redis.call('XRANGE', stream, cur, '+', 'COUNT', 1000)
-  n = n + #page
-  if #page < 1000 then return {n, 1} end
-  cur = '(' .. page[#page][1]
-end
-return {n, 0}
+return count_after(KEYS[1], ARGV[1], tonumber(ARGV[2]))  -- common.lua

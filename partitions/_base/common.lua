@@ -135,3 +135,34 @@ local function append_records(out, stream, argv, i, n, first_trim, last_trim)
   end
   return i
 end
+
+-- The describe reply of one group (KEYS: the seven group keys; admin.lua's describe and the
+-- exporter's read-only scrape.lua share it): {"OK", now_ms, cfg, state, members, owners}.
+local function describe_group(keys)
+  local members = {}
+  local recs = redis.call('HGETALL', keys[3])
+  for i = 1, #recs, 2 do
+    local id = recs[i]
+    members[#members + 1] = id
+    members[#members + 1] = recs[i + 1]
+    members[#members + 1] = redis.call('ZSCORE', keys[4], id) or '0'
+    members[#members + 1] = redis.call('HGET', keys[5], id) or ''
+  end
+  return {'OK', now_ms(), redis.call('HGETALL', keys[1]), redis.call('HGETALL', keys[2]),
+          members, redis.call('HGETALL', keys[6])}
+end
+
+-- How many entries of a stream come after id ``after``, counting at most about ``limit``:
+-- {count, exact}, exact 0 when counting stopped there (lag.lua, scrape.lua).
+local function count_after(stream, after, limit)
+  local first = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)[1]
+  if not first then return {0, 1} end
+  local n, cur = 0, '(' .. after
+  while n < limit do
+    local page = redis.call('XRANGE', stream, cur, '+', 'COUNT', 1000)
+    n = n + #page
+    if #page < 1000 then return {n, 1} end
+    cur = '(' .. page[#page][1]
+  end
+  return {n, 0}
+end

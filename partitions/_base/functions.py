@@ -21,7 +21,7 @@ count): no ``SCRIPT``, no ``EVAL``.
 Flags: ``allow-oom`` on what must keep working when the server is out of memory under
 ``noeviction`` (consumers drain and ack, members heartbeat, fences move); the append function
 has none, so an OOM server refuses it (and the producer retries within its delivery timeout);
-``no-writes`` on the lag count.
+``no-writes`` on the lag count and the exporter's scrape reads.
 """
 
 from __future__ import annotations
@@ -61,6 +61,7 @@ FUNCTIONS: dict[str, tuple[str, ...]] = {
     "topic_create": (),
     "topic_alter": (),
     "transact": (),
+    "scrape": ("no-writes",),
 }
 # name -> the package whose directory holds <name>.lua: beside the code that calls it.
 _HOMES: dict[str, str] = {
@@ -75,6 +76,7 @@ _HOMES: dict[str, str] = {
     "member": "coordinator",
     "admin": "coordinator",
     "transact": "partitions._pipeline",
+    "scrape": "partitions._telemetry",
 }
 
 

@@ -3,9 +3,10 @@
 Named after kafka_exporter's metrics, so its dashboards and alert rules translate by
 replacing ``kafka_`` with ``partstream_`` (and the label ``consumergroup`` with ``group``).
 A background thread scrapes the deployment every ``interval`` seconds
-(:func:`partitions._telemetry.scrape.scrape`: a few pipelined rounds per node, bounded work per
-partition); ``GET /metrics`` serves the last scrape, so any number of Prometheus servers
-scraping the exporter cost the Redis deployment nothing more.
+(:class:`partitions._telemetry.scrape.Scraper`: one pipelined round per node while the topics
+and groups stay as they were, bounded work per partition); ``GET /metrics`` serves the last
+scrape, so any number of Prometheus servers scraping the exporter cost the Redis deployment
+nothing more.
 
 =================================================  ==============================================
 metric {labels}                                    meaning (as of the exporter's last scrape)
@@ -70,7 +71,7 @@ from typing import TYPE_CHECKING, Any
 from partitions._admin.deadletter import DeadLetterTally
 from partitions._base.errors import ConfigError, PartstreamError
 from partitions._client.connection import Connection
-from partitions._telemetry.scrape import SCRAPE_COUNT_LIMIT, Scrape, scrape
+from partitions._telemetry.scrape import SCRAPE_COUNT_LIMIT, Scrape, Scraper
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
@@ -239,7 +240,7 @@ class MetricsExporter:
         self.port = port
         self.interval = interval
         self.count_limit = count_limit
-        self._tally = DeadLetterTally()
+        self._scraper = Scraper(conn, DeadLetterTally(), count_limit=self.count_limit)
         self._lock = threading.Lock()
         self._last: Scrape | None = None
         self._errors = 0
@@ -262,7 +263,7 @@ class MetricsExporter:
     def scrape_once(self) -> Scrape | None:
         """Scrape now (the thread does this every interval); None if it failed."""
         try:
-            result: Scrape | None = scrape(self.conn, self._tally, count_limit=self.count_limit)
+            result: Scrape | None = self._scraper.scrape()
         except PartstreamError as err:
             log.warning("scrape failed: %s", err)
             result = None

@@ -1,4 +1,5 @@
-"""``partstream acl print``: the least-privilege ACL rules of a producer, consumer or admin."""
+"""``partstream acl print``: the least-privilege ACL rules of a producer, consumer, monitor
+(the metrics exporter) or admin."""
 
 from __future__ import annotations
 

@@ -13,11 +13,16 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
 import redis
+import redis.connection
 from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -32,6 +37,7 @@ from partitions._client.nodes import primaries
 from partitions._consumer.consumer import Consumer
 from partitions._producer.producer import Producer
 from partitions._telemetry.exporter import MetricsExporter
+from partitions._telemetry.scrape import Scraper
 from partitions.cli import main
 from tests import helpers
 
@@ -293,5 +299,75 @@ def test_exporter_counts_lag_where_the_server_lag_is_null_and_reloads_the_librar
         assert row["oldest_unacked_id"] == got[4].id
         assert value(m, "partstream_consumergroup_lag_seconds", **labels) > 0
         assert not series(m, "partstream_consumergroup_current_offset", group="g")
+    finally:
+        c.close()
+
+
+@contextlib.contextmanager
+def round_trips(monkeypatch: pytest.MonkeyPatch) -> Iterator[Counter[str]]:
+    """Count, per server address, the writes to the socket: one per command sent alone, one
+    per pipeline (redis-py writes a pipeline's commands at once, then reads the replies)."""
+    sent: Counter[str] = Counter()
+    real = redis.connection.AbstractConnection.send_packed_command
+
+    def counting(self: Any, command: Any, check_health: bool = True) -> None:
+        where = getattr(self, "path", None) or f"{self.host}:{self.port}"
+        sent[str(where)] += 1
+        real(self, command, check_health)
+
+    with monkeypatch.context() as m:
+        m.setattr(redis.connection.AbstractConnection, "send_packed_command", counting)
+        yield sent
+
+
+def test_a_scrape_is_one_pipelined_round_per_node(
+    conn: Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    TopicAdmin(conn).create(TopicSpec("orders", 6))
+    with Producer(conn) as p:
+        for i in range(120):
+            p.send("orders", {"i": i}, key=f"k{i % 17}")
+    c = Consumer("billing", "orders", conn=conn, group_settings=FAST,
+                 config=ConsumerConfig(auto_commit=False, fetch_count=10))  # fmt: skip
+    try:
+        got: list = []  # type: ignore[type-arg]
+        end = time.monotonic() + 15
+        while len(got) < 20 and time.monotonic() < end:
+            got += c.poll(max_records=20 - len(got), timeout=0.3)
+        c.commit(got[:5])
+        c.dead_letter(got[5], reason="bad-schema")
+        wait_stable(conn, "billing", 1)
+        # Every case a scrape handles: a NULL server lag (a seek) on one partition too.
+        stream = conn.keys.stream("orders", got[0].partition)
+        conn.client.xdel(stream, got[0].id)
+        conn.client.execute_command("XGROUP", "SETID", stream, "billing", got[0].id)
+        scraper = Scraper(conn)
+        cold = scraper.scrape()
+        assert scraper.rounds == 3  # names, then metadata, then partitions
+        with round_trips(monkeypatch) as sent:
+            warm = scraper.scrape()
+        assert scraper.rounds == 1
+        assert sent and max(sent.values()) == 1, sent  # one round trip per node
+        kwargs = [n.connection_pool.connection_kwargs for n in primaries(conn)]
+        nodes = {str(k.get("path") or f"{k.get('host')}:{k.get('port')}") for k in kwargs}
+        assert set(sent) <= nodes, (sent, nodes)  # ...and only to primaries
+        # ...reading what a scrape from scratch reads (lag_ms aside: the clock moves).
+        assert warm.partitions == cold.partitions and warm.dead_letters == cold.dead_letters
+        assert [replace(o, lag_ms=0) for g in warm.groups for o in g.offsets] == [
+            replace(o, lag_ms=0) for g in cold.groups for o in g.offsets
+        ]
+        [g] = warm.groups
+        assert (
+            sum(o.lag for o in g.offsets)
+            == describe_with_lag(conn, "billing").to_dict()["total_lag"]
+        )
+        assert any(not o.exact or o.entries_read is None for o in g.offsets)  # the NULL lag
+        assert {d.reason for d in warm.dead_letters} == {"bad-schema"}
+        # A new topic costs the scrape after it more rounds, for that topic only.
+        TopicAdmin(conn).create(TopicSpec("audit", 2))
+        assert len(scraper.scrape().partitions) == 8 and scraper.rounds == 3
+        with round_trips(monkeypatch) as sent:
+            scraper.scrape()
+        assert scraper.rounds == 1 and max(sent.values()) == 1
     finally:
         c.close()

@@ -13,7 +13,7 @@ import subprocess
 import time
 import traceback
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ from partitions._client.config import ClientConfig, ConsumerConfig, ProducerConf
 from partitions._client.connection import Connection, connect
 from partitions._consumer.consumer import Consumer
 from partitions._producer.producer import Producer
+from partitions._telemetry.scrape import Scrape, Scraper, scrape
 from partitions.cli import main
 from tests import helpers
 from tests.helpers import ServerProc, free_port, missing, own_server, server_binaries
@@ -90,6 +91,9 @@ def acl(request: pytest.FixtureRequest) -> Iterator[AclSetup]:
                 namespace=NS,
                 password=PASSWORD,
                 client_setinfo=setinfo,
+            ),
+            "monitor": acl_rules(
+                "monitor", user="monitor", namespace=NS, password=PASSWORD, client_setinfo=setinfo
             ),
             "admin": acl_rules("admin", user="admin", namespace=NS, password=PASSWORD),
         }
@@ -246,6 +250,57 @@ def test_consumer_reads_acks_and_dead_letters_its_group_only(acl: AclSetup) -> N
             cc.client.eval("return redis.call('XADD', KEYS[1], '*', 'k', 'v')", 1, stream)
         assert isinstance(translate(err.value), PermissionDeniedError)
     assert b"forged" not in str(acl.root.xrange(f"{NS}:t:{{orders:0}}")).encode()
+
+
+def _without_lag_ms(s: Scrape) -> tuple[Any, ...]:
+    # lag_ms is the server's clock minus an entry's time: it grows between two scrapes.
+    groups = [(g.group, g.state, g.epoch, g.members, [replace(o, lag_ms=0) for o in g.offsets])
+              for g in s.groups]  # fmt: skip
+    return s.topics, s.partitions, tuple(groups), s.dead_letters
+
+
+def test_monitor_scrapes_what_the_exporter_serves_and_can_write_nothing(acl: AclSetup) -> None:
+    with acl.connect("admin") as admin:
+        with Producer(admin, ProducerConfig(linger_ms=1)) as p:
+            for i in range(8):
+                p.send("orders", f"m{i}", key=f"k{i}")
+        with Consumer("billing", "orders", conn=admin, group_settings=FAST,
+                      config=ConsumerConfig(auto_commit=False)) as c:  # fmt: skip
+            got = _drain(c, 1)
+            assert got
+            batch = c.poll(timeout=0.3)
+            if batch:
+                c.dead_letter(batch[0], "monitored")
+        want = scrape(admin)
+    assert any(o.lag for g in want.groups for o in g.offsets)  # a group is behind
+    assert any(d.reason == "monitored" for d in want.dead_letters) or not batch
+    acl.root.execute_command("ACL", "LOG", "RESET")
+    with acl.connect("monitor") as mc:
+        scraper = Scraper(mc)
+        first = scraper.scrape()
+        again = scraper.scrape()
+        assert scraper.rounds == 1
+        # Everything the admin's scrape read, the monitor's reads too.
+        assert _without_lag_ms(first) == _without_lag_ms(want) == _without_lag_ms(again)
+        assert acl_denials(acl, "monitor") == []
+        stream, group_keys = mc.keys.stream("orders", 0), mc.keys.group_keys("billing")
+        refused = [
+            ("XADD", stream, "*", "key", "k", "value", "forged"),
+            ("XACK", stream, "billing", "0-1"),
+            ("XGROUP", "SETID", stream, "billing", "0"),
+            ("XTRIM", stream, "MAXLEN", "0"),
+            ("DEL", stream),
+            ("HSET", mc.keys.topic_meta("orders"), "partitions", "1"),
+            ("SADD", mc.keys.topics, "forged"),
+            ("FCALL", "ps_admin_x", len(group_keys), *group_keys, "delete", "1"),
+            ("SCRIPT", "LOAD", "return 1"),
+            ("EVAL", "return 1", "0"),
+            ("FUNCTION", "LOAD", "#!lua name=evil\nredis.register_function('e', function() end)"),
+            ("XRANGE", "other-ns:t:{orders:0}", "-", "+"),
+        ]
+        for cmd in refused:
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                mc.client.execute_command(*cmd)
 
 
 def test_users_who_may_not_load_the_library_are_told_what_to_run(acl: AclSetup) -> None:

@@ -60,7 +60,11 @@ def test_produce(url: str, tmp_path: Path) -> None:
     assert ps["latency_ms"]["samples"] == 20  # one in 100 records
     expected = ps["records_per_s"] / raw["records_per_s"]
     assert data["ratios"]["partstream/redis-py"] == pytest.approx(expected, rel=1e-3)
-    assert data["targets"][0]["name"] == "produce partstream/redis-py"
+    # The asyncio producer runs beside the threaded one, with its own target.
+    assert runs(data, "partstream-asyncio")[0]["records"] == 2000
+    targets = [t["name"] for t in data["targets"]]
+    assert "produce partstream/redis-py" in targets
+    assert "produce partstream-asyncio/partstream" in targets
     if shutil.which("redis-benchmark"):
         assert runs(data, "redis-benchmark")[0]["records"] == 2000
     saved = json.loads(out.read_text())
@@ -87,7 +91,8 @@ def test_consume_csv(url: str) -> None:
     assert result.exit_code == 0, result.output
     rows = list(csv.DictReader(io.StringIO(result.stdout)))
     assert {r["kind"] for r in rows} == {"run", "ratio", "target"}
-    assert [r["name"] for r in rows if r["kind"] == "run"] == ["partstream", "redis-py"]
+    names = [r["name"] for r in rows if r["kind"] == "run"]
+    assert names == ["partstream", "redis-py", "partstream-asyncio"]
 
 
 def test_e2e(url: str) -> None:
@@ -150,6 +155,6 @@ def test_peers_missing(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(peers, "installed", lambda peer: False)
     data = bench(url, "produce", "-n", "500", "-p", "2", "--peers", "--no-redis-benchmark")
-    assert [r["name"] for r in data["runs"]] == ["partstream", "redis-py"]
+    assert [r["name"] for r in data["runs"]] == ["partstream", "redis-py", "partstream-asyncio"]
     for peer in peers.PEERS:
         assert any(n.startswith(f"peer {peer}: ") and "not installed" in n for n in data["notes"])

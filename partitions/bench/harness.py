@@ -112,7 +112,7 @@ def _produce(b: Bench, result: BenchResult) -> None:
     sides: list[tuple[str, Side]] = [
         ("partstream", own(produce.run_partstream)),
         ("redis-py", own(produce.run_redis_py)),
-        ("partstream-async", own(produce.run_partstream_async)),
+        ("partstream-asyncio", own(produce.run_partstream_async)),
     ]
     if o.acks == "all":
         sides.append(("partstream-acks-all", own(produce.run_partstream_acks_all)))
@@ -135,9 +135,9 @@ def _produce(b: Bench, result: BenchResult) -> None:
         )
     if o.acks == "all":
         _acks_all_result(b, result, rounds["partstream-acks-all"])
-    vs_sync = median([1.0 / x for x in rounds["partstream-async"] if x > 0])
-    result.ratios["partstream-async/partstream"] = vs_sync
-    result.targets.append(Target("produce partstream-async/partstream", vs_sync, ASYNC_GOAL))
+    vs_sync = median([1.0 / x for x in rounds["partstream-asyncio"] if x > 0])
+    result.ratios["partstream-asyncio/partstream"] = vs_sync
+    result.targets.append(Target("produce partstream-asyncio/partstream", vs_sync, ASYNC_GOAL))
     if o.redis_benchmark:
         b.say(
             phase_header("redis-benchmark", f"XADD -P {o.batch_size} over {o.partitions} streams")

@@ -4,7 +4,7 @@ All three write the same keyed records (``--records``, ``--record-size``, ``--ke
 the same number of partitions in the same run:
 
 * **partstream**: :class:`~partitions.Producer` with ``batch_size`` and ``linger_ms``;
-* **partstream-async**: :class:`~partitions.AsyncProducer`, the same settings, on one event
+* **partstream-asyncio**: :class:`~partitions.AsyncProducer`, the same settings, on one event
   loop (target: at least :data:`~partitions.bench.harness.ASYNC_GOAL` of the threaded rate);
 * **redis-py**: the best plain loop: route each record with the same xxh3 rule, queue an
   ``XADD`` in a non-transactional pipeline, execute every ``batch_size`` records;
@@ -206,7 +206,7 @@ def run_partstream_async(
     server: BenchServer, ns: str, opts: BenchOptions, progress: Progress, topic: str = PS_TOPIC
 ) -> RunResult:
     """partstream's AsyncProducer, one event loop per producer process."""
-    return _run("partstream-async", produce_partstream_async, server, ns, opts, progress, topic)
+    return _run("partstream-asyncio", produce_partstream_async, server, ns, opts, progress, topic)
 
 
 def run_partstream_cluster(

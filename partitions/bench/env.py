@@ -117,6 +117,12 @@ def bench_cluster(masters: int) -> Iterator[BenchServer]:
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
+def server_cpu_s(conn: Connection) -> float:
+    """The server's CPU seconds so far (INFO cpu, system + user): take it before and after."""
+    info = conn.client.info("cpu")
+    return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+
+
 def new_namespace() -> str:
     return "bench" + uuid.uuid4().hex[:10]
 

@@ -36,7 +36,13 @@ from partitions._base.settings import GroupSettings
 from partitions._base.steps import Steps
 from partitions._base.types import TopicPartition
 from partitions._client.connection import Connection
-from partitions.bench.env import bench_server, drop_namespace, environment, new_namespace
+from partitions.bench.env import (
+    bench_server,
+    drop_namespace,
+    environment,
+    new_namespace,
+    server_cpu_s,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,11 +67,6 @@ class _TimedMember(Member):
             return (yield from super().target_steps(epoch))
         finally:
             self.durations.append(time.perf_counter() - t0)
-
-
-def _server_cpu_s(conn: Connection) -> float:
-    info = conn.client.info("cpu")
-    return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
 
 
 def _topics(opts: LiveGroupOptions) -> dict[str, int]:
@@ -107,11 +108,11 @@ def _run(conn: Connection, opts: LiveGroupOptions, say: Callable[[str], None]) -
         f"{opts.members:,} members joining one group over {opts.partitions:,} partitions "
         f"({opts.topics} topic(s)), assignor {opts.assignor}"
     )
-    cpu0, t0 = _server_cpu_s(conn), time.monotonic()
+    cpu0, t0 = server_cpu_s(conn), time.monotonic()
     for m in members:
         m.join()
     join_s = time.monotonic() - t0
-    join_cpu_us = (_server_cpu_s(conn) - cpu0) * 1e6 / opts.members
+    join_cpu_us = (server_cpu_s(conn) - cpu0) * 1e6 / opts.members
     joins_computed = list(durations)
     say(
         f"joins: {join_s:.2f} s for {opts.members:,} (server {join_cpu_us:,.0f} us per join, "
@@ -158,7 +159,7 @@ def _rounds(
     say: Callable[[str], None],
     label: str,
 ) -> dict[str, Any]:
-    cpu0, t0 = _server_cpu_s(conn), time.monotonic()
+    cpu0, t0 = server_cpu_s(conn), time.monotonic()
     heartbeats = 0
     rounds = 0
     stable = False
@@ -171,7 +172,7 @@ def _rounds(
             heartbeats += 1
         stable = _stable(members, opts.partitions)
     seconds = time.monotonic() - t0
-    us = (_server_cpu_s(conn) - cpu0) * 1e6 / max(1, heartbeats)
+    us = (server_cpu_s(conn) - cpu0) * 1e6 / max(1, heartbeats)
     say(
         f"{label}: {'stable' if stable else 'NOT stable'} after {rounds} round(s), "
         f"{seconds:.2f} s, {heartbeats:,} heartbeats, server {us:,.0f} us per heartbeat"

@@ -22,7 +22,13 @@ from partitions._base.records import Record
 from partitions._client.connection import Connection
 from partitions._producer.producer import Producer
 from partitions._runner.runner import Runner
-from partitions.bench.env import bench_server, drop_namespace, environment, new_namespace
+from partitions.bench.env import (
+    bench_server,
+    drop_namespace,
+    environment,
+    new_namespace,
+    server_cpu_s,
+)
 
 SPEEDUP_TARGET = 10.0
 
@@ -35,11 +41,6 @@ class RunnerBenchOptions:
     handler_ms: float = 5.0
     concurrency: tuple[int, ...] = (1, 32)
     url: str | None = None
-
-
-def _server_cpu_s(conn: Connection) -> float:
-    info = conn.client.info("cpu")
-    return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
 
 
 class _OrderedHandler:
@@ -113,7 +114,7 @@ def _one_run(
     handler = _OrderedHandler(opts.handler_ms / 1000)
     runner = Runner(handler, "work", f"bench-c{concurrency}", concurrency=concurrency, conn=conn)
     worker = threading.Thread(target=lambda: runner.run(signals=False), daemon=True)
-    cpu0 = _server_cpu_s(conn)
+    cpu0 = server_cpu_s(conn)
     t0 = time.monotonic()
     worker.start()
     # Bounded: twice the serial time the handler alone needs, plus a minute.
@@ -123,7 +124,7 @@ def _one_run(
     seconds = (handler.done_at or time.monotonic()) - t0
     runner.stop.set()
     worker.join(60)
-    cpu_us = (_server_cpu_s(conn) - cpu0) * 1e6 / max(1, handler.handled)
+    cpu_us = (server_cpu_s(conn) - cpu0) * 1e6 / max(1, handler.handled)
     result = {
         "concurrency": concurrency,
         "handled": handler.handled,

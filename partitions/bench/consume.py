@@ -30,10 +30,10 @@ from partitions._client.config import ConsumerConfig, ProducerConfig
 from partitions._consumer.aio import AsyncConsumer
 from partitions._consumer.consumer import Consumer
 from partitions._producer.producer import Producer
-from partitions.bench.env import BenchServer
+from partitions.bench.env import BenchServer, server_cpu_s
 from partitions.bench.options import BenchOptions, make_chunks
 from partitions.bench.stats import RunResult
-from partitions.bench.workers import Counters, Progress, WorkerOutput, run_workers
+from partitions.bench.workers import Counters, Progress, WorkerFn, WorkerOutput, run_workers
 
 TOPIC = "cons"
 # Seconds the group may take to settle (every consumer assigned) before the run starts.
@@ -56,19 +56,47 @@ def prepare(server: BenchServer, ns: str, opts: BenchOptions) -> None:
                 c += 1
 
 
+def _settled(admin: GroupAdmin, group: str, n: int, member_id: str, mine: set[Any]) -> bool:
+    """The group is stable with ``n`` members, every partition has an owner, and this
+    member reads exactly the partitions the group says it owns (fences claimed)."""
+    try:
+        d = admin.describe(group)
+    except Exception:  # the group may not exist yet
+        return False
+    owned = {tp for tp, owner in d.owners().items() if owner == member_id}
+    return (
+        d.state == "stable"
+        and len(d.members) == n
+        and len(d.owners()) == sum(d.topics.values())
+        and bool(owned)
+        and owned == mine
+    )
+
+
 def _wait_stable(server: BenchServer, ns: str, group: str, consumer: Consumer, n: int) -> None:
     with server.connect(ns) as conn:
         admin = GroupAdmin(conn)
         deadline = time.monotonic() + SETTLE_S
         while time.monotonic() < deadline:
-            mine = consumer.assignment()
-            try:
-                d = admin.describe(group)
-                if d.state == "stable" and len(d.members) == n and mine:
-                    return
-            except Exception:  # the group may not exist yet
-                pass
+            if _settled(admin, group, n, consumer.member_id, consumer.assignment()):
+                return
             time.sleep(0.02)
+    raise TimeoutError(f"group {group} did not settle with {n} members in {SETTLE_S:.0f}s")
+
+
+async def _await_stable(
+    server: BenchServer, ns: str, group: str, consumer: AsyncConsumer, n: int
+) -> None:
+    """:func:`_wait_stable` for the asyncio side: the same criterion, so both sides start
+    measuring from the same state (not while partitions are still being granted)."""
+    with server.connect(ns) as conn:
+        admin = GroupAdmin(conn)
+        deadline = time.monotonic() + SETTLE_S
+        while time.monotonic() < deadline:
+            mine = await consumer.assignment()
+            if await asyncio.to_thread(_settled, admin, group, n, consumer.member_id, mine):
+                return
+            await asyncio.sleep(0.02)
     raise TimeoutError(f"group {group} did not settle with {n} members in {SETTLE_S:.0f}s")
 
 
@@ -110,15 +138,13 @@ def consume_asyncio(
 
 
 async def _consume_asyncio(counters: Counters, ready: Callable[[], None], arg: Any) -> WorkerOutput:
-    server, ns, opts, group, total, _ = arg
+    server, ns, opts, group, total, nworkers = arg
     conn = await connect_async(server.client_config(ns))
     cfg = ConsumerConfig(fetch_count=opts.batch_size, max_poll_records=opts.batch_size)
     lat = array("d")
     perf = time.perf_counter
     consumer = await AsyncConsumer(conn, group, TOPIC, config=cfg).start()
-    deadline = time.monotonic() + SETTLE_S
-    while not await consumer.assignment() and time.monotonic() < deadline:
-        await asyncio.sleep(0.02)
+    await _await_stable(server, ns, group, consumer, nworkers)
     ready()
     started = time.monotonic()
     mine = 0
@@ -179,31 +205,13 @@ def consume_redis_py(
 def run_partstream(
     server: BenchServer, ns: str, opts: BenchOptions, progress: Progress, group: str
 ) -> RunResult:
-    args = [(server, ns, opts, group, opts.records, opts.consumers)] * opts.consumers
-    return run_workers(
-        "partstream",
-        consume_partstream,
-        args,
-        opts.record_size,
-        progress,
-        timeout=_timeout(opts),
-        expected=opts.records,
-    )
+    return _run("partstream", consume_partstream, server, ns, opts, progress, group)
 
 
 def run_asyncio(
     server: BenchServer, ns: str, opts: BenchOptions, progress: Progress, group: str
 ) -> RunResult:
-    args = [(server, ns, opts, group, opts.records, opts.consumers)] * opts.consumers
-    return run_workers(
-        "partstream-asyncio",
-        consume_asyncio,
-        args,
-        opts.record_size,
-        progress,
-        timeout=_timeout(opts),
-        expected=opts.records,
-    )
+    return _run("partstream-asyncio", consume_asyncio, server, ns, opts, progress, group)
 
 
 def run_redis_py(
@@ -212,16 +220,31 @@ def run_redis_py(
     with server.connect(ns) as conn:
         for p in range(opts.partitions):
             conn.client.xgroup_create(conn.keys.stream(TOPIC, p), group, id="0")
+    return _run("redis-py", consume_redis_py, server, ns, opts, progress, group)
+
+
+def _run(
+    name: str,
+    fn: WorkerFn,
+    server: BenchServer,
+    ns: str,
+    opts: BenchOptions,
+    progress: Progress,
+    group: str,
+) -> RunResult:
+    """One side in ``opts.consumers`` processes, with the server's CPU cost of the run."""
     args = [(server, ns, opts, group, opts.records, opts.consumers)] * opts.consumers
-    return run_workers(
-        "redis-py",
-        consume_redis_py,
-        args,
-        opts.record_size,
-        progress,
-        timeout=_timeout(opts),
-        expected=opts.records,
-    )
+    with server.connect(ns) as conn:
+        return run_workers(
+            name,
+            fn,
+            args,
+            opts.record_size,
+            progress,
+            timeout=_timeout(opts),
+            expected=opts.records,
+            server_cpu=lambda: server_cpu_s(conn),
+        )
 
 
 def _timeout(opts: BenchOptions) -> float:

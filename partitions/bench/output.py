@@ -60,6 +60,13 @@ def final_line(run: RunResult) -> str:
             f"{lat.p50:.2f} ms 50th, {lat.p95:.2f} ms 95th, {lat.p99:.2f} ms 99th, "
             f"{lat.p999:.2f} ms 99.9th"
         )
+    cost = [
+        f"{v:.2f} us/record {who} CPU"
+        for who, v in (("server", run.server_us), ("client", run.client_us))
+        if v
+    ]
+    if cost:
+        text += ", " + ", ".join(cost)
     text += "."
     if run.note:
         text += f" [{run.note}]"

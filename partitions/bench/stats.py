@@ -94,10 +94,24 @@ class RunResult:
     windows: list[Window] = field(default_factory=list)
     note: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    # CPU seconds the run cost the server (INFO cpu, after minus before) and the side's own
+    # processes (their user + system time while measured); None where not measured.
+    server_cpu_s: float | None = None
+    client_cpu_s: float | None = None
 
     @property
     def rate(self) -> float:
         return self.records / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def server_us(self) -> float | None:
+        """Server CPU microseconds per record (steadier than wall time on a busy machine)."""
+        return _per_record_us(self.server_cpu_s, self.records)
+
+    @property
+    def client_us(self) -> float | None:
+        """The side's own CPU microseconds per record."""
+        return _per_record_us(self.client_cpu_s, self.records)
 
     @property
     def mb_per_s(self) -> float:
@@ -113,8 +127,14 @@ class RunResult:
             "latency_ms": self.latency.to_dict(),
             "windows": [w.to_dict() for w in self.windows],
             "note": self.note,
+            **({"server_us_per_record": round(v, 3)} if (v := self.server_us) else {}),
+            **({"client_us_per_record": round(v, 3)} if (v := self.client_us) else {}),
             **({"extra": self.extra} if self.extra else {}),
         }
+
+
+def _per_record_us(cpu_s: float | None, records: int) -> float | None:
+    return cpu_s * 1e6 / records if cpu_s is not None and records > 0 else None
 
 
 @dataclass(frozen=True, slots=True)

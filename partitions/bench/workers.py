@@ -71,6 +71,13 @@ class WorkerOutput:
     ended: float
     latencies: array[float]
     extra: dict[str, Any] | None = None
+    cpu_s: float = 0.0  # the worker process's CPU time from the start signal (set for it)
+
+
+def _cpu_s() -> float:
+    """This process's user + system CPU seconds, all its threads."""
+    t = os.times()
+    return t.user + t.system
 
 
 # fn(index, counters, ready, arg) -> WorkerOutput; ``ready()`` blocks until the start signal.
@@ -80,12 +87,16 @@ WorkerFn = Callable[[int, Counters, Callable[[], None], Any], WorkerOutput]
 def _worker_main(
     fn: WorkerFn, index: int, ints: list[Any], doubles: Any, go: Any, out: Any, arg: Any
 ) -> None:
+    cpu0 = [0.0]
+
     def ready() -> None:
         out.put(("ready", index, None))
         go.wait()
+        cpu0[0] = _cpu_s()
 
     try:
         res = fn(index, Counters(ints[index], doubles, ints), ready, arg)
+        res.cpu_s = _cpu_s() - cpu0[0]
         out.put(("done", index, res))
     except BaseException as err:  # report anything, the parent decides
         out.put(("error", index, f"{type(err).__name__}: {err}\n{traceback.format_exc()}"))
@@ -118,8 +129,13 @@ def run_workers(
     *,
     timeout: float,
     expected: int | None = None,
+    server_cpu: Callable[[], float] | None = None,
 ) -> RunResult:
-    """Run ``fn`` in one process per entry of ``args``; one result for all of them."""
+    """Run ``fn`` in one process per entry of ``args``; one result for all of them.
+
+    ``server_cpu``: reads the server's CPU seconds (INFO cpu); read before the start signal
+    and after the last worker is done, the difference is the run's server cost.
+    """
     n = len(args)
     ints = [_ctx.RawArray("q", 1) for _ in range(n)]
     doubles = [_ctx.RawArray("d", 3) for _ in range(n)]
@@ -139,6 +155,7 @@ def run_workers(
     results: dict[int, WorkerOutput] = {}
     try:
         _await_ready(out, procs, n)
+        cpu0 = server_cpu() if server_cpu is not None else 0.0
         go.set()
         start = time.monotonic()
         windows = _report(
@@ -154,6 +171,7 @@ def run_workers(
             timeout,
             expected,
         )
+        server_cpu_s = server_cpu() - cpu0 if server_cpu is not None else None
     finally:
         for p in procs:
             p.join(5.0)
@@ -168,7 +186,10 @@ def run_workers(
         lat.extend(results[i].latencies)
         for k, v in (results[i].extra or {}).items():
             extra.setdefault(k, []).append(v)
-    return RunResult(name, records, span, record_bytes, Latency.of(lat), windows, extra=extra)
+    return RunResult(
+        name, records, span, record_bytes, Latency.of(lat), windows, extra=extra,
+        server_cpu_s=server_cpu_s, client_cpu_s=sum(r.cpu_s for r in results.values()),
+    )  # fmt: skip
 
 
 def _get(out: Any, procs: list[Any], wait: float) -> tuple[str, int, Any] | None:

@@ -23,7 +23,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+import hiredis
 import redis.exceptions as rex
+from redis._parsers.hiredis import NOT_ENOUGH_DATA
+
+# hiredis >= 3.2 returns RESP3 push messages as this type (None: an older hiredis).
+PUSH: Any = getattr(hiredis, "PushNotification", None)
 
 __all__ = [
     "ASKING",
@@ -115,6 +120,7 @@ def exchange_on(conn: Any, payload: list[bytes], expect: int) -> list[Any]:
     """:func:`exchange` on a connection the caller holds (e.g. the consumer's own): after a
     connection error it is disconnected, and the error stands for every unread reply."""
     replies = Replies(expect)
+    parser = _hiredis(conn)
     try:
         conn.send_packed_command(payload, check_health=False)
         while replies.wanted():
@@ -122,10 +128,44 @@ def exchange_on(conn: Any, payload: list[bytes], expect: int) -> list[Any]:
                 replies.add(conn.read_response())
             except rex.ResponseError as err:
                 replies.add(err)
+            if parser is not None and (push := take_buffered(parser._reader, replies)):
+                parser.handle_push_response(push)
     except CONNECTION_ERRORS as err:
         conn.disconnect()
         replies.broken(err)
     return replies.out
+
+
+def _hiredis(conn: Any) -> Any:
+    """``conn``'s redis-py hiredis parser, whose replies :func:`take_buffered` can take
+    straight from its reader; None for any other parser (then every reply goes through
+    ``read_response``)."""
+    parser = getattr(conn, "_parser", None)
+    reader = getattr(parser, "_reader", None)
+    if not hasattr(reader, "gets") or not hasattr(parser, "handle_push_response"):
+        return None
+    return parser
+
+
+def take_buffered(reader: Any, replies: Replies) -> Any:
+    """Move the complete replies already in the hiredis ``reader``'s buffer into ``replies``
+    without a read (a fetch's dozens of small replies arrive in one segment: going through
+    ``read_response`` for each, with its timeout scope and checks, costs more than parsing
+    them). Mirrors ``read_response``: an error reply stays in place as its exception, a
+    connection error raises. A RESP3 push message (not a reply) is returned for the caller
+    to hand to the parser's push handler, as ``read_response`` would; None otherwise."""
+    while replies.wanted():
+        reply = reader.gets()
+        if reply is NOT_ENOUGH_DATA:
+            return None
+        if PUSH is not None and isinstance(reply, PUSH):
+            return reply
+        if isinstance(reply, rex.ConnectionError):
+            raise reply
+        if isinstance(reply, list) and reply and isinstance(reply[0], rex.ConnectionError):
+            raise reply[0]
+        replies.add(reply)
+    return None
 
 
 class AsyncLink:
@@ -171,6 +211,7 @@ async def aexchange_on(conn: Any, payload: list[bytes], expect: int) -> list[Any
     """:func:`exchange_on` on asyncio, on a connection the caller holds; cut off
     (cancelled) mid-way the connection is disconnected and the cancellation goes on."""
     replies = Replies(expect)
+    parser = _hiredis(conn)
     try:
         await conn.send_packed_command(payload, check_health=False)
         while replies.wanted():
@@ -178,6 +219,8 @@ async def aexchange_on(conn: Any, payload: list[bytes], expect: int) -> list[Any
                 replies.add(await conn.read_response())
             except rex.ResponseError as err:
                 replies.add(err)
+            if parser is not None and (push := take_buffered(parser._reader, replies)):
+                await parser.handle_push_response(push)
     except CONNECTION_ERRORS as err:
         await conn.disconnect()
         replies.broken(err)

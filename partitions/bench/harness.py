@@ -225,6 +225,17 @@ def _targets(result: BenchResult, mode: str, rounds: dict[str, list[float]], goa
     if FASTSTREAM_PEER in rounds:
         key = f"partstream/{FASTSTREAM_PEER}"
         result.targets.append(Target(f"{mode} {key}", result.ratios[key], PEER_GOAL))
+        if "partstream-asyncio" in rounds:  # the asyncio classes against the asyncio peer
+            per_round = [
+                fs / aio
+                for fs, aio in zip(
+                    rounds[FASTSTREAM_PEER], rounds["partstream-asyncio"], strict=True
+                )
+                if aio > 0
+            ]
+            key = f"partstream-asyncio/{FASTSTREAM_PEER}"
+            result.ratios[key] = median(per_round)
+            result.targets.append(Target(f"{mode} {key}", result.ratios[key], PEER_GOAL))
 
 
 def _consume(b: Bench, result: BenchResult) -> None:

@@ -37,6 +37,7 @@ import asyncio
 import contextlib
 import inspect
 import os
+import time
 from collections.abc import AsyncIterator, Awaitable, Iterable
 from types import TracebackType
 from typing import Any, TypeVar
@@ -59,6 +60,8 @@ from partitions._consumer import ops
 from partitions._consumer.flow import ConsumerFlow
 from partitions._consumer.rebalance import AsyncBridge, compose
 from partitions._consumer.shell import ConsumerShell
+from partitions._telemetry.metrics import ClientMetrics, consumer_metrics
+from partitions._telemetry.tracing import ConsumerTracer, TracerProvider, consumer_tracer
 
 T = TypeVar("T")
 
@@ -69,7 +72,9 @@ class AsyncConsumer(ConsumerShell):
     ``conn`` is an :class:`~partitions._client.aio.AsyncConnection`; it stays open after
     :meth:`close`. ``group_settings`` apply only when this member creates the group. Use as
     ``async with``, or await :meth:`start` and :meth:`close`. Use from one task at a time.
-    ``value_serializer`` / ``key_serializer`` as for :class:`~partitions.Consumer`.
+    ``value_serializer`` / ``key_serializer``, ``metrics`` and ``tracing`` as for
+    :class:`~partitions.Consumer` (the same instruments and spans; the ``process`` span of a
+    record is current in the task while its ``async for`` body runs).
     """
 
     def __init__(
@@ -84,6 +89,8 @@ class AsyncConsumer(ConsumerShell):
         group_settings: GroupSettings | None = None,
         value_serializer: Serializer | None = None,
         key_serializer: Serializer | None = None,
+        metrics: ClientMetrics | None = None,
+        tracing: bool | TracerProvider = False,
     ) -> None:
         if not isinstance(conn, AsyncConnection):
             raise ConfigError(
@@ -92,6 +99,9 @@ class AsyncConsumer(ConsumerShell):
             )
         self._arguments(group, topics, config)
         self._decoder = decoder(value_serializer, key_serializer)
+        self._metrics = consumer_metrics(metrics, self.group)
+        self._tracing = tracing
+        self._tracer: ConsumerTracer | None = None
         self.config.check_against(conn.config)
         self._conn = conn
         self._instance_id = instance_id
@@ -123,12 +133,16 @@ class AsyncConsumer(ConsumerShell):
         )  # fmt: skip
         self.member_id = member.member_id
         self._member = member
+        self._tracer = consumer_tracer(self._tracing, self.group, self.member_id)
         events = ops.Events(wake=self._wake)
         self.assignment_state, self._runner, self._flow = compose(
             self._conn, member, self.config, events, metas, listener=self._listener,
             shell=(AsyncBridge, AsyncMemberRunner), apply_here=self._revoke_here,
-            closing=lambda: self._closing, decoder=self._decoder,
+            closing=lambda: self._closing, metrics=self._metrics, decoder=self._decoder,
         )  # fmt: skip
+        if self._metrics is not None:
+            parts = self.assignment_state.parts
+            self._metrics.track_owned(lambda: len(parts))
         try:
             await self._runner.start()
         except BaseException:
@@ -144,14 +158,18 @@ class AsyncConsumer(ConsumerShell):
         """Up to ``max_records`` records of owned partitions, waiting up to ``timeout`` s
         (see :meth:`Consumer.poll <partitions._consumer.consumer.Consumer.poll>`)."""
         flow = self._check_open()
+        start = time.time_ns() if self._tracer is not None else 0
         with self._runner.polling():
             batch: list[Record] = await self._drive(flow.poll(max_records, timeout))
+        if batch and self._tracer is not None:
+            self._tracer.received(batch, start)
         return batch
 
     def __aiter__(self) -> AsyncIterator[Record]:
         """Records one by one until close; with auto-commit a record is acked once the loop
         asks for the next one (leaving the loop leaves the last one unacked)."""
-        return self._iterate()
+        records = self._iterate()
+        return records if self._tracer is None else self._tracer.aprocess(records)
 
     async def _iterate(self) -> AsyncIterator[Record]:
         while not self._closed:

@@ -28,7 +28,7 @@ Spans, with the attributes of the OpenTelemetry messaging semantic conventions
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -155,32 +155,48 @@ class ConsumerTracer:
 
     def process(self, records: Iterator[Record]) -> Iterator[Record]:
         """``records`` with a ``process`` span around the loop body of each."""
-        trace, context = self._trace, self._context
-        kind = trace.SpanKind.CONSUMER
         for rec in records:
-            carrier = self._carrier(rec)
-            parent = context.get_current()
-            if carrier is not None:
-                parent = self._propagate.extract(carrier, context=parent)
-            span = self._tracer.start_span(
-                f"process {rec.topic}",
-                context=parent,
-                kind=kind,
-                attributes={
-                    **self._base,
-                    _OP_TYPE: "process",
-                    _OP_NAME: "process",
-                    _DESTINATION: rec.topic,
-                    _PARTITION: str(rec.partition),
-                    _MESSAGE_ID: rec.id,
-                },
-            )
-            token = context.attach(trace.set_span_in_context(span))
+            span, token = self.begin(rec)
             try:
                 yield rec
             finally:
-                context.detach(token)
-                span.end()
+                self.finish(span, token)
+
+    async def aprocess(self, records: AsyncIterator[Record]) -> AsyncIterator[Record]:
+        """:meth:`process` for ``async for`` (the span is current in the awaiting task)."""
+        async for rec in records:
+            span, token = self.begin(rec)
+            try:
+                yield rec
+            finally:
+                self.finish(span, token)
+
+    def begin(self, rec: Record) -> tuple[Any, Any]:
+        """Start ``rec``'s ``process`` span (its producer's context as the parent, where the
+        headers carry one) and make it current; returns it with the context token."""
+        trace, context = self._trace, self._context
+        carrier = self._carrier(rec)
+        parent = context.get_current()
+        if carrier is not None:
+            parent = self._propagate.extract(carrier, context=parent)
+        span = self._tracer.start_span(
+            f"process {rec.topic}",
+            context=parent,
+            kind=trace.SpanKind.CONSUMER,
+            attributes={
+                **self._base,
+                _OP_TYPE: "process",
+                _OP_NAME: "process",
+                _DESTINATION: rec.topic,
+                _PARTITION: str(rec.partition),
+                _MESSAGE_ID: rec.id,
+            },
+        )
+        return span, context.attach(trace.set_span_in_context(span))
+
+    def finish(self, span: Any, token: Any) -> None:
+        self._context.detach(token)
+        span.end()
 
     def received(self, records: list[Record], start_ns: int) -> None:
         """A ``poll()`` that started at ``start_ns`` (``time.time_ns()``) returned ``records``."""

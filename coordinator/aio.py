@@ -24,7 +24,7 @@ from coordinator.session import Backoff, Notify, ReleaseFence, Wait
 from partitions._base.aiofunctions import AsyncFunctions
 from partitions._base.durability import Durability
 from partitions._base.fence import fence_held, fence_request
-from partitions._base.keys import Keys
+from partitions._base.keys import Keys, TopicLayout
 from partitions._base.steps import Steps, T, adrive, dispatch
 from partitions._base.types import Grant, HeartbeatResult, TopicPartition
 
@@ -68,7 +68,8 @@ async def fence_async(
     op: Literal["claim", "release"],
     keys: Keys,
     group: str,
-    tp: TopicPartition,
+    layout: TopicLayout,
+    partition: int,
     member_id: str,
     token: int,
     *,
@@ -79,7 +80,7 @@ async def fence_async(
     awaited: True if the fence was taken (freed), False if a newer grant holds it.
     ``retry_for``: seconds it is tried while the partition's node fails over (default:
     ``functions``')."""
-    call = fence_request(op, keys, group, tp.topic, tp.partition, member_id, token)
+    call = fence_request(op, keys, group, layout, partition, member_id, token)
     steps = functions.fcall_steps(call, durability=durability, retry_for=retry_for)
     return fence_held(await functions.run(steps))
 
@@ -202,10 +203,11 @@ class AsyncMemberRunner(RunnerBase):
         self._wake.clear()
 
     async def _release_fence(self, action: ReleaseFence) -> bool:
-        m = self.member
+        m, tp = self.member, action.tp
         return await fence_async(
-            m.functions, "release", m.keys, m.group, action.tp, m.member_id, action.grant.token
-        )
+            m.functions, "release", m.keys, m.group, m.layouts.of(tp.topic), tp.partition,
+            m.member_id, action.grant.token,
+        )  # fmt: skip
 
 
 async def _wait_for(event: asyncio.Event, seconds: float) -> None:

@@ -22,7 +22,7 @@ from coordinator.assignors import assign
 from partitions._base.durability import Durability
 from partitions._base.errors import ConfigError, MembershipError, UnknownMemberError, translate
 from partitions._base.functions import FCall, Functions, Send, call_steps, is_cluster_client
-from partitions._base.keys import Keys, validate_name
+from partitions._base.keys import Keys, Layouts, TopicLayout, validate_name
 from partitions._base.replies import parse_describe, parse_member_reply
 from partitions._base.settings import GroupSettings
 from partitions._base.steps import Steps, T
@@ -153,6 +153,10 @@ def target_due(result: HeartbeatResult) -> bool:
     return result.epoch_age_ms >= result.settings.heartbeat_interval_ms // 10
 
 
+def _plain(topics: Mapping[str, int]) -> list[TopicLayout]:
+    return [TopicLayout(name, count) for name, count in topics.items()]
+
+
 class MemberCore:
     """A member's identity and what its last reply said, and each operation as steps
     (partitions/_base/steps.py) over the Functions actions: no I/O, no lock. The blocking
@@ -173,11 +177,18 @@ class MemberCore:
         member_id: str | None = None,
         client_info: str = "",
         settings: GroupSettings | None = None,
+        layouts: Layouts | None = None,
     ) -> None:
         # The client is only held for the shell (and the runner's fence calls): the steps
         # need to know whether it is a cluster's, nothing else.
         self.client = client
         self.keys = keys
+        # How the topics' partition keys are named (read from their metadata by whoever
+        # owns this member, as a consumer does); the runner needs it only to release fences.
+        # Without it, the topics' original tags (topics with no metadata, as the
+        # coordinator's own tests have), following the counts.
+        self._own_layouts = layouts is None
+        self.layouts = Layouts(_plain(topics)) if layouts is None else layouts
         self.group = validate_name(group, "group")
         self.instance_id = validate_name(instance_id, "instance id") if instance_id else None
         self.member_id = validate_name(member_id or uuid.uuid4().hex, "member id")
@@ -210,6 +221,8 @@ class MemberCore:
         self._spec = topics_spec(topics)
         self._topics = dict(topics)
         self._spec_dirty = True
+        if self._own_layouts:
+            self.layouts.update(_plain(topics))
 
     @property
     def durability(self) -> Durability:

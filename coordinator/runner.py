@@ -205,7 +205,8 @@ class MemberRunner(RunnerBase):
     def _release_fence(self, action: ReleaseFence) -> bool:
         m, tp = self.member, action.tp
         token = action.grant.token
-        return release_fence(m.client, m.keys, m.group, tp.topic, tp.partition, m.member_id, token)
+        layout = m.layouts.of(tp.topic)
+        return release_fence(m.client, m.keys, m.group, layout, tp.partition, m.member_id, token)
 
 
 __all__ = ["MemberRunner", "NullListener", "RebalanceListener", "RunnerBase"]

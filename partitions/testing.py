@@ -33,6 +33,7 @@ from partitions import (
     TopicAdmin,
     TopicSpec,
 )
+from partitions._base.keys import TopicLayout
 
 __all__ = [
     "FAST_GROUP",
@@ -43,6 +44,7 @@ __all__ = [
     "new_namespace",
     "produce",
     "produce_records",
+    "topic_layout",
     "wait_for",
 ]
 
@@ -109,6 +111,15 @@ def create_topic(conn: Connection, name: str = "orders", partitions: int = 4, **
     the name. An existing topic is an error, as in production: each test has its namespace."""
     TopicAdmin(conn).create(TopicSpec(name, partitions, **spec))
     return name
+
+
+def topic_layout(conn: Connection, name: str, partitions: int | None = None) -> TopicLayout:
+    """How topic ``name``'s partition keys are named, for ``conn.keys.stream(layout, p)`` and
+    the other partition keys: from its metadata; for a topic not created yet, with
+    ``partitions``, the layout its creation will choose (it is deterministic)."""
+    if partitions is not None and not TopicAdmin(conn).exists(name):
+        return TopicLayout.spread(name, partitions)
+    return TopicAdmin(conn).get(name).layout
 
 
 def numbered(count: int, keys: int = 10, start: int = 0) -> Iterator[tuple[str, str]]:

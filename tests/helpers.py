@@ -38,6 +38,7 @@ from partitions.testing import (
     produce,
     wait_for,
 )
+from partitions.testing import topic_layout as layout
 
 __all__ = [
     "FAST",
@@ -47,6 +48,7 @@ __all__ = [
     "drain_async",
     "drop_namespace",
     "free_port",
+    "layout",
     "missing",
     "own_server",
     "produce",

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from partitions._admin.topics import TopicAdmin
+from partitions._base.keys import TopicLayout
 from partitions._base.replies import DeadLetter, dead_letter_from_entry, entry_ids
 from partitions._client.connection import Connection
 from partitions._client.nodes import execute_per_key
@@ -53,8 +54,8 @@ class DeadLetters:
         limit: int = 100,
     ) -> list[DeadLetter]:
         """Up to ``limit`` dead letters per partition of ``topic``, oldest first."""
-        parts = self._partitions(topic, partition)
-        keys = [self.conn.keys.dlq(topic, p) for p in parts]
+        layout, parts = self._partitions(topic, partition)
+        keys = [self.conn.keys.dlq(layout, p) for p in parts]
         replies = execute_per_key(
             self.conn,
             [(k, (b"XRANGE", k, "-", "+", "COUNT", limit)) for k in keys],
@@ -86,6 +87,7 @@ class DeadLetters:
         (``malformed``: the producer writes only key, value and headers, so re-producing would
         drop their fields) and dead letters whose metadata cannot be read."""
         letters = self.list(topic, partition=partition, group=group, limit=limit)
+        layout = TopicAdmin(self.conn).get(topic).layout
         replayable = [
             d for d in letters if d.reason != "trimmed" and not d.record.foreign and not d.problems
         ]
@@ -106,7 +108,7 @@ class DeadLetters:
             producer.flush()
         for _, fut in futures:
             fut.result()
-        dels = [(self.conn.keys.dlq(topic, d.partition or 0), d.dlq_id) for d, _ in futures]
+        dels = [(self.conn.keys.dlq(layout, d.partition or 0), d.dlq_id) for d, _ in futures]
         replies = execute_per_key(
             self.conn,
             [(k, ("XDEL", k, i)) for k, i in dels],
@@ -118,9 +120,11 @@ class DeadLetters:
         refused = tuple(f"{d.dlq_id}: {'; '.join(d.problems)}" for d in letters if d.problems)
         return ReplayResult(len(futures), len(letters) - len(futures), refused)
 
-    def _partitions(self, topic: str, partition: int | None) -> builtins.list[int]:
-        n = TopicAdmin(self.conn).get(topic).partitions
-        return list(range(n)) if partition is None else [partition]
+    def _partitions(
+        self, topic: str, partition: int | None
+    ) -> tuple[TopicLayout, builtins.list[int]]:
+        layout = TopicAdmin(self.conn).get(topic).layout
+        return layout, list(range(layout.partitions)) if partition is None else [partition]
 
 
 def _check_origin(d: DeadLetter, topic: str, partition: int) -> DeadLetter:

@@ -23,7 +23,7 @@ import redis.exceptions as rex
 
 from partitions._admin.lag import PartitionOffset, read_offsets
 from partitions._admin.offsets import target_id
-from partitions._admin.topics import TopicAdmin
+from partitions._admin.topics import TopicAdmin, read_layouts
 from partitions._base.durability import Durability
 from partitions._base.errors import (
     ConfigError,
@@ -168,12 +168,14 @@ class GroupAdmin:
 
     def _drop_partition_state(self, group: str, topics: dict[str, int]) -> None:
         # Each command touches one partition's keys: fine on a cluster (no multi-slot call).
+        layouts = read_layouts(self.conn, topics)
         pipe = self.client.pipeline(transaction=False)
         for topic, count in topics.items():
+            lay = layouts[topic]
             for p in range(count):
-                pipe.execute_command("XGROUP", "DESTROY", self.keys.stream(topic, p), group)
-                pipe.hdel(self.keys.stream_groups(topic, p), group, f"{group}:reclaim")
-                pipe.hdel(self.keys.fence(topic, p), group)
+                pipe.execute_command("XGROUP", "DESTROY", self.keys.stream(lay, p), group)
+                pipe.hdel(self.keys.stream_groups(lay, p), group, f"{group}:reclaim")
+                pipe.hdel(self.keys.fence(lay, p), group)
         try:
             pipe.execute(raise_on_error=False)  # a partition never written has no stream
         except rex.RedisError as err:
@@ -231,8 +233,9 @@ def _group_topics(conn: Connection, group: str, topic: str | None) -> dict[str, 
 def _group_infos(
     conn: Connection, group: str, topics: dict[str, int]
 ) -> list[tuple[str, int, GroupStreamInfo | None]]:
+    layouts = read_layouts(conn, topics)
     parts = [(t, p) for t, n in topics.items() for p in range(n)]
-    keys = [conn.keys.stream(t, p) for t, p in parts]
+    keys = [conn.keys.stream(layouts[t], p) for t, p in parts]
     replies = execute_per_key(
         conn, [(k, ("XINFO", "GROUPS", k)) for k in keys], f"reading positions of group {group}"
     )
@@ -253,8 +256,9 @@ def group_offsets(conn: Connection, group: str, topic: str | None = None) -> lis
     entries and in time (one pipelined read per node, see
     :func:`partitions._admin.lag.read_offsets`)."""
     validate_name(group, "group")
-    wanted = [(group, t, p) for t, n in _group_topics(conn, group, topic).items() for p in range(n)]
-    return read_offsets(conn, wanted)[0]
+    topics = _group_topics(conn, group, topic)
+    wanted = [(group, t, p) for t, n in topics.items() for p in range(n)]
+    return read_offsets(conn, wanted, layouts=read_layouts(conn, topics))[0]
 
 
 def total_lag(offsets: list[PartitionOffset]) -> int:
@@ -369,13 +373,18 @@ def execute_group_seek(conn: Connection, plan: SeekPlan, *, force: bool = False)
                 retriable=True,
             )
     k = conn.keys
+    counts: dict[str, int] = {}
     for s in plan.steps:
+        counts[s.topic] = max(counts.get(s.topic, 0), s.partition + 1)
+    layouts = read_layouts(conn, counts)
+    for s in plan.steps:
+        lay = layouts[s.topic]
         reply = conn.functions.call(
             "seek",
             [
-                k.stream(s.topic, s.partition),
-                k.fence(s.topic, s.partition),
-                k.stream_groups(s.topic, s.partition),
+                k.stream(lay, s.partition),
+                k.fence(lay, s.partition),
+                k.stream_groups(lay, s.partition),
             ],
             [plan.group, "", s.new, "1"],
             f"seeking {plan.group} on {s.topic}/{s.partition}",
@@ -451,9 +460,11 @@ def reclaim_now(
     validate_name(group, "group")
     if isinstance(min_idle_ms, bool) or not isinstance(min_idle_ms, int) or min_idle_ms < 0:
         raise ConfigError(f"min_idle_ms must be an integer >= 0, got {min_idle_ms!r}")
-    parts = [(t, p) for t, n in _group_topics(conn, group, topic).items() for p in range(n)]
+    topics = _group_topics(conn, group, topic)
+    layouts = read_layouts(conn, topics)
+    parts = [(t, p) for t, n in topics.items() for p in range(n)]
     k = conn.keys
-    streams = [k.stream(t, p) for t, p in parts]
+    streams = [k.stream(layouts[t], p) for t, p in parts]
     pending = execute_per_key(
         conn,
         [
@@ -470,8 +481,9 @@ def reclaim_now(
             raise reply
         stuck.append(len(reply) if reply else 0)
     field = f"{group}:reclaim"
-    asks = [(k.stream_groups(t, p), ("HSET", k.stream_groups(t, p), field, min_idle_ms))
-            for (t, p), n in zip(parts, stuck, strict=True) if n]  # fmt: skip
+    marks = [k.stream_groups(layouts[t], p) for t, p in parts]
+    asks = [(m, ("HSET", m, field, min_idle_ms))
+            for m, n in zip(marks, stuck, strict=True) if n]  # fmt: skip
     for reply in execute_per_key(conn, asks, f"requesting a reclaim for group {group}"):
         if isinstance(reply, Exception):
             raise reply

@@ -24,12 +24,13 @@ single-key commands to the first round (the exporter does).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from partitions._base.errors import StateLostError, translate
 from partitions._base.functions import function_name, is_missing
+from partitions._base.keys import TopicLayout
 from partitions._base.records import id_timestamp, parse_id
 from partitions._base.replies import (
     GroupStreamInfo,
@@ -156,18 +157,21 @@ def read_offsets(
     wanted: Sequence[tuple[str, str, int]],
     extra: Sequence[Command] = (),
     *,
+    layouts: Mapping[str, TopicLayout],
     count_limit: int = LAG_COUNT_LIMIT,
 ) -> tuple[list[PartitionOffset], list[Any]]:
     """PartitionOffsets of ``wanted`` ``(group, topic, partition)`` triples, in order, and
     the replies of the ``extra`` commands (sent in the first round; errors in place).
+    ``layouts`` names each topic's keys (:func:`partitions._admin.topics.read_layouts`);
     ``count_limit`` bounds lag.lua's count where the server's lag is NULL."""
     k = conn.keys
     streams = list(dict.fromkeys((t, p) for _, t, p in wanted))
+    key_of = {(t, p): k.stream(layouts[t], p) for t, p in streams}
     first: list[Command] = []
     for t, p in streams:
-        s = k.stream(t, p)
+        s = key_of[(t, p)]
         first += [(s, (b"XINFO", "GROUPS", s)), (s, (b"XLEN", s)), (s, (b"TIME",))]
-    first += [(k.stream(t, p), (b"XPENDING", k.stream(t, p), g)) for g, t, p in wanted]
+    first += [(key_of[(t, p)], (b"XPENDING", key_of[(t, p)], g)) for g, t, p in wanted]
     replies = execute_per_key(conn, [*first, *extra], "reading group positions")
     ours, extra_replies = replies[: len(first)], replies[len(first) :]
 
@@ -194,7 +198,7 @@ def read_offsets(
     counts: dict[int, int] = {}
     firsts: dict[tuple[str, int], int] = {}
     for i, ((g, t, p), pend) in enumerate(zip(wanted, pendings, strict=True)):
-        info, s = infos[(t, p)].get(g), k.stream(t, p)
+        info, s = infos[(t, p)].get(g), key_of[(t, p)]
         if info is None:
             if lengths[(t, p)] and (t, p) not in firsts:
                 firsts[(t, p)] = len(second)
@@ -214,7 +218,7 @@ def read_offsets(
             g, t, p = wanted[i]
             info = infos[(t, p)][g]
             late[j] = conn.functions.call(
-                "lag", [k.stream(t, p)], [info.last_delivered_id, count_limit], "counting lag"
+                "lag", [key_of[(t, p)]], [info.last_delivered_id, count_limit], "counting lag"
             )
 
     out: list[PartitionOffset] = []

@@ -18,6 +18,7 @@ import redis.exceptions as rex
 
 from partitions._admin.topics import TopicAdmin
 from partitions._base.errors import ConfigError, translate
+from partitions._base.keys import TopicLayout
 from partitions._base.records import Record, parse_id
 from partitions._base.replies import read_reply_items, records_from_entries, text
 from partitions._client.connection import Connection
@@ -67,13 +68,14 @@ def _after(stream_id: str) -> str:
 
 def read_partition(
     conn: Connection,
-    topic: str,
+    layout: TopicLayout,
     partition: int,
     start: Position,
     end: Position | None = None,
 ) -> Iterator[Record]:
     """Records of one partition from ``start`` (inclusive) to ``end`` (inclusive), paged."""
-    key = conn.keys.stream(topic, partition)
+    topic = layout.topic
+    key = conn.keys.stream(layout, partition)
     if start.kind == "latest":
         return
     lo = "-" if start.kind == "earliest" else start.id
@@ -115,9 +117,9 @@ def replay(
         raise ConfigError("follow and an end position exclude each other")
 
     # Where each partition's history ends now, so a follow starts right after it.
-    last_ids = _last_ids(conn, topic, parts)
+    last_ids = _last_ids(conn, meta.layout, parts)
     emitted = 0
-    iters = [read_partition(conn, topic, p, start_pos, end_pos) for p in parts]
+    iters = [read_partition(conn, meta.layout, p, start_pos, end_pos) for p in parts]
     for record in heapq.merge(*iters, key=lambda r: parse_id(r.id)):
         if count is not None and emitted >= count:
             return
@@ -127,14 +129,16 @@ def replay(
     if not follow:
         return
     yield from _follow(
-        conn, topic, last_ids, block_ms, stop, None if count is None else count - emitted
+        conn, meta.layout, last_ids, block_ms, stop, None if count is None else count - emitted
     )
 
 
-def _last_ids(conn: Connection, topic: str, parts: list[int]) -> dict[int, str]:
-    keys = [conn.keys.stream(topic, p) for p in parts]
+def _last_ids(conn: Connection, layout: TopicLayout, parts: list[int]) -> dict[int, str]:
+    keys = [conn.keys.stream(layout, p) for p in parts]
     replies = execute_per_key(
-        conn, [(k, (b"XREVRANGE", k, "+", "-", "COUNT", 1)) for k in keys], f"reading {topic}"
+        conn,
+        [(k, (b"XREVRANGE", k, "+", "-", "COUNT", 1)) for k in keys],
+        f"reading {layout.topic}",
     )
     for reply in replies:
         if isinstance(reply, Exception):
@@ -144,13 +148,14 @@ def _last_ids(conn: Connection, topic: str, parts: list[int]) -> dict[int, str]:
 
 def _follow(
     conn: Connection,
-    topic: str,
+    layout: TopicLayout,
     last_ids: dict[int, str],
     block_ms: int,
     stop: Any,
     remaining: int | None,
 ) -> Iterator[Record]:
-    keys = {conn.keys.stream(topic, p): p for p in last_ids}
+    topic = layout.topic
+    keys = {conn.keys.stream(layout, p): p for p in last_ids}
     while remaining is None or remaining > 0:
         if stop is not None and stop.is_set():
             return

@@ -1,8 +1,12 @@
 """Topics: metadata kept in Redis so every client agrees on it, and their administration.
 
 A topic is N partition streams plus a metadata hash (see :mod:`partitions._base.keys`):
-partition count, routing, retention (by length and/or age), region ranges, creation time and
-a version that every change bumps.
+partition count, routing, retention (by length and/or age), region ranges, creation time, a
+version that every change bumps, and each partition's hash-tag suffix (``tags``: chosen at
+creation, and for new partitions at growth, so the partitions sit on evenly spaced cluster
+slots; see :mod:`partitions._base.slots`). Every key of a partition is derived from that
+metadata (:attr:`TopicMeta.layout`), so all clients name the same keys; a topic stored
+without ``tags`` (created before them) keeps its original keys.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from partitions._base.errors import (
     WrongTypeError,
     translate,
 )
-from partitions._base.keys import validate_name
+from partitions._base.keys import TopicLayout, validate_name
 from partitions._base.replies import StreamInfo, stream_info_from_reply, string_map, text
 from partitions._client.connection import Connection
 from partitions._producer.router import ROUTINGS, Router, validate_regions
@@ -127,6 +131,8 @@ class TopicMeta:
     spec: TopicSpec
     created_ms: int
     version: int
+    # Each partition's hash-tag suffix as stored ("" or none: the original tag <topic>:<p>).
+    tags: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
@@ -135,6 +141,11 @@ class TopicMeta:
     @property
     def partitions(self) -> int:
         return self.spec.partitions
+
+    @property
+    def layout(self) -> TopicLayout:
+        """How the partitions' keys are named: pass it to :class:`~partitions._base.keys.Keys`."""
+        return TopicLayout(self.spec.name, self.spec.partitions, self.tags)
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +160,7 @@ class PartitionInfo:
     last_timestamp: int | None
     node: str | None = None
     entries_added: int | None = None  # ever appended (a produce counter: trims keep it)
+    slot: int | None = None  # the cluster slot of the partition's keys
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -160,6 +172,7 @@ class PartitionInfo:
             "last_timestamp": self.last_timestamp,
             "node": self.node,
             "entries_added": self.entries_added,
+            "slot": self.slot,
         }
 
 
@@ -177,6 +190,7 @@ class TopicDescription:
             **self.meta.spec.to_dict(),
             "created_ms": self.meta.created_ms,
             "version": self.meta.version,
+            "tags": list(self.meta.tags),
             "length": self.length,
             "partitions": [p.to_dict() for p in self.partitions],
         }
@@ -205,6 +219,26 @@ async def read_meta_async(conn: Any, name: str) -> TopicMeta:
     return existing_meta(name, raw)
 
 
+def read_layouts(conn: Connection, counts: Mapping[str, int]) -> dict[str, TopicLayout]:
+    """The key layouts of ``counts``'s topics ({topic: partitions}, e.g. a group's), read
+    from their metadata in one round. A topic without metadata (deleted) has the original
+    tags; a count above the metadata's covers the extra partitions with them too."""
+    names = sorted(counts)
+    pipe = conn.client.pipeline(transaction=False)
+    for name in names:
+        pipe.hgetall(conn.keys.topic_meta(validate_name(name, "topic")))
+    try:
+        raws = pipe.execute() if names else []
+    except (rex.RedisError, rex.RedisClusterException) as err:
+        raise translate(err, "reading topics") from err
+    out = {}
+    for name, raw in zip(names, raws, strict=True):
+        tags = meta_from_hash(name, raw).tags if raw else ()
+        n = max(counts[name], int(string_map(raw).get("partitions", 0)) if raw else 0, 1)
+        out[name] = TopicLayout(name, n, tags)
+    return out
+
+
 def meta_from_hash(name: str, raw: Mapping[Any, Any]) -> TopicMeta:
     data = string_map(raw)
     regions = orjson.loads(data.get("regions") or "{}")
@@ -217,7 +251,8 @@ def meta_from_hash(name: str, raw: Mapping[Any, Any]) -> TopicMeta:
         routing=data.get("routing", "modulo"),
         regions={k: (v[0], v[1]) for k, v in regions.items()},
     )
-    return TopicMeta(spec, int(data.get("created_ms", 0)), int(data.get("version", 1)))
+    layout = TopicLayout.from_field(name, spec.partitions, data.get("tags"))
+    return TopicMeta(spec, int(data.get("created_ms", 0)), int(data.get("version", 1)), layout.tags)
 
 
 class TopicAdmin:
@@ -229,12 +264,17 @@ class TopicAdmin:
         self._r = conn.client
 
     def create(self, spec: TopicSpec, *, exist_ok: bool = False) -> TopicMeta:
-        """Create a topic. Checks that no key it needs holds another type first."""
-        self._check_types(spec.name, range(spec.partitions))
+        """Create a topic. Checks that no key it needs holds another type first.
+
+        Its partitions get hash tags on evenly spaced cluster slots
+        (:meth:`TopicLayout.spread`), recorded in its metadata. With ``exist_ok``, an
+        existing topic is returned as it is (its own tags)."""
+        layout = TopicLayout.spread(spec.name, spec.partitions)
+        self._check_types(layout, range(spec.partitions))
         created = self.conn.functions.call(
             "topic_create",
             [self.keys.topic_meta(spec.name)],
-            spec.to_fields(),
+            [*spec.to_fields(), "tags", layout.field],
             f"creating topic {spec.name}",
         )
         if not created and not exist_ok:
@@ -260,11 +300,14 @@ class TopicAdmin:
         names = self._call(lambda: self._r.smembers(self.keys.topics), "listing topics")
         return sorted(text(n) for n in names)
 
-    def stream_info(self, name: str, partitions: Sequence[int]) -> list[StreamInfo | None]:
+    def stream_info(
+        self, layout: TopicLayout, partitions: Sequence[int]
+    ) -> list[StreamInfo | None]:
         """XINFO STREAM for each partition (None where the stream does not exist yet)."""
+        name = layout.topic
         pipe = self._r.pipeline(transaction=False)
         for p in partitions:
-            pipe.execute_command("XINFO", "STREAM", self.keys.stream(name, p))
+            pipe.execute_command("XINFO", "STREAM", self.keys.stream(layout, p))
         replies = self._call(lambda: pipe.execute(raise_on_error=False), f"describing {name}")
         out: list[StreamInfo | None] = []
         for reply in replies:
@@ -278,13 +321,15 @@ class TopicAdmin:
 
     def describe(self, name: str) -> TopicDescription:
         meta = self.get(name)
+        layout = meta.layout
         parts = range(meta.partitions)
-        infos = self.stream_info(name, parts)
+        infos = self.stream_info(layout, parts)
         out = []
         for p, info in zip(parts, infos, strict=True):
-            node = self._node_of(self.keys.stream(name, p))
+            node = self._node_of(self.keys.stream(layout, p))
+            slot = layout.slot(p)
             if info is None:
-                out.append(PartitionInfo(p, 0, None, None, None, None, node))
+                out.append(PartitionInfo(p, 0, None, None, None, None, node, slot=slot))
             else:
                 out.append(
                     PartitionInfo(
@@ -296,6 +341,7 @@ class TopicAdmin:
                         info.last_timestamp,
                         node,
                         info.entries_added,
+                        slot,
                     )
                 )
         return TopicDescription(meta, out)
@@ -314,7 +360,9 @@ class TopicAdmin:
         """Grow partitions and/or change retention, regions or routing. For the limits,
         ``False`` = leave unchanged and ``None`` = remove. Shrinking is refused (records would
         be lost). A new routing or new regions move keys to other partitions: per-key order
-        then holds only once consumers drained the old partitions."""
+        then holds only once consumers drained the old partitions. New partitions get hash
+        tags on the slots farthest from the existing ones (:meth:`TopicLayout.grown`);
+        existing partitions keep theirs."""
         meta = self.get(name)
         spec = meta.spec
         if partitions is not None and partitions < spec.partitions:
@@ -331,12 +379,14 @@ class TopicAdmin:
             routing=spec.routing if routing is None else routing,
             regions=spec.regions if regions is None else regions,
         )
-        self._check_types(name, range(spec.partitions, new.partitions))
+        layout = meta.layout.grown(new.partitions)
+        self._check_types(layout, range(spec.partitions, new.partitions))
+        tags = ["tags", layout.field] if layout.spread_out else []
         try:
             self.conn.functions.call(
                 "topic_alter",
                 [self.keys.topic_meta(name)],
-                [str(meta.version), *new.to_fields()],
+                [str(meta.version), *new.to_fields(), *tags],
                 f"altering {name}",
             )
         except Exception as err:
@@ -364,7 +414,7 @@ class TopicAdmin:
             raise ConfigError("trim needs exactly one of max_length and min_id")
         if max_length is not None and max_length < 0:
             raise ConfigError("max_length must be >= 0")
-        key = self.keys.stream(name, partition)
+        key = self.keys.stream(meta.layout, partition)
         args = ["MAXLEN", max_length] if max_length is not None else ["MINID", min_id]
         return int(
             self._call(lambda: self._r.execute_command("XTRIM", key, *args), f"trimming {key}")
@@ -378,7 +428,7 @@ class TopicAdmin:
             return False
         pipe = self._r.pipeline(transaction=False)
         for p in range(meta.partitions):
-            for key in self.keys.partition_keys(name, p):
+            for key in self.keys.partition_keys(meta.layout, p):
                 pipe.delete(key)
         pipe.delete(self.keys.topic_meta(name))
         pipe.srem(self.keys.topics, name)
@@ -386,10 +436,11 @@ class TopicAdmin:
         return True
 
     # -- helpers --------------------------------------------------------------------------
-    def _check_types(self, name: str, partitions: range) -> None:
+    def _check_types(self, layout: TopicLayout, partitions: range) -> None:
+        name = layout.topic
         keys = [self.keys.topic_meta(name)]
         for p in partitions:
-            keys += [self.keys.stream(name, p), self.keys.dlq(name, p)]
+            keys += [self.keys.stream(layout, p), self.keys.dlq(layout, p)]
         pipe = self._r.pipeline(transaction=False)
         for key in keys:
             pipe.type(key)

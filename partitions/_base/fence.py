@@ -1,6 +1,6 @@
 """Data-plane fencing: which member may read and ack a partition for a group.
 
-Per partition, a hash under the *partition's* hash tag (``Keys.fence(topic, p)``) maps each
+Per partition, a hash under the *partition's* hash tag (``Keys.fence(layout, p)``) maps each
 group to ``"<member_id> <token>"`` (one space; the token is the decimal grant token the
 coordinator issued with the partition). The consumer's read and ack scripts compare
 ``HGET fence <group>`` with exactly :func:`fence_value` atomically with XREADGROUP/XACK, so a
@@ -21,7 +21,7 @@ import redis.exceptions as rex
 from partitions._base.durability import Durability
 from partitions._base.errors import translate
 from partitions._base.functions import FCall, Functions
-from partitions._base.keys import Keys
+from partitions._base.keys import Keys, TopicLayout
 from partitions._base.replies import fence_from_reply
 
 
@@ -31,13 +31,20 @@ def fence_value(member_id: str, token: int) -> str:
 
 
 def fence_request(
-    op: str, keys: Keys, group: str, topic: str, partition: int, member_id: str, token: int
+    op: str,
+    keys: Keys,
+    group: str,
+    layout: TopicLayout,
+    partition: int,
+    member_id: str,
+    token: int,
 ) -> FCall:
     """fence.lua ``claim`` or ``release`` of one partition's fence for this grant."""
     doing = "claiming" if op == "claim" else "releasing"
+    topic = layout.topic
     return FCall(
         "fence",
-        [keys.fence(topic, partition)],
+        [keys.fence(layout, partition)],
         [op, group, member_id, str(int(token))],
         f"{doing} {topic}/{partition} for group {group}",
     )
@@ -53,7 +60,7 @@ def claim_fence(
     client: Any,
     keys: Keys,
     group: str,
-    topic: str,
+    layout: TopicLayout,
     partition: int,
     member_id: str,
     token: int,
@@ -67,7 +74,7 @@ def claim_fence(
     group's ``durability`` it returns once the claim is on enough replicas. ``retry_for``:
     seconds it is tried while the partition's node fails over (default: Functions').
     """
-    call = fence_request("claim", keys, group, topic, partition, member_id, token)
+    call = fence_request("claim", keys, group, layout, partition, member_id, token)
     functions = Functions(client, retry_for=retry_for)
     return fence_held(functions.call(*call.parts(), durability=durability))
 
@@ -76,7 +83,7 @@ def release_fence(
     client: Any,
     keys: Keys,
     group: str,
-    topic: str,
+    layout: TopicLayout,
     partition: int,
     member_id: str,
     token: int,
@@ -84,16 +91,16 @@ def release_fence(
     durability: Durability | None = None,
 ) -> bool:
     """Clear the fence only if it still holds this grant; False if someone newer holds it."""
-    call = fence_request("release", keys, group, topic, partition, member_id, token)
+    call = fence_request("release", keys, group, layout, partition, member_id, token)
     return fence_held(Functions(client).call(*call.parts(), durability=durability))
 
 
 def read_fence(
-    client: Any, keys: Keys, group: str, topic: str, partition: int
+    client: Any, keys: Keys, group: str, layout: TopicLayout, partition: int
 ) -> tuple[str, int] | None:
     """(member_id, token) holding the fence, or None if nobody does."""
     try:
-        raw = client.hget(keys.fence(topic, partition), group)
+        raw = client.hget(keys.fence(layout, partition), group)
     except rex.RedisError as err:
-        raise translate(err, f"reading the fence of {topic}/{partition}") from err
+        raise translate(err, f"reading the fence of {layout.topic}/{partition}") from err
     return fence_from_reply(raw)

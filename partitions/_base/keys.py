@@ -5,27 +5,35 @@ tag; each partition of a topic has its own tag so partitions spread over cluster
 keys of one consumer group's coordinator share the group's tag. ``ns`` is the namespace
 (default ``ps``), so several deployments or test runs can share one server.
 
+A partition's ``<tag>`` is ``<topic>:<p>:<suffix>``, the suffix (4 characters of
+``[0-9a-z]``) chosen when the partition was created so the topic's partitions sit on evenly
+spaced cluster slots (:mod:`partitions._base.slots`), and recorded in the topic's metadata
+(field ``tags``). A topic created before the suffixes existed has none: its tags stay
+``<topic>:<p>``, so its keys never move. Every partition key is built by
+:meth:`Keys.partition_key` from the topic's :class:`TopicLayout` (read from its metadata).
+
 ====================================  ======  ==============================================
 key                                   type    contents / written by
 ====================================  ======  ==============================================
 {ns}:topics                           set     topic names / topic admin
-{ns}:t:{<topic>}:meta                 hash    partitions, retention, regions, created_ms /
-                                              topic admin
-{ns}:t:{<topic>:<p>}                  stream  the partition's records / producer (append.lua)
-{ns}:t:{<topic>:<p>}:fence            hash    group -> "<member_id> <token>" (one space,
+{ns}:t:{<topic>}:meta                 hash    partitions, retention, regions, created_ms,
+                                              tags (each partition's tag suffix, see
+                                              TopicLayout) / topic admin
+{ns}:t:{<tag>}                        stream  the partition's records / producer (append.lua)
+{ns}:t:{<tag>}:fence                  hash    group -> "<member_id> <token>" (one space,
                                               token a decimal grant token): who may read
                                               and ack this partition for each group /
                                               the owning consumer (fence.lua claim/release;
                                               read/ack scripts compare the exact string)
-{ns}:t:{<topic>:<p>}:seq              hash    producer id -> "seq first_id last_id ms" of
+{ns}:t:{<tag>}:seq                    hash    producer id -> "seq first_id last_id ms" of
                                               its last appended batch (the idempotence
                                               fallback) / append.lua
-{ns}:t:{<topic>:<p>}:dlq              stream  dead letters of this partition: fields dlq.topic,
+{ns}:t:{<tag>}:dlq                    stream  dead letters of this partition: fields dlq.topic,
                                               dlq.partition, dlq.id, dlq.group,
                                               dlq.deliveries, dlq.reason + the original
                                               fields / consumer (consume.lua, atomically
                                               with the XACK)
-{ns}:t:{<topic>:<p>}:groups           hash    group -> "<created_ms> <start id>": the group
+{ns}:t:{<tag>}:groups                 hash    group -> "<created_ms> <start id>": the group
                                               has touched this partition; a marked group
                                               missing from the stream = state lost /
                                               consume.lua, seek.lua (first touch only).
@@ -36,7 +44,7 @@ key                                   type    contents / written by
                                               "~cut" -> id: safe retention trims below it /
                                               consume.lua (reclaim-time reads), cleared by a
                                               new group or a seek; append.lua reads it
-{ns}:t:{<topic>:<p>}:applied          hash    "<group> <in topic> <in partition>" -> the
+{ns}:t:{<tag>}:applied                hash    "<group> <in topic> <in partition>" -> the
                                               highest input id whose outputs an exactly-once
                                               pipeline applied to this (output) partition,
                                               one field per source / transact.lua "apply"
@@ -67,12 +75,15 @@ control byte ever reaches a key.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
-from partitions._base.errors import InvalidNameError
+from partitions._base import slots
+from partitions._base.errors import ConfigError, InvalidNameError
 
 MAX_NAME_LENGTH = 100
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_SUFFIX_RE = re.compile(r"[0-9a-z]{1,16}")
 
 DEFAULT_NAMESPACE = "ps"
 
@@ -99,6 +110,104 @@ def validate_name(name: object, kind: str = "name") -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class TopicLayout:
+    """How one topic's partitions are named: each partition's hash-tag suffix, as the
+    topic's metadata records them (``TopicMeta.layout``). Immutable; growth makes a new one.
+
+    ``tags[p]`` is partition p's suffix; ``""`` (or no entry: a topic created before
+    suffixes, or grown by a client that did not know them) keeps the old tag ``<topic>:<p>``.
+    """
+
+    topic: str
+    partitions: int
+    tags: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        validate_name(self.topic, "topic")
+        for s in self.tags:
+            if s and not _SUFFIX_RE.fullmatch(s):
+                raise ConfigError(f"topic {self.topic}: bad partition tag suffix {s!r}")
+
+    @classmethod
+    def spread(cls, topic: str, partitions: int) -> TopicLayout:
+        """The layout of a new topic: partitions on evenly spaced slots."""
+        chosen = slots.spread_slots(topic, partitions)
+        return cls(topic, partitions, tuple(_suffix(topic, p, s) for p, s in enumerate(chosen)))
+
+    @classmethod
+    def from_field(cls, topic: str, partitions: int, field: str | None) -> TopicLayout:
+        """From the metadata's ``tags`` field (comma-separated suffixes; absent = none)."""
+        return cls(topic, partitions, tuple(field.split(",")) if field else ())
+
+    @property
+    def field(self) -> str:
+        """The metadata's ``tags`` field."""
+        return ",".join(self.tags)
+
+    @property
+    def spread_out(self) -> bool:
+        """Some partition has a chosen slot (else every tag is the old ``<topic>:<p>``)."""
+        return any(self.tags)
+
+    def tag(self, partition: int) -> str:
+        """The hash tag of ``partition``'s keys (no braces)."""
+        if isinstance(partition, bool) or not isinstance(partition, int):
+            raise ConfigError(f"partition must be an integer, got {partition!r}")
+        if not 0 <= partition < self.partitions:
+            raise ConfigError(
+                f"topic {self.topic} has partitions 0..{self.partitions - 1} (as last read), "
+                f"not {partition}"
+            )
+        suffix = self.tags[partition] if partition < len(self.tags) else ""
+        return f"{self.topic}:{partition}:{suffix}" if suffix else f"{self.topic}:{partition}"
+
+    def slot(self, partition: int) -> int:
+        """The cluster slot of ``partition``'s keys."""
+        return slots.key_slot("{" + self.tag(partition) + "}")
+
+    def grown(self, partitions: int) -> TopicLayout:
+        """This layout with partitions added: existing ones keep their tags, new ones get
+        the slots farthest from those taken (:func:`partitions._base.slots.grow_slots`)."""
+        if partitions == self.partitions:
+            return self
+        if partitions < self.partitions:
+            raise ConfigError(f"topic {self.topic} cannot shrink to {partitions} partitions")
+        taken = [self.slot(p) for p in range(self.partitions)]
+        new = slots.grow_slots(self.topic, taken, partitions)
+        old = (self.tags + ("",) * self.partitions)[: self.partitions]
+        added = tuple(_suffix(self.topic, self.partitions + i, s) for i, s in enumerate(new))
+        return TopicLayout(self.topic, partitions, old + added)
+
+
+def _suffix(topic: str, partition: int, slot: int) -> str:
+    return slots.tag_suffix(f"{topic}:{partition}:", slot)
+
+
+class Layouts:
+    """The layouts of the topics one client works with, as it last read their metadata:
+    shared by its threads (a consumer's and its heartbeat thread), replaced whole."""
+
+    def __init__(self, layouts: Iterable[TopicLayout] = ()) -> None:
+        self._by_topic: dict[str, TopicLayout] = {lay.topic: lay for lay in layouts}
+
+    def update(self, layouts: Iterable[TopicLayout]) -> None:
+        """Take these (newer) layouts; other topics keep theirs."""
+        self._by_topic = {**self._by_topic, **{lay.topic: lay for lay in layouts}}
+
+    def covers(self, topic: str, partition: int) -> bool:
+        """Whether ``partition`` of ``topic`` is known (else its metadata must be re-read)."""
+        lay = self._by_topic.get(topic)
+        return lay is not None and 0 <= partition < lay.partitions
+
+    def of(self, topic: str) -> TopicLayout:
+        """``topic``'s layout; ConfigError if its metadata was never read here."""
+        try:
+            return self._by_topic[topic]
+        except KeyError:
+            raise ConfigError(f"topic {topic}: its metadata was not read here") from None
+
+
+@dataclass(frozen=True, slots=True)
 class Keys:
     """Builds key names for one namespace."""
 
@@ -115,36 +224,37 @@ class Keys:
     def topic_meta(self, topic: str) -> str:
         return f"{self.ns}:t:{{{topic}}}:meta"
 
-    def _partition(self, topic: str, partition: int | str, suffix: str = "") -> str:
-        return f"{self.ns}:t:{{{topic}:{partition}}}{suffix}"
+    def partition_key(self, layout: TopicLayout, partition: int, suffix: str = "") -> str:
+        """The one function that names a partition's keys: ``{ns}:t:{<tag>}<suffix>``."""
+        return f"{self.ns}:t:{{{layout.tag(partition)}}}{suffix}"
 
-    def stream(self, topic: str, partition: int) -> str:
-        return self._partition(topic, partition)
+    def stream(self, layout: TopicLayout, partition: int) -> str:
+        return self.partition_key(layout, partition)
 
-    def fence(self, topic: str, partition: int) -> str:
-        return self._partition(topic, partition, ":fence")
+    def fence(self, layout: TopicLayout, partition: int) -> str:
+        return self.partition_key(layout, partition, ":fence")
 
-    def seq(self, topic: str, partition: int) -> str:
-        return self._partition(topic, partition, ":seq")
+    def seq(self, layout: TopicLayout, partition: int) -> str:
+        return self.partition_key(layout, partition, ":seq")
 
-    def dlq(self, topic: str, partition: int) -> str:
-        return self._partition(topic, partition, ":dlq")
+    def dlq(self, layout: TopicLayout, partition: int) -> str:
+        return self.partition_key(layout, partition, ":dlq")
 
-    def stream_groups(self, topic: str, partition: int) -> str:
-        return self._partition(topic, partition, ":groups")
+    def stream_groups(self, layout: TopicLayout, partition: int) -> str:
+        return self.partition_key(layout, partition, ":groups")
 
-    def applied(self, topic: str, partition: int) -> str:
-        return self._partition(topic, partition, ":applied")
+    def applied(self, layout: TopicLayout, partition: int) -> str:
+        return self.partition_key(layout, partition, ":applied")
 
-    def partition_keys(self, topic: str, partition: int) -> list[str]:
+    def partition_keys(self, layout: TopicLayout, partition: int) -> list[str]:
         """All keys of one partition (they share one slot)."""
         return [
-            self.stream(topic, partition),
-            self.fence(topic, partition),
-            self.seq(topic, partition),
-            self.dlq(topic, partition),
-            self.stream_groups(topic, partition),
-            self.applied(topic, partition),
+            self.stream(layout, partition),
+            self.fence(layout, partition),
+            self.seq(layout, partition),
+            self.dlq(layout, partition),
+            self.stream_groups(layout, partition),
+            self.applied(layout, partition),
         ]
 
     # -- groups ---------------------------------------------------------------------------
@@ -190,30 +300,34 @@ class Keys:
 
     # -- ACL key patterns -----------------------------------------------------------------
     # Globs over the keys above, for ACL rules (partitions._admin.acl). Names never hold glob
-    # characters (see validate_name), and a stream key is the only partition key ending in
-    # "}", so "{topic:*}" matches exactly the partitions of that one topic.
+    # characters (see validate_name) nor ':', and a stream key is the only partition key
+    # ending in "}", so "{topic:*}" matches exactly the partitions of that one topic, with
+    # or without a tag suffix: the globs need no metadata.
     @property
     def namespace_glob(self) -> str:
         """Every key of the namespace."""
         return f"{self.ns}:*"
 
+    def _partition_glob(self, topic: str, suffix: str = "") -> str:
+        return f"{self.ns}:t:{{{validate_name(topic, 'topic')}:*}}{suffix}"
+
     def stream_glob(self, topic: str) -> str:
-        return self._partition(topic, "*")
+        return self._partition_glob(topic)
 
     def fence_glob(self, topic: str) -> str:
-        return self._partition(topic, "*", ":fence")
+        return self._partition_glob(topic, ":fence")
 
     def seq_glob(self, topic: str) -> str:
-        return self._partition(topic, "*", ":seq")
+        return self._partition_glob(topic, ":seq")
 
     def dlq_glob(self, topic: str) -> str:
-        return self._partition(topic, "*", ":dlq")
+        return self._partition_glob(topic, ":dlq")
 
     def stream_groups_glob(self, topic: str) -> str:
-        return self._partition(topic, "*", ":groups")
+        return self._partition_glob(topic, ":groups")
 
     def applied_glob(self, topic: str) -> str:
-        return self._partition(topic, "*", ":applied")
+        return self._partition_glob(topic, ":applied")
 
     def group_glob(self, group: str) -> str:
         """Every coordinator key of one group."""

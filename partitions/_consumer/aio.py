@@ -48,6 +48,7 @@ from coordinator.aio import AsyncMember, AsyncMemberRunner, fence_async
 from partitions._admin.offsets import target_id
 from partitions._admin.topics import read_meta_async
 from partitions._base.errors import ClosedError, ConfigError, ConnectionFailedError, translate
+from partitions._base.keys import Layouts
 from partitions._base.records import Record
 from partitions._base.serde import Serializer, decoder
 from partitions._base.settings import GroupSettings
@@ -129,7 +130,7 @@ class AsyncConsumer(ConsumerShell):
             self._conn.client, self._conn.keys, self.group,
             {name: m.partitions for name, m in metas.items()}, instance_id=self._instance_id,
             client_info=f"partstream async consumer pid {os.getpid()}",
-            settings=self._group_settings,
+            settings=self._group_settings, layouts=Layouts(m.layout for m in metas.values()),
         )  # fmt: skip
         self.member_id = member.member_id
         self._member = member
@@ -317,8 +318,8 @@ class AsyncConsumer(ConsumerShell):
         elif isinstance(op, ops.Release):
             st = op.st
             await fence_async(
-                self._conn.functions, "release", self._conn.keys, st.group, st.tp,
-                st.member_id, st.token, durability=op.durability,
+                self._conn.functions, "release", self._conn.keys, st.group, st.layout,
+                st.partition, st.member_id, st.token, durability=op.durability,
             )  # fmt: skip
         elif isinstance(op, ops.ReadTopics):
             return await self._read_topics(op.names)

@@ -30,7 +30,7 @@ from itertools import groupby
 from operator import attrgetter
 
 from partitions._base.fence import fence_value
-from partitions._base.keys import Keys
+from partitions._base.keys import Keys, Layouts, TopicLayout
 from partitions._base.records import Record
 from partitions._base.types import TopicPartition
 
@@ -53,6 +53,7 @@ class PartitionState:
         "group",
         "groups_key",
         "last_id",
+        "layout",
         "member_id",
         "next_reclaim",
         "partition",
@@ -65,15 +66,22 @@ class PartitionState:
     )  # fmt: skip
 
     def __init__(
-        self, keys: Keys, group: str, tp: TopicPartition, member_id: str, token: int
+        self,
+        keys: Keys,
+        group: str,
+        tp: TopicPartition,
+        member_id: str,
+        token: int,
+        layout: TopicLayout,
     ) -> None:
         self.tp = tp
         self.topic, self.partition = tp.topic, tp.partition
         self.group, self.member_id, self.token = group, member_id, int(token)
-        self.stream = keys.stream(tp.topic, tp.partition)
-        self.fence_key = keys.fence(tp.topic, tp.partition)
-        self.groups_key = keys.stream_groups(tp.topic, tp.partition)
-        self.dlq_key = keys.dlq(tp.topic, tp.partition)
+        self.layout = layout
+        self.stream = keys.stream(layout, tp.partition)
+        self.fence_key = keys.fence(layout, tp.partition)
+        self.groups_key = keys.stream_groups(layout, tp.partition)
+        self.dlq_key = keys.dlq(layout, tp.partition)
         self.fence = fence_value(member_id, token)
         self.fence_bytes = self.fence.encode()
         # '-': first redeliver every entry the previous owner left unacked (takeover).
@@ -107,8 +115,9 @@ class Assignment:
     Pure and single-threaded: the shells call it from the consumer's own thread or task.
     """
 
-    def __init__(self, keys: Keys, group: str, member_id: str) -> None:
+    def __init__(self, keys: Keys, group: str, member_id: str, layouts: Layouts) -> None:
         self.keys, self.group, self.member_id = keys, group, member_id
+        self.layouts = layouts  # the topics' key layouts, shared with the member's runner
         self.parts: dict[TopicPartition, PartitionState] = {}
         # Fetched and not handed out yet, per partition in id order; only non-empty lists.
         # The dict's order is the hand-out turn: a partition served goes to the back.
@@ -125,7 +134,8 @@ class Assignment:
     # -- partitions -------------------------------------------------------------------------
     def assign(self, tp: TopicPartition, token: int, retention: str = "") -> PartitionState:
         """Start reading ``tp`` under the grant ``token`` (from its takeover cursor)."""
-        st = PartitionState(self.keys, self.group, tp, self.member_id, token)
+        layout = self.layouts.of(tp.topic)
+        st = PartitionState(self.keys, self.group, tp, self.member_id, token, layout)
         st.retention = retention
         self.parts[tp] = st
         return st

@@ -36,6 +36,7 @@ from coordinator.member import Member
 from coordinator.runner import MemberRunner, RebalanceListener
 from partitions._admin.offsets import target_id
 from partitions._admin.topics import TopicAdmin
+from partitions._base.keys import Layouts
 from partitions._base.records import Record
 from partitions._base.serde import Serializer, decoder
 from partitions._base.settings import GroupSettings
@@ -104,6 +105,7 @@ class Consumer(ConsumerShell):
             instance_id=instance_id,
             client_info=f"partstream consumer pid {os.getpid()}",
             settings=group_settings,
+            layouts=Layouts(m.layout for m in metas.values()),
         )
         self.member_id = member.member_id
         self._member = member

@@ -83,7 +83,7 @@ class Fetcher:
         elif isinstance(op, ops.Release):
             st = op.st
             release_fence(
-                self.client, self.conn.keys, st.group, st.topic, st.partition, st.member_id,
+                self.client, self.conn.keys, st.group, st.layout, st.partition, st.member_id,
                 st.token, durability=op.durability,
             )  # fmt: skip
         elif isinstance(op, ops.ReadTopics):

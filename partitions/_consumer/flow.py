@@ -141,6 +141,7 @@ class ConsumerFlow:
         sends the new counts with its next heartbeat, which the runner sends at once)."""
         self.meta_at = time.monotonic() + ops.METADATA_MAX_AGE_S
         metas = yield ReadTopics(self.topics)
+        self.a.layouts.update(m.layout for m in metas.values())
         counts = {name: m.partitions for name, m in metas.items()}
         self.retention = {name: safe_retention(m.spec) for name, m in metas.items()}
         self.a.set_retention(self.retention)

@@ -20,6 +20,7 @@ from partitions._base.errors import (
     ConnectionFailedError,
     PartstreamError,
 )
+from partitions._base.keys import Layouts, TopicLayout
 from partitions._base.steps import Pause, Steps
 from partitions._base.types import Grant, TopicPartition
 from partitions._client.pernode import per_node_steps
@@ -111,6 +112,7 @@ class Claim:
 
     tp: TopicPartition
     grant: Grant
+    layout: TopicLayout
 
 
 Op = (
@@ -148,14 +150,24 @@ def drive(step: Step, answer: Callable[[Op], Any]) -> Any:
     return turn.value
 
 
-def claims(assigned: dict[TopicPartition, Grant]) -> Step:
+def claims(assigned: dict[TopicPartition, Grant], layouts: Layouts) -> Step:
     """Claim the fences of newly granted partitions; returns (claimed grants, the partitions
-    to hand back because their node could not be reached)."""
+    to hand back because their node could not be reached).
+
+    A partition this consumer has not seen yet (its topic grew, and another member learned
+    of it first) has its topic's metadata read first: its keys are named by it."""
     mine: dict[TopicPartition, Grant] = {}
     failed: set[TopicPartition] = set()
+    unknown = sorted({tp.topic for tp in assigned if not layouts.covers(tp.topic, tp.partition)})
+    if unknown:
+        try:
+            metas = yield ReadTopics(tuple(unknown))
+            layouts.update(m.layout for m in metas.values())
+        except PartstreamError as err:
+            log.warning("cannot read topics %s now (%s)", unknown, err)
     for tp, grant in assigned.items():
         try:
-            claimed = yield Claim(tp, grant)
+            claimed = yield Claim(tp, grant, layouts.of(tp.topic))
         except PartstreamError as err:
             # Its node is unreachable (failing over, say): hand the partition back rather
             # than hold a grant nobody reads; it is granted again once it can be claimed.

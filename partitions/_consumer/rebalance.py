@@ -28,7 +28,9 @@ from typing import Any
 
 from coordinator.aio import fence_async
 from coordinator.runner import MemberRunner
+from partitions._admin.topics import TopicAdmin, read_meta_async
 from partitions._base.fence import claim_fence
+from partitions._base.keys import Layouts
 from partitions._base.serde import Decoder
 from partitions._base.settings import GroupSettings
 from partitions._base.steps import Steps, adrive
@@ -60,11 +62,11 @@ def compose(
     task) with a bridge as its listener, and the flow over them. ``shell`` is (bridge class,
     runner class) of the threaded or the asyncio consumer, which calls this once."""
     bridge_class, runner_class = shell
-    assignment = Assignment(conn.keys, member.group, member.member_id)
+    assignment = Assignment(conn.keys, member.group, member.member_id, member.layouts)
     settings = lambda: current_settings(member)  # noqa: E731
     bridge = bridge_class(
         conn, member.group, member.member_id, events, settings, apply_here=apply_here,
-        closing=closing,
+        closing=closing, layouts=member.layouts,
     )  # fmt: skip
     runner = runner_class(member, bridge, max_poll_interval_ms=config.max_poll_interval_ms)
     bridge.give_back = runner.give_back
@@ -105,8 +107,10 @@ class Bridge:
         settings: Callable[[], GroupSettings],
         *,
         closing: Callable[[], bool],
+        layouts: Layouts,
     ) -> None:
         self.group, self.member_id = group, member_id
+        self.layouts = layouts
         self.events = events
         self.settings = settings
         self.closing = closing
@@ -127,7 +131,7 @@ class Bridge:
             )
 
     def assigned_steps(self, assigned: dict[TopicPartition, Grant]) -> Steps[None]:
-        mine, failed = yield from ops.claims(assigned)
+        mine, failed = yield from ops.claims(assigned, self.layouts)
         if failed:
             self.give_back(failed)
         self.events.post("assign", mine)
@@ -150,8 +154,9 @@ class ThreadBridge(Bridge):
         *,
         apply_here: Callable[[set[TopicPartition]], bool],
         closing: Callable[[], bool],
+        layouts: Layouts,
     ) -> None:
-        super().__init__(group, member_id, events, settings, closing=closing)
+        super().__init__(group, member_id, events, settings, closing=closing, layouts=layouts)
         self.conn = conn
         self.apply_here = apply_here
 
@@ -166,9 +171,12 @@ class ThreadBridge(Bridge):
             return self.apply_here(op.revoked)
         if isinstance(op, AwaitDone):
             return op.done.wait(op.seconds)
+        if isinstance(op, ops.ReadTopics):
+            admin = TopicAdmin(self.conn)
+            return {name: admin.get(name) for name in op.names}
         s = self.settings()
         return claim_fence(
-            self.conn.client, self.conn.keys, self.group, op.tp.topic, op.tp.partition,
+            self.conn.client, self.conn.keys, self.group, op.layout, op.tp.partition,
             self.member_id, op.grant.token, durability=s.durability,
             retry_for=s.heartbeat_interval_ms / 1000,
         )  # fmt: skip
@@ -188,8 +196,9 @@ class AsyncBridge(Bridge):
         *,
         apply_here: Callable[[set[TopicPartition]], Awaitable[bool]],
         closing: Callable[[], bool],
+        layouts: Layouts,
     ) -> None:
-        super().__init__(group, member_id, events, settings, closing=closing)
+        super().__init__(group, member_id, events, settings, closing=closing, layouts=layouts)
         self.conn = conn
         self.apply_here = apply_here
 
@@ -210,8 +219,11 @@ class AsyncBridge(Bridge):
             except TimeoutError:
                 return False
             return True
+        if isinstance(op, ops.ReadTopics):
+            return {name: await read_meta_async(self.conn, name) for name in op.names}
         s = self.settings()
         return await fence_async(
-            self.conn.functions, "claim", self.conn.keys, self.group, op.tp, self.member_id,
-            op.grant.token, durability=s.durability, retry_for=s.heartbeat_interval_ms / 1000,
+            self.conn.functions, "claim", self.conn.keys, self.group, op.layout, op.tp.partition,
+            self.member_id, op.grant.token, durability=s.durability,
+            retry_for=s.heartbeat_interval_ms / 1000,
         )  # fmt: skip

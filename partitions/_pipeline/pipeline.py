@@ -93,7 +93,8 @@ class PipelineCore:
         self._metas: dict[str, tuple[TopicMeta, float]] = {}
 
     def stale(self, topics: Iterable[str]) -> list[str]:
-        """The output topics whose metadata must be (re-)read first."""
+        """The topics (outputs, and the input's in atomic mode) whose metadata must be
+        (re-)read first."""
         now = self._clock()
         fresh = {t for t, (_, at) in self._metas.items() if now - at <= METADATA_MAX_AGE_S}
         return sorted(set(topics) - fresh)
@@ -118,12 +119,19 @@ class PipelineCore:
                 f"this consumer does not own {record.topic}/{record.partition} (any more): "
                 "nothing was written"
             )
-        for topic in self.stale(o.topic for o in outs if isinstance(o, Output)):
+        wanted = [o.topic for o in outs if isinstance(o, Output)]
+        if self.mode == "atomic":
+            wanted.append(record.topic)  # its keys are in the call
+        for topic in self.stale(wanted):
             yield from self._read_meta(topic)
+        known = self._metas.get(record.topic)
+        if self.mode == "atomic" and known and record.partition >= known[0].partitions:
+            yield from self._read_meta(record.topic)  # grown since it was read
         metas = {t: m for t, (m, _) in self._metas.items()}
         blocks, n = plan.blocks_for(outs, metas, record.partition, self.max_record_bytes)
         if self.mode == "atomic":
-            call = plan.commit_call(self.keys, record, self.group, fence, blocks)
+            source = metas[record.topic].layout
+            call = plan.commit_call(self.keys, record, source, self.group, fence, blocks)
             reply = yield from self._call(call)
             return plan.settle_commit(record, blocks, n, reply)
         replies = []

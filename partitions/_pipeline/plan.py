@@ -26,7 +26,7 @@ from partitions._base.errors import (
     StateLostError,
 )
 from partitions._base.functions import FCall
-from partitions._base.keys import Keys
+from partitions._base.keys import Keys, TopicLayout
 from partitions._base.records import (
     Key,
     Record,
@@ -166,13 +166,17 @@ def blocks_for(
     return list(blocks.values()), n
 
 
-def commit_call(keys: Keys, record: Record, group: str, fence: str, blocks: list[Block]) -> FCall:
-    """``transact.lua commit``: the input's fence, pending check and ack with every block."""
+def commit_call(
+    keys: Keys, record: Record, source: TopicLayout, group: str, fence: str, blocks: list[Block]
+) -> FCall:
+    """``transact.lua commit``: the input's fence, pending check and ack with every block;
+    ``source`` is the input topic's layout."""
     t, p = record.topic, record.partition
-    call_keys = [keys.stream(t, p), keys.fence(t, p), keys.stream_groups(t, p)]
+    call_keys = [keys.stream(source, p), keys.fence(source, p), keys.stream_groups(source, p)]
     args: list[Any] = ["commit", group, fence, record.id, len(blocks)]
     for b in blocks:
-        call_keys += [keys.stream(b.topic, b.partition), keys.stream_groups(b.topic, b.partition)]
+        out = b.meta.layout
+        call_keys += [keys.stream(out, b.partition), keys.stream_groups(out, b.partition)]
         args += [*b.retention(), len(b.indexes), *b.args]
     return FCall("transact", call_keys, args, f"committing {t}/{p}@{record.id} for {group}")
 
@@ -184,8 +188,8 @@ def source(group: str, record: Record) -> str:
 
 def apply_call(keys: Keys, record: Record, group: str, block: Block) -> FCall:
     """``transact.lua apply``: one block, dropped if this source's mark is at or past it."""
-    t, p = block.topic, block.partition
-    call_keys = [keys.stream(t, p), keys.stream_groups(t, p), keys.applied(t, p)]
+    t, p, out = block.topic, block.partition, block.meta.layout
+    call_keys = [keys.stream(out, p), keys.stream_groups(out, p), keys.applied(out, p)]
     args: list[Any] = ["apply", source(group, record), record.id, *block.retention()]
     args += [len(block.indexes), *block.args]
     where = f"applying {record.topic}/{record.partition}@{record.id} to {t}/{p}"

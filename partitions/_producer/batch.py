@@ -199,9 +199,10 @@ class Route:
         self.n = meta.partitions
         self.for_key = self.router.key_partitioner()
         k = keys
-        self.stream_keys = [k.stream(meta.name, p).encode() for p in range(self.n)]
-        self.seq_keys = [k.seq(meta.name, p).encode() for p in range(self.n)]
-        self.groups_keys = [k.stream_groups(meta.name, p).encode() for p in range(self.n)]
+        lay = meta.layout
+        self.stream_keys = [k.stream(lay, p).encode() for p in range(self.n)]
+        self.seq_keys = [k.seq(lay, p).encode() for p in range(self.n)]
+        self.groups_keys = [k.stream_groups(lay, p).encode() for p in range(self.n)]
         self.fetched = time.monotonic()
         # Due for a re-read after this (monotonic clock), to pick up added partitions and
         # retention changes: the shells compare it inline, once per record.

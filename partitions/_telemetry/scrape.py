@@ -39,6 +39,7 @@ from partitions._admin.lag import Command, PartitionOffset, missing_function, of
 from partitions._admin.topics import TopicMeta, meta_from_hash
 from partitions._base.errors import PartstreamError, UnknownGroupError, translate
 from partitions._base.functions import function_name
+from partitions._base.keys import TopicLayout
 from partitions._base.records import id_timestamp
 from partitions._base.replies import (
     PendingSummary,
@@ -142,6 +143,7 @@ class Scraper:
         self._topics: list[str] = []
         self._groups: list[str] = []
         self._parts: dict[TopicPartitionKey, tuple[str, ...]] = {}
+        self._layouts: dict[str, TopicLayout] = {}  # as the last scrape read them
 
     def scrape(self) -> Scrape:
         """Read the deployment's state once."""
@@ -151,14 +153,27 @@ class Scraper:
         metas: dict[str, TopicMeta | None] = {}  # None: deleted since it was listed
         descs: dict[str, GroupDescription | None] = {}
         reads: dict[TopicPartitionKey, tuple[tuple[str, ...], Any]] = {}
+        read_at: dict[TopicPartitionKey, str] = {}  # the stream key each read used
         topics, groups, parts = list(self._topics), list(self._groups), dict(self._parts)
+
+        def layout_of(t: str, p: int) -> TopicLayout:
+            # The metadata read in this scrape, else the last one's; a topic without any
+            # (deleted, but a group still lists it) has the original tags.
+            meta = metas.get(t)
+            known = meta.layout if meta is not None else self._layouts.get(t)
+            tags = known.tags if known is not None else ()
+            return TopicLayout(t, max(p + 1, known.partitions if known else 0), tags)
+
         for self.rounds in range(1, MAX_ROUNDS + 1):
             cmds: list[Command] = []
             if names is None:
                 cmds += [(k.topics, (b"SMEMBERS", k.topics)), (k.groups, (b"SMEMBERS", k.groups))]
             cmds += [(k.topic_meta(t), (b"HGETALL", k.topic_meta(t))) for t in topics]
             cmds += [self._group_command(g) for g in groups]
-            cmds += [self._partition_command(t, p, gs) for (t, p), gs in parts.items()]
+            for (t, p), gs in parts.items():
+                layout = layout_of(t, p)
+                read_at[(t, p)] = k.stream(layout, p)
+                cmds.append(self._partition_command(layout, p, gs))
             round_ = _Round(self.conn, cmds)
             reply = round_.take
             if names is None:
@@ -183,7 +198,9 @@ class Scraper:
             parts = {
                 tp: gs
                 for tp, gs in wanted.items()
-                if tp not in reads or not set(gs) <= set(reads[tp][0])
+                if tp not in reads
+                or not set(gs) <= set(reads[tp][0])
+                or read_at[tp] != k.stream(layout_of(*tp), tp[1])  # read before its metadata
             }
             if not (topics or groups or parts):
                 break
@@ -196,15 +213,18 @@ class Scraper:
         self._topics = [t for t in names[0] if metas.get(t) is not None]
         self._groups = [g for g in names[1] if descs.get(g) is not None]
         self._parts = _wanted(metas, descs)
+        self._layouts = {t: m.layout for t, m in metas.items() if m is not None}
         return self._result(clock, start, metas, descs, reads)
 
     def _group_command(self, group: str) -> Command:
         keys = self.conn.keys.group_keys(group)
         return keys[0], (b"FCALL_RO", function_name("scrape"), len(keys), *keys, "group")
 
-    def _partition_command(self, topic: str, partition: int, groups: Sequence[str]) -> Command:
+    def _partition_command(
+        self, layout: TopicLayout, partition: int, groups: Sequence[str]
+    ) -> Command:
         k = self.conn.keys
-        stream, dlq = k.stream(topic, partition), k.dlq(topic, partition)
+        stream, dlq = k.stream(layout, partition), k.dlq(layout, partition)
         args = ["partition", self.count_limit, self.tally.read_from(dlq), self.tally.read_limit]
         return stream, (b"FCALL_RO", function_name("scrape"), 2, stream, dlq, *args, *groups)
 
@@ -229,7 +249,7 @@ class Scraper:
                         PartitionState(m.name, p, info.length, info.first_id, info.last_id,
                                        info.entries_added)
                     )  # fmt: skip
-                dlq = k.dlq(m.name, p)
+                dlq = k.dlq(m.layout, p)
                 dlqs.add(dlq)
                 raw = reads[(m.name, p)][1]
                 counts = self.tally.update(dlq, raw[4], int(raw[5]))

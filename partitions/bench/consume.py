@@ -171,7 +171,8 @@ def consume_redis_py(
     server, ns, opts, group, total, _ = arg
     conn = server.connect(ns)
     client = conn.client
-    streams = {conn.keys.stream(TOPIC, p): p for p in range(opts.partitions)}
+    layout = TopicAdmin(conn).get(TOPIC).layout
+    streams = {conn.keys.stream(layout, p): p for p in range(opts.partitions)}
     wanted = {s: ">" for s in streams}
     pipe = client.pipeline(transaction=False)
     name = f"c{index}"
@@ -218,8 +219,9 @@ def run_redis_py(
     server: BenchServer, ns: str, opts: BenchOptions, progress: Progress, group: str
 ) -> RunResult:
     with server.connect(ns) as conn:
+        layout = TopicAdmin(conn).get(TOPIC).layout
         for p in range(opts.partitions):
-            conn.client.xgroup_create(conn.keys.stream(TOPIC, p), group, id="0")
+            conn.client.xgroup_create(conn.keys.stream(layout, p), group, id="0")
     return _run("redis-py", consume_redis_py, server, ns, opts, progress, group)
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 from xxhash import xxh3_64_intdigest
 
+from partitions._base.keys import TopicLayout
 from partitions._base.replies import read_reply_items, records_from_entries
 from partitions._client.config import ConsumerConfig, ProducerConfig
 from partitions._consumer.consumer import Consumer
@@ -77,7 +78,9 @@ def produce_worker(
         producer.close()
     else:
         client = conn.client
-        streams = [conn.keys.stream(topic, p) for p in range(n)]
+        # No topic is created for the raw side: the keys a new topic of that name would get.
+        layout = TopicLayout.spread(topic, n)
+        streams = [conn.keys.stream(layout, p) for p in range(n)]
         pipe = client.pipeline(transaction=False)
 
         def emit(due: list[tuple[float, int]]) -> None:
@@ -129,7 +132,8 @@ def consume_worker(
         consumer.close()
     else:
         client = conn.client
-        streams = {conn.keys.stream(topic, p): p for p in range(opts.partitions)}
+        layout = TopicLayout.spread(topic, opts.partitions)
+        streams = {conn.keys.stream(layout, p): p for p in range(opts.partitions)}
         group = f"e2e-{topic}"
         wanted = {s: ">" for s in streams}
         pipe = client.pipeline(transaction=False)
@@ -168,9 +172,10 @@ def run_side(
     deadline = opts.duration + 60.0
     if side == "raw":
         with server.connect(ns) as conn:
+            layout = TopicLayout.spread(topic, opts.partitions)
             for p in range(opts.partitions):
                 conn.client.xgroup_create(
-                    conn.keys.stream(topic, p), f"e2e-{topic}", id="$", mkstream=True
+                    conn.keys.stream(layout, p), f"e2e-{topic}", id="$", mkstream=True
                 )
     args: list[Any] = [
         ("consume", (server, ns, opts, side, topic, total, opts.consumers, deadline))

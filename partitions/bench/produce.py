@@ -152,7 +152,8 @@ def produce_redis_py(
     server, ns, opts, topic, count, first = arg
     conn = server.connect(ns)
     n = opts.partitions
-    streams = [conn.keys.stream(topic, p).encode() for p in range(n)]
+    layout = TopicAdmin(conn).get(topic).layout  # the topic's keys, as partstream's
+    streams = [conn.keys.stream(layout, p).encode() for p in range(n)]
     pipe = conn.client.pipeline(transaction=False)
     lat = array("d")
     perf = time.perf_counter

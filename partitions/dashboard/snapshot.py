@@ -152,7 +152,7 @@ class Snapshots:
         return [d.to_dict() for d in DeadLetters(self.conn).list(topic, limit=limit)]
 
     def latest(self, topic: str, partition: int, count: int = 10) -> list[dict[str, Any]]:
-        key = self.conn.keys.stream(topic, partition)
+        key = self.conn.keys.stream(self._admin.get(topic).layout, partition)
         raw = self.conn.client.execute_command(b"XREVRANGE", key, "+", "-", "COUNT", count)
         from partitions._base.replies import records_from_entries
 

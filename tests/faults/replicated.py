@@ -27,7 +27,7 @@ from partitions._client.connection import Connection, connect
 from partitions._client.replicas import EmbeddedReplicaSet
 from tests.faults.harness import Fleet
 from tests.faults.scenario import GROUP, TOPIC, Scenario
-from tests.helpers import wait_for
+from tests.helpers import layout, wait_for
 
 # How long Sentinels / cluster nodes wait before they call a silent primary dead: short, so a
 # failover fits in a bounded test, long enough that a loaded 2-core machine does not fail
@@ -171,7 +171,7 @@ def acked_but_gone(s: Scenario) -> list[tuple[int, str]]:
     present: set[tuple[int, str]] = set()
     c = s.conn()
     for p in range(s.partitions):
-        key = c.keys.stream(TOPIC, p)
+        key = c.keys.stream(layout(c, TOPIC), p)
         from partitions._client.nodes import execute_on_key
 
         last = "-"

@@ -33,7 +33,7 @@ from partitions._client.config import ClientConfig
 from partitions._client.connection import Connection, connect
 from tests.faults.checker import DeadLetter, Verdict, check
 from tests.faults.harness import Fleet, Worker, read_log, workdir
-from tests.helpers import ServerProc, wait_for
+from tests.helpers import ServerProc, layout, wait_for
 
 VERDICTS: list[Verdict] = []
 PRINT = [True]  # Scenario.finish prints each verdict (the soak prints its own lines)
@@ -219,7 +219,7 @@ class Scenario:
         out = []
         c = self.conn()
         for p in range(self.topic_partitions()):
-            for _, f in c.client.xrange(c.keys.dlq(TOPIC, p)):
+            for _, f in c.client.xrange(c.keys.dlq(layout(c, TOPIC), p)):
                 if b"dlq.id" not in f:
                     continue
                 out.append(
@@ -237,7 +237,7 @@ class Scenario:
         c = self.conn()
         out = set()
         for p in range(self.topic_partitions()):
-            for rid, _ in c.client.xrange(c.keys.stream(TOPIC, p)):
+            for rid, _ in c.client.xrange(c.keys.stream(layout(c, TOPIC), p)):
                 out.add((p, rid.decode()))
         return out
 

@@ -23,7 +23,7 @@ from tests.faults.checker import Verdict
 from tests.faults.proxy import FaultProxy
 from tests.faults.replicated import ReplicatedScenario, acked_but_gone
 from tests.faults.scenario import SHORT_SESSION, TOPIC, Scenario, assert_verdict, scenario
-from tests.helpers import wait_for
+from tests.helpers import layout, wait_for
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -72,7 +72,7 @@ def failover_acks_all(kind: str) -> Verdict:
     own."""
     name = f"{kind}-failover-acks-all"
     with ReplicatedScenario(name, f"{kind}: primary kill -9, acks=all", kind=kind) as s:
-        key = s.conn().keys.stream(TOPIC, 0) if kind == "cluster" else None
+        key = s.conn().keys.stream(layout(s.conn(), TOPIC), 0) if kind == "cluster" else None
         _, took = _failover(s, "all", key)
         gone = acked_but_gone(s)
         v = s.finish(drain_timeout=90)

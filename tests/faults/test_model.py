@@ -39,7 +39,7 @@ from partitions._producer.producer import Producer
 from tests.faults.checker import DeadLetter, Verdict, check
 from tests.faults.harness import workdir
 from tests.faults.scenario import VERDICTS
-from tests.helpers import ServerProc
+from tests.helpers import ServerProc, layout
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -130,7 +130,7 @@ class Model(RuleBasedStateMachine):
 
     @rule(p=st.integers(0, PARTS - 1), keep=st.integers(0, 3))
     def trim(self, p: int, keep: int) -> None:
-        key = self.conn.keys.stream(TOPIC, p)
+        key = self.conn.keys.stream(layout(self.conn, TOPIC), p)
         before = {e[0].decode() for e in self.conn.client.xrange(key)}
         pending = self._pending(p)
         TopicAdmin(self.conn).trim(TOPIC, p, max_length=keep)
@@ -142,7 +142,7 @@ class Model(RuleBasedStateMachine):
 
     # -- helpers -------------------------------------------------------------------------------
     def _pending(self, p: int) -> set[str]:
-        key = self.conn.keys.stream(TOPIC, p)
+        key = self.conn.keys.stream(layout(self.conn, TOPIC), p)
         try:
             rows = self.conn.client.xpending_range(key, GROUP, "-", "+", 10_000)
         except Exception:
@@ -185,13 +185,15 @@ class Model(RuleBasedStateMachine):
                 DeadLetter(p, f[b"dlq.id"].decode(), f[b"dlq.group"].decode(),
                            f[b"dlq.reason"].decode())
                 for p in range(PARTS)
-                for _, f in self.conn.client.xrange(self.conn.keys.dlq(TOPIC, p))
+                for _, f in self.conn.client.xrange(self.conn.keys.dlq(layout(self.conn, TOPIC), p))
                 if b"dlq.id" in f
             ]  # fmt: skip
             present = {
                 (p, rid.decode())
                 for p in range(PARTS)
-                for rid, _ in self.conn.client.xrange(self.conn.keys.stream(TOPIC, p))
+                for rid, _ in self.conn.client.xrange(
+                    self.conn.keys.stream(layout(self.conn, TOPIC), p)
+                )
             }
             sends = [e for e in self.sent if (e["p"], e["id"]) not in self.excused]
             v = check("hypothesis-model", "model", sends, self.log, dlq, groups=[GROUP],

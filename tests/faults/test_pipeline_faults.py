@@ -45,7 +45,7 @@ from partitions._client.connection import Connection, connect
 from tests.faults.checker import Verdict
 from tests.faults.harness import ROOT, Fleet, Worker, read_log, workdir
 from tests.faults.scenario import GROUP, TOPIC, VERDICTS, Scenario, assert_verdict, scenario
-from tests.helpers import wait_for
+from tests.helpers import layout, wait_for
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -134,7 +134,7 @@ def outputs(env: Env) -> Counter[tuple[str, int, int]]:
     c = env.conn
     seen: Counter[tuple[str, int, int]] = Counter()
     for p in range(OUT_PARTITIONS):
-        for _, f in c.client.xrange(c.keys.stream(OUT, p)):
+        for _, f in c.client.xrange(c.keys.stream(layout(c, OUT), p)):
             d = orjson.loads(f[b"value"])
             seen[(d["key"], d["seq"], d["j"])] += 1
     return seen

@@ -23,6 +23,7 @@ from tests.faults.scenario import (
     assert_verdict,
     scenario,
 )
+from tests.helpers import layout
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -32,7 +33,7 @@ def groups_on(s: Scenario) -> dict[int, list[dict[str, object]]]:
     r = s.server.client(decode_responses=True)
     out = {}
     for p in range(s.partitions):
-        key = s.conn().keys.stream(TOPIC, p)
+        key = s.conn().keys.stream(layout(s.conn(), TOPIC), p)
         out[p] = r.xinfo_groups(key) if r.exists(key) else []
     r.close()
     return out
@@ -43,7 +44,8 @@ def pending(s: Scenario) -> dict[int, int]:
     r = s.server.client()
     try:
         keys = s.conn().keys
-        return {p: r.xpending(keys.stream(TOPIC, p), GROUP)["pending"] for p in range(s.partitions)}
+        lay = layout(s.conn(), TOPIC)
+        return {p: r.xpending(keys.stream(lay, p), GROUP)["pending"] for p in range(s.partitions)}
     finally:
         r.close()
 
@@ -235,14 +237,14 @@ def pending_survives() -> Verdict:
         s.fleet.kill9(w)  # leaves a pending batch
         r = s.server.client()
         before = {
-            p: r.xpending(s.conn().keys.stream(TOPIC, p), GROUP)["pending"]
+            p: r.xpending(s.conn().keys.stream(layout(s.conn(), TOPIC), p), GROUP)["pending"]
             for p in range(s.partitions)
         }
         r.close()
         kill_and_restart(s)
         r = s.server.client()
         after = {
-            p: r.xpending(s.conn().keys.stream(TOPIC, p), GROUP)["pending"]
+            p: r.xpending(s.conn().keys.stream(layout(s.conn(), TOPIC), p), GROUP)["pending"]
             for p in range(s.partitions)
         }
         r.close()

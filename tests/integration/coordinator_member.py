@@ -22,6 +22,7 @@ import time
 from coordinator.member import Member
 from coordinator.runner import MemberRunner
 from partitions._base.fence import claim_fence, fence_value, release_fence
+from partitions._base.keys import TopicLayout
 from partitions._base.settings import GroupSettings
 from partitions._base.types import Grant, TopicPartition
 from partitions._client.connection import connect
@@ -47,8 +48,8 @@ def tps_json(tps: object) -> list[list[object]]:
     return sorted([tp.topic, tp.partition] for tp in tps)  # type: ignore[attr-defined]
 
 
-def read_log_key(keys: object, topic: str, partition: int) -> str:
-    return keys.stream(topic, partition) + ":testreads"  # type: ignore[attr-defined]
+def read_log_key(keys: object, layout: TopicLayout, partition: int) -> str:
+    return keys.stream(layout, partition) + ":testreads"  # type: ignore[attr-defined]
 
 
 def main() -> None:
@@ -66,6 +67,9 @@ def main() -> None:
 
     conn = connect(url=args.url, namespace=args.ns)
     client, keys, group = conn.client, conn.keys, args.group
+    # The topic has no metadata here (a coordinator test): its partitions have the original
+    # tags, as test_coordinator_processes.py reads them.
+    lay = TopicLayout(args.topic, args.partitions)
     fenced_read = client.register_script(FENCED_READ)
     grants: dict[TopicPartition, Grant] = {}
     lock = threading.Lock()
@@ -76,13 +80,13 @@ def main() -> None:
                 for tp in revoked:
                     g = grants.pop(tp, None)
                     if g is not None:
-                        release_fence(client, keys, group, tp.topic, tp.partition, mid, g.token)
+                        release_fence(client, keys, group, lay, tp.partition, mid, g.token)
             emit("revoked", tps=tps_json(revoked))
 
         def on_partitions_assigned(self, assigned: dict[TopicPartition, Grant]) -> None:
             with lock:
                 for tp, g in assigned.items():
-                    if claim_fence(client, keys, group, tp.topic, tp.partition, mid, g.token):
+                    if claim_fence(client, keys, group, lay, tp.partition, mid, g.token):
                         grants[tp] = g
             emit("assigned", tps=tps_json(assigned))
 
@@ -119,8 +123,8 @@ def main() -> None:
         for tp, g in held.items():
             fenced_read(
                 keys=[
-                    keys.fence(tp.topic, tp.partition),
-                    read_log_key(keys, tp.topic, tp.partition),
+                    keys.fence(lay, tp.partition),
+                    read_log_key(keys, lay, tp.partition),
                 ],
                 args=[group, fence_value(mid, g.token)],
             )

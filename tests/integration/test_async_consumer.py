@@ -24,7 +24,7 @@ from partitions._client.config import ConsumerConfig
 from partitions._client.connection import Connection
 from tests import helpers
 from tests.helpers import drain_async as drain
-from tests.helpers import produce, topic
+from tests.helpers import layout, produce, topic
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -47,7 +47,10 @@ def run(client_config: ClientConfig, main: Any) -> Any:
 
 
 def pending(conn: Connection, name: str, n: int, group: str = "g") -> int:
-    return sum(conn.client.xpending(conn.keys.stream(name, p), group)["pending"] for p in range(n))
+    return sum(
+        conn.client.xpending(conn.keys.stream(layout(conn, name), p), group)["pending"]
+        for p in range(n)
+    )
 
 
 def idkey(i: str) -> tuple[int, int]:
@@ -122,7 +125,7 @@ def test_a_stale_owner_is_fenced(conn: Connection, client_config: ClientConfig) 
         async with consumer(aconn, config=ConsumerConfig(auto_commit=False)) as c:
             got = await drain(c, 3)
             # Another grant takes the fence (a newer owner): acks are refused.
-            conn.client.hset(conn.keys.fence("orders", 0), "g", "intruder 999999")
+            conn.client.hset(conn.keys.fence(layout(conn, "orders"), 0), "g", "intruder 999999")
             with pytest.raises(Exception, match="no longer owns"):
                 await c.commit(got)
             return c.refused_acks, await c.assignment()

@@ -11,8 +11,8 @@ from coordinator.member import Member
 from partitions import AsyncConnection
 from partitions._base.errors import UnknownMemberError
 from partitions._base.fence import read_fence
+from partitions._base.keys import TopicLayout
 from partitions._base.settings import GroupSettings
-from partitions._base.types import TopicPartition
 from partitions._client.connection import Connection
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio, pytest.mark.timeout(60)]
@@ -56,11 +56,11 @@ async def test_an_evicted_member_is_told_and_drops_its_session(
 async def test_fences_are_claimed_and_released_by_grant(
     aconn: AsyncConnection, conn: Connection
 ) -> None:
-    tp = TopicPartition("t", 0)
+    lay = TopicLayout("t", 1)  # no metadata: the original tags
     f = aconn.functions
-    assert await fence_async(f, "claim", aconn.keys, "g", tp, "m1", 5)
-    assert not await fence_async(f, "claim", aconn.keys, "g", tp, "m2", 4)  # older grant
-    assert read_fence(conn.client, conn.keys, "g", "t", 0) == ("m1", 5)
-    assert not await fence_async(f, "release", aconn.keys, "g", tp, "m2", 4)
-    assert await fence_async(f, "release", aconn.keys, "g", tp, "m1", 5)
-    assert read_fence(conn.client, conn.keys, "g", "t", 0) is None
+    assert await fence_async(f, "claim", aconn.keys, "g", lay, 0, "m1", 5)
+    assert not await fence_async(f, "claim", aconn.keys, "g", lay, 0, "m2", 4)  # older grant
+    assert read_fence(conn.client, conn.keys, "g", lay, 0) == ("m1", 5)
+    assert not await fence_async(f, "release", aconn.keys, "g", lay, 0, "m2", 4)
+    assert await fence_async(f, "release", aconn.keys, "g", lay, 0, "m1", 5)
+    assert read_fence(conn.client, conn.keys, "g", lay, 0) is None

@@ -29,7 +29,7 @@ from partitions._admin.replay import replay
 from partitions._admin.topics import TopicAdmin, TopicSpec
 from partitions._client.connection import Connection
 from partitions._client.nodes import node_for_key
-from tests.helpers import own_server
+from tests.helpers import layout, own_server
 from tests.integration.test_producer_outages import _fill
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio, pytest.mark.timeout(90)]
@@ -116,7 +116,7 @@ async def test_refused_batch_fails_alone_and_does_not_wedge_the_next(
     conn: Connection, aconn: AsyncConnection
 ) -> None:
     TopicAdmin(conn).create(TopicSpec("wedge", 2))
-    stream0 = conn.keys.stream("wedge", 0)
+    stream0 = conn.keys.stream(layout(conn, "wedge"), 0)
     async with AsyncProducer(aconn, ProducerConfig(linger_ms=50)) as p:
         await p.send_and_wait("wedge", "first", partition=0)
         conn.client.delete(stream0)
@@ -144,7 +144,7 @@ async def test_lost_sequence_fails_one_batch_loudly_then_recovers(
         pid = p.producer_id
         await p.send_and_wait("seq", "a", key="k")
         await p.send_and_wait("seq", "b", key="k")
-        conn.client.delete(conn.keys.seq("seq", 0))
+        conn.client.delete(conn.keys.seq(layout(conn, "seq"), 0))
         with pytest.raises(PartstreamError, match="OUTOFSEQ"):
             await p.send_and_wait("seq", "c", key="k")
         assert (await p.send_and_wait("seq", "d", key="k")).partition == 0
@@ -158,7 +158,7 @@ async def test_cancelling_a_waiting_task_neither_loses_nor_duplicates(
     """Tasks awaiting their records' futures are cancelled (task.cancel(), asyncio timeouts)
     while the server is paused: every record is still appended, exactly once."""
     TopicAdmin(conn).create(TopicSpec("cancel", 1))
-    node = node_for_key(conn, conn.keys.stream("cancel", 0))
+    node = node_for_key(conn, conn.keys.stream(layout(conn, "cancel"), 0))
     async with AsyncProducer(aconn, ProducerConfig(linger_ms=1, batch_size=10)) as p:
         node.execute_command("CLIENT", "PAUSE", 800, "WRITE")
         try:
@@ -189,7 +189,7 @@ async def test_cancelling_a_waiting_task_neither_loses_nor_duplicates(
 async def test_back_pressure_blocks_then_raises(conn: Connection, aconn: AsyncConnection) -> None:
     TopicAdmin(conn).create(TopicSpec("bp", 1))
     cfg = ProducerConfig(batch_size=10, buffer_records=10, block_timeout=0.3, linger_ms=0)
-    node = node_for_key(conn, conn.keys.stream("bp", 0))
+    node = node_for_key(conn, conn.keys.stream(layout(conn, "bp"), 0))
     async with AsyncProducer(aconn, cfg) as p:
         node.execute_command("CLIENT", "PAUSE", 1500, "WRITE")
         try:
@@ -200,7 +200,9 @@ async def test_back_pressure_blocks_then_raises(conn: Connection, aconn: AsyncCo
             assert time.monotonic() - start >= 0.25
         finally:
             node.execute_command("CLIENT", "UNPAUSE")
-    assert conn.client.xlen(conn.keys.stream("bp", 0)) >= 10  # nothing accepted was dropped
+    assert (
+        conn.client.xlen(conn.keys.stream(layout(conn, "bp"), 0)) >= 10
+    )  # nothing accepted was dropped
 
 
 async def test_acks_all_without_replicas_fails_typed_after_the_timeout(

@@ -112,10 +112,23 @@ async def test_a_member_that_stops_polling_leaves_and_rejoins_on_the_next_poll(
     try:
         owned = runner.owned()
         tp, grant = next(iter(owned.items()))
-        assert claim_fence(conn.client, conn.keys, "g", tp.topic, tp.partition, "a", grant.token)
+        assert claim_fence(
+            conn.client,
+            conn.keys,
+            "g",
+            runner.member.layouts.of(tp.topic),
+            tp.partition,
+            "a",
+            grant.token,
+        )
         await until(lambda: ("a", "lost", frozenset(owned)) in events, timeout=5)
         assert not runner.owned() and not runner.member.joined
-        assert read_fence(conn.client, conn.keys, "g", tp.topic, tp.partition) is None
+        assert (
+            read_fence(
+                conn.client, conn.keys, "g", runner.member.layouts.of(tp.topic), tp.partition
+            )
+            is None
+        )
         poll_once = runner.polling()
         with pytest.raises(PollIntervalExceededError, match="max_poll_interval_ms=600"):
             poll_once.__enter__()

@@ -34,7 +34,7 @@ from partitions._consumer.consumer import Consumer
 from partitions._producer.producer import Producer
 from partitions.cli import main
 from tests import helpers
-from tests.helpers import own_server
+from tests.helpers import layout, own_server
 
 FAST = helpers.FAST.with_changes(session_timeout_ms=3000, heartbeat_interval_ms=500)
 
@@ -133,7 +133,7 @@ def test_wrongtype_keys_for_produce_consume_and_describe(
     client_config: ClientConfig, conn: Connection
 ) -> None:
     TopicAdmin(conn).create(TopicSpec("clash", 1))
-    stream = conn.keys.stream("clash", 0)
+    stream = conn.keys.stream(layout(conn, "clash"), 0)
     conn.client.set(stream, "someone else's string")
     before = snapshot(conn)
     with (
@@ -189,7 +189,7 @@ def test_restarted_consumer_after_its_stream_was_deleted_gets_state_lost(
         while got < 3 and time.monotonic() < deadline:
             got += len(c.poll(timeout=0.3))
         assert got == 3
-    stream = conn.keys.stream("gone", 0)
+    stream = conn.keys.stream(layout(conn, "gone"), 0)
     conn.client.delete(stream)  # lost while no member was running
     with (
         Consumer("g", "gone", conn=conn, group_settings=FAST) as c,

@@ -14,6 +14,7 @@ from partitions._client.connection import Connection
 from partitions._consumer.consumer import Consumer
 from partitions._producer.producer import Producer
 from partitions.cli import main
+from tests.helpers import layout
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -122,4 +123,4 @@ def test_dlq_list_and_replay(client_config: ClientConfig, conn: Connection) -> N
     assert code == 0 and "replayed 1" in out, err
     _, out, _ = run(client_config, "dlq", "list", "orders", "--format", "json")
     assert orjson.loads(out) == []
-    assert conn.client.xlen(conn.keys.stream("orders", 0)) == 4
+    assert conn.client.xlen(conn.keys.stream(layout(conn, "orders"), 0)) == 4

@@ -24,7 +24,7 @@ from partitions._consumer.consumer import Consumer
 from partitions._producer.producer import Producer
 from partitions._telemetry.metrics import ClientMetrics
 from tests import helpers
-from tests.helpers import FAST
+from tests.helpers import FAST, layout
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -125,7 +125,9 @@ def test_refused_acks_and_dead_letters_are_counted(conn: Connection) -> None:
         c.dead_letter(first[0], "poison")
         assert value(registry, "partstream_consumer_dead_letters_total", **g) == 1
         # A newer grant takes the fence: the acks riding on the next poll are refused.
-        assert claim_fence(conn.client, conn.keys, "g", "orders", 0, "intruder", 2**52)
+        assert claim_fence(
+            conn.client, conn.keys, "g", layout(conn, "orders"), 0, "intruder", 2**52
+        )
         assert c.poll(timeout=0.3) == []
         assert c.refused_acks == 4
         assert value(registry, "partstream_consumer_refused_acks_total", **g) == 4
@@ -140,7 +142,7 @@ def test_failed_and_retried_records_are_counted(conn: Connection, server_url: st
     registry = CollectorRegistry()
     metrics = ClientMetrics(registry)
     # Partition 0's stream replaced by a string: WRONGTYPE, refused for good.
-    stream = conn.keys.stream("orders", 0)
+    stream = conn.keys.stream(layout(conn, "orders"), 0)
     conn.client.delete(stream)
     conn.client.set(stream, "not a stream")
     with Producer(conn, metrics=metrics) as p:
@@ -180,7 +182,9 @@ def test_failed_and_retried_records_are_counted(conn: Connection, server_url: st
     assert all(f.exception(0) is None for f in sent)
     assert value(registry, "partstream_producer_records_sent_total", topic="orders") == 6
     assert value(registry, "partstream_producer_records_retried_total", topic="orders") >= 5
-    assert conn.client.xlen(conn.keys.stream("orders", 1)) == 6  # retries were not appended
+    assert (
+        conn.client.xlen(conn.keys.stream(layout(conn, "orders"), 1)) == 6
+    )  # retries were not appended
 
 
 # -- tracing ------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ from partitions._client.nodes import node_name, primaries
 from partitions._consumer.consumer import Consumer
 from partitions._producer.producer import Producer, RecordFuture
 from partitions.cli import main
-from tests.helpers import drop_namespace
+from tests.helpers import drop_namespace, layout
 from tests.integration.cluster_slots import migrate_slot, owner_of
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(60)]
@@ -112,7 +112,7 @@ def test_partitions_spread_over_all_nodes_and_describe_names_them(
         # The node named by describe really holds the partition's stream.
         port = int(str(info.node).rsplit(":", 1)[1])
         with cluster.client(port) as node:
-            assert node.xlen(cconn.keys.stream("spread", info.partition)) == 1
+            assert node.xlen(cconn.keys.stream(layout(cconn, "spread"), info.partition)) == 1
     assert desc.length == 12
 
 
@@ -192,7 +192,7 @@ def test_resharding_a_live_partition_loses_nothing_and_keeps_key_order(
     caplog.set_level(logging.DEBUG, logger="partstream.producer")
     topic, n_keys = "live", 24
     TopicAdmin(cconn).create(TopicSpec(topic, 6))
-    stream = cconn.keys.stream(topic, 0)
+    stream = cconn.keys.stream(layout(cconn, topic), 0)
     slot = int(cconn.client.keyslot(stream))
     src = owner_of(cluster, slot)
     dst = next(port for port in cluster.primary_ports() if port != src)
@@ -257,7 +257,7 @@ def test_consumers_keep_consuming_while_a_partition_slot_migrates(
     node: everything sent is processed (L), each key in order (O), every ack lands."""
     topic, n_keys = "cmove", 24
     TopicAdmin(cconn).create(TopicSpec(topic, 6))
-    stream = cconn.keys.stream(topic, 0)
+    stream = cconn.keys.stream(layout(cconn, topic), 0)
     slot = int(cconn.client.keyslot(stream))
     src = owner_of(cluster, slot)
     dst = next(port for port in cluster.primary_ports() if port != src)

@@ -20,7 +20,7 @@ from partitions._client.config import ConsumerConfig
 from partitions._client.connection import Connection
 from partitions._consumer.consumer import Consumer
 from tests import helpers
-from tests.helpers import drain, produce, topic, wait_for
+from tests.helpers import drain, layout, produce, topic, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -38,7 +38,10 @@ def consumer(conn: Connection, **kw: Any) -> Consumer:
 
 
 def pending(conn: Connection, name: str, n: int, group: str = "g") -> int:
-    return sum(conn.client.xpending(conn.keys.stream(name, p), group)["pending"] for p in range(n))
+    return sum(
+        conn.client.xpending(conn.keys.stream(layout(conn, name), p), group)["pending"]
+        for p in range(n)
+    )
 
 
 def test_reads_everything_in_order_and_auto_commits(conn: Connection) -> None:
@@ -81,7 +84,9 @@ def test_superseded_owner_reads_nothing_and_its_acks_are_refused(conn: Connectio
         first = drain(c, 5)
         assert len(first) == 5
         # A newer grant takes the fence (what a new owner does after a rebalance).
-        assert claim_fence(conn.client, conn.keys, "g", "orders", 0, "intruder", 2**52)
+        assert claim_fence(
+            conn.client, conn.keys, "g", layout(conn, "orders"), 0, "intruder", 2**52
+        )
         assert c.poll(timeout=0.3) == []  # nothing more read; the ack rode along, refused
         assert c.refused_acks == 5
         assert c.assignment() == set()
@@ -108,7 +113,9 @@ def test_commit_after_losing_the_partition_raises(conn: Connection) -> None:
     c = consumer(conn, config=ConsumerConfig(auto_commit=False))
     try:
         got = drain(c, 3)
-        assert claim_fence(conn.client, conn.keys, "g", "orders", 0, "intruder", 2**52)
+        assert claim_fence(
+            conn.client, conn.keys, "g", layout(conn, "orders"), 0, "intruder", 2**52
+        )
         with pytest.raises(NotOwnerError):
             c.commit(got)
         assert pending(conn, "orders", 1) == 3
@@ -208,7 +215,7 @@ def test_trimmed_pending_entries_land_in_dlq_with_reason_trimmed(conn: Connectio
     got = drain(a, 10)
     a.close()  # all 10 pending
     conn.client.xtrim(
-        conn.keys.stream("orders", 0), minid=got[6].id, approximate=False
+        conn.keys.stream(layout(conn, "orders"), 0), minid=got[6].id, approximate=False
     )  # trims 6 pending ones
     produce(conn, "orders", 2, start=10)
     with consumer(conn) as b:
@@ -228,7 +235,9 @@ def test_safe_retention_never_trims_unacked_entries(conn: Connection) -> None:
         first = drain(c, 10)
         c.close()  # 10 pending (in fact 50 delivered: fetch_count 500)
         produce(conn, name, 1000, start=50)
-        first_left = conn.client.xrange(conn.keys.stream(name, 0), count=1)[0][0].decode()
+        first_left = conn.client.xrange(conn.keys.stream(layout(conn, name), 0), count=1)[0][
+            0
+        ].decode()
         if name == "safe":
             assert first_left == first[0].id
         else:
@@ -245,7 +254,7 @@ def test_safe_retention_trims_what_every_group_acked(conn: Connection) -> None:
     topic(conn, "safe", n=1, max_length=100, safe_retention=True)
     quick = GroupSettings(session_timeout_ms=1000, heartbeat_interval_ms=200,
                           reclaim_idle_ms=400)  # fmt: skip
-    stream = conn.keys.stream("safe", 0)
+    stream = conn.keys.stream(layout(conn, "safe"), 0)
     with consumer(conn, topics="safe", group_settings=quick,
                   config=ConsumerConfig(auto_commit=False)) as c:  # fmt: skip
         wait_for(lambda: c.poll(timeout=0.1) == [] and c.assignment())  # the group reads it
@@ -254,7 +263,7 @@ def test_safe_retention_trims_what_every_group_acked(conn: Connection) -> None:
         assert len(got) == 300  # nothing trimmed while the group had not read it
         c.commit(got[:-1])  # all but the last one acked
         wait_for(lambda: c.poll(timeout=0.2) == [] and conn.client.hget(
-            conn.keys.stream_groups("safe", 0), "~cut") is not None)  # fmt: skip
+            conn.keys.stream_groups(layout(conn, "safe"), 0), "~cut") is not None)  # fmt: skip
         produce(conn, "safe", 150, start=300)
         left = conn.client.xrange(stream, count=1)[0][0].decode()
         assert idkey(left) <= idkey(got[-1].id)  # the unacked entry is kept ...
@@ -308,7 +317,7 @@ def test_lag_counts_undelivered_and_pending_when_server_lag_is_null(conn: Connec
     try:
         got = drain(c, 10)
         c.commit(got[:4])
-        stream = conn.keys.stream("orders", 0)
+        stream = conn.keys.stream(layout(conn, "orders"), 0)
         conn.client.xdel(stream, got[20 - 10].id if len(got) > 10 else "0-1")
         # SETID without ENTRIESREAD: the server no longer knows the lag
         conn.client.execute_command("XGROUP", "SETID", stream, "g", got[-1].id)
@@ -325,14 +334,14 @@ def test_deleted_stream_or_group_under_a_live_consumer_is_state_lost(conn: Conne
     produce(conn, "orders", 3)
     with consumer(conn) as c:
         drain(c, 3)
-        conn.client.delete(conn.keys.stream("orders", 0))
+        conn.client.delete(conn.keys.stream(layout(conn, "orders"), 0))
         with pytest.raises(StateLostError):
             c.poll(timeout=0.3)
-        assert not conn.client.exists(conn.keys.stream("orders", 0))  # not re-created
+        assert not conn.client.exists(conn.keys.stream(layout(conn, "orders"), 0))  # not re-created
     produce(conn, "orders", 3)
     with consumer(conn, group="g2") as c:
         drain(c, 3)
-        conn.client.xgroup_destroy(conn.keys.stream("orders", 0), "g2")
+        conn.client.xgroup_destroy(conn.keys.stream(layout(conn, "orders"), 0), "g2")
         with pytest.raises(StateLostError):
             c.poll(timeout=0.3)
 

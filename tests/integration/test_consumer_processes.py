@@ -27,7 +27,7 @@ from partitions._base.errors import UnknownGroupError
 from partitions._client.connection import Connection
 from partitions._producer.producer import Producer
 from partitions.cli import main as cli_main
-from tests.helpers import wait_for
+from tests.helpers import layout, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
@@ -129,7 +129,9 @@ def produce_keyed(conn: Connection, n: int, keys: int = 500, start: int = 0) -> 
 def pending_ids(conn: Connection, partitions: set[int]) -> set[tuple[int, str]]:
     out = set()
     for p in partitions:
-        for e in conn.client.xpending_range(conn.keys.stream(TOPIC, p), GROUP, "-", "+", 100_000):
+        for e in conn.client.xpending_range(
+            conn.keys.stream(layout(conn, TOPIC), p), GROUP, "-", "+", 100_000
+        ):
             out.add((p, e["message_id"].decode()))
     return out
 

@@ -21,6 +21,7 @@ from partitions._base.errors import (
     UnknownMemberError,
 )
 from partitions._base.fence import claim_fence, fence_value, read_fence, release_fence
+from partitions._base.keys import TopicLayout
 from partitions._base.settings import GroupSettings
 from partitions._base.types import Grant, HeartbeatResult, TopicPartition
 from partitions._client.connection import Connection
@@ -264,33 +265,38 @@ def test_target_is_compare_and_set_on_the_group_epoch(conn: Connection) -> None:
 
 def test_fence_claim_and_release(conn: Connection) -> None:
     c, k = conn.client, conn.keys
+    orders = TopicLayout("orders", 12)  # no metadata here: the original tags
     assert fence_value("m1", 17) == "m1 17"
-    assert claim_fence(c, k, "g", "orders", 3, "m1", 17)
-    assert c.hget(k.fence("orders", 3), "g") == b"m1 17"
-    assert claim_fence(c, k, "g", "orders", 3, "m1", 17)  # idempotent
-    assert not claim_fence(c, k, "g", "orders", 3, "m0", 16)  # an older grant loses
-    assert claim_fence(c, k, "g", "orders", 3, "m2", 18)
-    assert not release_fence(c, k, "g", "orders", 3, "m1", 17)  # no longer ours
+    assert claim_fence(c, k, "g", orders, 3, "m1", 17)
+    assert c.hget(k.fence(orders, 3), "g") == b"m1 17"
+    assert claim_fence(c, k, "g", orders, 3, "m1", 17)  # idempotent
+    assert not claim_fence(c, k, "g", orders, 3, "m0", 16)  # an older grant loses
+    assert claim_fence(c, k, "g", orders, 3, "m2", 18)
+    assert not release_fence(c, k, "g", orders, 3, "m1", 17)  # no longer ours
     assert read_fence(c, k, "g", "orders", 3) == ("m2", 18)
-    assert claim_fence(c, k, "other-group", "orders", 3, "z", 1)  # groups are independent
-    assert release_fence(c, k, "g", "orders", 3, "m2", 18)
+    assert claim_fence(c, k, "other-group", orders, 3, "z", 1)  # groups are independent
+    assert release_fence(c, k, "g", orders, 3, "m2", 18)
     assert read_fence(c, k, "g", "orders", 3) is None
     big = 1_795_000_000_000_123  # tokens are ms * 1000 scale
-    assert claim_fence(c, k, "g", "orders", 3, "m3", big)
-    assert not claim_fence(c, k, "g", "orders", 3, "m4", big - 1)
-    assert claim_fence(c, k, "g", "orders", 3, "m4", big + 1)
+    assert claim_fence(c, k, "g", orders, 3, "m3", big)
+    assert not claim_fence(c, k, "g", orders, 3, "m4", big - 1)
+    assert claim_fence(c, k, "g", orders, 3, "m4", big + 1)
 
 
 def test_tokens_of_a_recreated_group_beat_old_fences(conn: Connection) -> None:
     a = member(conn, "a")
     tp, grant = sorted(a.join().owned.items())[0]
-    assert claim_fence(conn.client, conn.keys, "g", tp.topic, tp.partition, "a", grant.token)
+    assert claim_fence(
+        conn.client, conn.keys, "g", a.layouts.of(tp.topic), tp.partition, "a", grant.token
+    )
     a.leave()
     assert GroupAdmin(conn).delete("g")
     time.sleep(0.01)
     r = member(conn, "b").join()
     assert r.created_group
-    assert claim_fence(conn.client, conn.keys, "g", tp.topic, tp.partition, "b", r.owned[tp].token)
+    assert claim_fence(
+        conn.client, conn.keys, "g", a.layouts.of(tp.topic), tp.partition, "b", r.owned[tp].token
+    )
 
 
 def test_admin_create_alter_describe_delete(conn: Connection) -> None:
@@ -331,7 +337,7 @@ def test_scripts_reload_after_script_flush(conn: Connection) -> None:
     a.join()
     conn.client.script_flush()
     assert len(a.heartbeat().owned) == 12
-    assert claim_fence(conn.client, conn.keys, "g", "orders", 0, "a", 10**15)
+    assert claim_fence(conn.client, conn.keys, "g", a.layouts.of("orders"), 0, "a", 10**15)
 
 
 def test_runner_reports_revocations_before_assignments(conn: Connection) -> None:

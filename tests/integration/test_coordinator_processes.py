@@ -19,6 +19,7 @@ import pytest
 
 from partitions._admin.groups import GroupAdmin
 from partitions._base.errors import UnknownGroupError
+from partitions._base.keys import TopicLayout
 from partitions._base.types import GroupDescription, TopicPartition
 from partitions._client.connection import Connection
 from tests.helpers import wait_for
@@ -96,7 +97,8 @@ class Fleet:
     def read_logs(self) -> dict[int, list[tuple[str, int]]]:
         out = {}
         for p in range(PARTS):
-            key = self.conn.keys.stream(TOPIC, p) + ":testreads"
+            # The topic has no metadata here: its partitions have the original tags.
+            key = self.conn.keys.stream(TopicLayout(TOPIC, PARTS), p) + ":testreads"
             rows = [r.decode().split() for r in self.conn.client.lrange(key, 0, -1)]
             out[p] = [(m, int(t)) for m, t in rows]
         return out

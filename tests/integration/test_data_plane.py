@@ -22,6 +22,7 @@ from partitions._client.config import ProducerConfig
 from partitions._client.connection import Connection
 from partitions._client.nodes import node_for_key
 from partitions._producer.producer import Producer
+from tests.helpers import layout
 
 
 def test_topic_lifecycle(conn: Connection) -> None:
@@ -43,7 +44,7 @@ def test_topic_lifecycle(conn: Connection) -> None:
 
 
 def test_wrongtype_key_is_refused_before_any_write(conn: Connection) -> None:
-    conn.client.set(conn.keys.stream("clash", 1), "not a stream")
+    conn.client.set(conn.keys.stream(layout(conn, "clash"), 1), "not a stream")
     with pytest.raises(WrongTypeError, match="holds a string"):
         TopicAdmin(conn).create(TopicSpec("clash", 2))
     assert not conn.client.exists(conn.keys.topic_meta("clash"))
@@ -100,7 +101,7 @@ def test_oversize_record_is_refused_before_writing(conn: Connection) -> None:
         pytest.raises(RecordTooLargeError),
     ):
         p.send("big", b"x" * 2000, key="k")
-    assert conn.client.xlen(conn.keys.stream("big", 0)) == 0
+    assert conn.client.xlen(conn.keys.stream(layout(conn, "big"), 0)) == 0
 
 
 def test_send_from_many_threads(conn: Connection) -> None:
@@ -133,7 +134,7 @@ def test_retention_by_length_and_age(conn: Connection) -> None:
     with Producer(conn, ProducerConfig(batch_size=200)) as p:
         for i in range(5000):
             p.send("ret", str(i), key="k")
-    length = conn.client.xlen(conn.keys.stream("ret", 0))
+    length = conn.client.xlen(conn.keys.stream(layout(conn, "ret"), 0))
     assert 500 <= length < 5000  # approximate trim: whole nodes
     admin.alter("ret", max_length=None, retention_ms=1)
     time.sleep(0.01)
@@ -141,15 +142,15 @@ def test_retention_by_length_and_age(conn: Connection) -> None:
         for i in range(300):
             p.send("ret", str(i), key="k")
     # age retention drops what is older than 1 ms, node by node
-    assert conn.client.xlen(conn.keys.stream("ret", 0)) < length + 300
+    assert conn.client.xlen(conn.keys.stream(layout(conn, "ret"), 0)) < length + 300
 
 
 def test_idempotent_retry_is_not_duplicated(conn: Connection) -> None:
     """Re-sending the very same batch (as after a lost reply) appends nothing."""
     TopicAdmin(conn).create(TopicSpec("idem", 1))
-    key = conn.keys.stream("idem", 0)
-    seq = conn.keys.seq("idem", 0)
-    groups = conn.keys.stream_groups("idem", 0)
+    key = conn.keys.stream(layout(conn, "idem"), 0)
+    seq = conn.keys.seq(layout(conn, "idem"), 0)
+    groups = conn.keys.stream_groups(layout(conn, "idem"), 0)
     args = ["pid1", 1, 0, 0, 0, 2, 0, b"k", b"a", 0, b"k", b"b"]
     first = conn.functions.call("append", [key, seq, groups], args)
     again = conn.functions.call("append", [key, seq, groups], args)
@@ -165,7 +166,7 @@ def test_back_pressure_blocks_then_raises(conn: Connection) -> None:
     TopicAdmin(conn).create(TopicSpec("bp", 1))
     cfg = ProducerConfig(batch_size=10, buffer_records=10, block_timeout=0.3, linger_ms=0)
     # On a cluster, pause the node that serves the partition (CLIENT PAUSE is per node).
-    node = node_for_key(conn, conn.keys.stream("bp", 0))
+    node = node_for_key(conn, conn.keys.stream(layout(conn, "bp"), 0))
     with Producer(conn, cfg) as p:
         node.execute_command("CLIENT", "PAUSE", 1500, "WRITE")
         try:
@@ -176,7 +177,9 @@ def test_back_pressure_blocks_then_raises(conn: Connection) -> None:
             assert time.monotonic() - start >= 0.25
         finally:
             node.execute_command("CLIENT", "UNPAUSE")
-    assert conn.client.xlen(conn.keys.stream("bp", 0)) >= 10  # nothing accepted was dropped
+    assert (
+        conn.client.xlen(conn.keys.stream(layout(conn, "bp"), 0)) >= 10
+    )  # nothing accepted was dropped
 
 
 def test_replay_positions_count_end_and_follow(conn: Connection) -> None:
@@ -222,7 +225,7 @@ def test_lost_sequence_state_fails_one_batch_loudly_then_recovers(conn: Connecti
     with Producer(conn, ProducerConfig(linger_ms=0)) as p:
         p.send("seq", "a", key="k").result(5)
         p.send("seq", "b", key="k").result(5)
-        conn.client.delete(conn.keys.seq("seq", 0))
+        conn.client.delete(conn.keys.seq(layout(conn, "seq"), 0))
         lost = p.send("seq", "c", key="k")
         with pytest.raises(SequenceLostError, match="OUTOFSEQ"):
             lost.result(5)

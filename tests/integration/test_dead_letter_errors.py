@@ -21,6 +21,7 @@ from partitions._client.connection import Connection
 from partitions._consumer.calls import MAX_ERROR_BYTES, TRUNCATED
 from partitions._producer.producer import Producer
 from partitions.cli import main
+from tests.helpers import layout
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -97,7 +98,7 @@ def test_a_reason_must_be_a_label_and_nothing_is_written(conn: Connection) -> No
 def test_an_entry_without_the_error_field_still_parses(conn: Connection) -> None:
     # A dead letter as consume.lua wrote it before errors were kept.
     setup(conn, n=0)
-    key = conn.keys.dlq("orders", 0)
+    key = conn.keys.dlq(layout(conn, "orders"), 0)
     conn.client.xadd(key, {"dlq.topic": "orders", "dlq.partition": "0", "dlq.id": "5-0",
                            "dlq.group": "g", "dlq.deliveries": "2", "dlq.reason": "max_deliveries",
                            "key": "k", "value": "v"})  # fmt: skip

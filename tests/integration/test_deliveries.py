@@ -39,6 +39,7 @@ from partitions._client.connection import Connection
 from partitions._consumer.consumer import Consumer
 from partitions.cli import main as cli_main
 from tests import helpers
+from tests.helpers import layout
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -98,7 +99,9 @@ def produce(conn: Connection, count: int, keys: int = 10, partitions: int = 1) -
 
 
 def pending(conn: Connection, partition: int = 0) -> int:
-    return int(conn.client.xpending(conn.keys.stream("orders", partition), "g")["pending"])
+    return int(
+        conn.client.xpending(conn.keys.stream(layout(conn, "orders"), partition), "g")["pending"]
+    )
 
 
 drain = functools.partial(helpers.drain, timeout=60.0, poll_timeout=0.5)
@@ -201,7 +204,7 @@ def test_takeover_of_many_pending_entries_drains_in_order(
 
 def foreign_entry(conn: Connection) -> str:
     TopicAdmin(conn).create(TopicSpec("orders", 1), exist_ok=True)
-    key = conn.keys.stream("orders", 0)
+    key = conn.keys.stream(layout(conn, "orders"), 0)
     rid = conn.client.xadd(key, {"payload": b'{"a": 1}', "user": b"svc-go"})
     return rid.decode()
 
@@ -234,7 +237,7 @@ def test_foreign_entries_can_be_dead_lettered_as_malformed(conn: Connection) -> 
 
 def test_dead_letter_metadata_cannot_be_overridden_by_the_entry(conn: Connection) -> None:
     TopicAdmin(conn).create(TopicSpec("orders", 1), exist_ok=True)
-    key = conn.keys.stream("orders", 0)
+    key = conn.keys.stream(layout(conn, "orders"), 0)
     rid = conn.client.xadd(
         key, {"dlq.partition": b"9", "dlq.reason": b"fake", "dlq.group": b"other"}
     ).decode()
@@ -248,7 +251,7 @@ def test_dead_letter_metadata_cannot_be_overridden_by_the_entry(conn: Connection
 
 def test_a_malformed_dead_letter_entry_is_listed_not_a_crash(conn: Connection) -> None:
     TopicAdmin(conn).create(TopicSpec("orders", 1), exist_ok=True)
-    dlq = conn.keys.dlq("orders", 0)
+    dlq = conn.keys.dlq(layout(conn, "orders"), 0)
     conn.client.xadd(dlq, {"dlq.topic": "orders", "dlq.partition": "zero", "junk": "x"})
     conn.client.xadd(dlq, {"something": "else"})
     letters = DeadLetters(conn).list("orders")
@@ -275,7 +278,7 @@ def test_replay_refuses_a_dead_letter_whose_origin_is_another_stream(conn: Conne
     TopicAdmin(conn).create(TopicSpec("payments", 1), exist_ok=True)
     forged = {"dlq.topic": "payments", "dlq.partition": "0", "dlq.id": "1-0", "dlq.group": "g",
               "dlq.deliveries": "1", "dlq.reason": "rejected", "value": "pay me"}  # fmt: skip
-    conn.client.xadd(conn.keys.dlq("orders", 1), forged)
+    conn.client.xadd(conn.keys.dlq(layout(conn, "orders"), 1), forged)
     [d] = DeadLetters(conn).list("orders")
     assert any("does not match the dead-letter stream" in p for p in d.problems)
     runner = CliRunner()
@@ -285,5 +288,5 @@ def test_replay_refuses_a_dead_letter_whose_origin_is_another_stream(conn: Conne
     )
     assert result.exit_code == 0, result.output
     assert "refused" in result.stderr and "payments/0" in result.stderr
-    assert conn.client.xlen(conn.keys.stream("payments", 0)) == 0
+    assert conn.client.xlen(conn.keys.stream(layout(conn, "payments"), 0)) == 0
     assert DeadLetters(conn).list("orders") == [d]  # left where it is, for a person to look at

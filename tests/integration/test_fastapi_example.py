@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from partitions import ClientConfig, Connection, GroupAdmin
-from tests.helpers import wait_for
+from tests.helpers import layout, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -54,7 +54,8 @@ def test_records_posted_to_the_api_are_consumed_by_the_app(
             assert by_place[(r["partition"], r["id"])] == r["value"]
     # Shut down: the consumer committed what it processed and left; nothing is pending.
     pending = sum(
-        conn.client.xpending(conn.keys.stream("events", p), "web")["pending"] for p in range(4)
+        conn.client.xpending(conn.keys.stream(layout(conn, "events"), p), "web")["pending"]
+        for p in range(4)
     )
     assert pending == 0
     assert GroupAdmin(conn).describe("web").members == ()

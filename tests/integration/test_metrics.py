@@ -40,6 +40,7 @@ from partitions._telemetry.exporter import MetricsExporter
 from partitions._telemetry.scrape import Scraper
 from partitions.cli import main
 from tests import helpers
+from tests.helpers import layout
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
@@ -150,7 +151,7 @@ def test_exporter_matches_describe_while_behind_and_reads_zero_after_draining(
         )
         # topic series, against what the server says directly
         for p in range(4):
-            stream = conn.keys.stream("orders", p)
+            stream = conn.keys.stream(layout(conn, "orders"), p)
             labels = {"topic": "orders", "partition": str(p)}
             first = conn.client.xrange(stream, count=1)[0][0].decode()
             last = conn.client.xrevrange(stream, count=1)[0][0].decode()
@@ -282,7 +283,7 @@ def test_exporter_counts_lag_where_the_server_lag_is_null_and_reloads_the_librar
         while len(got) < 10 and time.monotonic() < end:
             got += c.poll(max_records=10 - len(got), timeout=0.3)
         c.commit(got[:4])
-        stream = conn.keys.stream("orders", 0)
+        stream = conn.keys.stream(layout(conn, "orders"), 0)
         conn.client.xdel(stream, got[5].id)  # a deletion, then SETID: the server's lag is NULL
         conn.client.execute_command("XGROUP", "SETID", stream, "g", got[-1].id)
         assert conn.client.xinfo_groups(stream)[0]["lag"] is None
@@ -338,7 +339,7 @@ def test_a_scrape_is_one_pipelined_round_per_node(
         c.dead_letter(got[5], reason="bad-schema")
         wait_stable(conn, "billing", 1)
         # Every case a scrape handles: a NULL server lag (a seek) on one partition too.
-        stream = conn.keys.stream("orders", got[0].partition)
+        stream = conn.keys.stream(layout(conn, "orders"), got[0].partition)
         conn.client.xdel(stream, got[0].id)
         conn.client.execute_command("XGROUP", "SETID", stream, "billing", got[0].id)
         scraper = Scraper(conn)

@@ -31,7 +31,7 @@ from partitions._base.fence import claim_fence
 from partitions._base.steps import drive
 from partitions._consumer.consumer import Consumer
 from partitions._pipeline.pipeline import Commit
-from tests.helpers import FAST, drain, drain_async, produce, topic, wait_for
+from tests.helpers import FAST, drain, drain_async, layout, produce, topic, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -62,12 +62,15 @@ def outputs(rec: Record, fanout: int = 2) -> list[Output]:
 def written(conn: Connection, name: str = "out", n: int = 3) -> list[bytes]:
     out = []
     for p in range(n):
-        out += [f[b"value"] for _, f in conn.client.xrange(conn.keys.stream(name, p))]
+        out += [f[b"value"] for _, f in conn.client.xrange(conn.keys.stream(layout(conn, name), p))]
     return out
 
 
 def pending(conn: Connection, name: str = "in", n: int = 2) -> int:
-    return sum(conn.client.xpending(conn.keys.stream(name, p), "g")["pending"] for p in range(n))
+    return sum(
+        conn.client.xpending(conn.keys.stream(layout(conn, name), p), "g")["pending"]
+        for p in range(n)
+    )
 
 
 def test_outputs_and_ack_commit_once_and_a_retry_writes_nothing(
@@ -131,7 +134,7 @@ def test_a_fenced_off_member_is_refused_and_the_outputs_stay_exactly_once(
         got = drain(c, 3)
         pipe.send_and_commit(got[0], outputs(got[0]))
         # A newer grant takes the input partition's fence (what a new owner does).
-        assert claim_fence(conn.client, conn.keys, "g", "one", 0, "intruder", 2**52)
+        assert claim_fence(conn.client, conn.keys, "g", layout(conn, "one"), 0, "intruder", 2**52)
         with pytest.raises(NotOwnerError):
             pipe.send_and_commit(got[1], outputs(got[1]))
         after = written(conn)
@@ -146,7 +149,7 @@ def test_a_fenced_off_member_is_refused_and_the_outputs_stay_exactly_once(
                 done = drive(pipe.core.steps(rec, outputs(rec), "new 1"), _no_ack(pipe))
                 assert done.duplicate
             assert len(written(conn)) == 4
-        assert conn.client.xpending(conn.keys.stream("one", 0), "g")["pending"] == 2
+        assert conn.client.xpending(conn.keys.stream(layout(conn, "one"), 0), "g")["pending"] == 2
     finally:
         c.close()
 
@@ -170,12 +173,12 @@ def test_bad_outputs_write_nothing_and_leave_the_input_pending(
         if pipe.mode == "atomic":
             # A key of another type in one output partition: refused before any write,
             # also to the other output partitions.
-            conn.client.set(conn.keys.stream("out", 2), "not a stream")
+            conn.client.set(conn.keys.stream(layout(conn, "out"), 2), "not a stream")
             with pytest.raises(WrongTypeError):
                 pipe.send_and_commit(
                     rec, [Output("out", "a", partition=0), Output("out", "b", partition=2)]
                 )
-            conn.client.delete(conn.keys.stream("out", 2))
+            conn.client.delete(conn.keys.stream(layout(conn, "out"), 2))
         assert written(conn) == [] and pending(conn) == 1
 
 
@@ -252,7 +255,10 @@ def test_a_transform_error_dead_letters_the_input_when_asked(
         stop.set()
         t.join(20)
     dead = [
-        f for p in range(2) for _, f in conn.client.xrange(conn.keys.dlq("in", p)) if b"dlq.id" in f
+        f
+        for p in range(2)
+        for _, f in conn.client.xrange(conn.keys.dlq(layout(conn, "in"), p))
+        if b"dlq.id" in f
     ]
     assert [f[b"dlq.reason"] for f in dead] == [b"transform_error"]
     assert len(written(conn)) == 9

@@ -36,7 +36,7 @@ from partitions._consumer.consumer import Consumer
 from partitions._producer.producer import Producer
 from partitions.cli import main
 from tests import helpers
-from tests.helpers import wait_for
+from tests.helpers import layout, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -55,7 +55,7 @@ def produce(conn: Connection, n: int, keys: int = 40) -> None:
 def pending(conn: Connection, partitions: int) -> int:
     total = 0
     for p in range(partitions):
-        info = conn.client.xpending(conn.keys.stream(TOPIC, p), GROUP)
+        info = conn.client.xpending(conn.keys.stream(layout(conn, TOPIC), p), GROUP)
         total += int(info["pending"])
     return total
 
@@ -199,7 +199,7 @@ def test_stuck_handler_loses_its_partitions_after_the_poll_interval(
 
 
 def _ids(conn: Connection, p: int) -> list[Any]:
-    return conn.client.xrange(conn.keys.stream(TOPIC, p))  # type: ignore[no-any-return]
+    return conn.client.xrange(conn.keys.stream(layout(conn, TOPIC), p))  # type: ignore[no-any-return]
 
 
 # -- one process --------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from partitions._producer.accumulator import Accumulator
 from partitions._producer.batch import MAX_BATCH_BYTES, Batch
 from partitions._producer.producer import Producer
 from partitions.cli import main
+from tests.helpers import layout
 
 MiB = 1024 * 1024
 
@@ -92,8 +93,8 @@ def test_append_script_refuses_a_malformed_batch_before_writing(
     conn: Connection, bad: list[Any]
 ) -> None:
     TopicAdmin(conn).create(TopicSpec("atom", 1))
-    stream, seq = conn.keys.stream("atom", 0), conn.keys.seq("atom", 0)
-    groups = conn.keys.stream_groups("atom", 0)
+    stream, seq = conn.keys.stream(layout(conn, "atom"), 0), conn.keys.seq(layout(conn, "atom"), 0)
+    groups = conn.keys.stream_groups(layout(conn, "atom"), 0)
     good = [[0, b"k", b"v%d" % i] for i in range(5)]
     with pytest.raises(Exception, match=r"BADBATCH .*nothing written"):
         conn.functions.call("append", [stream, seq, groups], _script_args("pidA", 1, [*good, bad]))
@@ -119,8 +120,11 @@ def test_append_script_checks_its_header_arguments(
     conn: Connection, args: list[Any], match: str
 ) -> None:
     TopicAdmin(conn).create(TopicSpec("hdrargs", 1))
-    stream, seq = conn.keys.stream("hdrargs", 0), conn.keys.seq("hdrargs", 0)
-    groups = conn.keys.stream_groups("hdrargs", 0)
+    stream, seq = (
+        conn.keys.stream(layout(conn, "hdrargs"), 0),
+        conn.keys.seq(layout(conn, "hdrargs"), 0),
+    )
+    groups = conn.keys.stream_groups(layout(conn, "hdrargs"), 0)
     with pytest.raises(Exception, match=f"BADBATCH .*{match}"):
         conn.functions.call("append", [stream, seq, groups], args)
     assert not conn.client.exists(stream) and not conn.client.exists(seq)
@@ -132,7 +136,7 @@ def test_refused_batch_fails_alone_and_does_not_wedge_the_next(conn: Connection)
     once the key is fixed the next batch of the partition goes through (its sequence number
     was given back: before, it was refused as OUTOFSEQ)."""
     TopicAdmin(conn).create(TopicSpec("wedge", 2))
-    stream0 = conn.keys.stream("wedge", 0)
+    stream0 = conn.keys.stream(layout(conn, "wedge"), 0)
     with Producer(conn, ProducerConfig(linger_ms=50)) as p:
         p.send("wedge", "first", partition=0).result(10)
         conn.client.delete(stream0)
@@ -155,7 +159,7 @@ def test_refused_batch_fails_alone_and_does_not_wedge_the_next(conn: Connection)
 
 def test_wrongtype_sequence_key_refuses_before_writing(conn: Connection) -> None:
     TopicAdmin(conn).create(TopicSpec("seqclash", 1))
-    seq = conn.keys.seq("seqclash", 0)
+    seq = conn.keys.seq(layout(conn, "seqclash"), 0)
     conn.client.set(seq, "not a hash")
     with Producer(conn, ProducerConfig(linger_ms=1)) as p:
         with pytest.raises(WrongTypeError):
@@ -297,11 +301,11 @@ def test_produce_counts_records_the_server_refused(
     client_config: ClientConfig, conn: Connection
 ) -> None:
     TopicAdmin(conn).create(TopicSpec("refuse", 2))
-    conn.client.set(conn.keys.stream("refuse", 1), "not a stream")
+    conn.client.set(conn.keys.stream(layout(conn, "refuse"), 1), "not a stream")
     code, _, err = cli(client_config, "produce", "refuse", "-p", "0", "-q", input="a\nb\n")
     assert code == 0 and "2 records produced to refuse" in _
     code, _, err = cli(client_config, "produce", "refuse", "-p", "1", input="c\nd\n")
     assert code == 1 and err.startswith("error: WrongTypeError: ") and err.count("\n") == 1
     assert "stopped after line 2: 0 records produced to refuse, 2 failed" in err
     with pytest.raises(rex.ResponseError):
-        conn.client.xlen(conn.keys.stream("refuse", 1))
+        conn.client.xlen(conn.keys.stream(layout(conn, "refuse"), 1))

@@ -22,7 +22,7 @@ from partitions._base.errors import ClosedError, ServerOutOfMemoryError
 from partitions._client.config import ClientConfig, ProducerConfig
 from partitions._client.connection import Connection, connect
 from partitions._producer.producer import Producer, RecordFuture
-from tests.helpers import ServerProc, missing, own_server, server_binaries
+from tests.helpers import ServerProc, layout, missing, own_server, server_binaries
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -172,7 +172,7 @@ def test_oom_fails_typed_after_a_short_delivery_timeout(binary: str | None) -> N
             assert err.retriable
         assert time.monotonic() - start >= 1.45  # failed only once the timeout ran out
         assert "gave up after" in str(first[0].exception(0))
-        assert not conn.client.exists(conn.keys.stream("mem", 0))  # nothing written
+        assert not conn.client.exists(conn.keys.stream(layout(conn, "mem"), 0))  # nothing written
         admin.delete(*fillers)
         # Not wedged: the refused batches gave their sequence numbers back.
         after = [producer.send("mem", f"c{i}", key="k") for i in range(3)]

@@ -22,6 +22,7 @@ from partitions._consumer.consumer import Consumer
 from partitions._producer.producer import Producer
 from partitions.cli import main
 from partitions.dashboard.app import Dashboard, create_app
+from tests.helpers import layout
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -54,14 +55,14 @@ def deliveries(conn: Connection) -> dict[str, int]:
     """Delivery count of every pending entry of group g, by id."""
     out: dict[str, int] = {}
     for p in range(PARTS):
-        key = conn.keys.stream("stuck", p)
+        key = conn.keys.stream(layout(conn, "stuck"), p)
         for row in execute_on_key(conn, key, b"XPENDING", key, "g", "-", "+", 1000):
             out[row[0].decode()] = int(row[3])
     return out
 
 
 def request_fields(conn: Connection) -> list[Any]:
-    keys = [conn.keys.stream_groups("stuck", p) for p in range(PARTS)]
+    keys = [conn.keys.stream_groups(layout(conn, "stuck"), p) for p in range(PARTS)]
     return [execute_on_key(conn, k, "HGET", k, "g:reclaim") for k in keys]
 
 

@@ -35,6 +35,7 @@ from partitions._base.settings import GroupSettings
 from partitions._client.connection import Connection
 from partitions._producer.producer import Producer
 from partitions._runner.runner import Runner
+from tests.helpers import layout
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -51,7 +52,7 @@ def make_topic(conn: Connection, name: str, records: int, keys: int, partitions:
 def pending(conn: Connection, topic: str, group: str, partitions: int = 4) -> int:
     total = 0
     for p in range(partitions):
-        key = conn.keys.stream(topic, p)
+        key = conn.keys.stream(layout(conn, topic), p)
         total += int(conn.client.xpending(key, group)["pending"])
     return total
 

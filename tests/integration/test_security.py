@@ -39,7 +39,7 @@ from partitions._producer.producer import Producer
 from partitions._telemetry.scrape import Scrape, Scraper, scrape
 from partitions.cli import main
 from tests import helpers
-from tests.helpers import ServerProc, free_port, missing, own_server, server_binaries
+from tests.helpers import ServerProc, free_port, layout, missing, own_server, server_binaries
 
 NS = "sec"
 PASSWORD = "Pr0d-s3cret-pw"  # distinctive, so a leak is easy to find in any output
@@ -137,7 +137,7 @@ def test_producer_appends_to_its_topic_and_nothing_else(acl: AclSetup) -> None:
         # Outside its rights even with raw commands: it can neither read nor trim its topic,
         # no reads as a group, no other topic, no DEL, no dead-letter stream, no group keys,
         # no code of its own (SCRIPT, EVAL, FUNCTION).
-        stream = pc.keys.stream("orders", 0)
+        stream = pc.keys.stream(layout(pc, "orders"), 0)
         refused = [
             ("XTRIM", stream, "MAXLEN", "0"),
             ("XRANGE", stream, "-", "+"),
@@ -150,12 +150,12 @@ def test_producer_appends_to_its_topic_and_nothing_else(acl: AclSetup) -> None:
             ("EVAL", "return 1", "0"),
             ("EVAL", "while true do end", "0"),
             ("FUNCTION", "LOAD", "#!lua name=evil\nredis.register_function('e', function() end)"),
-            ("HSET", pc.keys.stream_groups("orders", 0), "~cut", "9999999999999-0"),
+            ("HSET", pc.keys.stream_groups(layout(pc, "orders"), 0), "~cut", "9999999999999-0"),
             ("XREADGROUP", "GROUP", "billing", "c", "STREAMS", stream, ">"),
             ("XACK", stream, "billing", "0-1"),
             ("XGROUP", "CREATE", stream, "mine", "0"),
-            ("XADD", pc.keys.stream("other", 0), "*", "k", "v"),
-            ("XADD", pc.keys.dlq("orders", 0), "*", "k", "v"),
+            ("XADD", pc.keys.stream(layout(pc, "other"), 0), "*", "k", "v"),
+            ("XADD", pc.keys.dlq(layout(pc, "orders"), 0), "*", "k", "v"),
             ("DEL", stream),
             ("HSET", pc.keys.topic_meta("orders"), "partitions", "1"),
             ("HGETALL", pc.keys.group_cfg("billing")),
@@ -203,7 +203,7 @@ def test_consumer_reads_acks_and_dead_letters_its_group_only(acl: AclSetup) -> N
             # The dead-letter write (XADD to the dlq inside consume.lua) is allowed.
             rec = c.poll(timeout=0.1) or []
             assert rec == []
-        dlq_before = sum(acl.root.xlen(cc.keys.dlq("orders", p)) for p in range(2))
+        dlq_before = sum(acl.root.xlen(cc.keys.dlq(layout(cc, "orders"), p)) for p in range(2))
         with acl.connect("admin") as admin, Producer(admin, ProducerConfig(linger_ms=1)) as p:
             p.send("orders", "poison", key="poison").result(5)
         with Consumer("billing", "orders", conn=cc, group_settings=FAST) as c:
@@ -213,7 +213,7 @@ def test_consumer_reads_acks_and_dead_letters_its_group_only(acl: AclSetup) -> N
                 if recs:
                     c.dead_letter(recs[0], "rejected")
                     break
-        dlq_after = sum(acl.root.xlen(cc.keys.dlq("orders", p)) for p in range(2))
+        dlq_after = sum(acl.root.xlen(cc.keys.dlq(layout(cc, "orders"), p)) for p in range(2))
         assert dlq_after == dlq_before + 1
         # Nothing the consumer does in normal work was refused (and silently worked around).
         assert acl_denials(acl, "consumer") == []
@@ -227,16 +227,24 @@ def test_consumer_reads_acks_and_dead_letters_its_group_only(acl: AclSetup) -> N
             Consumer("audit", "orders", conn=cc, group_settings=FAST)
         with pytest.raises(PermissionDeniedError, match="reading topic other"):
             Consumer("billing", "other", conn=cc, group_settings=FAST)
-        stream = cc.keys.stream("orders", 0)
+        stream = cc.keys.stream(layout(cc, "orders"), 0)
         refused = [
             ("XADD", stream, "*", "key", "k", "value", "forged"),
             ("XTRIM", stream, "MAXLEN", "0"),
             ("DEL", stream),
             ("XGROUP", "DESTROY", stream, "billing"),
             ("HGETALL", cc.keys.group_members("audit")),
-            ("XREADGROUP", "GROUP", "g", "c", "STREAMS", cc.keys.stream("other", 0), ">"),
-            ("XRANGE", cc.keys.stream("other", 0), "-", "+"),
-            ("HSET", cc.keys.fence("other", 0), "billing", "x 1"),
+            (
+                "XREADGROUP",
+                "GROUP",
+                "g",
+                "c",
+                "STREAMS",
+                cc.keys.stream(layout(cc, "other"), 0),
+                ">",
+            ),
+            ("XRANGE", cc.keys.stream(layout(cc, "other"), 0), "-", "+"),
+            ("HSET", cc.keys.fence(layout(cc, "other"), 0), "billing", "x 1"),
             ("HSET", cc.keys.topic_meta("orders"), "partitions", "1"),
             ("SCRIPT", "LOAD", "return 1"),
             ("EVAL", "return 1", "0"),
@@ -283,7 +291,7 @@ def test_monitor_scrapes_what_the_exporter_serves_and_can_write_nothing(acl: Acl
         # Everything the admin's scrape read, the monitor's reads too.
         assert _without_lag_ms(first) == _without_lag_ms(want) == _without_lag_ms(again)
         assert acl_denials(acl, "monitor") == []
-        stream, group_keys = mc.keys.stream("orders", 0), mc.keys.group_keys("billing")
+        stream, group_keys = mc.keys.stream(layout(mc, "orders"), 0), mc.keys.group_keys("billing")
         refused = [
             ("XADD", stream, "*", "key", "k", "value", "forged"),
             ("XACK", stream, "billing", "0-1"),

@@ -21,6 +21,7 @@ from partitions._client.config import ClientConfig, ProducerConfig
 from partitions._client.connection import Connection, connect
 from partitions._consumer.consumer import Consumer
 from partitions._producer.producer import Producer
+from tests.helpers import layout
 
 pytestmark = pytest.mark.integration
 
@@ -104,7 +105,7 @@ def test_each_role_works_on_every_node_of_the_cluster(
         assert _denials(conn, short[role]) == [], role  # nothing refused in normal work
     with connect(ClientConfig(url=users["producer"], namespace=ns)) as pc:
         for part in range(6):  # on whichever node holds it: no read, no trim
-            stream = pc.keys.stream("orders", part)
+            stream = pc.keys.stream(layout(pc, "orders"), part)
             for cmd in (("XRANGE", stream, "-", "+"), ("XTRIM", stream, "MAXLEN", "0")):
                 with pytest.raises(redis.exceptions.NoPermissionError):
                     pc.client.execute_command(*cmd)

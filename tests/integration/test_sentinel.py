@@ -38,7 +38,7 @@ from partitions._consumer.consumer import Consumer
 from partitions._producer.producer import Producer
 from partitions.cli import main
 from tests import helpers
-from tests.helpers import REDIS7, wait_for
+from tests.helpers import REDIS7, layout, wait_for
 
 pytestmark = [pytest.mark.timeout(120)]
 
@@ -248,7 +248,7 @@ def test_producer_consumer_and_heartbeats_ride_out_a_failover(
             present = {
                 i.decode()
                 for p in range(4)
-                for i, _ in conn.client.xrange(conn.keys.stream("t", p))
+                for i, _ in conn.client.xrange(conn.keys.stream(layout(conn, "t"), p))
             }
             with lock:
                 assert acked and acked <= present, f"{len(acked - present)} acknowledged lost"
@@ -306,7 +306,7 @@ def test_acks_all_confirms_on_the_replica(replica_set: EmbeddedReplicaSet) -> No
         with Producer(conn, ProducerConfig(acks="all")) as p, replica_set.client(replica) as r:
             for i in range(20):
                 md = p.send("t", b"v", key=f"k{i}").result(10)
-                key = conn.keys.stream("t", md.partition)
+                key = conn.keys.stream(layout(conn, "t"), md.partition)
                 assert r.xrange(key, md.id, md.id), "acknowledged before the replica had it"
 
 
@@ -329,7 +329,9 @@ def test_acks_all_without_replicas_fails_typed_within_the_delivery_timeout(
                 fut.result(20)
             took = time.monotonic() - t
         assert 2.0 < took < 10, took
-        assert conn.client.xlen(conn.keys.stream("t", 0)) == 1  # in doubt, not duplicated
+        assert (
+            conn.client.xlen(conn.keys.stream(layout(conn, "t"), 0)) == 1
+        )  # in doubt, not duplicated
 
 
 def test_cli_helper_starts_a_cluster_with_replicas() -> None:

@@ -36,6 +36,7 @@ from partitions import (
 )
 from partitions._admin.deadletter import DeadLetters
 from partitions._client.connection import Connection
+from tests.helpers import layout
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -60,7 +61,10 @@ def drain(c: Consumer, want: int, timeout: float = 15.0) -> list[Record]:
 
 
 def pending(conn: Connection, topic: str, n: int) -> int:
-    return sum(conn.client.xpending(conn.keys.stream(topic, p), "g")["pending"] for p in range(n))
+    return sum(
+        conn.client.xpending(conn.keys.stream(layout(conn, topic), p), "g")["pending"]
+        for p in range(n)
+    )
 
 
 def send_raw(conn: Connection, topic: str, values: list[Any], partition: int = 0) -> None:
@@ -216,7 +220,7 @@ def test_a_value_that_does_not_serialize_raises_in_send_before_anything_is_writt
     conn: Connection,
 ) -> None:
     TopicAdmin(conn).create(TopicSpec("pay", 1))
-    stream = conn.keys.stream("pay", 0)
+    stream = conn.keys.stream(layout(conn, "pay"), 0)
     ser = ModelSerializer(Payment, format="msgpack")
     with Producer(conn, value_serializer=ser) as p:
         with pytest.raises(SerializationError, match="Payment"):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from partitions._base.keys import Keys
+from partitions._base.keys import Keys, Layouts, TopicLayout
 from partitions._base.records import Record, _Redelivered
 from partitions._base.types import TopicPartition
 from partitions._consumer.assignment import Assignment
@@ -16,7 +16,7 @@ def rec(tp: TopicPartition, n: int, deliveries: int = 0) -> Record:
 
 
 def owned(*tps: TopicPartition) -> Assignment:
-    a = Assignment(Keys("ps"), "g", "m1")
+    a = Assignment(Keys("ps"), "g", "m1", Layouts([TopicLayout("t", 8)]))  # original tags
     for tp in tps:
         a.assign(tp, 3)
     return a

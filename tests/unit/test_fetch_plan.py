@@ -7,7 +7,7 @@ import pytest
 import redis.exceptions as rex
 
 from partitions._base.errors import NotOwnerError, StateLostError
-from partitions._base.keys import Keys
+from partitions._base.keys import Keys, Layouts, TopicLayout
 from partitions._base.types import TopicPartition
 from partitions._consumer import plans
 from partitions._consumer.assignment import STREAM_CONSUMER, Assignment
@@ -28,7 +28,7 @@ MOVED = rex.ResponseError("TRYAGAIN Multiple keys request during rehashing of sl
 
 
 def assignment(*tps: TopicPartition) -> Assignment:
-    a = Assignment(Keys("ps"), "recg-a", "m1")
+    a = Assignment(Keys("ps"), "recg-a", "m1", Layouts([TopicLayout("rect", 2000)]))
     for tp in tps or (TP,):
         a.assign(tp, 7)
     return a

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from partitions._base.keys import Keys
+from partitions._base.keys import Keys, Layouts, TopicLayout
 from partitions._base.records import Record
 from partitions._base.settings import GroupSettings
 from partitions._base.types import TopicPartition
@@ -31,7 +31,7 @@ def rec(tp: TopicPartition, n: int) -> Record:
 
 
 def make_flow() -> tuple[ConsumerFlow, list[list[TopicPartition]]]:
-    a = Assignment(Keys("ps"), "g", "m1")
+    a = Assignment(Keys("ps"), "g", "m1", Layouts([TopicLayout("t", 2)]))
     for tp in (A, B):
         a.assign(tp, 1).cursor = ""
     a.parts[B].catching_up = False  # B is read to its end; A is a taken-over backlog

@@ -18,7 +18,7 @@ from coordinator.member import (
 from partitions._base.errors import FencedError, UnknownMemberError
 from partitions._base.fence import fence_held, fence_request
 from partitions._base.functions import Send, function_name
-from partitions._base.keys import Keys
+from partitions._base.keys import Keys, TopicLayout
 from partitions._base.settings import GroupSettings
 from partitions._base.steps import adrive, drive
 from partitions._base.types import TopicPartition
@@ -81,8 +81,13 @@ def test_requests_name_the_function_keys_and_arguments() -> None:
     assert leave_request(KEYS, "g", "m1", 4, temporary=True).args == ["leave", "m1", 4, "1"]
     assign = assign_request(KEYS, "g", 2, {"b": {TopicPartition("t", 1)}, "a": set()})
     assert assign.args == ["assign", 2, "a", "", "b", "t:1"]
-    claim = fence_request("claim", KEYS, "g", "t", 3, "m1", 17)
-    assert claim.keys == [KEYS.fence("t", 3)] and claim.args == ["claim", "g", "m1", "17"]
+    claim = fence_request("claim", KEYS, "g", TopicLayout("t", 4), 3, "m1", 17)
+    assert claim.keys == [KEYS.fence(TopicLayout("t", 4), 3)] and claim.args == [
+        "claim",
+        "g",
+        "m1",
+        "17",
+    ]
     assert fence_held(1) and not fence_held(b"0")
 
 

@@ -12,7 +12,7 @@ from partitions import ConfigError, InvalidRecordError, NotOwnerError, Output, S
 from partitions._admin.topics import TopicMeta, TopicSpec
 from partitions._base.errors import RecordTooLargeError
 from partitions._base.functions import Send, function_name
-from partitions._base.keys import Keys
+from partitions._base.keys import Keys, TopicLayout
 from partitions._base.records import Record
 from partitions._pipeline import plan
 from partitions._pipeline.pipeline import METADATA_MAX_AGE_S, Commit, PipelineCore
@@ -20,8 +20,10 @@ from partitions._producer.router import Router
 
 K = Keys("ns")
 IN = Record("in", 3, "100-7", b"k", b"v", {})
+SOURCE = TopicLayout.spread("in", 4)  # the input topic's layout (chosen tags)
+OUT = TopicLayout.spread("out", 4)
 METAS = {
-    "out": TopicMeta(TopicSpec("out", 4, max_length=500), 0, 1),
+    "out": TopicMeta(TopicSpec("out", 4, max_length=500), 0, 1, OUT.tags),
     "reg": TopicMeta(TopicSpec("reg", 6, regions={"eu": (2, 4)}), 0, 1),
 }
 
@@ -88,13 +90,14 @@ def test_bad_outputs_raise_before_anything_is_planned(
 
 def test_the_commit_call_names_the_input_partition_then_two_keys_per_output_partition() -> None:
     bs = blocks([Output("out", "a", partition=1), Output("out", "b", partition=2)])
-    call = plan.commit_call(K, IN, "g", "m1 42", bs)
+    call = plan.commit_call(K, IN, SOURCE, "g", "m1 42", bs)
     assert call.name == "transact"
     assert call.keys == [
-        K.stream("in", 3), K.fence("in", 3), K.stream_groups("in", 3),
-        K.stream("out", 1), K.stream_groups("out", 1),
-        K.stream("out", 2), K.stream_groups("out", 2),
+        K.stream(SOURCE, 3), K.fence(SOURCE, 3), K.stream_groups(SOURCE, 3),
+        K.stream(OUT, 1), K.stream_groups(OUT, 1),
+        K.stream(OUT, 2), K.stream_groups(OUT, 2),
     ]  # fmt: skip
+    assert "{out:2:" + OUT.tags[2] + "}" in call.keys[5]
     assert call.args == [
         "commit", "g", "m1 42", "100-7", 2,
         500, 0, 0, 1, b"2", b"value", b"a",
@@ -106,7 +109,7 @@ def test_the_commit_call_names_the_input_partition_then_two_keys_per_output_part
 def test_the_apply_call_carries_the_source_and_the_input_id() -> None:
     (b,) = blocks([Output("out", "a", key="k", partition=2)])
     call = plan.apply_call(K, IN, "g", b)
-    assert call.keys == [K.stream("out", 2), K.stream_groups("out", 2), K.applied("out", 2)]
+    assert call.keys == [K.stream(OUT, 2), K.stream_groups(OUT, 2), K.applied(OUT, 2)]
     assert call.args[:3] == ["apply", "g in 3", "100-7"]
     assert call.args[3:] == [500, 0, 0, 1, b"0", b"k", b"a"]
 
@@ -167,23 +170,31 @@ def drive(steps: Any, server: Any) -> tuple[list[Any], Any]:
 def test_atomic_steps_read_metadata_once_then_make_one_call() -> None:
     clock = Clock()
     c = core("atomic", clock)
+    tags = {"in": SOURCE, "out": OUT}
 
     def server(action: Any) -> Any:
         assert isinstance(action, Send)
         if action.command[0] == "HGETALL":
-            return META_HASH
+            topic = action.command[1].split("{")[1].split("}")[0]
+            return {**META_HASH, b"tags": tags[topic].field.encode()}
         return [1, [b"7-0"]]
 
     outs = [Output("out", "a", partition=1)]
     actions, done = drive(c.steps(IN, outs, "m 1"), server)
-    assert [a.command[0] for a in actions] == ["HGETALL", "FCALL"]
-    assert actions[1].command[4 + 2 * 2] == "commit"  # after FCALL name nkeys and 5 keys
+    # The output's metadata and the input's (its keys are in the atomic call).
+    assert [a.command[0] for a in actions] == ["HGETALL", "HGETALL", "FCALL"]
+    fcall = actions[2].command
+    assert fcall[4 + 2 * 2] == "commit"  # after FCALL name nkeys and 5 keys
+    assert fcall[3:8] == (
+        K.stream(SOURCE, 3), K.fence(SOURCE, 3), K.stream_groups(SOURCE, 3),
+        K.stream(OUT, 1), K.stream_groups(OUT, 1),
+    )  # fmt: skip
     assert done.written[0].id == "7-0"
     actions, _ = drive(c.steps(IN, outs, "m 1"), server)
     assert [a.command[0] for a in actions] == ["FCALL"]  # metadata is fresh
     clock.now += METADATA_MAX_AGE_S + 1
     actions, _ = drive(c.steps(IN, outs, "m 1"), server)
-    assert [a.command[0] for a in actions] == ["HGETALL", "FCALL"]
+    assert [a.command[0] for a in actions] == ["HGETALL", "HGETALL", "FCALL"]
 
 
 def test_idempotent_steps_apply_every_partition_before_the_fenced_ack() -> None:

@@ -193,7 +193,7 @@ def test_pending_summary_raw_and_parsed_agree(rec: dict[str, list[Any]]) -> None
 
 def test_a_pending_entry_whose_payload_is_gone(rec: dict[str, list[Any]]) -> None:
     ((stream, entries),) = read_reply_items(rec["xreadgroup_pending"][0])
-    assert stream.endswith(":t:{t:0}")
+    assert ":t:{t:0" in stream  # partition 0 of topic t (recorded with or without a tag)
     assert deleted_ids(entries) == [ids(rec)[0]]
     (kept,) = records_from_entries("t", 0, entries)
     assert (kept.id, kept.key, kept.headers) == (ids(rec)[1], b"k2", {"trace": b"abc"})

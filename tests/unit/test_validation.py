@@ -13,7 +13,7 @@ from partitions._base.errors import (
     RecordTooLargeError,
     SerializationError,
 )
-from partitions._base.keys import Keys, validate_name
+from partitions._base.keys import Keys, TopicLayout, validate_name
 from partitions._base.records import (
     check_size,
     encode_headers,
@@ -37,11 +37,16 @@ def test_bad_names(name: object) -> None:
 def test_good_names_and_cluster_safe_keys() -> None:
     assert validate_name("orders.v2_eu-1") == "orders.v2_eu-1"
     k = Keys("ps")
-    assert k.stream("orders", 3) == "ps:t:{orders:3}"
+    old = TopicLayout("orders", 8)  # a topic stored without tags keeps the original keys
+    assert k.stream(old, 3) == "ps:t:{orders:3}"
     # every key of one partition shares the partition's hash tag; partitions differ
-    tags = {key[key.index("{") : key.index("}") + 1] for key in k.partition_keys("orders", 3)}
+    tags = {key[key.index("{") : key.index("}") + 1] for key in k.partition_keys(old, 3)}
     assert tags == {"{orders:3}"}
-    assert k.stream("orders", 4) != k.stream("orders", 3)
+    assert k.stream(old, 4) != k.stream(old, 3)
+    new = TopicLayout.spread("orders", 8)
+    tags = {key[key.index("{") : key.index("}") + 1] for key in k.partition_keys(new, 3)}
+    assert tags == {"{orders:3:" + new.tags[3] + "}"}
+    assert len({k.stream(new, p) for p in range(8)}) == 8
 
 
 @pytest.mark.parametrize(

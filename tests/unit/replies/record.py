@@ -85,8 +85,8 @@ def record(url: str) -> dict[str, Any]:
         _spy(group_module, "parse_describe", got, "describe"),
     ]
     try:
-        TopicAdmin(conn).create(TopicSpec("t", 1))
-        stream = keys.stream("t", 0)
+        layout = TopicAdmin(conn).create(TopicSpec("t", 1)).layout
+        stream = keys.stream(layout, 0)
         for fields in ENTRIES:
             client.execute_command("XADD", stream, "*", *fields)
         with Consumer("g", "t", conn=conn, group_settings=SETTINGS) as c:
@@ -100,7 +100,7 @@ def record(url: str) -> dict[str, Any]:
             c.commit()
             _drain(c, 0, timeout=0.5)
             c.seek("t", 0, "earliest")
-            got["fence"] = [client.hget(keys.fence("t", 0), "g")]
+            got["fence"] = [client.hget(keys.fence(layout, 0), "g")]
             got["group_cfg"] = [client.hgetall(keys.group_cfg("g"))]
             got["xinfo_groups_raw"] = [_raw(client, "XINFO", "GROUPS", stream)]
             got["xinfo_groups"] = [client.xinfo_groups(stream)]
@@ -109,7 +109,7 @@ def record(url: str) -> dict[str, Any]:
             conn.functions.call("admin", keys.group_keys("no-such-group"), ["describe"])
         ]
         got["xrange"] = [_raw(client, "XRANGE", stream, "-", "+")]
-        got["dlq_xrange"] = [_raw(client, "XRANGE", keys.dlq("t", 0), "-", "+")]
+        got["dlq_xrange"] = [_raw(client, "XRANGE", keys.dlq(layout, 0), "-", "+")]
         got["xinfo_stream_raw"] = [_raw(client, "XINFO", "STREAM", stream)]
         got["xinfo_stream"] = [client.xinfo_stream(stream)]
         # A pending entry whose payload was deleted reads back as [id, nil].

@@ -72,12 +72,31 @@ def test_produce(url: str, tmp_path: Path) -> None:
 
 
 def test_produce_on_a_cluster_beside_single_node(url: str) -> None:
-    data = bench(url, "produce", "-n", "2000", "--cluster", "3", "--no-redis-benchmark")
-    single, clustered = runs(data, "partstream")[0], runs(data, "partstream-cluster")[0]
+    data = bench(url, "produce", "-n", "2000", "-p", "8", "--cluster", "3", "--no-redis-benchmark")
+    single, clustered = runs(data, "partstream")[0], runs(data, "partstream-cluster-3")[0]
     assert single["records"] == clustered["records"] == 2000
     expected = clustered["records_per_s"] / single["records_per_s"]
-    assert data["ratios"]["partstream-cluster/partstream"] == pytest.approx(expected, rel=1e-2)
-    assert any("3-master cluster" in n for n in data["notes"])
+    assert data["ratios"]["partstream-cluster-3/partstream"] == pytest.approx(expected, rel=1e-2)
+    # Each primary's share: the records its partitions hold add up to the run's, and the
+    # 8 partitions sit 3/3/2 on the 3 primaries.
+    per_node = clustered["extra"]["per_node"]
+    assert len(per_node) == 3 and sum(n["records"] for n in per_node) == 2000
+    assert sorted(n["partitions"] for n in per_node) == [2, 3, 3]
+    assert all(n["cpu_s"] >= 0 for n in per_node)
+    (row,) = data["extra"]["cluster"]
+    assert row["masters"] == 3 and row["per_node"] == per_node
+    assert any("cluster of 3 primaries" in n and "per primary" in n for n in data["notes"])
+
+
+def test_cluster_sizes_are_parsed_and_checked() -> None:
+    from partitions._base.errors import ConfigError
+    from partitions.bench.options import BenchOptions
+
+    assert BenchOptions(cluster="1,2,3").cluster == (1, 2, 3)  # type: ignore[arg-type]
+    assert BenchOptions(cluster="").cluster == ()  # type: ignore[arg-type]
+    for bad in ("0", "9", "a", "2,2"):
+        with pytest.raises(ConfigError, match="cluster"):
+            BenchOptions(cluster=bad)  # type: ignore[arg-type]
 
 
 def test_consume_csv(url: str) -> None:

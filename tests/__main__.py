@@ -82,6 +82,7 @@ CLUSTER_READY = [
     "tests/integration/test_group_delete.py",
     "tests/integration/test_group_model.py",
     "tests/integration/test_topic_growth.py",
+    "tests/integration/test_topic_layout.py",
     "tests/integration/test_deliveries.py",
     "tests/integration/test_library.py",
     "tests/integration/test_async_connection.py",

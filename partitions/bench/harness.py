@@ -20,7 +20,6 @@ import orjson
 from partitions._base.errors import ConfigError
 from partitions.bench.env import (
     BenchServer,
-    bench_cluster,
     bench_server,
     drop_namespace,
     environment,
@@ -91,7 +90,7 @@ def load_peers() -> ModuleType:
 
 
 def _produce(b: Bench, result: BenchResult) -> None:
-    from partitions.bench import produce
+    from partitions.bench import cluster, produce
 
     o = b.opts
     shape = (
@@ -119,20 +118,11 @@ def _produce(b: Bench, result: BenchResult) -> None:
     if o.peers:
         sides += load_peers().produce_sides(b, result)
     with contextlib.ExitStack() as stack:
-        if o.cluster:
-            cluster = stack.enter_context(bench_cluster(o.cluster))
-            sides.append(("partstream-cluster", _on_cluster(b, cluster)))
+        if o.cluster or o.cluster_url:
+            sides += cluster.sides(b.ns, o, b.progress, stack, o.cluster_url)
         rounds = _rounds(b, result, sides, shape + f", linger {o.linger('produce')} ms")
-    if o.cluster:
-        vs_single = median([1.0 / x for x in rounds["partstream-cluster"] if x > 0])
-        result.ratios["partstream-cluster/partstream"] = vs_single
-        result.notes.append(
-            f"cluster: partstream's producer on a local {o.cluster}-master cluster (the same "
-            f"valkey binary, {o.partitions} partitions spread over the masters, one pipeline "
-            f"per node per round) runs at {vs_single:.2f}x its single-node rate; on 2 cores "
-            "every extra node shares the same CPUs as the client, so more nodes add per-node "
-            "pipelines (round trips) without adding server capacity"
-        )
+    if o.cluster or o.cluster_url:
+        cluster.report(result, rounds, o)
     if o.acks == "all":
         _acks_all_result(b, result, rounds["partstream-acks-all"])
     vs_sync = median([1.0 / x for x in rounds["partstream-asyncio"] if x > 0])
@@ -176,19 +166,6 @@ def _acks_all_result(b: Bench, result: BenchResult, per_round: list[float]) -> N
 def _median_run(result: BenchResult, name: str) -> RunResult:
     runs = sorted((r for r in result.runs if r.name == name), key=lambda r: r.rate)
     return runs[len(runs) // 2]
-
-
-def _on_cluster(b: Bench, cluster: BenchServer) -> Side:
-    from partitions.bench import produce
-
-    def run(_: int) -> RunResult:
-        produce.create_topics(cluster, b.ns, b.opts, produce.PS_TOPIC)
-        try:
-            return produce.run_partstream_cluster(cluster, b.ns, b.opts, b.progress)
-        finally:
-            produce.delete_topics(cluster, b.ns, produce.PS_TOPIC)
-
-    return run
 
 
 def _rounds(

@@ -45,8 +45,10 @@ class BenchOptions:
     # Also run redis-benchmark (produce) and the optional peers (NATS, FastStream).
     redis_benchmark: bool = True
     peers: bool = False
-    # produce: also run partstream's producer on a local N-master embedded cluster (0 = no).
-    cluster: int = 0
+    # produce: also run partstream's producer on local embedded clusters of these sizes
+    # (masters; "3" or "1,2,3"; empty = none), or on the cluster at cluster_url.
+    cluster: tuple[int, ...] = ()
+    cluster_url: str | None = None
     # produce: "all" = also run partstream's producer with acks="all" beside acks=1, on a
     # primary with a replica (a private one with a local replica unless a URL is given).
     acks: str = "1"
@@ -72,8 +74,11 @@ class BenchOptions:
             raise ConfigError("bench: linger_ms must be >= 0")
         if self.rate <= 0 or self.duration <= 0 or self.interval <= 0:
             raise ConfigError("bench: rate, duration and interval must be positive")
-        if isinstance(self.cluster, bool) or not 0 <= self.cluster <= 8:
-            raise ConfigError("bench: cluster must be 0 (none) or 1..8 masters")
+        from partitions.bench.cluster import parse_sizes
+
+        object.__setattr__(self, "cluster", parse_sizes(self.cluster))
+        if self.cluster_url and self.cluster:
+            raise ConfigError("bench: --cluster-url is the cluster to use: give no --cluster")
         if self.acks not in ("1", "all"):
             raise ConfigError(f"bench: acks must be '1' or 'all', not {self.acks!r}")
         if self.records < self.producers:

@@ -119,11 +119,15 @@ def _options(fn: Callable[..., Any]) -> Callable[..., Any]:
         ),
         click.option(
             "--cluster",
-            type=int,
-            default=0,
-            show_default=True,
-            help="produce: also run partstream's producer on a local N-master embedded "
-            "cluster, beside the single-node run (0 = no).",
+            default="",
+            help="produce: also run partstream's producer on local embedded clusters of "
+            "these sizes (masters: 3, or 1,2,3 for the scaling), beside the single-node run; "
+            "reports each primary's share of the records and server CPU.",
+        ),
+        click.option(
+            "--cluster-url",
+            default=None,
+            help="produce: run the cluster side on this cluster instead of local ones.",
         ),
         click.option(
             "--acks",

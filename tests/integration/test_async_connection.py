@@ -54,7 +54,7 @@ def _primaries(conn: Connection) -> list[Any]:
 async def test_fcall_loads_a_missing_library_and_writes_what_the_sync_call_reads(
     aconn: AsyncConnection, conn: Connection
 ) -> None:
-    fence = conn.keys.fence(layout(conn, "t"), 3)
+    fence = conn.keys.fence(layout(conn, "t", 4), 3)
     for node in _primaries(conn):  # as on a server restarted without persistence
         with contextlib.suppress(redis.ResponseError):
             node.execute_command("FUNCTION", "DELETE", library_name())
@@ -85,7 +85,7 @@ def loaded(conn: Connection) -> list[Any]:
 async def test_a_durable_call_waits_on_the_same_connection(
     aconn: AsyncConnection, conn: Connection
 ) -> None:
-    fence = conn.keys.fence(layout(conn, "t"), 1)
+    fence = conn.keys.fence(layout(conn, "t", 4), 1)
     if aconn.server.replicas == 0:
         # acks="all" with no replica: it ran on the primary, and says nobody confirmed it.
         with pytest.raises(NotEnoughReplicasError, match="on the primary"):

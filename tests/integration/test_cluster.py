@@ -17,8 +17,10 @@ import shutil
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -114,6 +116,52 @@ def test_partitions_spread_over_all_nodes_and_describe_names_them(
         with cluster.client(port) as node:
             assert node.xlen(cconn.keys.stream(layout(cconn, "spread"), info.partition)) == 1
     assert desc.length == 12
+
+
+def _shards(node: Any) -> list[tuple[list[tuple[int, int]], int]]:
+    """CLUSTER SHARDS as ([(first, last) slot ranges], primary port) per shard."""
+    out = []
+    for shard in node.execute_command("CLUSTER", "SHARDS"):
+        fields = dict(zip(shard[::2], shard[1::2], strict=True))
+        flat = [int(s) for s in fields[b"slots"]]
+        nodes = [dict(zip(n[::2], n[1::2], strict=True)) for n in fields[b"nodes"]]
+        (primary,) = [n for n in nodes if n[b"role"] == b"master"]
+        out.append((list(zip(flat[::2], flat[1::2], strict=True)), int(primary[b"port"])))
+    return out
+
+
+def test_eight_partitions_land_3_3_2_on_three_primaries(
+    cluster: EmbeddedCluster, cconn: Connection
+) -> None:
+    """The partitions' tags put them on evenly spaced slots: 3/3/2 over three primaries
+    (the original tags {t:0}..{t:7} put 4 on one primary), by the server's own CLUSTER
+    KEYSLOT and CLUSTER SHARDS; every key of a partition is in its slot."""
+    meta = TopicAdmin(cconn).create(TopicSpec("eight", 8))
+    port = cluster.primary_ports()[0]
+    with cluster.client(port) as node:
+        shards = _shards(node)
+        assert len(shards) == 3
+        owner: dict[int, int] = {}
+        for p in range(8):
+            keys = cconn.keys.partition_keys(meta.layout, p)
+            found = {int(node.execute_command("CLUSTER", "KEYSLOT", k)) for k in keys}
+            assert found == {meta.layout.slot(p)}
+            (slot,) = found
+            (owner[p],) = [prt for ranges, prt in shards if any(a <= slot <= b for a, b in ranges)]
+        old = [
+            int(node.execute_command("CLUSTER", "KEYSLOT", f"x:t:{{eight:{p}}}")) for p in range(8)
+        ]
+    per_node = sorted(Counter(owner.values()).values())
+    assert per_node == [2, 3, 3]
+    old_per_node = [sum(any(a <= s <= b for a, b in r) for s in old) for r, _ in shards]
+    assert sorted(old_per_node) == [2, 2, 4]  # what the original tags would have done
+    send = {p: f"v{p}" for p in range(8)}
+    with Producer(cconn) as prod:
+        for p, v in send.items():
+            prod.send("eight", v, key="k", partition=p)
+    for p, prt in owner.items():
+        with cluster.client(prt) as node:
+            assert node.xlen(cconn.keys.stream(meta.layout, p)) == 1  # on the node counted
 
 
 def test_admin_apply_and_cli_work_without_crossslot(

@@ -273,10 +273,10 @@ def test_fence_claim_and_release(conn: Connection) -> None:
     assert not claim_fence(c, k, "g", orders, 3, "m0", 16)  # an older grant loses
     assert claim_fence(c, k, "g", orders, 3, "m2", 18)
     assert not release_fence(c, k, "g", orders, 3, "m1", 17)  # no longer ours
-    assert read_fence(c, k, "g", "orders", 3) == ("m2", 18)
+    assert read_fence(c, k, "g", orders, 3) == ("m2", 18)
     assert claim_fence(c, k, "other-group", orders, 3, "z", 1)  # groups are independent
     assert release_fence(c, k, "g", orders, 3, "m2", 18)
-    assert read_fence(c, k, "g", "orders", 3) is None
+    assert read_fence(c, k, "g", orders, 3) is None
     big = 1_795_000_000_000_123  # tokens are ms * 1000 scale
     assert claim_fence(c, k, "g", orders, 3, "m3", big)
     assert not claim_fence(c, k, "g", orders, 3, "m4", big - 1)

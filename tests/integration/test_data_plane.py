@@ -44,7 +44,7 @@ def test_topic_lifecycle(conn: Connection) -> None:
 
 
 def test_wrongtype_key_is_refused_before_any_write(conn: Connection) -> None:
-    conn.client.set(conn.keys.stream(layout(conn, "clash"), 1), "not a stream")
+    conn.client.set(conn.keys.stream(layout(conn, "clash", 2), 1), "not a stream")
     with pytest.raises(WrongTypeError, match="holds a string"):
         TopicAdmin(conn).create(TopicSpec("clash", 2))
     assert not conn.client.exists(conn.keys.topic_meta("clash"))

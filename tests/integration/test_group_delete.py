@@ -11,7 +11,7 @@ from partitions._client.config import ConsumerConfig
 from partitions._client.connection import Connection
 from partitions._consumer.consumer import Consumer
 from partitions._producer.producer import Producer
-from tests.helpers import FAST
+from tests.helpers import FAST, layout
 
 
 def _drain(conn: Connection, group: str, want: int) -> int:
@@ -32,13 +32,13 @@ def test_delete_group_drops_positions_marks_and_fences(conn: Connection) -> None
             p.send("t", str(i), key=f"k{i}")
     assert _drain(conn, "g", 60) == 60
     k = conn.keys
-    assert any(conn.client.hexists(k.stream_groups("t", p), "g") for p in range(3))
+    assert any(conn.client.hexists(k.stream_groups(layout(conn, "t"), p), "g") for p in range(3))
 
     assert GroupAdmin(conn).delete("g", force=True) is True
     for p in range(3):
-        infos = group_infos_from_reply(conn.client.xinfo_groups(k.stream("t", p)))
+        infos = group_infos_from_reply(conn.client.xinfo_groups(k.stream(layout(conn, "t"), p)))
         assert [i.name for i in infos] == []  # the stream group is gone
-        assert not conn.client.hexists(k.stream_groups("t", p), "g")
-        assert not conn.client.hexists(k.fence("t", p), "g")
+        assert not conn.client.hexists(k.stream_groups(layout(conn, "t"), p), "g")
+        assert not conn.client.hexists(k.fence(layout(conn, "t"), p), "g")
     # a group re-created under the same name reads everything again, not from old positions
     assert _drain(conn, "g", 60) == 60

@@ -32,6 +32,7 @@ from partitions._base.errors import (
     translate,
 )
 from partitions._base.functions import library_name
+from partitions._base.keys import Keys, TopicLayout
 from partitions._client.config import ClientConfig, ConsumerConfig, ProducerConfig
 from partitions._client.connection import Connection, connect
 from partitions._consumer.consumer import Consumer
@@ -60,6 +61,14 @@ class AclSetup:
 
     def connect(self, user: str) -> Connection:
         return connect(self.config(user))
+
+    def layout(self, topic: str) -> TopicLayout:
+        """The topic's key layout, read by the admin (other roles may not read every topic)."""
+        with self.connect("admin") as admin:
+            return layout(admin, topic)
+
+    def stream(self, topic: str, partition: int) -> str:
+        return Keys(NS).stream(self.layout(topic), partition)
 
 
 @pytest.fixture(scope="module", params=server_binaries() or ["none"], ids=lambda b: Path(b).name)
@@ -120,7 +129,7 @@ def _drain(c: Consumer, n: int, timeout: float = 10.0) -> list[str]:
 
 
 def test_producer_appends_to_its_topic_and_nothing_else(acl: AclSetup) -> None:
-    before = acl.root.xlen(f"{NS}:t:{{other:0}}")
+    before = acl.root.xlen(acl.stream("other", 0))
     acl.root.execute_command("ACL", "LOG", "RESET")
     with acl.connect("producer") as pc:
         with Producer(pc, ProducerConfig(linger_ms=1)) as p:
@@ -137,7 +146,7 @@ def test_producer_appends_to_its_topic_and_nothing_else(acl: AclSetup) -> None:
         # Outside its rights even with raw commands: it can neither read nor trim its topic,
         # no reads as a group, no other topic, no DEL, no dead-letter stream, no group keys,
         # no code of its own (SCRIPT, EVAL, FUNCTION).
-        stream = pc.keys.stream(layout(pc, "orders"), 0)
+        stream = pc.keys.stream(acl.layout("orders"), 0)
         refused = [
             ("XTRIM", stream, "MAXLEN", "0"),
             ("XRANGE", stream, "-", "+"),
@@ -150,12 +159,12 @@ def test_producer_appends_to_its_topic_and_nothing_else(acl: AclSetup) -> None:
             ("EVAL", "return 1", "0"),
             ("EVAL", "while true do end", "0"),
             ("FUNCTION", "LOAD", "#!lua name=evil\nredis.register_function('e', function() end)"),
-            ("HSET", pc.keys.stream_groups(layout(pc, "orders"), 0), "~cut", "9999999999999-0"),
+            ("HSET", pc.keys.stream_groups(acl.layout("orders"), 0), "~cut", "9999999999999-0"),
             ("XREADGROUP", "GROUP", "billing", "c", "STREAMS", stream, ">"),
             ("XACK", stream, "billing", "0-1"),
             ("XGROUP", "CREATE", stream, "mine", "0"),
-            ("XADD", pc.keys.stream(layout(pc, "other"), 0), "*", "k", "v"),
-            ("XADD", pc.keys.dlq(layout(pc, "orders"), 0), "*", "k", "v"),
+            ("XADD", pc.keys.stream(acl.layout("other"), 0), "*", "k", "v"),
+            ("XADD", pc.keys.dlq(acl.layout("orders"), 0), "*", "k", "v"),
             ("DEL", stream),
             ("HSET", pc.keys.topic_meta("orders"), "partitions", "1"),
             ("HGETALL", pc.keys.group_cfg("billing")),
@@ -168,7 +177,7 @@ def test_producer_appends_to_its_topic_and_nothing_else(acl: AclSetup) -> None:
         # A consumer needs group rights the producer does not have.
         with pytest.raises(PermissionDeniedError, match="group billing"):
             Consumer("billing", "orders", conn=pc)
-    assert acl.root.xlen(f"{NS}:t:{{other:0}}") == before
+    assert acl.root.xlen(acl.stream("other", 0)) == before
 
 
 def acl_denials(acl: AclSetup, user: str) -> list[Any]:
@@ -203,7 +212,7 @@ def test_consumer_reads_acks_and_dead_letters_its_group_only(acl: AclSetup) -> N
             # The dead-letter write (XADD to the dlq inside consume.lua) is allowed.
             rec = c.poll(timeout=0.1) or []
             assert rec == []
-        dlq_before = sum(acl.root.xlen(cc.keys.dlq(layout(cc, "orders"), p)) for p in range(2))
+        dlq_before = sum(acl.root.xlen(cc.keys.dlq(acl.layout("orders"), p)) for p in range(2))
         with acl.connect("admin") as admin, Producer(admin, ProducerConfig(linger_ms=1)) as p:
             p.send("orders", "poison", key="poison").result(5)
         with Consumer("billing", "orders", conn=cc, group_settings=FAST) as c:
@@ -213,7 +222,7 @@ def test_consumer_reads_acks_and_dead_letters_its_group_only(acl: AclSetup) -> N
                 if recs:
                     c.dead_letter(recs[0], "rejected")
                     break
-        dlq_after = sum(acl.root.xlen(cc.keys.dlq(layout(cc, "orders"), p)) for p in range(2))
+        dlq_after = sum(acl.root.xlen(cc.keys.dlq(acl.layout("orders"), p)) for p in range(2))
         assert dlq_after == dlq_before + 1
         # Nothing the consumer does in normal work was refused (and silently worked around).
         assert acl_denials(acl, "consumer") == []
@@ -227,7 +236,7 @@ def test_consumer_reads_acks_and_dead_letters_its_group_only(acl: AclSetup) -> N
             Consumer("audit", "orders", conn=cc, group_settings=FAST)
         with pytest.raises(PermissionDeniedError, match="reading topic other"):
             Consumer("billing", "other", conn=cc, group_settings=FAST)
-        stream = cc.keys.stream(layout(cc, "orders"), 0)
+        stream = cc.keys.stream(acl.layout("orders"), 0)
         refused = [
             ("XADD", stream, "*", "key", "k", "value", "forged"),
             ("XTRIM", stream, "MAXLEN", "0"),
@@ -240,11 +249,11 @@ def test_consumer_reads_acks_and_dead_letters_its_group_only(acl: AclSetup) -> N
                 "g",
                 "c",
                 "STREAMS",
-                cc.keys.stream(layout(cc, "other"), 0),
+                cc.keys.stream(acl.layout("other"), 0),
                 ">",
             ),
-            ("XRANGE", cc.keys.stream(layout(cc, "other"), 0), "-", "+"),
-            ("HSET", cc.keys.fence(layout(cc, "other"), 0), "billing", "x 1"),
+            ("XRANGE", cc.keys.stream(acl.layout("other"), 0), "-", "+"),
+            ("HSET", cc.keys.fence(acl.layout("other"), 0), "billing", "x 1"),
             ("HSET", cc.keys.topic_meta("orders"), "partitions", "1"),
             ("SCRIPT", "LOAD", "return 1"),
             ("EVAL", "return 1", "0"),
@@ -257,7 +266,7 @@ def test_consumer_reads_acks_and_dead_letters_its_group_only(acl: AclSetup) -> N
         with pytest.raises(redis.exceptions.ResponseError) as err:
             cc.client.eval("return redis.call('XADD', KEYS[1], '*', 'k', 'v')", 1, stream)
         assert isinstance(translate(err.value), PermissionDeniedError)
-    assert b"forged" not in str(acl.root.xrange(f"{NS}:t:{{orders:0}}")).encode()
+    assert b"forged" not in str(acl.root.xrange(acl.stream("orders", 0))).encode()
 
 
 def _without_lag_ms(s: Scrape) -> tuple[Any, ...]:
@@ -291,7 +300,7 @@ def test_monitor_scrapes_what_the_exporter_serves_and_can_write_nothing(acl: Acl
         # Everything the admin's scrape read, the monitor's reads too.
         assert _without_lag_ms(first) == _without_lag_ms(want) == _without_lag_ms(again)
         assert acl_denials(acl, "monitor") == []
-        stream, group_keys = mc.keys.stream(layout(mc, "orders"), 0), mc.keys.group_keys("billing")
+        stream, group_keys = mc.keys.stream(acl.layout("orders"), 0), mc.keys.group_keys("billing")
         refused = [
             ("XADD", stream, "*", "key", "k", "value", "forged"),
             ("XACK", stream, "billing", "0-1"),

@@ -76,6 +76,11 @@ def row(data: dict[str, Any]) -> str:
                 f"({_lat(ps)}), on a primary with {data['env']['server'].get('replicas', 1)} "
                 "replica"
             )
+        for c in data.get("extra", {}).get("cluster", []):  # --cluster N[,M...]
+            shares = "/".join(f"{100 * n['share']:.0f}" for n in c["per_node"])
+            figures += (
+                f"; cluster of {c['masters']} {c['records_per_s']:,.0f}/s (per primary {shares} %)"
+            )
     elif mode == "consume":
         ps, base = _run(data, "partstream"), _run(data, "redis-py")
         figures = f"partstream {_rate(ps)}, redis-py {_rate(base)}" + _peers(data)

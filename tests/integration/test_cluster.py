@@ -118,15 +118,21 @@ def test_partitions_spread_over_all_nodes_and_describe_names_them(
     assert desc.length == 12
 
 
+def _fields(raw: Any) -> dict[str, Any]:
+    """A CLUSTER SHARDS map (redis-py gives a dict or a flat list) with str keys."""
+    pairs = raw.items() if isinstance(raw, dict) else zip(raw[::2], raw[1::2], strict=True)
+    return {k.decode() if isinstance(k, bytes) else k: v for k, v in pairs}
+
+
 def _shards(node: Any) -> list[tuple[list[tuple[int, int]], int]]:
     """CLUSTER SHARDS as ([(first, last) slot ranges], primary port) per shard."""
     out = []
     for shard in node.execute_command("CLUSTER", "SHARDS"):
-        fields = dict(zip(shard[::2], shard[1::2], strict=True))
-        flat = [int(s) for s in fields[b"slots"]]
-        nodes = [dict(zip(n[::2], n[1::2], strict=True)) for n in fields[b"nodes"]]
-        (primary,) = [n for n in nodes if n[b"role"] == b"master"]
-        out.append((list(zip(flat[::2], flat[1::2], strict=True)), int(primary[b"port"])))
+        fields = _fields(shard)
+        flat = [int(s) for s in fields["slots"]]
+        nodes = [_fields(n) for n in fields["nodes"]]
+        (primary,) = [n for n in nodes if n["role"] in ("master", b"master")]
+        out.append((list(zip(flat[::2], flat[1::2], strict=True)), int(primary["port"])))
     return out
 
 

@@ -78,11 +78,13 @@ def _describe_text(d: dict[str, Any]) -> str:
     ]
     if d["regions"]:
         lines.append("Regions: " + ", ".join(f"{k}={v[0]}-{v[1]}" for k, v in d["regions"].items()))
-    lines.append(f"{'PARTITION':>9} {'LENGTH':>10} {'FIRST ID':>22} {'LAST ID':>22}  NODE")
+    lines.append(
+        f"{'PARTITION':>9} {'LENGTH':>10} {'FIRST ID':>22} {'LAST ID':>22} {'SLOT':>5}  NODE"
+    )
     for p in d["partitions"]:
         lines.append(
             f"{p['partition']:>9} {p['length']:>10} {p['first_id'] or '-':>22} "
-            f"{p['last_id'] or '-':>22}  {p['node'] or ''}"
+            f"{p['last_id'] or '-':>22} {p['slot']:>5}  {p['node'] or ''}"
         )
     return "\n".join(lines)
 
@@ -92,7 +94,8 @@ def _describe_text(d: dict[str, Any]) -> str:
 @format_option
 @pass_state
 def topic_describe(state: State, name: str, fmt: str) -> None:
-    """Show a topic's settings and, per partition, length and first/last id."""
+    """Show a topic's settings and, per partition, length, first/last id, cluster slot and
+    node (on a cluster)."""
     desc: TopicDescription = TopicAdmin(state.conn).describe(name)
     emit(fmt, desc.to_dict(), _describe_text)
 

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from partitions import AsyncConnection, Connection
+from partitions._base.keys import TopicLayout
 from partitions._client import wire
 
 pytestmark = pytest.mark.anyio
@@ -36,7 +37,7 @@ def comparable(replies: list[Any]) -> list[Any]:
 def test_sync_fast_and_plain_reads_agree(conn: Connection, monkeypatch: pytest.MonkeyPatch) -> None:
     if conn.is_cluster:
         pytest.skip("one connection of a single server")
-    key = conn.keys.stream("wiretest", 0)
+    key = conn.keys.stream(TopicLayout("wiretest", 2), 0)  # any key: no topic
     cmds = commands(key)
     payload = [wire.pack(c) for c in cmds]
     c = conn.client.connection_pool.get_connection()
@@ -57,7 +58,7 @@ async def test_async_fast_and_plain_reads_agree(
 ) -> None:
     if aconn.is_cluster:
         pytest.skip("one connection of a single server")
-    key = aconn.keys.stream("wiretest", 1)
+    key = aconn.keys.stream(TopicLayout("wiretest", 2), 1)
     cmds = commands(key)
     payload = [wire.pack(c) for c in cmds]
     pool = aconn.client.connection_pool

@@ -133,6 +133,13 @@ class TopicMeta:
     version: int
     # Each partition's hash-tag suffix as stored ("" or none: the original tag <topic>:<p>).
     tags: tuple[str, ...] = ()
+    _layout: TopicLayout = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # Built (and its suffixes checked) once: every key of the topic is named from it.
+        object.__setattr__(
+            self, "_layout", TopicLayout(self.spec.name, self.spec.partitions, self.tags)
+        )
 
     @property
     def name(self) -> str:
@@ -145,7 +152,7 @@ class TopicMeta:
     @property
     def layout(self) -> TopicLayout:
         """How the partitions' keys are named: pass it to :class:`~partitions._base.keys.Keys`."""
-        return TopicLayout(self.spec.name, self.spec.partitions, self.tags)
+        return self._layout
 
 
 @dataclass(frozen=True, slots=True)

@@ -161,8 +161,10 @@ class Scraper:
             # (deleted, but a group still lists it) has the original tags.
             meta = metas.get(t)
             known = meta.layout if meta is not None else self._layouts.get(t)
+            if known is not None and p < known.partitions:
+                return known
             tags = known.tags if known is not None else ()
-            return TopicLayout(t, max(p + 1, known.partitions if known else 0), tags)
+            return TopicLayout(t, p + 1, tags)
 
         for self.rounds in range(1, MAX_ROUNDS + 1):
             cmds: list[Command] = []

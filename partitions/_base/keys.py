@@ -167,7 +167,7 @@ class TopicLayout:
 
     def grown(self, partitions: int) -> TopicLayout:
         """This layout with partitions added: existing ones keep their tags, new ones get
-        the slots farthest from those taken (:func:`partitions._base.slots.grow_slots`)."""
+        slots that keep the spread near even (:func:`partitions._base.slots.grow_slots`)."""
         if partitions == self.partitions:
             return self
         if partitions < self.partitions:

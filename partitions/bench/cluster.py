@@ -194,7 +194,12 @@ def report(result: Any, rounds: dict[str, list[float]], opts: Any) -> None:
                 "per_node": per_node,
             }
         )
-    if rows:
+    if rows and opts.cluster_url:
+        result.notes.append(
+            f"cluster: {opts.partitions} partitions, the same producer as the single-node run, "
+            "on the cluster given by --cluster-url"
+        )
+    elif rows:
         cores = os.cpu_count() or 1
         result.notes.append(
             f"cluster: {opts.partitions} partitions, the same producer as the single-node run; "

@@ -52,6 +52,7 @@ DEFAULT_WAIT_MS = 5000
 # name -> flags of the function built from <name>.lua, in library order.
 FUNCTIONS: dict[str, tuple[str, ...]] = {
     "append": (),
+    "commit": (),
     "consume": ("allow-oom",),
     "seek": (),
     "lag": ("no-writes",),
@@ -68,6 +69,7 @@ _HOMES: dict[str, str] = {
     "common": "partitions._base",
     "fence": "partitions._base",
     "append": "partitions._producer",
+    "commit": "partitions._producer",
     "consume": "partitions._consumer",
     "seek": "partitions._admin",
     "lag": "partitions._admin",

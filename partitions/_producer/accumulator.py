@@ -32,7 +32,7 @@ from partitions._base.durability import Durability
 from partitions._base.errors import BufferFullError, ClosedError
 from partitions._base.functions import is_missing
 from partitions._client.config import ProducerConfig
-from partitions._producer.batch import MAX_BATCH_BYTES, Batch, Route
+from partitions._producer.batch import KEY_VALUE_FIELDS, MAX_BATCH_BYTES, Batch, Route
 from partitions._producer.delivery import (
     DeliveryPolicy,
     closed_error,
@@ -107,6 +107,9 @@ class Accumulator:
         self.flushing = 0  # flush() calls waiting: seal every open batch now
         self.closed = False
         self.sticky = StickyPartitioner()
+        # Senders' targets (nodes) where a call of the library succeeded since the last sign
+        # it may be gone: batches may go there as MULTI + native XADDs (sender.py).
+        self.loaded: set[Any] = set()
         self._seqs: dict[TP, int] = {}
         # The latest retriable error per partition: what a batch that expired unsent reports.
         self._last_errors: dict[TP, Exception] = {}
@@ -152,6 +155,10 @@ class Accumulator:
             wake = wake or len(self.open) == 1
         index = batch.count
         batch.chunks.append(chunk)
+        if nargs != KEY_VALUE_FIELDS or batch.shapes is not None:
+            if batch.shapes is None:
+                batch.shapes = [KEY_VALUE_FIELDS] * index
+            batch.shapes.append(nargs)
         batch.count = index + 1
         batch.nargs += nargs
         batch.nbytes += nbytes
@@ -284,6 +291,16 @@ class Accumulator:
         if len(ids) != batch.count:  # the original batch was trimmed meanwhile
             ids += [b"0-0"] * (batch.count - len(ids))
         return ids
+
+    def unrecorded(self, batch: Batch) -> None:
+        """``batch`` was appended by its XADDs while the library was missing inside EXEC:
+        the server did not record its sequence, so the next batch of the partition would be
+        refused as out of sequence. A new identity (its batches start again at 1)."""
+        log.info("appended a batch on %s/%d without its sequence record (library missing)",
+                 batch.topic, batch.partition)  # fmt: skip
+        if self.config.idempotent and batch.pid == self.pid:
+            self.pid = self._new_id()
+            self._seqs.clear()
 
     def broken_round(self, batches: list[Batch], err: Exception) -> list[tuple[Batch, Exception]]:
         """A round that failed in the shell itself: every unresolved batch may have been

@@ -1,9 +1,14 @@
 """A producer batch, the futures of its records and the per-topic route it is packed for.
 
-A :class:`Batch` holds the records of one partition, already encoded as the RESP arguments of
-one ``append.lua`` call; :meth:`Batch.packed` prefixes the call's header. Each record's
-:class:`RecordFuture` points into its batch, so a record costs one small object, and all
-futures of a batch share one event. Used by :mod:`partitions._producer.producer`.
+A :class:`Batch` holds the records of one partition, each already encoded as the RESP field
+arguments of its stream entry. :meth:`Batch.packed` makes them one atomic write in one of two
+forms: ``MULTI``, a native ``XADD`` per record, ``FCALL commit`` (``commit.lua``: sequence
+check, record, retention, or undo) and ``EXEC`` (:meth:`Batch.packed_multi`: what a batch of
+several records costs the server is what native XADDs cost), or one ``FCALL append``
+(``append.lua``: the records inside the script, for single records and for a node where the
+library is not known to be loaded yet). Each record's :class:`RecordFuture` points into its
+batch, so a record costs one small object, and all futures of a batch share one event. Used
+by :mod:`partitions._producer.producer`.
 
 Every script call is bounded: a batch holds at most ``batch_size`` records (at most 100,000,
 so the reply is at most that many ids) and is closed before a record would take it past
@@ -38,7 +43,9 @@ from partitions._client.wire import ASKING, NotSentError, bulk
 from partitions._producer.router import Router
 
 __all__ = [
+    "KEY_VALUE_FIELDS",
     "MAX_BATCH_BYTES",
+    "MULTI_MIN_RECORDS",
     "Batch",
     "NotSentError",
     "RecordFuture",
@@ -51,8 +58,18 @@ log = logging.getLogger("partstream.producer")
 
 _APPEND = function_name("append").encode()
 _FCALL_HEAD = b"$5\r\nFCALL\r\n$%d\r\n%s\r\n$1\r\n3\r\n" % (len(_APPEND), _APPEND)
+_COMMIT = function_name("commit").encode()
+_COMMIT_HEAD = b"*12\r\n$5\r\nFCALL\r\n$%d\r\n%s\r\n$1\r\n3\r\n" % (len(_COMMIT), _COMMIT)
+_MULTI = b"*1\r\n$5\r\nMULTI\r\n"
+_EXEC = b"*1\r\n$4\r\nEXEC\r\n"
 # Header args between the two keys and the records: pid, seq, maxlen, retention_ms, safe, n.
 _HEADER_ARGS = 6
+# The fields of the common record (key and value), and of one in append.lua's "f, fields" form.
+KEY_VALUE_FIELDS = 4
+_FOUR = b"$1\r\n4\r\n"
+# A batch of at least this many records goes as MULTI + native XADDs + commit (below: one
+# FCALL append, cheaper for the server when the per-batch calls outweigh the per-record ones).
+MULTI_MIN_RECORDS = 4
 # Re-read topic metadata this often, to pick up added partitions and retention changes.
 METADATA_MAX_AGE_S = 30.0
 # Encoded bytes of one batch's records: a batch is closed before a record would pass this.
@@ -78,7 +95,7 @@ class Batch:
     __slots__ = (
         "ask", "attempts", "callbacks", "chunks", "count", "created", "deadline", "error",
         "event", "ids", "in_doubt", "last_error", "nargs", "nbytes", "partition", "pid",
-        "retry_at", "route", "seq", "topic",
+        "retry_at", "route", "seq", "shapes", "topic",
     )  # fmt: skip
 
     def __init__(
@@ -87,7 +104,10 @@ class Batch:
         self.topic = topic
         self.partition = partition
         self.route = route
+        # Each record's field arguments as RESP; ``nargs`` counts the fields of all of them,
+        # ``shapes`` each record's field count once one is not key + value (None until then).
         self.chunks: list[bytes] = []
+        self.shapes: list[int] | None = None
         self.count = 0
         self.nargs = 0
         self.nbytes = 0
@@ -107,14 +127,22 @@ class Batch:
         self.event = threading.Event()
         self.callbacks: list[tuple[int, Callable[[RecordFuture], None]]] | None = None
 
-    def packed(self) -> bytes:
-        """The batch's ``FCALL`` (after ``ASKING`` if a cluster redirected it) as RESP."""
+    def packed(self, multi: bool) -> bytes:
+        """The batch's write as RESP, after ``ASKING`` if a cluster redirected it:
+        :meth:`packed_multi` (``multi``) or one ``FCALL append``."""
+        body = self.packed_multi() if multi else self.packed_append()
+        return ASKING + body if self.ask is not None else body
+
+    def replies(self, multi: bool) -> int:
+        """How many replies :meth:`packed` gets (ASKING's not counted)."""
+        return self.count + 3 if multi else 1
+
+    def _header(self) -> bytes:
+        """KEYS and the six header arguments both functions take."""
         spec = self.route.meta.spec
         route, p = self.route, self.partition
-        head = (
-            b"*%d\r\n" % (6 + _HEADER_ARGS + self.nargs)
-            + _FCALL_HEAD
-            + bulk(route.stream_keys[p])
+        return (
+            bulk(route.stream_keys[p])
             + bulk(route.seq_keys[p])
             + bulk(route.groups_keys[p])
             + bulk(self.pid)
@@ -124,7 +152,35 @@ class Batch:
             + (b"$1\r\n1\r\n" if spec.safe_retention else b"$1\r\n0\r\n")
             + bulk(b"%d" % self.count)
         )
-        return (ASKING if self.ask is not None else b"") + head + b"".join(self.chunks)
+
+    def packed_multi(self) -> bytes:
+        """``MULTI``, one native ``XADD <stream> *`` per record, ``FCALL commit``, ``EXEC``."""
+        chunks = self.chunks
+        if self.shapes is None:  # every record key + value: one join in C
+            head = self.route.xadd_heads[self.partition]
+            records = head + head.join(chunks)
+        else:
+            mid = self.route.xadd_mids[self.partition]
+            records = b"".join(
+                b"*%d\r\n%b%b" % (3 + nf, mid, chunk)
+                for nf, chunk in zip(self.shapes, chunks, strict=True)
+            )
+        return _MULTI + records + _COMMIT_HEAD + self._header() + _EXEC
+
+    def packed_append(self) -> bytes:
+        """One ``FCALL append`` with the records in the script's "f, fields" form."""
+        if self.shapes is None:
+            records = _FOUR + _FOUR.join(self.chunks)
+        else:
+            records = b"".join(
+                bulk(b"%d" % nf) + chunk for nf, chunk in zip(self.shapes, self.chunks, strict=True)
+            )
+        return (
+            b"*%d\r\n" % (6 + _HEADER_ARGS + self.count + self.nargs)
+            + _FCALL_HEAD
+            + self._header()
+            + records
+        )
 
     def complete(self, ids: list[bytes] | None, error: BaseException | None) -> None:
         self.ids = ids
@@ -189,7 +245,7 @@ class Route:
 
     __slots__ = (
         "expires", "fetched", "for_key", "groups_keys", "meta", "n", "router", "seq_keys",
-        "stream_keys", "topic",
+        "stream_keys", "topic", "xadd_heads", "xadd_mids",
     )  # fmt: skip
 
     def __init__(self, meta: TopicMeta, keys: Keys) -> None:
@@ -201,6 +257,10 @@ class Route:
         k = keys
         lay = meta.layout
         self.stream_keys = [k.stream(lay, p).encode() for p in range(self.n)]
+        # "XADD <stream> *" of each partition: after a record's "*<args>" header (mids), and
+        # with the header of a key + value record in front (heads).
+        self.xadd_mids = [b"$4\r\nXADD\r\n%b$1\r\n*\r\n" % bulk(s) for s in self.stream_keys]
+        self.xadd_heads = [b"*7\r\n" + m for m in self.xadd_mids]
         self.seq_keys = [k.seq(lay, p).encode() for p in range(self.n)]
         self.groups_keys = [k.stream_groups(lay, p).encode() for p in range(self.n)]
         self.fetched = time.monotonic()
@@ -218,12 +278,11 @@ def _explicit_partition(route: Route, partition: object) -> int:
 def _general_form(
     key: bytes | None, value: bytes | None, headers: Mapping[str, str | bytes] | None
 ) -> tuple[bytes, int, int]:
-    """A record with headers, or without key or value, in the script's "f, fields..." form:
-    (RESP bytes, arguments, record bytes)."""
+    """A record with headers, or without key or value: (its fields as RESP, how many,
+    record bytes)."""
     fields = entry_fields(key, value, encode_headers(headers))
     size = sum(len(f) for f in fields)
-    chunk = b"%b%b" % (bulk(b"%d" % len(fields)), b"".join(bulk(f) for f in fields))
-    return chunk, 1 + len(fields), size
+    return b"".join(bulk(f) for f in fields), len(fields), size
 
 
 def encode_record(
@@ -236,8 +295,9 @@ def encode_record(
     max_bytes: int,
 ) -> tuple[int | None, bytes, int]:
     """Check and encode one record for ``route``'s topic, as both producers' ``send()`` do:
-    (its partition, None for a keyless one the sticky rule places; the RESP arguments of its
-    part of the append call; how many arguments). Raises before anything is queued."""
+    (its partition, None for a keyless one the sticky rule places; its entry's fields as RESP
+    arguments; how many: :data:`KEY_VALUE_FIELDS` for key + value). Raises before anything
+    is queued."""
     kb = key if type(key) is bytes else encode_key(key)
     vb = value if type(value) is bytes else encode_value(value)
     if partition is not None:
@@ -247,11 +307,13 @@ def encode_record(
     else:
         p = route.router.route(kb, region)
     if headers is None and kb is not None and vb is not None:
-        # The script's short form "0, key, value" for the common key+value record.
-        chunk = b"$1\r\n0\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n" % (len(kb), kb, len(vb), vb)
+        # The common key + value record: fields "key" and "value".
+        chunk = b"$3\r\nkey\r\n$%d\r\n%b\r\n$5\r\nvalue\r\n$%d\r\n%b\r\n" % (
+            len(kb), kb, len(vb), vb
+        )  # fmt: skip
         if len(kb) + len(vb) > max_bytes:
             check_size(len(kb) + len(vb), max_bytes)
-        return p, chunk, 3
+        return p, chunk, KEY_VALUE_FIELDS
     chunk, nargs, size = _general_form(kb, vb, headers)
     check_size(size, max_bytes)
     return p, chunk, nargs

@@ -22,12 +22,14 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any
 
+import redis.exceptions as rex
+
 from partitions._base.functions import is_missing
 from partitions._client.connection import Connection
 from partitions._client.nodes import group_by_node, node_for_key, redirect, retriable
-from partitions._client.wire import exchange, pack
+from partitions._client.wire import CONNECTION_ERRORS, exchange, pack
 from partitions._producer.accumulator import Accumulator, Completion, complete
-from partitions._producer.batch import Batch
+from partitions._producer.batch import MULTI_MIN_RECORDS, Batch
 from partitions._producer.delivery import wait_commands
 
 __all__ = ["SENDERS", "Driver", "Exchange", "React", "Sender", "reaction", "send_round"]
@@ -97,18 +99,32 @@ def send_round(
         for target, group in groups:
             waits = wait_commands(acc.durability, group, socket_timeout)
             asking = [b.ask is not None for b in group]
-            payload = [b"".join(b.packed() for b in group)]
+            # MULTI + native XADDs only where a call of the library succeeded since the last
+            # sign it may be gone: a missing library fails inside EXEC, after the XADDs ran.
+            loaded = target in acc.loaded
+            multi = [loaded and b.count >= MULTI_MIN_RECORDS for b in group]
+            counts = [b.replies(m) for b, m in zip(group, multi, strict=True)]
+            payload = [b"".join(b.packed(m) for b, m in zip(group, multi, strict=True))]
             if waits:
                 payload.append(b"".join(pack(w) for w in waits))
             for b in group:
                 b.ask = None  # one attempt only: a later ASK says again
             started = time.monotonic()
-            out = yield Exchange(target, payload, len(group) + sum(asking) + len(waits))
-            replies, confirms = _split(out, asking, len(waits))
+            out = yield Exchange(target, payload, sum(counts) + sum(asking) + len(waits))
+            replies, confirms = _split(out, asking, counts, len(waits))
+            unrecorded = [b for b, r in zip(group, replies, strict=True)
+                          if isinstance(r, _Unrecorded)]  # fmt: skip
             with guard:
+                _note_library(acc.loaded, target, replies)
+                replies = [r.reply if isinstance(r, _Unrecorded) else r for r in replies]
+                for b in unrecorded:
+                    acc.unrecorded(b)
                 settled, errors = acc.settle(group, replies, waits, confirms,
                                              time.monotonic() - started)  # fmt: skip
             complete(settled)
+            if unrecorded:  # appended all the same; load the library for the next batches
+                missing = rex.ResponseError("function not found inside EXEC (batch appended)")
+                yield React("reload", unrecorded[0], missing)
             for batch, err in errors:
                 what = reaction(err, cluster, moving(err))
                 if what is not None:
@@ -131,15 +147,73 @@ def send_round(
     return done
 
 
-def _split(out: list[Any], asking: list[bool], waits: int) -> tuple[list[Any], list[Any]]:
-    """One node's replies: (a reply per batch, skipping ASKING's +OK; the WAITs' replies)."""
+def _split(
+    out: list[Any], asking: list[bool], counts: list[int], waits: int
+) -> tuple[list[Any], list[Any]]:
+    """One node's replies: (a reply per batch, skipping ASKING's +OK and folding a MULTI
+    batch's into one; the WAITs' replies)."""
     replies: list[Any] = []
-    it = iter(out)
-    for ask in asking:
-        if ask:
-            next(it)
-        replies.append(next(it))
-    return replies, list(it)[:waits]
+    at = 0
+    for ask, count in zip(asking, counts, strict=True):
+        at += ask
+        replies.append(out[at] if count == 1 else fold_multi(out[at : at + count]))
+        at += count
+    return replies, out[at : at + waits]
+
+
+class _Unrecorded:
+    """A MULTI batch appended by its XADDs while ``commit`` was missing (``reply``: its ids)."""
+
+    __slots__ = ("reply",)
+
+    def __init__(self, reply: list[Any]) -> None:
+        self.reply = reply
+
+
+def fold_multi(replies: list[Any]) -> Any:
+    """The replies of ``MULTI, XADD x n, FCALL commit, EXEC`` as one batch reply, in
+    ``append.lua``'s terms: ``[1, id1, ..., idn]``, the duplicate's ``[2, ...]``, or the
+    error (nothing of the batch stays). A connection error stands for the unread replies:
+    the batch is in doubt (EXEC may have run). ``_Unrecorded`` when the XADDs ran but the
+    library was missing: appended, not recorded."""
+    for reply in replies:
+        if isinstance(reply, CONNECTION_ERRORS):
+            return reply
+    queued, outcome = replies[1:-1], replies[-1]
+    if isinstance(replies[0], Exception):
+        # MULTI refused (e.g. an ACL without it): the commands after it ran one by one,
+        # their replies are where QUEUED would be.
+        outcome = queued
+    elif isinstance(outcome, Exception):
+        # EXECABORT: a command was refused while queued (OOM, MOVED/ASK, READONLY, ...), so
+        # nothing ran; the first refusal says why.
+        return next((r for r in queued if isinstance(r, Exception)), outcome)
+    if not isinstance(outcome, list) or len(outcome) != len(queued):
+        return rex.ResponseError(f"unexpected reply to a producer batch's EXEC: {outcome!r}")
+    ids, commit = outcome[:-1], outcome[-1]
+    if commit == 1 and not any(isinstance(i, Exception) for i in ids):
+        return [1, *ids]
+    if isinstance(commit, Exception):
+        if is_missing(commit) and not any(isinstance(i, Exception) for i in ids):
+            return _Unrecorded([1, *ids])
+        return commit
+    if isinstance(commit, list):
+        return commit  # a duplicate: this attempt's entries are deleted again
+    return next((i for i in ids if isinstance(i, Exception)), commit)
+
+
+def _note_library(loaded: set[Any], target: Any, replies: list[Any]) -> None:
+    """Where a call of the library succeeded, batches may go as MULTI; not after a sign it
+    may be gone (it is missing, or the connection broke: the server may have restarted)."""
+    gone = any(
+        isinstance(r, (*CONNECTION_ERRORS, _Unrecorded))
+        or (isinstance(r, Exception) and is_missing(r))
+        for r in replies
+    )
+    if gone:
+        loaded.discard(target)
+    elif any(isinstance(r, list) for r in replies):
+        loaded.add(target)
 
 
 class Driver:

@@ -178,7 +178,7 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[int, int]]]:
 
     def spy(self: Accumulator, group: list[Batch], *args: Any) -> Any:
         # Settled before the futures resolve: the batches still hold their packed records.
-        seen.extend((b.count, len(b.packed())) for b in group)
+        seen.extend((b.count, len(b.packed(b.count > 1))) for b in group)
         return real(self, group, *args)
 
     monkeypatch.setattr(Accumulator, "settle", spy)

@@ -1,0 +1,219 @@
+"""The producer's MULTI path (``MULTI``, native ``XADD`` per record, ``FCALL commit``,
+``EXEC``) against a real server: what ``commit.lua`` promises that ``append.lua`` promised.
+
+A batch is written as the sender writes it (``Batch.packed(True)`` on one connection) and
+its replies folded as the sender folds them (``fold_multi``), so each failure mode is
+exercised on the wire: a retry after a lost reply (the second attempt's entries are undone
+inside EXEC, the ids are the first attempt's), a batch out of sequence, a wrong key type
+under the sequence or the groups hash, two producers on one partition, and the library
+missing inside EXEC (on a private server this test starts and stops by pid).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from partitions._admin.replay import replay
+from partitions._admin.topics import TopicAdmin, TopicSpec
+from partitions._base.errors import WrongTypeError
+from partitions._base.functions import library_name
+from partitions._client.config import ClientConfig, ProducerConfig
+from partitions._client.connection import Connection, connect
+from partitions._client.nodes import node_for_key
+from partitions._client.wire import exchange
+from partitions._producer.batch import Batch, Route, encode_record
+from partitions._producer.producer import Producer
+from partitions._producer.sender import fold_multi
+from tests.helpers import ServerProc, server_binaries
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _batch(conn: Connection, topic: str, values: list[bytes], *, pid: bytes, seq: int) -> Batch:
+    route = Route(TopicAdmin(conn).get(topic), conn.keys)
+    batch = Batch(topic, 0, route, time.monotonic(), time.monotonic() + 60)
+    for v in values:
+        _, chunk, nargs = encode_record(route, v, b"k", None, 0, None, 1 << 20)
+        batch.chunks.append(chunk)
+        batch.count += 1
+        batch.nargs += nargs
+    batch.pid, batch.seq = pid, seq
+    return batch
+
+
+def _send(conn: Connection, batch: Batch) -> Any:
+    """One MULTI attempt of ``batch``, folded as the sender folds it."""
+    pool = node_for_key(conn, conn.keys.stream(batch.topic, 0)).connection_pool
+    conn.functions.load(node_for_key(conn, conn.keys.stream(batch.topic, 0)))
+    out = exchange(pool, [batch.packed(True)], batch.replies(True))
+    return fold_multi(out)
+
+
+def _values(conn: Connection, topic: str) -> list[bytes]:
+    return [r.value for r in replay(conn, topic) if r.value is not None]
+
+
+def test_a_retried_multi_batch_is_undone_and_learns_the_first_ids(conn: Connection) -> None:
+    """The same batch sent again (its reply was lost): commit finds the sequence recorded,
+    deletes the second attempt's entries inside EXEC and answers with the first's ids."""
+    TopicAdmin(conn).create(TopicSpec("mretry", 1))
+    values = [b"a", b"b", b"c", b"d", b"e"]
+    first = _send(conn, _batch(conn, "mretry", values, pid=b"p1", seq=1))
+    again = _send(conn, _batch(conn, "mretry", values, pid=b"p1", seq=1))
+    assert first[0] == 1 and len(first) == 6
+    assert again[0] == 2 and again[1:] == first[1:]
+    assert _values(conn, "mretry") == values
+    assert [r.id for r in replay(conn, "mretry")] == [i.decode() for i in first[1:]]
+    # the next batch of the producer goes on after the duplicate
+    nxt = _send(conn, _batch(conn, "mretry", [b"f", b"g", b"h", b"i"], pid=b"p1", seq=2))
+    assert nxt[0] == 1
+    assert _values(conn, "mretry") == [*values, b"f", b"g", b"h", b"i"]
+
+
+def test_a_duplicate_whose_first_id_was_not_recorded_reads_the_ids_back(
+    conn: Connection,
+) -> None:
+    """When a batch's ids left one millisecond (a server that does not freeze its clock for
+    a transaction) its record says "~n" for the first id: a duplicate then reads its ids
+    back from the stream."""
+    TopicAdmin(conn).create(TopicSpec("mtilde", 1))
+    values = [b"a", b"b", b"c", b"d"]
+    first = _send(conn, _batch(conn, "mtilde", values, pid=b"p1", seq=1))
+    seq_key = conn.keys.seq("mtilde", 0)
+    record = conn.client.hget(seq_key, "p1").split()
+    conn.client.hset(seq_key, "p1", b" ".join([record[0], b"~4", *record[2:]]))
+    again = _send(conn, _batch(conn, "mtilde", values, pid=b"p1", seq=1))
+    assert again == [2, *first[1:]]
+    assert _values(conn, "mtilde") == values
+
+
+def test_a_multi_batch_out_of_sequence_leaves_nothing(conn: Connection) -> None:
+    TopicAdmin(conn).create(TopicSpec("mseq", 1))
+    assert _send(conn, _batch(conn, "mseq", [b"a", b"b", b"c", b"d"], pid=b"p1", seq=1))[0] == 1
+    lost = _send(conn, _batch(conn, "mseq", [b"x", b"y", b"z", b"w"], pid=b"p1", seq=3))
+    assert "OUTOFSEQ" in str(lost)
+    unknown = _send(conn, _batch(conn, "mseq", [b"x", b"y", b"z", b"w"], pid=b"p2", seq=2))
+    assert "OUTOFSEQ" in str(unknown)
+    assert _values(conn, "mseq") == [b"a", b"b", b"c", b"d"]
+
+
+def test_wrong_key_types_fail_a_multi_batch_with_nothing_written(conn: Connection) -> None:
+    """A string where the sequence hash or (safe retention) the groups hash belongs: the
+    batch fails with WRONGTYPE and its XADDs are undone."""
+    TopicAdmin(conn).create(TopicSpec("mtype", 1, safe_retention=True, max_length=10))
+    conn.client.set(conn.keys.seq("mtype", 0), "not a hash")
+    err = _send(conn, _batch(conn, "mtype", [b"a", b"b", b"c", b"d"], pid=b"p1", seq=1))
+    assert "WRONGTYPE" in str(err)
+    conn.client.delete(conn.keys.seq("mtype", 0))
+    conn.client.set(conn.keys.stream_groups("mtype", 0), "not a hash")
+    err = _send(conn, _batch(conn, "mtype", [b"a", b"b", b"c", b"d"], pid=b"p1", seq=1))
+    assert "WRONGTYPE" in str(err)
+    assert _values(conn, "mtype") == []
+    conn.client.delete(conn.keys.stream_groups("mtype", 0))
+    with Producer(conn, ProducerConfig(linger_ms=50)) as p:
+        conn.client.set(conn.keys.seq("mtype", 0), "not a hash")
+        futs = [p.send("mtype", f"v{i}", key="k") for i in range(8)]
+        with pytest.raises(WrongTypeError):
+            futs[-1].result(10)
+    assert _values(conn, "mtype") == []
+
+
+def test_two_producers_on_one_partition(conn: Connection) -> None:
+    """Two producers appending to one partition at once, MULTI batches interleaving: every
+    record once, each producer's in its order, both sequences recorded."""
+    TopicAdmin(conn).create(TopicSpec("mtwo", 1))
+    n = 4000
+    ids: dict[str, str] = {}
+
+    def run(name: str) -> None:
+        with Producer(conn, ProducerConfig(linger_ms=2, batch_size=50)) as p:
+            p.send("mtwo", f"{name}-warm", key="k").result(10)  # the library is known loaded
+            futs = [p.send("mtwo", f"{name}-{i}", key="k") for i in range(n)]
+            p.flush(60)
+            ids[name] = p.producer_id
+            assert all(f.exception(0) is None for f in futs)
+
+    threads = [threading.Thread(target=run, args=(name,)) for name in ("a", "b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    got = [v.decode() for v in _values(conn, "mtwo")]
+    assert len(got) == 2 * (n + 1) and len(set(got)) == len(got)
+    for name in ("a", "b"):
+        mine = [int(v.split("-")[1]) for v in got if v.startswith(f"{name}-") and "warm" not in v]
+        assert mine == list(range(n))
+    recorded = conn.client.hgetall(conn.keys.seq("mtwo", 0))
+    assert {k.decode() for k in recorded} == set(ids.values())
+
+
+@pytest.fixture
+def private() -> Iterator[ServerProc]:
+    binaries = server_binaries()
+    if not binaries:
+        pytest.skip("no server binary")
+    server = ServerProc(persistence="none", binary=binaries[0])
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
+def test_library_deleted_inside_exec_appends_once_and_goes_on(private: ServerProc) -> None:
+    """The library deleted while a producer sends MULTI batches (an admin pruned the version
+    in use): the next batch's XADDs run and its FCALL commit fails inside EXEC. The batch
+    is appended all the same, once; the producer takes a new id (the server did not record
+    the sequence), loads the library and sends on; nothing is lost or doubled."""
+    conn = connect(ClientConfig(url=private.url, namespace="lib"))
+    try:
+        TopicAdmin(conn).create(TopicSpec("mlib", 2))
+        with Producer(conn, ProducerConfig(linger_ms=20, batch_size=10)) as p:
+            p.send("mlib", "warm", key="k").result(10)
+            first_id = p.producer_id
+            futs = [p.send("mlib", f"a{i}", key=f"k{i % 2}") for i in range(40)]
+            p.flush(30)
+            conn.client.execute_command("FUNCTION", "DELETE", library_name())
+            futs += [p.send("mlib", f"b{i}", key=f"k{i % 2}") for i in range(40)]
+            p.flush(30)
+            futs += [p.send("mlib", f"c{i}", key=f"k{i % 2}") for i in range(40)]
+            p.flush(30)
+            assert all(f.exception(0) is None for f in futs)
+            assert p.producer_id != first_id
+        got = sorted(v.decode() for v in _values(conn, "mlib"))
+        want = sorted(["warm"] + [f"{c}{i}" for c in "abc" for i in range(40)])
+        assert got == want
+        by_id = {(f.result(0).partition, f.result(0).id) for f in futs}
+        assert len(by_id) == len(futs)
+    finally:
+        conn.close()
+
+
+def test_multi_is_what_goes_on_the_wire(private: ServerProc) -> None:
+    """Batches of several records go as MULTI once a call of the library succeeded; a single
+    record (and the first call, before the library is known loaded) as FCALL append."""
+    conn = connect(ClientConfig(url=private.url, namespace="wire"))
+    try:
+        TopicAdmin(conn).create(TopicSpec("mwire", 1))
+
+        def calls(name: str) -> int:
+            return int(conn.client.info("commandstats").get(f"cmdstat_{name}", {}).get("calls", 0))
+
+        with Producer(conn, ProducerConfig(linger_ms=20)) as p:
+            fcalls = calls("fcall")
+            p.send("mwire", "warm", key="k").result(10)
+            # (commandstats count a script's own XADD calls too)
+            assert (calls("exec"), calls("fcall") - fcalls, calls("xadd")) == (0, 1, 1)
+            futs = [p.send("mwire", f"v{i}", key="k") for i in range(100)]
+            p.flush(30)
+            ids = [f.result(0).id for f in futs]
+        execs = calls("exec")
+        assert execs >= 1 and calls("fcall") - fcalls >= 1 + execs  # a commit per MULTI
+        assert calls("xadd") == 101
+        assert [r.id for r in replay(conn, "mwire")][1:] == ids
+    finally:
+        conn.close()

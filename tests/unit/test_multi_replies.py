@@ -1,0 +1,84 @@
+"""How the sender reads a MULTI batch's replies (``MULTI, XADD x n, FCALL commit, EXEC``)
+and what it does after: one batch reply in append.lua's terms, without a server."""
+
+from __future__ import annotations
+
+import redis.exceptions as rex
+
+from partitions._client.config import ProducerConfig
+from partitions._producer.accumulator import Accumulator
+from partitions._producer.sender import _note_library, _Unrecorded, fold_multi
+
+OK, Q = b"OK", b"QUEUED"
+IDS = [b"5-0", b"5-1", b"5-2"]
+
+
+def test_committed_batch_is_its_xadds_ids() -> None:
+    assert fold_multi([OK, Q, Q, Q, Q, [*IDS, 1]]) == [1, *IDS]
+
+
+def test_duplicate_is_the_commits_answer() -> None:
+    assert fold_multi([OK, Q, Q, Q, Q, [*IDS, [2, b"4-0", b"4-1", b"4-2"]]]) == [
+        2, b"4-0", b"4-1", b"4-2",
+    ]  # fmt: skip
+
+
+def test_commit_error_is_the_batchs_error() -> None:
+    err = rex.ResponseError("OUTOFSEQ producer p sent batch 3 after 1")
+    assert fold_multi([OK, Q, Q, Q, Q, [*IDS, err]]) is err
+
+
+def test_execabort_reports_the_first_refusal() -> None:
+    oom = rex.ResponseError("OOM command not allowed when used memory > 'maxmemory'.")
+    abort = rex.ResponseError("EXECABORT Transaction discarded because of previous errors.")
+    assert fold_multi([OK, oom, oom, oom, Q, abort]) is oom
+
+
+def test_a_broken_connection_is_in_doubt() -> None:
+    broken = rex.ConnectionError("Connection closed by server.")
+    assert fold_multi([OK, Q, Q, broken, broken, broken]) is broken
+
+
+def test_missing_library_inside_exec_is_appended_unrecorded() -> None:
+    missing = rex.ResponseError("Function not found")
+    got = fold_multi([OK, Q, Q, Q, Q, [*IDS, missing]])
+    assert isinstance(got, _Unrecorded) and got.reply == [1, *IDS]
+
+
+def test_multi_refused_reads_the_commands_replies_in_place() -> None:
+    """MULTI refused (an ACL without it): the XADDs and the commit ran one by one, and
+    their replies stand where QUEUED would have."""
+    noperm = rex.NoPermissionError("User may not run MULTI")
+    no_multi = rex.ResponseError("EXEC without MULTI")
+    assert fold_multi([noperm, *IDS, 1, no_multi]) == [1, *IDS]
+
+
+def test_the_library_is_trusted_only_after_a_success_and_until_a_sign_it_went() -> None:
+    loaded: set[object] = set()
+    node = object()
+    _note_library(loaded, node, [rex.ResponseError("BUSY")])
+    assert node not in loaded
+    _note_library(loaded, node, [[1, b"1-0"]])
+    assert node in loaded
+    _note_library(loaded, node, [_Unrecorded([1, b"1-0"])])
+    assert node not in loaded
+    _note_library(loaded, node, [[1, b"1-0"]])
+    _note_library(loaded, node, [[1, b"1-0"], rex.ConnectionError("reset")])
+    assert node not in loaded
+    _note_library(loaded, node, [[1, b"1-0"]])
+    _note_library(loaded, node, [rex.ResponseError("ERR Function not found")])
+    assert node not in loaded
+
+
+def test_an_unrecorded_batch_changes_the_producer_id() -> None:
+    ids = iter([b"p1", b"p2"])
+    acc = Accumulator(ProducerConfig(), lambda: 0.0, new_id=lambda: next(ids))
+    acc._seqs[("t", 0)] = 7
+
+    class B:
+        topic, partition, pid = "t", 0, b"p1"
+
+    acc.unrecorded(B())  # type: ignore[arg-type]
+    assert acc.pid == b"p2" and acc._seqs == {}
+    acc.unrecorded(B())  # type: ignore[arg-type]  # an older identity's batch: no change
+    assert acc.pid == b"p2"

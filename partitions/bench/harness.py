@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +20,7 @@ import orjson
 
 from partitions._base.errors import ConfigError
 from partitions.bench.env import (
+    SERVER_US,
     BenchServer,
     bench_server,
     drop_namespace,
@@ -112,7 +114,13 @@ def _produce(b: Bench, result: BenchResult) -> None:
         ("partstream", own(produce.run_partstream)),
         ("redis-py", own(produce.run_redis_py)),
         ("partstream-asyncio", own(produce.run_partstream_async)),
+        ("resp-pipeline", own(produce.run_resp)),
     ]
+    if o.redis_benchmark and shutil.which("redis-benchmark") is not None:
+        # A side of every round (order alternating like the others): its ratios are paired.
+        sides.append(("redis-benchmark", _redis_benchmark_side(b)))
+    elif o.redis_benchmark:
+        result.notes.append("redis-benchmark not found: no machine-limit figure")
     if o.acks == "all":
         sides.append(("partstream-acks-all", own(produce.run_partstream_acks_all)))
     if o.peers:
@@ -128,19 +136,69 @@ def _produce(b: Bench, result: BenchResult) -> None:
     vs_sync = median([1.0 / x for x in rounds["partstream-asyncio"] if x > 0])
     result.ratios["partstream-asyncio/partstream"] = vs_sync
     result.targets.append(Target("produce partstream-asyncio/partstream", vs_sync, ASYNC_GOAL))
-    if o.redis_benchmark:
-        b.say(
-            phase_header("redis-benchmark", f"XADD -P {o.batch_size} over {o.partitions} streams")
-        )
-        rb = produce.run_redis_benchmark(b.server, b.ns, o)
-        b.cleanup()
-        if rb is None:
-            result.notes.append("redis-benchmark not found: no machine-limit figure")
-        else:
-            result.runs.append(rb)
-            best = max(r.rate for r in result.runs if r.name == "partstream")
-            result.ratios["partstream/redis-benchmark"] = ratio(best, rb.rate)
     _targets(result, "produce", rounds, PRODUCE_GOAL)
+    if "redis-benchmark" in rounds:
+        _against_redis_benchmark(result)
+
+
+def _redis_benchmark_side(b: Bench) -> Side:
+    from partitions.bench import produce
+
+    def run(_: int) -> RunResult:
+        try:
+            rb = produce.run_redis_benchmark(b.server, b.ns, b.opts)
+        finally:
+            b.cleanup()
+        assert rb is not None  # the side exists only where the tool does
+        return rb
+
+    return run
+
+
+# The issue's targets against redis-benchmark's pipelined XADD, same records, same run:
+# the server's CPU per record (at most) and the client's records/s (at least).
+SERVER_COST_GOAL = 1.15
+CLIENT_RATE_GOAL = 0.75
+# The sides compared with redis-benchmark (those present in the run).
+VS_BENCHMARK = ("partstream", "partstream-asyncio", "resp-pipeline", "redis-py")
+
+
+def _against_redis_benchmark(result: BenchResult) -> None:
+    """Per round, each side's server µs/record and records/s against redis-benchmark's of
+    the same round; the medians are the ratios, partstream's are the targets."""
+    by_round: dict[int, dict[str, RunResult]] = {}
+    for run in result.runs:
+        by_round.setdefault(run.extra.get("round", -1), {})[run.name] = run
+    for name in VS_BENCHMARK:
+        cost, rate = [], []
+        for runs in by_round.values():
+            ps, rb = runs.get(name), runs.get("redis-benchmark")
+            if ps is None or rb is None:
+                continue
+            rate.append(ratio(ps.rate, rb.rate))
+            us, rb_us = ps.extra.get(SERVER_US), rb.extra.get(SERVER_US)
+            if us is not None and rb_us:
+                cost.append(us / rb_us)
+        if rate and name != "partstream":  # partstream's: "partstream/redis-benchmark"
+            result.ratios[f"records/s {name}/redis-benchmark"] = median(rate)
+        if cost:
+            result.ratios[f"server us/record {name}/redis-benchmark"] = median(cost)
+    if "server us/record partstream/redis-benchmark" in result.ratios:
+        result.targets.append(
+            Target(
+                "produce server us/record partstream/redis-benchmark",
+                result.ratios["server us/record partstream/redis-benchmark"],
+                SERVER_COST_GOAL,
+                higher_is_better=False,
+            )
+        )
+    result.targets.append(
+        Target(
+            "produce records/s partstream/redis-benchmark",
+            result.ratios["partstream/redis-benchmark"],
+            CLIENT_RATE_GOAL,
+        )
+    )
 
 
 def _acks_all_result(b: Bench, result: BenchResult, per_round: list[float]) -> None:

@@ -8,8 +8,17 @@ the same number of partitions in the same run:
   loop (target: at least :data:`~partitions.bench.harness.ASYNC_GOAL` of the threaded rate);
 * **redis-py**: the best plain loop: route each record with the same xxh3 rule, queue an
   ``XADD`` in a non-transactional pipeline, execute every ``batch_size`` records;
-* **redis-benchmark**: pipelined ``XADD`` from the C tool, ``-P batch_size`` over
-  ``partitions`` streams: the machine's limit, not a target.
+* **resp-pipeline**: the same loop hand-packed: each record's ``XADD`` encoded as RESP in the
+  loop (the partition's ``XADD <stream> *`` head pre-encoded), ``batch_size`` of them written
+  in one ``sendall`` and the replies read straight from hiredis (the wire writer's
+  :func:`~partitions._client.wire.exchange_on`): what a skilled user gets from Python
+  without any framework;
+* **redis-benchmark**: pipelined ``XADD`` from the C tool, ``-P batch_size -c producers``
+  over ``partitions`` streams: the machine's limit.
+
+Every side also reports the server's CPU per record (``extra["server_us_per_record"]``,
+INFO cpu before and after: :func:`~partitions.bench.env.server_cost`), a figure that holds
+on a noisy machine far better than wall time.
 
 Latency is the time from handing a record to the client until its append is acknowledged,
 sampled on one record in :data:`~partitions.bench.options.SAMPLE_EVERY`.
@@ -32,9 +41,10 @@ from xxhash import xxh3_64_intdigest
 from partitions._admin.topics import TopicAdmin, TopicSpec
 from partitions._client.aio import connect_async
 from partitions._client.config import ProducerConfig
+from partitions._client.wire import exchange_on
 from partitions._producer.aio import AsyncProducer
 from partitions._producer.producer import Producer
-from partitions.bench.env import BenchServer
+from partitions.bench.env import BenchServer, server_cost
 from partitions.bench.options import BenchOptions, iter_chunks, make_values, split
 from partitions.bench.stats import Latency, RunResult
 from partitions.bench.workers import Counters, Progress, WorkerOutput, run_workers
@@ -189,6 +199,63 @@ def produce_redis_py(
     return WorkerOutput(count, started, ended, lat)
 
 
+def produce_resp(
+    index: int, counters: Counters, ready: Callable[[], None], arg: Any
+) -> WorkerOutput:
+    """Worker: hand-packed RESP XADDs, ``batch_size`` per write, replies read by hiredis."""
+    server, ns, opts, topic, count, first = arg
+    conn = server.connect(ns)
+    n = opts.partitions
+    heads = []
+    for p in range(n):
+        stream = conn.keys.stream(topic, p).encode()
+        heads.append(b"*7\r\n$4\r\nXADD\r\n$%d\r\n%b\r\n$1\r\n*\r\n$3\r\nkey\r\n" % (
+            len(stream), stream))  # fmt: skip
+    pool = conn.client.connection_pool
+    link = pool.get_connection()
+    lat = array("d")
+    perf = time.perf_counter
+    pending: list[float] = []
+    parts: list[bytes] = []
+    batch = opts.batch_size
+    chunks = list(iter_chunks(opts, count, first)) if count <= 100_000 else None
+
+    def write() -> None:
+        replies = exchange_on(link, [b"".join(parts)], len(parts))
+        bad = next((r for r in replies if isinstance(r, Exception)), None)
+        if bad is not None:
+            raise bad
+        parts.clear()
+
+    exchange_on(link, [b"*1\r\n$4\r\nPING\r\n"], 1)
+    ready()
+    started = time.monotonic()
+    done = 0
+    for chunk in chunks if chunks is not None else iter_chunks(opts, count, first):
+        pending.append(perf())
+        for k, v in chunk:
+            parts.append(b"%b$%d\r\n%b\r\n$5\r\nvalue\r\n$%d\r\n%b\r\n" % (
+                heads[xxh3_64_intdigest(k) % n], len(k), k, len(v), v))  # fmt: skip
+        if len(parts) >= batch:
+            write()
+            now = perf()
+            for sent in pending:
+                ms = (now - sent) * 1000.0
+                lat.append(ms)
+                counters.latency(ms)
+            pending.clear()
+        done += len(chunk)
+        counters.done(done)
+    if parts:
+        write()
+        now = perf()
+        lat.extend((now - sent) * 1000.0 for sent in pending)
+    ended = time.monotonic()
+    pool.release(link)
+    conn.close()
+    return WorkerOutput(count, started, ended, lat)
+
+
 def run_partstream(
     server: BenchServer, ns: str, opts: BenchOptions, progress: Progress, topic: str = PS_TOPIC
 ) -> RunResult:
@@ -223,6 +290,13 @@ def run_redis_py(
     return _run("redis-py", produce_redis_py, server, ns, opts, progress, topic)
 
 
+def run_resp(
+    server: BenchServer, ns: str, opts: BenchOptions, progress: Progress, topic: str = RAW_TOPIC
+) -> RunResult:
+    """The hand-packed RESP pipeline (see :func:`produce_resp`)."""
+    return _run("resp-pipeline", produce_resp, server, ns, opts, progress, topic)
+
+
 def _run(
     name: str,
     fn: Any,
@@ -236,9 +310,13 @@ def _run(
     firsts = [sum(shares[:i]) for i in range(len(shares))]
     args = [(server, ns, opts, topic, c, f) for c, f in zip(shares, firsts, strict=True)]
     timeout = max(120.0, opts.records / 2000.0)
-    return run_workers(
-        name, fn, args, opts.record_size, progress, timeout=timeout, expected=opts.records
-    )
+    with server_cost(server, ns) as runs:
+        runs.append(
+            run_workers(
+                name, fn, args, opts.record_size, progress, timeout=timeout, expected=opts.records
+            )
+        )
+    return runs[0]
 
 
 def create_topics(server: BenchServer, ns: str, opts: BenchOptions, *names: str) -> None:
@@ -281,9 +359,18 @@ def run_redis_benchmark(server: BenchServer, ns: str, opts: BenchOptions) -> Run
         "value",
         value,
     ]
-    started = time.monotonic()
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
-    seconds = time.monotonic() - started
+    with server_cost(server, ns) as runs:
+        started = time.monotonic()
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+        seconds = time.monotonic() - started
+        run = _benchmark_result(proc, seconds, opts)
+        runs.append(run)
+    return run
+
+
+def _benchmark_result(
+    proc: subprocess.CompletedProcess[str], seconds: float, opts: BenchOptions
+) -> RunResult:
     rows = list(csv.reader(io.StringIO(proc.stdout)))
     if proc.returncode != 0 or len(rows) < 2:
         return RunResult(

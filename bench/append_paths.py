@@ -19,8 +19,11 @@ Alternatives (``--only`` picks some):
   the first and last id only), an experiment: how far Lua micro-optimisation goes;
 * ``multi-bare``: ``MULTI``, native XADDs, ``EXEC``: the floor of any MULTI path (no
   sequence check, no record: not safe on its own);
-* ``multi-commit``: what the producer sends now: ``MULTI``, native XADDs, ``FCALL commit``
-  (``commit.lua``: sequence check, record, retention, or undo), ``EXEC``.
+* ``multi-commit-each``: ``MULTI``, a batch's native XADDs, ``FCALL commit`` (``commit.lua``:
+  sequence check, record, retention, or undo), ``EXEC``, per batch: what the producer sends
+  on a cluster (a MULTI holds one slot);
+* ``multi-commit``: what the producer sends to a single server: one ``MULTI`` per round with
+  every batch's native XADDs and one ``FCALL commit`` for them all.
 
 Writes ``--out FILE.json`` (with the environment, like ``partstream bench``); the README's
 "alternatives tried" table quotes these files. Development tooling, not part of the package.
@@ -45,7 +48,7 @@ from partitions._admin.topics import TopicAdmin, TopicSpec
 from partitions._client.config import ClientConfig
 from partitions._client.connection import Connection, connect
 from partitions._client.wire import exchange_on, pack
-from partitions._producer.batch import Batch, Route, encode_record
+from partitions._producer.batch import Batch, Route, encode_record, multi_replies, packed_multi
 from partitions.bench.env import BenchServer, bench_server, environment, server_cpu_s
 from partitions.bench.options import BenchOptions, iter_chunks
 from partitions.bench.stats import median
@@ -78,7 +81,10 @@ redis.register_function('ps_paths_lean', function(KEYS, ARGV)
 end)
 """
 
-ALTERNATIVES = ("redis-benchmark", "native", "lua", "lua-lean", "multi-bare", "multi-commit")
+ALTERNATIVES = (
+    "redis-benchmark", "native", "lua", "lua-lean", "multi-bare", "multi-commit-each",
+    "multi-commit",
+)  # fmt: skip
 
 
 class Paths:
@@ -159,7 +165,9 @@ def payloads(paths: Paths, name: str) -> list[tuple[bytes, int]]:
         if name == "lua":
             out.append((b"".join(b.packed(False) for b in rnd), len(rnd)))
         elif name == "multi-commit":
-            out.append((b"".join(b.packed(True) for b in rnd), sum(b.replies(True) for b in rnd)))
+            out.append((packed_multi(rnd), multi_replies(rnd)))
+        elif name == "multi-commit-each":
+            out.append((b"".join(packed_multi([b]) for b in rnd), sum(b.count + 3 for b in rnd)))
         elif name == "multi-bare":
             body = b"".join(_bare(b) for b in rnd)
             out.append((body, sum(b.count + 2 for b in rnd)))

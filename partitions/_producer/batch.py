@@ -52,6 +52,8 @@ __all__ = [
     "RecordMetadata",
     "Route",
     "encode_record",
+    "multi_replies",
+    "packed_multi",
 ]
 
 log = logging.getLogger("partstream.producer")
@@ -59,7 +61,6 @@ log = logging.getLogger("partstream.producer")
 _APPEND = function_name("append").encode()
 _FCALL_HEAD = b"$5\r\nFCALL\r\n$%d\r\n%s\r\n$1\r\n3\r\n" % (len(_APPEND), _APPEND)
 _COMMIT = function_name("commit").encode()
-_COMMIT_HEAD = b"*12\r\n$5\r\nFCALL\r\n$%d\r\n%s\r\n$1\r\n3\r\n" % (len(_COMMIT), _COMMIT)
 _MULTI = b"*1\r\n$5\r\nMULTI\r\n"
 _EXEC = b"*1\r\n$4\r\nEXEC\r\n"
 # Header args between the two keys and the records: pid, seq, maxlen, retention_ms, safe, n.
@@ -129,23 +130,19 @@ class Batch:
 
     def packed(self, multi: bool) -> bytes:
         """The batch's write as RESP, after ``ASKING`` if a cluster redirected it:
-        :meth:`packed_multi` (``multi``) or one ``FCALL append``."""
-        body = self.packed_multi() if multi else self.packed_append()
+        :func:`packed_multi` of this batch alone (``multi``) or one ``FCALL append``."""
+        body = packed_multi([self]) if multi else self.packed_append()
         return ASKING + body if self.ask is not None else body
 
-    def replies(self, multi: bool) -> int:
-        """How many replies :meth:`packed` gets (ASKING's not counted)."""
-        return self.count + 3 if multi else 1
-
-    def _header(self) -> bytes:
-        """KEYS and the six header arguments both functions take."""
-        spec = self.route.meta.spec
+    def _keys(self) -> bytes:
         route, p = self.route, self.partition
+        return bulk(route.stream_keys[p]) + bulk(route.seq_keys[p]) + bulk(route.groups_keys[p])
+
+    def _args(self) -> bytes:
+        """The six header arguments both functions take."""
+        spec = self.route.meta.spec
         return (
-            bulk(route.stream_keys[p])
-            + bulk(route.seq_keys[p])
-            + bulk(route.groups_keys[p])
-            + bulk(self.pid)
+            bulk(self.pid)
             + bulk(b"%d" % self.seq)
             + bulk(b"%d" % (spec.max_length or 0))
             + bulk(b"%d" % (spec.retention_ms or 0))
@@ -153,19 +150,17 @@ class Batch:
             + bulk(b"%d" % self.count)
         )
 
-    def packed_multi(self) -> bytes:
-        """``MULTI``, one native ``XADD <stream> *`` per record, ``FCALL commit``, ``EXEC``."""
+    def xadds(self) -> bytes:
+        """One native ``XADD <stream> * <fields>`` per record."""
         chunks = self.chunks
         if self.shapes is None:  # every record key + value: one join in C
             head = self.route.xadd_heads[self.partition]
-            records = head + head.join(chunks)
-        else:
-            mid = self.route.xadd_mids[self.partition]
-            records = b"".join(
-                b"*%d\r\n%b%b" % (3 + nf, mid, chunk)
-                for nf, chunk in zip(self.shapes, chunks, strict=True)
-            )
-        return _MULTI + records + _COMMIT_HEAD + self._header() + _EXEC
+            return head + head.join(chunks)
+        mid = self.route.xadd_mids[self.partition]
+        return b"".join(
+            b"*%d\r\n%b%b" % (3 + nf, mid, chunk)
+            for nf, chunk in zip(self.shapes, chunks, strict=True)
+        )
 
     def packed_append(self) -> bytes:
         """One ``FCALL append`` with the records in the script's "f, fields" form."""
@@ -178,7 +173,8 @@ class Batch:
         return (
             b"*%d\r\n" % (6 + _HEADER_ARGS + self.count + self.nargs)
             + _FCALL_HEAD
-            + self._header()
+            + self._keys()
+            + self._args()
             + records
         )
 
@@ -199,6 +195,30 @@ class Batch:
 # Guards registering callbacks against a batch completing at the same moment; callbacks are
 # rare, so one lock for all batches costs nothing on the hot path.
 _callback_lock = threading.Lock()
+
+
+def packed_multi(batches: list[Batch]) -> bytes:
+    """``MULTI``, each batch's native XADDs, one ``FCALL commit`` for them all, ``EXEC``
+    (batches of distinct partitions; on a cluster, of one slot: one batch)."""
+    commit = b"*%d\r\n$5\r\nFCALL\r\n$%d\r\n%b\r\n%b" % (
+        3 + 9 * len(batches), len(_COMMIT), _COMMIT, bulk(b"%d" % (3 * len(batches)))
+    )  # fmt: skip
+    return b"".join(
+        [
+            _MULTI,
+            *(b.xadds() for b in batches),
+            commit,
+            *(b._keys() for b in batches),
+            *(b._args() for b in batches),
+            _EXEC,
+        ]
+    )
+
+
+def multi_replies(batches: list[Batch]) -> int:
+    """How many replies :func:`packed_multi` gets: MULTI's, a QUEUED per XADD and for the
+    FCALL, and EXEC's."""
+    return sum(b.count for b in batches) + 3
 
 
 class RecordFuture:

@@ -27,9 +27,9 @@ import redis.exceptions as rex
 from partitions._base.functions import is_missing
 from partitions._client.connection import Connection
 from partitions._client.nodes import group_by_node, node_for_key, redirect, retriable
-from partitions._client.wire import CONNECTION_ERRORS, exchange, pack
+from partitions._client.wire import ASKING, CONNECTION_ERRORS, exchange, pack
 from partitions._producer.accumulator import Accumulator, Completion, complete
-from partitions._producer.batch import MULTI_MIN_RECORDS, Batch
+from partitions._producer.batch import MULTI_MIN_RECORDS, Batch, multi_replies, packed_multi
 from partitions._producer.delivery import wait_commands
 
 __all__ = ["SENDERS", "Driver", "Exchange", "React", "Sender", "reaction", "send_round"]
@@ -98,20 +98,15 @@ def send_round(
         )
         for target, group in groups:
             waits = wait_commands(acc.durability, group, socket_timeout)
-            asking = [b.ask is not None for b in group]
-            # MULTI + native XADDs only where a call of the library succeeded since the last
-            # sign it may be gone: a missing library fails inside EXEC, after the XADDs ran.
-            loaded = target in acc.loaded
-            multi = [loaded and b.count >= MULTI_MIN_RECORDS for b in group]
-            counts = [b.replies(m) for b, m in zip(group, multi, strict=True)]
-            payload = [b"".join(b.packed(m) for b, m in zip(group, multi, strict=True))]
+            units = _units(group, target in acc.loaded, cluster)
+            payload = [b"".join(unit.packed() for unit in units)]
             if waits:
                 payload.append(b"".join(pack(w) for w in waits))
             for b in group:
                 b.ask = None  # one attempt only: a later ASK says again
             started = time.monotonic()
-            out = yield Exchange(target, payload, sum(counts) + sum(asking) + len(waits))
-            replies, confirms = _split(out, asking, counts, len(waits))
+            out = yield Exchange(target, payload, sum(u.expect for u in units) + len(waits))
+            group, replies, confirms = _split(out, units, len(waits))
             unrecorded = [b for b, r in zip(group, replies, strict=True)
                           if isinstance(r, _Unrecorded)]  # fmt: skip
             with guard:
@@ -147,18 +142,57 @@ def send_round(
     return done
 
 
+class _Unit:
+    """Batches written as one: a single ``FCALL append``, or one ``MULTI`` of native XADDs
+    and ``FCALL commit`` (after ``ASKING`` when the first batch was redirected)."""
+
+    __slots__ = ("asking", "batches", "expect", "multi")
+
+    def __init__(self, batches: list[Batch], multi: bool) -> None:
+        self.batches = batches
+        self.multi = multi
+        self.asking = batches[0].ask is not None
+        self.expect = (multi_replies(batches) if multi else 1) + self.asking
+
+    def packed(self) -> bytes:
+        if not self.multi:
+            return self.batches[0].packed(False)
+        body = packed_multi(self.batches)
+        return ASKING + body if self.asking else body
+
+
+def _units(group: list[Batch], loaded: bool, cluster: bool) -> list[_Unit]:
+    """How a node's batches go: MULTI + native XADDs for batches of several records where a
+    call of the library succeeded since the last sign it may be gone (a missing library
+    fails inside EXEC, after the XADDs ran), all in one MULTI on a single server (on a
+    cluster, one per batch: a MULTI holds one slot); FCALL append for the others."""
+    units = [_Unit([b], False) for b in group if not (loaded and b.count >= MULTI_MIN_RECORDS)]
+    multi = [b for b in group if loaded and b.count >= MULTI_MIN_RECORDS]
+    if cluster:
+        units += [_Unit([b], True) for b in multi]
+    elif multi:
+        units.append(_Unit(multi, True))
+    return units
+
+
 def _split(
-    out: list[Any], asking: list[bool], counts: list[int], waits: int
-) -> tuple[list[Any], list[Any]]:
-    """One node's replies: (a reply per batch, skipping ASKING's +OK and folding a MULTI
-    batch's into one; the WAITs' replies)."""
+    out: list[Any], units: list[_Unit], waits: int
+) -> tuple[list[Batch], list[Any], list[Any]]:
+    """One node's replies: (the batches, a reply for each in append.lua's terms, skipping
+    ASKING's +OK and folding a MULTI's; the WAITs' replies)."""
+    batches: list[Batch] = []
     replies: list[Any] = []
     at = 0
-    for ask, count in zip(asking, counts, strict=True):
-        at += ask
-        replies.append(out[at] if count == 1 else fold_multi(out[at : at + count]))
+    for unit in units:
+        at += unit.asking
+        count = unit.expect - unit.asking
+        batches += unit.batches
+        if unit.multi:
+            replies += fold_multi(out[at : at + count], [b.count for b in unit.batches])
+        else:
+            replies.append(out[at])
         at += count
-    return replies, out[at : at + waits]
+    return batches, replies, out[at : at + waits]
 
 
 class _Unrecorded:
@@ -170,15 +204,16 @@ class _Unrecorded:
         self.reply = reply
 
 
-def fold_multi(replies: list[Any]) -> Any:
-    """The replies of ``MULTI, XADD x n, FCALL commit, EXEC`` as one batch reply, in
-    ``append.lua``'s terms: ``[1, id1, ..., idn]``, the duplicate's ``[2, ...]``, or the
-    error (nothing of the batch stays). A connection error stands for the unread replies:
-    the batch is in doubt (EXEC may have run). ``_Unrecorded`` when the XADDs ran but the
-    library was missing: appended, not recorded."""
+def fold_multi(replies: list[Any], counts: list[int]) -> list[Any]:
+    """The replies of ``MULTI, XADD x n1, ..., XADD x nk, FCALL commit, EXEC`` as one reply
+    per batch, in ``append.lua``'s terms: ``[1, id1, ..., idn]``, the duplicate's
+    ``[2, ...]``, or the error (nothing of that batch stays). A connection error stands for
+    the unread replies: every batch is in doubt (EXEC may have run). ``_Unrecorded`` where
+    the XADDs ran but the library was missing: appended, not recorded."""
+    k = len(counts)
     for reply in replies:
         if isinstance(reply, CONNECTION_ERRORS):
-            return reply
+            return [reply] * k
     queued, outcome = replies[1:-1], replies[-1]
     if isinstance(replies[0], Exception):
         # MULTI refused (e.g. an ACL without it): the commands after it ran one by one,
@@ -187,19 +222,28 @@ def fold_multi(replies: list[Any]) -> Any:
     elif isinstance(outcome, Exception):
         # EXECABORT: a command was refused while queued (OOM, MOVED/ASK, READONLY, ...), so
         # nothing ran; the first refusal says why.
-        return next((r for r in queued if isinstance(r, Exception)), outcome)
-    if not isinstance(outcome, list) or len(outcome) != len(queued):
-        return rex.ResponseError(f"unexpected reply to a producer batch's EXEC: {outcome!r}")
-    ids, commit = outcome[:-1], outcome[-1]
-    if commit == 1 and not any(isinstance(i, Exception) for i in ids):
-        return [1, *ids]
-    if isinstance(commit, Exception):
-        if is_missing(commit) and not any(isinstance(i, Exception) for i in ids):
-            return _Unrecorded([1, *ids])
-        return commit
-    if isinstance(commit, list):
-        return commit  # a duplicate: this attempt's entries are deleted again
-    return next((i for i in ids if isinstance(i, Exception)), commit)
+        return [next((r for r in queued if isinstance(r, Exception)), outcome)] * k
+    if not isinstance(outcome, list) or len(outcome) != sum(counts) + 1:
+        unexpected = rex.ResponseError(f"unexpected reply to a producer batch's EXEC: {outcome!r}")
+        return [unexpected] * k
+    commits = outcome[-1]
+    if isinstance(commits, Exception) or not isinstance(commits, list) or len(commits) != k:
+        commits = [commits] * k  # the call itself failed (the library is missing)
+    out: list[Any] = []
+    at = 0
+    for count, commit in zip(counts, commits, strict=True):
+        ids = outcome[at : at + count]
+        at += count
+        failed = next((i for i in ids if isinstance(i, Exception)), None)
+        if commit == 1 and failed is None:
+            out.append([1, *ids])
+        elif isinstance(commit, Exception) and is_missing(commit) and failed is None:
+            out.append(_Unrecorded([1, *ids]))
+        elif isinstance(commit, Exception | list):
+            out.append(commit)  # an error, or a duplicate: this attempt's entries are undone
+        else:
+            out.append(failed or rex.ResponseError(f"unexpected commit reply {commit!r}"))
+    return out
 
 
 def _note_library(loaded: set[Any], target: Any, replies: list[Any]) -> None:

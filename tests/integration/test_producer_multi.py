@@ -26,7 +26,7 @@ from partitions._client.config import ClientConfig, ProducerConfig
 from partitions._client.connection import Connection, connect
 from partitions._client.nodes import node_for_key
 from partitions._client.wire import exchange
-from partitions._producer.batch import Batch, Route, encode_record
+from partitions._producer.batch import Batch, Route, encode_record, multi_replies, packed_multi
 from partitions._producer.producer import Producer
 from partitions._producer.sender import fold_multi
 from tests.helpers import ServerProc, server_binaries
@@ -50,8 +50,8 @@ def _send(conn: Connection, batch: Batch) -> Any:
     """One MULTI attempt of ``batch``, folded as the sender folds it."""
     pool = node_for_key(conn, conn.keys.stream(batch.topic, 0)).connection_pool
     conn.functions.load(node_for_key(conn, conn.keys.stream(batch.topic, 0)))
-    out = exchange(pool, [batch.packed(True)], batch.replies(True))
-    return fold_multi(out)
+    out = exchange(pool, [packed_multi([batch])], multi_replies([batch]))
+    return fold_multi(out, [batch.count])[0]
 
 
 def _values(conn: Connection, topic: str) -> list[bytes]:

@@ -14,35 +14,41 @@ IDS = [b"5-0", b"5-1", b"5-2"]
 
 
 def test_committed_batch_is_its_xadds_ids() -> None:
-    assert fold_multi([OK, Q, Q, Q, Q, [*IDS, 1]]) == [1, *IDS]
+    assert fold_multi([OK, Q, Q, Q, Q, [*IDS, [1]]], [3]) == [[1, *IDS]]
 
 
-def test_duplicate_is_the_commits_answer() -> None:
-    assert fold_multi([OK, Q, Q, Q, Q, [*IDS, [2, b"4-0", b"4-1", b"4-2"]]]) == [
-        2, b"4-0", b"4-1", b"4-2",
-    ]  # fmt: skip
+def test_batches_of_one_multi_each_get_their_own_outcome() -> None:
+    """One MULTI for a round's batches (a single server): each batch's ids are its slice of
+    EXEC's reply, its outcome its place in commit's."""
+    dup = [2, b"4-0", b"4-1"]
+    lost = rex.ResponseError("OUTOFSEQ producer p sent batch 3 after 1")
+    got = fold_multi([OK, Q, Q, Q, Q, Q, Q, Q, [*IDS, b"6-0", b"6-1", b"7-0", [1, dup, lost]]],
+                     [3, 2, 1])  # fmt: skip
+    assert got == [[1, *IDS], dup, lost]
 
 
 def test_commit_error_is_the_batchs_error() -> None:
     err = rex.ResponseError("OUTOFSEQ producer p sent batch 3 after 1")
-    assert fold_multi([OK, Q, Q, Q, Q, [*IDS, err]]) is err
+    assert fold_multi([OK, Q, Q, Q, Q, [*IDS, [err]]], [3]) == [err]
 
 
 def test_execabort_reports_the_first_refusal() -> None:
     oom = rex.ResponseError("OOM command not allowed when used memory > 'maxmemory'.")
     abort = rex.ResponseError("EXECABORT Transaction discarded because of previous errors.")
-    assert fold_multi([OK, oom, oom, oom, Q, abort]) is oom
+    assert fold_multi([OK, oom, oom, oom, Q, abort], [3]) == [oom]
+    assert fold_multi([OK, oom, oom, Q, Q, abort], [1, 2]) == [oom, oom]
 
 
 def test_a_broken_connection_is_in_doubt() -> None:
     broken = rex.ConnectionError("Connection closed by server.")
-    assert fold_multi([OK, Q, Q, broken, broken, broken]) is broken
+    assert fold_multi([OK, Q, Q, broken, broken, broken], [1, 2]) == [broken, broken]
 
 
 def test_missing_library_inside_exec_is_appended_unrecorded() -> None:
     missing = rex.ResponseError("Function not found")
-    got = fold_multi([OK, Q, Q, Q, Q, [*IDS, missing]])
-    assert isinstance(got, _Unrecorded) and got.reply == [1, *IDS]
+    got = fold_multi([OK, Q, Q, Q, Q, Q, [*IDS, b"9-0", missing]], [3, 1])
+    assert [type(g) for g in got] == [_Unrecorded, _Unrecorded]
+    assert [g.reply for g in got] == [[1, *IDS], [1, b"9-0"]]
 
 
 def test_multi_refused_reads_the_commands_replies_in_place() -> None:
@@ -50,7 +56,13 @@ def test_multi_refused_reads_the_commands_replies_in_place() -> None:
     their replies stand where QUEUED would have."""
     noperm = rex.NoPermissionError("User may not run MULTI")
     no_multi = rex.ResponseError("EXEC without MULTI")
-    assert fold_multi([noperm, *IDS, 1, no_multi]) == [1, *IDS]
+    assert fold_multi([noperm, *IDS, [1], no_multi], [3]) == [[1, *IDS]]
+
+
+def test_failed_xadds_fail_their_batch() -> None:
+    wrong = rex.ResponseError("WRONGTYPE Operation against a key holding the wrong kind")
+    got = fold_multi([OK, Q, Q, Q, [wrong, wrong, b"3-0", [wrong, 1]]], [2, 1])
+    assert got == [wrong, [1, b"3-0"]]
 
 
 def test_the_library_is_trusted_only_after_a_success_and_until_a_sign_it_went() -> None:

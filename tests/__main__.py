@@ -89,6 +89,7 @@ CLUSTER_READY = [
     "tests/integration/test_async_member.py",
     "tests/integration/test_async_runner.py",
     "tests/integration/test_async_producer.py",
+    "tests/integration/test_producer_multi.py",
     "tests/integration/test_async_consumer.py",
     "tests/integration/test_security_cluster.py",
     "tests/integration/test_metrics.py",

@@ -108,8 +108,11 @@ class Accumulator:
         self.closed = False
         self.sticky = StickyPartitioner()
         # Senders' targets (nodes) where a call of the library succeeded since the last sign
-        # it may be gone: batches may go there as MULTI + native XADDs (sender.py).
+        # it may be gone, where the user may send MULTI batches (permitted) or may not
+        # (refused): batches go as MULTI + native XADDs where both hold (sender.py).
         self.loaded: set[Any] = set()
+        self.permitted: set[Any] = set()
+        self.refused: set[Any] = set()
         self._seqs: dict[TP, int] = {}
         # The latest retriable error per partition: what a batch that expired unsent reports.
         self._last_errors: dict[TP, Exception] = {}

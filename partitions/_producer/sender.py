@@ -98,18 +98,25 @@ def send_round(
         )
         for target, group in groups:
             waits = wait_commands(acc.durability, group, socket_timeout)
-            units = _units(group, target in acc.loaded, cluster)
+            multi = target in acc.loaded and target in acc.permitted
+            units = _units(group, multi, cluster)
             payload = [b"".join(unit.packed() for unit in units)]
+            probe = target not in acc.permitted and target not in acc.refused
+            if probe:
+                payload.append(_probe(group[0].route.stream_keys[group[0].partition]))
             if waits:
                 payload.append(b"".join(pack(w) for w in waits))
             for b in group:
                 b.ask = None  # one attempt only: a later ASK says again
             started = time.monotonic()
-            out = yield Exchange(target, payload, sum(u.expect for u in units) + len(waits))
-            group, replies, confirms = _split(out, units, len(waits))
+            expect = sum(u.expect for u in units) + probe * PROBE_REPLIES + len(waits)
+            out = yield Exchange(target, payload, expect)
+            group, replies, probed, confirms = _split(out, units, probe, len(waits))
             unrecorded = [b for b, r in zip(group, replies, strict=True)
                           if isinstance(r, _Unrecorded)]  # fmt: skip
             with guard:
+                if probe:
+                    _note_probe(acc, target, probed)
                 _note_library(acc.loaded, target, replies)
                 replies = [r.reply if isinstance(r, _Unrecorded) else r for r in replies]
                 for b in unrecorded:
@@ -176,10 +183,10 @@ def _units(group: list[Batch], loaded: bool, cluster: bool) -> list[_Unit]:
 
 
 def _split(
-    out: list[Any], units: list[_Unit], waits: int
-) -> tuple[list[Batch], list[Any], list[Any]]:
+    out: list[Any], units: list[_Unit], probe: bool, waits: int
+) -> tuple[list[Batch], list[Any], list[Any], list[Any]]:
     """One node's replies: (the batches, a reply for each in append.lua's terms, skipping
-    ASKING's +OK and folding a MULTI's; the WAITs' replies)."""
+    ASKING's +OK and folding a MULTI's; the probe's replies; the WAITs' replies)."""
     batches: list[Batch] = []
     replies: list[Any] = []
     at = 0
@@ -192,7 +199,42 @@ def _split(
         else:
             replies.append(out[at])
         at += count
-    return batches, replies, out[at : at + waits]
+    probed = out[at : at + PROBE_REPLIES] if probe else []
+    at += len(probed)
+    return batches, replies, probed, out[at : at + waits]
+
+
+# What a MULTI batch needs beyond XADD and the function: MULTI/EXEC, and inside commit
+# XREVRANGE (the batch's last id), XTRIM (retention) and XDEL (undo). A least-privilege
+# producer user (``partstream acl print --role producer``) has none of them and keeps
+# FCALL append. Asked once per node, in a transaction that changes nothing; the answer
+# comes before any MULTI batch is sent there.
+PROBE_REPLIES = 5
+_NO_TRIM = str(2**63 - 1)
+
+
+def _probe(stream: bytes) -> bytes:
+    return b"".join(
+        [
+            pack(["MULTI"]),
+            pack(["XREVRANGE", stream, "+", "-", "COUNT", "1"]),
+            pack(["XTRIM", stream, "MAXLEN", "~", _NO_TRIM]),
+            pack(["XDEL", stream, "0-0"]),
+            pack(["EXEC"]),
+        ]
+    )
+
+
+def _note_probe(acc: Accumulator, target: Any, replies: list[Any]) -> None:
+    """May batches go to ``target`` as MULTI (its user has the rights): yes, no (refused
+    for the producer's life: ACLs rarely change), or not known yet (ask again)."""
+    flat = [*replies[:-1], *(replies[-1] if isinstance(replies[-1], list) else [replies[-1]])]
+    if any(isinstance(r, rex.NoPermissionError) or str(r).startswith("NOPERM") for r in flat
+           if isinstance(r, Exception)):  # fmt: skip
+        acc.refused.add(target)
+        log.info("the producer's user may not use MULTI batches here: FCALL append only")
+    elif isinstance(replies[-1], list) and not any(isinstance(r, Exception) for r in flat):
+        acc.permitted.add(target)
 
 
 class _Unrecorded:
@@ -255,7 +297,7 @@ def _note_library(loaded: set[Any], target: Any, replies: list[Any]) -> None:
         for r in replies
     )
     if gone:
-        loaded.discard(target)
+        loaded.discard(target)  # (permissions stay: a restart does not change them)
     elif any(isinstance(r, list) for r in replies):
         loaded.add(target)
 

@@ -62,7 +62,12 @@ def users(conn: Connection) -> Iterator[dict[str, str]]:
             node.execute_command("ACL", "DELUSER", *names.values())
 
 
-def _denials(conn: Connection, user: str) -> list[Any]:
+# A producer's one question per node whether its user may send MULTI batches (a transaction
+# that changes nothing): refused under the least-privilege rules, by design.
+PROBE = ("multi", "xrevrange", "xtrim", "xdel", "exec")
+
+
+def _denials(conn: Connection, user: str, role: str = "") -> list[Any]:
     out = []
     for node in _primaries(conn):
         for e in node.execute_command("ACL", "LOG"):
@@ -71,7 +76,8 @@ def _denials(conn: Connection, user: str) -> list[Any]:
             obj = fields.get(b"object", fields.get("object"))
             name = name.decode() if isinstance(name, bytes) else name
             obj = obj.decode() if isinstance(obj, bytes) else obj
-            if name == user and obj != "config|get":  # CONFIG is never granted, by design
+            # CONFIG is never granted, by design; nor is what the probe asks (above)
+            if name == user and obj != "config|get" and not (role == "producer" and obj in PROBE):
                 out.append(fields)
     return out
 
@@ -102,7 +108,7 @@ def test_each_role_works_on_every_node_of_the_cluster(
     assert sorted(r.value for r in got) == sorted(f"v{i}".encode() for i in range(60))
     short = {k: v.rsplit("@", 1)[0].split("//", 1)[1].split(":", 1)[0] for k, v in users.items()}
     for role in ("producer", "consumer", "admin"):
-        assert _denials(conn, short[role]) == [], role  # nothing refused in normal work
+        assert _denials(conn, short[role], role) == [], role  # nothing refused in normal work
     with connect(ClientConfig(url=users["producer"], namespace=ns)) as pc:
         for part in range(6):  # on whichever node holds it: no read, no trim
             stream = pc.keys.stream(layout(pc, "orders"), part)

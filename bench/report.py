@@ -33,7 +33,11 @@ def _run(data: dict[str, Any], name: str) -> dict[str, Any] | None:
 
 
 def _rate(run: dict[str, Any] | None) -> str:
-    return "-" if run is None else f"{run['records_per_s']:,.0f}/s"
+    """records/s, and the server's µs per record where the run measured it."""
+    if run is None:
+        return "-"
+    us = run.get("extra", {}).get("server_us_per_record")
+    return f"{run['records_per_s']:,.0f}/s" + (f" ({us:.2f} µs/rec on the server)" if us else "")
 
 
 def _lat(run: dict[str, Any] | None) -> str:
@@ -66,10 +70,11 @@ def row(data: dict[str, Any]) -> str:
     if mode == "produce":
         ps, base = _run(data, "partstream"), _run(data, "redis-py")
         rb = _run(data, "redis-benchmark")
-        figures = (
-            f"partstream {_rate(ps)}, redis-py {_rate(base)}, redis-benchmark {_rate(rb)}"
-            + _peers(data)
-        )
+        figures = f"partstream {_rate(ps)}, redis-py {_rate(base)}"
+        for side in ("partstream-asyncio", "resp-pipeline"):
+            if (run := _run(data, side)) is not None:
+                figures += f", {side} {_rate(run)}"
+        figures += f", redis-benchmark {_rate(rb)}" + _peers(data)
         if (all_acks := _run(data, "partstream-acks-all")) is not None:  # --acks all
             figures += (
                 f"; partstream acks=all {_rate(all_acks)} ({_lat(all_acks)}) vs acks=1 "
@@ -129,7 +134,7 @@ def _peer_line(peers: dict[str, Any], pk: dict[str, Any]) -> str:
 def table(files: list[Path]) -> str:
     order = {"produce": 0, "consume": 1, "e2e": 2, "rebalance": 3}
     # Only the load modes: bench coordinator (no server, no baseline) is quoted on its own.
-    datas = [d for f in files if (d := json.loads(f.read_text()))["mode"] in order]
+    datas = [d for f in files if (d := json.loads(f.read_text())).get("mode") in order]
     datas.sort(key=lambda d: (order.get(d["mode"], 9), _server(d["env"])))
     head = (
         "| mode | server | figures (median round) | ratios (median of rounds) | targets | "
@@ -150,6 +155,53 @@ def table(files: list[Path]) -> str:
     return "\n".join(lines) + "\n"
 
 
+PATHS_BEGIN, PATHS_END = "<!-- append-paths -->", "<!-- /append-paths -->"
+PATH_NAMES = {
+    "redis-benchmark": "`redis-benchmark -P 1000 -c 1` pipelined XADD (the native cost)",
+    "native": "hand-packed XADD pipeline, 1,000 a write (no guarantees)",
+    "lua": "one `FCALL append` per batch, `redis.call('XADD')` per record (until issue 18)",
+    "lua-lean": "the same Lua loop trimmed (short ids, no per-record formatting, reply of two ids)",
+    "multi-bare": "MULTI + native XADDs + EXEC, nothing else (the floor; not safe alone)",
+    "multi-commit-each": "MULTI + native XADDs + `FCALL commit` + EXEC per batch (on a cluster)",
+    "multi-commit": "one MULTI per round: every batch's XADDs + one `FCALL commit` (single server)",
+}
+
+
+def paths_table(files: list[Path]) -> str:
+    """The append-path alternatives (``python -m bench.append_paths --out``), one row each:
+    the server's µs per record and its ratio to redis-benchmark in the same trial."""
+    datas = [d for f in files if "batches" in (d := json.loads(f.read_text()))]
+    if not datas:
+        return ""
+    datas.sort(key=lambda d: _server(d["env"]))
+    heads = [f"{_server(d['env'])}, batch {b}" for d in datas for b in d["batches"]]
+    lines = [
+        "| alternative | " + " | ".join(heads) + " |",
+        "|---|" + "---|" * len(heads),
+    ]
+    names = [n for n in PATH_NAMES if any(n in t for d in datas for t in d["batches"].values())]
+    for name in names:
+        cells = []
+        for d in datas:
+            for table in d["batches"].values():
+                row = table.get(name)
+                cells.append(
+                    "-"
+                    if row is None
+                    else f"{row['median_us']:.2f} µs ({row.get('vs_redis_benchmark', 0):.2f}x)"
+                )
+        lines.append(f"| {PATH_NAMES[name]} | " + " | ".join(cells) + " |")
+    cmds = "; ".join(f"`{d['command']}` ({d['env']['time_utc']}, load {d['env']['load_avg_1m']})"
+                     for d in datas)  # fmt: skip
+    trials = ", ".join(str(d["trials"]) for d in datas)
+    lines.append(
+        f"\nEach cell: the median over {trials} trials of the server's µs per record and, in "
+        f"brackets, of its ratio to redis-benchmark's in the same trial; {datas[0]['records']:,} "
+        f"records of 100 B over {datas[0]['partitions']} partitions. Commands: {cmds}."
+    )
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.report")
     ap.add_argument("files", nargs="+", type=Path)
@@ -161,7 +213,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     doc = args.write.read_text()
     start, end = doc.index(BEGIN) + len(BEGIN), doc.index(END)
-    args.write.write_text(doc[:start] + "\n" + text + doc[end:])
+    doc = doc[:start] + "\n" + text + doc[end:]
+    if PATHS_BEGIN in doc and (paths := paths_table(args.files)):
+        start, end = doc.index(PATHS_BEGIN) + len(PATHS_BEGIN), doc.index(PATHS_END)
+        doc = doc[:start] + "\n" + paths + doc[end:]
+    args.write.write_text(doc)
     return 0
 
 

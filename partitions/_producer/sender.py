@@ -168,18 +168,18 @@ class _Unit:
         return ASKING + body if self.asking else body
 
 
-def _units(group: list[Batch], loaded: bool, cluster: bool) -> list[_Unit]:
-    """How a node's batches go: MULTI + native XADDs for batches of several records where a
-    call of the library succeeded since the last sign it may be gone (a missing library
-    fails inside EXEC, after the XADDs ran), all in one MULTI on a single server (on a
-    cluster, one per batch: a MULTI holds one slot); FCALL append for the others."""
-    units = [_Unit([b], False) for b in group if not (loaded and b.count >= MULTI_MIN_RECORDS)]
-    multi = [b for b in group if loaded and b.count >= MULTI_MIN_RECORDS]
+def _units(group: list[Batch], multi: bool, cluster: bool) -> list[_Unit]:
+    """How a node's batches go where ``multi`` (a call of the library succeeded since the
+    last sign it may be gone, and the user may send MULTI batches): on a single server, one
+    MULTI for all of them once one has several records (a batch in it costs the commit's
+    few calls, not a call of its own); on a cluster one MULTI per batch of several records (a
+    MULTI holds one slot). FCALL append for the others."""
+    big = [multi and b.count >= MULTI_MIN_RECORDS for b in group]
     if cluster:
-        units += [_Unit([b], True) for b in multi]
-    elif multi:
-        units.append(_Unit(multi, True))
-    return units
+        return [_Unit([b], m) for b, m in zip(group, big, strict=True)]
+    if any(big):
+        return [_Unit(group, True)]
+    return [_Unit([b], False) for b in group]
 
 
 def _split(

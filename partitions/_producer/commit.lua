@@ -38,116 +38,111 @@
 -- changes its producer id (partitions/_producer/sender.py), and it sends through the MULTI
 -- path only to a node where a call of this library succeeded on the same connection epoch.
 local call, pcall_ = redis.call, redis.pcall
+local match, format = string.match, string.format
 
--- Commit (or undo) one batch: its three keys and six arguments.
-local function commit(keys, argv)
-  local stream, seqkey = keys[1], keys[2]
-  local n = tonumber(argv[6])
+-- Delete the last n entries of ``stream`` (this attempt's) and return ``reply``. Never fails:
+-- a stream that cannot be read (a wrong key type) had none of them appended.
+local function undo(stream, n, reply)
+  local got = n and n >= 1 and pcall_('XREVRANGE', stream, '+', '-', 'COUNT', n)
+  if type(got) == 'table' and not got.err and #got > 0 then
+    local ids = {}
+    for i = 1, #got do ids[i] = got[i][1] end
+    pcall_('XDEL', stream, unpack(ids))
+  end
+  return reply
+end
 
-  -- Delete this attempt's n entries (the last n of the stream) and return ``reply``.
-  local function undo(reply)
-    if n and n >= 1 then
-      local got = pcall_('XREVRANGE', stream, '+', '-', 'COUNT', n)
-      if type(got) == 'table' and not got.err and #got > 0 then
-        local ids = {}
-        for i = 1, #got do ids[i] = got[i][1] end
-        call('XDEL', stream, unpack(ids))
-      end
+local function bad(msg)
+  return redis.error_reply('BADBATCH ' .. msg .. ' (nothing written)')
+end
+
+-- The ids of a batch recorded as "seq first last ms" (first may be "~<count>"), as a
+-- duplicate's reply {2, id1, ...}.
+local function recorded_ids(stream, pfirst, plast)
+  local out = {2}
+  local lms, last = match(plast, '^(%d+)-(%d+)$')
+  local ms, first = match(pfirst, '^(%d+)-(%d+)$')
+  if ms and ms == lms and tonumber(last) - tonumber(first) < 100000 then
+    for k = tonumber(first), tonumber(last) do out[#out + 1] = ms .. '-' .. format('%d', k) end
+    return out
+  end
+  local count = tonumber(match(pfirst, '^~(%d+)$'))
+  if lms and count and count <= 100000 then
+    local got = call('XREVRANGE', stream, plast, '-', 'COUNT', count)
+    if #got > 0 and got[1][1] == plast then
+      for i = #got, 1, -1 do out[#out + 1] = got[i][1] end
     end
-    return reply
   end
+  return out
+end
 
-  local function bad(msg)
-    return undo(redis.error_reply('BADBATCH ' .. msg .. ' (nothing written)'))
+-- Commit one batch (its keys and its arguments start after KEYS[k0] and ARGV[a0]): 1, the
+-- duplicate's {2, ...}, or an error reply after undoing it. Raises only on a failure nothing
+-- here expects (the caller undoes the batch then).
+local function commit(k0, a0)
+  local stream, seqkey = KEYS[k0 + 1], KEYS[k0 + 2]
+  local pid, seq_s, maxlen_s, retention_s, safe, n_s =
+    ARGV[a0 + 1], ARGV[a0 + 2], ARGV[a0 + 3], ARGV[a0 + 4], ARGV[a0 + 5], ARGV[a0 + 6]
+  local n = tonumber(n_s)
+  if not (is_count(maxlen_s) and is_count(retention_s) and is_count(n_s)) then  -- common.lua
+    return undo(stream, n, bad('max length, retention ms and record count must be integers ' ..
+      'below 10^13'))
   end
-  if not (is_count(argv[3]) and is_count(argv[4]) and is_count(argv[6])) then
-    return bad('max length, retention ms and record count must be integers below 10^13')
-  end
-  local pid, seq = argv[1], tonumber(argv[2])
-  if pid ~= '' and not (is_count(argv[2]) and seq >= 1) then
-    return bad('the batch sequence must be a positive integer')
+  local seq = tonumber(seq_s)
+  if pid ~= '' and not (is_count(seq_s) and seq >= 1) then
+    return undo(stream, n, bad('the batch sequence must be a positive integer'))
   end
   if n < 1 then return bad('a batch has at least one record') end
 
-  -- The ids of the batch recorded as "seq first last ms" (first may be "~<count>").
-  local function recorded_ids(pfirst, plast)
-    local out = {2}
-    local lms, last = string.match(plast, '^(%d+)-(%d+)$')
-    local ms, first = string.match(pfirst, '^(%d+)-(%d+)$')
-    if ms and ms == lms and tonumber(last) - tonumber(first) < 100000 then
-      for k = tonumber(first), tonumber(last) do
-        out[#out + 1] = ms .. '-' .. string.format('%d', k)
-      end
-      return out
-    end
-    local count = tonumber(string.match(pfirst, '^~(%d+)$'))
-    if lms and count and count <= 100000 then
-      local got = call('XREVRANGE', stream, plast, '-', 'COUNT', count)
-      if #got > 0 and got[1][1] == plast then
-        for i = #got, 1, -1 do out[#out + 1] = got[i][1] end
-      end
-    end
-    return out
-  end
-
   if pid ~= '' then
-    local prev = pcall_('HGET', seqkey, pid)
-    if type(prev) == 'table' and prev.err then return undo(prev) end
+    local prev = call('HGET', seqkey, pid)
     if prev then
-      local pseq, pfirst, plast = string.match(prev, '^(%d+) (%S+) (%S+)')
+      local pseq, pfirst, plast = match(prev, '^(%d+) (%S+) (%S+)')
       pseq = tonumber(pseq)
       if seq <= pseq then
-        -- read the first attempt's ids before this attempt's entries go (they come after)
-        local out = seq == pseq and recorded_ids(pfirst, plast) or {2}
-        return undo(out)
+        -- the first attempt's ids, read before this attempt's entries go (they come after)
+        return undo(stream, n, seq == pseq and recorded_ids(stream, pfirst, plast) or {2})
       elseif seq ~= pseq + 1 then
-        return undo(redis.error_reply('OUTOFSEQ producer ' .. pid .. ' sent batch ' .. seq ..
-          ' after ' .. pseq .. ': a batch in between was lost'))
+        return undo(stream, n, redis.error_reply('OUTOFSEQ producer ' .. pid .. ' sent batch ' ..
+          seq_s .. ' after ' .. pseq .. ': a batch in between was lost'))
       end
     elseif seq ~= 1 then
-      return undo(redis.error_reply('OUTOFSEQ producer ' .. pid ..
-        ' is unknown here but sent batch ' .. seq))
+      return undo(stream, n, redis.error_reply('OUTOFSEQ producer ' .. pid ..
+        ' is unknown here but sent batch ' .. seq_s))
     end
   end
 
-  local top = pcall_('XREVRANGE', stream, '+', '-', 'COUNT', 1)
-  if type(top) ~= 'table' or top.err or not top[1] then
-    return undo(type(top) == 'table' and top.err and top or
-      redis.error_reply('BADBATCH the batch is not in the stream (nothing written)'))
+  local top = call('XREVRANGE', stream, '+', '-', 'COUNT', 1)[1]
+  if not top then
+    return bad('the batch is not in the stream')
   end
-  local last = top[1][1]
-  local lms, lseq = string.match(last, '^(%d+)-(%d+)$')
-  lseq = tonumber(lseq)
+  local last = top[1]
+  local lms, lseq_s = match(last, '^(%d+)-(%d+)$')
 
-  -- Retention, now that the batch is in: MINID ~ (age or the groups' cut), then MAXLEN ~.
-  -- A failure in here (the groups hash of a wrong type) undoes the batch like any other.
-  local maxlen_s, retention_ms = argv[3], tonumber(argv[4])
-  if maxlen_s ~= '0' or retention_ms > 0 or argv[5] == '1' then
-    local ok, err = pcall(function()
-      local now = retention_ms > 0 and now_ms() or 0  -- common.lua
-      -- common.lua: the MINID and the MAXLEN trims of a batch of several records
-      local first_trim, last_trim = batch_trims(maxlen_s, retention_ms, argv[5] == '1', keys[3],
-        2, 1, now)
-      if first_trim[1] then call('XTRIM', stream, unpack(first_trim)) end
-      if last_trim[1] then call('XTRIM', stream, unpack(last_trim)) end
-    end)
-    if not ok then
-      return undo(redis.error_reply(type(err) == 'table' and err.err or tostring(err)))
-    end
+  -- Retention, now that the batch is in: MINID ~ (age, or the groups' cut), then MAXLEN ~.
+  local retention_ms = tonumber(retention_s)
+  if maxlen_s ~= '0' or retention_ms > 0 or safe == '1' then
+    local now = retention_ms > 0 and now_ms() or 0  -- common.lua
+    -- common.lua: the MINID and the MAXLEN trims of a batch of several records
+    local first_trim, last_trim = batch_trims(maxlen_s, retention_ms, safe == '1',
+      KEYS[k0 + 3], 2, 1, now)
+    if first_trim[1] then call('XTRIM', stream, unpack(first_trim)) end
+    if last_trim[1] then call('XTRIM', stream, unpack(last_trim)) end
   end
 
   if pid ~= '' then
     -- '*' ids that never left one millisecond are consecutive: lseq >= n - 1 says so (a new
     -- millisecond restarts the sequence at 0, and nothing came between the batch's XADDs).
+    local lseq = tonumber(lseq_s)
     local first = lseq < 4503599627370496 and lseq >= n - 1 and
-      lms .. '-' .. string.format('%d', lseq - n + 1) or '~' .. n
-    call('HSET', seqkey, pid, seq .. ' ' .. first .. ' ' .. last .. ' ' .. lms)
+      lms .. '-' .. format('%d', lseq - n + 1) or '~' .. n_s
+    call('HSET', seqkey, pid, seq_s .. ' ' .. first .. ' ' .. last .. ' ' .. lms)
     -- Forget producers silent for a day, a few at a time, so the hash stays small.
     if seq % 16 == 1 and call('HLEN', seqkey) > 64 then
       local fields = call('HRANDFIELD', seqkey, 8, 'WITHVALUES')
       local now = tonumber(lms)
       for j = 1, #fields, 2 do
-        local ms = tonumber(string.match(fields[j + 1], '(%d+)$'))
+        local ms = tonumber(match(fields[j + 1], '(%d+)$'))
         if ms and now - ms > 86400000 then call('HDEL', seqkey, fields[j]) end
       end
     end
@@ -156,24 +151,15 @@ local function commit(keys, argv)
 end
 
 if #KEYS == 0 or #KEYS % 3 ~= 0 or #ARGV ~= #KEYS * 2 then
-  return redis.error_reply('BADBATCH commit takes 3 keys and 6 arguments per batch, not ' ..
-    #KEYS .. ' and ' .. #ARGV .. ' (nothing written)')
+  return bad('commit takes 3 keys and 6 arguments per batch, not ' .. #KEYS .. ' and ' ..
+    #ARGV)
 end
 local out = {}
 for b = 0, #KEYS / 3 - 1 do
-  local keys = {KEYS[3 * b + 1], KEYS[3 * b + 2], KEYS[3 * b + 3]}
-  local argv = {}
-  for i = 1, 6 do argv[i] = ARGV[6 * b + i] end
-  local ok, got = pcall(commit, keys, argv)
-  if not ok then  -- an error nothing above caught: undo this batch, go on with the next
-    local n = tonumber(argv[6]) or 0
-    local top = n > 0 and pcall_('XREVRANGE', keys[1], '+', '-', 'COUNT', n) or {}
-    if type(top) == 'table' and not top.err and #top > 0 then
-      local ids = {}
-      for i = 1, #top do ids[i] = top[i][1] end
-      call('XDEL', keys[1], unpack(ids))
-    end
-    got = redis.error_reply(type(got) == 'table' and got.err or tostring(got))
+  local ok, got = pcall(commit, 3 * b, 6 * b)
+  if not ok then  -- a failure of a call above (a wrong key type): undo the batch, go on
+    got = undo(KEYS[3 * b + 1], tonumber(ARGV[6 * b + 6]),
+      redis.error_reply(type(got) == 'table' and got.err or tostring(got)))
   end
   out[b + 1] = got
 end

@@ -36,7 +36,7 @@ def _rate(run: dict[str, Any] | None) -> str:
     """records/s, and the server's µs per record where the run measured it."""
     if run is None:
         return "-"
-    us = run.get("extra", {}).get("server_us_per_record")
+    us = run.get("server_us_per_record")
     return f"{run['records_per_s']:,.0f}/s" + (f" ({us:.2f} µs/rec on the server)" if us else "")
 
 

@@ -65,8 +65,14 @@ def test_produce(url: str, tmp_path: Path) -> None:
     targets = [t["name"] for t in data["targets"]]
     assert "produce partstream/redis-py" in targets
     assert "produce partstream-asyncio/partstream" in targets
+    # The hand-packed RESP loop; every side with the server's CPU per record (INFO cpu).
+    assert runs(data, "resp-pipeline")[0]["records"] == 2000
+    assert all(r["server_us_per_record"] > 0 for r in data["runs"])
     if shutil.which("redis-benchmark"):
         assert runs(data, "redis-benchmark")[0]["records"] == 2000
+        assert "produce server us/record partstream/redis-benchmark" in targets
+        assert "produce records/s partstream/redis-benchmark" in targets
+        assert data["ratios"]["server us/record resp-pipeline/redis-benchmark"] > 0
     saved = json.loads(out.read_text())
     assert saved["runs"] == data["runs"] and saved["env"] == data["env"]
 
@@ -175,6 +181,8 @@ def test_peers_missing(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(peers, "installed", lambda peer: False)
     data = bench(url, "produce", "-n", "500", "-p", "2", "--peers", "--no-redis-benchmark")
-    assert [r["name"] for r in data["runs"]] == ["partstream", "redis-py", "partstream-asyncio"]
+    assert [r["name"] for r in data["runs"]] == [
+        "partstream", "redis-py", "partstream-asyncio", "resp-pipeline",
+    ]  # fmt: skip
     for peer in peers.PEERS:
         assert any(n.startswith(f"peer {peer}: ") and "not installed" in n for n in data["notes"])

@@ -25,7 +25,6 @@ from urllib.parse import unquote, urlsplit
 
 from partitions._client.config import ClientConfig, redact_url
 from partitions._client.connection import Connection, connect
-from partitions.bench.stats import RunResult
 from partitions.testing import drop_namespace as drop_namespace  # bench.harness imports it here
 
 PACKAGES = (
@@ -130,26 +129,6 @@ def server_cpu_s(conn: Connection) -> float:
 
 def _cpu_s(info: dict[str, Any]) -> float:
     return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
-
-
-# RunResult.extra key of the server's CPU per record a run cost (microseconds).
-SERVER_US = "server_us_per_record"
-
-
-@contextlib.contextmanager
-def server_cost(server: BenchServer, ns: str) -> Iterator[list[RunResult]]:
-    """Measure the server's CPU around a run: append the run's RunResult to the yielded list
-    inside the block, and it gets ``extra[SERVER_US]`` (µs of server CPU per record, from
-    INFO cpu before and after) when the block exits. The figure counts everything the server
-    did meanwhile: on a server shared with other clients it is only an upper bound."""
-    with server.connect(ns) as conn:
-        before = server_cpu_s(conn)
-        out: list[RunResult] = []
-        yield out
-        spent = server_cpu_s(conn) - before
-    for run in out:
-        if run.records:
-            run.extra[SERVER_US] = round(spent * 1e6 / run.records, 4)
 
 
 def new_namespace() -> str:

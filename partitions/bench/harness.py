@@ -20,7 +20,6 @@ import orjson
 
 from partitions._base.errors import ConfigError
 from partitions.bench.env import (
-    SERVER_US,
     BenchServer,
     bench_server,
     drop_namespace,
@@ -176,9 +175,8 @@ def _against_redis_benchmark(result: BenchResult) -> None:
             if ps is None or rb is None:
                 continue
             rate.append(ratio(ps.rate, rb.rate))
-            us, rb_us = ps.extra.get(SERVER_US), rb.extra.get(SERVER_US)
-            if us is not None and rb_us:
-                cost.append(us / rb_us)
+            if ps.server_us is not None and rb.server_us:
+                cost.append(ps.server_us / rb.server_us)
         if rate and name != "partstream":  # partstream's: "partstream/redis-benchmark"
             result.ratios[f"records/s {name}/redis-benchmark"] = median(rate)
         if cost:

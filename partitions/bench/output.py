@@ -54,8 +54,6 @@ def final_line(run: RunResult) -> str:
         f"{run.name}: {run.records} records in {run.seconds:.2f} s, "
         f"{run.rate:,.1f} records/sec ({run.mb_per_s:.2f} MB/sec)"
     )
-    if (us := run.extra.get("server_us_per_record")) is not None:
-        text += f", server {us:.3f} us/record"
     if lat.max > 0:
         text += (
             f", {lat.avg:.2f} ms avg latency, {lat.max:.2f} ms max latency, "
@@ -132,7 +130,7 @@ def csv_text(result: BenchResult) -> str:
                 "p95_ms": f"{lat.p95:.3f}",
                 "p99_ms": f"{lat.p99:.3f}",
                 "p999_ms": f"{lat.p999:.3f}",
-                "server_us_per_record": r.extra.get("server_us_per_record", ""),
+                "server_us_per_record": "" if r.server_us is None else f"{r.server_us:.4f}",
             }
         )
     for name, value in result.ratios.items():

@@ -16,9 +16,9 @@ the same number of partitions in the same run:
 * **redis-benchmark**: pipelined ``XADD`` from the C tool, ``-P batch_size -c producers``
   over ``partitions`` streams: the machine's limit.
 
-Every side also reports the server's CPU per record (``extra["server_us_per_record"]``,
-INFO cpu before and after: :func:`~partitions.bench.env.server_cost`), a figure that holds
-on a noisy machine far better than wall time.
+Every side also reports the server's CPU per record (``RunResult.server_us``: INFO cpu
+before and after, :func:`~partitions.bench.env.server_cpu_s`), a figure that holds on a
+noisy machine far better than wall time, and the worker processes' own CPU per record.
 
 Latency is the time from handing a record to the client until its append is acknowledged,
 sampled on one record in :data:`~partitions.bench.options.SAMPLE_EVERY`.
@@ -44,7 +44,7 @@ from partitions._client.config import ProducerConfig
 from partitions._client.wire import exchange_on
 from partitions._producer.aio import AsyncProducer
 from partitions._producer.producer import Producer
-from partitions.bench.env import BenchServer, server_cost
+from partitions.bench.env import BenchServer, server_cpu_s
 from partitions.bench.options import BenchOptions, iter_chunks, make_values, split
 from partitions.bench.stats import Latency, RunResult
 from partitions.bench.workers import Counters, Progress, WorkerOutput, run_workers
@@ -310,13 +310,11 @@ def _run(
     firsts = [sum(shares[:i]) for i in range(len(shares))]
     args = [(server, ns, opts, topic, c, f) for c, f in zip(shares, firsts, strict=True)]
     timeout = max(120.0, opts.records / 2000.0)
-    with server_cost(server, ns) as runs:
-        runs.append(
-            run_workers(
-                name, fn, args, opts.record_size, progress, timeout=timeout, expected=opts.records
-            )
-        )
-    return runs[0]
+    with server.connect(ns) as conn:
+        return run_workers(
+            name, fn, args, opts.record_size, progress, timeout=timeout, expected=opts.records,
+            server_cpu=lambda: server_cpu_s(conn),
+        )  # fmt: skip
 
 
 def create_topics(server: BenchServer, ns: str, opts: BenchOptions, *names: str) -> None:
@@ -359,12 +357,13 @@ def run_redis_benchmark(server: BenchServer, ns: str, opts: BenchOptions) -> Run
         "value",
         value,
     ]
-    with server_cost(server, ns) as runs:
+    with server.connect(ns) as conn:
+        cpu0 = server_cpu_s(conn)
         started = time.monotonic()
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
         seconds = time.monotonic() - started
         run = _benchmark_result(proc, seconds, opts)
-        runs.append(run)
+        run.server_cpu_s = server_cpu_s(conn) - cpu0
     return run
 
 

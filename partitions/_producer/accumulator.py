@@ -242,7 +242,7 @@ class Accumulator:
         back in front of the later batches of its partitions, the partitions are free again
         and the resolved records leave the buffer. Once closed, nothing is retried: the
         completions of the batches given up are returned."""
-        resolved = sum(b.count for b in sent if b.event.is_set())
+        resolved = sum(b.count for b in sent if b.done)
         self.buffered -= resolved + sum(b.count for b in expired)
         abandoned: list[Completion] = []
         if self.closed and retry:  # close() gave up waiting
@@ -310,7 +310,7 @@ class Accumulator:
         written before the failure, so it is in doubt."""
         out = []
         for batch in batches:
-            if not batch.event.is_set():
+            if not batch.done:
                 batch.in_doubt = True
                 out.append((batch, err))
         return out

@@ -266,7 +266,7 @@ class AsyncProducer:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         for batches in self._rounds.values():
-            complete(self._acc.abandon([b for b in batches if not b.event.is_set()]))
+            complete(self._acc.abandon([b for b in batches if not b.done]))
         self._rounds.clear()
 
     async def _run(self) -> None:

@@ -7,7 +7,7 @@ check, record, retention, or undo) and ``EXEC`` (:meth:`Batch.packed_multi`: wha
 several records costs the server is what native XADDs cost), or one ``FCALL append``
 (``append.lua``: the records inside the script, for single records and for a node where the
 library is not known to be loaded yet). Each record's :class:`RecordFuture` points into its
-batch, so a record costs one small object, and all futures of a batch share one event. Used
+batch, so a record costs one small object, and all futures of a batch share its state. Used
 by :mod:`partitions._producer.producer`.
 
 Every script call is bounded: a batch holds at most ``batch_size`` records (at most 100,000,
@@ -86,7 +86,7 @@ class RecordMetadata(NamedTuple):
 
 
 class Batch:
-    """Records of one partition sent together. Its futures share one event.
+    """Records of one partition sent together. Its futures share its outcome.
 
     ``deadline`` is when it stops being retried (``delivery_timeout_ms`` after it was opened),
     ``retry_at`` when it may be sent again, ``in_doubt`` whether an earlier attempt may have
@@ -94,8 +94,8 @@ class Batch:
     """
 
     __slots__ = (
-        "ask", "attempts", "callbacks", "chunks", "count", "created", "deadline", "error",
-        "event", "ids", "in_doubt", "last_error", "nargs", "nbytes", "partition", "pid",
+        "ask", "attempts", "callbacks", "chunks", "count", "created", "deadline", "done",
+        "error", "event", "ids", "in_doubt", "last_error", "nargs", "nbytes", "partition", "pid",
         "retry_at", "route", "seq", "shapes", "topic",
     )  # fmt: skip
 
@@ -125,7 +125,10 @@ class Batch:
         # The server's ids, kept as bytes until a future asks: most are never read.
         self.ids: list[bytes] | None = None
         self.error: BaseException | None = None
-        self.event = threading.Event()
+        # Resolved; the Event a thread waits on is made only when one does (most batches
+        # are never waited on: making one per batch cost a few % of a producer's CPU).
+        self.done = False
+        self.event: threading.Event | None = None
         self.callbacks: list[tuple[int, Callable[[RecordFuture], None]]] | None = None
 
     def packed(self, multi: bool) -> bytes:
@@ -183,7 +186,9 @@ class Batch:
         self.error = error
         self.chunks = []
         with _callback_lock:
-            self.event.set()
+            self.done = True
+            if self.event is not None:
+                self.event.set()
             callbacks, self.callbacks = self.callbacks, None
         for i, cb in callbacks or ():
             try:
@@ -191,9 +196,21 @@ class Batch:
             except Exception:
                 log.exception("producer callback raised")
 
+    def wait(self, timeout: float | None) -> bool:
+        """Block until resolved (at most ``timeout`` seconds); whether it is."""
+        if self.done:
+            return True
+        with _callback_lock:
+            if self.done:
+                return True
+            if self.event is None:
+                self.event = threading.Event()
+            event = self.event
+        return event.wait(timeout)
 
-# Guards registering callbacks against a batch completing at the same moment; callbacks are
-# rare, so one lock for all batches costs nothing on the hot path.
+
+# Guards registering callbacks and waiters against a batch completing at the same moment;
+# they are rare, so one lock for all batches costs nothing on the hot path.
 _callback_lock = threading.Lock()
 
 
@@ -231,12 +248,12 @@ class RecordFuture:
         self._index = index
 
     def done(self) -> bool:
-        return self._batch.event.is_set()
+        return self._batch.done
 
     def result(self, timeout: float | None = None) -> RecordMetadata:
         """Block until the record is appended; raise the error if it could not be."""
         b = self._batch
-        if not b.event.wait(timeout):
+        if not b.wait(timeout):
             raise TimeoutError(f"record not acknowledged within {timeout}s")
         if b.error is not None:
             raise b.error
@@ -244,7 +261,7 @@ class RecordFuture:
         return RecordMetadata(b.topic, b.partition, b.ids[self._index].decode())
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
-        if not self._batch.event.wait(timeout):
+        if not self._batch.wait(timeout):
             raise TimeoutError(f"record not acknowledged within {timeout}s")
         return self._batch.error
 
@@ -252,7 +269,7 @@ class RecordFuture:
         """Call ``fn(future)`` from the sender thread once done (now if already done)."""
         b = self._batch
         with _callback_lock:
-            if not b.event.is_set():
+            if not b.done:
                 if b.callbacks is None:
                     b.callbacks = []
                 b.callbacks.append((self._index, fn))

@@ -33,11 +33,12 @@ def _run(data: dict[str, Any], name: str) -> dict[str, Any] | None:
 
 
 def _rate(run: dict[str, Any] | None) -> str:
-    """records/s, and the server's µs per record where the run measured it."""
+    """records/s, and the server's and the client's CPU µs per record where measured."""
     if run is None:
         return "-"
-    us = run.get("server_us_per_record")
-    return f"{run['records_per_s']:,.0f}/s" + (f" ({us:.2f} µs/rec on the server)" if us else "")
+    cost = [f"{who} {us:.2f}" for who in ("server", "client")
+            if (us := run.get(f"{who}_us_per_record"))]  # fmt: skip
+    return f"{run['records_per_s']:,.0f}/s" + (f" ({' / '.join(cost)} µs/rec)" if cost else "")
 
 
 def _lat(run: dict[str, Any] | None) -> str:
@@ -193,7 +194,7 @@ def paths_table(files: list[Path]) -> str:
         lines.append(f"| {PATH_NAMES[name]} | " + " | ".join(cells) + " |")
     cmds = "; ".join(f"`{d['command']}` ({d['env']['time_utc']}, load {d['env']['load_avg_1m']})"
                      for d in datas)  # fmt: skip
-    trials = ", ".join(str(d["trials"]) for d in datas)
+    trials = "/".join(sorted({str(d["trials"]) for d in datas}))
     lines.append(
         f"\nEach cell: the median over {trials} trials of the server's µs per record and, in "
         f"brackets, of its ratio to redis-benchmark's in the same trial; {datas[0]['records']:,} "

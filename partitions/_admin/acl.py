@@ -12,6 +12,10 @@ table in :mod:`partitions._base.keys`:
     safe-retention cut in T's ``:groups`` hashes (HGET/EXISTS, read only) and T's metadata
     (HGETALL). Nothing else: no XRANGE/XREADGROUP/XPENDING/XINFO (it cannot read the topic),
     no XTRIM/DEL (it cannot shorten it), no other topic, no group key, no dead-letter stream.
+    So such a producer sends one ``FCALL append`` per batch, not the cheaper MULTI batches
+    (native XADDs + ``FCALL commit``, whose commit reads a partition's last entry, trims and
+    undoes: MULTI/EXEC/XREVRANGE/XTRIM/XDEL); it finds that out once per node, from a
+    transaction that changes nothing (its refusal is in the ACL LOG).
 ``consumer`` (topics T, groups G)
     read, ack, claim and seek G's positions on T's partitions, write their fences and group
     marks, XADD to their dead-letter streams only, run G's coordinator scripts on

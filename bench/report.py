@@ -72,7 +72,7 @@ def row(data: dict[str, Any]) -> str:
         ps, base = _run(data, "partstream"), _run(data, "redis-py")
         rb = _run(data, "redis-benchmark")
         figures = f"partstream {_rate(ps)}, redis-py {_rate(base)}"
-        for side in ("partstream-asyncio", "resp-pipeline"):
+        for side in ("partstream-asyncio", "partstream-send-many", "resp-pipeline"):
             if (run := _run(data, side)) is not None:
                 figures += f", {side} {_rate(run)}"
         figures += f", redis-benchmark {_rate(rb)}" + _peers(data)

@@ -67,6 +67,7 @@ def test_produce(url: str, tmp_path: Path) -> None:
     assert "produce partstream-asyncio/partstream" in targets
     # The hand-packed RESP loop; every side with the server's CPU per record (INFO cpu).
     assert runs(data, "resp-pipeline")[0]["records"] == 2000
+    assert runs(data, "partstream-send-many")[0]["records"] == 2000
     assert all(r["server_us_per_record"] > 0 for r in data["runs"])
     if shutil.which("redis-benchmark"):
         assert runs(data, "redis-benchmark")[0]["records"] == 2000
@@ -182,7 +183,7 @@ def test_peers_missing(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(peers, "installed", lambda peer: False)
     data = bench(url, "produce", "-n", "500", "-p", "2", "--peers", "--no-redis-benchmark")
     assert [r["name"] for r in data["runs"]] == [
-        "partstream", "redis-py", "partstream-asyncio", "resp-pipeline",
+        "partstream", "redis-py", "partstream-asyncio", "resp-pipeline", "partstream-send-many",
     ]  # fmt: skip
     for peer in peers.PEERS:
         assert any(n.startswith(f"peer {peer}: ") and "not installed" in n for n in data["notes"])

@@ -154,17 +154,21 @@ def take_buffered(reader: Any, replies: Replies) -> Any:
     them). Mirrors ``read_response``: an error reply stays in place as its exception, a
     connection error raises. A RESP3 push message (not a reply) is returned for the caller
     to hand to the parser's push handler, as ``read_response`` would; None otherwise."""
-    while replies.wanted():
-        reply = reader.gets()
+    out, gets = replies.out, reader.gets
+    need = replies.expect - len(out)
+    while need > 0:
+        reply = gets()
         if reply is NOT_ENOUGH_DATA:
             return None
-        if PUSH is not None and isinstance(reply, PUSH):
-            return reply
-        if isinstance(reply, rex.ConnectionError):
-            raise reply
-        if isinstance(reply, list) and reply and isinstance(reply[0], rex.ConnectionError):
-            raise reply[0]
-        replies.add(reply)
+        if type(reply) is not bytes:  # (most replies are: a status, an id, a value)
+            if PUSH is not None and isinstance(reply, PUSH):
+                return reply
+            if isinstance(reply, rex.ConnectionError):
+                raise reply
+            if isinstance(reply, list) and reply and isinstance(reply[0], rex.ConnectionError):
+                raise reply[0]
+        out.append(reply)
+        need -= 1
     return None
 
 

@@ -140,7 +140,8 @@ class Accumulator:
     ) -> tuple[Batch, int, bool]:
         """Add one encoded record to partition ``p``'s open batch (``p`` None: a keyless
         record, placed by the sticky rule within ``region``). Returns (batch, index in it,
-        whether a sender should wake: a first open batch or a newly sealed one)."""
+        whether a sender should wake: a first open batch, or a newly sealed one whose
+        partition is not on the wire)."""
         topic = route.topic
         if p is None:
             first, last = route.router.range_for(region)
@@ -150,7 +151,7 @@ class Accumulator:
         batch = self.open.get((topic, p))
         if batch is not None and batch.nbytes + nbytes > MAX_BATCH_BYTES:
             self._seal(batch)  # a call stays within MAX_BATCH_BYTES, or holds one record
-            batch, wake = None, True
+            batch, wake = None, (topic, p) not in self.inflight
         if batch is None:
             now = self.clock()
             batch = Batch(topic, p, route, now, self.policy.deadline(now))
@@ -168,8 +169,27 @@ class Accumulator:
         self.buffered += 1
         if batch.count >= self._batch_size or batch.nbytes >= MAX_BATCH_BYTES:
             self._seal(batch)
-            wake = True
+            # A sender can take it now, unless its partition is on the wire: the sender of
+            # that round drains again when it is over (waking an idle one costs a drain).
+            wake = wake or (topic, p) not in self.inflight
         return batch, index, wake
+
+    def append_many(
+        self, route: Route, encoded: list[tuple[int | None, bytes, int]], start: int
+    ) -> tuple[list[tuple[Batch, int]], bool, int]:
+        """:meth:`append` the encoded records from ``encoded[start]`` on while the buffer has
+        room (at least one): (each one's batch and index in it, whether a sender should
+        wake, where the next call goes on)."""
+        end = min(len(encoded), start + max(1, self.buffer_limit - self.buffered))
+        placed: list[tuple[Batch, int]] = []
+        wake = False
+        append = self.append
+        for i in range(start, end):
+            p, chunk, nargs = encoded[i]
+            batch, index, woke = append(route, p, None, chunk, nargs)
+            placed.append((batch, index))
+            wake = wake or woke
+        return placed, wake, end
 
     def _seal(self, batch: Batch) -> None:
         del self.open[(batch.topic, batch.partition)]

@@ -29,7 +29,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Callable, Generator, Iterable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -41,7 +41,14 @@ from partitions._client.config import ProducerConfig
 from partitions._client.nodes import aredirect, retriable
 from partitions._client.wire import AsyncLink, aexchange
 from partitions._producer.accumulator import Accumulator, complete
-from partitions._producer.batch import Batch, RecordFuture, RecordMetadata, Route, encode_record
+from partitions._producer.batch import (
+    Batch,
+    RecordFuture,
+    RecordMetadata,
+    Route,
+    encode_many,
+    encode_record,
+)
 from partitions._producer.delivery import warn_unmet_durability
 from partitions._producer.sender import SENDERS, Driver, Exchange, Step, send_round
 from partitions._telemetry.metrics import ClientMetrics, producer_metrics
@@ -165,6 +172,31 @@ class AsyncProducer:
             self._since_yield = 0
             await asyncio.sleep(0)
         return AsyncRecordFuture(batch, index)
+
+    async def send_many(
+        self, topic: str, records: Iterable[tuple[Value, Key]]
+    ) -> list[AsyncRecordFuture]:
+        """Queue many ``(value, key)`` records of one topic, as :meth:`Producer.send_many`:
+        every record checked before any is queued, one buffer check per part that fits it."""
+        route = self._routes.get(topic)
+        if route is None or time.monotonic() > route.expires:
+            route = await self._refresh(topic)
+        encoded = encode_many(route, records, self._encode, self._max_bytes)
+        acc = self._acc
+        futures: list[AsyncRecordFuture] = []
+        at = 0
+        while at < len(encoded):
+            if not acc.accepts():
+                await self._wait_for_room()
+            if self._task is None:
+                self._start()
+            placed, wake, at = acc.append_many(route, encoded, at)
+            futures += [AsyncRecordFuture(batch, index) for batch, index in placed]
+            if wake:
+                self._wake.set()
+            self._since_yield = 0
+            await asyncio.sleep(0)  # let the sender task run (see send())
+        return futures
 
     async def send_and_wait(
         self,

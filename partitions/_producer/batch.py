@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple
 
 from partitions._admin.topics import TopicMeta
@@ -51,6 +51,7 @@ __all__ = [
     "RecordFuture",
     "RecordMetadata",
     "Route",
+    "encode_many",
     "encode_record",
     "multi_replies",
     "packed_multi",
@@ -320,6 +321,23 @@ def _general_form(
     fields = entry_fields(key, value, encode_headers(headers))
     size = sum(len(f) for f in fields)
     return b"".join(bulk(f) for f in fields), len(fields), size
+
+
+def encode_many(
+    route: Route,
+    records: Iterable[tuple[Value, Key]],
+    encode: Callable[[Value, Key], tuple[Value, Key]] | None,
+    max_bytes: int,
+) -> list[tuple[int | None, bytes, int]]:
+    """:func:`encode_record` of each ``(value, key)`` of ``records`` (no headers, the
+    partition by key), after the producer's serializers (``encode``): all of them checked and
+    encoded before any is queued, so a bad one raises with nothing sent."""
+    out = []
+    for value, key in records:
+        if encode is not None:
+            value, key = encode(value, key)
+        out.append(encode_record(route, value, key, None, None, None, max_bytes))
+    return out
 
 
 def encode_record(

@@ -114,6 +114,7 @@ def _produce(b: Bench, result: BenchResult) -> None:
         ("redis-py", own(produce.run_redis_py)),
         ("partstream-asyncio", own(produce.run_partstream_async)),
         ("resp-pipeline", own(produce.run_resp)),
+        ("partstream-send-many", own(produce.run_partstream_many)),
     ]
     if o.redis_benchmark and shutil.which("redis-benchmark") is not None:
         # A side of every round (order alternating like the others): its ratios are paired.
@@ -159,7 +160,9 @@ def _redis_benchmark_side(b: Bench) -> Side:
 SERVER_COST_GOAL = 1.15
 CLIENT_RATE_GOAL = 0.75
 # The sides compared with redis-benchmark (those present in the run).
-VS_BENCHMARK = ("partstream", "partstream-asyncio", "resp-pipeline", "redis-py")
+VS_BENCHMARK = (
+    "partstream", "partstream-asyncio", "partstream-send-many", "resp-pipeline", "redis-py",
+)  # fmt: skip
 
 
 def _against_redis_benchmark(result: BenchResult) -> None:

@@ -6,6 +6,8 @@ the same number of partitions in the same run:
 * **partstream**: :class:`~partitions.Producer` with ``batch_size`` and ``linger_ms``;
 * **partstream-asyncio**: :class:`~partitions.AsyncProducer`, the same settings, on one event
   loop (target: at least :data:`~partitions.bench.harness.ASYNC_GOAL` of the threaded rate);
+* **partstream-send-many**: the threaded producer fed 100 records a call with
+  ``Producer.send_many`` (one lock per call instead of one per record);
 * **redis-py**: the best plain loop: route each record with the same xxh3 rule, queue an
   ``XADD`` in a non-transactional pipeline, execute every ``batch_size`` records;
 * **resp-pipeline**: the same loop hand-packed: each record's ``XADD`` encoded as RESP in the
@@ -58,6 +60,32 @@ def produce_partstream(
 ) -> WorkerOutput:
     """Worker: send ``count`` records with the partstream producer (acks=1), then flush."""
     return _produce_partstream(counters, ready, arg, acks=1)
+
+
+def produce_partstream_many(
+    index: int, counters: Counters, ready: Callable[[], None], arg: Any
+) -> WorkerOutput:
+    """Worker: the same records through ``Producer.send_many``, one call per chunk of
+    :data:`~partitions.bench.options.SAMPLE_EVERY` records (acks=1), then flush."""
+    server, ns, opts, topic, count, first = arg
+    conn = server.connect(ns)
+    lat = array("d")
+    sampled = _sampler(counters, lat)
+    chunks = [[(v, k) for k, v in c] for c in iter_chunks(opts, count, first)]
+    with Producer(conn, _config(opts, 1)) as producer:
+        send_many = producer.send_many
+        producer.send(topic, b"warm-up", key=b"warm-up").result(30)
+        ready()
+        started = time.monotonic()
+        done = 0
+        for chunk in chunks:
+            send_many(topic, chunk)[0].add_done_callback(sampled())
+            done += len(chunk)
+            counters.done(done)
+        producer.flush()
+        ended = time.monotonic()
+    conn.close()
+    return WorkerOutput(count, started, ended, lat)
 
 
 def produce_partstream_acks_all(
@@ -260,6 +288,14 @@ def run_partstream(
     server: BenchServer, ns: str, opts: BenchOptions, progress: Progress, topic: str = PS_TOPIC
 ) -> RunResult:
     return _run("partstream", produce_partstream, server, ns, opts, progress, topic)
+
+
+def run_partstream_many(
+    server: BenchServer, ns: str, opts: BenchOptions, progress: Progress, topic: str = PS_TOPIC
+) -> RunResult:
+    """partstream's producer fed by ``send_many`` (a list of records a call)."""
+    return _run("partstream-send-many", produce_partstream_many, server, ns, opts, progress,
+                topic)  # fmt: skip
 
 
 def run_partstream_acks_all(

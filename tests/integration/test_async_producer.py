@@ -254,3 +254,38 @@ async def test_oom_is_retried_then_delivered_or_fails_typed() -> None:
             got = {(r.partition, r.id): r.value for r in replay(conn, "mem")}
         assert [got[(m.partition, m.id)] for m in metas] == [f"v{i}".encode() for i in range(60)]
         assert len(got) == 60
+
+
+async def test_send_many_queues_in_parts_and_checks_everything_first(
+    conn: Connection, aconn: AsyncConnection
+) -> None:
+    """``send_many``: every record checked before any is queued; a list longer than the
+    buffer goes in parts that fit it; per-key order and one future per record."""
+    TopicAdmin(conn).create(TopicSpec("many", 4))
+    cfg = ProducerConfig(linger_ms=2, batch_size=50, buffer_records=300)
+    async with AsyncProducer(aconn, cfg) as p:
+        bad = [(f"k{i % 5}:{i}".encode(), f"k{i % 5}") for i in range(100)]
+        bad[60] = (b"x" * (cfg.max_record_bytes + 1), "k0")
+        with pytest.raises(RecordTooLargeError):
+            await p.send_many("many", bad)
+        records = [(f"k{i % 5}:{i}".encode(), f"k{i % 5}") for i in range(2000)]
+        futures = await p.send_many("many", records)
+        assert await p.flush(30)
+        metas = [await f for f in futures]
+    assert len(metas) == 2000 and len({(m.partition, m.id) for m in metas}) == 2000
+    assert all(m.partition == p_for_topic(conn, "many", f"k{i % 5}") for i, m in enumerate(metas))
+    by_key: dict[str, list[int]] = {}
+    for v in values(conn, "many"):
+        key, _, n = v.decode().partition(":")
+        by_key.setdefault(key, []).append(int(n))
+    assert sum(len(v) for v in by_key.values()) == 2000  # nothing of the refused call
+    assert all(got == sorted(got) for got in by_key.values())
+
+
+def p_for_topic(conn: Connection, topic: str, key: str) -> int:
+    from partitions._producer.producer import Producer
+
+    with Producer(conn) as p:
+        partition = p.partition_for(topic, key)
+    assert partition is not None
+    return partition

@@ -231,3 +231,28 @@ def test_lost_sequence_state_fails_one_batch_loudly_then_recovers(conn: Connecti
             lost.result(5)
         assert p.send("seq", "d", key="k").result(5).partition == 0
     assert [r.value for r in replay(conn, "seq")] == [b"a", b"b", b"d"]
+
+
+def test_send_many_queues_in_parts_and_checks_everything_first(conn: Connection) -> None:
+    """``Producer.send_many``: every record checked before any is queued; a list longer
+    than the buffer goes in parts that fit it (the call waits for room like send()); per-key
+    order and one future per record, resolved to where each one went."""
+    TopicAdmin(conn).create(TopicSpec("many", 4))
+    cfg = ProducerConfig(linger_ms=2, batch_size=50, buffer_records=300)
+    with Producer(conn, cfg) as p:
+        bad = [(f"k{i % 5}:{i}", f"k{i % 5}") for i in range(100)]
+        bad[60] = ("x" * (cfg.max_record_bytes + 1), "k0")
+        with pytest.raises(RecordTooLargeError):
+            p.send_many("many", bad)
+        futures = p.send_many("many", [(f"k{i % 5}:{i}", f"k{i % 5}") for i in range(3000)])
+        assert p.flush(30)
+        metas = [f.result(0) for f in futures]
+        assert all(m.partition == p.partition_for("many", f"k{i % 5}") for i, m in enumerate(metas))
+    assert len({(m.partition, m.id) for m in metas}) == 3000
+    got = [r.value.decode() for r in replay(conn, "many") if r.value is not None]
+    assert len(got) == 3000  # nothing of the refused call
+    by_key: dict[str, list[int]] = {}
+    for v in got:
+        key, _, n = v.partition(":")
+        by_key.setdefault(key, []).append(int(n))
+    assert all(seq == sorted(seq) for seq in by_key.values())

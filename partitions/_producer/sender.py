@@ -117,6 +117,9 @@ def send_round(
             with guard:
                 if probe:
                     _note_probe(acc, target, probed)
+                if _multi_refused(out, units):  # the user's rights changed since the probe
+                    acc.permitted.discard(target)
+                    acc.refused.add(target)
                 _note_library(acc.loaded, target, replies)
                 replies = [r.reply if isinstance(r, _Unrecorded) else r for r in replies]
                 for b in unrecorded:
@@ -202,6 +205,17 @@ def _split(
     probed = out[at : at + PROBE_REPLIES] if probe else []
     at += len(probed)
     return batches, replies, probed, out[at : at + waits]
+
+
+def _multi_refused(out: list[Any], units: list[_Unit]) -> bool:
+    """Whether the server refused a MULTI of this exchange for the user's rights."""
+    at = 0
+    for unit in units:
+        at += unit.asking
+        if unit.multi and isinstance(out[at], rex.NoPermissionError):
+            return True
+        at += unit.expect - unit.asking
+    return False
 
 
 # What a MULTI batch needs beyond XADD and the function: MULTI/EXEC, and inside commit

@@ -94,3 +94,16 @@ def test_an_unrecorded_batch_changes_the_producer_id() -> None:
     assert acc.pid == b"p2" and acc._seqs == {}
     acc.unrecorded(B())  # type: ignore[arg-type]  # an older identity's batch: no change
     assert acc.pid == b"p2"
+
+
+def test_a_refused_multi_stops_multi_batches_there() -> None:
+    from partitions._producer.sender import _multi_refused, _Unit
+
+    class B:
+        ask = None
+        count = 3
+
+    units = [_Unit([B()], True)]  # type: ignore[list-item]
+    noperm = rex.NoPermissionError("User may not run MULTI")
+    assert _multi_refused([noperm, *IDS, [1], rex.ResponseError("EXEC without MULTI")], units)
+    assert not _multi_refused([OK, Q, Q, Q, Q, [*IDS, [1]]], units)

@@ -139,7 +139,8 @@ class Paths:
 def payloads(paths: Paths, name: str) -> list[tuple[bytes, int]]:
     """What alternative ``name`` writes, encoded before the clock starts (server cost only)."""
     if name == "native":
-        streams = [paths.conn.keys.stream(TOPIC, p).encode() for p in range(PARTITIONS)]
+        layout = paths.topic().meta.layout
+        streams = [paths.conn.keys.stream(layout, p).encode() for p in range(PARTITIONS)]
         out = []
         for i in range(0, len(paths.recs), 1000):
             part = paths.recs[i : i + 1000]

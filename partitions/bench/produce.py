@@ -234,9 +234,10 @@ def produce_resp(
     server, ns, opts, topic, count, first = arg
     conn = server.connect(ns)
     n = opts.partitions
+    layout = TopicAdmin(conn).get(topic).layout  # the topic's keys, as partstream's
     heads = []
     for p in range(n):
-        stream = conn.keys.stream(topic, p).encode()
+        stream = conn.keys.stream(layout, p).encode()
         heads.append(b"*7\r\n$4\r\nXADD\r\n$%d\r\n%b\r\n$1\r\n*\r\n$3\r\nkey\r\n" % (
             len(stream), stream))  # fmt: skip
     pool = conn.client.connection_pool

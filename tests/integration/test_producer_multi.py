@@ -29,7 +29,7 @@ from partitions._client.wire import exchange
 from partitions._producer.batch import Batch, Route, encode_record, multi_replies, packed_multi
 from partitions._producer.producer import Producer
 from partitions._producer.sender import fold_multi
-from tests.helpers import ServerProc, server_binaries
+from tests.helpers import ServerProc, layout, server_binaries
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -48,8 +48,9 @@ def _batch(conn: Connection, topic: str, values: list[bytes], *, pid: bytes, seq
 
 def _send(conn: Connection, batch: Batch) -> Any:
     """One MULTI attempt of ``batch``, folded as the sender folds it."""
-    pool = node_for_key(conn, conn.keys.stream(batch.topic, 0)).connection_pool
-    conn.functions.load(node_for_key(conn, conn.keys.stream(batch.topic, 0)))
+    stream = batch.route.stream_keys[0].decode()
+    pool = node_for_key(conn, stream).connection_pool
+    conn.functions.load(node_for_key(conn, stream))
     out = exchange(pool, [packed_multi([batch])], multi_replies([batch]))
     return fold_multi(out, [batch.count])[0]
 
@@ -84,7 +85,7 @@ def test_a_duplicate_whose_first_id_was_not_recorded_reads_the_ids_back(
     TopicAdmin(conn).create(TopicSpec("mtilde", 1))
     values = [b"a", b"b", b"c", b"d"]
     first = _send(conn, _batch(conn, "mtilde", values, pid=b"p1", seq=1))
-    seq_key = conn.keys.seq("mtilde", 0)
+    seq_key = conn.keys.seq(layout(conn, "mtilde"), 0)
     record = conn.client.hget(seq_key, "p1").split()
     conn.client.hset(seq_key, "p1", b" ".join([record[0], b"~4", *record[2:]]))
     again = _send(conn, _batch(conn, "mtilde", values, pid=b"p1", seq=1))
@@ -106,17 +107,17 @@ def test_wrong_key_types_fail_a_multi_batch_with_nothing_written(conn: Connectio
     """A string where the sequence hash or (safe retention) the groups hash belongs: the
     batch fails with WRONGTYPE and its XADDs are undone."""
     TopicAdmin(conn).create(TopicSpec("mtype", 1, safe_retention=True, max_length=10))
-    conn.client.set(conn.keys.seq("mtype", 0), "not a hash")
+    conn.client.set(conn.keys.seq(layout(conn, "mtype"), 0), "not a hash")
     err = _send(conn, _batch(conn, "mtype", [b"a", b"b", b"c", b"d"], pid=b"p1", seq=1))
     assert "WRONGTYPE" in str(err)
-    conn.client.delete(conn.keys.seq("mtype", 0))
-    conn.client.set(conn.keys.stream_groups("mtype", 0), "not a hash")
+    conn.client.delete(conn.keys.seq(layout(conn, "mtype"), 0))
+    conn.client.set(conn.keys.stream_groups(layout(conn, "mtype"), 0), "not a hash")
     err = _send(conn, _batch(conn, "mtype", [b"a", b"b", b"c", b"d"], pid=b"p1", seq=1))
     assert "WRONGTYPE" in str(err)
     assert _values(conn, "mtype") == []
-    conn.client.delete(conn.keys.stream_groups("mtype", 0))
+    conn.client.delete(conn.keys.stream_groups(layout(conn, "mtype"), 0))
     with Producer(conn, ProducerConfig(linger_ms=50)) as p:
-        conn.client.set(conn.keys.seq("mtype", 0), "not a hash")
+        conn.client.set(conn.keys.seq(layout(conn, "mtype"), 0), "not a hash")
         futs = [p.send("mtype", f"v{i}", key="k") for i in range(8)]
         with pytest.raises(WrongTypeError):
             futs[-1].result(10)
@@ -148,7 +149,7 @@ def test_two_producers_on_one_partition(conn: Connection) -> None:
     for name in ("a", "b"):
         mine = [int(v.split("-")[1]) for v in got if v.startswith(f"{name}-") and "warm" not in v]
         assert mine == list(range(n))
-    recorded = conn.client.hgetall(conn.keys.seq("mtwo", 0))
+    recorded = conn.client.hgetall(conn.keys.seq(layout(conn, "mtwo"), 0))
     assert {k.decode() for k in recorded} == set(ids.values())
 
 

@@ -25,6 +25,27 @@ def owner_of(cluster: EmbeddedCluster, slot: int) -> int:
     raise ConfigError(f"slot {slot} is not served by any node")
 
 
+def shard_of(cluster: EmbeddedCluster, port: int) -> set[int]:
+    """The ports of ``port``'s shard as the cluster sees it now: the node, its master and its
+    replicas. After a failover the slots a node took are served by its promoted replica: a
+    test that moved a slot to ``port`` accepts any node of this set as its owner."""
+    for asked in cluster.ports:
+        try:
+            with cluster.client(asked) as node:
+                raw = node.execute_command("CLUSTER", "NODES")
+        except (redis.RedisError, OSError):
+            continue
+        text = raw.decode() if isinstance(raw, bytes) else str(raw)
+        rows = [line.split() for line in text.splitlines() if len(line.split()) >= 8]
+        ids = {int(r[1].split("@")[0].rsplit(":", 1)[1]): (r[0], r[3]) for r in rows}
+        if port not in ids:
+            continue
+        me, master = ids[port]
+        root = me if master == "-" else master
+        return {p for p, (nid, mid) in ids.items() if root in (nid, mid)}
+    return {port}
+
+
 def migrate_slot(
     cluster: EmbeddedCluster,
     slot: int,

@@ -25,7 +25,7 @@ from partitions._base.keys import TopicLayout
 from partitions._base.settings import GroupSettings
 from partitions._base.types import Grant, HeartbeatResult, TopicPartition
 from partitions._client.connection import Connection
-from tests.helpers import FAST
+from tests.helpers import FAST, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -134,10 +134,18 @@ def test_silent_member_is_evicted_after_the_session_timeout(conn: Connection) ->
     b.join()
     settle([a, b])
     epoch = GroupAdmin(conn).describe("g").epoch
+    state, server = (
+        conn.keys.group_state("g"),
+        conn.client.hget(conn.keys.group_state("g"), "server"),
+    )
     deadline = time.monotonic() + 0.8
     while time.monotonic() < deadline:  # a heartbeats, b is silent but not yet expired
         assert len(a.heartbeat().owned) == 6
         time.sleep(0.1)
+    if conn.client.hget(state, "server") != server:
+        # A failover meanwhile (the suite's failover pass) restarted b's session too: it
+        # expires a session after the new primary took over.
+        wait_for(lambda: len(a.heartbeat().owned) == 12, 10, "b's eviction")
     time.sleep(0.35)
     r = settle([a])
     assert len(r["a"].owned) == 12 and r["a"].group_epoch == epoch + 1
@@ -146,6 +154,39 @@ def test_silent_member_is_evicted_after_the_session_timeout(conn: Connection) ->
     assert not b.joined
     b.join()
     assert sorted(len(x.owned) for x in settle([a, b]).values()) == [6, 6]
+
+
+def test_sessions_restart_when_another_server_process_takes_the_group_over(
+    conn: Connection,
+) -> None:
+    """A promoted replica (or a restarted server) holds heartbeats written on another clock,
+    and the members could not reach it while it took over: member.lua gives every member a
+    fresh session there instead of evicting it for the failover's seconds."""
+    a, b = member(conn, "a"), member(conn, "b")
+    a.join()
+    b.join()
+    settle([a, b])
+    k, state = conn.keys, conn.keys.group_state("g")
+    here = conn.client.hget(state, "server")
+    assert here  # the serving process, recorded by the last op
+    sec, usec = conn.client.time()
+    long_ago = sec * 1000 + usec // 1000 - 5000  # five sessions ago
+    # As a replica's copy looks after a failover: served by another process, old heartbeats.
+    conn.client.hset(state, "server", "another-process:7")
+    conn.client.zadd(k.group_hb("g"), {"a": long_ago, "b": long_ago})
+    r = a.heartbeat()  # not evicted: its session restarted on this server
+    assert len(r.owned) == 6 and conn.client.hget(state, "server") == here
+    deadline = time.monotonic() + 1.2  # b stays silent past a session on this server
+    while time.monotonic() < deadline:
+        a.heartbeat()
+        time.sleep(0.1)
+    assert len(settle([a])["a"].owned) == 12  # b evicted now
+    with pytest.raises(UnknownMemberError):
+        b.heartbeat()
+    # Same process: an old heartbeat is a silent member, evicted as always.
+    conn.client.zadd(k.group_hb("g"), {"a": long_ago})
+    with pytest.raises(UnknownMemberError):
+        a.heartbeat()
 
 
 def test_stale_epoch_is_fenced(conn: Connection) -> None:

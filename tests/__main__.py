@@ -36,6 +36,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from tests import running_test
+from tests.integration.cluster_slots import migration_lock
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -189,17 +190,19 @@ class FailoverDuringRun(threading.Thread):
         if self._cancel.wait(self.after):
             return
         try:
-            victim = self.cluster.primary_ports()[0]
-            pid = self.cluster.pid(victim)
-            t0 = time.monotonic()
-            os.kill(pid, signal.SIGKILL)
-            during = running_test.running(self.cluster.data_dir / "running-test")
-            while not self._cancel.is_set():
-                primaries = self.cluster.primary_ports()
-                if victim not in primaries and len(primaries) == 3:
-                    break
-                time.sleep(0.1)
-            promoted = time.monotonic() - t0
+            # Not in the middle of a test's slot migration (cluster_slots.migration_lock).
+            with migration_lock(self.cluster):
+                victim = self.cluster.primary_ports()[0]
+                pid = self.cluster.pid(victim)
+                t0 = time.monotonic()
+                os.kill(pid, signal.SIGKILL)
+                during = running_test.running(self.cluster.data_dir / "running-test")
+                while not self._cancel.is_set():
+                    primaries = self.cluster.primary_ports()
+                    if victim not in primaries and len(primaries) == 3:
+                        break
+                    time.sleep(0.1)
+                promoted = time.monotonic() - t0
             self.cluster.ensure_running(timeout=120)
             self.done = True
             self.report = (
@@ -221,9 +224,9 @@ def failover_only(pytest: list[str], runs: int, offsets: list[float]) -> int:
         seen = len(FAILURES)
         passed, failed, _ = run_on_cluster(pytest, failover=True, after=after)
         clean += failed == 0 and passed > 0
-        lines.append(f"run {i + 1}: kill at {after:.0f}s: {passed} passed, {failed} failed")
-        lines += [f"    {line}" for line in FAILURES[seen:]]
-        print(f"=== failover-only {lines[-1]}", flush=True)
+        line = f"run {i + 1}: kill at {after:.0f}s: {passed} passed, {failed} failed"
+        print(f"=== failover-only {line}", flush=True)
+        lines += [line, *(f"    {f}" for f in FAILURES[seen:])]
     print("\n" + "\n".join(lines))
     print(f"\nfailover passes: {runs} run, {clean} clean")
     return 0 if clean == runs else 1

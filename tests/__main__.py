@@ -83,7 +83,8 @@ def run(label: str, cmd: list[str], env: dict[str, str] | None = None) -> tuple[
     return (1, 0, 0) if proc.returncode == 0 else (0, 1, 0)
 
 
-# The integration modules that run on the local 3-master cluster too (about 60 s in all).
+# The integration modules that run on the local 3-master cluster too (about 110 s in all, and
+# about 130 s again through the failover pass).
 # A module joins once its code works on a cluster; test_cluster.py migrates slots live.
 CLUSTER_READY = [
     "tests/integration/test_cluster.py",

@@ -3,7 +3,7 @@
 KEYS (all under the group's hash tag {<group>}):
   1 cfg        hash   group settings (assignor, session_timeout_ms, ...)
   2 state      hash   epoch, epoch_ms (server time of its last bump), target_epoch, grant,
-                      created_ms, topic:<name> -> partitions
+                      created_ms, server (who served the last op), topic:<name> -> partitions
   3 members    hash   member_id -> cjson {i=instance, c=client, t=topics, e=epoch,
                       pe=previous epoch, l=1 if a static member left temporarily,
                       o=owned partitions "topic:p topic:p"}
@@ -22,8 +22,15 @@ ARGV[1] = op, ARGV[2] = member_id, then per op:
   leave:      3 member epoch, 4 "1" = temporary (static members keep their partitions
               reserved until the session timeout), "0" = for good
 
-Every op first evicts members silent past session_timeout_ms (server TIME), freeing their
-partitions and bumping the group epoch.
+Every op first restarts every member's session if the server changed since the last op
+(state.server: the serving process's run id, and on a cluster the cluster's current epoch):
+a replica promoted by a failover, a restarted server, a node that took the slot over, or on
+a cluster a failover anywhere (while a primary was lost every node answered CLUSTERDOWN).
+The members could not heartbeat meanwhile, and a promoted copy of the heartbeats counts on
+another clock and may lag: each member gets a full session timeout, by this server's clock,
+to heartbeat again, and the ones that do not are evicted then. Then every op evicts members
+silent past session_timeout_ms (server TIME), freeing their partitions and bumping the group
+epoch.
 
 Reply: {"OK", member_id, member_epoch, group_epoch, target_epoch, settings {k, v, ...},
         owned {"topic:p", token, grant_epoch, ...}, to_revoke {...}, pending {...}, created,
@@ -107,6 +114,31 @@ local function evict(now, session_ms)
     if rec then remove_member(id, rec) else redis.call('ZREM', K_HB, id) end
   end
   if #expired > 0 then bump_epoch() end
+end
+
+-- Who serves the group's keys: the process (its run id) and, on a cluster, the cluster's
+-- current epoch, which every failover raises (CLUSTER INFO fails on a server without
+-- cluster mode: pcall, and only the run id counts).
+local function server_id()
+  local id = string.match(redis.call('INFO', 'server'), 'run_id:(%w+)') or ''
+  local ok, info = pcall(redis.call, 'CLUSTER', 'INFO')
+  if ok and type(info) == 'string' then
+    id = id .. ':' .. (string.match(info, 'cluster_current_epoch:(%d+)') or '')
+  end
+  return id
+end
+
+-- A new server since the last op: every member's session restarts now (see the header).
+local function restart_sessions_if_moved(now)
+  local here = server_id()
+  local last = redis.call('HGET', K_STATE, 'server')
+  if last == here then return end
+  if last then
+    for _, id in ipairs(redis.call('ZRANGEBYSCORE', K_HB, '-inf', '+inf')) do
+      redis.call('ZADD', K_HB, now, id)
+    end
+  end
+  redis.call('HSET', K_STATE, 'server', here)
 end
 
 -- Apply "name=count ..." to the member's subscription and the group's partition counts.
@@ -201,6 +233,7 @@ if op == 'join' then
             '(partstream group seek), then restart the consumers'}
   end
   local created = ensure_group(now, 7)
+  restart_sessions_if_moved(now)
   evict(now, tonumber(redis.call('HGET', K_CFG, 'session_timeout_ms')))
   local rec = get_member(member_id)
   if instance ~= '' then
@@ -251,6 +284,7 @@ if redis.call('EXISTS', K_CFG) == 0 then
   if op == 'leave' then return {'OK'} end
   return {'ERR', 'UNKNOWN_MEMBER', 'the group no longer exists (deleted); rejoin'}
 end
+restart_sessions_if_moved(now)
 evict(now, tonumber(redis.call('HGET', K_CFG, 'session_timeout_ms')))
 local rec = get_member(member_id)
 

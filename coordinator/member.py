@@ -21,6 +21,7 @@ import redis.exceptions as rex
 from coordinator.assignors import assign
 from partitions._base.durability import Durability
 from partitions._base.errors import ConfigError, MembershipError, UnknownMemberError, translate
+from partitions._base.failover import budget, ride_steps
 from partitions._base.functions import FCall, Functions, Send, call_steps, is_cluster_client
 from partitions._base.keys import Keys, Layouts, TopicLayout, validate_name
 from partitions._base.replies import parse_describe, parse_member_reply
@@ -235,14 +236,40 @@ class MemberCore:
         return s.heartbeat_interval_ms
 
     def _send(self, call: FCall, *, durable: bool = True) -> Steps[Any]:
-        # No failover grace: the runner retries a failed heartbeat on its own schedule.
-        return call_steps(
-            call,
-            retry_for=0,
+        """``call``, riding out a failover for the group's session timeout (clamped to
+        10-30 s; see partitions/_base/failover.py). Every member call is safe to send again
+        after it may have run: a join under the same member id finds its own record and
+        refreshes it (no second epoch bump); a heartbeat is fenced by the member epoch (the
+        one it had, or the one before, passes; a release already applied is a no-op); a leave
+        of a member that is gone is OK; an assign is a compare-and-set on the group epoch
+        (repeated, it answers DONE or STALE); a describe only reads."""
+        s = self.last.settings if self.last is not None else self.settings
+        return ride_steps(
+            lambda: call_steps(
+                call,
+                retry_for=0,
+                cluster=self._cluster,
+                durability=self.durability if durable else None,
+                wait_ms=self._wait_ms(),
+            ),
+            budget(self.client, s.session_timeout_ms),
             cluster=self._cluster,
-            durability=self.durability if durable else None,
-            wait_ms=self._wait_ms(),
         )
+
+    def _register_steps(self) -> Steps[None]:
+        # SADD to the groups set (another slot than the group's keys): idempotent, so it
+        # rides out a failover like the member's calls.
+        s = self.last.settings if self.last is not None else self.settings
+
+        def sadd() -> Steps[None]:
+            yield Send(("SADD", self.keys.groups, self.group))
+
+        try:
+            yield from ride_steps(
+                sadd, budget(self.client, s.session_timeout_ms), cluster=self._cluster
+            )
+        except (rex.RedisError, rex.RedisClusterException) as err:
+            raise translate(err, f"registering group {self.group}") from err
 
     def _exchange(self, call: FCall) -> Steps[HeartbeatResult]:
         reply = yield from self._send(call)
@@ -261,6 +288,25 @@ class MemberCore:
 
         Raises DuplicateInstanceError if a live member holds the same instance id.
         """
+        was_member = self._was_member
+        result = yield from self._join_once(was_member)
+        yield from self._register_steps()
+        try:
+            return (yield from self._settle(result))
+        except UnknownMemberError:
+            # Evicted between the join and its settling heartbeat: the join was answered by
+            # a primary that died before its replica had it (the promoted one never saw this
+            # member), or the session ran out while the call rode out a failover. Once more,
+            # as the same first join (a group created by the lost join is not "lost state").
+            log.info("member %s: evicted before settling its join; joining again", self.member_id)
+            created = result.created_group
+            result = yield from self._settle((yield from self._join_once(was_member)))
+            if created and not result.created_group:
+                result = replace(result, created_group=True)
+                self.last = result
+            return result
+
+    def _join_once(self, was_member: bool) -> Steps[HeartbeatResult]:
         call = join_request(
             self.keys,
             self.group,
@@ -268,17 +314,13 @@ class MemberCore:
             self.instance_id,
             self.client_info,
             self._spec,
-            self._was_member,
+            was_member,
             self.settings,
         )
         result = yield from self._exchange(call)
         self._was_member = True
         self._spec_dirty = False
-        try:
-            yield Send(("SADD", self.keys.groups, self.group))
-        except rex.RedisError as err:
-            raise translate(err, f"registering group {self.group}") from err
-        return (yield from self._settle(result))
+        return result
 
     def heartbeat_steps(self, released: Iterable[TopicPartition] = ()) -> Steps[HeartbeatResult]:
         """Heartbeat, handing back ``released`` partitions; the full current state.

@@ -33,6 +33,7 @@ from partitions import (
     TopicAdmin,
     TopicSpec,
 )
+from partitions._base.failover import repeatable_steps
 from partitions._base.keys import TopicLayout
 
 __all__ = [
@@ -84,26 +85,30 @@ def drop_namespace(conn: Connection, namespace: str | None = None) -> int:
     """Delete every key of ``namespace`` (default: the connection's); returns how many.
 
     SCANs each primary (every node of a cluster) and deletes what it finds, never FLUSHALL:
-    other tests and users may share the server.
+    other tests and users may share the server. On a cluster or behind Sentinels it waits out
+    a failover (a primary lost, its replica being promoted) for up to 30 s, sweeping again
+    on the new primaries: SCAN and UNLINK are safe to repeat.
     """
     pattern = _GLOB_SPECIAL.sub(r"\\\1", namespace or conn.keys.ns) + ":*"
     client = conn.client
-    nodes = (
-        [client.get_redis_connection(n) for n in client.get_primaries()]
-        if conn.is_cluster
-        else [client]
-    )
     deleted = 0
-    for node in nodes:
-        batch = list(node.scan_iter(match=pattern, count=1000))
-        if not batch:
-            continue
-        if conn.is_cluster:
-            # Keys of one scan batch hash to many slots: one multi-key UNLINK would be refused.
-            deleted += sum(int(node.unlink(key)) for key in batch)
-        else:
-            deleted += sum(int(node.unlink(*batch[i : i + 500])) for i in range(0, len(batch), 500))
-    return deleted
+
+    def sweep() -> int:
+        nonlocal deleted
+        nodes = (
+            [client.get_redis_connection(n) for n in client.get_primaries()]
+            if conn.is_cluster
+            else [client]
+        )
+        for node in nodes:
+            batch = list(node.scan_iter(match=pattern, count=1000))
+            for i in range(0, len(batch), 500):
+                # On a cluster the client splits the keys by slot and sends each to the node
+                # that serves it now (a multi-slot UNLINK would be refused).
+                deleted += int(client.unlink(*batch[i : i + 500]))
+        return deleted
+
+    return int(conn.functions.run(repeatable_steps(client, sweep)))
 
 
 def create_topic(conn: Connection, name: str = "orders", partitions: int = 4, **spec: Any) -> str:

@@ -85,6 +85,7 @@ _BASE_COMMANDS = (
     "+cluster|slots",
     "+cluster|shards",
     "+cluster|nodes",
+    "+cluster|info",  # member.lua: who serves the group (a promotion restarts its sessions)
     "+command",
     "+asking",
     "+readonly",

@@ -34,6 +34,8 @@ from partitions._base.errors import (
     UnknownGroupError,
     translate,
 )
+from partitions._base.failover import budget, repeatable_steps, ride_steps
+from partitions._base.functions import FCall
 from partitions._base.keys import validate_name
 from partitions._base.replies import (
     GroupStreamInfo,
@@ -117,21 +119,32 @@ class GroupAdmin:
         return updated
 
     def describe(self, group: str) -> GroupDescription:
-        """One consistent snapshot of the group; UnknownGroupError if it does not exist."""
+        """One consistent snapshot of the group; UnknownGroupError if it does not exist.
+        Rides out a failover (a read: safe to repeat)."""
         validate_name(group, "group")
-        return parse_describe(self._admin(group, "describe"), group)
+        call = FCall("admin", self.keys.group_keys(group), ["describe"], f"describe group {group}")
+        steps = ride_steps(
+            lambda: self.functions.fcall_steps(call, retry_for=0),
+            budget(self.client),
+            cluster=self.conn.is_cluster,
+        )
+        return parse_describe(self.functions.run(steps), group)
 
     def list(self) -> list[str]:
-        """Names of the existing groups, sorted."""
-        try:
+        """Names of the existing groups, sorted. Rides out a failover (reads only)."""
+
+        def read() -> list[str]:
             names = sorted(text(n) for n in self.client.smembers(self.keys.groups))
             pipe = self.client.pipeline(transaction=False)
             for name in names:
                 pipe.exists(self.keys.group_cfg(name))
-            exists = pipe.execute()
-        except rex.RedisError as err:
+            return [name for name, ok in zip(names, pipe.execute(), strict=True) if ok]
+
+        try:
+            listed: list[str] = self.functions.run(repeatable_steps(self.client, read))
+        except (rex.RedisError, rex.RedisClusterException) as err:
             raise translate(err, "listing groups") from err
-        return [name for name, ok in zip(names, exists, strict=True) if ok]
+        return listed
 
     def delete(self, group: str, *, force: bool = False) -> bool:
         """Delete the group: its coordinator state, and on every partition of its topics its

@@ -26,6 +26,7 @@ from partitions._base.errors import (
     WrongTypeError,
     translate,
 )
+from partitions._base.failover import repeatable_steps
 from partitions._base.keys import TopicLayout, validate_name
 from partitions._base.replies import StreamInfo, stream_info_from_reply, string_map, text
 from partitions._client.connection import Connection
@@ -216,11 +217,18 @@ def existing_meta(name: str, raw: Mapping[Any, Any]) -> TopicMeta:
     return meta_from_hash(name, raw)
 
 
+def meta_read(conn: Any, name: str) -> Any:
+    """The steps of reading topic ``name``'s metadata hash (HGETALL), riding out a failover
+    (a read: safe to repeat); both shells run them with their ``functions.run``."""
+    validate_name(name, "topic")
+    key = conn.keys.topic_meta(name)
+    return repeatable_steps(conn.client, lambda: conn.client.hgetall(key))
+
+
 async def read_meta_async(conn: Any, name: str) -> TopicMeta:
     """:meth:`TopicAdmin.get` on an :class:`~partitions._client.aio.AsyncConnection`."""
-    validate_name(name, "topic")
     try:
-        raw = await conn.client.hgetall(conn.keys.topic_meta(name))
+        raw = await conn.functions.run(meta_read(conn, name))
     except (rex.RedisError, rex.RedisClusterException) as err:
         raise translate(err, f"reading topic {name}") from err
     return existing_meta(name, raw)
@@ -231,11 +239,16 @@ def read_layouts(conn: Connection, counts: Mapping[str, int]) -> dict[str, Topic
     from their metadata in one round. A topic without metadata (deleted) has the original
     tags; a count above the metadata's covers the extra partitions with them too."""
     names = sorted(counts)
-    pipe = conn.client.pipeline(transaction=False)
-    for name in names:
-        pipe.hgetall(conn.keys.topic_meta(validate_name(name, "topic")))
-    try:
-        raws = pipe.execute() if names else []
+    keys = [conn.keys.topic_meta(validate_name(name, "topic")) for name in names]
+
+    def read() -> list[Any]:
+        pipe = conn.client.pipeline(transaction=False)
+        for key in keys:
+            pipe.hgetall(key)
+        return list(pipe.execute()) if keys else []
+
+    try:  # reads only: they ride out a failover
+        raws = conn.functions.run(repeatable_steps(conn.client, read))
     except (rex.RedisError, rex.RedisClusterException) as err:
         raise translate(err, "reading topics") from err
     out = {}
@@ -291,10 +304,10 @@ class TopicAdmin:
 
     def get(self, name: str) -> TopicMeta:
         """The topic's metadata; UnknownTopicError if it does not exist."""
-        validate_name(name, "topic")
-        raw = self._call(
-            lambda: self._r.hgetall(self.keys.topic_meta(name)), f"reading topic {name}"
-        )
+        try:
+            raw = self.conn.functions.run(meta_read(self.conn, name))
+        except (rex.RedisError, rex.RedisClusterException) as err:
+            raise translate(err, f"reading topic {name}") from err
         return existing_meta(name, raw)
 
     def exists(self, name: str) -> bool:

@@ -14,6 +14,7 @@ from partitions._base.durability import Durability
 from partitions._base.functions import (
     DEFAULT_WAIT_MS,
     CallsFunctions,
+    Invoke,
     Load,
     Pipeline,
     Refresh,
@@ -44,6 +45,7 @@ class AsyncFunctions(CallsFunctions):
         self.perform = dispatch(
             {
                 Send: lambda a: client.execute_command(*a.command),
+                Invoke: lambda a: a.fn(),
                 Pipeline: self._pipeline,
                 Load: lambda a: self._target(a).execute_command("FUNCTION", "LOAD", library_code()),
                 Refresh: lambda a: initialize(client),

@@ -248,6 +248,19 @@ class Pipeline:
 
 
 @dataclass(frozen=True, slots=True)
+class Invoke:
+    """Call ``fn``, a client call of the shell's own kind (blocking, or returning an
+    awaitable in the asyncio shell); the result is its reply."""
+
+    fn: Callable[[], Any]
+
+
+def invoke_steps(fn: Callable[[], Any]) -> Steps[Any]:
+    """One client call as steps (for :func:`partitions._base.failover.ride_steps`)."""
+    return (yield Invoke(fn))
+
+
+@dataclass(frozen=True, slots=True)
 class Load:
     """FUNCTION LOAD the library on ``target`` (a node, as the caller gave it), else on
     ``key``'s node on a cluster, else on the client."""
@@ -444,6 +457,7 @@ class Functions(CallsFunctions):
         self.perform = dispatch(
             {
                 Send: lambda a: client.execute_command(*a.command),
+                Invoke: lambda a: a.fn(),
                 Pipeline: self._pipeline,
                 Load: lambda a: self._target(a).execute_command("FUNCTION", "LOAD", library_code()),
                 Refresh: self._refresh_map,

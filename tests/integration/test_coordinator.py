@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -52,6 +53,24 @@ def settle(members: list[Member], rounds: int = 10) -> dict[str, HeartbeatResult
         # a tenth of one without epoch changes (members debounce target computations).
         time.sleep(members[0].settings.heartbeat_interval_ms / 10 / 1000)
     raise AssertionError(f"did not settle: {last}")
+
+
+def serving(conn: Connection) -> object:
+    """Who served group g's last call (member.lua's state.server)."""
+    return conn.client.hget(conn.keys.group_state("g"), "server")
+
+
+def wait_out_a_restart(conn: Connection, server: object, beat: Callable[[], object]) -> None:
+    """If group g's sessions restarted since ``server`` was read (a failover meanwhile: the
+    suite's failover pass), ``beat`` for another session timeout and a half: a silent member
+    expires a session after the restart, not after its last heartbeat. Else nothing: the
+    test's own timing holds."""
+    if serving(conn) == server:
+        return
+    end = time.monotonic() + FAST.session_timeout_ms * 1.5 / 1000
+    while time.monotonic() < end:
+        beat()
+        time.sleep(0.1)
 
 
 def assert_exclusive(results: dict[str, HeartbeatResult]) -> None:
@@ -134,10 +153,12 @@ def test_silent_member_is_evicted_after_the_session_timeout(conn: Connection) ->
     b.join()
     settle([a, b])
     epoch = GroupAdmin(conn).describe("g").epoch
+    server = serving(conn)
     deadline = time.monotonic() + 0.8
     while time.monotonic() < deadline:  # a heartbeats, b is silent but not yet expired
         assert len(a.heartbeat().owned) == 6
         time.sleep(0.1)
+    wait_out_a_restart(conn, server, a.heartbeat)
     time.sleep(0.35)
     r = settle([a])
     assert len(r["a"].owned) == 12 and r["a"].group_epoch == epoch + 1
@@ -146,6 +167,40 @@ def test_silent_member_is_evicted_after_the_session_timeout(conn: Connection) ->
     assert not b.joined
     b.join()
     assert sorted(len(x.owned) for x in settle([a, b]).values()) == [6, 6]
+
+
+def test_sessions_restart_when_another_server_process_takes_the_group_over(
+    conn: Connection,
+) -> None:
+    """A promoted replica (or a restarted server) holds heartbeats written on another clock,
+    and the members could not reach it while it took over: member.lua gives every member a
+    fresh session there instead of evicting it for the failover's seconds."""
+    a, b = member(conn, "a"), member(conn, "b")
+    a.join()
+    b.join()
+    settle([a, b])
+    k, state = conn.keys, conn.keys.group_state("g")
+    assert serving(conn)  # the serving process, recorded by the last op
+    sec, usec = conn.client.time()
+    long_ago = sec * 1000 + usec // 1000 - 5000  # five sessions ago
+    # As a replica's copy looks after a failover: served by another process, old heartbeats.
+    conn.client.hset(state, "server", "another-process:7")
+    conn.client.zadd(k.group_hb("g"), {"a": long_ago, "b": long_ago})
+    r = a.heartbeat()  # not evicted: its session restarted on this server
+    here = serving(conn)
+    assert len(r.owned) == 6 and here not in (None, b"another-process:7")
+    deadline = time.monotonic() + 1.2  # b stays silent past a session on this server
+    while time.monotonic() < deadline:
+        a.heartbeat()
+        time.sleep(0.1)
+    wait_out_a_restart(conn, here, a.heartbeat)
+    assert len(settle([a])["a"].owned) == 12  # b evicted now
+    with pytest.raises(UnknownMemberError):
+        b.heartbeat()
+    # Same process: an old heartbeat is a silent member, evicted as always.
+    conn.client.zadd(k.group_hb("g"), {"a": long_ago})
+    with pytest.raises(UnknownMemberError):
+        a.heartbeat()
 
 
 def test_stale_epoch_is_fenced(conn: Connection) -> None:
@@ -200,11 +255,13 @@ def test_static_member_not_back_in_time_is_evicted(conn: Connection) -> None:
     s1.join()
     x.join()
     settle([s1, x])
+    server = serving(conn)
     s1.leave(temporary=True)
     end = time.monotonic() + 1.4
     while time.monotonic() < end:
         x.heartbeat()
         time.sleep(0.15)
+    wait_out_a_restart(conn, server, x.heartbeat)
     assert len(settle([x])["x"].owned) == 12
     r = member(conn, "s2", instance_id="pod-0").join()  # a fresh member now
     assert r.owned == {} and r.member_epoch == r.group_epoch

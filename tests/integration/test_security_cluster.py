@@ -5,6 +5,7 @@ on Redis 7 and on Valkey, are in test_security.py."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -21,7 +22,7 @@ from partitions._client.config import ClientConfig, ProducerConfig
 from partitions._client.connection import Connection, connect
 from partitions._consumer.consumer import Consumer
 from partitions._producer.producer import Producer
-from tests.helpers import layout
+from tests.helpers import layout, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -29,8 +30,21 @@ PASSWORD = "Cl-acl-s3cret"
 FAST = GroupSettings(session_timeout_ms=3000, heartbeat_interval_ms=500)
 
 
-def _primaries(conn: Connection) -> list[Any]:
-    return [conn.client.get_redis_connection(n) for n in conn.client.get_primaries()]
+def _nodes(conn: Connection) -> list[Any]:
+    """Every node, replicas too: a failover promotes one, and it must know the users then.
+    Waits (up to 60 s) until each answers, so a node being restarted gets the rules too."""
+    conn.client.nodes_manager.initialize()
+    nodes = [conn.client.get_redis_connection(n) for n in conn.client.get_nodes()]
+    for node in nodes:
+        wait_for(lambda node=node: _answers(node), 60, f"node {node} to answer")
+    return nodes
+
+
+def _answers(node: Any) -> bool:
+    try:
+        return bool(node.ping())
+    except redis.RedisError:
+        return False
 
 
 @pytest.fixture
@@ -49,17 +63,19 @@ def users(conn: Connection) -> Iterator[dict[str, str]]:
         ),
         "admin": acl_rules("admin", user=names["admin"], **common),
     }
-    nodes = _primaries(conn)
+    nodes = _nodes(conn)
     for node in nodes:
         for r in rules.values():
             node.execute_command("ACL", "SETUSER", *r)
         node.execute_command("ACL", "LOG", "RESET")
-    base = conn.url.split("//", 1)[1].split("/", 1)[0].rsplit("@", 1)[-1].split(",", 1)[0]
+    # Every seed: a client connects while one of them is down or failing over.
+    seeds = conn.url.split("//", 1)[1].split("/", 1)[0].rsplit("@", 1)[-1]
     try:
-        yield {role: f"redis+cluster://{u}:{PASSWORD}@{base}" for role, u in names.items()}
+        yield {role: f"redis+cluster://{u}:{PASSWORD}@{seeds}" for role, u in names.items()}
     finally:
         for node in nodes:
-            node.execute_command("ACL", "DELUSER", *names.values())
+            with contextlib.suppress(redis.RedisError):
+                node.execute_command("ACL", "DELUSER", *names.values())
 
 
 # A producer's one question per node whether its user may send MULTI batches (a transaction
@@ -69,7 +85,7 @@ PROBE = ("multi", "xrevrange", "xtrim", "xdel", "exec")
 
 def _denials(conn: Connection, user: str, role: str = "") -> list[Any]:
     out = []
-    for node in _primaries(conn):
+    for node in _nodes(conn):
         for e in node.execute_command("ACL", "LOG"):
             fields = e if isinstance(e, dict) else dict(zip(e[::2], e[1::2], strict=False))
             name = fields.get(b"username", fields.get("username"))

@@ -6,12 +6,10 @@ spans linking each record to its producer span."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
 import pytest
 from opentelemetry import trace
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import CollectorRegistry
 
@@ -21,27 +19,11 @@ from partitions._client.config import ProducerConfig
 from partitions._producer.producer import Producer
 from partitions._telemetry.metrics import ClientMetrics
 from tests.helpers import FAST
+from tests.integration.test_client_telemetry import spans, value, where
+
+__all__ = ["spans"]  # the span-recording fixture, shared with the threaded consumer's tests
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio, pytest.mark.timeout(60)]
-
-
-def value(registry: CollectorRegistry, name: str, **labels: str) -> float:
-    return registry.get_sample_value(name, labels) or 0.0
-
-
-@pytest.fixture
-def spans() -> Iterator[tuple[TracerProvider, InMemorySpanExporter]]:
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    yield provider, exporter
-    provider.shutdown()
-
-
-def where(span: ReadableSpan) -> tuple[str, str]:
-    """(partition, entry id) of a send or process span."""
-    a = span.attributes or {}
-    return str(a["messaging.destination.partition.id"]), str(a["messaging.message.id"])
 
 
 async def poll_until(c: AsyncConsumer, n: int, timeout: float = 15.0) -> list[object]:

@@ -7,6 +7,7 @@ from collections.abc import Callable
 import click
 
 from partitions._client.connection import connect
+from partitions._client.server import EmbeddedServer
 from partitions.cli.common import State, main, pass_state
 
 
@@ -33,13 +34,23 @@ def _serve() -> Callable[..., None]:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @pass_state
 def demo_cmd(state: State, port: int, host: str) -> None:
-    """Run the live demo: topic, consumer processes and dashboard (namespace "demo")."""
+    """Run the live demo: topic, consumer processes and dashboard (namespace "demo").
+
+    Ctrl-C (or SIGTERM) stops everything it started: the dashboard, the consumer processes
+    and, when no server was configured and none was running, the embedded server it started."""
     serve = _serve()
     cfg = state.client_config
     if state.namespace is None:
         cfg = cfg.with_changes(namespace="demo")
-    with connect(cfg) as conn:
-        serve(conn, host=host, port=port, echo=click.echo)
+    embedded = None if cfg.url is not None else EmbeddedServer(cfg.data_dir)
+    started = embedded is not None and not embedded.is_running()
+    try:
+        with connect(cfg) as conn:
+            serve(conn, host=host, port=port, echo=click.echo)
+    finally:
+        if started and embedded is not None:
+            click.echo(f"Stopping the embedded server it started (pid {embedded.pid()})...")
+            embedded.stop()
 
 
 @main.command("dashboard")

@@ -104,7 +104,8 @@ def row(data: dict[str, Any]) -> str:
     ratios = ", ".join(f"{k} {v:.2f}x" for k, v in data["ratios"].items())
     return (
         f"| {mode} | {_server(env)} | {figures} | {ratios} | {_targets(data)} | "
-        f"{rounds} | `{data['command']}` | {env['time_utc']}, load {env['load_avg_1m']} |"
+        f"{rounds} | `{data['command']}` | {env.get('git_commit') or '?'} | "
+        f"{env['time_utc']}, load {env['load_avg_1m']} |"
     )
 
 
@@ -139,9 +140,14 @@ def table(files: list[Path]) -> str:
     datas.sort(key=lambda d: (order.get(d["mode"], 9), _server(d["env"])))
     head = (
         "| mode | server | figures (median round) | ratios (median of rounds) | targets | "
-        "rounds | command | when |\n|---|---|---|---|---|---|---|---|"
+        "rounds | command | commit | when |\n|---|---|---|---|---|---|---|---|---|"
     )
-    lines = [head, *(row(d) for d in datas)]
+    commits = sorted({str(d["env"].get("git_commit") or "?") for d in datas})
+    if len(commits) == 1:
+        lines = [f"Every row below comes from commit {commits[0]}.\n", head]
+    else:
+        lines = [f"The rows below come from {len(commits)} commits: {', '.join(commits)}.\n", head]
+    lines += [row(d) for d in datas]
     if datas:
         env = datas[0]["env"]
         pk = env["packages"]

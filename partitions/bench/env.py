@@ -154,17 +154,27 @@ def _redis_benchmark_version() -> str | None:
 
 
 def _git_commit() -> str | None:
+    """The checkout's short commit, with ``+dirty`` when the code differs from it (a result
+    must name the code that produced it)."""
+    here = Path(__file__).parent
     try:
         out = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            cwd=Path(__file__).parent,
-        )
+            capture_output=True, text=True, timeout=5, cwd=here,
+        )  # fmt: skip
+        if out.returncode != 0 or not out.stdout.strip():
+            return None
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "--",
+             "partitions", "coordinator", "bench", "pyproject.toml"],
+            capture_output=True, text=True, timeout=5, cwd=here,
+        )  # fmt: skip
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+    changed = dirty.returncode == 0 and any(
+        not line.endswith(".json") for line in dirty.stdout.splitlines()
+    )
+    return out.stdout.strip() + ("+dirty" if changed else "")
 
 
 def environment(conn: Connection, server: BenchServer) -> dict[str, Any]:

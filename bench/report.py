@@ -41,6 +41,12 @@ def _rate(run: dict[str, Any] | None) -> str:
     return f"{run['records_per_s']:,.0f}/s" + (f" ({' / '.join(cost)} µs/rec)" if cost else "")
 
 
+def _cost(run: dict[str, Any] | None) -> str:
+    """The server's CPU µs per record, where the run measured it."""
+    us = run.get("server_us_per_record") if run else None
+    return f" (server {us:.2f} µs/rec)" if us else ""
+
+
 def _lat(run: dict[str, Any] | None) -> str:
     if run is None:
         return "-"
@@ -92,7 +98,7 @@ def row(data: dict[str, Any]) -> str:
         figures = f"partstream {_rate(ps)}, redis-py {_rate(base)}" + _peers(data)
     elif mode == "e2e":
         ps, base = _run(data, "partstream"), _run(data, "raw")
-        figures = f"partstream {_lat(ps)}; raw {_lat(base)}"
+        figures = f"partstream {_lat(ps)}{_cost(ps)}; raw {_lat(base)}{_cost(base)}"
     else:
         figures = "<br>".join(
             f"{e['event']}: reconciled {e['reconcile_ms']:.0f} ms, unmoved max "

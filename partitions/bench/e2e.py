@@ -27,7 +27,7 @@ from partitions._client.config import ConsumerConfig, ProducerConfig
 from partitions._consumer.consumer import Consumer
 from partitions._producer.producer import Producer
 from partitions.bench.consume import _wait_stable
-from partitions.bench.env import BenchServer
+from partitions.bench.env import BenchServer, server_cpu_s
 from partitions.bench.options import BenchOptions, make_keys, make_values, split
 from partitions.bench.stats import RunResult
 from partitions.bench.workers import Counters, Progress, WorkerOutput, run_workers
@@ -183,9 +183,11 @@ def run_side(
     ]
     shares = split(total, opts.producers)
     args += [("produce", (server, ns, opts, side, topic, c, opts.rate * c / total)) for c in shares]
-    res = run_workers(
-        side, _worker, args, opts.record_size, progress, timeout=deadline + 30.0, expected=total
-    )
+    with server.connect(ns) as conn:  # the server's CPU per record, as produce and consume
+        res = run_workers(
+            side, _worker, args, opts.record_size, progress, timeout=deadline + 30.0,
+            expected=total, server_cpu=lambda: server_cpu_s(conn),
+        )  # fmt: skip
     res.extra["sent"] = sum(res.extra.pop("sent", []))
     res.extra["lost"] = res.extra["sent"] - res.records
     # The run's span is the producers' (the consumers start before and wait after).

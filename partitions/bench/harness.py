@@ -348,6 +348,7 @@ def _e2e(b: Bench, result: BenchResult) -> None:
     )
     sides = [("partstream", "e2eps"), ("raw", "e2eraw")]
     rounds: dict[str, list[float]] = {"p50": [], "p99": [], "p999": []}
+    server_cost: list[float] = []
     for r in range(o.repeat):
         got: dict[str, RunResult] = {}
         for name, topic in sides if r % 2 == 0 else sides[::-1]:
@@ -363,8 +364,13 @@ def _e2e(b: Bench, result: BenchResult) -> None:
         rounds["p50"].append(ratio(ps.p50, raw.p50))
         rounds["p99"].append(ratio(ps.p99, raw.p99))
         rounds["p999"].append(ratio(ps.p999, raw.p999))
+        ps_us, raw_us = got["partstream"].server_us, got["raw"].server_us
+        if ps_us is not None and raw_us:
+            server_cost.append(ps_us / raw_us)
     for pct, values in rounds.items():
         result.ratios[f"{pct} latency partstream/raw"] = median(values)
+    if server_cost:
+        result.ratios["server us/record partstream/raw"] = median(server_cost)
     for run in result.runs:
         if run.extra.get("lost"):
             result.notes.append(f"{run.name}: {run.extra['lost']} records not received in time")

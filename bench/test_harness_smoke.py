@@ -129,7 +129,11 @@ def test_e2e(url: str) -> None:
         assert run["records"] == 1000 and run["extra"]["lost"] == 0
         assert run["latency_ms"]["samples"] == 1000
         assert 0 < run["latency_ms"]["p50"] <= run["latency_ms"]["p99"] <= run["latency_ms"]["max"]
-    assert set(data["ratios"]) == {f"{p} latency partstream/raw" for p in ("p50", "p99", "p999")}
+        assert run["server_us_per_record"] > 0
+    assert set(data["ratios"]) == {
+        *(f"{p} latency partstream/raw" for p in ("p50", "p99", "p999")),
+        "server us/record partstream/raw",
+    }
 
 
 def test_rebalance(url: str) -> None:

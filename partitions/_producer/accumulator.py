@@ -45,13 +45,20 @@ from partitions._producer.delivery import (
 from partitions._producer.router import StickyPartitioner
 from partitions._telemetry.metrics import ProducerMetrics
 
-__all__ = ["ROUND_BYTES", "Accumulator", "Completion", "complete"]
+__all__ = ["HOLD_S", "ROUND_BYTES", "Accumulator", "Completion", "complete"]
 
 log = logging.getLogger("partstream.producer")
 
 # Encoded bytes one drained round takes at most, beyond its first batch: with two senders, a
 # paused server buffers at most about twice this from one producer.
 ROUND_BYTES = 64 * 1024 * 1024
+
+# A batch due by its linger waits while a round is on the wire, for at most this long from
+# that round's start: the round's sender drains again as soon as its replies are in and takes
+# everything that arrived meanwhile, across partitions, as one round (what Kafka's producer
+# does with ``linger.ms=0``: it sends what accumulated while its previous request was out).
+# Past this the wire is taken to be slow, and an idle sender sends them beside that round.
+HOLD_S = 0.005
 
 # A resharding can answer MOVED, ASK and TRYAGAIN several times for one batch before its
 # slot settles; these attempts come on top of ``ProducerConfig.retries`` on a cluster.
@@ -103,6 +110,9 @@ class Accumulator:
         self.ready: deque[Batch] = deque()
         # Partitions with a batch on the wire: a partition is never in two rounds at once.
         self.inflight: set[TP] = set()
+        # When each round on the wire was taken (oldest first): batches due by linger wait
+        # for the wire (HOLD_S).
+        self._wire: list[float] = []
         self.buffered = 0  # records accepted and not yet resolved
         self.flushing = 0  # flush() calls waiting: seal every open batch now
         self.closed = False
@@ -140,8 +150,10 @@ class Accumulator:
     ) -> tuple[Batch, int, bool]:
         """Add one encoded record to partition ``p``'s open batch (``p`` None: a keyless
         record, placed by the sticky rule within ``region``). Returns (batch, index in it,
-        whether a sender should wake: a first open batch, or a newly sealed one whose
-        partition is not on the wire)."""
+        whether a sender should wake: a first open batch while no round is on the wire, any
+        new batch once the wire is slow (:data:`HOLD_S`), or a newly sealed one whose
+        partition is not on the wire). While a round is on the wire a record that can wait
+        for it wakes nobody: that round's sender drains again when its replies are in."""
         topic = route.topic
         if p is None:
             first, last = route.router.range_for(region)
@@ -156,7 +168,8 @@ class Accumulator:
             now = self.clock()
             batch = Batch(topic, p, route, now, self.policy.deadline(now))
             self.open[(topic, p)] = batch
-            wake = wake or len(self.open) == 1
+            wire = self._wire
+            wake = wake or (now - wire[0] >= HOLD_S if wire else len(self.open) == 1)
         index = batch.count
         batch.chunks.append(chunk)
         if nargs != KEY_VALUE_FIELDS or batch.shapes is not None:
@@ -202,13 +215,17 @@ class Accumulator:
         batches that expired unsent; when to look again if nothing is due, None = when told).
 
         The batches to send are in flight until :meth:`finish`; they get their sequence
-        numbers here. The expired ones are resolved by :meth:`expire`.
+        numbers here. The expired ones are resolved by :meth:`expire`. A batch due by its
+        linger is held while a round is on the wire (at most :data:`HOLD_S` from its start).
         """
         now = self.clock()
         sealing = self.flushing or self.closed
-        for batch in list(self.open.values()):
-            if sealing or now >= batch.created + self._linger:
-                self._seal(batch)
+        held = self._wire[0] + HOLD_S if self._wire else 0.0
+        if self.open and (sealing or now >= held):
+            linger = self._linger
+            for batch in list(self.open.values()):
+                if sealing or now >= batch.created + linger:
+                    self._seal(batch)
         wake: float | None = None
         taken: list[Batch] = []
         expired: list[Batch] = []
@@ -239,8 +256,11 @@ class Accumulator:
             for batch in taken:
                 self.inflight.add((batch.topic, batch.partition))
                 self._sequence(batch)
+            if taken:
+                taken[0].taken_at = now
+                self._wire.append(now)
         if self.open:
-            oldest = min(b.created for b in self.open.values()) + self._linger
+            oldest = max(min(b.created for b in self.open.values()) + self._linger, held)
             wake = oldest if wake is None else min(wake, oldest)
         return taken, expired, wake
 
@@ -272,6 +292,8 @@ class Accumulator:
             # before any later batch of its partition.
             self.ready.extendleft(reversed(retry))
         self.inflight.difference_update((b.topic, b.partition) for b in sent)
+        if sent and sent[0].taken_at in self._wire:
+            self._wire.remove(sent[0].taken_at)
         return abandoned
 
     # -- outcomes -------------------------------------------------------------------------

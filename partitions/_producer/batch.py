@@ -97,7 +97,7 @@ class Batch:
     __slots__ = (
         "ask", "attempts", "callbacks", "chunks", "count", "created", "deadline", "done",
         "error", "event", "ids", "in_doubt", "last_error", "nargs", "nbytes", "partition", "pid",
-        "retry_at", "route", "seq", "shapes", "topic",
+        "retry_at", "route", "seq", "shapes", "taken_at", "topic",
     )  # fmt: skip
 
     def __init__(
@@ -116,6 +116,7 @@ class Batch:
         self.created = now
         self.deadline = deadline
         self.retry_at = 0.0
+        self.taken_at = 0.0  # when the first batch of a round was drained: the round's start
         self.in_doubt = False
         self.last_error: Exception | None = None
         self.seq = 0  # 0 until first sent

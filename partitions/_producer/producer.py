@@ -103,16 +103,19 @@ class Producer:
             self.config, time.monotonic, cluster=self._conn.is_cluster, metrics=self._metrics
         )
         # send() takes the bare lock (the Condition's own __enter__/__exit__ are Python-level
-        # calls, measurable per record); waits and notifications go through the Condition.
+        # calls, measurable per record); waits and notifications go through the Conditions:
+        # ``_cond`` for progress (flush() and a send() waiting for room), ``_work`` for the
+        # senders (woken for work only, not each time records resolve).
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
+        self._work = threading.Condition(self._lock)
         self._max_bytes = self.config.max_record_bytes
         if self._metrics is not None:
             self._metrics.track_buffer(lambda: self._acc.buffered)
         self._tracer = producer_tracer(tracing, self.producer_id)
         if self._tracer is not None:  # the untraced send() stays as it is
             self.send = self._traced_send  # type: ignore[method-assign]
-        self._sender = Sender(self._acc, self._cond, self._conn)
+        self._sender = Sender(self._acc, self._cond, self._work, self._conn)
 
     # -- public API -----------------------------------------------------------------------
     def send(
@@ -146,7 +149,7 @@ class Producer:
                 self._wait_for_room()
             batch, index, wake = acc.append(route, p, region, chunk, nargs)
             if wake:
-                self._cond.notify_all()
+                self._work.notify()
         return RecordFuture(batch, index)
 
     def send_many(self, topic: str, records: Iterable[tuple[Value, Key]]) -> list[RecordFuture]:
@@ -170,7 +173,7 @@ class Producer:
                     self._wait_for_room()
                 placed, wake, at = acc.append_many(route, encoded, at)
                 if wake:
-                    self._cond.notify_all()
+                    self._work.notify()
             futures += [RecordFuture(batch, index) for batch, index in placed]
         return futures
 
@@ -221,7 +224,7 @@ class Producer:
         acc = self._acc
         with self._cond:
             acc.flushing += 1
-            self._cond.notify_all()
+            self._work.notify_all()
             try:
                 while acc.buffered > 0:
                     remaining = None if deadline is None else deadline - time.monotonic()
@@ -246,6 +249,7 @@ class Producer:
         with self._cond:
             self._acc.closed = True
             abandoned = [] if delivered else self._acc.abandon()
+            self._work.notify_all()
             self._cond.notify_all()
         complete(abandoned)
         self._sender.join(timeout)
@@ -290,7 +294,7 @@ class Producer:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise self._acc.full_error()
-            self._cond.notify_all()
+            self._work.notify_all()
             self._cond.wait(remaining)
             if self._acc.closed:
                 raise ClosedError("producer closed while send() waited for buffer space")

@@ -344,11 +344,20 @@ class Driver:
 
 
 class Sender:
-    """The threaded shell's sender: a daemon thread draining the accumulator under ``cond``."""
+    """The threaded shell's senders: daemon threads draining the accumulator under the lock
+    of ``cond`` (where they announce progress: records resolved, room in the buffer) and of
+    ``work`` (where they wait to be woken for batches)."""
 
-    def __init__(self, acc: Accumulator, cond: threading.Condition, conn: Connection) -> None:
+    def __init__(
+        self,
+        acc: Accumulator,
+        cond: threading.Condition,
+        work: threading.Condition,
+        conn: Connection,
+    ) -> None:
         self._acc = acc
         self._cond = cond
+        self._work = work
         self._conn = conn
         if conn.is_cluster:
             self._target: Callable[[bytes], Any] = lambda key: (
@@ -377,12 +386,15 @@ class Sender:
                 return batches, expired
             if acc.closed and not acc.ready and not acc.open:
                 return [], []
-            self._cond.wait(None if wake is None else max(0.0, wake - acc.clock()))
+            self._work.wait(None if wake is None else max(0.0, wake - acc.clock()))
 
     def _run(self) -> None:
         acc, cond = self._acc, self._cond
         while True:
             with cond:
+                # The previous round's records resolved: wake whoever waits for progress
+                # (not the other sender: this one drains again, taking what came meanwhile).
+                cond.notify_all()
                 batches, expired = self._take()
                 expiries = acc.expire(expired)
             if not batches and not expired:
@@ -400,8 +412,6 @@ class Sender:
                     except Exception as err:
                         driver.reply(error=err)
                 complete(driver.result)
-                with cond:
-                    cond.notify_all()
 
     def _moving(self, err: Exception) -> bool:
         return retriable(self._conn, err)

@@ -74,8 +74,9 @@ def produce_worker(
                 send(topic, _STAMP.pack(t) + pad, key=keys[(j * 31 + index) % nk])
 
         ready()
-        started, ended = _schedule(count, rate, emit)
-        producer.close()
+        started, _ = _schedule(count, rate, emit)
+        producer.close()  # flushes: the rate kept is the rate delivered
+        ended = time.monotonic()
     else:
         client = conn.client
         # No topic is created for the raw side: the keys a new topic of that name would get.
@@ -97,7 +98,7 @@ def produce_worker(
         ready()
         started, ended = _schedule(count, rate, emit)
     conn.close()
-    return WorkerOutput(0, started, ended, array("d"), {"sent": count})
+    return WorkerOutput(0, started, ended, array("d"), {"sent": count, "sent_s": ended - started})
 
 
 def consume_worker(
@@ -190,5 +191,9 @@ def run_side(
         )  # fmt: skip
     res.extra["sent"] = sum(res.extra.pop("sent", []))
     res.extra["lost"] = res.extra["sent"] - res.records
+    # The rate the producers kept: records over the slowest one's time from its first send
+    # to its last record delivered (a producer behind the schedule sends late, not less).
+    slowest = max(res.extra.pop("sent_s", [0.0]))
+    res.extra["kept_rate"] = res.extra["sent"] / slowest if slowest > 0 else 0.0
     # The run's span is the producers' (the consumers start before and wait after).
     return res

@@ -38,6 +38,9 @@ CONSUME_GOAL = 1.2  # partstream / the raw redis-py loop, records/s
 # partstream / the raw loop, the server's CPU microseconds per record consumed, at most.
 CONSUME_SERVER_GOAL = 1.05
 E2E_P99_GOAL = 1.3  # partstream p99 / raw p99, at most
+# A side kept the e2e rate if its producers delivered at least this share of it (below, its
+# latencies measure a growing backlog, and a ratio of two backlogs says nothing).
+E2E_KEPT = 0.95
 # Unmoved partitions while a group reconciles: highest latency / the steady phase's highest.
 REBALANCE_GOAL = 1.5
 
@@ -374,6 +377,16 @@ def _e2e(b: Bench, result: BenchResult) -> None:
     for run in result.runs:
         if run.extra.get("lost"):
             result.notes.append(f"{run.name}: {run.extra['lost']} records not received in time")
+    behind: dict[str, list[float]] = {}
+    for run in result.runs:
+        kept = run.extra.get("kept_rate", 0.0)
+        if kept < E2E_KEPT * o.rate:
+            behind.setdefault(run.name, []).append(kept)
+    for name, rates in behind.items():
+        result.notes.append(
+            f"{name} could not keep the rate in {len(rates)} of {o.repeat} round(s): "
+            f"delivered {', '.join(f'{r:,.0f}' for r in rates)} of {o.rate:,.0f} records/s"
+        )
     result.notes.append("e2e latency from the intended send time (coordinated omission)")
     result.targets.append(
         Target(
@@ -381,6 +394,7 @@ def _e2e(b: Bench, result: BenchResult) -> None:
             result.ratios["p99 latency partstream/raw"],
             E2E_P99_GOAL,
             higher_is_better=False,
+            void="partstream could not keep the rate" if "partstream" in behind else "",
         )
     )
 

@@ -145,14 +145,20 @@ class Target:
     value: float
     goal: float
     higher_is_better: bool = True
+    # Why the ratio cannot count, whatever its value (e.g. the load was not kept): missed.
+    void: str = ""
 
     @property
     def met(self) -> bool:
+        if self.void:
+            return False
         return self.value >= self.goal if self.higher_is_better else self.value <= self.goal
 
     def describe(self) -> str:
         op = ">=" if self.higher_is_better else "<="
         verdict = "met" if self.met else "MISSED"
+        if self.void:
+            verdict += f", {self.void}"
         return f"{self.name} = {self.value:.2f}x (target {op} {self.goal:g}x: {verdict})"
 
     def to_dict(self) -> dict[str, Any]:
@@ -162,6 +168,7 @@ class Target:
             "goal": self.goal,
             "higher_is_better": self.higher_is_better,
             "met": self.met,
+            **({"void": self.void} if self.void else {}),
         }
 
 

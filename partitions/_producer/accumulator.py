@@ -113,6 +113,7 @@ class Accumulator:
         # When each round on the wire was taken (oldest first): batches due by linger wait
         # for the wire (HOLD_S).
         self._wire: list[float] = []
+        self._nudged = 0.0  # when append() last woke a sender for a slow wire
         self.buffered = 0  # records accepted and not yet resolved
         self.flushing = 0  # flush() calls waiting: seal every open batch now
         self.closed = False
@@ -169,7 +170,13 @@ class Accumulator:
             batch = Batch(topic, p, route, now, self.policy.deadline(now))
             self.open[(topic, p)] = batch
             wire = self._wire
-            wake = wake or (now - wire[0] >= HOLD_S if wire else len(self.open) == 1)
+            if not wire:
+                wake = wake or len(self.open) == 1  # nobody times a linger yet
+            elif now - wire[0] >= HOLD_S and now - self._nudged >= HOLD_S:
+                # The wire is slow: an idle sender sends beside it (one nudge per HOLD_S,
+                # not one per batch: the sender it wakes takes every batch due).
+                self._nudged = now
+                wake = True
         index = batch.count
         batch.chunks.append(chunk)
         if nargs != KEY_VALUE_FIELDS or batch.shapes is not None:

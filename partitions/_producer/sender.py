@@ -260,6 +260,9 @@ class _Unrecorded:
         self.reply = reply
 
 
+_CLEAN = frozenset({bytes, list})
+
+
 def fold_multi(replies: list[Any], counts: list[int]) -> list[Any]:
     """The replies of ``MULTI, XADD x n1, ..., XADD x nk, FCALL commit, EXEC`` as one reply
     per batch, in ``append.lua``'s terms: ``[1, id1, ..., idn]``, the duplicate's
@@ -267,9 +270,10 @@ def fold_multi(replies: list[Any], counts: list[int]) -> list[Any]:
     the unread replies: every batch is in doubt (EXEC may have run). ``_Unrecorded`` where
     the XADDs ran but the library was missing: appended, not recorded."""
     k = len(counts)
-    for reply in replies:
-        if isinstance(reply, CONNECTION_ERRORS):
-            return [reply] * k
+    if isinstance(replies[-1], CONNECTION_ERRORS):
+        # (the wire fills every reply from the break to the exchange's end with the error,
+        # so the last one tells)
+        return [replies[-1]] * k
     queued, outcome = replies[1:-1], replies[-1]
     if isinstance(replies[0], Exception):
         # MULTI refused (e.g. an ACL without it): the commands after it ran one by one,
@@ -287,10 +291,12 @@ def fold_multi(replies: list[Any], counts: list[int]) -> list[Any]:
         commits = [commits] * k  # the call itself failed (the library is missing)
     out: list[Any] = []
     at = 0
+    # Every id an id (and the commits' list last): no per-record look for a failed XADD.
+    clean = _CLEAN.issuperset(map(type, outcome))
     for count, commit in zip(counts, commits, strict=True):
         ids = outcome[at : at + count]
         at += count
-        failed = next((i for i in ids if isinstance(i, Exception)), None)
+        failed = None if clean else next((i for i in ids if isinstance(i, Exception)), None)
         if commit == 1 and failed is None:
             out.append([1, *ids])
         elif isinstance(commit, Exception) and is_missing(commit) and failed is None:

@@ -11,7 +11,7 @@ import redis.exceptions as rex
 
 from partitions._base.errors import ClosedError, DeliveryTimeoutError, WrongTypeError
 from partitions._client.config import ProducerConfig
-from partitions._producer.accumulator import Accumulator, complete
+from partitions._producer.accumulator import HOLD_S, Accumulator, complete
 from partitions._producer.batch import MAX_BATCH_BYTES, Batch, Route
 from partitions._producer.router import Router
 
@@ -107,6 +107,44 @@ def test_linger_seals_an_open_batch() -> None:
     assert taken == [] and due == pytest.approx(clock.now + 0.005)
     clock.now = due  # the time drain() said to look again
     assert acc.drain()[0] == [batch]
+
+
+def test_with_linger_0_what_arrives_while_a_round_is_on_the_wire_goes_as_the_next_round() -> None:
+    clock, r = Clock(), route()
+    acc = make(clock, batch_size=100, linger_ms=0.0)
+    _, _, wake = acc.append(r, 0, None, RECORD, 3)
+    assert wake  # nothing on the wire: the first record wakes a sender
+    first, _, _ = acc.drain()
+    assert [b.partition for b in first] == [0]
+    clock.now += 0.001
+    # While that round is on the wire, records of any partition wake nobody ...
+    wakes = [acc.append(r, p, None, RECORD, 3)[2] for p in (0, 1, 2, 1)]
+    assert wakes == [False] * 4
+    # ... and an idle sender leaves them for the round's own sender, looking again only
+    # once the wire would count as slow.
+    taken, _, due = acc.drain()
+    assert taken == [] and due == pytest.approx(first[0].taken_at + HOLD_S)
+    succeed(acc, first)
+    taken, _, _ = acc.drain()  # the round's sender drains again: all of it, one round
+    assert sorted(b.partition for b in taken) == [0, 1, 2]
+    assert sum(b.count for b in taken) == 4
+
+
+def test_a_slow_wire_no_longer_holds_batches_back() -> None:
+    clock, r = Clock(), route()
+    acc = make(clock, batch_size=100, linger_ms=0.0)
+    acc.append(r, 0, None, RECORD, 3)
+    assert len(acc.drain()[0]) == 1
+    clock.now += 2 * HOLD_S
+    _, _, wake = acc.append(r, 1, None, RECORD, 3)
+    assert wake  # the round is on the wire past HOLD_S: an idle sender sends beside it
+    assert acc.append(r, 2, None, RECORD, 3)[2] is False  # one nudge, not one per batch
+    taken, _, _ = acc.drain()
+    assert sorted(b.partition for b in taken) == [1, 2]
+    assert acc.drain()[0] == []
+    acc.append(r, 3, None, RECORD, 3)
+    acc.flushing = 1  # a flush does not wait for the wire
+    assert [b.partition for b in acc.drain()[0]] == [3]
 
 
 def test_size_seals_by_records_and_by_bytes() -> None:

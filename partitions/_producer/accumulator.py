@@ -114,6 +114,8 @@ class Accumulator:
         # for the wire (HOLD_S).
         self._wire: list[float] = []
         self._nudged = 0.0  # when append() last woke a sender for a slow wire
+        # How many batches of each partition wait in ``ready``.
+        self._queued: dict[TP, int] = {}
         self.buffered = 0  # records accepted and not yet resolved
         self.flushing = 0  # flush() calls waiting: seal every open batch now
         self.closed = False
@@ -212,8 +214,10 @@ class Accumulator:
         return placed, wake, end
 
     def _seal(self, batch: Batch) -> None:
-        del self.open[(batch.topic, batch.partition)]
+        tp = (batch.topic, batch.partition)
+        del self.open[tp]
         self.ready.append(batch)
+        self._queued[tp] = self._queued.get(tp, 0) + 1
         self.sticky.rotate(batch.topic, batch.partition)
 
     # -- batches out ----------------------------------------------------------------------
@@ -238,15 +242,36 @@ class Accumulator:
         expired: list[Batch] = []
         if self.ready:
             rest: deque[Batch] = deque()
+            ready, heads = self.ready, len(self._queued)  # partitions with batches waiting
             # A partition is blocked by a batch on the wire, or by an earlier batch still
-            # waiting (back-off, full round): its later batches never overtake.
+            # waiting (back-off, full round): its later batches never overtake. Only the
+            # first waiting batch of each partition is looked at: the later ones were
+            # created later, so they are due (and expire) no sooner, unless the first is a
+            # retry past its own deadline (``late``: its later batches are looked at for
+            # expiry). Once every waiting partition's first batch was looked at, the rest
+            # stays as it is: a backlog of sealed batches costs a drain nothing per batch.
             blocked = set(self.inflight)
+            seen: set[TP] = set()
+            late: set[TP] = set()
             nbytes = 0
-            for batch in self.ready:
+            while ready:
+                if len(seen) >= heads and not late:
+                    rest.extend(ready)
+                    ready.clear()
+                    break
+                batch = ready.popleft()
                 tp = (batch.topic, batch.partition)
-                if batch.seq == 0 and now >= batch.deadline:
-                    expired.append(batch)  # never sent: failing it cannot reorder anything
+                expires = batch.seq == 0 and now >= batch.deadline
+                if tp in seen and not (expires and tp in late):
+                    rest.append(batch)
                     continue
+                if expires:
+                    expired.append(batch)  # never sent: failing it cannot reorder anything
+                    self._unqueue(tp)
+                    continue
+                seen.add(tp)
+                if batch.seq != 0 and now >= batch.deadline:
+                    late.add(tp)
                 if tp in blocked or batch.retry_at > now or nbytes >= self._round_bytes:
                     rest.append(batch)
                     # Wake for the end of a back-off, or to expire a batch never sent.
@@ -258,7 +283,7 @@ class Accumulator:
                 else:
                     taken.append(batch)
                     nbytes += batch.nbytes
-                blocked.add(tp)
+                    self._unqueue(tp)
             self.ready = rest
             for batch in taken:
                 self.inflight.add((batch.topic, batch.partition))
@@ -270,6 +295,13 @@ class Accumulator:
             oldest = max(min(b.created for b in self.open.values()) + self._linger, held)
             wake = oldest if wake is None else min(wake, oldest)
         return taken, expired, wake
+
+    def _unqueue(self, tp: TP) -> None:
+        left = self._queued[tp] - 1
+        if left:
+            self._queued[tp] = left
+        else:
+            del self._queued[tp]
 
     def idle(self) -> bool:
         """Closed with nothing left to send: a sender may stop."""
@@ -298,6 +330,9 @@ class Accumulator:
             # Back in front before the partitions are free again: a retried batch goes out
             # before any later batch of its partition.
             self.ready.extendleft(reversed(retry))
+            for b in retry:
+                tp = (b.topic, b.partition)
+                self._queued[tp] = self._queued.get(tp, 0) + 1
         self.inflight.difference_update((b.topic, b.partition) for b in sent)
         if sent and sent[0].taken_at in self._wire:
             self._wire.remove(sent[0].taken_at)
@@ -438,6 +473,7 @@ class Accumulator:
         if batches is None:
             batches = [*self.ready, *self.open.values()]
             self.ready.clear()
+            self._queued.clear()
             self.open.clear()
         self.buffered -= sum(b.count for b in batches)
         out: list[Completion] = []

@@ -75,6 +75,23 @@ def test_one_batch_per_partition_in_order() -> None:
     assert p1[0].seq == 1
 
 
+def test_a_backlog_goes_out_one_batch_per_partition_in_order() -> None:
+    clock, r = Clock(), route()
+    acc = make(clock)
+    p0 = fill(acc, r, 0, 2)
+    (first,) = acc.drain()[0]
+    assert first is p0[0]
+    p0 += fill(acc, r, 0, 6)  # a backlog of partition 0 behind its batch on the wire ...
+    p1 = fill(acc, r, 1, 4)  # ... and of partition 1 after it
+    assert acc.drain()[0] == [p1[0]]
+    succeed(acc, [first])
+    assert acc.drain()[0] == [p0[1]]  # partition 1's second waits for its first
+    assert list(acc.ready) == [*p0[2:], p1[1]]
+    succeed(acc, [p1[0], p0[1]])
+    assert acc.drain()[0] == [p0[2], p1[1]]
+    assert [b.seq for b in p0[:3]] == [1, 2, 3] and [b.seq for b in p1[:2]] == [1, 2]
+
+
 def test_retried_batch_goes_before_later_batches_of_its_partition() -> None:
     clock, r = Clock(), route()
     acc = make(clock)

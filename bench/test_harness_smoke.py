@@ -127,6 +127,7 @@ def test_e2e(url: str) -> None:
     for name in ("partstream", "raw"):
         run = runs(data, name)[0]
         assert run["records"] == 1000 and run["extra"]["lost"] == 0
+        assert 500 < run["extra"]["kept_rate"] < 2000  # ~1,000 records/s delivered
         assert run["latency_ms"]["samples"] == 1000
         assert 0 < run["latency_ms"]["p50"] <= run["latency_ms"]["p99"] <= run["latency_ms"]["max"]
         assert run["server_us_per_record"] > 0

@@ -160,7 +160,8 @@ async def test_cancelling_a_waiting_task_neither_loses_nor_duplicates(
     TopicAdmin(conn).create(TopicSpec("cancel", 1))
     node = node_for_key(conn, conn.keys.stream(layout(conn, "cancel"), 0))
     async with AsyncProducer(aconn, ProducerConfig(linger_ms=1, batch_size=10)) as p:
-        node.execute_command("CLIENT", "PAUSE", 800, "WRITE")
+        # Long enough for a loaded machine to reach the waits below inside it; UNPAUSE ends it.
+        node.execute_command("CLIENT", "PAUSE", 5000, "WRITE")
         try:
             waiters = [
                 asyncio.create_task(p.send_and_wait("cancel", f"v{i}", key="k")) for i in range(30)

@@ -361,6 +361,11 @@ class MemberCore:
         self._epoch = None
         self.last = None
 
+    def assign_target(self, desc: GroupDescription) -> dict[str, set[TopicPartition]]:
+        """The assignor's part of :meth:`target_steps` (:func:`compute_target`): pure, no
+        I/O (a subclass times it: ``partstream bench coordinator --live``)."""
+        return compute_target(desc)
+
     def target_steps(self, epoch: int) -> Steps[bool]:
         """Compute the target at group ``epoch`` and CAS it; True if a target now exists there."""
         reply = yield from self._send(describe_request(self.keys, self.group), durable=False)
@@ -368,7 +373,7 @@ class MemberCore:
         if desc.epoch != epoch or desc.target_epoch == desc.epoch:
             return desc.target_epoch == desc.epoch
         try:
-            target = compute_target(desc)
+            target = self.assign_target(desc)
         except ConfigError:
             log.warning("group %s: cannot run assignor %r here", self.group, desc.assignor)
             return False

@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import orjson
 
@@ -400,30 +401,59 @@ def _e2e(b: Bench, result: BenchResult) -> None:
 
 
 def _rebalance(b: Bench, result: BenchResult) -> None:
+    """``repeat`` rounds of the three events (one side: nothing to alternate); per event the
+    median round's ratio, whose figures stand in ``extra["events"]``."""
     from partitions.bench import rebalance
 
     o = b.opts
-    b.say(
-        phase_header(
-            "rebalance",
-            f"{o.rate:g} records/s over {o.partitions} partitions, "
-            f"{o.duration:g} s steady phases, session {rebalance.SESSION_MS} ms",
+    rounds: list[list[dict[str, Any]]] = []
+    settings: dict[str, Any] = {}
+    for r in range(o.repeat):
+        b.say(
+            phase_header(
+                "rebalance" if o.repeat == 1 else f"rebalance, round {r + 1} of {o.repeat}",
+                f"{o.rate:g} records/s over {o.partitions} partitions, "
+                f"{o.duration:g} s steady phases, session {rebalance.SESSION_MS} ms",
+            )
         )
-    )
-    got = rebalance.run_rebalance(b.server, b.ns, o, b.say)
-    result.extra.update(got)
-    for e in got["events"]:
+        got = rebalance.run_rebalance(b.server, b.ns, o, b.say, r)
+        settings = got["settings"]
+        for e in got["events"]:
+            e["round"] = r
+            b.say(
+                f"{e['event']}: unmoved max {e['unmoved_max_ms']:.1f} ms / steady max "
+                f"{e['steady_max_ms']:.1f} ms = {e['unmoved_vs_steady']:.2f}x; p99 "
+                f"{e['unmoved_p99_ms']:.1f} / {e['steady_p99_ms']:.1f} ms = "
+                f"{e['unmoved_vs_steady_p99']:.2f}x"
+            )
+        rounds.append(got["events"])
+    events = []
+    for per_round in zip(*rounds, strict=True):
+        ordered = sorted(per_round, key=lambda e: e["unmoved_vs_steady"])
+        e = dict(ordered[len(ordered) // 2])  # the median round (the upper one of an even count)
+        e["round_ratios"] = [x["unmoved_vs_steady"] for x in per_round]
+        e["round_ratios_p99"] = [x["unmoved_vs_steady_p99"] for x in per_round]
+        events.append(e)
+    result.extra.update({"events": events, "settings": settings})
+    if o.repeat > 1:
+        result.extra["rounds"] = rounds
+    for e in events:
+        rounds_text = (
+            f"; rounds {'/'.join(f'{x:.2f}' for x in e['round_ratios'])}x" if o.repeat > 1 else ""
+        )
         result.notes.append(
             f"{e['event']}: reconciled in {e['reconcile_ms']:.0f} ms; {e['moved_partitions']} "
             f"moved (max latency {e['moved_max_ms']:.0f} ms), {e['unmoved_partitions']} unmoved "
-            f"(max latency {e['unmoved_max_ms']:.1f} ms vs {e['steady_max_ms']:.1f} ms steady; "
-            f"pause {e['unmoved_pause_ms']:.1f} ms)"
+            f"(max latency {e['unmoved_max_ms']:.1f} ms vs {e['steady_max_ms']:.1f} ms steady, "
+            f"p99 {e['unmoved_p99_ms']:.1f} vs {e['steady_p99_ms']:.1f} ms; pause "
+            f"{e['unmoved_pause_ms']:.1f} ms){rounds_text}"
         )
-        result.ratios[f"{e['event']} unmoved/steady max latency"] = e["unmoved_vs_steady"]
+        result.ratios[f"{e['event']} unmoved/steady max latency"] = median(e["round_ratios"])
+        result.ratios[f"{e['event']} unmoved/steady p99 latency"] = median(e["round_ratios_p99"])
         result.targets.append(
             Target(
                 f"rebalance {e['event']}: unmoved max latency / steady max",
-                e["unmoved_vs_steady"],
+                median(e["round_ratios"]),
                 REBALANCE_GOAL,
                 higher_is_better=False,
             )

@@ -9,12 +9,15 @@ phase of ``duration`` seconds:
 * **kill**: an original consumer is ``kill -9``-ed (its partitions move after the session).
 
 Reconcile time is from the event to the coordinator describing the group ``stable`` with the
-expected members and every partition owned. Each consumer logs, per poll, the highest
-end-to-end latency (from the intended send time) of each partition it handed out; for each
-event the partitions whose owner did not change ("unmoved") are checked: their highest
-latency while the group reconciled, against the highest latency of the steady phase before.
-Nothing of this is shared between processes but files, so a kill -9 loses at most 100 ms of
-a log, and nothing else.
+expected members and every partition owned. Each consumer logs the end-to-end latency (from
+the intended send time) of every record it handed out; for each event the partitions whose
+owner did not change ("unmoved") are checked: their highest latency (and 99th percentile)
+while the group reconciled, against those of every partition in the steady phase before,
+from :data:`SETTLE_S` after the previous event reconciled (the moved partitions' catch-up
+is not steady state) to the event. Nothing of this is shared between processes but files,
+so a kill -9 loses at most 100 ms of a log, and nothing else.
+
+Each round (``repeat``) runs the three events on a topic and group of its own.
 """
 
 from __future__ import annotations
@@ -36,17 +39,19 @@ from partitions._consumer.consumer import Consumer
 from partitions._producer.producer import Producer
 from partitions.bench.env import BenchServer
 from partitions.bench.options import BenchOptions, make_keys, make_values
+from partitions.bench.stats import Latency, ratio
 from partitions.bench.workers import _ctx
 
-TOPIC = "rebal"
-GROUP = "rebal"
 SESSION_MS = 3000
 SETTINGS = GroupSettings(session_timeout_ms=SESSION_MS, heartbeat_interval_ms=300)
 _STAMP = struct.Struct("<d")
-_LOG = struct.Struct("<dId")  # arrival (monotonic s), partition, max latency ms
+_LOG = struct.Struct("<dId")  # hand-out (monotonic s), partition, latency ms
+# Seconds after an event reconciled that the next steady window starts (the moved
+# partitions catch up meanwhile: not steady state); at most half a phase.
+SETTLE_S = 1.0
 
 
-def _producer(server: BenchServer, ns: str, opts: BenchOptions, stop: Any) -> None:
+def _producer(server: BenchServer, ns: str, topic: str, opts: BenchOptions, stop: Any) -> None:
     conn = server.connect(ns)
     keys = make_keys(opts.keys)
     pad = make_values(opts.record_size - _STAMP.size, 1)[0]
@@ -57,33 +62,29 @@ def _producer(server: BenchServer, ns: str, opts: BenchOptions, stop: Any) -> No
             due = int((time.monotonic() - started) / step) + 1
             for j in range(i, due):
                 intended = _STAMP.pack(started + j * step)
-                producer.send(TOPIC, intended + pad, key=keys[j % len(keys)])
+                producer.send(topic, intended + pad, key=keys[j % len(keys)])
             i = max(i, due)
             time.sleep(max(0.0, started + i * step - time.monotonic()))
 
 
-def _consumer(server: BenchServer, ns: str, opts: BenchOptions, log_path: str) -> None:
+def _consumer(server: BenchServer, ns: str, name: str, opts: BenchOptions, log_path: str) -> None:
     stopping = [False]
     signal.signal(signal.SIGTERM, lambda *_: stopping.__setitem__(0, True))
     conn = server.connect(ns)
     cfg = ConsumerConfig(
         fetch_count=opts.batch_size, max_poll_records=opts.batch_size, block_ms=100
     )
-    consumer = Consumer(GROUP, TOPIC, conn=conn, config=cfg, group_settings=SETTINGS)
+    consumer = Consumer(name, name, conn=conn, config=cfg, group_settings=SETTINGS)
     buf = bytearray()
     flushed = time.monotonic()
     with open(log_path, "ab", buffering=0) as log:
         while not stopping[0]:
             batch = consumer.poll(opts.batch_size, timeout=0.1)
             now = time.monotonic()
-            worst: dict[int, float] = {}
             for r in batch:
                 if r.value is not None and len(r.value) >= _STAMP.size:
                     ms = (now - _STAMP.unpack_from(r.value)[0]) * 1000.0
-                    if ms > worst.get(r.partition, -1.0):
-                        worst[r.partition] = ms
-            for p, ms in worst.items():
-                buf += _LOG.pack(now, p, ms)
+                    buf += _LOG.pack(now, r.partition, ms)
             if now - flushed > 0.1 and buf:
                 log.write(bytes(buf))
                 buf.clear()
@@ -102,12 +103,14 @@ def _read_logs(paths: list[Path]) -> list[tuple[float, int, float]]:
     return rows
 
 
-def _wait_reconciled(admin: GroupAdmin, members: int, partitions: int, limit: float) -> Any:
+def _wait_reconciled(
+    admin: GroupAdmin, group: str, members: int, partitions: int, limit: float
+) -> Any:
     """Poll until stable with ``members`` members owning all partitions: (seconds, desc)."""
     t0 = time.monotonic()
     while time.monotonic() - t0 < limit:
         try:
-            d = admin.describe(GROUP)
+            d = admin.describe(group)
         except Exception:  # the group is created by the first consumer
             d = None
         if (
@@ -118,55 +121,64 @@ def _wait_reconciled(admin: GroupAdmin, members: int, partitions: int, limit: fl
         ):
             return time.monotonic() - t0, d
         time.sleep(0.005)
-    raise TimeoutError(f"group {GROUP} did not reconcile to {members} members in {limit:.0f}s")
+    raise TimeoutError(f"group {group} did not reconcile to {members} members in {limit:.0f}s")
 
 
-def run_rebalance(server: BenchServer, ns: str, opts: BenchOptions, say: Any) -> dict[str, Any]:
-    """Run the three events; returns {"events": [...], "settings": {...}}."""
+def run_rebalance(
+    server: BenchServer, ns: str, opts: BenchOptions, say: Any, round_no: int = 0
+) -> dict[str, Any]:
+    """Run the three events (round ``round_no``: its own topic and group, both named
+    ``rebal<round>``); returns {"events": [...], "settings": {...}}."""
+    name = f"rebal{round_no}"
     tmp = Path(tempfile.mkdtemp(prefix="ps-rebal-"))
     with server.connect(ns) as conn:
-        TopicAdmin(conn).create(TopicSpec(TOPIC, opts.partitions))
+        TopicAdmin(conn).create(TopicSpec(name, opts.partitions))
     admin_conn = server.connect(ns)
     admin = GroupAdmin(admin_conn)
     stop = _ctx.Event()
     procs: dict[str, Any] = {}
     limit = SESSION_MS / 1000 * 3 + 30
 
-    def start_consumer(name: str) -> None:
-        p = _ctx.Process(target=_consumer, args=(server, ns, opts, str(tmp / name)), daemon=True)
+    def start_consumer(member: str) -> None:
+        log_path = str(tmp / member)
+        p = _ctx.Process(target=_consumer, args=(server, ns, name, opts, log_path), daemon=True)
         p.start()
-        procs[name] = p
+        procs[member] = p
 
-    producer = _ctx.Process(target=_producer, args=(server, ns, opts, stop), daemon=True)
+    producer = _ctx.Process(target=_producer, args=(server, ns, name, opts, stop), daemon=True)
     events: list[dict[str, Any]] = []
     try:
         start_consumer("a")
         start_consumer("b")
-        _, desc = _wait_reconciled(admin, 2, opts.partitions, limit)
+        _, desc = _wait_reconciled(admin, name, 2, opts.partitions, limit)
         producer.start()
+        settle = min(SETTLE_S, opts.duration / 2)
+        settled = time.monotonic() + settle  # the first records: the consumers warm up
         time.sleep(opts.duration)
         plan: list[tuple[str, int, Callable[[], None]]] = [
             ("join", 3, lambda: start_consumer("c")),
             ("leave", 2, lambda: os.kill(procs["c"].pid, signal.SIGTERM)),
             ("kill -9", 1, lambda: os.kill(procs["b"].pid, signal.SIGKILL)),
         ]
-        for name, members, act in plan:
+        for event, members, act in plan:
             before = desc.owners()
-            say(f"-- rebalance: {name} ({members} member(s) after)")
+            say(f"-- rebalance: {event} ({members} member(s) after)")
             t_event = time.monotonic()
             act()
-            took, desc = _wait_reconciled(admin, members, opts.partitions, limit)
+            took, desc = _wait_reconciled(admin, name, members, opts.partitions, limit)
             after = desc.owners()
             unmoved = {tp.partition for tp, m in before.items() if after.get(tp) == m}
             events.append(
                 {
-                    "event": name,
+                    "event": event,
                     "t": t_event,
+                    "steady_from": settled,
                     "reconcile_ms": took * 1000.0,
                     "unmoved": sorted(unmoved),
                     "moved": sorted({tp.partition for tp in before} - unmoved),
                 }
             )
+            settled = t_event + took + settle
             time.sleep(opts.duration)
         stop.set()
         producer.join(10)
@@ -190,25 +202,30 @@ def run_rebalance(server: BenchServer, ns: str, opts: BenchOptions, say: Any) ->
 
 
 def _judge(
-    event: dict[str, Any], rows: list[tuple[float, int, float]], steady: float
+    event: dict[str, Any], rows: list[tuple[float, int, float]], phase: float
 ) -> dict[str, Any]:
-    """Highest latency of unmoved / moved partitions while reconciling vs the steady phase."""
+    """Latency of unmoved / moved partitions while reconciling vs the steady phase before."""
     t0 = event["t"]
     t1 = t0 + event["reconcile_ms"] / 1000.0 + 0.5
-    before = [ms for t, _, ms in rows if t0 - steady <= t < t0]
     unmoved, moved = set(event["unmoved"]), set(event["moved"])
-    during_unmoved = [ms for t, p, ms in rows if t0 <= t < t1 and p in unmoved]
-    during_moved = [ms for t, p, ms in rows if t0 <= t < t1 + steady / 2 and p in moved]
-    steady_max = max(before, default=0.0)
-    unmoved_max = max(during_unmoved, default=0.0)
+    steady = Latency.of(ms for t, _, ms in rows if event["steady_from"] <= t < t0)
+    during = Latency.of(ms for t, p, ms in rows if t0 <= t < t1 and p in unmoved)
+    t_moved = t1 + phase / 2
+    moved_max = max((ms for t, p, ms in rows if t0 <= t < t_moved and p in moved), default=0.0)
     return {
         "event": event["event"],
         "reconcile_ms": round(event["reconcile_ms"], 1),
         "moved_partitions": len(moved),
         "unmoved_partitions": len(unmoved),
-        "steady_max_ms": round(steady_max, 2),
-        "unmoved_max_ms": round(unmoved_max, 2),
-        "moved_max_ms": round(max(during_moved, default=0.0), 2),
-        "unmoved_pause_ms": round(max(0.0, unmoved_max - steady_max), 2),
-        "unmoved_vs_steady": round(unmoved_max / steady_max, 3) if steady_max else 0.0,
+        "steady_seconds": round(max(0.0, t0 - event["steady_from"]), 2),
+        "steady_records": steady.samples,
+        "steady_max_ms": round(steady.max, 2),
+        "steady_p99_ms": round(steady.p99, 2),
+        "unmoved_records": during.samples,
+        "unmoved_max_ms": round(during.max, 2),
+        "unmoved_p99_ms": round(during.p99, 2),
+        "moved_max_ms": round(moved_max, 2),
+        "unmoved_pause_ms": round(max(0.0, during.max - steady.max), 2),
+        "unmoved_vs_steady": round(ratio(during.max, steady.max), 3),
+        "unmoved_vs_steady_p99": round(ratio(during.p99, steady.p99), 3),
     }

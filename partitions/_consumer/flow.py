@@ -123,7 +123,11 @@ class ConsumerFlow:
         # The last connection failure poll() rode out (None: none yet), for diagnostics.
         self.last_error: ConnectionFailedError | None = None
         self.member_id = assignment.member_id
-        self._fetched_at = 0.0  # monotonic time of the last fetch
+        # Monotonic time the last fetch's reply came: its empty partitions were read then, so
+        # a refill of them waits REFILL_AFTER_S from there (from its start, a fetch slower
+        # than that -- a takeover's slice of backlog on a busy machine -- would at once be
+        # followed by another round trip before its records went out).
+        self._fetched_at = 0.0
 
     # -- requests -----------------------------------------------------------------------------
     def enter(self) -> Step:
@@ -246,9 +250,10 @@ class ConsumerFlow:
         """Read the partitions whose buffer ran dry into their buffers. ``tails=False``: other
         partitions hold records, so no blocking wait follows and their tails are not needed."""
         s, m = self.settings(), self.metrics
-        started = self._fetched_at = time.monotonic()
+        started = time.monotonic()
         try:
             records, refused = yield from self.fetch(s.max_deliveries, s.reclaim_idle_ms, tails)
+            self._fetched_at = time.monotonic()
         except OUTCOME_UNKNOWN:
             # The read may have run without its reply reaching us (connection lost, server
             # killed after appending it to its AOF): its entries are then pending for the

@@ -53,6 +53,7 @@ class PartitionState:
         "group",
         "groups_key",
         "last_id",
+        "last_read",
         "layout",
         "member_id",
         "next_reclaim",
@@ -95,6 +96,7 @@ class PartitionState:
         # Assigned (or seeked) here and not yet read to its end: its reads are budgeted
         # while other partitions are caught up (plans.read_counts).
         self.catching_up = True
+        self.last_read = 0  # entries its last read returned (the pace of catch-up reads)
 
     def recover_from_handed(self) -> None:
         """Read again, in id order, what is pending after the last record handed out (a read

@@ -38,11 +38,16 @@ Refused = list[tuple[PartitionState, FetchResult]]
 # Records one fetch reads, in all, from the partitions that are catching up (taken over or
 # seeked here, not yet read to their end) while other partitions are caught up. A dead
 # member's backlog (its unacked entries and all that came during the session timeout) then
-# arrives in slices, each costing a fetch about what a steady one costs, and the caught-up
-# partitions are read between the slices, not after the whole backlog. Each catching-up
-# partition reads at least CATCH_UP_MIN a fetch, so none of them starves.
+# arrives in slices, and the caught-up partitions are read between the slices, not after the
+# whole backlog. Each catching-up partition reads at most CATCH_UP_PACE times what a
+# caught-up partition read in its last fetch (their traffic: a slice then costs a fetch
+# about what a steady one costs, so the caught-up partitions' records wait about as long
+# as before; a slice of 256 beside fetches of a few records made them wait 2-3x longer), and
+# at least CATCH_UP_MIN, so none of them starves and a backlog beside idle partitions still
+# drains.
 CATCH_UP_BUDGET = 256
 CATCH_UP_MIN = 8
+CATCH_UP_PACE = 2
 
 
 class Tally:
@@ -80,19 +85,25 @@ def ran(reply: Any) -> bool:
 
 # -- fetch --------------------------------------------------------------------------------
 def read_counts(a: Assignment, parts: list[PartitionState], count: int) -> list[int]:
-    """The COUNT of each of ``parts``' reads: ``count``, but the catching-up ones share
-    :data:`CATCH_UP_BUDGET` while some owned partition is caught up (when every partition is
-    behind there is nobody to keep waiting, and the backlog is read at full speed)."""
+    """The COUNT of each of ``parts``' reads: ``count``, but the catching-up ones read within
+    :data:`CATCH_UP_BUDGET` (shared) and :data:`CATCH_UP_PACE` x the caught-up partitions'
+    last reads while some owned partition is caught up (when every partition is behind there
+    is nobody to keep waiting, and the backlog is read at full speed)."""
     behind = sum(1 for st in parts if st.catching_up)
-    if not behind or all(st.catching_up for st in a.parts.values()):
+    if not behind:
         return [count] * len(parts)
-    each = min(count, max(CATCH_UP_MIN, CATCH_UP_BUDGET // behind))
+    steady = [st.last_read for st in a.parts.values() if not st.catching_up]
+    if not steady:
+        return [count] * len(parts)
+    pace = -(-CATCH_UP_PACE * sum(steady) // len(steady))  # ceil
+    each = min(count, max(CATCH_UP_MIN, min(CATCH_UP_BUDGET // behind, pace)))
     return [each if st.catching_up else count for st in parts]
 
 
 def caught_up(st: PartitionState, asked: int, got: int) -> None:
     """A read of ``st`` for ``asked`` entries returned ``got``: fewer, with nothing left to
-    recover, means it reached the end of its stream."""
+    recover, means it reached the end of its stream. ``got`` is its pace (read_counts)."""
+    st.last_read = got
     if st.catching_up and got < asked and not st.cursor:
         st.catching_up = False
 

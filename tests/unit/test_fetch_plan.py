@@ -208,11 +208,28 @@ def test_catching_up_partitions_share_the_budget_while_others_are_caught_up() ->
     a = assignment(*tps)
     for tp in tps[:2]:
         a.parts[tp].catching_up = False  # unmoved: read to their end before
+        a.parts[tp].last_read = 900  # busy: the pace is not what bounds the slices
     plan = plans.plan_fetch(a, 0.0, count=1000, start="0", max_deliveries=5, reclaim_ms=0)
     each = max(plans.CATCH_UP_MIN, plans.CATCH_UP_BUDGET // 4)
     assert plan.counts == [1000, 1000, each, each, each, each]
     assert [c.args[6] for c in plan.calls] == plan.counts  # the COUNT each read sends
     assert sum(plan.counts[2:]) <= plans.CATCH_UP_BUDGET
+
+
+def test_catch_up_reads_follow_the_pace_of_the_caught_up_partitions() -> None:
+    tps = [TopicPartition("rect", p) for p in range(4)]
+    a = assignment(*tps)
+    for tp, got in zip(tps[:2], (5, 10), strict=True):
+        a.parts[tp].catching_up = False
+        a.parts[tp].last_read = got
+    # Twice their mean last read (7.5 -> 15 each), within the budget.
+    assert plans.read_counts(a, a.reading(), 1000) == [1000, 1000, 15, 15]
+    # Quiet partitions: each catching-up one still reads CATCH_UP_MIN.
+    a.parts[tps[0]].last_read = a.parts[tps[1]].last_read = 0
+    assert plans.read_counts(a, a.reading(), 1000)[2:] == [plans.CATCH_UP_MIN] * 2
+    # What a read returns is the partition's pace.
+    plans.caught_up(a.parts[tps[0]], 1000, 40)
+    assert a.parts[tps[0]].last_read == 40
 
 
 def test_no_budget_when_every_partition_is_behind_or_none_is() -> None:
@@ -263,6 +280,7 @@ def test_fast_path_reads_catching_up_streams_with_their_own_count() -> None:
     st, caught = a.parts[TP], a.parts[other]
     st.cursor = caught.cursor = ""
     caught.catching_up = False
+    caught.last_read = 900
     plan = plans.plan_fast(a, [st, caught], 1000)
     reads = [c for c in plan.txn if c[0] == "XREADGROUP"]
     each = max(plans.CATCH_UP_MIN, plans.CATCH_UP_BUDGET)

@@ -102,8 +102,13 @@ def row(data: dict[str, Any]) -> str:
     else:
         figures = "<br>".join(
             f"{e['event']}: reconciled {e['reconcile_ms']:.0f} ms, unmoved max "
-            f"{e['unmoved_max_ms']:.1f} ms (steady {e['steady_max_ms']:.1f} ms), moved max "
-            f"{e['moved_max_ms']:.0f} ms"
+            f"{e['unmoved_max_ms']:.1f} ms (steady {e['steady_max_ms']:.1f} ms)"
+            + (
+                f", p99 {e['unmoved_p99_ms']:.1f} ms (steady {e['steady_p99_ms']:.1f} ms)"
+                if "unmoved_p99_ms" in e
+                else ""
+            )
+            + f", moved max {e['moved_max_ms']:.0f} ms"
             for e in data["extra"]["events"]
         )
     rounds = data["config"].get("repeat", 1)

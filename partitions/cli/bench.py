@@ -282,7 +282,7 @@ def _emit(result: dict[str, Any], fmt: str, out: Path | None) -> None:
     type=int,
     default=_ASSIGNOR_DEFAULTS.repeat,
     show_default=True,
-    help="Timed runs per case; the figure is their median.",
+    help="Timed runs per case (--live: rounds, each a new group); the figure is their median.",
 )
 @click.option("--seed", type=int, default=_ASSIGNOR_DEFAULTS.seed, show_default=True)
 @click.option(
@@ -305,9 +305,13 @@ def coordinator_cmd(fmt: str, out: Path | None, live: bool, url: str | None, **p
             partitions=params["partitions"] or _LIVE_DEFAULTS.partitions,
             topics=params["topics"] or _LIVE_DEFAULTS.topics,
             assignor=params["assignor"],
+            repeat=params["repeat"],
             url=url,
         )
-        _emit(run_live_group_bench(live_opts, say), fmt, out)
+        result = run_live_group_bench(live_opts, say)
+        _emit(result, fmt, out)
+        if not result["target"]["met"]:
+            click.echo("some targets were missed (see above)", err=True)
         return
     for name in ("members", "partitions", "topics"):
         if params[name] is None:

@@ -44,7 +44,7 @@ from typing import Any, TypeVar
 
 import redis.exceptions as rex
 
-from coordinator.aio import AsyncMember, AsyncMemberRunner, fence_async
+from coordinator.aio import AsyncMember, AsyncMemberRunner
 from partitions._admin.offsets import target_id
 from partitions._admin.topics import read_meta_async
 from partitions._base.errors import ClosedError, ConfigError, ConnectionFailedError, translate
@@ -315,12 +315,6 @@ class AsyncConsumer(ConsumerShell):
             self._data = None
         elif isinstance(op, ops.LoadFunctions):
             await self._conn.functions.load()
-        elif isinstance(op, ops.Release):
-            st = op.st
-            await fence_async(
-                self._conn.functions, "release", self._conn.keys, st.group, st.layout,
-                st.partition, st.member_id, st.token, durability=op.durability,
-            )  # fmt: skip
         elif isinstance(op, ops.ReadTopics):
             return await self._read_topics(op.names)
         else:  # Claim: the bridge's, not the flow's

@@ -4,7 +4,8 @@ Each builder mirrors the script's header (KEYS 1 stream, 2 fence, 3 groups, 4 dl
 2 group, 3 fence value, 4 topic, 5 partition, 6 consumer name, then the op's own arguments),
 so nobody else indexes the argument list: what a call carries back to its caller (the acks
 it sends, how many) is a named field of :class:`ScriptCall`. ``seek.lua`` (KEYS stream,
-fence, groups; ARGV group, fence value, new id, create) gets its builder too.
+fence, groups; ARGV group, fence value, new id, create) and ``fence.lua``'s release (KEYS
+fence; ARGV 'release', group, member id, token) get theirs too.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from partitions._consumer.assignment import STREAM_CONSUMER, PartitionState
 
 CONSUME = function_name("consume")
 SEEK = function_name("seek")
+FENCE = function_name("fence")
 
 # A dead letter's error text is a field of its entry, bounded so that a huge exception
 # message (a whole payload quoted back) cannot bloat the dead-letter stream.
@@ -129,3 +131,9 @@ def seek_call(st: PartitionState, new_id: str) -> ScriptCall:
     """``seek.lua`` for the owner: group, fence value, new id, '0' (never create)."""
     keys = [st.stream, st.fence_key, st.groups_key]
     return ScriptCall(st, SEEK, keys, [st.group, st.fence, new_id, "0"])
+
+
+def release_call(st: PartitionState) -> ScriptCall:
+    """``fence.lua`` release: clear the fence only if it still holds this grant (1, else 0)."""
+    args = ["release", st.group, st.member_id, str(st.token)]
+    return ScriptCall(st, FENCE, [st.fence_key], args)

@@ -31,7 +31,6 @@ import redis.exceptions as rex
 from partitions._admin.topics import TopicAdmin, TopicMeta
 from partitions._base.durability import Durability
 from partitions._base.errors import ConnectionFailedError, translate
-from partitions._base.fence import release_fence
 from partitions._base.steps import drive
 from partitions._client import pernode, wire
 from partitions._client.connection import Connection
@@ -80,12 +79,6 @@ class Fetcher:
             self._drop_conn()
         elif isinstance(op, ops.LoadFunctions):
             self.conn.functions.load()
-        elif isinstance(op, ops.Release):
-            st = op.st
-            release_fence(
-                self.client, self.conn.keys, st.group, st.layout, st.partition, st.member_id,
-                st.token, durability=op.durability,
-            )  # fmt: skip
         elif isinstance(op, ops.ReadTopics):
             return self.read_topics(op.names)
         return None

@@ -42,6 +42,7 @@ from partitions._consumer.calls import (
     ScriptCall,
     check_reason,
     dead_call,
+    release_call,
     retry_call,
     seek_call,
 )
@@ -54,7 +55,6 @@ from partitions._consumer.ops import (
     LoadFunctions,
     OnNodes,
     ReadTopics,
-    Release,
     Reset,
     Runner,
     Sleep,
@@ -516,14 +516,14 @@ class ConsumerFlow:
             yield from self.commit_acks(only=known)
         except PartstreamError as err:
             log.warning("commit on revoke failed: %s", err)
-        for tp in known:
-            st = self.a.parts.get(tp)
-            if st is None:
-                continue  # refused by the commit: dropped already
+        # Every fence handed back in one round trip (the poll loop, and so the partitions
+        # kept, waits for it); one refused by the commit was dropped already.
+        calls = [release_call(self.a.parts[tp]) for tp in sorted(known) if tp in self.a.parts]
+        if calls:
             try:
-                yield Release(st, self.settings().durability)
+                yield from self.run(calls, "releasing revoked partitions", durable=True)
             except PartstreamError as err:
-                log.warning("release of %s failed: %s", tp, err)
+                log.warning("release of %d revoked partition(s) failed: %s", len(calls), err)
         self.drop(known)
 
     def lose(self, tps: set[TopicPartition]) -> Step:

@@ -24,7 +24,6 @@ from partitions._base.keys import Layouts, TopicLayout
 from partitions._base.steps import Pause, Steps
 from partitions._base.types import Grant, TopicPartition
 from partitions._client.pernode import per_node_steps
-from partitions._consumer.assignment import PartitionState
 
 log = logging.getLogger("partstream.consumer")
 
@@ -92,14 +91,6 @@ class Callback:
 
 
 @dataclass(slots=True)
-class Release:
-    """Release the fence of a partition handed back, if it still holds our grant."""
-
-    st: PartitionState
-    durability: Durability
-
-
-@dataclass(slots=True)
 class ReadTopics:
     """The stored metadata of ``names``."""
 
@@ -116,7 +107,7 @@ class Claim:
 
 
 Op = (
-    Exchange | Reset | LoadFunctions | OnNodes | Wait | Sleep | Callback | Release | ReadTopics
+    Exchange | Reset | LoadFunctions | OnNodes | Wait | Sleep | Callback | ReadTopics
     | Claim
 )  # fmt: skip
 Step = Generator[Op, Any, Any]

@@ -53,6 +53,11 @@ from partitions.bench.env import (
     server_cpu_s,
 )
 
+# The members' heartbeat interval and, a tenth of it, how long they wait after the last
+# epoch change before computing a stale target (coordinator.member.target_due).
+HEARTBEAT_INTERVAL_MS = 3_000
+DEBOUNCE_S = HEARTBEAT_INTERVAL_MS / 10_000
+
 
 @dataclass(frozen=True, slots=True)
 class LiveGroupOptions:
@@ -60,6 +65,8 @@ class LiveGroupOptions:
     partitions: int = 10_000
     topics: int = 1
     assignor: str = "uniform"
+    # Heartbeat rounds at most, once 3 x DEBOUNCE_S has passed (a small group's rounds are
+    # quicker than the members' debounce of target computations).
     max_rounds: int = 50
     repeat: int = 1
     url: str | None = None
@@ -170,7 +177,9 @@ def _run(conn: Connection, opts: LiveGroupOptions, say: Callable[[str], None]) -
     # computations), but a long session: the rounds of a large group take longer than a real
     # interval, and an eviction would measure the bench, not the coordinator.
     settings = GroupSettings(
-        session_timeout_ms=3_600_000, heartbeat_interval_ms=3_000, assignor=opts.assignor
+        session_timeout_ms=3_600_000,
+        heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS,
+        assignor=opts.assignor,
     )
     durations: list[float] = []  # every member's target computations, shared
     assigning: list[float] = []  # the assignor's part of each
@@ -250,7 +259,14 @@ def _rounds(
     heartbeats = 0
     rounds = 0
     stable = False
-    while rounds < opts.max_rounds and not stable and not (once and rounds):
+    # Members compute a stale target only once the group epoch is a tenth of an interval old:
+    # a small group's rounds could all fall inside that wait.
+    patience = t0 + 3 * DEBOUNCE_S
+    while (
+        (rounds < opts.max_rounds or time.monotonic() < patience)
+        and not stable
+        and not (once and rounds)
+    ):
         rounds += 1
         for m in members:
             last = m.last

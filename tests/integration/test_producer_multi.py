@@ -103,6 +103,18 @@ def test_a_multi_batch_out_of_sequence_leaves_nothing(conn: Connection) -> None:
     assert _values(conn, "mseq") == [b"a", b"b", b"c", b"d"]
 
 
+def test_an_unreadable_sequence_record_fails_the_batch_with_nothing_written(
+    conn: Connection,
+) -> None:
+    """A sequence record that is not "seq first last ms" (written by something else): commit
+    cannot tell a duplicate, so the batch fails and its entries are undone."""
+    TopicAdmin(conn).create(TopicSpec("mjunk", 1))
+    conn.client.hset(conn.keys.seq(layout(conn, "mjunk"), 0), "p1", "junk")
+    err = _send(conn, _batch(conn, "mjunk", [b"a", b"b", b"c", b"d"], pid=b"p1", seq=2))
+    assert isinstance(err, Exception) and "unreadable" in str(err)
+    assert _values(conn, "mjunk") == []
+
+
 def test_wrong_key_types_fail_a_multi_batch_with_nothing_written(conn: Connection) -> None:
     """A string where the sequence hash or (safe retention) the groups hash belongs: the
     batch fails with WRONGTYPE and its XADDs are undone."""

@@ -54,7 +54,8 @@ Replies (status first):
    1, acked, entries, cursor, tail, dead, reclaimed, counts    (read)
         entries  {{id, {field, value, ...}}, ...} recovered/reclaimed first, then new
         cursor   next recovery cursor, '' once recovery is done
-        tail     when no new entry was read: the last entry id ('0-0' if empty), else ''
+        tail     when no new entry was read: the last entry id ('0-0' if empty), else '';
+                 '0' when this call ended a recovery (new entries were not read)
         dead     number of entries dead-lettered by this call
         reclaimed  entries the reclaim pass (periodic or requested) delivered again
         counts   recorded deliveries of the leading recovered entries (one each, in order);
@@ -225,7 +226,12 @@ if op == 'read' then
     if #pend == count then
       return {1, acked, out, pend[#pend][1], '', dead, 0, counts}
     end
-    cursor = ''
+    -- Recovery is done. New entries are left to the caller's next read, a native
+    -- XREADGROUP on its fast path: through here each entry costs the server a conversion
+    -- to Lua and back (about 3 us on Redis 7.0), and the first read of a backlog is one.
+    -- Tail '0': nothing new was read, and a wait from '0' returns at once if the stream
+    -- holds anything.
+    return {1, acked, out, '', '0', dead, 0, counts}
   elseif reclaim_ms > 0 or asked then
     local pend = redis.pcall('XPENDING', stream, group, 'IDLE', reclaim_ms, '-', '+', count)
     if type(pend) == 'table' and not pend.err then

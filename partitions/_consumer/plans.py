@@ -48,6 +48,9 @@ Refused = list[tuple[PartitionState, FetchResult]]
 CATCH_UP_BUDGET = 256
 CATCH_UP_MIN = 8
 CATCH_UP_PACE = 2
+# The tail of a read that ended its partition's recovery (consume.lua): new entries were not
+# read (the next fetch reads them natively), so it says nothing about the stream's end.
+RECOVERED = "0"
 
 
 class Tally:
@@ -136,7 +139,8 @@ class FetchPlan:
                 continue
             st.cursor = res.cursor
             st.tail = res.tail
-            caught_up(st, asked, len(res.records) + res.dead)
+            if res.tail != RECOVERED:  # a read that ended a recovery read nothing new
+                caught_up(st, asked, len(res.records) + res.dead)
             tally.dead(st.topic, res.dead)
             tally.acked(st.topic, res.acked)
             tally.reclaimed += res.reclaimed

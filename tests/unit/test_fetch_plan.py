@@ -21,8 +21,8 @@ ENTRIES = [
     [ID2.encode(), [b"key", b"k", b"value", b"v2"]],
 ]
 # A takeover read: three entries recovered from the group's pending list (counts 0, 0, 0),
-# recovery done (cursor ''), nothing new after them (tail = the last id).
-TAKEOVER_READ = [1, 0, ENTRIES, b"", ID2.encode(), 0, 0, [0, 0, 0]]
+# recovery done (cursor ''), new entries left to the next read (tail '0').
+TAKEOVER_READ = [1, 0, ENTRIES, b"", b"0", 0, 0, [0, 0, 0]]
 FIRST_READ = [1, 0, ENTRIES, b"", b"", 0, 0, []]  # a first '>' read: all new
 MOVED = rex.ResponseError("TRYAGAIN Multiple keys request during rehashing of slot")
 
@@ -73,7 +73,7 @@ def test_a_takeover_read_settles_cursor_tail_and_marks_recovered_records() -> No
     st = a.parts[TP]
     assert [r.id for r in records] == [ID0, ID1, ID2] and refused == []
     assert all(r._claim and r.deliveries == 1 for r in records)
-    assert (st.cursor, st.tail) == ("", ID2)
+    assert (st.cursor, st.tail) == ("", plans.RECOVERED)
     assert a.acks == {}  # the call ran: its acks are the server's
 
 
@@ -265,9 +265,13 @@ def test_a_read_short_of_its_count_ends_catching_up() -> None:
     plan = plans.plan_fetch(a, 0.0, count=1000, start="0", max_deliveries=5, reclaim_ms=0)
     plan.settle(a, [full, FIRST_READ], plans.Tally())
     assert a.parts[TP].catching_up
-    # Fewer than asked with recovery done: it reached the end of its stream.
+    # The read that ends the recovery read nothing new: it says nothing of the stream's end.
     plan = plans.plan_fetch(a, 0.0, count=1000, start="0", max_deliveries=5, reclaim_ms=0)
     plan.settle(a, [TAKEOVER_READ, FIRST_READ], plans.Tally())
+    assert a.parts[TP].catching_up and a.parts[TP].cursor == ""
+    # Fewer new entries than asked with recovery done: it reached the end of its stream.
+    plan = plans.plan_fetch(a, 0.0, count=1000, start="0", max_deliveries=5, reclaim_ms=0)
+    plan.settle(a, [FIRST_READ, FIRST_READ], plans.Tally())
     assert not a.parts[TP].catching_up
     assert plans.plan_fetch(
         a, 0.0, count=1000, start="0", max_deliveries=5, reclaim_ms=0

@@ -1,0 +1,58 @@
+"""``consume.lua``'s ``read`` op on a real server, called as the consumer's script path calls
+it: a read that ends a partition's recovery returns what was pending and leaves the new
+entries to the next read (the consumer's native XREADGROUP), so a backlog's first read does
+not go through Lua entry by entry."""
+
+from __future__ import annotations
+
+import pytest
+
+from partitions._admin.topics import TopicAdmin, TopicSpec
+from partitions._base.keys import Layouts
+from partitions._base.replies import FetchResult, fetch_result
+from partitions._base.types import TopicPartition
+from partitions._client.connection import Connection
+from partitions._client.nodes import execute_on_key
+from partitions._consumer import plans
+from partitions._consumer.assignment import Assignment
+from partitions._consumer.calls import read_call
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
+
+
+def _read(conn: Connection, a: Assignment, tp: TopicPartition, count: int) -> FetchResult:
+    st = a.parts[tp]
+    call = read_call(st, count=count, max_deliveries=5, reclaim_ms=0, start="0", acks=[])
+    reply = execute_on_key(conn, st.stream, *call.command())
+    res = fetch_result(tp.topic, tp.partition, reply)
+    st.cursor = res.cursor
+    return res
+
+
+def test_the_read_that_ends_recovery_leaves_new_entries_to_the_next_read(
+    conn: Connection,
+) -> None:
+    meta = TopicAdmin(conn).create(TopicSpec("creads", 1))
+    tp = TopicPartition("creads", 0)
+    a = Assignment(conn.keys, "creads-g", "m1", Layouts([meta.layout]))
+    st = a.assign(tp, 7)
+    execute_on_key(conn, st.stream, "HSET", st.fence_key, "creads-g", st.fence)
+    for i in range(5):
+        execute_on_key(conn, st.stream, "XADD", st.stream, "*", "value", f"v{i}")
+
+    # A new owner starts by recovering what is pending: nothing (the group is new).
+    first = _read(conn, a, tp, 100)
+    assert first.status == 1 and first.records == []
+    assert (first.cursor, first.tail) == ("", plans.RECOVERED)
+    # The next read (cursor '') reads the backlog.
+    nxt = _read(conn, a, tp, 100)
+    assert [r.value for r in nxt.records] == [f"v{i}".encode() for i in range(5)]
+
+    # A takeover with entries pending: they come back, and the new ones wait for the next.
+    execute_on_key(conn, st.stream, "XADD", st.stream, "*", "value", "v5")
+    st.cursor = "-"
+    again = _read(conn, a, tp, 100)
+    assert [r.value for r in again.records] == [f"v{i}".encode() for i in range(5)]
+    assert (again.cursor, again.tail) == ("", plans.RECOVERED)
+    last = _read(conn, a, tp, 100)
+    assert [r.value for r in last.records] == [b"v5"]

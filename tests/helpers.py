@@ -18,7 +18,8 @@ import signal
 import socket
 import subprocess
 import tempfile
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +68,18 @@ REDIS7 = Path(os.environ.get("PARTSTREAM_TEST_REDIS_SERVER", "/usr/bin/redis-ser
 def topic(conn: Connection, name: str = "orders", n: int = 4, **spec: Any) -> str:
     """Create topic ``name`` with ``n`` partitions (``spec``: more TopicSpec fields)."""
     return create_topic(conn, name, n, **spec)
+
+
+def wait_until(pred: Callable[[], object], timeout: float, what: str) -> None:
+    """Poll ``pred`` (its exceptions count as not yet) until it is true; fail after
+    ``timeout`` seconds naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(Exception):
+            if pred():
+                return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def free_port() -> int:

@@ -14,16 +14,15 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
 import pytest
 
 from partitions._client.server import EmbeddedServer, pid_alive
-from tests.helpers import free_port
+from tests.helpers import free_port, wait_until
 
 pytestmark = [pytest.mark.fault, pytest.mark.timeout(120)]
 
@@ -31,16 +30,6 @@ pytestmark = [pytest.mark.fault, pytest.mark.timeout(120)]
 def _workers(base: str) -> list[dict[str, object]]:
     with urllib.request.urlopen(base + "api/state", timeout=5) as res:
         return list(orjson.loads(res.read())["workers"])
-
-
-def _wait(pred: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(Exception):
-            if pred():
-                return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 @pytest.fixture
@@ -64,7 +53,7 @@ def _run_demo(data_dir: Path, stop: str) -> tuple[int | None, list[int], int]:
     base = f"http://127.0.0.1:{port}/"
     pids: list[int] = []
     try:
-        _wait(lambda: len(_workers(base)) == 3, 60, "the demo's three consumers")
+        wait_until(lambda: len(_workers(base)) == 3, 60, "the demo's three consumers")
         pids = [int(str(w["pid"])) for w in _workers(base)]
         server_pid = EmbeddedServer(data_dir).pid()
         if stop == "ctrl-c":
@@ -91,7 +80,7 @@ def test_demo_stops_the_consumers_and_the_embedded_server_it_started(
     server_pid, pids, _ = _run_demo(data_dir, stop)
     assert server_pid is not None
     # The demo has exited: nothing it started may outlive it (a moment for the kernel to reap).
-    _wait(lambda: not any(pid_alive(p) for p in [server_pid, *pids]), 10, "no survivors")
+    wait_until(lambda: not any(pid_alive(p) for p in [server_pid, *pids]), 10, "no survivors")
     assert not EmbeddedServer(data_dir).is_running()
 
 
@@ -102,7 +91,7 @@ def test_demo_leaves_a_server_it_did_not_start_running(data_dir: Path) -> None:
     try:
         server_pid, pids, _ = _run_demo(data_dir, "sigterm")
         assert server_pid == before
-        _wait(lambda: not any(pid_alive(p) for p in pids), 10, "the consumers to exit")
+        wait_until(lambda: not any(pid_alive(p) for p in pids), 10, "the consumers to exit")
         assert server.is_running() and server.pid() == before
     finally:
         server.stop()

@@ -24,6 +24,7 @@ import orjson
 import pytest
 
 from partitions._client.config import ClientConfig
+from tests.helpers import wait_until
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
@@ -39,16 +40,6 @@ def _free_port() -> int:
 def _state(base: str) -> dict:  # type: ignore[type-arg]
     with urllib.request.urlopen(base + "api/state", timeout=10) as res:
         return orjson.loads(res.read())  # type: ignore[no-any-return]
-
-
-def _wait(pred, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(Exception):
-            if pred():
-                return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 @pytest.fixture
@@ -68,7 +59,7 @@ def demo(client_config: ClientConfig) -> Iterator[str]:
     base = f"http://127.0.0.1:{port}/"
     worker_pids: set[int] = set()
     try:
-        _wait(lambda: _state(base)["workers"], 30, "the demo to serve its state")
+        wait_until(lambda: _state(base)["workers"], 30, "the demo to serve its state")
         yield base
     finally:
         with contextlib.suppress(Exception):
@@ -115,7 +106,7 @@ def test_demo_in_chromium(demo: str) -> None:
             page.wait_for_function(
                 "document.getElementById('log').textContent.includes('produced 1000')"
             )
-            _wait(lambda: lag.inner_text() == "0", 60, "notifications lag to drain")
+            wait_until(lambda: lag.inner_text() == "0", 60, "notifications lag to drain")
 
             # kill -9 one notifications consumer: its partitions move to the survivor
             owners = lambda: [  # noqa: E731
@@ -125,7 +116,7 @@ def test_demo_in_chromium(demo: str) -> None:
             victim = "notifications-1"
             assert victim in before, before
             page.locator(f"button[data-worker='{victim}'][data-action='kill']").click()
-            _wait(
+            wait_until(
                 lambda: all(o not in ("-", victim) for o in owners()),
                 30,
                 "the group to rebalance away from the killed consumer",
@@ -135,14 +126,14 @@ def test_demo_in_chromium(demo: str) -> None:
             epoch_text = page.get_by_test_id("epoch-notifications").inner_text()
             assert int(epoch_text) >= 2
             page.get_by_test_id("produce").click()  # 1000 more while one consumer is down
-            _wait(lambda: lag.inner_text() == "0", 60, "lag to drain after the rebalance")
+            wait_until(lambda: lag.inner_text() == "0", 60, "lag to drain after the rebalance")
 
             # reset the group to a time before everything: lag rises, then drains again
             page.fill("#reset-to", f"@{start_ms}")
             page.select_option("#group-select", "notifications")
             page.get_by_test_id("reset-group").click()
-            _wait(lambda: int(lag.inner_text()) > 0, 15, "lag to rise after the reset")
-            _wait(lambda: lag.inner_text() == "0", 90, "lag to drain after the reset")
+            wait_until(lambda: int(lag.inner_text()) > 0, 15, "lag to rise after the reset")
+            wait_until(lambda: lag.inner_text() == "0", 90, "lag to drain after the reset")
             # poison: the next 2 records of a tenant fail every delivery and are dead-lettered
             page.fill("#fail-count", "2")
             page.select_option("#fail-tenant", "tenant-03")
@@ -154,9 +145,9 @@ def test_demo_in_chromium(demo: str) -> None:
             page.select_option("#produce-tenant", "tenant-03")
             page.get_by_test_id("produce").click()
             dlq_rows = page.locator("[data-testid=dlq] tbody tr")
-            _wait(lambda: dlq_rows.count() >= 4, 30, "2 dead letters in each of the 2 groups")
+            wait_until(lambda: dlq_rows.count() >= 4, 30, "2 dead letters in each of the 2 groups")
             assert "max_deliveries" in page.get_by_test_id("dlq").inner_text()
-            _wait(lambda: lag.inner_text() == "0", 30, "the partition to flow past the poison")
+            wait_until(lambda: lag.inner_text() == "0", 30, "the partition to flow past the poison")
 
             # the charts over time: points after producing, for the topic and every group
             charts = page.evaluate(CHARTS_JS)

@@ -110,6 +110,9 @@ class AsyncConsumer(ConsumerShell):
         self._group_settings = group_settings
         self._pool = None if conn.is_cluster else conn.client.connection_pool
         self._data: Any = None  # the data connection (pipelines, WATCH/MULTI)
+        # True once an exchange completed on ``_data`` (what it left there, a WATCH, holds
+        # while the connection stays connected); False for a connection just taken.
+        self._data_used = False
         self._blocker: Any = None  # blocking waits, cut short by CLIENT UNBLOCK
         self._blocker_id: int | None = None
         self._unblocks: set[asyncio.Task[None]] = set()
@@ -295,6 +298,8 @@ class AsyncConsumer(ConsumerShell):
 
     async def _answer(self, op: ops.Op) -> Any:
         if isinstance(op, ops.Exchange):
+            if op.same_connection and not self._same_connection():
+                return None
             return await self._exchange(op.commands, op.what, op.bulk)
         if isinstance(op, ops.Wait):
             await self._wait(op)
@@ -330,6 +335,7 @@ class AsyncConsumer(ConsumerShell):
         with it, never read as another request's."""
         if self._data is None:
             self._data = await self._connect(what)
+            self._data_used = False
         c = self._data
         payload = [wire.pack(command) for command in commands]
         try:
@@ -348,7 +354,13 @@ class AsyncConsumer(ConsumerShell):
             if isinstance(broken, rex.RedisError):
                 raise translate(broken, what) from broken
             raise ConnectionFailedError(f"{what}: connection lost ({broken})") from broken
+        self._data_used = True
         return replies
+
+    def _same_connection(self) -> bool:
+        """The data connection the last exchange completed on, connected since."""
+        c = self._data
+        return c is not None and self._data_used and bool(c.is_connected)
 
     async def _wait(self, op: ops.Wait) -> None:
         flow = self._flow

@@ -46,6 +46,9 @@ class Fetcher:
         self.admin = TopicAdmin(conn)
         self.interrupted = interrupted  # a rebalance event is waiting: stop waiting
         self._conn: Any = None  # the data connection: pipelines and WATCH/MULTI
+        # True once an exchange completed on ``_conn`` (what it left there, a WATCH, holds
+        # while the connection stays connected); False for a connection just taken.
+        self._conn_used = False
         # Blocking waits (XREAD BLOCK) on a connection of their own; a cluster polls instead
         # (a blocking read over several slots does not exist). Opened on first use.
         self._blocker: Any = None
@@ -66,6 +69,8 @@ class Fetcher:
 
     def answer(self, op: ops.Op) -> Any:
         if isinstance(op, ops.Exchange):
+            if op.same_connection and not self.same_connection():
+                return None
             return self.exchange(op.commands, op.what, bulk=op.bulk)
         if isinstance(op, ops.Wait):
             return self.wait(op.waiting, op.block_ms)
@@ -106,7 +111,13 @@ class Fetcher:
             if isinstance(broken, rex.RedisError):
                 raise translate(broken, what) from broken
             raise ConnectionFailedError(f"{what}: connection lost ({broken})") from broken
+        self._conn_used = True
         return replies
+
+    def same_connection(self) -> bool:
+        """The data connection the last exchange completed on, connected since."""
+        c = self._conn
+        return c is not None and self._conn_used and bool(c.is_connected)
 
     def _txn_conn(self) -> Any:
         if self._conn is None:
@@ -114,13 +125,14 @@ class Fetcher:
                 self._conn = self.client.connection_pool.get_connection()
             except rex.RedisError as err:
                 raise translate(err, "connecting") from err
+            self._conn_used = False
         return self._conn
 
     def _drop_conn(self) -> None:
         """Disconnect and give back the fetcher's connection after an error: the next one
         comes from the pool, which connects it where the primary is now (a connection
         reconnecting by itself would go back to its old address, after a failover too)."""
-        c, self._conn = self._conn, None
+        c, self._conn, self._conn_used = self._conn, None, False
         if c is not None:
             c.disconnect()
             self.client.connection_pool.release(c)
@@ -196,9 +208,8 @@ class Fetcher:
             self.client.client_unblock(blocker_id)
 
     def close(self) -> None:
-        """Give back the data connection, close the blocking one."""
-        if self._conn is not None:
-            self.client.connection_pool.release(self._conn)
-            self._conn = None
+        """Give back the data connection, disconnected (it may still WATCH the fences:
+        another user of the pool must not get that), close the blocking one."""
+        self._drop_conn()
         if self._blocker is not None:
             self._blocker.close()

@@ -128,6 +128,14 @@ class ConsumerFlow:
         # than that -- a takeover's slice of backlog on a busy machine -- would at once be
         # followed by another round trip before its records went out).
         self._fetched_at = 0.0
+        # The partitions whose fences the data connection watches, checked ours after the
+        # WATCH (the fast path's check, riding behind each transaction): a transaction over
+        # them needs no check of its own first. None: nothing is watched (or not known).
+        self._watched: set[TopicPartition] | None = None
+        # A blocking wait ran since the last fetch: an empty fast read after it may mean the
+        # tails it waited from are stale (its streams had entries the group delivered
+        # already), and the script path reads them afresh.
+        self._waited = False
 
     # -- requests -----------------------------------------------------------------------------
     def enter(self) -> Step:
@@ -276,12 +284,13 @@ class ConsumerFlow:
         """Read every dry partition (its acks riding along) in one round trip."""
         now = time.monotonic()
         parts = self.a.reading()
+        waited, self._waited = self._waited, False
         if not self.is_cluster and plans.fast_ok(parts, reclaim_ms, now):
             fast = yield from self.fast_fetch(parts)
-            if fast or (fast is not None and not tails):
+            if fast is not None and (fast or not tails or (not waited and known_tails(parts))):
                 return fast, []
-            # Nothing new (or the fast path stepped aside): the script path below also
-            # answers each partition's tail, which a blocking wait needs.
+            # Nothing new (or the fast path stepped aside) and a tail to learn: the script
+            # path below also answers each partition's tail, which a blocking wait needs.
         plan = plans.plan_fetch(
             self.a, now, count=self.config.fetch_count, start=self.start,
             max_deliveries=max_deliveries, reclaim_ms=reclaim_ms,
@@ -290,17 +299,28 @@ class ConsumerFlow:
         return plan.settle(self.a, replies, self.tally)
 
     def fast_fetch(self, parts: list[Any]) -> Step:
-        answers = yield Exchange(plans.fast_check(parts, self.a.group), "reading partitions")
-        if any(isinstance(r, Exception) for r in answers):
-            yield Reset()
-            return None
-        if not plans.fast_checked(parts, answers):
-            yield Exchange([("UNWATCH",)], "reading partitions")
-            return None  # a fence moved (the script path reports who holds it) or asked
+        """The fast path's fetch: one transaction, the next one's WATCH and check behind it;
+        a check first only where the connection does not watch every partition read (the
+        first fetch, after a refusal, on a new connection). None: take the script path."""
+        watched = self._watched
+        if watched is None or any(st.tp not in watched for st in parts):
+            answers = yield from self.exchange(plans.fast_check(parts, self.a.group))
+            if any(isinstance(r, Exception) for r in answers):
+                yield from self.reset()
+                return None
+            if not plans.fast_checked(parts, answers):
+                self._watched = None
+                yield from self.exchange([("UNWATCH",)])
+                return None  # a fence moved (the script path reports who holds it) or asked
         plan = plans.plan_fast(self.a, parts, self.config.fetch_count)
-        replies = yield Exchange(plan.txn, "reading partitions", bulk=True)
+        replies = yield from self.exchange(plan.commands(), bulk=True, same_connection=True)
+        if replies is None:  # not the connection that watched: nothing was sent
+            self._watched = None
+            return None
+        replies, check = plan.split(replies)
+        self._watched = plans.fast_held(plan.watch, check)  # EXEC ended the previous WATCH
         if any(isinstance(r, Exception) for r in replies[:-1]):
-            yield Reset()
+            yield from self.reset()
             return None
         # Tens of thousands of short-lived, acyclic objects per fetch: pausing the cyclic GC
         # while they are built saves it from rescanning them over and over (~2x here).
@@ -397,6 +417,7 @@ class ConsumerFlow:
             return
         waiting = a.waiting()
         if waiting and block_ms > 0:
+            self._waited = True
             yield Wait(waiting, block_ms)
 
     # -- commits, retries, dead letters, seeks ------------------------------------------------
@@ -547,6 +568,24 @@ class ConsumerFlow:
             self.metrics.rebalanced(revoked=owned)
 
     # -- the wire -------------------------------------------------------------------------------
+    def exchange(
+        self, commands: list[tuple[Any, ...]], what: str = "reading partitions", *,
+        bulk: bool = False, same_connection: bool = False,
+    ) -> Step:  # fmt: skip
+        """One :class:`Exchange`; if it fails, the shell dropped its connection, and the
+        fences that connection watched are watched no more."""
+        try:
+            replies = yield Exchange(commands, what, bulk=bulk, same_connection=same_connection)
+        except BaseException:
+            self._watched = None
+            raise
+        return replies
+
+    def reset(self) -> Step:
+        """Drop the data connection (and with it what it watched)."""
+        self._watched = None
+        yield Reset()
+
     def run(self, calls: list[ScriptCall], what: str, *, durable: bool = False) -> Step:
         """FCALL each call in one round trip (one per node on a cluster, where a call the
         cluster cannot serve right now, its slot mid-migration, gets its redirect error in
@@ -561,13 +600,13 @@ class ConsumerFlow:
             replies = yield OnNodes(commands, what, waits, self.durability)
             return replies
         plain = [c.command() for c in calls]
-        replies = yield Exchange(plain + waits, what)
+        replies = yield from self.exchange(plain + waits, what)
         confirms = replies[len(plain) :]
         replies = replies[: len(plain)]
         again = [i for i, r in enumerate(replies) if isinstance(r, Exception) and is_missing(r)]
         if again:  # a server restarted empty, or a new primary without the library: nothing ran
             yield LoadFunctions()
-            rerun = yield Exchange([plain[i] for i in again] + waits, what)
+            rerun = yield from self.exchange([plain[i] for i in again] + waits, what)
             for i, reply in zip(again, rerun[: len(again)], strict=True):
                 replies[i] = reply
             if waits:
@@ -578,3 +617,9 @@ class ConsumerFlow:
         if waits:
             self.durability.check(confirms, what)
         return replies
+
+
+def known_tails(parts: list[Any]) -> bool:
+    """Every partition of ``parts`` knows where a blocking wait on it starts (its last read
+    ended at the stream's end, or read entries up to a known id)."""
+    return all(st.tail and st.tail != plans.RECOVERED for st in parts)

@@ -40,11 +40,18 @@ OUTCOME_UNKNOWN = (ConnectionFailedError, asyncio.CancelledError)
 class Exchange:
     """Send ``commands`` in one write on the consumer's data connection, read a reply per
     command (a server error stands in place). Sent once, never re-sent behind the caller's
-    back. ``bulk``: a large read (the shell may pause the cyclic GC while it is parsed)."""
+    back. ``bulk``: a large read (the shell may pause the cyclic GC while it is parsed).
+
+    ``same_connection``: the commands rely on what the previous exchange left on the
+    connection (a WATCH): if the shell's data connection is not that one, connected without
+    a break since, nothing is sent and the answer is None. The data connection is the
+    shell's alone (nothing else sends on it or disconnects it), so a connection that is still
+    connected has not been replaced under the flow."""
 
     commands: list[tuple[Any, ...]]
     what: str
     bulk: bool = False
+    same_connection: bool = False
 
 
 @dataclass(slots=True)

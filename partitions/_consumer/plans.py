@@ -10,7 +10,9 @@ send the commands. tests/unit/test_fetch_plan.py settles plans with recorded rep
 The fast path of a steady-state fetch (single node, no recovery, no reclaim due) is planned
 here too: WATCH the fences, check them, then MULTI / XACK ... / one XREADGROUP / EXEC. If a
 fence changes before EXEC the transaction does not run at all, so it is exactly as fenced as
-``consume.lua``, without the cost of copying every entry through Lua.
+``consume.lua``, without the cost of copying every entry through Lua. The WATCH and check of
+the next fetch ride behind the EXEC (EXEC ends every WATCH, so they must come after it): on
+the same connection, unbroken, the next transaction needs no round trip of its own first.
 """
 
 from __future__ import annotations
@@ -297,26 +299,47 @@ def fast_check(parts: list[PartitionState], group: str) -> list[tuple[Any, ...]]
 
 def fast_checked(parts: list[PartitionState], answers: list[Any]) -> bool:
     """True if every fence holds our grant and no reclaim was asked (else: script path)."""
+    return len(fast_held(parts, answers)) == len(parts)
+
+
+def fast_held(parts: list[PartitionState], answers: list[Any]) -> set[TopicPartition]:
+    """The partitions of :func:`fast_check`'s ``answers`` whose fence, watched, holds our
+    grant with no reclaim asked: a transaction over them may follow on that connection."""
     n = len(parts)
+    if len(answers) != 2 * n + 1 or isinstance(answers[0], Exception):
+        return set()  # no WATCH: nothing is guarded
     held, asked = answers[1 : n + 1], answers[n + 1 :]
-    if any(asked) or any(isinstance(h, Exception) for h in answers):
-        return False
-    return all(h == st.fence_bytes for h, st in zip(held, parts, strict=True))
+    return {
+        st.tp
+        for st, h, r in zip(parts, held, asked, strict=True)
+        if h == st.fence_bytes and not r and not isinstance(r, Exception)
+    }
 
 
 @dataclass(slots=True)
 class FastPlan:
     """The transaction: the queued acks, then one XREADGROUP over the streams read (two
-    when the catching-up ones read within their budget: COUNT is per call)."""
+    when the catching-up ones read within their budget: COUNT is per call); then, after
+    EXEC, the next fetch's WATCH and check over ``watch`` (every owned partition)."""
 
     parts: list[PartitionState]
     acking: list[PartitionState]
     txn: list[tuple[Any, ...]]
     reads: list[tuple[list[PartitionState], int]] = field(default_factory=list)
+    watch: list[PartitionState] = field(default_factory=list)
+    check: list[tuple[Any, ...]] = field(default_factory=list)  # fast_check(watch)
+
+    def commands(self) -> list[tuple[Any, ...]]:
+        return self.txn + self.check
+
+    def split(self, replies: list[Any]) -> tuple[list[Any], list[Any]]:
+        """The transaction's replies and the next check's."""
+        return replies[: len(self.txn)], replies[len(self.txn) :]
 
     def settle(self, a: Assignment, replies: list[Any], tally: Tally) -> list[Record] | None:
         """The records read, or None if the transaction did not run (a fence changed
-        meanwhile, or a group is missing: the script path finds out)."""
+        meanwhile, or a group is missing: the script path finds out). ``replies``: the
+        transaction's (:meth:`split`)."""
         out = replies[-1]
         if any(isinstance(r, Exception) for r in replies) or out is None:
             return None
@@ -334,7 +357,10 @@ class FastPlan:
                 entries = got.get(st.stream.encode())
                 caught_up(st, count, len(entries) if entries else 0)
                 if entries:
-                    st.tail = ""
+                    # The group's last delivered id is now the last entry read: a wait from
+                    # there misses nothing (a read with nothing new leaves the tail as is).
+                    last = entries[-1][0]
+                    st.tail = last.decode() if isinstance(last, bytes) else str(last)
                     records += records_from_read(st.topic, st.partition, entries)
         return records
 
@@ -358,7 +384,9 @@ def plan_fast(a: Assignment, parts: list[PartitionState], count: int) -> FastPla
         txn.append(("XREADGROUP", "GROUP", group, STREAM_CONSUMER, "COUNT", n,
                     "STREAMS", *streams, *(">" for _ in group_parts)))  # fmt: skip
     txn.append(("EXEC",))
-    return FastPlan(parts, acking, txn, [(ps, n) for n, ps in reads])
+    watch = list(a.parts.values())
+    reading = [(ps, n) for n, ps in reads]
+    return FastPlan(parts, acking, txn, reading, watch, fast_check(watch, group))
 
 
 def lost_error(st: PartitionState, what: str) -> StateLostError:

@@ -46,7 +46,8 @@ def demo_cmd(state: State, port: int, host: str) -> None:
     started = embedded is not None and not embedded.is_running()
     try:
         with connect(cfg) as conn:
-            serve(conn, host=host, port=port, echo=click.echo)
+            also = "the embedded server it started" if started else ""
+            serve(conn, host=host, port=port, echo=click.echo, also_stops=also)
     finally:
         if started and embedded is not None:
             click.echo(f"Stopping the embedded server it started (pid {embedded.pid()})...")

@@ -41,6 +41,7 @@ def serve(
     echo: Callable[[str], None] = print,
     runtime_dir: Path | None = None,
     ready: Callable[[str], None] | None = None,
+    also_stops: str = "",
 ) -> None:
     """Run the dashboard until interrupted; with ``start_demo`` also apply the demo config,
     start the consumer fleet and produce a first batch. Stops every process it started."""
@@ -64,7 +65,11 @@ def serve(
         config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off")
         server = uvicorn.Server(config)
         url = f"http://{host}:{port}/"
-        also = " and every consumer it started" if fleet else ""
+        # ``also_stops``: what the caller stops after this returns (the demo's own server).
+        stopped = (["every consumer it started"] if fleet else []) + (
+            [also_stops] if also_stops else []
+        )
+        also = " and " + " and ".join(stopped) if stopped else ""
         echo(f"Dashboard at {url}  (Ctrl-C stops it{also})")
         if ready is not None:
             ready(url)

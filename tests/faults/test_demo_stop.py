@@ -40,9 +40,9 @@ def data_dir() -> Iterator[Path]:
         EmbeddedServer(d).stop()  # in case the test failed before the demo stopped it
 
 
-def _run_demo(data_dir: Path, stop: str) -> tuple[int | None, list[int], int]:
+def _run_demo(data_dir: Path, stop: str) -> tuple[int | None, list[int], str]:
     """Run the demo until its three consumers are up, stop it the way ``stop`` says; return
-    (the embedded server's pid while it ran, the consumer pids, the demo's exit code)."""
+    (the embedded server's pid while it ran, the consumer pids, what the demo printed)."""
     port = free_port()
     env = {**os.environ, "PARTSTREAM_DATA_DIR": str(data_dir), "PYTHONUNBUFFERED": "1"}
     env.pop("PARTSTREAM_URL", None)
@@ -60,8 +60,9 @@ def _run_demo(data_dir: Path, stop: str) -> tuple[int | None, list[int], int]:
             os.killpg(proc.pid, signal.SIGINT)
         else:
             proc.send_signal(signal.SIGTERM)
-        code = proc.wait(45)
-        return server_pid, pids, code
+        proc.wait(45)
+        assert proc.stdout is not None
+        return server_pid, pids, proc.stdout.read().decode(errors="replace")
     finally:
         for pid in [proc.pid, *pids]:
             with contextlib.suppress(ProcessLookupError):
@@ -77,8 +78,11 @@ def test_demo_stops_the_consumers_and_the_embedded_server_it_started(
     data_dir: Path, stop: str
 ) -> None:
     assert not EmbeddedServer(data_dir).is_running()
-    server_pid, pids, _ = _run_demo(data_dir, stop)
+    server_pid, pids, printed = _run_demo(data_dir, stop)
     assert server_pid is not None
+    # Its banner says so, and it said what it stopped.
+    assert "Ctrl-C stops it and every consumer it started and the embedded server" in printed
+    assert "Stopping the embedded server it started" in printed
     # The demo has exited: nothing it started may outlive it (a moment for the kernel to reap).
     wait_until(lambda: not any(pid_alive(p) for p in [server_pid, *pids]), 10, "no survivors")
     assert not EmbeddedServer(data_dir).is_running()
@@ -89,8 +93,9 @@ def test_demo_leaves_a_server_it_did_not_start_running(data_dir: Path) -> None:
     server.ensure_running()
     before = server.pid()
     try:
-        server_pid, pids, _ = _run_demo(data_dir, "sigterm")
+        server_pid, pids, printed = _run_demo(data_dir, "sigterm")
         assert server_pid == before
+        assert "Ctrl-C stops it and every consumer it started)" in printed
         wait_until(lambda: not any(pid_alive(p) for p in pids), 10, "the consumers to exit")
         assert server.is_running() and server.pid() == before
     finally:

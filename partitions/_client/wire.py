@@ -136,6 +136,14 @@ def exchange_on(conn: Any, payload: list[bytes], expect: int) -> list[Any]:
     return replies.out
 
 
+def is_connected(conn: Any) -> bool:
+    """Whether a redis-py connection (sync or asyncio) holds an open socket: redis-py >= 5.1
+    says so itself, the sync connection of 5.0 only by its socket."""
+    if isinstance(getattr(type(conn), "is_connected", None), property):
+        return bool(conn.is_connected)
+    return getattr(conn, "_sock", None) is not None
+
+
 def _hiredis(conn: Any) -> Any:
     """``conn``'s redis-py hiredis parser, whose replies :func:`take_buffered` can take
     straight from its reader; None for any other parser (then every reply goes through

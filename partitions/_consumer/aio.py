@@ -360,7 +360,7 @@ class AsyncConsumer(ConsumerShell):
     def _same_connection(self) -> bool:
         """The data connection the last exchange completed on, connected since."""
         c = self._data
-        return c is not None and self._data_used and bool(c.is_connected)
+        return c is not None and self._data_used and wire.is_connected(c)
 
     async def _wait(self, op: ops.Wait) -> None:
         flow = self._flow

@@ -117,7 +117,7 @@ class Fetcher:
     def same_connection(self) -> bool:
         """The data connection the last exchange completed on, connected since."""
         c = self._conn
-        return c is not None and self._conn_used and bool(c.is_connected)
+        return c is not None and self._conn_used and wire.is_connected(c)
 
     def _txn_conn(self) -> Any:
         if self._conn is None:

@@ -205,3 +205,23 @@ def test_an_empty_read_with_known_tails_skips_the_script_path_but_not_after_a_wa
     f._waited = True  # a blocking wait returned: its tails may be stale
     assert fetch(f, conn) == [] and conn.scripts == 2  # read afresh, one call a partition
     assert fetch(f, conn) == [] and conn.scripts == 2
+
+
+def test_is_connected_on_every_redis_py_connection_kind() -> None:
+    """same_connection's test of the socket: redis-py's own property where it has one
+    (sync >= 5.1, asyncio), the socket of the sync connection of 5.0 otherwise."""
+    import redis
+    import redis.asyncio
+
+    from partitions._client import wire
+
+    assert not wire.is_connected(redis.Connection(port=1))  # type: ignore[no-untyped-call]
+    assert not wire.is_connected(redis.asyncio.Connection(port=1))
+
+    class Sync50:  # redis-py 5.0's sync connection: a socket, no property
+        _sock: object | None = None
+
+    old = Sync50()
+    assert not wire.is_connected(old)
+    old._sock = object()
+    assert wire.is_connected(old)

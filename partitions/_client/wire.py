@@ -104,6 +104,14 @@ class Replies:
         return [NotSentError(f"{type(err).__name__}: {err}")] * expect
 
 
+def one_write(payload: list[bytes]) -> list[bytes]:
+    """``payload`` as one buffer: redis-py's sync connection makes a ``sendall`` of each item,
+    and with TCP_NODELAY each small command then leaves as a packet of its own, which the
+    server reads and serves one at a time (a fetch of 16 partitions was ~50 syscalls each
+    side instead of one)."""
+    return [b"".join(payload)] if len(payload) > 1 else payload
+
+
 def exchange(pool: Any, payload: list[bytes], expect: int) -> list[Any]:
     """Write ``payload`` in one go on a connection of ``pool``, read ``expect`` replies."""
     try:
@@ -122,7 +130,7 @@ def exchange_on(conn: Any, payload: list[bytes], expect: int) -> list[Any]:
     replies = Replies(expect)
     parser = _hiredis(conn)
     try:
-        conn.send_packed_command(payload, check_health=False)
+        conn.send_packed_command(one_write(payload), check_health=False)
         while replies.wanted():
             try:
                 replies.add(conn.read_response())

@@ -41,7 +41,10 @@ __all__ = [
     "bulk",
     "exchange",
     "exchange_on",
+    "is_connected",
+    "one_write",
     "pack",
+    "packed",
 ]
 
 ASKING = b"*1\r\n$6\r\nASKING\r\n"
@@ -73,6 +76,11 @@ def pack(args: Iterable[Any]) -> bytes:
     """One command (bytes, str, int or float arguments) as a RESP array."""
     parts = [bulk(_arg(a)) for a in args]
     return b"*%d\r\n%b" % (len(parts), b"".join(parts))
+
+
+def packed(commands: Iterable[Any]) -> list[bytes]:
+    """Each command packed (:func:`pack`), or as it is where it is packed RESP already."""
+    return [c if isinstance(c, bytes) else pack(c) for c in commands]
 
 
 class Replies:

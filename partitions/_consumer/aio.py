@@ -337,7 +337,7 @@ class AsyncConsumer(ConsumerShell):
             self._data = await self._connect(what)
             self._data_used = False
         c = self._data
-        payload = [wire.pack(command) for command in commands]
+        payload = wire.packed(commands)
         try:
             with ops.gc_paused(bulk):
                 replies = await wire.aexchange_on(c, payload, len(commands))

@@ -98,7 +98,7 @@ class Fetcher:
         re-sent behind our back (a read that ran would be skipped by the next '>' read); the
         caller recovers from ConnectionFailedError instead."""
         c = self._txn_conn()
-        payload = [wire.pack(command) for command in commands]
+        payload = wire.packed(commands)
         try:
             with ops.gc_paused(bulk):
                 replies = wire.exchange_on(c, payload, len(commands))

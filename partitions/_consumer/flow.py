@@ -136,6 +136,7 @@ class ConsumerFlow:
         # tails it waited from are stale (its streams had entries the group delivered
         # already), and the script path reads them afresh.
         self._waited = False
+        self._packed = plans.PackCache()  # the fast path's repeated commands, packed once
 
     # -- requests -----------------------------------------------------------------------------
     def enter(self) -> Step:
@@ -312,7 +313,7 @@ class ConsumerFlow:
                 self._watched = None
                 yield from self.exchange([("UNWATCH",)])
                 return None  # a fence moved (the script path reports who holds it) or asked
-        plan = plans.plan_fast(self.a, parts, self.config.fetch_count)
+        plan = plans.plan_fast(self.a, parts, self.config.fetch_count, self._packed)
         replies = yield from self.exchange(plan.commands(), bulk=True, same_connection=True)
         if replies is None:  # not the connection that watched: nothing was sent
             self._watched = None
@@ -569,7 +570,7 @@ class ConsumerFlow:
 
     # -- the wire -------------------------------------------------------------------------------
     def exchange(
-        self, commands: list[tuple[Any, ...]], what: str = "reading partitions", *,
+        self, commands: list[Any], what: str = "reading partitions", *,
         bulk: bool = False, same_connection: bool = False,
     ) -> Step:  # fmt: skip
         """One :class:`Exchange`; if it fails, the shell dropped its connection, and the

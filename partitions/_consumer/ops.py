@@ -48,7 +48,7 @@ class Exchange:
     shell's alone (nothing else sends on it or disconnects it), so a connection that is still
     connected has not been replaced under the flow."""
 
-    commands: list[tuple[Any, ...]]
+    commands: list[Any]  # command tuples, or a command's packed RESP bytes
     what: str
     bulk: bool = False
     same_connection: bool = False

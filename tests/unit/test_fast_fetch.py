@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import hiredis
+
 from partitions._base.keys import Keys, Layouts, TopicLayout
 from partitions._base.settings import GroupSettings
 from partitions._base.types import TopicPartition
@@ -41,7 +43,7 @@ class FakeConnection:
         self.watching: dict[str, bytes] = {}  # key -> value when watched
         self.dirty = False
         self.connected_same = True  # False: the shell's connection was replaced
-        self.sent: list[list[tuple[Any, ...]]] = []
+        self.sent: list[list[tuple[Any, ...]]] = []  # each exchange's commands, unpacked
         self.txns_unguarded = 0  # transactions that ran with a fence not watched+checked
         self.scripts = 0
 
@@ -61,17 +63,17 @@ class FakeConnection:
                 return None
             if not self.connected_same:  # the shell takes a new connection: no WATCH on it
                 self.watching, self.dirty, self.connected_same = {}, False, True
-            self.sent.append(op.commands)
+            self.sent.append([unpacked(c) for c in op.commands])
             return self.run(op.commands)
         if isinstance(op, ops.Reset):
             self.watching, self.dirty = {}, False
             return None
         raise AssertionError(f"unexpected request {op!r}")
 
-    def run(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+    def run(self, commands: list[Any]) -> list[Any]:
         out: list[Any] = []
         queued: list[tuple[Any, ...]] | None = None
-        for cmd in commands:
+        for cmd in map(unpacked, commands):
             name = cmd[0]
             if queued is not None and name != "EXEC":
                 queued.append(cmd)
@@ -128,6 +130,17 @@ class FakeConnection:
             if got:
                 reply.append([s.encode(), got])
         return reply or None
+
+
+def unpacked(command: Any) -> tuple[Any, ...]:
+    """A command as its tuple of arguments (text), also where it went packed (PackCache)."""
+    if not isinstance(command, bytes):
+        return tuple(command)
+    reader = hiredis.Reader()
+    reader.feed(command)
+    args = reader.gets()
+    assert isinstance(args, list) and reader.gets() is False  # exactly one command
+    return tuple(a.decode() for a in args)
 
 
 def make() -> tuple[ConsumerFlow, FakeConnection]:
@@ -225,3 +238,18 @@ def test_is_connected_on_every_redis_py_connection_kind() -> None:
     assert not wire.is_connected(old)
     old._sock = object()
     assert wire.is_connected(old)
+
+
+def test_the_commands_that_repeat_are_packed_once() -> None:
+    from partitions._client import wire
+    from partitions._consumer import plans
+
+    f, _ = make()
+    parts = list(f.a.parts.values())
+    cache = plans.PackCache()
+    first = plans.plan_fast(f.a, parts, 1000, cache)
+    again = plans.plan_fast(f.a, parts, 1000, cache)
+    plain = plans.plan_fast(f.a, parts, 1000)
+    assert [wire.pack(c) for c in plain.commands()] == wire.packed(first.commands())
+    assert all(x is y for x, y in zip(first.check, again.check, strict=True))  # not repacked
+    assert first.txn[1] is again.txn[1]  # the read of the same streams, the same count

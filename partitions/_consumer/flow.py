@@ -37,7 +37,7 @@ from partitions._base.settings import GroupSettings
 from partitions._base.types import Grant, TopicPartition
 from partitions._client.config import ConsumerConfig
 from partitions._consumer import ops, plans
-from partitions._consumer.assignment import Assignment
+from partitions._consumer.assignment import Assignment, PartitionState
 from partitions._consumer.calls import (
     ScriptCall,
     check_reason,
@@ -131,7 +131,7 @@ class ConsumerFlow:
         # The partitions whose fences the data connection watches, checked ours after the
         # WATCH (the fast path's check, riding behind each transaction): a transaction over
         # them needs no check of its own first. None: nothing is watched (or not known).
-        self._watched: set[TopicPartition] | None = None
+        self._watched: set[PartitionState] | None = None
         # A blocking wait ran since the last fetch: an empty fast read after it may mean the
         # tails it waited from are stale (its streams had entries the group delivered
         # already), and the script path reads them afresh.
@@ -299,12 +299,12 @@ class ConsumerFlow:
         replies = yield from self.run(plan.calls, "reading partitions")
         return plan.settle(self.a, replies, self.tally)
 
-    def fast_fetch(self, parts: list[Any]) -> Step:
+    def fast_fetch(self, parts: list[PartitionState]) -> Step:
         """The fast path's fetch: one transaction, the next one's WATCH and check behind it;
         a check first only where the connection does not watch every partition read (the
         first fetch, after a refusal, on a new connection). None: take the script path."""
         watched = self._watched
-        if watched is None or any(st.tp not in watched for st in parts):
+        if watched is None or any(st not in watched for st in parts):
             answers = yield from self.exchange(plans.fast_check(parts, self.a.group))
             if any(isinstance(r, Exception) for r in answers):
                 yield from self.reset()

@@ -303,15 +303,16 @@ def fast_checked(parts: list[PartitionState], answers: list[Any]) -> bool:
     return len(fast_held(parts, answers)) == len(parts)
 
 
-def fast_held(parts: list[PartitionState], answers: list[Any]) -> set[TopicPartition]:
+def fast_held(parts: list[PartitionState], answers: list[Any]) -> set[PartitionState]:
     """The partitions of :func:`fast_check`'s ``answers`` whose fence, watched, holds our
-    grant with no reclaim asked: a transaction over them may follow on that connection."""
+    grant with no reclaim asked: a transaction over them may follow on that connection.
+    Their states, not their names: a partition granted again is a new state, checked anew."""
     n = len(parts)
     if len(answers) != 2 * n + 1 or isinstance(answers[0], Exception):
         return set()  # no WATCH: nothing is guarded
     held, asked = answers[1 : n + 1], answers[n + 1 :]
     return {
-        st.tp
+        st
         for st, h, r in zip(parts, held, asked, strict=True)
         if h == st.fence_bytes and not r and not isinstance(r, Exception)
     }

@@ -253,3 +253,20 @@ def test_the_commands_that_repeat_are_packed_once() -> None:
     assert [wire.pack(c) for c in plain.commands()] == wire.packed(first.commands())
     assert all(x is y for x, y in zip(first.check, again.check, strict=True))  # not repacked
     assert first.txn[1] is again.txn[1]  # the read of the same streams, the same count
+
+
+def test_a_partition_granted_again_is_checked_again() -> None:
+    f, conn = make()
+    st0 = f.a.parts[TPS[0]]
+    conn.add(st0.stream, 1)
+    fetch(f, conn)
+    # Revoked and granted again (a new token, a new fence): the watch checked the old one.
+    f.a.drop({TPS[0]})
+    again = f.a.assign(TPS[0], 2)
+    again.cursor = ""
+    conn.fences[again.fence_key] = again.fence_bytes  # (its claim, before this connection's WATCH)
+    before = len(conn.sent)
+    conn.add(st0.stream, 1)
+    assert [r.id for r in fetch(f, conn)] == ["2-0"]
+    assert conn.sent[before][0][0] == "WATCH"  # a check of its own first
+    assert conn.txns_unguarded == 0

@@ -23,7 +23,10 @@ Alternatives (``--only`` picks some):
   sequence check, record, retention, or undo), ``EXEC``, per batch: what the producer sends
   on a cluster (a MULTI holds one slot);
 * ``multi-commit``: what the producer sends to a single server: one ``MULTI`` per round with
-  every batch's native XADDs and one ``FCALL commit`` for them all.
+  every batch's native XADDs and one ``FCALL commit`` for them all;
+* ``multi-commit-capN`` (``--cap N``, repeatable): the round's batches grouped, in order,
+  into ``MULTI`` s of at most ``N`` records each (whole batches; a larger batch alone), one
+  ``FCALL commit`` per ``MULTI``.
 
 Writes ``--out FILE.json`` (with the environment, like ``partstream bench``); the README's
 "alternatives tried" table quotes these files. Development tooling, not part of the package.
@@ -48,7 +51,14 @@ from partitions._admin.topics import TopicAdmin, TopicSpec
 from partitions._client.config import ClientConfig
 from partitions._client.connection import Connection, connect
 from partitions._client.wire import exchange_on, pack
-from partitions._producer.batch import Batch, Route, encode_record, multi_replies, packed_multi
+from partitions._producer.batch import (
+    Batch,
+    Route,
+    encode_record,
+    multi_groups,
+    multi_replies,
+    packed_multi,
+)
 from partitions.bench.env import BenchServer, bench_server, environment, server_cpu_s
 from partitions.bench.options import BenchOptions, iter_chunks
 from partitions.bench.stats import median
@@ -174,6 +184,10 @@ def payloads(paths: Paths, name: str) -> list[tuple[bytes, int]]:
             out.append((body, sum(b.count + 2 for b in rnd)))
         elif name == "lua-lean":
             out.append((b"".join(_lean(b) for b in rnd), len(rnd)))
+        elif name.startswith("multi-commit-cap"):
+            groups = multi_groups(rnd, int(name.removeprefix("multi-commit-cap")))
+            out.append((b"".join(packed_multi(g) for g in groups),
+                        sum(multi_replies(g) for g in groups)))  # fmt: skip
         else:
             raise ValueError(name)
     return out
@@ -235,10 +249,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, action="append", help="records per batch (repeatable)")
     ap.add_argument("--trials", type=int, default=7)
     ap.add_argument("--only", action="append", choices=ALTERNATIVES)
+    ap.add_argument(
+        "--cap",
+        type=int,
+        action="append",
+        default=[],
+        help="also multi-commit-capN: MULTIs of at most N records (repeatable)",
+    )
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
     batches = args.batch or [62]
-    names = list(args.only or ALTERNATIVES)
+    names = list(args.only or ALTERNATIVES) + [f"multi-commit-cap{c}" for c in args.cap]
     command = "python -m bench.append_paths " + " ".join(argv or sys.argv[1:])
     result: dict[str, Any] = {"command": command}
     with bench_server(args.url) as server:

@@ -16,6 +16,15 @@ function's round, per batch. The functions compared (each a function body as
 * ``commit``: this version's ``commit.lua``; ``--variant FILE`` adds other commit bodies
   (e.g. an older ``commit.lua`` from ``git show REV:partitions/_producer/commit.lua``).
 
+``--cap N`` (repeatable; 0 = the whole round in one MULTI) measures ``commit`` only, with
+each round split into MULTIs of at most N records (whole batches), beside ``native``: the
+same records as plain pipelined XADDs, 1,000 a write (what redis-benchmark sends).
+``--cache`` adds callgrind's cache simulation with a last level of ``--ll`` bytes (default
+512 KiB, the L2 of this machine's cores) and prints, beside the instructions, an estimate of
+the cycles: Ir + 10 x first-level misses + 40 x last-level misses (a rough weight, the same
+for every row): a transaction's queued arguments that no longer fit a cache cost misses,
+which instruction counts alone do not show.
+
 Development tooling, not part of the package; the server is stopped by its pid.
 """
 
@@ -65,24 +74,41 @@ def library(bodies: dict[str, str]) -> bytes:
     return b"".join(parts)
 
 
-def rounds(r: redis.Redis, fn: str, batches: int, records: int, first: int, count: int) -> None:
+def rounds(
+    r: redis.Redis, fn: str, batches: int, records: int, first: int, count: int, cap: int = 0
+) -> None:
+    """``count`` rounds of ``batches`` batches of ``records``, each round in MULTIs of at
+    most ``cap`` records (whole batches; 0: one MULTI), or plain XADDs (``fn`` "native")."""
     keys: list[str] = []
     for b in range(batches):
         keys += [f"ci:{{s{b}}}", f"ci:{{s{b}}}:seq", f"ci:{{s{b}}}:groups"]
-    pipe = r.pipeline(transaction=False)
+    per = batches if cap <= 0 else max(1, cap // records)  # batches a MULTI
     for i in range(first, first + count):
-        pipe.execute_command("MULTI")
-        for b in range(batches):
-            for _ in range(records):
-                pipe.execute_command("XADD", keys[3 * b], "*", "key", "k", "value", "v" * 100)
-        args: list[object] = []
-        for _ in range(batches):
-            args += ["pid", i + 1, 0, 0, 0, records]
-        pipe.execute_command("FCALL", fn, 3 * batches, *keys, *args)
-        pipe.execute_command("EXEC")
-    out = pipe.execute()
-    if not all(isinstance(o, list) for o in out[2 + batches * records :: 3 + batches * records]):
-        raise RuntimeError(f"a round of {fn} failed: {out[-1]!r}")
+        pipe = r.pipeline(transaction=False)
+        if fn == "native":
+            for b in range(batches):
+                for _ in range(records):
+                    pipe.execute_command("XADD", keys[3 * b], "*", "key", "k", "value", "v" * 100)
+            if not all(isinstance(o, bytes) for o in pipe.execute()):
+                raise RuntimeError("a native XADD failed")
+            continue
+        for lo in range(0, batches, per):
+            group = range(lo, min(batches, lo + per))
+            pipe.execute_command("MULTI")
+            for b in group:
+                for _ in range(records):
+                    pipe.execute_command("XADD", keys[3 * b], "*", "key", "k", "value", "v" * 100)
+            args: list[object] = []
+            for _ in group:
+                args += ["pid", i + 1, 0, 0, 0, records]
+            pipe.execute_command(
+                "FCALL", fn, 3 * len(group), *[k for b in group for k in keys[3 * b : 3 * b + 3]],
+                *args,
+            )  # fmt: skip
+            pipe.execute_command("EXEC")
+        out = pipe.execute()
+        if not all(isinstance(o[-1], list) for o in out if isinstance(o, list)):
+            raise RuntimeError(f"a round of {fn} failed: {out[-1]!r}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,6 +118,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batches", type=int, default=16)
     ap.add_argument("--records", type=int, default=55, help="records per batch")
     ap.add_argument("--variant", type=Path, action="append", default=[])
+    ap.add_argument(
+        "--cap",
+        type=int,
+        action="append",
+        default=[],
+        help="commit with MULTIs of at most N records (0: the round), repeatable",
+    )
+    ap.add_argument("--cache", action="store_true", help="simulate the caches (slow)")
+    ap.add_argument("--ll", type=int, default=512 * 1024, help="last-level cache bytes")
+    ap.add_argument("--rounds", type=int, default=ROUNDS)
     args = ap.parse_args(argv)
     if not args.server or not shutil.which("valgrind"):
         raise SystemExit("needs redis-server and valgrind")
@@ -99,10 +135,16 @@ def main(argv: list[str] | None = None) -> int:
     bodies["commit"] = source("commit").decode()
     for path in args.variant:
         bodies[path.name] = path.read_text()
+    runs: list[tuple[str, str, int]] = [(n, f"ps_ci_{i}", 0) for i, n in enumerate(bodies)]
+    if args.cap:
+        commit_fn = f"ps_ci_{list(bodies).index('commit')}"
+        runs = [("native", "native", 0)]
+        runs += [(f"commit, MULTI <= {c or 'round'}", commit_fn, c) for c in args.cap]
     out_dir = Path(tempfile.mkdtemp(prefix="ps-ci-"))
+    cache = ["--cache-sim=yes", f"--LL={args.ll},8,64"] if args.cache else []
     proc = subprocess.Popen(
-        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out_dir}/cg.%p", args.server,
-         "--port", str(args.port), "--save", "", "--appendonly", "no"],
+        ["valgrind", "--tool=callgrind", *cache, f"--callgrind-out-file={out_dir}/cg.%p",
+         args.server, "--port", str(args.port), "--save", "", "--appendonly", "no"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
@@ -116,19 +158,44 @@ def main(argv: list[str] | None = None) -> int:
         r.execute_command("FUNCTION", "LOAD", "REPLACE", library(bodies))
         version = r.info("server")["redis_version"]
         totals: dict[str, float] = {}
-        for i, name in enumerate(bodies):
+        cycles: dict[str, float] = {}
+        n = args.rounds
+        for name, fn, cap in runs:
             r.flushall()
-            rounds(r, f"ps_ci_{i}", args.batches, args.records, 0, 5)  # warm-up
+            rounds(r, fn, args.batches, args.records, 0, 5, cap)  # warm-up
             subprocess.run(["callgrind_control", "-z", str(proc.pid)], capture_output=True)
-            rounds(r, f"ps_ci_{i}", args.batches, args.records, 5, ROUNDS)
-            dump = subprocess.run(["callgrind_control", "-d", name, str(proc.pid)],
+            rounds(r, fn, args.batches, args.records, 5, n, cap)
+            dump = subprocess.run(["callgrind_control", "-d", f"run{len(totals)}", str(proc.pid)],
                                   capture_output=True, text=True)  # fmt: skip
             if dump.returncode != 0:
                 raise RuntimeError(dump.stderr)
-            latest = max(out_dir.glob(f"cg.{proc.pid}.*"), key=lambda p: p.stat().st_mtime)
-            got = re.search(r"(?:summary|totals): (\d+)", latest.read_text())
+            for _ in range(600):  # the dump is written after callgrind_control returns
+                dumps = list(out_dir.glob(f"cg.{proc.pid}.*"))
+                if len(dumps) > len(totals):
+                    break
+                time.sleep(0.1)
+            latest = max(dumps, key=lambda p: p.stat().st_mtime)
+            text = latest.read_text()
+            got = re.search(r"(?:summary|totals): ([\d ]+)", text)
             assert got is not None
-            totals[name] = int(got.group(1)) / ROUNDS
+            ev = [int(x) for x in got.group(1).split()]
+            totals[name] = ev[0] / n
+            if args.cache:  # Ir Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw
+                cycles[name] = (ev[0] + 10 * sum(ev[3:6]) + 40 * sum(ev[6:9])) / n
+        if args.cap:
+            per = args.batches * args.records
+            print(
+                f"redis {version}: rounds of {args.batches} batches of {args.records} records"
+                + (f"; caches simulated, last level {args.ll} bytes" if args.cache else "")
+            )
+            for name, total in totals.items():
+                line = f"{name:24s} {total / per:9,.0f} instructions a record"
+                line += f" ({total / totals['native']:.3f}x native)"
+                if args.cache:
+                    line += f"  ~{cycles[name] / per:9,.0f} cycles a record"
+                    line += f" ({cycles[name] / cycles['native']:.3f}x native)"
+                print(line)
+            return 0
         base = totals["noop"]
         per_record = base / (args.batches * args.records)
         print(f"redis {version}: rounds of {args.batches} batches of {args.records} records; "

@@ -53,6 +53,7 @@ __all__ = [
     "Route",
     "encode_many",
     "encode_record",
+    "multi_groups",
     "multi_replies",
     "packed_multi",
 ]
@@ -72,6 +73,14 @@ _FOUR = b"$1\r\n4\r\n"
 # A batch of at least this many records goes as MULTI + native XADDs + commit (below: one
 # FCALL append, cheaper for the server when the per-batch calls outweigh the per-record ones).
 MULTI_MIN_RECORDS = 4
+# A MULTI to a single server holds whole batches of at most this many records together (a
+# larger batch goes alone): the server keeps every queued XADD's arguments until EXEC, and a
+# transaction of a few thousand records no longer fits its caches, so the frees at EXEC and
+# the next commands' allocations miss (perf on Redis 7.0: decrRefCount, sdsfree and
+# createEmbeddedStringObject two to seven times redis-benchmark's). Below it a round's
+# fixed work (an FCALL, MULTI/EXEC) is shared by enough records. bench/README.md, "produce
+# alternatives": the round of 16 batches in one MULTI against MULTIs of at most N records.
+MULTI_MAX_RECORDS = 1024
 # Re-read topic metadata this often, to pick up added partitions and retention changes.
 METADATA_MAX_AGE_S = 30.0
 # Encoded bytes of one batch's records: a batch is closed before a record would pass this.
@@ -232,6 +241,20 @@ def packed_multi(batches: list[Batch]) -> bytes:
             _EXEC,
         ]
     )
+
+
+def multi_groups(batches: list[Batch], cap: int = MULTI_MAX_RECORDS) -> list[list[Batch]]:
+    """``batches`` in order, as the groups one MULTI each carries: whole batches of at most
+    ``cap`` records together, a larger batch alone."""
+    groups: list[list[Batch]] = []
+    size = cap
+    for b in batches:
+        if size + b.count > cap:
+            groups.append([])
+            size = 0
+        groups[-1].append(b)
+        size += b.count
+    return groups
 
 
 def multi_replies(batches: list[Batch]) -> int:

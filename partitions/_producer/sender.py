@@ -29,7 +29,13 @@ from partitions._client.connection import Connection
 from partitions._client.nodes import group_by_node, node_for_key, redirect, retriable
 from partitions._client.wire import ASKING, CONNECTION_ERRORS, exchange, pack
 from partitions._producer.accumulator import Accumulator, Completion, complete
-from partitions._producer.batch import MULTI_MIN_RECORDS, Batch, multi_replies, packed_multi
+from partitions._producer.batch import (
+    MULTI_MIN_RECORDS,
+    Batch,
+    multi_groups,
+    multi_replies,
+    packed_multi,
+)
 from partitions._producer.delivery import wait_commands
 
 __all__ = ["SENDERS", "Driver", "Exchange", "React", "Sender", "reaction", "send_round"]
@@ -173,15 +179,16 @@ class _Unit:
 
 def _units(group: list[Batch], multi: bool, cluster: bool) -> list[_Unit]:
     """How a node's batches go where ``multi`` (a call of the library succeeded since the
-    last sign it may be gone, and the user may send MULTI batches): on a single server, one
-    MULTI for all of them once one has several records (a batch in it costs the commit's
-    few calls, not a call of its own); on a cluster one MULTI per batch of several records (a
-    MULTI holds one slot). FCALL append for the others."""
+    last sign it may be gone, and the user may send MULTI batches): on a single server, all
+    of them in MULTIs once one has several records (a batch in one costs the commit's few
+    calls, not a call of its own), each MULTI of at most ``MULTI_MAX_RECORDS`` records
+    (:func:`~partitions._producer.batch.multi_groups`); on a cluster one MULTI per batch of
+    several records (a MULTI holds one slot). FCALL append for the others."""
     big = [multi and b.count >= MULTI_MIN_RECORDS for b in group]
     if cluster:
         return [_Unit([b], m) for b, m in zip(group, big, strict=True)]
     if any(big):
-        return [_Unit(group, True)]
+        return [_Unit(g, True) for g in multi_groups(group)]
     return [_Unit([b], False) for b in group]
 
 

@@ -1,0 +1,94 @@
+"""What rounds the producer of ``partstream bench produce`` sends, and what they cost the server:
+``python -m bench.produce_rounds [--url URL] [--records 300000] [--trials 3]``.
+
+Runs the bench's own produce worker (:func:`partitions.bench.produce.produce_partstream`: one
+``send()`` per record, ``batch_size`` 1000, ``linger_ms`` 5, 16 partitions, the same records)
+in this process, with the sender's round packing wrapped to count each round's batches and
+records, and reads the server's ``INFO commandstats`` and ``INFO cpu`` before and after. It
+prints the distribution of records and batches per round, the commands per record and the
+server's microseconds per command: where a round's server time goes. Without ``--url`` it
+starts a private embedded Valkey (as the bench does).
+
+Development tooling, not part of the package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from typing import Any
+
+from partitions._producer import sender as sender_mod
+from partitions.bench.env import bench_server, drop_namespace, new_namespace, server_cpu_s
+from partitions.bench.options import BenchOptions
+from partitions.bench.produce import PS_TOPIC, create_topics, produce_partstream
+from partitions.bench.workers import Counters
+
+
+def _stats(conn: Any) -> dict[str, tuple[int, int]]:
+    info = conn.client.info("commandstats")
+    return {k.removeprefix("cmdstat_"): (int(v["calls"]), int(v["usec"])) for k, v in info.items()}
+
+
+def _quantiles(xs: list[int]) -> str:
+    if not xs:
+        return "-"
+    qs = statistics.quantiles(xs, n=10) if len(xs) > 1 else [xs[0]] * 9
+    return f"mean {statistics.fmean(xs):.0f}, p10 {qs[0]:.0f}, median {qs[4]:.0f}, p90 {qs[8]:.0f}"
+
+
+def trial(url: str | None, records: int) -> None:
+    rounds: list[tuple[int, int]] = []
+    original = sender_mod.packed_multi
+
+    def counting(batches: list[Any]) -> bytes:
+        rounds.append((len(batches), sum(b.count for b in batches)))
+        return original(batches)
+
+    opts = BenchOptions(records=records)
+    with bench_server(url) as server:
+        ns = new_namespace()
+        try:
+            create_topics(server, ns, opts, PS_TOPIC)
+            with server.connect(ns) as conn:
+                sender_mod.packed_multi = counting  # type: ignore[assignment]
+                try:
+                    before, cpu0 = _stats(conn), server_cpu_s(conn)
+                    produce_partstream(0, Counters([0], [0.0, 0.0, 0.0]), lambda: None,
+                                       (server, ns, opts, PS_TOPIC, records, 0))  # fmt: skip
+                    after, cpu1 = _stats(conn), server_cpu_s(conn)
+                finally:
+                    sender_mod.packed_multi = original  # type: ignore[assignment]
+        finally:
+            with server.connect(ns) as conn:
+                drop_namespace(conn)
+    multi = [r for _, r in rounds]
+    print(f"rounds (MULTI): {len(rounds)}; records a round: {_quantiles(multi)}; "
+          f"batches a round: {_quantiles([b for b, _ in rounds])}; "
+          f"records a batch: {sum(multi) / max(1, sum(b for b, _ in rounds)):.1f}")  # fmt: skip
+    print(f"server CPU: {(cpu1 - cpu0) * 1e6 / records:.2f} us/record (INFO cpu)")
+    total = 0
+    rows = []
+    for name, (calls, usec) in after.items():
+        c0, u0 = before.get(name, (0, 0))
+        if calls - c0 > 0:
+            rows.append((usec - u0, name, calls - c0))
+            total += usec - u0
+    for usec, name, calls in sorted(rows, reverse=True)[:8]:
+        print(f"  {name:<12} {calls:>8} calls, {calls / records:6.3f}/record, "
+              f"{usec / calls:7.2f} us/call, {usec / records:5.2f} us/record")  # fmt: skip
+    print(f"  commandstats total {total / records:.2f} us/record")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--url")
+    ap.add_argument("--records", type=int, default=300_000)
+    ap.add_argument("--trials", type=int, default=1)
+    args = ap.parse_args()
+    for _ in range(args.trials):
+        trial(args.url, args.records)
+
+
+if __name__ == "__main__":
+    main()

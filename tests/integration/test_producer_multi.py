@@ -233,6 +233,37 @@ def test_multi_is_what_goes_on_the_wire(private: ServerProc) -> None:
         conn.close()
 
 
+def test_a_large_round_goes_in_several_multis(private: ServerProc) -> None:
+    """One round of four batches of 400 records to a single server: MULTIs of at most
+    ``MULTI_MAX_RECORDS`` records (two of two batches), a commit each, every record once and
+    in order per partition."""
+    conn = connect(ClientConfig(url=private.url, namespace="caps"))
+    try:
+        TopicAdmin(conn).create(TopicSpec("mcaps", 4))
+
+        def calls(name: str) -> int:
+            return int(conn.client.info("commandstats").get(f"cmdstat_{name}", {}).get("calls", 0))
+
+        with Producer(conn, ProducerConfig(linger_ms=60_000, batch_size=1000)) as p:
+            warm = p.send("mcaps", "warm", key="k", partition=0)
+            p.flush(30)  # the library is known loaded: MULTI batches from now on
+            warm.result(0)
+            execs, fcalls = calls("exec"), calls("fcall")
+            futs = [p.send("mcaps", f"{q}-{i}", key="k", partition=q)
+                    for q in range(4) for i in range(400)]  # fmt: skip
+            p.flush(30)
+            assert (calls("exec") - execs, calls("fcall") - fcalls) == (2, 2)
+            want = [q for q in range(4) for _ in range(400)]
+            assert [f.result(0).partition for f in futs] == want
+        got: dict[int, list[bytes]] = {}
+        for r in replay(conn, "mcaps"):
+            got.setdefault(r.partition, []).append(r.value or b"")
+        for q in range(4):
+            assert got[q][-400:] == [f"{q}-{i}".encode() for i in range(400)]
+    finally:
+        conn.close()
+
+
 def test_a_least_privilege_producer_keeps_fcall_append(private: ServerProc) -> None:
     """A producer user with the rules of ``partstream acl print --role producer`` (XADD
     only on its streams, no MULTI, XREVRANGE, XTRIM or XDEL) is asked once, in a

@@ -3,11 +3,20 @@ and what it does after: one batch reply in append.lua's terms, without a server.
 
 from __future__ import annotations
 
+from typing import cast
+
 import redis.exceptions as rex
 
 from partitions._client.config import ProducerConfig
 from partitions._producer.accumulator import Accumulator
-from partitions._producer.sender import _note_library, _Unrecorded, fold_multi
+from partitions._producer.batch import (
+    MULTI_MAX_RECORDS,
+    MULTI_MIN_RECORDS,
+    Batch,
+    Route,
+    multi_groups,
+)
+from partitions._producer.sender import _note_library, _units, _Unrecorded, fold_multi
 
 OK, Q = b"OK", b"QUEUED"
 IDS = [b"5-0", b"5-1", b"5-2"]
@@ -107,3 +116,30 @@ def test_a_refused_multi_stops_multi_batches_there() -> None:
     noperm = rex.NoPermissionError("User may not run MULTI")
     assert _multi_refused([noperm, *IDS, [1], rex.ResponseError("EXEC without MULTI")], units)
     assert not _multi_refused([OK, Q, Q, Q, Q, [*IDS, [1]]], units)
+
+
+def _batches(*counts: int) -> list[Batch]:
+    out = []
+    for p, n in enumerate(counts):
+        b = Batch("t", p, cast(Route, None), 0.0, 1.0)
+        b.count = n
+        out.append(b)
+    return out
+
+
+def test_a_round_goes_in_multis_of_at_most_the_cap_of_whole_batches() -> None:
+    """A single server's round: whole batches, in order, at most ``cap`` records a MULTI;
+    a batch larger than the cap alone (a batch is never split: all or nothing)."""
+    got = multi_groups(_batches(400, 400, 400, 100, 2000, 10), cap=1024)
+    assert [[b.count for b in g] for g in got] == [[400, 400], [400, 100], [2000], [10]]
+    assert [b.count for b in multi_groups(_batches(1024), cap=1024)[0]] == [1024]
+    assert multi_groups([], cap=1024) == []
+    assert MULTI_MAX_RECORDS >= 1000 >= MULTI_MIN_RECORDS
+
+
+def test_units_of_a_single_server_follow_the_groups() -> None:
+    units = _units(_batches(600, 600, 3), multi=True, cluster=False)
+    assert [(len(u.batches), u.multi) for u in units] == [(1, True), (2, True)]
+    # no batch of several records: FCALL append each; on a cluster one MULTI per batch
+    assert [u.multi for u in _units(_batches(1, 2), multi=True, cluster=False)] == [False] * 2
+    assert [len(u.batches) for u in _units(_batches(600, 600), True, cluster=True)] == [1, 1]

@@ -3,9 +3,9 @@
 
 Runs the bench's own produce worker (:func:`partitions.bench.produce.produce_partstream`: one
 ``send()`` per record, ``batch_size`` 1000, ``linger_ms`` 5, 16 partitions, the same records)
-in this process, with the sender's round packing wrapped to count each round's batches and
-records, and reads the server's ``INFO commandstats`` and ``INFO cpu`` before and after. It
-prints the distribution of records and batches per round, the commands per record and the
+in this process, with the sender's MULTI packing wrapped to count each MULTI's batches and
+records (one MULTI a round until ``MULTI_MAX_RECORDS`` split rounds), and reads the server's
+``INFO commandstats`` and ``INFO cpu`` before and after. It prints the distribution of records and batches per MULTI, the commands per record and the
 server's microseconds per command: where a round's server time goes. Without ``--url`` it
 starts a private embedded Valkey (as the bench does).
 
@@ -39,11 +39,12 @@ def _quantiles(xs: list[int]) -> str:
 
 def trial(url: str | None, records: int) -> None:
     rounds: list[tuple[int, int]] = []
-    original = sender_mod.packed_multi
+    original = getattr(sender_mod, "packed_multi")  # noqa: B009 (not exported)
 
     def counting(batches: list[Any]) -> bytes:
         rounds.append((len(batches), sum(b.count for b in batches)))
-        return original(batches)
+        out: bytes = original(batches)
+        return out
 
     opts = BenchOptions(records=records)
     with bench_server(url) as server:
@@ -51,20 +52,20 @@ def trial(url: str | None, records: int) -> None:
         try:
             create_topics(server, ns, opts, PS_TOPIC)
             with server.connect(ns) as conn:
-                sender_mod.packed_multi = counting  # type: ignore[assignment]
+                setattr(sender_mod, "packed_multi", counting)  # noqa: B010
                 try:
                     before, cpu0 = _stats(conn), server_cpu_s(conn)
                     produce_partstream(0, Counters([0], [0.0, 0.0, 0.0]), lambda: None,
                                        (server, ns, opts, PS_TOPIC, records, 0))  # fmt: skip
                     after, cpu1 = _stats(conn), server_cpu_s(conn)
                 finally:
-                    sender_mod.packed_multi = original  # type: ignore[assignment]
+                    setattr(sender_mod, "packed_multi", original)  # noqa: B010
         finally:
             with server.connect(ns) as conn:
                 drop_namespace(conn)
     multi = [r for _, r in rounds]
-    print(f"rounds (MULTI): {len(rounds)}; records a round: {_quantiles(multi)}; "
-          f"batches a round: {_quantiles([b for b, _ in rounds])}; "
+    print(f"MULTIs: {len(rounds)}; records a MULTI: {_quantiles(multi)}; "
+          f"batches a MULTI: {_quantiles([b for b, _ in rounds])}; "
           f"records a batch: {sum(multi) / max(1, sum(b for b, _ in rounds)):.1f}")  # fmt: skip
     print(f"server CPU: {(cpu1 - cpu0) * 1e6 / records:.2f} us/record (INFO cpu)")
     total = 0

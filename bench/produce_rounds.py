@@ -5,9 +5,10 @@ Runs the bench's own produce worker (:func:`partitions.bench.produce.produce_par
 ``send()`` per record, ``batch_size`` 1000, ``linger_ms`` 5, 16 partitions, the same records)
 in this process, with the sender's MULTI packing wrapped to count each MULTI's batches and
 records (one MULTI a round until ``MULTI_MAX_RECORDS`` split rounds), and reads the server's
-``INFO commandstats`` and ``INFO cpu`` before and after. It prints the distribution of records and batches per MULTI, the commands per record and the
-server's microseconds per command: where a round's server time goes. Without ``--url`` it
-starts a private embedded Valkey (as the bench does).
+``INFO commandstats`` and ``INFO cpu`` before and after. It prints the distribution of
+records and batches per MULTI, the commands per record and the server's microseconds per
+command: where a round's server time goes. Without ``--url`` it starts a private embedded
+Valkey (as the bench does).
 
 Development tooling, not part of the package.
 """

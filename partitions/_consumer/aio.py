@@ -113,6 +113,8 @@ class AsyncConsumer(ConsumerShell):
         # True once an exchange completed on ``_data`` (what it left there, a WATCH, holds
         # while the connection stays connected); False for a connection just taken.
         self._data_used = False
+        # ``_data``'s client id, once an exchange blocked on it (_wake() unblocks it then).
+        self._data_id: int | None = None
         self._blocker: Any = None  # blocking waits, cut short by CLIENT UNBLOCK
         self._blocker_id: int | None = None
         self._unblocks: set[asyncio.Task[None]] = set()
@@ -274,12 +276,14 @@ class AsyncConsumer(ConsumerShell):
         return True
 
     def _wake(self) -> None:
-        """Interrupt a blocking wait (the heartbeat task posted an event)."""
-        if self._blocker_id is None:
-            return
-        task = asyncio.get_running_loop().create_task(self._unblock(self._blocker_id))
-        self._unblocks.add(task)
-        task.add_done_callback(self._unblocks.discard)
+        """Interrupt a blocking wait (the heartbeat task posted an event): on the blocking
+        connection, and on the data connection, where a wait rides in front of a fetch."""
+        for client_id in (self._blocker_id, self._data_id):
+            if client_id is None:
+                continue
+            task = asyncio.get_running_loop().create_task(self._unblock(client_id))
+            self._unblocks.add(task)
+            task.add_done_callback(self._unblocks.discard)
 
     async def _unblock(self, blocker_id: int) -> None:
         with contextlib.suppress(rex.RedisError, OSError):
@@ -300,6 +304,8 @@ class AsyncConsumer(ConsumerShell):
         if isinstance(op, ops.Exchange):
             if op.same_connection and not self._same_connection():
                 return None
+            if op.block_ms and self._data_id is None:  # for _wake(): CLIENT UNBLOCK <id>
+                self._data_id = int((await self._exchange([("CLIENT", "ID")], op.what, False))[0])
             return await self._exchange(op.commands, op.what, op.bulk)
         if isinstance(op, ops.Wait):
             await self._wait(op)
@@ -335,7 +341,7 @@ class AsyncConsumer(ConsumerShell):
         with it, never read as another request's."""
         if self._data is None:
             self._data = await self._connect(what)
-            self._data_used = False
+            self._data_used, self._data_id = False, None
         c = self._data
         payload = wire.packed(commands)
         try:

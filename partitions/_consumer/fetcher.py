@@ -49,6 +49,8 @@ class Fetcher:
         # True once an exchange completed on ``_conn`` (what it left there, a WATCH, holds
         # while the connection stays connected); False for a connection just taken.
         self._conn_used = False
+        # ``_conn``'s client id, once an exchange blocked on it (wake() unblocks it then).
+        self._conn_id: int | None = None
         # Blocking waits (XREAD BLOCK) on a connection of their own; a cluster polls instead
         # (a blocking read over several slots does not exist). Opened on first use.
         self._blocker: Any = None
@@ -71,6 +73,8 @@ class Fetcher:
         if isinstance(op, ops.Exchange):
             if op.same_connection and not self.same_connection():
                 return None
+            if op.block_ms and self._conn_id is None:  # for wake(): CLIENT UNBLOCK <id>
+                self._conn_id = int(self.exchange([("CLIENT", "ID")], op.what)[0])
             return self.exchange(op.commands, op.what, bulk=op.bulk)
         if isinstance(op, ops.Wait):
             return self.wait(op.waiting, op.block_ms)
@@ -125,14 +129,14 @@ class Fetcher:
                 self._conn = self.client.connection_pool.get_connection()
             except rex.RedisError as err:
                 raise translate(err, "connecting") from err
-            self._conn_used = False
+            self._conn_used, self._conn_id = False, None
         return self._conn
 
     def _drop_conn(self) -> None:
         """Disconnect and give back the fetcher's connection after an error: the next one
         comes from the pool, which connects it where the primary is now (a connection
         reconnecting by itself would go back to its old address, after a failover too)."""
-        c, self._conn, self._conn_used = self._conn, None, False
+        c, self._conn, self._conn_used, self._conn_id = self._conn, None, False, None
         if c is not None:
             c.disconnect()
             self.client.connection_pool.release(c)
@@ -200,12 +204,13 @@ class Fetcher:
             old.close()
 
     def wake(self) -> None:
-        """Interrupt a blocking wait of the consumer thread (from the heartbeat thread)."""
-        blocker_id = self._blocker_id
-        if self._blocker is None or blocker_id is None:
-            return
-        with contextlib.suppress(rex.RedisError):
-            self.client.client_unblock(blocker_id)
+        """Interrupt a blocking wait of the consumer thread (from the heartbeat thread): on
+        the blocking connection, and on the data connection, where a wait rides in front of
+        a fetch (unblocking a client that is not blocked does nothing)."""
+        for client_id in (self._blocker_id, self._conn_id):
+            if client_id is not None:
+                with contextlib.suppress(rex.RedisError):
+                    self.client.client_unblock(client_id)
 
     def close(self) -> None:
         """Give back the data connection, disconnected (it may still WATCH the fences:

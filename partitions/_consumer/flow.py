@@ -137,6 +137,7 @@ class ConsumerFlow:
         # already), and the script path reads them afresh.
         self._waited = False
         self._packed = plans.PackCache()  # the fast path's repeated commands, packed once
+        self._woke = False  # the last fast fetch's blocking read returned an entry
 
     # -- requests -----------------------------------------------------------------------------
     def enter(self) -> Step:
@@ -255,13 +256,16 @@ class ConsumerFlow:
         return True
 
     # -- reads ----------------------------------------------------------------------------------
-    def fill(self, *, tails: bool = True) -> Step:
+    def fill(self, *, tails: bool = True, wait: tuple[Any, ...] | None = None) -> Step:
         """Read the partitions whose buffer ran dry into their buffers. ``tails=False``: other
-        partitions hold records, so no blocking wait follows and their tails are not needed."""
+        partitions hold records, so no blocking wait follows and their tails are not needed.
+        ``wait``: a blocking read in front of the fast fetch (:meth:`idle`)."""
         s, m = self.settings(), self.metrics
         started = time.monotonic()
         try:
-            records, refused = yield from self.fetch(s.max_deliveries, s.reclaim_idle_ms, tails)
+            records, refused = yield from self.fetch(
+                s.max_deliveries, s.reclaim_idle_ms, tails, wait
+            )
             self._fetched_at = time.monotonic()
         except OUTCOME_UNKNOWN:
             # The read may have run without its reply reaching us (connection lost, server
@@ -281,13 +285,22 @@ class ConsumerFlow:
             records = yield from self.dead_letter_undecodable(records)
         self.a.fill(records)
 
-    def fetch(self, max_deliveries: int, reclaim_ms: int, tails: bool = True) -> Step:
-        """Read every dry partition (its acks riding along) in one round trip."""
+    def fetch(
+        self, max_deliveries: int, reclaim_ms: int, tails: bool = True,
+        wait: tuple[Any, ...] | None = None,
+    ) -> Step:  # fmt: skip
+        """Read every dry partition (its acks riding along) in one round trip; ``wait``: a
+        blocking read first, in the same round trip (the caller checked wait_fetch_ok)."""
         now = time.monotonic()
         parts = self.a.reading()
         waited, self._waited = self._waited, False
-        if not self.is_cluster and plans.fast_ok(parts, reclaim_ms, now):
-            fast = yield from self.fast_fetch(parts)
+        if wait is not None or (not self.is_cluster and plans.fast_ok(parts, reclaim_ms, now)):
+            fast = yield from self.fast_fetch(parts, wait)
+            if wait is not None and fast is not None and not fast:
+                # Woken by an entry that the read did not find (the group had it delivered
+                # already: a tail is stale): the next fetch reads the tails afresh.
+                self._waited = self._woke
+                return fast, []
             if fast is not None and (fast or not tails or (not waited and known_tails(parts))):
                 return fast, []
             # Nothing new (or the fast path stepped aside) and a tail to learn: the script
@@ -299,12 +312,14 @@ class ConsumerFlow:
         replies = yield from self.run(plan.calls, "reading partitions")
         return plan.settle(self.a, replies, self.tally)
 
-    def fast_fetch(self, parts: list[PartitionState]) -> Step:
+    def fast_fetch(self, parts: list[PartitionState], wait: tuple[Any, ...] | None = None) -> Step:
         """The fast path's fetch: one transaction, the next one's WATCH and check behind it;
         a check first only where the connection does not watch every partition read (the
-        first fetch, after a refusal, on a new connection). None: take the script path."""
+        first fetch, after a refusal, on a new connection). None: take the script path.
+        ``wait``: a blocking read in front (only where the watch covers ``parts``)."""
         watched = self._watched
-        if watched is None or any(st not in watched for st in parts):
+        self._woke = False
+        if wait is None and (watched is None or any(st not in watched for st in parts)):
             answers = yield from self.exchange(plans.fast_check(parts, self.a.group))
             if any(isinstance(r, Exception) for r in answers):
                 yield from self.reset()
@@ -313,12 +328,15 @@ class ConsumerFlow:
                 self._watched = None
                 yield from self.exchange([("UNWATCH",)])
                 return None  # a fence moved (the script path reports who holds it) or asked
-        plan = plans.plan_fast(self.a, parts, self.config.fetch_count, self._packed)
-        replies = yield from self.exchange(plan.commands(), bulk=True, same_connection=True)
+        plan = plans.plan_fast(self.a, parts, self.config.fetch_count, self._packed, wait)
+        replies = yield from self.exchange(
+            plan.commands(), bulk=True, same_connection=True, block_ms=wait[4] if wait else 0
+        )
         if replies is None:  # not the connection that watched: nothing was sent
             self._watched = None
             return None
-        replies, check = plan.split(replies)
+        woke, replies, check = plan.split(replies)
+        self._woke = bool(woke and woke[0] and not isinstance(woke[0], Exception))
         self._watched = plans.fast_held(plan.watch, check)  # EXEC ended the previous WATCH
         if any(isinstance(r, Exception) for r in replies[:-1]):
             yield from self.reset()
@@ -419,7 +437,26 @@ class ConsumerFlow:
         waiting = a.waiting()
         if waiting and block_ms > 0:
             self._waited = True
-            yield Wait(waiting, block_ms)
+            if self.wait_fetch_ok(waiting):
+                # The wait and the read in one round trip: the server runs the fenced read as
+                # soon as the blocking one returns.
+                yield from self.fill(wait=plans.wait_read(waiting, block_ms))
+            else:
+                yield Wait(waiting, block_ms)
+
+    def wait_fetch_ok(self, waiting: dict[str, str]) -> bool:
+        """The blocking wait may ride in front of a fast fetch: a single node, every owned
+        partition waited on (its tail known, nothing to recover), none due a reclaim, and
+        the data connection watching every fence, checked ours."""
+        if self.is_cluster or self._watched is None:
+            return False
+        parts = self.a.reading()
+        if len(parts) != len(self.a.parts) or not known_tails(parts):
+            return False
+        s = self.settings()
+        if not plans.fast_ok(parts, s.reclaim_idle_ms, time.monotonic()):
+            return False
+        return all(st in self._watched and st.stream in waiting for st in parts)
 
     # -- commits, retries, dead letters, seeks ------------------------------------------------
     def commit(self, records: Iterable[Record] | None) -> Step:
@@ -571,12 +608,12 @@ class ConsumerFlow:
     # -- the wire -------------------------------------------------------------------------------
     def exchange(
         self, commands: list[Any], what: str = "reading partitions", *,
-        bulk: bool = False, same_connection: bool = False,
+        bulk: bool = False, same_connection: bool = False, block_ms: int = 0,
     ) -> Step:  # fmt: skip
         """One :class:`Exchange`; if it fails, the shell dropped its connection, and the
         fences that connection watched are watched no more."""
         try:
-            replies = yield Exchange(commands, what, bulk=bulk, same_connection=same_connection)
+            replies = yield Exchange(commands, what, bulk, same_connection, block_ms)
         except BaseException:
             self._watched = None
             raise

@@ -46,12 +46,17 @@ class Exchange:
     connection (a WATCH): if the shell's data connection is not that one, connected without
     a break since, nothing is sent and the answer is None. The data connection is the
     shell's alone (nothing else sends on it or disconnects it), so a connection that is still
-    connected has not been replaced under the flow."""
+    connected has not been replaced under the flow.
+
+    ``block_ms``: the first command is a blocking read of at most that long (the commands
+    after it wait in the server's buffer and run when it returns); a rebalance event cuts it
+    short (the shell's ``wake`` unblocks the connection), as it does a :class:`Wait`."""
 
     commands: list[Any]  # command tuples, or a command's packed RESP bytes
     what: str
     bulk: bool = False
     same_connection: bool = False
+    block_ms: int = 0
 
 
 @dataclass(slots=True)

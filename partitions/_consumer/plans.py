@@ -330,13 +330,17 @@ class FastPlan:
     reads: list[tuple[list[PartitionState], int]] = field(default_factory=list)
     watch: list[PartitionState] = field(default_factory=list)
     check: list[Any] = field(default_factory=list)  # fast_check(watch)
+    # A blocking XREAD in front (wait_read): the transaction runs when it returns, on the
+    # server, with no round trip between the wake-up and the read.
+    wait: list[Any] = field(default_factory=list)
 
     def commands(self) -> list[Any]:
-        return self.txn + self.check
+        return self.wait + self.txn + self.check
 
-    def split(self, replies: list[Any]) -> tuple[list[Any], list[Any]]:
-        """The transaction's replies and the next check's."""
-        return replies[: len(self.txn)], replies[len(self.txn) :]
+    def split(self, replies: list[Any]) -> tuple[list[Any], list[Any], list[Any]]:
+        """The wait's reply (none, or one), the transaction's, and the next check's."""
+        w, t = len(self.wait), len(self.wait) + len(self.txn)
+        return replies[:w], replies[w:t], replies[t:]
 
     def settle(self, a: Assignment, replies: list[Any], tally: Tally) -> list[Record] | None:
         """The records read, or None if the transaction did not run (a fence changed
@@ -388,11 +392,21 @@ class PackCache:
         return got
 
 
+def wait_read(waiting: dict[str, str], block_ms: int) -> tuple[Any, ...]:
+    """A blocking read of one entry after each tail: it returns once any stream has one."""
+    return ("XREAD", "COUNT", 1, "BLOCK", block_ms, "STREAMS", *waiting, *waiting.values())
+
+
 def plan_fast(
-    a: Assignment, parts: list[PartitionState], count: int, packed: PackCache | None = None
+    a: Assignment,
+    parts: list[PartitionState],
+    count: int,
+    packed: PackCache | None = None,
+    wait: tuple[Any, ...] | None = None,
 ) -> FastPlan:
     """The fast fetch of ``parts``; with ``packed``, the commands that repeat from fetch to
-    fetch (the reads, the next check) go as packed bytes from it."""
+    fetch (the reads, the next check) go as packed bytes from it; with ``wait`` (a
+    :func:`wait_read`) in front, it reads what woke the wait."""
     acks = a.acks_for_read()
     group = a.group
     same: Any = packed if packed is not None else (lambda command: command)
@@ -415,7 +429,7 @@ def plan_fast(
     watch = list(a.parts.values())
     reading = [(ps, n) for n, ps in reads]
     check = [same(c) for c in fast_check(watch, group)]
-    return FastPlan(parts, acking, txn, reading, watch, check)
+    return FastPlan(parts, acking, txn, reading, watch, check, [wait] if wait else [])
 
 
 def lost_error(st: PartitionState, what: str) -> StateLostError:

@@ -46,6 +46,7 @@ class FakeConnection:
         self.sent: list[list[tuple[Any, ...]]] = []  # each exchange's commands, unpacked
         self.txns_unguarded = 0  # transactions that ran with a fence not watched+checked
         self.scripts = 0
+        self.ops: list[Any] = []  # every request the flow made
 
     def set_fence(self, key: str, value: bytes) -> None:
         self.fences[key] = value
@@ -58,6 +59,9 @@ class FakeConnection:
             got.append((f"{len(got) + 1}-0".encode(), [b"k", b"x", b"v", b"y"]))
 
     def answer(self, op: Any) -> Any:
+        self.ops.append(op)
+        if isinstance(op, ops.Wait):
+            return None  # (a real one blocks until an entry comes; none is needed here)
         if isinstance(op, ops.Exchange):
             if op.same_connection and not self.connected_same:
                 return None
@@ -97,6 +101,14 @@ class FakeConnection:
                 else:
                     out.append([self.execute(c) for c in queued])
                 self.watching, self.dirty, queued = {}, False, None
+            elif name == "XREAD":  # the blocking wait, answered at once: entries or none
+                n = (len(cmd) - 6) // 2
+                streams, tails = cmd[6 : 6 + n], cmd[6 + n :]
+                woke = [
+                    [s.encode(), [e for e in self.entries[s] if int(e[0][:-2]) > int(t[:-2])][:1]]
+                    for s, t in zip(streams, tails, strict=True)
+                ]
+                out.append([w for w in woke if w[1]] or None)
             elif name == "FCALL":  # consume.lua's read: fenced, reads nothing new here
                 self.scripts += 1
                 n = int(cmd[2])
@@ -148,6 +160,7 @@ def make() -> tuple[ConsumerFlow, FakeConnection]:
     for tp in TPS:
         st = a.assign(tp, 1)
         st.cursor = ""  # recovered: the fast path may read it
+        st.next_reclaim = 1e18  # no reclaim pass due (the script path's)
     f = ConsumerFlow(
         a, ConsumerConfig(), topics={}, runner=_Runner(), settings=GroupSettings,
         events=Events(lambda: None), listener=None, is_cluster=False,
@@ -270,3 +283,59 @@ def test_a_partition_granted_again_is_checked_again() -> None:
     assert [r.id for r in fetch(f, conn)] == ["2-0"]
     assert conn.sent[before][0][0] == "WATCH"  # a check of its own first
     assert conn.txns_unguarded == 0
+
+
+def idle(f: ConsumerFlow, conn: FakeConnection) -> None:
+    ops.drive(f.idle(1.0), conn.answer)
+
+
+def test_an_idle_wait_rides_in_front_of_the_fetch() -> None:
+    f, conn = make()
+    s0, s1 = (st.stream for st in f.a.parts.values())
+    conn.add(s0, 1)
+    conn.add(s1, 1)
+    fetch(f, conn)  # the tails are known now: 1-0 and 1-0
+    f.a.fill([])
+    conn.add(s1, 1)
+    before = len(conn.sent)
+    idle(f, conn)
+    # One exchange: the blocking read first, then the fenced read it woke, then the next check.
+    assert len(conn.sent) == before + 1
+    sent = conn.sent[-1]
+    assert sent[0][0] == "XREAD" and sent[1] == ("MULTI",) and sent[-1][0] == "HGET"
+    assert isinstance(conn.ops[-1], ops.Exchange) and conn.ops[-1].block_ms > 0
+    assert [r.id for r in f.a.take(10)] == ["2-0"]  # buffered, for the poll to hand out
+    assert conn.txns_unguarded == 0
+
+
+def test_a_wait_woken_for_nothing_new_reads_the_tails_afresh() -> None:
+    f, conn = make()
+    st0 = f.a.parts[TPS[0]]
+    conn.add(st0.stream, 2)
+    fetch(f, conn)
+    st0.tail = "1-0"  # stale: 2-0 was delivered already (an admin moved the group, say)
+    idle(f, conn)  # the wait returns at once for 2-0; the read finds nothing new
+    assert conn.scripts == 0
+    assert fetch(f, conn) == [] and conn.scripts == 2  # the script path: the tails afresh
+    assert st0.tail == "2-0"
+
+
+def test_a_wait_stays_on_its_own_connection_when_the_fetch_cannot_follow() -> None:
+    f, conn = make()
+    for st in f.a.parts.values():
+        conn.add(st.stream, 1)
+    fetch(f, conn)
+    f._watched = None  # nothing watched on the data connection (a new one, say)
+    idle(f, conn)
+    assert isinstance(conn.ops[-1], ops.Wait)
+    f._watched = set(f.a.parts.values())
+    f.a.parts[TPS[1]].tail = ""  # a tail not known
+    idle(f, conn)
+    assert isinstance(conn.ops[-1], ops.Wait)
+    f.a.parts[TPS[1]].tail = "1-0"
+    f.a.parts[TPS[1]].next_reclaim = 0.0  # a reclaim pass due: the script path's read
+    idle(f, conn)
+    assert isinstance(conn.ops[-1], ops.Wait)
+    f.a.parts[TPS[1]].next_reclaim = 1e18
+    idle(f, conn)
+    assert isinstance(conn.ops[-1], ops.Exchange) and conn.ops[-1].block_ms > 0

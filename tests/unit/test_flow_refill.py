@@ -42,7 +42,7 @@ def make_flow() -> tuple[ConsumerFlow, list[list[TopicPartition]]]:
     reads: list[list[TopicPartition]] = []
     fresh = iter(range(100, 200))
 
-    def fetch(max_deliveries: int, reclaim_ms: int, tails: bool = True) -> Any:
+    def fetch(max_deliveries: int, reclaim_ms: int, tails: bool = True, wait: Any = None) -> Any:
         parts = [st.tp for st in a.reading()]
         reads.append(parts)
         return [rec(tp, next(fresh)) for tp in parts if tp == B], []

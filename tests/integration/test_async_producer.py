@@ -176,7 +176,10 @@ async def test_cancelling_a_waiting_task_neither_loses_nor_duplicates(
         finally:
             node.execute_command("CLIENT", "UNPAUSE")
         done = await asyncio.gather(*waiters, return_exceptions=True)
-        assert all(isinstance(d, asyncio.CancelledError) for d in done[::2])
+        cancelled = done[::2]
+        assert all(isinstance(d, asyncio.CancelledError) for d in cancelled), [
+            repr(d) for d in cancelled if not isinstance(d, asyncio.CancelledError)
+        ]
         assert all(not isinstance(d, BaseException) for d in done[1::2])
         metas = [await f for f in futures]  # the timed-out waits' records too
         assert [m.partition for m in metas] == [0] * 30

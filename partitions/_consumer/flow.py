@@ -294,15 +294,15 @@ class ConsumerFlow:
         now = time.monotonic()
         parts = self.a.reading()
         waited, self._waited = self._waited, False
-        if wait is None and not self.is_cluster and plans.fast_ok(parts, 0, now):
-            # A reclaim pass due goes first, on its own: folded into the script path's read
-            # it would take every dry partition's new entries through Lua (about twice the
-            # server's cost of the native read), once per partition every few seconds.
-            if due := plans.reclaim_due(parts, reclaim_ms, now):
-                got = yield from self.reclaim(due, max_deliveries, reclaim_ms, now)
-                if got[0] or got[1]:
-                    self._waited = waited  # no read yet: the next fetch's to know
-                    return got
+        # A reclaim pass due in a steady single-node state goes first, on its own: folded
+        # into the script path's read it would take every dry partition's new entries through
+        # Lua (about twice the server's cost of the native read), every few seconds.
+        steady = wait is None and not self.is_cluster and plans.fast_ok(parts, 0, now)
+        if steady and (due := plans.reclaim_due(parts, reclaim_ms, now)):
+            got = yield from self.reclaim(due, max_deliveries, reclaim_ms, now)
+            if got[0] or got[1]:
+                self._waited = waited  # no read yet: the next fetch's to know
+                return got
         if wait is not None or (not self.is_cluster and plans.fast_ok(parts, reclaim_ms, now)):
             fast = yield from self.fast_fetch(parts, wait)
             if wait is not None and fast is not None and not fast:

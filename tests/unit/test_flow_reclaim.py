@@ -44,7 +44,7 @@ def make_flow(reclaim_replies: list[Any]) -> tuple[ConsumerFlow, list[Any]]:
         return reclaim_replies[: len(calls)]
         yield  # a generator step, like the real one
 
-    def fast_fetch(parts: list[Any]) -> Any:
+    def fast_fetch(parts: list[Any], wait: Any = None) -> Any:
         sent.append("fast")
         return [Record("t", 1, "100-0", b"k", b"v", {})]
         yield

@@ -73,6 +73,13 @@ def read_call(
     )  # fmt: skip
 
 
+def reclaim_call(
+    st: PartitionState, *, count: int, max_deliveries: int, reclaim_ms: int
+) -> ScriptCall:
+    """``reclaim``: 7 count, 8 max_deliveries, 9 reclaim idle ms, 10 safe retention."""
+    return _consume(st, "reclaim", count, max_deliveries, reclaim_ms, st.retention)
+
+
 def hand_call(st: PartitionState, acks: list[str], claims: list[Record]) -> ScriptCall:
     """``hand``: 7 n acks, 8.. ids to ack, then pairs id, deliveries (recorded hand-outs)."""
     return _consume(st, "hand", len(acks), *acks, *_pairs(claims), acks=acks)

@@ -20,6 +20,9 @@ ARGV (common): 1 op, 2 group, 3 fence value "<member_id> <token>", 4 topic, 5 pa
          group is created here ('0' | '$'), 12 safe retention "<max length> <retention ms>"
          ('' = the topic has none; with a reclaim, "~cut" is computed anew), 13 n acks,
          14.. ids to ack first (piggy-backed)
+  reclaim  7 count, 8 max_deliveries, 9 reclaim idle ms, 10 safe retention (as read's 12):
+         a periodic reclaim pass on its own, for a caller that reads new entries natively
+         (the single-node fast path): the pending entries idle that long, nothing new
   hand   7 n acks, 8.. ids to ack, then pairs id, deliveries: record that these recovered
          entries are handed out now (XCLAIM ... RETRYCOUNT deliveries + 1)
   ack    7.. ids to ack
@@ -60,6 +63,7 @@ Replies (status first):
         reclaimed  entries the reclaim pass (periodic or requested) delivered again
         counts   recorded deliveries of the leading recovered entries (one each, in order);
                  the entries after them are new
+   1, 0, entries, '', '', dead, reclaimed, counts    (reclaim: every entry recovered)
    1, acked, gone           (hand) gone: ids no longer pending (trimmed: dead-lettered)
    1, acked                 (ack)
    1, kept, dead            (retry, dead) kept: ids left pending for another hand-out
@@ -257,6 +261,18 @@ if op == 'read' then
   end
   local last = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)[1]
   return {1, acked, out, cursor, last and last[1] or '0-0', dead, reclaimed, counts}
+end
+
+-- A reclaim pass without the read that would follow it in 'read': the entries are recovered
+-- as there; the caller's native XREADGROUP reads the new ones (through here each would cost a
+-- conversion to Lua and back). A missing group is left to that read to find.
+if op == 'reclaim' then
+  local count, max_deliveries, reclaim_ms = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
+  if ARGV[10] ~= '' then update_cut(ARGV[10]) end
+  local out, counts = {}, {}
+  local pend = redis.pcall('XPENDING', stream, group, 'IDLE', reclaim_ms, '-', '+', count)
+  if type(pend) == 'table' and not pend.err then recover(pend, max_deliveries, out, counts) end
+  return {1, 0, out, '', '', dead, #out, counts}
 end
 
 if op == 'hand' then

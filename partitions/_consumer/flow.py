@@ -294,6 +294,15 @@ class ConsumerFlow:
         now = time.monotonic()
         parts = self.a.reading()
         waited, self._waited = self._waited, False
+        # A reclaim pass due in a steady single-node state goes first, on its own: folded
+        # into the script path's read it would take every dry partition's new entries through
+        # Lua (about twice the server's cost of the native read), every few seconds.
+        steady = wait is None and not self.is_cluster and plans.fast_ok(parts, 0, now)
+        if steady and (due := plans.reclaim_due(parts, reclaim_ms, now)):
+            got = yield from self.reclaim(due, max_deliveries, reclaim_ms, now)
+            if got[0] or got[1]:
+                self._waited = waited  # no read yet: the next fetch's to know
+                return got
         if wait is not None or (not self.is_cluster and plans.fast_ok(parts, reclaim_ms, now)):
             fast = yield from self.fast_fetch(parts, wait)
             if wait is not None and fast is not None and not fast:
@@ -311,6 +320,16 @@ class ConsumerFlow:
         )  # fmt: skip
         replies = yield from self.run(plan.calls, "reading partitions")
         return plan.settle(self.a, replies, self.tally)
+
+    def reclaim(
+        self, due: list[PartitionState], max_deliveries: int, reclaim_ms: int, now: float
+    ) -> Step:
+        """The periodic reclaim pass of ``due`` (single node): their stuck entries, if any.
+        Its calls leave the fences alone, so what the data connection watches stays watched."""
+        plan = plans.plan_reclaim(due, now, count=self.config.fetch_count,
+                                  max_deliveries=max_deliveries, reclaim_ms=reclaim_ms)  # fmt: skip
+        replies = yield from self.run(plan.calls, "reclaiming stuck entries")
+        return plan.settle(replies, self.tally)
 
     def fast_fetch(self, parts: list[PartitionState], wait: tuple[Any, ...] | None = None) -> Step:
         """The fast path's fetch: one transaction, the next one's WATCH and check behind it;

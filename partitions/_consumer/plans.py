@@ -33,7 +33,7 @@ from partitions._base.replies import (
 from partitions._base.types import TopicPartition
 from partitions._client import wire
 from partitions._consumer.assignment import STREAM_CONSUMER, Assignment, PartitionState
-from partitions._consumer.calls import ScriptCall, ack_call, hand_call, read_call
+from partitions._consumer.calls import ScriptCall, ack_call, hand_call, read_call, reclaim_call
 from partitions._telemetry.metrics import ConsumerMetrics
 
 Refused = list[tuple[PartitionState, FetchResult]]
@@ -165,7 +165,7 @@ def plan_fetch(
         reclaim = 0
         if reclaim_ms and now >= st.next_reclaim:
             reclaim = reclaim_ms
-            st.next_reclaim = now + min(reclaim_ms / 4000, 5.0)
+            st.next_reclaim = now + reclaim_every(reclaim_ms)
         ids = acks.get(st.tp) or []  # dropped only once the call ran
         calls.append(
             read_call(
@@ -178,6 +178,57 @@ def plan_fetch(
             )
         )
     return FetchPlan(calls, counts)
+
+
+def reclaim_every(reclaim_ms: int) -> float:
+    """Seconds between a partition's periodic reclaim passes."""
+    return min(reclaim_ms / 4000, 5.0)
+
+
+# -- a reclaim pass on its own (single node) ----------------------------------------------
+def reclaim_due(parts: list[PartitionState], reclaim_ms: int, now: float) -> list[PartitionState]:
+    """The partitions of ``parts`` whose periodic reclaim pass is due."""
+    if not reclaim_ms:
+        return []
+    return [st for st in parts if now >= st.next_reclaim]
+
+
+@dataclass(slots=True)
+class ReclaimPlan:
+    """One ``reclaim`` call per partition due: its stuck entries, not its new ones (the fast
+    path reads those natively; folded into a scripted read they would go through Lua)."""
+
+    calls: list[ScriptCall]
+
+    def settle(self, replies: list[Any], tally: Tally) -> tuple[list[Record], Refused]:
+        """The entries recovered (each marked for a recorded hand-out) and the refused
+        partitions; cursors and tails stay as they were (nothing new was read)."""
+        records: list[Record] = []
+        refused: Refused = []
+        for call, reply in zip(self.calls, replies, strict=True):
+            if not ran(reply):
+                continue
+            st = call.st
+            res = fetch_result(st.topic, st.partition, reply)
+            if res.status != 1:
+                tally.refuse(st, res, 0, refused)
+                continue
+            tally.dead(st.topic, res.dead)
+            tally.reclaimed += res.reclaimed
+            records += res.records
+        return records, refused
+
+
+def plan_reclaim(
+    parts: list[PartitionState], now: float, *, count: int, max_deliveries: int, reclaim_ms: int
+) -> ReclaimPlan:
+    calls = []
+    for st in parts:
+        st.next_reclaim = now + reclaim_every(reclaim_ms)
+        calls.append(
+            reclaim_call(st, count=count, max_deliveries=max_deliveries, reclaim_ms=reclaim_ms)
+        )
+    return ReclaimPlan(calls)
 
 
 # -- hand-out -----------------------------------------------------------------------------

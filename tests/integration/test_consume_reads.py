@@ -5,6 +5,8 @@ not go through Lua entry by entry."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from partitions._admin.topics import TopicAdmin, TopicSpec
@@ -15,7 +17,7 @@ from partitions._client.connection import Connection
 from partitions._client.nodes import execute_on_key
 from partitions._consumer import plans
 from partitions._consumer.assignment import Assignment
-from partitions._consumer.calls import read_call
+from partitions._consumer.calls import read_call, reclaim_call
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -56,3 +58,37 @@ def test_the_read_that_ends_recovery_leaves_new_entries_to_the_next_read(
     assert (again.cursor, again.tail) == ("", plans.RECOVERED)
     last = _read(conn, a, tp, 100)
     assert [r.value for r in last.records] == [b"v5"]
+
+
+def test_a_reclaim_pass_returns_only_stuck_entries_and_reads_nothing_new(
+    conn: Connection,
+) -> None:
+    meta = TopicAdmin(conn).create(TopicSpec("creclaim", 1))
+    tp = TopicPartition("creclaim", 0)
+    a = Assignment(conn.keys, "creclaim-g", "m1", Layouts([meta.layout]))
+    st = a.assign(tp, 7)
+    execute_on_key(conn, st.stream, "HSET", st.fence_key, "creclaim-g", st.fence)
+    for i in range(3):
+        execute_on_key(conn, st.stream, "XADD", st.stream, "*", "value", f"v{i}")
+    _read(conn, a, tp, 100)  # recovery: nothing pending, the group is created
+    fetched = _read(conn, a, tp, 100)  # the three are pending now, never acked
+    assert len(fetched.records) == 3
+    execute_on_key(conn, st.stream, "XADD", st.stream, "*", "value", "new")
+
+    def reclaim(idle_ms: int) -> FetchResult:
+        call = reclaim_call(st, count=100, max_deliveries=5, reclaim_ms=idle_ms)
+        reply = execute_on_key(conn, st.stream, *call.command())
+        return fetch_result(tp.topic, tp.partition, reply)
+
+    assert reclaim(600_000).records == []  # not idle long enough
+    time.sleep(0.05)
+    res = reclaim(10)
+    assert res.status == 1 and res.reclaimed == 3
+    # The stuck ones, in id order, each to be recorded before its hand-out; not the new one.
+    assert [r.value for r in res.records] == [b"v0", b"v1", b"v2"]
+    assert all(r._claim and r.deliveries == 1 for r in res.records)
+    assert _read(conn, a, tp, 100).records[0].value == b"new"  # still new for the group
+
+    # A later owner holds the fence: refused, nothing returned.
+    execute_on_key(conn, st.stream, "HSET", st.fence_key, "creclaim-g", "m2 8")
+    assert (reclaim(10).status, reclaim(10).detail) == (0, "m2 8")

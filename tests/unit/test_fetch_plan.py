@@ -297,3 +297,29 @@ def test_fast_path_reads_catching_up_streams_with_their_own_count() -> None:
     records = plan.settle(a, [b"OK", b"QUEUED", b"QUEUED", exec_reply], plans.Tally())
     assert records is not None and [r.id for r in records] == [ID0, ID1, ID2]
     assert not st.catching_up  # 3 < its budget: at the end of its stream
+
+
+# -- a reclaim pass on its own (single node) ----------------------------------------------
+def test_a_reclaim_pass_due_goes_alone_and_settles_without_touching_cursor_or_tail() -> None:
+    a = assignment()
+    st = a.parts[TP]
+    st.cursor, st.tail = "", "5-0"
+    assert plans.reclaim_due([st], 0, 100.0) == []  # no periodic reclaim configured
+    assert plans.reclaim_due([st], 8000, 100.0) == [st]
+    plan = plans.plan_reclaim([st], 100.0, count=500, max_deliveries=5, reclaim_ms=8000)
+    assert plans.reclaim_due([st], 8000, 101.0) == []  # next one in reclaim_every(8000) s
+    assert plans.reclaim_due([st], 8000, 100.0 + plans.reclaim_every(8000)) == [st]
+    (call,) = plan.calls
+    assert call.function == CONSUME and call.acks == []
+    assert call.args == ["reclaim", "recg-a", "m1 7", "rect", "0", STREAM_CONSUMER, 500, 5,
+                         8000, ""]  # fmt: skip
+    # The reply has the read's shape (consume.lua): every entry recovered, counts 1, 0, 2.
+    tally = plans.Tally()
+    records, refused = plan.settle([[1, 0, ENTRIES, b"", b"", 0, 3, [1, 0, 2]]], tally)
+    assert [(r.id, r.deliveries, r._claim) for r in records] == [
+        (ID0, 2, True), (ID1, 1, True), (ID2, 3, True)]  # fmt: skip
+    assert refused == [] and tally.reclaimed == 3
+    assert (st.cursor, st.tail) == ("", "5-0")
+    _, refused = plan.settle([[0, b"m2 9"]], tally)
+    assert [(s.tp, res.detail) for s, res in refused] == [(TP, "m2 9")]
+    assert plan.settle([MOVED], tally) == ([], [])  # did not run: nothing recovered

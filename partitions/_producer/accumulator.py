@@ -162,8 +162,23 @@ class Accumulator:
             first, last = route.router.range_for(region)
             p = self.sticky.partition(topic, region, first, last)
         nbytes = len(chunk)
-        wake = False
         batch = self.open.get((topic, p))
+        if batch is not None and nargs == KEY_VALUE_FIELDS and batch.shapes is None:
+            # The common case, once per record: a key + value record into a batch of them
+            # with room (what the general path below does for it, with fewer look-ups).
+            size = batch.nbytes + nbytes
+            if size <= MAX_BATCH_BYTES:
+                index = batch.count
+                batch.chunks.append(chunk)
+                batch.count = index + 1
+                batch.nargs += KEY_VALUE_FIELDS
+                batch.nbytes = size
+                self.buffered += 1
+                if index + 1 < self._batch_size and size < MAX_BATCH_BYTES:
+                    return batch, index, False
+                self._seal(batch)
+                return batch, index, (topic, p) not in self.inflight
+        wake = False
         if batch is not None and batch.nbytes + nbytes > MAX_BATCH_BYTES:
             self._seal(batch)  # a call stays within MAX_BATCH_BYTES, or holds one record
             batch, wake = None, (topic, p) not in self.inflight

@@ -48,6 +48,7 @@ from partitions._producer.batch import (
     Route,
     encode_many,
     encode_record,
+    futures_for,
 )
 from partitions._producer.delivery import warn_unmet_durability
 from partitions._producer.sender import SENDERS, Driver, Exchange, Step, send_round
@@ -57,6 +58,8 @@ if TYPE_CHECKING:
     from partitions._client.aio import AsyncConnection
 
 __all__ = ["AsyncProducer", "AsyncRecordFuture"]
+
+_new = object.__new__
 
 log = logging.getLogger("partstream.producer")
 
@@ -171,7 +174,10 @@ class AsyncProducer:
             # otherwise only buffer, and the sender's reads would wait for flush().
             self._since_yield = 0
             await asyncio.sleep(0)
-        return AsyncRecordFuture(batch, index)
+        future = _new(AsyncRecordFuture)  # (RecordFuture's docstring: why not a call)
+        future._batch = batch
+        future._index = index
+        return future
 
     async def send_many(
         self, topic: str, records: Iterable[tuple[Value, Key]]
@@ -191,7 +197,7 @@ class AsyncProducer:
             if self._task is None:
                 self._start()
             placed, wake, at = acc.append_many(route, encoded, at)
-            futures += [AsyncRecordFuture(batch, index) for batch, index in placed]
+            futures += futures_for(AsyncRecordFuture, placed)
             if wake:
                 self._wake.set()
             self._since_yield = 0

@@ -24,7 +24,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from partitions._admin.topics import TopicMeta
 from partitions._base.errors import ConfigError
@@ -43,9 +43,13 @@ from partitions._client.wire import ASKING, NotSentError, bulk
 from partitions._producer.router import Router
 
 __all__ = [
+    "CRLF",
+    "KEY_HEADS",
     "KEY_VALUE_FIELDS",
+    "KV_CHUNK",
     "MAX_BATCH_BYTES",
     "MULTI_MIN_RECORDS",
+    "VALUE_HEADS",
     "Batch",
     "NotSentError",
     "RecordFuture",
@@ -53,6 +57,7 @@ __all__ = [
     "Route",
     "encode_many",
     "encode_record",
+    "futures_for",
     "multi_groups",
     "multi_replies",
     "packed_multi",
@@ -70,6 +75,14 @@ _HEADER_ARGS = 6
 # The fields of the common record (key and value), and of one in append.lua's "f, fields" form.
 KEY_VALUE_FIELDS = 4
 _FOUR = b"$1\r\n4\r\n"
+# A key + value record's fields as RESP, to fill with (len(key), key, len(value), value).
+KV_CHUNK = b"$3\r\nkey\r\n$%d\r\n%b\r\n$5\r\nvalue\r\n$%d\r\n%b\r\n"
+# The same as five pieces joined, KEY_HEADS[len(key)], key, VALUE_HEADS[len(value)], value,
+# CRLF, for keys and values shorter than the tables: the shells' hot path (a join of cached
+# pieces costs about half of formatting two lengths, once per record).
+KEY_HEADS = [b"$3\r\nkey\r\n$%d\r\n" % n for n in range(256)]
+VALUE_HEADS = [b"\r\n$5\r\nvalue\r\n$%d\r\n" % n for n in range(2048)]
+CRLF = b"\r\n"
 # A batch of at least this many records goes as MULTI + native XADDs + commit (below: one
 # FCALL append, cheaper for the server when the per-batch calls outweigh the per-record ones).
 MULTI_MIN_RECORDS = 4
@@ -263,7 +276,10 @@ def multi_replies(batches: list[Batch]) -> int:
 
 
 class RecordFuture:
-    """The outcome of one :meth:`Producer.send`: resolves to :class:`RecordMetadata`."""
+    """The outcome of one :meth:`Producer.send`: resolves to :class:`RecordMetadata`.
+
+    The shells' ``send()`` make theirs with ``object.__new__`` and set both slots: calling
+    the class runs a Python ``__init__``, which costs more than the rest of making it."""
 
     __slots__ = ("_batch", "_index")
 
@@ -301,11 +317,27 @@ class RecordFuture:
         fn(self)
 
 
+_F = TypeVar("_F", bound=RecordFuture)
+
+
+def futures_for(cls: type[_F], placed: list[tuple[Batch, int]]) -> list[_F]:
+    """A future of ``cls`` for each ``(batch, index)``, made as the shells' ``send()`` make
+    theirs (without ``__init__``: :class:`RecordFuture`)."""
+    out: list[_F] = []
+    new = object.__new__
+    for batch, index in placed:
+        future = new(cls)
+        future._batch = batch
+        future._index = index
+        out.append(future)
+    return out
+
+
 class Route:
     """Per-topic routing state cached by the producer."""
 
     __slots__ = (
-        "expires", "fetched", "for_key", "groups_keys", "meta", "n", "router", "seq_keys",
+        "expires", "fetched", "for_key", "groups_keys", "meta", "modulo", "n", "router", "seq_keys",
         "stream_keys", "topic", "xadd_heads", "xadd_mids",
     )  # fmt: skip
 
@@ -315,6 +347,9 @@ class Route:
         self.router: Router = meta.spec.router()
         self.n = meta.partitions
         self.for_key = self.router.key_partitioner()
+        # The partition count where a key's partition is xxh3(key) % n (the shells inline
+        # that), else 0 (jump: through ``for_key``).
+        self.modulo = self.n if self.router.routing == "modulo" else 0
         k = keys
         lay = meta.layout
         self.stream_keys = [k.stream(lay, p).encode() for p in range(self.n)]
@@ -386,9 +421,11 @@ def encode_record(
         p = route.router.route(kb, region)
     if headers is None and kb is not None and vb is not None:
         # The common key + value record: fields "key" and "value".
-        chunk = b"$3\r\nkey\r\n$%d\r\n%b\r\n$5\r\nvalue\r\n$%d\r\n%b\r\n" % (
-            len(kb), kb, len(vb), vb
-        )  # fmt: skip
+        nk, nv = len(kb), len(vb)
+        if nk < 256 and nv < 2048:
+            chunk = b"".join((KEY_HEADS[nk], kb, VALUE_HEADS[nv], vb, CRLF))
+        else:
+            chunk = KV_CHUNK % (nk, kb, nv, vb)
         if len(kb) + len(vb) > max_bytes:
             check_size(len(kb) + len(vb), max_bytes)
         return p, chunk, KEY_VALUE_FIELDS

@@ -162,7 +162,8 @@ class Accumulator:
             first, last = route.router.range_for(region)
             p = self.sticky.partition(topic, region, first, last)
         nbytes = len(chunk)
-        batch = self.open.get((topic, p))
+        tp = route.tps[p]
+        batch = self.open.get(tp)
         if batch is not None and nargs == KEY_VALUE_FIELDS and batch.shapes is None:
             # The common case, once per record: a key + value record into a batch of them
             # with room (what the general path below does for it, with fewer look-ups).
@@ -177,15 +178,15 @@ class Accumulator:
                 if index + 1 < self._batch_size and size < MAX_BATCH_BYTES:
                     return batch, index, False
                 self._seal(batch)
-                return batch, index, (topic, p) not in self.inflight
+                return batch, index, tp not in self.inflight
         wake = False
         if batch is not None and batch.nbytes + nbytes > MAX_BATCH_BYTES:
             self._seal(batch)  # a call stays within MAX_BATCH_BYTES, or holds one record
-            batch, wake = None, (topic, p) not in self.inflight
+            batch, wake = None, tp not in self.inflight
         if batch is None:
             now = self.clock()
             batch = Batch(topic, p, route, now, self.policy.deadline(now))
-            self.open[(topic, p)] = batch
+            self.open[tp] = batch
             wire = self._wire
             if not wire:
                 wake = wake or len(self.open) == 1  # nobody times a linger yet
@@ -208,7 +209,7 @@ class Accumulator:
             self._seal(batch)
             # A sender can take it now, unless its partition is on the wire: the sender of
             # that round drains again when it is over (waking an idle one costs a drain).
-            wake = wake or (topic, p) not in self.inflight
+            wake = wake or tp not in self.inflight
         return batch, index, wake
 
     def append_many(

@@ -338,7 +338,7 @@ class Route:
 
     __slots__ = (
         "expires", "fetched", "for_key", "groups_keys", "meta", "modulo", "n", "router", "seq_keys",
-        "stream_keys", "topic", "xadd_heads", "xadd_mids",
+        "stream_keys", "topic", "tps", "xadd_heads", "xadd_mids",
     )  # fmt: skip
 
     def __init__(self, meta: TopicMeta, keys: Keys) -> None:
@@ -353,6 +353,9 @@ class Route:
         k = keys
         lay = meta.layout
         self.stream_keys = [k.stream(lay, p).encode() for p in range(self.n)]
+        # Each partition's (topic, partition), the accumulator's key of its batches: made
+        # once, not once per record.
+        self.tps = [(self.topic, p) for p in range(self.n)]
         # "XADD <stream> *" of each partition: after a record's "*<args>" header (mids), and
         # with the header of a key + value record in front (heads).
         self.xadd_mids = [b"$4\r\nXADD\r\n%b$1\r\n*\r\n" % bulk(s) for s in self.stream_keys]

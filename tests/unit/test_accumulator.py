@@ -29,7 +29,13 @@ class Clock:
 def route(topic: str = "t", partitions: int = 4) -> Route:
     router = Router(partitions)
     return cast(
-        Route, SimpleNamespace(topic=topic, meta=SimpleNamespace(name=topic), router=router)
+        Route,
+        SimpleNamespace(
+            topic=topic,
+            meta=SimpleNamespace(name=topic),
+            router=router,
+            tps=[(topic, p) for p in range(partitions)],
+        ),
     )
 
 

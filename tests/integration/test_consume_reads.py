@@ -16,7 +16,7 @@ from partitions._base.types import TopicPartition
 from partitions._client.connection import Connection
 from partitions._client.nodes import execute_on_key
 from partitions._consumer import plans
-from partitions._consumer.assignment import Assignment
+from partitions._consumer.assignment import Assignment, PartitionState
 from partitions._consumer.calls import read_call, reclaim_call
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -31,16 +31,25 @@ def _read(conn: Connection, a: Assignment, tp: TopicPartition, count: int) -> Fe
     return res
 
 
+def _owned(
+    conn: Connection, topic: str, n: int
+) -> tuple[Assignment, TopicPartition, PartitionState]:
+    """A one-partition ``topic`` with ``n`` entries, owned by member m1 of group <topic>-g
+    (its fence set to m1's grant, token 7)."""
+    meta = TopicAdmin(conn).create(TopicSpec(topic, 1))
+    tp = TopicPartition(topic, 0)
+    a = Assignment(conn.keys, f"{topic}-g", "m1", Layouts([meta.layout]))
+    st = a.assign(tp, 7)
+    execute_on_key(conn, st.stream, "HSET", st.fence_key, f"{topic}-g", st.fence)
+    for i in range(n):
+        execute_on_key(conn, st.stream, "XADD", st.stream, "*", "value", f"v{i}")
+    return a, tp, st
+
+
 def test_the_read_that_ends_recovery_leaves_new_entries_to_the_next_read(
     conn: Connection,
 ) -> None:
-    meta = TopicAdmin(conn).create(TopicSpec("creads", 1))
-    tp = TopicPartition("creads", 0)
-    a = Assignment(conn.keys, "creads-g", "m1", Layouts([meta.layout]))
-    st = a.assign(tp, 7)
-    execute_on_key(conn, st.stream, "HSET", st.fence_key, "creads-g", st.fence)
-    for i in range(5):
-        execute_on_key(conn, st.stream, "XADD", st.stream, "*", "value", f"v{i}")
+    a, tp, st = _owned(conn, "creads", 5)
 
     # A new owner starts by recovering what is pending: nothing (the group is new).
     first = _read(conn, a, tp, 100)
@@ -63,13 +72,7 @@ def test_the_read_that_ends_recovery_leaves_new_entries_to_the_next_read(
 def test_a_reclaim_pass_returns_only_stuck_entries_and_reads_nothing_new(
     conn: Connection,
 ) -> None:
-    meta = TopicAdmin(conn).create(TopicSpec("creclaim", 1))
-    tp = TopicPartition("creclaim", 0)
-    a = Assignment(conn.keys, "creclaim-g", "m1", Layouts([meta.layout]))
-    st = a.assign(tp, 7)
-    execute_on_key(conn, st.stream, "HSET", st.fence_key, "creclaim-g", st.fence)
-    for i in range(3):
-        execute_on_key(conn, st.stream, "XADD", st.stream, "*", "value", f"v{i}")
+    a, tp, st = _owned(conn, "creclaim", 3)
     _read(conn, a, tp, 100)  # recovery: nothing pending, the group is created
     fetched = _read(conn, a, tp, 100)  # the three are pending now, never acked
     assert len(fetched.records) == 3

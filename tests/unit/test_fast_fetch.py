@@ -187,11 +187,17 @@ def test_a_steady_fetch_is_one_round_trip_after_the_first() -> None:
     assert conn.txns_unguarded == 0
 
 
-def test_a_fence_moved_between_fetches_stops_the_transaction() -> None:
+def read_one() -> tuple[ConsumerFlow, FakeConnection, Any]:
+    """A flow that has read one entry of partition 0 (its first fetch done)."""
     f, conn = make()
     st0 = f.a.parts[TPS[0]]
     conn.add(st0.stream, 1)
     fetch(f, conn)
+    return f, conn, st0
+
+
+def test_a_fence_moved_between_fetches_stops_the_transaction() -> None:
+    f, conn, st0 = read_one()
     # The coordinator hands partition 0 to another member while this one sits between
     # fetches: its watched fence changes, the next EXEC does not run.
     conn.set_fence(st0.fence_key, b"m2 9")
@@ -208,10 +214,7 @@ def test_a_fence_moved_between_fetches_stops_the_transaction() -> None:
 
 
 def test_a_replaced_connection_sends_no_transaction_without_a_check() -> None:
-    f, conn = make()
-    st0 = f.a.parts[TPS[0]]
-    conn.add(st0.stream, 1)
-    fetch(f, conn)
+    f, conn, st0 = read_one()
     conn.connected_same = False  # reconnected (after a failover, say): its WATCH is gone
     conn.set_fence(st0.fence_key, b"m2 9")  # ... and the partition moved meanwhile
     conn.add(st0.stream, 1)
@@ -269,10 +272,7 @@ def test_the_commands_that_repeat_are_packed_once() -> None:
 
 
 def test_a_partition_granted_again_is_checked_again() -> None:
-    f, conn = make()
-    st0 = f.a.parts[TPS[0]]
-    conn.add(st0.stream, 1)
-    fetch(f, conn)
+    f, conn, st0 = read_one()
     # Revoked and granted again (a new token, a new fence): the watch checked the old one.
     f.a.drop({TPS[0]})
     again = f.a.assign(TPS[0], 2)

@@ -58,6 +58,7 @@ __all__ = [
     "encode_many",
     "encode_record",
     "futures_for",
+    "kv_chunk",
     "multi_groups",
     "multi_replies",
     "packed_multi",
@@ -401,6 +402,14 @@ def encode_many(
     return out
 
 
+def kv_chunk(key: bytes, value: bytes) -> bytes:
+    """A key + value record's fields as RESP (both producers' ``send()``)."""
+    nk, nv = len(key), len(value)
+    if nk < 256 and nv < 2048:
+        return b"".join((KEY_HEADS[nk], key, VALUE_HEADS[nv], value, CRLF))
+    return KV_CHUNK % (nk, key, nv, value)
+
+
 def encode_record(
     route: Route,
     value: Value,
@@ -424,11 +433,7 @@ def encode_record(
         p = route.router.route(kb, region)
     if headers is None and kb is not None and vb is not None:
         # The common key + value record: fields "key" and "value".
-        nk, nv = len(kb), len(vb)
-        if nk < 256 and nv < 2048:
-            chunk = b"".join((KEY_HEADS[nk], kb, VALUE_HEADS[nv], vb, CRLF))
-        else:
-            chunk = KV_CHUNK % (nk, kb, nv, vb)
+        chunk = kv_chunk(kb, vb)
         if len(kb) + len(vb) > max_bytes:
             check_size(len(kb) + len(vb), max_bytes)
         return p, chunk, KEY_VALUE_FIELDS

@@ -44,18 +44,15 @@ from partitions._client.config import ClientConfig, ProducerConfig
 from partitions._client.connection import Connection, connect
 from partitions._producer.accumulator import Accumulator, complete
 from partitions._producer.batch import (
-    CRLF,
-    KEY_HEADS,
     KEY_VALUE_FIELDS,
-    KV_CHUNK,
     METADATA_MAX_AGE_S,
-    VALUE_HEADS,
     RecordFuture,
     RecordMetadata,
     Route,
     encode_many,
     encode_record,
     futures_for,
+    kv_chunk,
 )
 from partitions._producer.delivery import warn_unmet_durability
 from partitions._producer.router import xxh3
@@ -163,11 +160,7 @@ class Producer:
             p: int | None = xxh3(key) % n if n else route.for_key(key)
             if len(key) + len(value) > self._max_bytes:
                 check_size(len(key) + len(value), self._max_bytes)
-            nk, nv = len(key), len(value)
-            if nk < 256 and nv < 2048:
-                chunk = b"".join((KEY_HEADS[nk], key, VALUE_HEADS[nv], value, CRLF))
-            else:
-                chunk = KV_CHUNK % (nk, key, nv, value)
+            chunk = kv_chunk(key, value)
             nargs = KEY_VALUE_FIELDS
         else:
             p, chunk, nargs = encode_record(route, value, key, headers, partition, region,

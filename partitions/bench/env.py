@@ -87,7 +87,9 @@ def bench_server(url: str | None, *, replicas: int = 0) -> Iterator[BenchServer]
         rs_dir = Path(tempfile.mkdtemp(prefix="ps-bench-rs-", dir="/tmp"))
         rs = EmbeddedReplicaSet(rs_dir, replicas=replicas)
         try:
-            yield BenchServer(rs.ensure_running(timeout=60), embedded=True)
+            url = rs.ensure_running(timeout=60)
+            no_forks(url)
+            yield BenchServer(url, embedded=True)
         finally:
             rs.stop()
             shutil.rmtree(rs_dir, ignore_errors=True)
@@ -97,7 +99,9 @@ def bench_server(url: str | None, *, replicas: int = 0) -> Iterator[BenchServer]
     data_dir = Path(tempfile.mkdtemp(prefix="ps-bench-", dir="/tmp"))
     server = EmbeddedServer(data_dir)
     try:
-        yield BenchServer(server.ensure_running(), embedded=True)
+        url = server.ensure_running()
+        no_forks(url)
+        yield BenchServer(url, embedded=True)
     finally:
         server.stop()
         shutil.rmtree(data_dir, ignore_errors=True)
@@ -111,10 +115,29 @@ def bench_cluster(masters: int) -> Iterator[BenchServer]:
     data_dir = Path(tempfile.mkdtemp(prefix="ps-bench-cluster-", dir="/tmp"))
     cluster = EmbeddedCluster(data_dir, masters=masters)
     try:
-        yield BenchServer(cluster.ensure_running(), embedded=True)
+        url = cluster.ensure_running()
+        for port in cluster.ports:
+            no_forks(f"redis://127.0.0.1:{port}")
+        yield BenchServer(url, embedded=True)
     finally:
         cluster.stop()
         shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def no_forks(url: str) -> None:
+    """Stop a benchmark's own embedded server from forking mid-run: its snapshots (``save``)
+    and automatic AOF rewrites fork the server whenever enough has been written, which lands
+    in whichever side happens to run then (copy-on-write faults and the fork itself count in
+    that side's server CPU). The AOF itself stays on, fsynced every second, as users get it,
+    so every side still pays for it."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        client.config_set("save", "")
+        client.config_set("auto-aof-rewrite-percentage", 0)
+    finally:
+        client.close()
 
 
 def server_cpu_s(conn: Connection) -> float:

@@ -138,6 +138,8 @@ class ConsumerFlow:
         self._waited = False
         self._packed = plans.PackCache()  # the fast path's repeated commands, packed once
         self._woke = False  # the last fast fetch's blocking read returned an entry
+        # When the fast path's trailing check next reads the reclaim requests (ASKS_EVERY_S).
+        self._asks_at = 0.0
 
     # -- requests -----------------------------------------------------------------------------
     def enter(self) -> Step:
@@ -347,7 +349,11 @@ class ConsumerFlow:
                 self._watched = None
                 yield from self.exchange([("UNWATCH",)])
                 return None  # a fence moved (the script path reports who holds it) or asked
-        plan = plans.plan_fast(self.a, parts, self.config.fetch_count, self._packed, wait)
+        now = time.monotonic()
+        asks = now >= self._asks_at
+        if asks:
+            self._asks_at = now + plans.ASKS_EVERY_S
+        plan = plans.plan_fast(self.a, parts, self.config.fetch_count, self._packed, wait, asks)
         replies = yield from self.exchange(
             plan.commands(), bulk=True, same_connection=True, block_ms=wait[4] if wait else 0
         )

@@ -187,6 +187,24 @@ def test_a_steady_fetch_is_one_round_trip_after_the_first() -> None:
     assert conn.txns_unguarded == 0
 
 
+def test_a_reclaim_request_is_read_every_asks_every_s_and_served_by_the_script_path() -> None:
+    f, conn, st0 = read_one()
+    asks = [c for c in conn.sent[-1] if c[0] == "HGET" and c[2] == "g:reclaim"]
+    assert len(asks) == 2  # the first trailing check reads the requests of both partitions
+    conn.fences[st0.groups_key] = b"50"  # an admin asks: "reclaim stuck entries now"
+    conn.add(st0.stream, 1)
+    assert [r.id for r in fetch(f, conn)] == ["2-0"]  # within ASKS_EVERY_S: fast, not read
+    assert not [c for c in conn.sent[-1] if c[0] == "HGET" and c[2] == "g:reclaim"]
+    assert conn.scripts == 0
+    f._asks_at = 0.0  # ASKS_EVERY_S passed: this fetch's trailing check reads them
+    conn.add(st0.stream, 1)
+    assert [r.id for r in fetch(f, conn)] == ["3-0"] and conn.scripts == 0
+    assert len([c for c in conn.sent[-1] if c[0] == "HGET" and c[2] == "g:reclaim"]) == 2
+    conn.add(st0.stream, 1)
+    fetch(f, conn)  # partition 0 is not watched-and-clear: its check, then the script path
+    assert conn.scripts > 0 and conn.txns_unguarded == 0
+
+
 def read_one() -> tuple[ConsumerFlow, FakeConnection, Any]:
     """A flow that has read one entry of partition 0 (its first fetch done)."""
     f, conn = make()

@@ -5,8 +5,8 @@ A producer process sends ``--rate`` records/s with ``Producer.send`` (``linger_m
 record's index and intended send time in its value) to a 16-partition topic and times each
 round its sender thread exchanges with the server; this process consumes with a default
 :class:`~partitions.Consumer` (``poll(1000)``) and times each exchange of its fetcher and
-each poll's return. Each record is then split into legs (medians, and the share of the
-median end-to-end latency they sum to):
+each poll's return. Each record is then split into legs (median and mean of each; the
+medians of the legs need not add up to the median of the whole):
 
 * ``sched``: intended send time to ``send()`` (the bench's scheduler being late);
 * ``to round``: ``send()`` to the start of the producer's round that carried it (the hand-off
@@ -18,7 +18,8 @@ median end-to-end latency they sum to):
 
 and the consumer's exchanges are counted by kind (with a blocking wait in front or not,
 records returned or none) with their median time and commands. Times are monotonic, the
-same clock in both processes. Development tooling, not part of the package.
+same clock in both processes. ``--hold-ms`` (an experiment) sets the producer's
+``accumulator.HOLD_S``. Development tooling, not part of the package.
 """
 
 from __future__ import annotations
@@ -40,8 +41,12 @@ _STAMP = struct.Struct("<dI")
 TOPIC = "e2e-trace"
 
 
-def _produce(server: Any, ns: str, count: int, rate: float, out: Any) -> None:
+def _produce(server: Any, ns: str, count: int, rate: float, out: Any, hold_ms: float) -> None:
+    import partitions._producer.accumulator as acc_mod
     import partitions._producer.sender as sender_mod
+
+    if hold_ms >= 0:  # an experiment: how long a due batch waits for the round on the wire
+        acc_mod.HOLD_S = hold_ms / 1000
 
     rounds: list[tuple[float, float]] = []
     real = sender_mod.exchange
@@ -79,7 +84,7 @@ def _med(xs: list[float]) -> float:
     return sorted(xs)[len(xs) // 2] if xs else float("nan")
 
 
-def trial(url: str | None, rate: float, count: int) -> None:
+def trial(url: str | None, rate: float, count: int, hold_ms: float = -1.0) -> None:
     import partitions._consumer.fetcher as fetcher_mod
 
     exchanges: list[tuple[float, float, int, bool]] = []  # start, end, commands, blocking
@@ -107,7 +112,7 @@ def trial(url: str | None, rate: float, count: int) -> None:
                 consumer.poll(1, timeout=3.0)
                 ctx = mp.get_context("spawn")
                 q = ctx.Queue()
-                proc = ctx.Process(target=_produce, args=(server, ns, count, rate, q))
+                proc = ctx.Process(target=_produce, args=(server, ns, count, rate, q, hold_ms))
                 proc.start()
                 deadline = time.monotonic() + 60
                 while not consumer.poll(1, timeout=1.0) and time.monotonic() < deadline:
@@ -177,8 +182,14 @@ def main() -> None:
     parser.add_argument("--url", default=None)
     parser.add_argument("--rate", type=float, default=5000.0)
     parser.add_argument("--records", type=int, default=20000)
+    parser.add_argument(
+        "--hold-ms",
+        type=float,
+        default=-1.0,
+        help="experiment: the producer's HOLD_S, in ms (default: as shipped)",
+    )
     args = parser.parse_args()
-    trial(args.url, args.rate, args.records)
+    trial(args.url, args.rate, args.records, args.hold_ms)
 
 
 if __name__ == "__main__":

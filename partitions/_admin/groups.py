@@ -454,9 +454,10 @@ class ReclaimResult:
 def reclaim_now(
     conn: Connection, group: str, topic: str | None = None, min_idle_ms: int = 1000
 ) -> ReclaimResult:
-    """Ask the owners to redeliver, on their next read, the group's entries pending longer
-    than ``min_idle_ms`` ("reclaim stuck entries now"), on every partition of the group's
-    topics (or of ``topic``).
+    """Ask the owners to redeliver, on a read within about 100 ms (a steady owner's fast
+    path looks for requests that often: ``_consumer.plans.ASKS_EVERY_S``), the group's
+    entries pending longer than ``min_idle_ms`` ("reclaim stuck entries now"), on every
+    partition of the group's topics (or of ``topic``).
 
     Nothing is claimed here: where such entries exist, field ``<group>:reclaim`` of the
     partition's groups hash (``Keys.stream_groups``, the partition's slot) is set to

@@ -10,7 +10,8 @@ rounds, dumps them after, and prints the instructions per round and, over the ``
 function's round, per batch. The functions compared (each a function body as
 ``partitions._base.functions`` builds them, after ``common.lua``):
 
-* ``noop``: ``return 1`` with the commit's keys and arguments (the base of a round);
+* ``noop``: ``return 1`` with the commit's keys and arguments (the base of a round; since session 7
+  of issue 18 2 keys and 3 arguments a batch, the producer id once: commit.lua's convention);
 * ``hget-hset``: the sequence read and record only;
 * ``hget-xrevrange-hset``: the same with the read of the stream's last entry;
 * ``commit``: this version's ``commit.lua``; ``--variant FILE`` adds other commit bodies
@@ -46,17 +47,17 @@ ROUNDS = 100
 PARTS = {
     "noop": "return 1",
     "hget-hset": """local out = {}
-for b = 0, #KEYS / 3 - 1 do
-  redis.call('HGET', KEYS[3 * b + 2], ARGV[6 * b + 1])
-  redis.call('HSET', KEYS[3 * b + 2], ARGV[6 * b + 1], ARGV[6 * b + 2] .. ' a b 1')
+for b = 0, #KEYS / 2 - 1 do
+  redis.call('HGET', KEYS[2 * b + 2], ARGV[1])
+  redis.call('HSET', KEYS[2 * b + 2], ARGV[1], ARGV[3 * b + 2] .. ' a b 1')
   out[b + 1] = 1
 end
 return out""",
     "hget-xrevrange-hset": """local out = {}
-for b = 0, #KEYS / 3 - 1 do
-  redis.call('HGET', KEYS[3 * b + 2], ARGV[6 * b + 1])
-  local top = redis.call('XREVRANGE', KEYS[3 * b + 1], '+', '-', 'COUNT', 1)[1]
-  redis.call('HSET', KEYS[3 * b + 2], ARGV[6 * b + 1], ARGV[6 * b + 2] .. ' a ' .. top[1] .. ' 1')
+for b = 0, #KEYS / 2 - 1 do
+  redis.call('HGET', KEYS[2 * b + 2], ARGV[1])
+  local top = redis.call('XREVRANGE', KEYS[2 * b + 1], '+', '-', 'COUNT', 1)[1]
+  redis.call('HSET', KEYS[2 * b + 2], ARGV[1], ARGV[3 * b + 2] .. ' a ' .. top[1] .. ' 1')
   out[b + 1] = 1
 end
 return out""",
@@ -81,14 +82,14 @@ def rounds(
     most ``cap`` records (whole batches; 0: one MULTI), or plain XADDs (``fn`` "native")."""
     keys: list[str] = []
     for b in range(batches):
-        keys += [f"ci:{{s{b}}}", f"ci:{{s{b}}}:seq", f"ci:{{s{b}}}:groups"]
+        keys += [f"ci:{{s{b}}}", f"ci:{{s{b}}}:seq"]  # no groups key: no safe retention
     per = batches if cap <= 0 else max(1, cap // records)  # batches a MULTI
     for i in range(first, first + count):
         pipe = r.pipeline(transaction=False)
         if fn == "native":
             for b in range(batches):
                 for _ in range(records):
-                    pipe.execute_command("XADD", keys[3 * b], "*", "key", "k", "value", "v" * 100)
+                    pipe.execute_command("XADD", keys[2 * b], "*", "key", "k", "value", "v" * 100)
             if not all(isinstance(o, bytes) for o in pipe.execute()):
                 raise RuntimeError("a native XADD failed")
             continue
@@ -97,12 +98,13 @@ def rounds(
             pipe.execute_command("MULTI")
             for b in group:
                 for _ in range(records):
-                    pipe.execute_command("XADD", keys[3 * b], "*", "key", "k", "value", "v" * 100)
-            args: list[object] = []
+                    pipe.execute_command("XADD", keys[2 * b], "*", "key", "k", "value", "v" * 100)
+            # commit.lua's arguments: the producer id once, then sequence, count, retention
+            args: list[object] = ["pid"]
             for _ in group:
-                args += ["pid", i + 1, 0, 0, 0, records]
+                args += [i + 1, records, "0 0 0"]
             pipe.execute_command(
-                "FCALL", fn, 3 * len(group), *[k for b in group for k in keys[3 * b : 3 * b + 3]],
+                "FCALL", fn, 2 * len(group), *[k for b in group for k in keys[2 * b : 2 * b + 2]],
                 *args,
             )  # fmt: skip
             pipe.execute_command("EXEC")

@@ -240,31 +240,52 @@ _callback_lock = threading.Lock()
 
 def packed_multi(batches: list[Batch]) -> bytes:
     """``MULTI``, each batch's native XADDs, one ``FCALL commit`` for them all, ``EXEC``
-    (batches of distinct partitions; on a cluster, of one slot: one batch)."""
+    (batches of distinct partitions, all of one producer id; on a cluster, of one slot: one
+    batch). The commit takes the producer id once, then per batch its stream and sequence
+    keys (and its groups key with safe retention) and three arguments: sequence, record
+    count and the topic's retention as one argument (``commit.lua``)."""
+    keys: list[bytes] = []
+    args: list[bytes] = []
+    nkeys = 0
+    pid = batches[0].pid
+    for b in batches:
+        if b.pid != pid:  # multi_groups keeps one id a MULTI: the commit takes it once
+            raise ValueError("one MULTI's batches must have one producer id")
+        route = b.route
+        keys.append(route.commit_keys[b.partition])
+        args.append(b"$%d\r\n%d\r\n$%d\r\n%d\r\n%b" % (
+            len(b"%d" % b.seq), b.seq, len(b"%d" % b.count), b.count, route.commit_retention
+        ))  # fmt: skip
+        nkeys += route.commit_nkeys
     commit = b"*%d\r\n$5\r\nFCALL\r\n$%d\r\n%b\r\n%b" % (
-        3 + 9 * len(batches), len(_COMMIT), _COMMIT, bulk(b"%d" % (3 * len(batches)))
+        4 + nkeys + 3 * len(batches), len(_COMMIT), _COMMIT, bulk(b"%d" % nkeys)
     )  # fmt: skip
     return b"".join(
         [
             _MULTI,
             *(b.xadds() for b in batches),
             commit,
-            *(b._keys() for b in batches),
-            *(b._args() for b in batches),
+            *keys,
+            bulk(pid),
+            *args,
             _EXEC,
         ]
     )
 
 
 def multi_groups(batches: list[Batch], cap: int = MULTI_MAX_RECORDS) -> list[list[Batch]]:
-    """``batches`` in order, as the groups one MULTI each carries: whole batches of at most
-    ``cap`` records together, a larger batch alone."""
+    """``batches`` in order, as the groups one MULTI each carries: whole batches of one
+    producer id and at most ``cap`` records together, a larger batch alone."""
     groups: list[list[Batch]] = []
     size = cap
+    pid = None
     for b in batches:
-        if size + b.count > cap:
+        # One producer id a MULTI (the commit takes it once): a batch retried after the
+        # producer took a new id keeps its old one, and goes in a MULTI of its own id.
+        if size + b.count > cap or b.pid != pid:
             groups.append([])
             size = 0
+            pid = b.pid
         groups[-1].append(b)
         size += b.count
     return groups
@@ -338,8 +359,9 @@ class Route:
     """Per-topic routing state cached by the producer."""
 
     __slots__ = (
-        "expires", "fetched", "for_key", "groups_keys", "meta", "modulo", "n", "router", "seq_keys",
-        "stream_keys", "topic", "tps", "xadd_heads", "xadd_mids",
+        "commit_keys", "commit_nkeys", "commit_retention", "expires", "fetched", "for_key",
+        "groups_keys", "meta", "modulo", "n", "router", "seq_keys", "stream_keys", "topic", "tps",
+        "xadd_heads", "xadd_mids",
     )  # fmt: skip
 
     def __init__(self, meta: TopicMeta, keys: Keys) -> None:
@@ -363,6 +385,20 @@ class Route:
         self.xadd_heads = [b"*7\r\n" + m for m in self.xadd_mids]
         self.seq_keys = [k.seq(lay, p).encode() for p in range(self.n)]
         self.groups_keys = [k.stream_groups(lay, p).encode() for p in range(self.n)]
+        # What ``commit.lua`` takes of each batch of the topic, made once: its keys as RESP
+        # (the groups key only with safe retention, which reads it), how many, and the
+        # topic's retention as one argument "<max length> <retention ms> <0|1>".
+        spec = meta.spec
+        safe = bool(spec.safe_retention)
+        self.commit_nkeys = 3 if safe else 2
+        self.commit_keys = [
+            bulk(self.stream_keys[p]) + bulk(self.seq_keys[p])
+            + (bulk(self.groups_keys[p]) if safe else b"")
+            for p in range(self.n)
+        ]  # fmt: skip
+        self.commit_retention = bulk(
+            b"%d %d %d" % (spec.max_length or 0, spec.retention_ms or 0, safe)
+        )
         self.fetched = time.monotonic()
         # Due for a re-read after this (monotonic clock), to pick up added partitions and
         # retention changes: the shells compare it inline, once per record.

@@ -4,17 +4,23 @@
 --   MULTI, XADD <stream> * <fields of record 1>, ..., XADD <stream> * <fields of record n>,
 --   (the next batch's XADDs), FCALL commit ..., EXEC
 -- so the records cost the server what native XADDs cost, and only one call a round runs Lua.
--- Per batch b (0, 1, ...): KEYS[3b+1..3b+3] and ARGV[6b+1..6b+6] as follows.
--- KEYS[1]  {ns}:t:{<topic>:<p>}        stream  the partition
--- KEYS[2]  {ns}:t:{<topic>:<p>}:seq    hash    producer id -> "seq first_id last_id ms"
--- KEYS[3]  {ns}:t:{<topic>:<p>}:groups hash    read only: "~cut", where safe retention may
---                                              trim to (its consumers compute it)
--- ARGV[1]  producer id ('' = not idempotent)
--- ARGV[2]  batch sequence number of this producer on this partition (1, 2, ...)
--- ARGV[3]  max length (0 = none)            retention by count, approximate (MAXLEN ~)
--- ARGV[4]  retention ms (0 = none)          retention by age from server time (MINID ~)
--- ARGV[5]  safe retention (1/0): never trim entries some group has not delivered or acked
--- ARGV[6]  number of records n the XADDs before this call appended (at least 1)
+-- ARGV[1] is the producer id ('' = not idempotent), once per call (a round is one
+-- producer's). Then per batch b (0, 1, ...): its keys from KEYS[k_b + 1] and its three
+-- arguments ARGV[3b+2..3b+4]:
+-- KEYS     {ns}:t:{<topic>:<p>}        stream  the partition
+-- KEYS     {ns}:t:{<topic>:<p>}:seq    hash    producer id -> "seq first_id last_id ms"
+-- KEYS     {ns}:t:{<topic>:<p>}:groups hash    only with safe retention, read only: "~cut",
+--                                              where safe retention may trim to (its
+--                                              consumers compute it)
+-- ARGV     batch sequence number of this producer on this partition (1, 2, ...)
+-- ARGV     number of records n the XADDs before this call appended (at least 1)
+-- ARGV     the topic's retention "<max length> <retention ms> <safe>": max length (0 =
+--          none), retention by count, approximate (MAXLEN ~); retention ms (0 = none), by age
+--          from server time (MINID ~); safe (1/0): never trim entries some group has not
+--          delivered or acked. A batch has the groups key exactly when it ends in " 1".
+-- (Until session 7 of issue 18 each batch carried 3 keys and 6 arguments, the producer id
+-- and the three settings repeated: the FCALL costs ~940 instructions a key and ~750 an
+-- argument before any Lua runs, bench/README.md.)
 -- Returns  one outcome per batch, in order:
 --          1                 committed: the XADDs' own replies are the batch's ids
 --          {2, id1, ...}     a duplicate of an already appended batch: this attempt's
@@ -40,9 +46,9 @@
 local call, pcall_ = redis.call, redis.pcall
 local match, find, sub, format = string.match, string.find, string.sub, string.format
 
--- is_count (common.lua) of each distinct header argument once per call: a round's batches
--- mostly share their topic's settings, and a string.match per argument and batch was a
--- tenth of this function's cost on Redis 7.0 (callgrind, bench/README.md).
+-- is_count (common.lua) of each distinct argument once per call: a round's batches mostly
+-- share their topic's settings, and a string.match per argument and batch was a tenth of
+-- this function's cost on Redis 7.0 (callgrind, bench/README.md).
 local counted = {}
 local function count_arg(s)
   local ok = counted[s]
@@ -51,6 +57,22 @@ local function count_arg(s)
     counted[s] = ok
   end
   return ok
+end
+
+-- A retention argument "<max length> <retention ms> <safe>" as (max length, retention ms,
+-- safe), each distinct one parsed once per call; nil if malformed.
+local settings = {}
+local function parse_settings(s)
+  local got = settings[s]
+  if got == nil then
+    local maxlen_s, retention_s, safe = match(s, '^(%d+) (%d+) ([01])$')
+    got = false
+    if maxlen_s and count_arg(maxlen_s) and count_arg(retention_s) then
+      got = {maxlen_s, tonumber(retention_s), safe == '1'}
+    end
+    settings[s] = got
+  end
+  return got or nil
 end
 
 -- Delete the last n entries of ``stream`` (this attempt's) and return ``reply``. Never fails:
@@ -89,18 +111,19 @@ local function recorded_ids(stream, pfirst, plast)
   return out
 end
 
--- Commit one batch (its keys and its arguments start after KEYS[k0] and ARGV[a0]): 1, the
+-- Commit one batch (its keys start after KEYS[k0], its arguments after ARGV[a0]): 1, the
 -- duplicate's {2, ...}, or an error reply after undoing it. Raises only on a failure nothing
 -- here expects (the caller undoes the batch then).
-local function commit(k0, a0)
+local function commit(pid, k0, a0)
   local stream, seqkey = KEYS[k0 + 1], KEYS[k0 + 2]
-  local pid, seq_s, maxlen_s, retention_s, safe, n_s =
-    ARGV[a0 + 1], ARGV[a0 + 2], ARGV[a0 + 3], ARGV[a0 + 4], ARGV[a0 + 5], ARGV[a0 + 6]
+  local seq_s, n_s = ARGV[a0 + 1], ARGV[a0 + 2]
   local n = tonumber(n_s)
-  if not (count_arg(maxlen_s) and count_arg(retention_s) and count_arg(n_s)) then
-    return undo(stream, n, bad('max length, retention ms and record count must be integers ' ..
-      'below 10^13'))
+  local set = parse_settings(ARGV[a0 + 3])
+  if not (set and count_arg(n_s)) then
+    return undo(stream, n, bad('the retention must be "<max length> <retention ms> <0|1>" ' ..
+      'and the record count an integer, integers below 10^13'))
   end
+  local maxlen_s, retention_ms, safe = set[1], set[2], set[3]
   local seq = tonumber(seq_s)
   if pid ~= '' and not (count_arg(seq_s) and seq >= 1) then
     return undo(stream, n, bad('the batch sequence must be a positive integer'))
@@ -138,12 +161,11 @@ local function commit(k0, a0)
   local lms, lseq = sub(last, 1, dash - 1), tonumber(sub(last, dash + 1))
 
   -- Retention, now that the batch is in: MINID ~ (age, or the groups' cut), then MAXLEN ~.
-  local retention_ms = tonumber(retention_s)
-  if maxlen_s ~= '0' or retention_ms > 0 or safe == '1' then
+  if maxlen_s ~= '0' or retention_ms > 0 or safe then
     local now = retention_ms > 0 and now_ms() or 0  -- common.lua
     -- common.lua: the MINID and the MAXLEN trims of a batch of several records
-    local first_trim, last_trim = batch_trims(maxlen_s, retention_ms, safe == '1',
-      KEYS[k0 + 3], 2, 1, now)
+    local first_trim, last_trim = batch_trims(maxlen_s, retention_ms, safe,
+      safe and KEYS[k0 + 3], 2, 1, now)
     if first_trim[1] then call('XTRIM', stream, unpack(first_trim)) end
     if last_trim[1] then call('XTRIM', stream, unpack(last_trim)) end
   end
@@ -167,15 +189,24 @@ local function commit(k0, a0)
   return 1
 end
 
-if #KEYS == 0 or #KEYS % 3 ~= 0 or #ARGV ~= #KEYS * 2 then
-  return bad('commit takes 3 keys and 6 arguments per batch, not ' .. #KEYS .. ' and ' ..
-    #ARGV)
+-- Where each batch's keys start: after two, or three with safe retention (its argument
+-- ends in " 1"); the call is refused whole, nothing committed, if they do not add up.
+local nb = (#ARGV - 1) / 3
+local starts, k = {}, 0
+for b = 0, nb - 1 do
+  starts[b + 1] = k
+  local s = ARGV[3 * b + 4]
+  k = k + (sub(s, -2) == ' 1' and 3 or 2)
 end
-local out = {}
-for b = 0, #KEYS / 3 - 1 do
-  local ok, got = pcall(commit, 3 * b, 6 * b)
+if #ARGV < 4 or (#ARGV - 1) % 3 ~= 0 or k ~= #KEYS then
+  return bad('commit takes a producer id, then 2 keys (3 with safe retention) and 3 ' ..
+    'arguments per batch, not ' .. #KEYS .. ' keys and ' .. #ARGV .. ' arguments')
+end
+local pid, out = ARGV[1], {}
+for b = 0, nb - 1 do
+  local ok, got = pcall(commit, pid, starts[b + 1], 1 + 3 * b)
   if not ok then  -- a failure of a call above (a wrong key type): undo the batch, go on
-    got = undo(KEYS[3 * b + 1], tonumber(ARGV[6 * b + 6]),
+    got = undo(KEYS[starts[b + 1] + 1], tonumber(ARGV[3 * b + 3]),
       redis.error_reply(type(got) == 'table' and got.err or tostring(got)))
   end
   out[b + 1] = got

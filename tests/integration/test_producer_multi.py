@@ -136,6 +136,35 @@ def test_wrong_key_types_fail_a_multi_batch_with_nothing_written(conn: Connectio
     assert _values(conn, "mtype") == []
 
 
+def test_one_commit_for_batches_of_topics_with_other_retention(conn: Connection) -> None:
+    """One MULTI with batches of three topics (no retention; max length 5; safe retention,
+    whose batch alone brings the groups key): each batch committed against its own keys
+    and settings, the max length applied to its topic only, and the same round sent again
+    (its reply lost) undone batch by batch with the first attempt's ids."""
+    admin = TopicAdmin(conn)
+    admin.create(TopicSpec("mxa", 1))
+    admin.create(TopicSpec("mxb", 1, max_length=5))
+    admin.create(TopicSpec("mxc", 1, safe_retention=True))
+    values = [b"v%d" % i for i in range(300)]
+    batches = [_batch(conn, t, values, pid=b"px", seq=1) for t in ("mxa", "mxb", "mxc")]
+    stream = batches[0].route.stream_keys[0].decode()
+    pool = node_for_key(conn, stream).connection_pool
+    conn.functions.load(node_for_key(conn, stream))
+
+    def send() -> list[Any]:
+        out = exchange(pool, [packed_multi(batches)], multi_replies(batches))
+        return fold_multi(out, [b.count for b in batches])
+
+    first = send()
+    assert [r[0] for r in first] == [1, 1, 1] and all(len(r) == 301 for r in first)
+    assert len(_values(conn, "mxa")) == 300 and len(_values(conn, "mxc")) == 300
+    assert len(_values(conn, "mxb")) < 300  # MAXLEN ~ 5: trimmed, whole nodes at a time
+    again = send()
+    assert [r[0] for r in again] == [2, 2, 2]
+    assert [r[1:] for r in again] == [r[1:] for r in first]
+    assert len(_values(conn, "mxa")) == 300 and len(_values(conn, "mxc")) == 300
+
+
 def test_two_producers_on_one_partition(conn: Connection) -> None:
     """Two producers appending to one partition at once, MULTI batches interleaving: every
     record once, each producer's in its order, both sequences recorded."""

@@ -137,6 +137,19 @@ def test_a_round_goes_in_multis_of_at_most_the_cap_of_whole_batches() -> None:
     assert MULTI_MAX_RECORDS >= 1000 >= MULTI_MIN_RECORDS
 
 
+def test_a_multi_holds_batches_of_one_producer_id() -> None:
+    """``commit.lua`` takes the producer id once a call: a batch retried under the id the
+    producer had before it took a new one goes in a MULTI of its own id, not with the
+    batches of the new id (which the commit would check against the wrong sequence)."""
+    batches = _batches(10, 10, 10, 10)
+    for b, pid in zip(batches, [b"old", b"new", b"new", b"old"], strict=True):
+        b.pid = pid
+    got = multi_groups(batches, cap=1024)
+    assert [[(b.partition, b.pid) for b in g] for g in got] == [
+        [(0, b"old")], [(1, b"new"), (2, b"new")], [(3, b"old")]
+    ]
+
+
 def test_units_of_a_single_server_follow_the_groups() -> None:
     units = _units(_batches(600, 600, 3), multi=True, cluster=False)
     assert [(len(u.batches), u.multi) for u in units] == [(1, True), (2, True)]

@@ -17,12 +17,18 @@ from __future__ import annotations
 
 import argparse
 import statistics
+from dataclasses import replace
 from typing import Any
 
 from partitions._producer import sender as sender_mod
 from partitions.bench.env import bench_server, drop_namespace, new_namespace, server_cpu_s
 from partitions.bench.options import BenchOptions
-from partitions.bench.produce import PS_TOPIC, create_topics, produce_partstream
+from partitions.bench.produce import (
+    PS_TOPIC,
+    create_topics,
+    produce_partstream,
+    run_redis_benchmark,
+)
 from partitions.bench.workers import Counters
 
 
@@ -38,7 +44,21 @@ def _quantiles(xs: list[int]) -> str:
     return f"mean {statistics.fmean(xs):.0f}, p10 {qs[0]:.0f}, median {qs[4]:.0f}, p90 {qs[8]:.0f}"
 
 
-def trial(url: str | None, records: int) -> None:
+def _io(conn: Any) -> tuple[float, float, int, int]:
+    """The server's (system CPU s, user CPU s, reads, reply writes) so far (INFO)."""
+    i = conn.client.info()
+    reads, writes = i.get("total_reads_processed", 0), i.get("total_writes_processed", 0)
+    return float(i["used_cpu_sys"]), float(i["used_cpu_user"]), int(reads), int(writes)
+
+
+def _print_io(label: str, a: tuple[float, float, int, int], b: tuple[float, float, int, int],
+              records: int) -> None:  # fmt: skip
+    print(f"{label}: server system {(b[0] - a[0]) * 1e6 / records:.2f} + user "
+          f"{(b[1] - a[1]) * 1e6 / records:.2f} us/record, {(b[2] - a[2]) / records:.4f} reads "
+          f"and {(b[3] - a[3]) / records:.4f} writes a record")  # fmt: skip
+
+
+def trial(url: str | None, records: int, rb: bool = False) -> None:
     rounds: list[tuple[int, int]] = []
     original = getattr(sender_mod, "packed_multi")  # noqa: B009 (not exported)
 
@@ -55,10 +75,14 @@ def trial(url: str | None, records: int) -> None:
             with server.connect(ns) as conn:
                 setattr(sender_mod, "packed_multi", counting)  # noqa: B010
                 try:
-                    before, cpu0 = _stats(conn), server_cpu_s(conn)
+                    before, cpu0, io0 = _stats(conn), server_cpu_s(conn), _io(conn)
                     produce_partstream(0, Counters([0], [0.0, 0.0, 0.0]), lambda: None,
                                        (server, ns, opts, PS_TOPIC, records, 0))  # fmt: skip
-                    after, cpu1 = _stats(conn), server_cpu_s(conn)
+                    after, cpu1, io1 = _stats(conn), server_cpu_s(conn), _io(conn)
+                    if rb:
+                        rb0 = _io(conn)
+                        run_redis_benchmark(server, ns, replace(opts, records=records))
+                        rb1 = _io(conn)
                 finally:
                     setattr(sender_mod, "packed_multi", original)  # noqa: B010
         finally:
@@ -69,6 +93,9 @@ def trial(url: str | None, records: int) -> None:
           f"batches a MULTI: {_quantiles([b for b, _ in rounds])}; "
           f"records a batch: {sum(multi) / max(1, sum(b for b, _ in rounds)):.1f}")  # fmt: skip
     print(f"server CPU: {(cpu1 - cpu0) * 1e6 / records:.2f} us/record (INFO cpu)")
+    _print_io("partstream", io0, io1, records)
+    if rb:
+        _print_io("redis-benchmark -P 1000 -c 1", rb0, rb1, records)
     total = 0
     rows = []
     for name, (calls, usec) in after.items():
@@ -87,9 +114,12 @@ def main() -> None:
     ap.add_argument("--url")
     ap.add_argument("--records", type=int, default=300_000)
     ap.add_argument("--trials", type=int, default=1)
+    ap.add_argument("--redis-benchmark", action="store_true",
+                    help="also run redis-benchmark's XADD pipeline after each trial, the same "
+                    "server counters around it")  # fmt: skip
     args = ap.parse_args()
     for _ in range(args.trials):
-        trial(args.url, args.records)
+        trial(args.url, args.records, args.redis_benchmark)
 
 
 if __name__ == "__main__":

@@ -146,7 +146,9 @@ def test_a_multi_holds_batches_of_one_producer_id() -> None:
         b.pid = pid
     got = multi_groups(batches, cap=1024)
     assert [[(b.partition, b.pid) for b in g] for g in got] == [
-        [(0, b"old")], [(1, b"new"), (2, b"new")], [(3, b"old")]
+        [(0, b"old")],
+        [(1, b"new"), (2, b"new")],
+        [(3, b"old")],
     ]
 
 

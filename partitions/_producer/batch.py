@@ -71,7 +71,8 @@ _FCALL_HEAD = b"$5\r\nFCALL\r\n$%d\r\n%s\r\n$1\r\n3\r\n" % (len(_APPEND), _APPEN
 _COMMIT = function_name("commit").encode()
 _MULTI = b"*1\r\n$5\r\nMULTI\r\n"
 _EXEC = b"*1\r\n$4\r\nEXEC\r\n"
-# Header args between the two keys and the records: pid, seq, maxlen, retention_ms, safe, n.
+# append.lua's header args between its three keys and the records: pid, seq, maxlen,
+# retention_ms, safe, n (commit.lua takes fewer: packed_multi).
 _HEADER_ARGS = 6
 # The fields of the common record (key and value), and of one in append.lua's "f, fields" form.
 KEY_VALUE_FIELDS = 4
@@ -166,7 +167,7 @@ class Batch:
         return bulk(route.stream_keys[p]) + bulk(route.seq_keys[p]) + bulk(route.groups_keys[p])
 
     def _args(self) -> bytes:
-        """The six header arguments both functions take."""
+        """append.lua's six header arguments."""
         spec = self.route.meta.spec
         return (
             bulk(self.pid)

@@ -104,7 +104,7 @@ class Accumulator:
         self._extra = CLUSTER_EXTRA_RETRIES if cluster else 0
         self._round_bytes = round_bytes
         self._linger = config.linger_ms / 1000.0
-        self._batch_size = config.batch_size
+        self.batch_size = config.batch_size
         self.buffer_limit = config.buffer_records
         self.open: dict[TP, Batch] = {}
         self.ready: deque[Batch] = deque()
@@ -175,13 +175,13 @@ class Accumulator:
                 batch.nargs += KEY_VALUE_FIELDS
                 batch.nbytes = size
                 self.buffered += 1
-                if index + 1 < self._batch_size and size < MAX_BATCH_BYTES:
+                if index + 1 < self.batch_size and size < MAX_BATCH_BYTES:
                     return batch, index, False
-                self._seal(batch)
+                self.seal(batch)
                 return batch, index, tp not in self.inflight
         wake = False
         if batch is not None and batch.nbytes + nbytes > MAX_BATCH_BYTES:
-            self._seal(batch)  # a call stays within MAX_BATCH_BYTES, or holds one record
+            self.seal(batch)  # a call stays within MAX_BATCH_BYTES, or holds one record
             batch, wake = None, tp not in self.inflight
         if batch is None:
             now = self.clock()
@@ -205,8 +205,8 @@ class Accumulator:
         batch.nargs += nargs
         batch.nbytes += nbytes
         self.buffered += 1
-        if batch.count >= self._batch_size or batch.nbytes >= MAX_BATCH_BYTES:
-            self._seal(batch)
+        if batch.count >= self.batch_size or batch.nbytes >= MAX_BATCH_BYTES:
+            self.seal(batch)
             # A sender can take it now, unless its partition is on the wire: the sender of
             # that round drains again when it is over (waking an idle one costs a drain).
             wake = wake or tp not in self.inflight
@@ -229,7 +229,7 @@ class Accumulator:
             wake = wake or woke
         return placed, wake, end
 
-    def _seal(self, batch: Batch) -> None:
+    def seal(self, batch: Batch) -> None:
         tp = (batch.topic, batch.partition)
         del self.open[tp]
         self.ready.append(batch)
@@ -252,7 +252,7 @@ class Accumulator:
             linger = self._linger
             for batch in list(self.open.values()):
                 if sealing or now >= batch.created + linger:
-                    self._seal(batch)
+                    self.seal(batch)
         wake: float | None = None
         taken: list[Batch] = []
         expired: list[Batch] = []

@@ -44,15 +44,19 @@ from partitions._client.config import ClientConfig, ProducerConfig
 from partitions._client.connection import Connection, connect
 from partitions._producer.accumulator import Accumulator, complete
 from partitions._producer.batch import (
+    CRLF,
+    KEY_HEADS,
     KEY_VALUE_FIELDS,
+    KV_CHUNK,
+    MAX_BATCH_BYTES,
     METADATA_MAX_AGE_S,
+    VALUE_HEADS,
     RecordFuture,
     RecordMetadata,
     Route,
     encode_many,
     encode_record,
     futures_for,
-    kv_chunk,
 )
 from partitions._producer.delivery import warn_unmet_durability
 from partitions._producer.router import xxh3
@@ -154,34 +158,62 @@ class Producer:
             and partition is None
             and region is None
         ):
-            # The common record, what encode_record does for it inline (a call less per
-            # record): routed by key, fields "key" and "value".
+            # The common record, what encode_record and acc.append do for it inline (the
+            # calls, not their work, were most of a record's cost): routed by key, fields
+            # "key" and "value", into its partition's open batch of such records.
             n = route.modulo
-            p: int | None = xxh3(key) % n if n else route.for_key(key)
-            if len(key) + len(value) > self._max_bytes:
-                check_size(len(key) + len(value), self._max_bytes)
-            chunk = kv_chunk(key, value)
-            nargs = KEY_VALUE_FIELDS
-        else:
-            p, chunk, nargs = encode_record(route, value, key, headers, partition, region,
+            p = xxh3(key) % n if n else route.for_key(key)
+            nk, nv = len(key), len(value)
+            if nk + nv > self._max_bytes:
+                check_size(nk + nv, self._max_bytes)
+            if nk < 256 and nv < 2048:
+                chunk = b"".join((KEY_HEADS[nk], key, VALUE_HEADS[nv], value, CRLF))
+            else:
+                chunk = KV_CHUNK % (nk, key, nv, value)
+            acc = self._acc
+            tp = route.tps[p]
+            lock = self._lock
+            lock.acquire()
+            try:
+                if acc.buffered >= acc.buffer_limit or acc.closed:
+                    self._wait_for_room()
+                batch = acc.open.get(tp)
+                if (
+                    batch is not None
+                    and batch.shapes is None
+                    and (size := batch.nbytes + len(chunk)) <= MAX_BATCH_BYTES
+                ):
+                    # (Accumulator.append's first case, the same steps)
+                    index = batch.count
+                    batch.chunks.append(chunk)
+                    batch.count = index + 1
+                    batch.nargs += KEY_VALUE_FIELDS
+                    batch.nbytes = size
+                    acc.buffered += 1
+                    if index + 1 >= acc.batch_size or size >= MAX_BATCH_BYTES:
+                        acc.seal(batch)
+                        if tp not in acc.inflight:
+                            self._work.notify()
+                else:
+                    batch, index, wake = acc.append(route, p, None, chunk, KEY_VALUE_FIELDS)
+                    if wake:
+                        self._work.notify()
+            finally:
+                lock.release()
+            future = _new(RecordFuture)  # (RecordFuture's docstring: why not RecordFuture(...))
+            future._batch = batch
+            future._index = index
+            return future
+        where, chunk, nargs = encode_record(route, value, key, headers, partition, region,
                                             self._max_bytes)  # fmt: skip
         acc = self._acc
-        # acquire/release, not ``with``: the context manager's calls cost twice as much,
-        # once per record.
-        lock = self._lock
-        lock.acquire()
-        try:
-            if acc.buffered >= acc.buffer_limit or acc.closed:  # inline: once per record
+        with self._lock:
+            if acc.buffered >= acc.buffer_limit or acc.closed:
                 self._wait_for_room()
-            batch, index, wake = acc.append(route, p, region, chunk, nargs)
+            batch, index, wake = acc.append(route, where, region, chunk, nargs)
             if wake:
                 self._work.notify()
-        finally:
-            lock.release()
-        future = _new(RecordFuture)  # (RecordFuture's docstring: why not RecordFuture(...))
-        future._batch = batch
-        future._index = index
-        return future
+        return futures_for(RecordFuture, [(batch, index)])[0]
 
     def send_many(self, topic: str, records: Iterable[tuple[Value, Key]]) -> list[RecordFuture]:
         """Queue many records of one topic, each a ``(value, key)`` pair (the partition by key,

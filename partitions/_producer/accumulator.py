@@ -232,6 +232,7 @@ class Accumulator:
     def seal(self, batch: Batch) -> None:
         tp = (batch.topic, batch.partition)
         del self.open[tp]
+        batch.sealed = True
         self.ready.append(batch)
         self._queued[tp] = self._queued.get(tp, 0) + 1
         self.sticky.rotate(batch.topic, batch.partition)
@@ -488,6 +489,8 @@ class Accumulator:
         them out of the buffer."""
         if batches is None:
             batches = [*self.ready, *self.open.values()]
+            for batch in self.open.values():
+                batch.sealed = True
             self.ready.clear()
             self._queued.clear()
             self.open.clear()

@@ -120,7 +120,7 @@ class Batch:
     __slots__ = (
         "ask", "attempts", "callbacks", "chunks", "count", "created", "deadline", "done",
         "error", "event", "ids", "in_doubt", "last_error", "nargs", "nbytes", "partition", "pid",
-        "retry_at", "route", "seq", "shapes", "taken_at", "topic",
+        "retry_at", "route", "sealed", "seq", "shapes", "taken_at", "topic",
     )  # fmt: skip
 
     def __init__(
@@ -134,6 +134,8 @@ class Batch:
         self.chunks: list[bytes] = []
         self.shapes: list[int] | None = None
         self.count = 0
+        # Out of the accumulator's open batches (sealed, or abandoned): no record joins it.
+        self.sealed = False
         self.nargs = 0
         self.nbytes = 0
         self.created = now
@@ -361,8 +363,8 @@ class Route:
 
     __slots__ = (
         "commit_keys", "commit_nkeys", "commit_retention", "expires", "fetched", "for_key",
-        "groups_keys", "meta", "modulo", "n", "router", "seq_keys", "stream_keys", "topic", "tps",
-        "xadd_heads", "xadd_mids",
+        "groups_keys", "meta", "modulo", "n", "open", "router", "seq_keys", "stream_keys", "topic",
+        "tps", "xadd_heads", "xadd_mids",
     )  # fmt: skip
 
     def __init__(self, meta: TopicMeta, keys: Keys) -> None:
@@ -380,6 +382,10 @@ class Route:
         # Each partition's (topic, partition), the accumulator's key of its batches: made
         # once, not once per record.
         self.tps = [(self.topic, p) for p in range(self.n)]
+        # The latest batch of each partition that send()'s common record went into: that
+        # partition's open batch unless ``sealed`` (the accumulator's ``open`` decides; a
+        # list index instead of a dict look-up by ``(topic, p)``, once per record).
+        self.open: list[Batch | None] = [None] * self.n
         # "XADD <stream> *" of each partition: after a record's "*<args>" header (mids), and
         # with the header of a key + value record in front (heads).
         self.xadd_mids = [b"$4\r\nXADD\r\n%b$1\r\n*\r\n" % bulk(s) for s in self.stream_keys]

@@ -171,15 +171,15 @@ class Producer:
             else:
                 chunk = KV_CHUNK % (nk, key, nv, value)
             acc = self._acc
-            tp = route.tps[p]
             lock = self._lock
             lock.acquire()
             try:
                 if acc.buffered >= acc.buffer_limit or acc.closed:
                     self._wait_for_room()
-                batch = acc.open.get(tp)
+                batch = route.open[p]
                 if (
                     batch is not None
+                    and not batch.sealed
                     and batch.shapes is None
                     and (size := batch.nbytes + len(chunk)) <= MAX_BATCH_BYTES
                 ):
@@ -192,10 +192,11 @@ class Producer:
                     acc.buffered += 1
                     if index + 1 >= acc.batch_size or size >= MAX_BATCH_BYTES:
                         acc.seal(batch)
-                        if tp not in acc.inflight:
+                        if route.tps[p] not in acc.inflight:
                             self._work.notify()
                 else:
                     batch, index, wake = acc.append(route, p, None, chunk, KEY_VALUE_FIELDS)
+                    route.open[p] = batch
                     if wake:
                         self._work.notify()
             finally:

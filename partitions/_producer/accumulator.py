@@ -392,8 +392,11 @@ class Accumulator:
     def _dup_ids(self, batch: Batch, reply: list[Any]) -> list[bytes]:
         ids: list[bytes] = reply[1:]
         log.info("dropped a retried duplicate batch on %s/%d", batch.topic, batch.partition)
-        if len(ids) != batch.count:  # the original batch was trimmed meanwhile
-            ids += [b"0-0"] * (batch.count - len(ids))
+        if len(ids) != batch.count:
+            # The original batch was trimmed meanwhile: retention removes the oldest entries
+            # first, so the ids the server still had are the batch's last ones (its first
+            # records get "0-0": appended once, no longer in the stream).
+            ids = [b"0-0"] * (batch.count - len(ids)) + ids
         return ids
 
     def unrecorded(self, batch: Batch) -> None:

@@ -166,7 +166,12 @@ def test_one_commit_for_batches_of_topics_with_other_retention(conn: Connection)
     assert len(_values(conn, "mxb")) < 300  # MAXLEN ~ 5: trimmed, whole nodes at a time
     again = send()
     assert [r[0] for r in again] == [2, 2, 2]
-    assert [r[1:] for r in again] == [r[1:] for r in first]
+    assert again[0][1:] == first[0][1:] and again[2][1:] == first[2][1:]
+    # mxb's batch was trimmed: all its ids when they lie in one millisecond (computed from the
+    # record), else (Redis 7.0 does not freeze the clock in a transaction) those still in
+    # the stream, its last ones
+    kept = again[1][1:]
+    assert len(kept) > 0 and kept == first[1][-len(kept) :]
     assert len(_values(conn, "mxa")) == 300 and len(_values(conn, "mxc")) == 300
 
 

@@ -36,8 +36,13 @@ from partitions._base.types import TopicPartition
 
 # The stream-level consumer name every owner of a partition uses: the group's pending list
 # of a partition is then simply "what the group has not acked", whoever read it, and a new
-# owner recovers it in id order.
-STREAM_CONSUMER = "partstream"
+# owner recovers it in id order. Short on purpose: every entry XREADGROUP delivers is
+# propagated to the AOF and to replicas as an XCLAIM naming it ("partstream" made the
+# consumer's AOF 9 bytes a record larger than a raw loop's, bench/README.md "Issue 18,
+# session 7: the consumer's server cost on Valkey"). Recovery reads the pending list of every
+# consumer name (XPENDING without a consumer), so entries still pending under an older name
+# (a group consumed by an earlier version) are recovered and claimed as before.
+STREAM_CONSUMER = "ps"
 
 
 class PartitionState:

@@ -1,8 +1,8 @@
 """The entry point of ``partstream bench``: run one mode, compare, check targets, save.
 
 :func:`run_bench` is what the CLI calls. It picks the server (``url`` or a private embedded
-Valkey), runs the mode's sides in alternating order (``repeat`` rounds), computes the
-ratios against the baselines measured in the same run, checks the issue's targets, and
+Valkey), runs the mode's sides in an order rotated from round to round (``repeat`` rounds),
+computes the ratios against the baselines measured in the same run, checks the issue's targets, and
 writes the results file (``out``) and plot (``plot``) when asked.
 """
 
@@ -121,7 +121,7 @@ def _produce(b: Bench, result: BenchResult) -> None:
         ("partstream-send-many", own(produce.run_partstream_many)),
     ]
     if o.redis_benchmark and shutil.which("redis-benchmark") is not None:
-        # A side of every round (order alternating like the others): its ratios are paired.
+        # A side of every round (order rotated like the others): its ratios are paired.
         sides.append(("redis-benchmark", _redis_benchmark_side(b)))
     elif o.redis_benchmark:
         result.notes.append("redis-benchmark not found: no machine-limit figure")
@@ -237,11 +237,18 @@ def _rounds(
     sides: list[tuple[str, Side]],
     shape: str,
 ) -> dict[str, list[float]]:
-    """``repeat`` rounds of every side, order alternating; partstream/other ratio per round."""
+    """``repeat`` rounds of every side, the order rotated from round to round (round r starts
+    ``r * len(sides) // repeat`` sides further on); partstream/other ratio per round.
+
+    Until session 7 of issue 18 the order was reversed every other round, which kept each
+    pair of sides equally far apart in every round: partstream, first in the list, was always
+    five sides away from redis-benchmark, last, which its server cost is divided by, and ran
+    first on the fresh server in rounds 0 and 2. Rotating puts every pair at different
+    distances and every side at different places across the rounds."""
     rounds: dict[str, list[float]] = {name: [] for name, _ in sides[1:]}
     for r in range(b.opts.repeat):
         got: dict[str, RunResult] = {}
-        for name, fn in sides if r % 2 == 0 else sides[::-1]:
+        for name, fn in rotated(sides, r, b.opts.repeat):
             b.say(phase_header(name, shape))
             got[name] = fn(r)
             got[name].extra["round"] = r
@@ -256,6 +263,13 @@ def _rounds(
             if name != "redis-py":
                 result.extra[f"round_ratios {name}"] = [round(x, 3) for x in values]
     return rounds
+
+
+def rotated(sides: list[Any], r: int, repeat: int) -> list[Any]:
+    """The order of round ``r`` of ``repeat``: ``sides`` started ``r * n // repeat`` further on
+    (n sides), so over the rounds each side runs at places spread over the whole order."""
+    start = (r * len(sides) // max(repeat, 1)) % len(sides) if sides else 0
+    return sides[start:] + sides[:start]
 
 
 def _targets(result: BenchResult, mode: str, rounds: dict[str, list[float]], goal: float) -> None:

@@ -446,7 +446,8 @@ def encode_many(
 
 
 def kv_chunk(key: bytes, value: bytes) -> bytes:
-    """A key + value record's fields as RESP (both producers' ``send()``)."""
+    """A key + value record's fields as RESP (``encode_record``; ``Producer.send`` has this
+    body inlined, its hot path: change both together)."""
     nk, nv = len(key), len(value)
     if nk < 256 and nv < 2048:
         return b"".join((KEY_HEADS[nk], key, VALUE_HEADS[nv], value, CRLF))

@@ -12,16 +12,15 @@ hand; the consumer then closes (releases its partitions, leaves the group).
 from __future__ import annotations
 
 import logging
-import signal
 import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
 
 from partitions._base.errors import ConfigError, ConnectionFailedError, NotOwnerError
 from partitions._base.records import Record
 from partitions._base.settings import GroupSettings
+from partitions._base.signals import SignalRelay
 from partitions._base.types import TopicPartition
 from partitions._client.config import ConsumerConfig
 from partitions._client.connection import Connection, connect
@@ -164,16 +163,5 @@ def _forget(consumer: Consumer, records: list[Record]) -> None:
 
 
 def _install_signals(stop: threading.Event) -> Callable[[], None] | None:
-    if threading.current_thread() is not threading.main_thread():
-        return None
-
-    def on_signal(signum: int, frame: Any) -> None:
-        stop.set()
-
-    old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-
-    def restore() -> None:
-        for s, h in old.items():
-            signal.signal(s, h)
-
-    return restore
+    relay = SignalRelay.setting(stop)
+    return relay.restore if relay.install() else None

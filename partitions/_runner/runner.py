@@ -30,19 +30,18 @@ import asyncio
 import heapq
 import inspect
 import logging
-import signal
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from types import FrameType
 from typing import Any
 
 from partitions._base.errors import ConfigError, NotOwnerError, PollIntervalExceededError
 from partitions._base.records import Record
 from partitions._base.serde import Serializer
 from partitions._base.settings import GroupSettings
+from partitions._base.signals import SignalRelay
 from partitions._base.types import TopicPartition
 from partitions._client.config import ClientConfig, ConsumerConfig
 from partitions._client.connection import Connection
@@ -511,9 +510,8 @@ class Runner:
     def _install_signals(self) -> Callable[[], None] | None:
         if threading.current_thread() is not threading.main_thread():
             return None
-        previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
 
-        def on_signal(signum: int, frame: FrameType | None) -> None:
+        def on_signal(signum: int) -> None:  # on the relay's thread, not in the handler
             if self.stop.is_set():
                 log.warning("second signal: stopping without waiting for running records")
                 self._halt.set()
@@ -523,14 +521,9 @@ class Runner:
             log.info("signal %d: finishing running records, then leaving the group", signum)
             self.stop.set()
 
-        for sig in previous:
-            signal.signal(sig, on_signal)
-
-        def restore() -> None:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-
-        return restore
+        relay = SignalRelay(on_signal)
+        relay.install()
+        return relay.restore
 
 
 class _Listener:

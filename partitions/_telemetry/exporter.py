@@ -70,6 +70,7 @@ from typing import TYPE_CHECKING, Any
 
 from partitions._admin.deadletter import DeadLetterTally
 from partitions._base.errors import ConfigError, PartstreamError
+from partitions._base.signals import SignalRelay
 from partitions._client.connection import Connection
 from partitions._telemetry.scrape import SCRAPE_COUNT_LIMIT, Scrape, Scraper
 
@@ -340,9 +341,8 @@ def serve(
     import signal
 
     stop = until or threading.Event()
-    previous = None
-    if threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    relay = SignalRelay.setting(stop, (signal.SIGTERM,))
+    relay.install()
     try:
         with MetricsExporter(conn, host=host, port=port, interval=interval) as exporter:
             echo(f"Serving Prometheus metrics at {exporter.url} (scraping every {interval:g} s)")
@@ -352,5 +352,4 @@ def serve(
             except KeyboardInterrupt:
                 pass
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        relay.restore()

@@ -5,13 +5,13 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from typing import Any
 
 import click
 
 from partitions._base.errors import PollIntervalExceededError
 from partitions._base.records import Record
 from partitions._base.settings import GroupSettings
+from partitions._base.signals import SignalRelay
 from partitions._client.config import ConsumerConfig
 from partitions._consumer.consumer import Consumer
 from partitions.cli.common import State, json_line, main, pass_state
@@ -82,7 +82,8 @@ def consume_cmd(
     base = ConsumerConfig.from_toml(config_path) if config_path else ConsumerConfig()
     config = base.with_changes(**flags)
     stop = threading.Event()
-    previous: Any = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    relay = SignalRelay.setting(stop, (signal.SIGTERM,))
+    relay.install()
     consumer = Consumer(
         group,
         topic,
@@ -117,5 +118,5 @@ def consume_cmd(
     except KeyboardInterrupt:
         pass
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        relay.restore()
         consumer.close()

@@ -17,6 +17,7 @@ import orjson
 from partitions._admin.replay import replay
 from partitions._base.errors import ConfigError, PartstreamError, SerializationError
 from partitions._base.records import Record
+from partitions._base.signals import SignalRelay
 from partitions._client.config import ProducerConfig
 from partitions._producer.producer import Producer, RecordFuture
 from partitions.cli.common import State, format_option, json_line, main, pass_state
@@ -244,9 +245,9 @@ def replay_cmd(
 ) -> None:
     """Print TOPIC's records in append order (no consumer group involved)."""
     stop = threading.Event()
-    previous: Any = None
+    relay = SignalRelay.setting(stop, (signal.SIGTERM,))
     if follow:
-        previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        relay.install()
     try:
         for record in replay(
             state.conn,
@@ -265,5 +266,4 @@ def replay_cmd(
     except KeyboardInterrupt:
         pass
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        relay.restore()

@@ -12,13 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from partitions._base.records import Record
+from partitions._base.signals import SignalRelay
 from partitions._client.config import ClientConfig, ConsumerConfig
 from partitions._client.connection import connect
 from partitions._consumer.consumer import Consumer
@@ -101,8 +101,7 @@ def main() -> None:
     args = ap.parse_args()
 
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    SignalRelay.setting(stop).install()  # SIGTERM, SIGINT; for the life of the process
     checker = Checker(args.runtime)
     status = args.runtime / f"{args.worker_id}.json"
 

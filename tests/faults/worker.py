@@ -47,6 +47,7 @@ from partitions._base.errors import (
     StateLostError,
 )
 from partitions._base.settings import GroupSettings
+from partitions._base.signals import SignalRelay
 from partitions._base.types import TopicPartition
 from partitions._client.aio import connect_async
 from partitions._client.config import ClientConfig, ConsumerConfig, ProducerConfig
@@ -106,7 +107,7 @@ def produce(args: argparse.Namespace, log: Log) -> int:
         count=args.count)  # fmt: skip
     producer = Producer(conn, producer_config(args))
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    SignalRelay.setting(stop, (signal.SIGTERM,)).install()
     seqs: dict[str, int] = defaultdict(int)
     skip = acked_before(args.resume_from) if args.resume_from else set()
     pad = "x" * args.value_bytes
@@ -230,7 +231,7 @@ def consume(args: argparse.Namespace, log: Log) -> int:
     member, group = consumer.member_id, args.group
     poison = parse_poison(args.poison)
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    SignalRelay.setting(stop, (signal.SIGTERM,)).install()
     log("ready", member=member, group=group, lib=LIB, pid=os.getpid(), t=time.time())
     code = 0
     try:

@@ -19,6 +19,7 @@ import threading
 import time
 
 from partitions._base.settings import GroupSettings
+from partitions._base.signals import SignalRelay
 from partitions._client.config import ConsumerConfig
 from partitions._client.connection import connect
 from partitions._consumer.consumer import Consumer
@@ -43,7 +44,7 @@ def main() -> None:
     args = ap.parse_args()
 
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    SignalRelay.setting(stop, (signal.SIGTERM,)).install()
     conn = connect(url=args.url, namespace=args.ns)
     settings = GroupSettings(
         session_timeout_ms=args.session_ms,

@@ -24,6 +24,7 @@ from coordinator.runner import MemberRunner
 from partitions._base.fence import claim_fence, fence_value, release_fence
 from partitions._base.keys import TopicLayout
 from partitions._base.settings import GroupSettings
+from partitions._base.signals import SignalRelay
 from partitions._base.types import Grant, TopicPartition
 from partitions._client.connection import connect
 
@@ -112,7 +113,7 @@ def main() -> None:
     )
     runner = MemberRunner(member, Listener())
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    SignalRelay.setting(stop, (signal.SIGTERM,)).install()
     runner.start()
     emit("ready")
     while not stop.wait(0.02):

@@ -27,7 +27,15 @@ import redis.exceptions as rex
 from partitions._base.functions import is_missing
 from partitions._client.connection import Connection
 from partitions._client.nodes import group_by_node, node_for_key, redirect, retriable
-from partitions._client.wire import ASKING, CONNECTION_ERRORS, exchange, pack
+from partitions._client.wire import (
+    ASKING,
+    CONNECTION_ERRORS,
+    Replies,
+    exchange,
+    exchange_on,
+    is_connected,
+    pack,
+)
 from partitions._producer.accumulator import Accumulator, Completion, complete
 from partitions._producer.batch import (
     MULTI_MIN_RECORDS,
@@ -390,8 +398,9 @@ class Sender:
         for t in self.threads:
             t.join(timeout)
 
-    def _take(self) -> tuple[list[Batch], list[Batch]]:
-        """With the lock held: wait for a round, or for unsent batches that expired."""
+    def _take(self, wait: bool = True) -> tuple[list[Batch], list[Batch]] | None:
+        """With the lock held: wait for a round, or for unsent batches that expired (None
+        instead of waiting when not ``wait``)."""
         acc = self._acc
         while True:
             batches, expired, wake = acc.drain()
@@ -399,17 +408,39 @@ class Sender:
                 return batches, expired
             if acc.closed and not acc.ready and not acc.open:
                 return [], []
+            if not wait:
+                return None
             self._work.wait(None if wake is None else max(0.0, wake - acc.clock()))
 
     def _run(self) -> None:
         acc, cond = self._acc, self._cond
+        held: dict[Any, Any] = {}  # pool -> the connection this sender keeps while busy
+        try:
+            self._loop(acc, cond, held)
+        finally:
+            self._release(held)
+
+    def _loop(self, acc: Accumulator, cond: threading.Condition, held: dict[Any, Any]) -> None:
+        progress = True
         while True:
             with cond:
-                # The previous round's records resolved: wake whoever waits for progress
-                # (not the other sender: this one drains again, taking what came meanwhile).
-                cond.notify_all()
-                batches, expired = self._take()
-                expiries = acc.expire(expired)
+                if progress:
+                    # The previous round's records resolved: wake whoever waits for progress
+                    # (not the other sender: this one drains again, taking what came
+                    # meanwhile).
+                    cond.notify_all()
+                taken = self._take(wait=not held)
+                if taken is not None:
+                    batches, expired = taken
+                    expiries = acc.expire(expired)
+            if taken is None:
+                # Idle: the connection goes back to the pool before the wait (it is kept
+                # across back-to-back rounds only: the pool's get and release cost ~38 us of
+                # CPU a round, a quarter of a small round's; bench/README.md, issue 18).
+                self._release(held)
+                progress = False
+                continue
+            progress = True
             if not batches and not expired:
                 return
             complete(expiries)
@@ -421,17 +452,49 @@ class Sender:
                 driver = Driver(send_round(acc, cond, batches, self._target, timeout, self._moving))
                 while (step := driver.next()) is not None:
                     try:
-                        driver.reply(self._io(step))
+                        driver.reply(self._io(step, held))
                     except Exception as err:
                         driver.reply(error=err)
                 complete(driver.result)
 
+    @staticmethod
+    def _exchange_held(held: dict[Any, Any], step: Exchange) -> list[Any]:
+        """:func:`exchange` on the connection this sender keeps between back-to-back rounds
+        (taken from the pool at the first, connected, so a refused connection is still "not
+        sent"); a connection that broke, or an exchange that raised, goes back to the pool."""
+        pool = step.target
+        link = held.pop(pool, None)
+        if link is not None and not is_connected(link):
+            pool.release(link)
+            link = None
+        if link is None:
+            try:
+                link = pool.get_connection()
+            except CONNECTION_ERRORS as err:
+                return Replies.not_sent(err, step.expect)
+        try:
+            out = exchange_on(link, step.payload, step.expect)
+        except BaseException:
+            link.disconnect()  # (replies may be left unread on it)
+            pool.release(link)
+            raise
+        held[pool] = link
+        return out
+
+    @staticmethod
+    def _release(held: dict[Any, Any]) -> None:
+        while held:
+            pool, link = held.popitem()
+            pool.release(link)
+
     def _moving(self, err: Exception) -> bool:
         return retriable(self._conn, err)
 
-    def _io(self, step: Step) -> Any:
+    def _io(self, step: Step, held: dict[Any, Any]) -> Any:
         if isinstance(step, Exchange):
-            return exchange(step.target, step.payload, step.expect)
+            if self._conn.is_cluster:  # (a map change replaces the pools: take one a round)
+                return exchange(step.target, step.payload, step.expect)
+            return self._exchange_held(held, step)
         if step.what == "reload":
             self._reload()
             return None

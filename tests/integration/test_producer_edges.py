@@ -309,3 +309,51 @@ def test_produce_counts_records_the_server_refused(
     assert "stopped after line 2: 0 records produced to refuse, 2 failed" in err
     with pytest.raises(rex.ResponseError):
         conn.client.xlen(conn.keys.stream(layout(conn, "refuse"), 1))
+
+
+def test_the_sender_keeps_its_connection_across_back_to_back_rounds_and_returns_it_idle(
+    conn: Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a single server a busy sender takes a connection from the pool once, not once a
+    round (issue 18: the pool's get and release were a quarter of a small round's CPU), and
+    gives it back when it has nothing to send. Each round sends the next record while it is
+    on the wire, so the sender finds work every time it drains: 20 rounds back to back."""
+    if conn.is_cluster:
+        pytest.skip("a cluster's sender takes a node's connection each round")
+    import partitions._client.wire as wire
+    import partitions._producer.sender as sender_mod
+
+    pool = conn.client.connection_pool
+    rounds, gets = [0], [0]
+    real_exchange, real_get = wire.exchange_on, pool.get_connection
+    TopicAdmin(conn).create(TopicSpec("held", 4))
+    with Producer(conn, ProducerConfig(linger_ms=0)) as p:
+        futs = [p.send("held", b"warm", key=b"w")]
+        futs[0].result(10)
+
+        def exchange_on(c: Any, payload: list[bytes], expect: int) -> list[Any]:
+            rounds[0] += 1
+            if rounds[0] < 20:
+                futs.append(p.send("held", b"v%d" % rounds[0], key=b"%d" % rounds[0]))
+            return real_exchange(c, payload, expect)
+
+        def get_connection(*args: Any, **kwargs: Any) -> Any:
+            gets[0] += 1
+            return real_get(*args, **kwargs)
+
+        monkeypatch.setattr(sender_mod, "exchange_on", exchange_on, raising=False)
+        monkeypatch.setattr(wire, "exchange_on", exchange_on)  # (a pool's exchange calls it)
+        monkeypatch.setattr(pool, "get_connection", get_connection)
+        futs.append(p.send("held", b"v0", key=b"0"))
+        deadline = time.monotonic() + 10
+        while len(futs) < 21 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        for f in futs:
+            f.result(10)
+        assert rounds[0] >= 20
+        assert gets[0] <= 2, (gets[0], rounds[0])  # (one each if both senders took rounds)
+        deadline = time.monotonic() + 5
+        while getattr(pool, "_in_use_connections", ()) and time.monotonic() < deadline:
+            time.sleep(0.01)  # (the senders give theirs back before they wait)
+        assert not getattr(pool, "_in_use_connections", ())
+    assert len(values(conn, "held")) == 21

@@ -435,8 +435,8 @@ class Sender:
                     expiries = acc.expire(expired)
             if taken is None:
                 # Idle: the connection goes back to the pool before the wait (it is kept
-                # across back-to-back rounds only: the pool's get and release cost ~38 us of
-                # CPU a round, a quarter of a small round's; bench/README.md, issue 18).
+                # across back-to-back rounds only: the pool's get and release cost 10-30 us
+                # of CPU a round, python -m bench.exchange_cpu; bench/README.md, issue 18).
                 self._release(held)
                 progress = False
                 continue

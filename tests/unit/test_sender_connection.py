@@ -1,6 +1,6 @@
 """The threaded sender keeps one connection across back-to-back rounds on a single server
-(``Sender._exchange_held``): taking it from the pool and giving it back each round cost ~38 us
-of CPU a round, a quarter of a small round's at 5,000 records/s (bench/README.md, issue 18).
+(``Sender._exchange_held``): taking it from the pool and giving it back each round cost 10-30 us
+of CPU a round (python -m bench.exchange_cpu; bench/README.md, issue 18).
 A connection that broke, or an exchange that raised, goes back to the pool; a refused
 connection still reads as "not sent"."""
 

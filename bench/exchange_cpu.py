@@ -16,7 +16,7 @@ pool = r.connection_pool
 payload, n = [pack(["PING"])], 5000
 for _pass in range(3):
     for name in ("pool each round", "held"):
-        held: dict = {}
+        held: dict[object, object] = {}
         t, w = time.thread_time(), time.perf_counter()
         for _ in range(n):
             if name == "held":

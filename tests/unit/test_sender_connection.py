@@ -60,7 +60,7 @@ def wire(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
 
 
 def test_back_to_back_rounds_take_the_pool_connection_once(wire: list[Any]) -> None:
-    pool, held = FakePool(), {}
+    pool, held = FakePool(), dict[Any, Any]()
     for _ in range(3):
         assert Sender._exchange_held(held, Exchange(pool, [b"x"], 2)) == [b"OK", b"OK"]
     assert pool.gets == 1 and not pool.released
@@ -70,7 +70,7 @@ def test_back_to_back_rounds_take_the_pool_connection_once(wire: list[Any]) -> N
 
 
 def test_a_broken_connection_goes_back_and_a_new_one_is_taken(wire: list[Any]) -> None:
-    pool, held = FakePool(), {}
+    pool, held = FakePool(), dict[Any, Any]()
     Sender._exchange_held(held, Exchange(pool, [b"x"], 1))
     first = held[pool]
     first.connected = False  # (exchange_on disconnects after a connection error)
@@ -85,7 +85,7 @@ def test_an_exchange_that_raises_releases_its_connection_disconnected(
         raise RuntimeError("bug")
 
     monkeypatch.setattr(sender_mod, "exchange_on", broken)
-    pool, held = FakePool(), {}
+    pool, held = FakePool(), dict[Any, Any]()
     with pytest.raises(RuntimeError):
         Sender._exchange_held(held, Exchange(pool, [b"x"], 1))
     assert held == {} and len(pool.released) == 1 and pool.released[0].disconnects == 1

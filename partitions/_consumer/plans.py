@@ -51,6 +51,17 @@ Refused = list[tuple[PartitionState, FetchResult]]
 CATCH_UP_BUDGET = 256
 CATCH_UP_MIN = 8
 CATCH_UP_PACE = 2
+# While every caught-up partition read nothing in its last fetch (idle: no record of theirs
+# waits behind a slice), each catching-up partition reads CATCH_UP_PACE times its own last
+# read instead (8, 16, 32, ...), the slices together within CATCH_UP_IDLE_BUDGET records a
+# fetch; the first record a caught-up partition reads brings the slices back to its pace.
+# With a fixed CATCH_UP_MIN there, the tail of a backlog beside an idle partition (the consume
+# bench: the first partition at its end, 15 others with a few hundred entries left) went in
+# fetches of 8 records a partition, ~100 transactions for the last 4% of 200,000 records
+# against the raw loop's 1-2 (bench/README.md, "Issue 18, session 8"). 1,024 records are a
+# fetch of ~5-10 ms on a local server: what a record arriving on an idle partition may wait
+# for, at most, beside a backlog.
+CATCH_UP_IDLE_BUDGET = 1024
 # The tail of a read that ended its partition's recovery (consume.lua): new entries were not
 # read (the next fetch reads them natively), so it says nothing about the stream's end.
 RECOVERED = "0"
@@ -100,16 +111,27 @@ def read_counts(a: Assignment, parts: list[PartitionState], count: int) -> list[
     """The COUNT of each of ``parts``' reads: ``count``, but the catching-up ones read within
     :data:`CATCH_UP_BUDGET` (shared) and :data:`CATCH_UP_PACE` x the caught-up partitions'
     last reads while some owned partition is caught up (when every partition is behind there
-    is nobody to keep waiting, and the backlog is read at full speed)."""
+    is nobody to keep waiting, and the backlog is read at full speed). While the caught-up
+    ones are idle (their last reads all 0), each catching-up one reads CATCH_UP_PACE x its own
+    last read, within :data:`CATCH_UP_IDLE_BUDGET` (shared)."""
     behind = sum(1 for st in parts if st.catching_up)
     if not behind:
         return [count] * len(parts)
     steady = [st.last_read for st in a.parts.values() if not st.catching_up]
     if not steady:
         return [count] * len(parts)
-    pace = -(-CATCH_UP_PACE * sum(steady) // len(steady))  # ceil
-    each = min(count, max(CATCH_UP_MIN, min(CATCH_UP_BUDGET // behind, pace)))
-    return [each if st.catching_up else count for st in parts]
+    total = sum(steady)
+    if total:
+        pace = -(-CATCH_UP_PACE * total // len(steady))  # ceil
+        each = min(count, max(CATCH_UP_MIN, min(CATCH_UP_BUDGET // behind, pace)))
+        return [each if st.catching_up else count for st in parts]
+    share = CATCH_UP_IDLE_BUDGET // behind
+    return [
+        min(count, max(CATCH_UP_MIN, min(share, CATCH_UP_PACE * st.last_read)))
+        if st.catching_up
+        else count
+        for st in parts
+    ]
 
 
 def caught_up(st: PartitionState, asked: int, got: int) -> None:

@@ -232,6 +232,57 @@ def test_catch_up_reads_follow_the_pace_of_the_caught_up_partitions() -> None:
     assert a.parts[tps[0]].last_read == 40
 
 
+def test_beside_idle_partitions_catch_up_slices_grow_within_the_idle_budget() -> None:
+    tps = [TopicPartition("rect", p) for p in range(16)]
+    a = assignment(*tps)
+    idle = a.parts[tps[0]]
+    idle.catching_up, idle.last_read = False, 0  # at its end, nothing new
+    behind = list(a.parts.values())[1:]
+    for st in behind:
+        st.cursor = ""
+    share = plans.CATCH_UP_IDLE_BUDGET // 15
+    # The first slice is CATCH_UP_MIN; each read in full doubles the next, up to the share.
+    seen = []
+    for _ in range(8):
+        counts = plans.read_counts(a, a.reading(), 1000)
+        assert counts[0] == 1000 and len(set(counts[1:])) == 1
+        assert sum(counts[1:]) <= plans.CATCH_UP_IDLE_BUDGET
+        seen.append(counts[1])
+        for st, n in zip(behind, counts[1:], strict=True):
+            plans.caught_up(st, n, n)  # a full read: still behind
+    assert seen == [8, 16, 32, 64, share, share, share, share]
+    assert all(st.catching_up for st in behind)
+    # A record on the caught-up partition: its pace bounds the slices again.
+    plans.caught_up(idle, 1000, 1)
+    assert set(plans.read_counts(a, a.reading(), 1000)[1:]) == {plans.CATCH_UP_MIN}
+    # Never more than the count.
+    idle.last_read = 0
+    assert set(plans.read_counts(a, a.reading(), 20)[1:]) == {20}
+
+
+def test_a_tail_beside_an_idle_partition_drains_in_a_few_fetches() -> None:
+    """The consume bench's tail: one partition at its end, 15 with 500 entries left each;
+    with a fixed CATCH_UP_MIN (8) it took 63 fetches, the raw loop reads it in one."""
+    tps = [TopicPartition("rect", p) for p in range(16)]
+    a = assignment(*tps)
+    for st in a.parts.values():
+        st.cursor = ""  # nothing to recover: new entries only
+    a.parts[tps[0]].catching_up = False
+    left = {tp: 500 for tp in tps[1:]}
+    fetches = 0
+    while any(st.catching_up for st in a.parts.values()):
+        fetches += 1
+        parts = a.reading()
+        for st, n in zip(parts, plans.read_counts(a, parts, 1000), strict=True):
+            got = min(n, left.get(st.tp, 0))
+            if st.tp in left:
+                left[st.tp] -= got
+            plans.caught_up(st, n, got)
+        assert fetches < 100
+    assert not any(left.values())
+    assert fetches <= 12
+
+
 def test_no_budget_when_every_partition_is_behind_or_none_is() -> None:
     tps = [TopicPartition("rect", p) for p in range(3)]
     a = assignment(*tps)  # a first assignment: all catching up, nobody waits for them

@@ -52,6 +52,7 @@ from partitions._client.config import ClientConfig
 from partitions._client.connection import Connection, connect
 from partitions._client.wire import exchange_on, pack
 from partitions._producer.batch import (
+    RECORD_SLOTS,
     Batch,
     Route,
     encode_record,
@@ -128,7 +129,7 @@ class Paths:
                 batch = Batch(TOPIC, p, route, 0.0, 0.0)
                 for k, v in per[p][at : at + self.batch]:
                     _, chunk, nargs = encode_record(route, v, k, None, p, None, 1 << 20)
-                    batch.chunks.append(chunk)
+                    batch.chunks.extend(chunk)
                     batch.count += 1
                     batch.nargs += nargs
                 seqs[p] += 1
@@ -194,17 +195,16 @@ def payloads(paths: Paths, name: str) -> list[tuple[bytes, int]]:
 
 
 def _bare(batch: Batch) -> bytes:
-    head = batch.route.xadd_heads[batch.partition]
-    return pack(["MULTI"]) + head + head.join(batch.chunks) + pack(["EXEC"])
+    return pack(["MULTI"]) + batch.xadds() + pack(["EXEC"])
 
 
 def _lean(batch: Batch) -> bytes:
     r, p = batch.route, batch.partition
     args: list[Any] = [b"FCALL", b"ps_paths_lean", 3, r.stream_keys[p], r.seq_keys[p],
                        r.groups_keys[p], batch.pid, batch.seq, 0, 0, 0, batch.count]  # fmt: skip
-    for chunk in batch.chunks:  # "$3 key $len k $5 value $len v": keep k and v
-        parts = chunk.split(b"\r\n")
-        args += [0, parts[3], parts[7]]
+    pieces = batch.chunks  # RECORD_SLOTS a record: "", key head, k, value head, v, CRLF
+    for at in range(0, len(pieces), RECORD_SLOTS):
+        args += [0, pieces[at + 2], pieces[at + 4]]
     return pack(args)
 
 

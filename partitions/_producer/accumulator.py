@@ -149,9 +149,16 @@ class Accumulator:
         )
 
     def append(
-        self, route: Route, p: int | None, region: str | None, chunk: bytes, nargs: int
+        self,
+        route: Route,
+        p: int | None,
+        region: str | None,
+        chunk: tuple[bytes, ...],
+        nargs: int,
+        nbytes: int | None = None,
     ) -> tuple[Batch, int, bool]:
-        """Add one encoded record to partition ``p``'s open batch (``p`` None: a keyless
+        """Add one encoded record (its pieces, :func:`~partitions._producer.batch.encode_record`;
+        ``nbytes`` their bytes if known) to partition ``p``'s open batch (``p`` None: a keyless
         record, placed by the sticky rule within ``region``). Returns (batch, index in it,
         whether a sender should wake: a first open batch while no round is on the wire, any
         new batch once the wire is slow (:data:`HOLD_S`), or a newly sealed one whose
@@ -161,7 +168,8 @@ class Accumulator:
         if p is None:
             first, last = route.router.range_for(region)
             p = self.sticky.partition(topic, region, first, last)
-        nbytes = len(chunk)
+        if nbytes is None:
+            nbytes = sum(map(len, chunk))
         tp = route.tps[p]
         batch = self.open.get(tp)
         if batch is not None and nargs == KEY_VALUE_FIELDS and batch.shapes is None:
@@ -170,12 +178,11 @@ class Accumulator:
             size = batch.nbytes + nbytes
             if size <= MAX_BATCH_BYTES:
                 index = batch.count
-                batch.chunks.append(chunk)
-                batch.count = index + 1
-                batch.nargs += KEY_VALUE_FIELDS
+                batch.chunks.extend(chunk)
+                batch.count = count = index + 1
                 batch.nbytes = size
                 self.buffered += 1
-                if index + 1 < self.batch_size and size < MAX_BATCH_BYTES:
+                if count < self.batch_size and size < MAX_BATCH_BYTES:
                     return batch, index, False
                 self.seal(batch)
                 return batch, index, tp not in self.inflight
@@ -196,13 +203,14 @@ class Accumulator:
                 self._nudged = now
                 wake = True
         index = batch.count
-        batch.chunks.append(chunk)
+        batch.chunks.extend(chunk)
         if nargs != KEY_VALUE_FIELDS or batch.shapes is not None:
             if batch.shapes is None:
                 batch.shapes = [KEY_VALUE_FIELDS] * index
+                batch.nargs = KEY_VALUE_FIELDS * index
             batch.shapes.append(nargs)
+            batch.nargs += nargs
         batch.count = index + 1
-        batch.nargs += nargs
         batch.nbytes += nbytes
         self.buffered += 1
         if batch.count >= self.batch_size or batch.nbytes >= MAX_BATCH_BYTES:
@@ -213,7 +221,7 @@ class Accumulator:
         return batch, index, wake
 
     def append_many(
-        self, route: Route, encoded: list[tuple[int | None, bytes, int]], start: int
+        self, route: Route, encoded: list[tuple[int | None, tuple[bytes, ...], int]], start: int
     ) -> tuple[list[tuple[Batch, int]], bool, int]:
         """:meth:`append` the encoded records from ``encoded[start]`` on while the buffer has
         room (at least one): (each one's batch and index in it, whether a sender should

@@ -59,7 +59,6 @@ if TYPE_CHECKING:
 
 __all__ = ["AsyncProducer", "AsyncRecordFuture"]
 
-_new = object.__new__
 
 log = logging.getLogger("partstream.producer")
 
@@ -174,7 +173,7 @@ class AsyncProducer:
             # otherwise only buffer, and the sender's reads would wait for flush().
             self._since_yield = 0
             await asyncio.sleep(0)
-        future = _new(AsyncRecordFuture)  # (RecordFuture's docstring: why not a call)
+        future = AsyncRecordFuture()  # (RecordFuture's docstring: why no __init__)
         future._batch = batch
         future._index = index
         return future

@@ -44,11 +44,14 @@ from partitions._producer.router import Router
 
 __all__ = [
     "CRLF",
+    "KEY_COSTS",
     "KEY_HEADS",
     "KEY_VALUE_FIELDS",
     "KV_CHUNK",
     "MAX_BATCH_BYTES",
     "MULTI_MIN_RECORDS",
+    "RECORD_SLOTS",
+    "VALUE_COSTS",
     "VALUE_HEADS",
     "Batch",
     "NotSentError",
@@ -61,7 +64,9 @@ __all__ = [
     "kv_chunk",
     "multi_groups",
     "multi_replies",
+    "new_future",
     "packed_multi",
+    "record_bytes",
 ]
 
 log = logging.getLogger("partstream.producer")
@@ -77,14 +82,21 @@ _HEADER_ARGS = 6
 # The fields of the common record (key and value), and of one in append.lua's "f, fields" form.
 KEY_VALUE_FIELDS = 4
 _FOUR = b"$1\r\n4\r\n"
+# A batch keeps its records as RESP pieces, RECORD_SLOTS a record, joined once when the batch
+# is packed (one join of a whole batch in C, not one per record in send()): a record is
+# (separator, fields..., padded with b"" to RECORD_SLOTS). The separator is b"" until packing
+# writes each record's head there (append.lua's field count, or the XADD before it).
+RECORD_SLOTS = 6
 # A key + value record's fields as RESP, to fill with (len(key), key, len(value), value).
 KV_CHUNK = b"$3\r\nkey\r\n$%d\r\n%b\r\n$5\r\nvalue\r\n$%d\r\n%b\r\n"
-# The same as five pieces joined, KEY_HEADS[len(key)], key, VALUE_HEADS[len(value)], value,
-# CRLF, for keys and values shorter than the tables: the shells' hot path (a join of cached
-# pieces costs about half of formatting two lengths, once per record).
+# The same as pieces: b"", KEY_HEADS[len(key)], key, VALUE_HEADS[len(value)], value, CRLF,
+# for keys and values shorter than the tables (the shells' hot path); a record's bytes are
+# then KEY_COSTS[len(key)] + VALUE_COSTS[len(value)], looked up instead of measured.
 KEY_HEADS = [b"$3\r\nkey\r\n$%d\r\n" % n for n in range(256)]
 VALUE_HEADS = [b"\r\n$5\r\nvalue\r\n$%d\r\n" % n for n in range(2048)]
 CRLF = b"\r\n"
+KEY_COSTS = [len(h) + n for n, h in enumerate(KEY_HEADS)]
+VALUE_COSTS = [len(h) + n + len(CRLF) for n, h in enumerate(VALUE_HEADS)]
 # A batch of at least this many records goes as MULTI + native XADDs + commit (below: one
 # FCALL append, cheaper for the server when the per-batch calls outweigh the per-record ones).
 MULTI_MIN_RECORDS = 4
@@ -129,8 +141,10 @@ class Batch:
         self.topic = topic
         self.partition = partition
         self.route = route
-        # Each record's field arguments as RESP; ``nargs`` counts the fields of all of them,
-        # ``shapes`` each record's field count once one is not key + value (None until then).
+        # Each record's field arguments as RESP pieces, RECORD_SLOTS a record (the separators
+        # written when packed); ``shapes`` each record's field count once one is not key +
+        # value (None until then), and ``nargs`` the fields of all of them from then on
+        # (while ``shapes`` is None they are KEY_VALUE_FIELDS a record: nothing counts them).
         self.chunks: list[bytes] = []
         self.shapes: list[int] | None = None
         self.count = 0
@@ -182,30 +196,35 @@ class Batch:
 
     def xadds(self) -> bytes:
         """One native ``XADD <stream> * <fields>`` per record."""
-        chunks = self.chunks
-        if self.shapes is None:  # every record key + value: one join in C
-            head = self.route.xadd_heads[self.partition]
-            return head + head.join(chunks)
-        mid = self.route.xadd_mids[self.partition]
-        return b"".join(
-            b"*%d\r\n%b%b" % (3 + nf, mid, chunk)
-            for nf, chunk in zip(self.shapes, chunks, strict=True)
-        )
+        pieces = self.chunks
+        if self.shapes is None:  # every record key + value: the same head before each
+            pieces[::RECORD_SLOTS] = [self.route.xadd_heads[self.partition]] * self.count
+        else:
+            mid = self.route.xadd_mids[self.partition]
+            pieces[::RECORD_SLOTS] = [b"*%d\r\n%b" % (3 + nf, mid) for nf in self.shapes]
+        return b"".join(pieces)
+
+    def fields(self) -> int:
+        """How many field arguments the records have together."""
+        return self.nargs if self.shapes is not None else KEY_VALUE_FIELDS * self.count
+
+    def records(self) -> bytes:
+        """The records in append.lua's "f, fields" form (each record's field count first)."""
+        pieces = self.chunks
+        if self.shapes is None:
+            pieces[::RECORD_SLOTS] = [_FOUR] * self.count
+        else:
+            pieces[::RECORD_SLOTS] = [bulk(b"%d" % nf) for nf in self.shapes]
+        return b"".join(pieces)
 
     def packed_append(self) -> bytes:
         """One ``FCALL append`` with the records in the script's "f, fields" form."""
-        if self.shapes is None:
-            records = _FOUR + _FOUR.join(self.chunks)
-        else:
-            records = b"".join(
-                bulk(b"%d" % nf) + chunk for nf, chunk in zip(self.shapes, self.chunks, strict=True)
-            )
         return (
-            b"*%d\r\n" % (6 + _HEADER_ARGS + self.count + self.nargs)
+            b"*%d\r\n" % (6 + _HEADER_ARGS + self.count + self.fields())
             + _FCALL_HEAD
             + self._keys()
             + self._args()
-            + records
+            + self.records()
         )
 
     def complete(self, ids: list[bytes] | None, error: BaseException | None) -> None:
@@ -219,7 +238,7 @@ class Batch:
             callbacks, self.callbacks = self.callbacks, None
         for i, cb in callbacks or ():
             try:
-                cb(RecordFuture(self, i))
+                cb(new_future(RecordFuture, self, i))
             except Exception:
                 log.exception("producer callback raised")
 
@@ -303,14 +322,14 @@ def multi_replies(batches: list[Batch]) -> int:
 class RecordFuture:
     """The outcome of one :meth:`Producer.send`: resolves to :class:`RecordMetadata`.
 
-    The shells' ``send()`` make theirs with ``object.__new__`` and set both slots: calling
-    the class runs a Python ``__init__``, which costs more than the rest of making it."""
+    Made with ``RecordFuture()`` (or :func:`new_future`) and its two slots set: it has no
+    ``__init__`` of its own, since a Python-level one costs more than the rest of making
+    it, and ``object.__new__(RecordFuture)`` more than calling the class (~1,170
+    instructions against ~880, callgrind), once per record in the shells' ``send()``."""
 
     __slots__ = ("_batch", "_index")
-
-    def __init__(self, batch: Batch, index: int) -> None:
-        self._batch = batch
-        self._index = index
+    _batch: Batch
+    _index: int
 
     def done(self) -> bool:
         return self._batch.done
@@ -345,13 +364,20 @@ class RecordFuture:
 _F = TypeVar("_F", bound=RecordFuture)
 
 
+def new_future(cls: type[_F], batch: Batch, index: int) -> _F:
+    """A future of ``cls`` for record ``index`` of ``batch``."""
+    future = cls()
+    future._batch = batch
+    future._index = index
+    return future
+
+
 def futures_for(cls: type[_F], placed: list[tuple[Batch, int]]) -> list[_F]:
     """A future of ``cls`` for each ``(batch, index)``, made as the shells' ``send()`` make
-    theirs (without ``__init__``: :class:`RecordFuture`)."""
+    theirs (:class:`RecordFuture`)."""
     out: list[_F] = []
-    new = object.__new__
     for batch, index in placed:
-        future = new(cls)
+        future = cls()
         future._batch = batch
         future._index = index
         out.append(future)
@@ -408,7 +434,8 @@ class Route:
         )
         self.fetched = time.monotonic()
         # Due for a re-read after this (monotonic clock), to pick up added partitions and
-        # retention changes: the shells compare it inline, once per record.
+        # retention changes: the shells compare it inline, once per record (Producer.send's
+        # common record: once per batch it opens).
         self.expires = self.fetched + METADATA_MAX_AGE_S
 
 
@@ -433,7 +460,7 @@ def encode_many(
     records: Iterable[tuple[Value, Key]],
     encode: Callable[[Value, Key], tuple[Value, Key]] | None,
     max_bytes: int,
-) -> list[tuple[int | None, bytes, int]]:
+) -> list[tuple[int | None, tuple[bytes, ...], int]]:
     """:func:`encode_record` of each ``(value, key)`` of ``records`` (no headers, the
     partition by key), after the producer's serializers (``encode``): all of them checked and
     encoded before any is queued, so a bad one raises with nothing sent."""
@@ -445,13 +472,19 @@ def encode_many(
     return out
 
 
-def kv_chunk(key: bytes, value: bytes) -> bytes:
-    """A key + value record's fields as RESP (``encode_record``; ``Producer.send`` has this
-    body inlined, its hot path: change both together)."""
+def kv_chunk(key: bytes, value: bytes) -> tuple[bytes, ...]:
+    """A key + value record's pieces (``encode_record``; ``Producer.send`` has this body
+    inlined, its hot path: change both together, tests/unit/test_accumulator.py compares
+    them)."""
     nk, nv = len(key), len(value)
     if nk < 256 and nv < 2048:
-        return b"".join((KEY_HEADS[nk], key, VALUE_HEADS[nv], value, CRLF))
-    return KV_CHUNK % (nk, key, nv, value)
+        return (b"", KEY_HEADS[nk], key, VALUE_HEADS[nv], value, CRLF)
+    return (b"", b"$3\r\nkey\r\n$%d\r\n" % nk, key, b"\r\n$5\r\nvalue\r\n$%d\r\n" % nv, value, CRLF)
+
+
+def record_bytes(pieces: tuple[bytes, ...]) -> int:
+    """The encoded bytes of one record's pieces (a batch's ``nbytes`` counts them)."""
+    return sum(map(len, pieces))
 
 
 def encode_record(
@@ -462,10 +495,11 @@ def encode_record(
     partition: int | None,
     region: str | None,
     max_bytes: int,
-) -> tuple[int | None, bytes, int]:
+) -> tuple[int | None, tuple[bytes, ...], int]:
     """Check and encode one record for ``route``'s topic, as both producers' ``send()`` do:
     (its partition, None for a keyless one the sticky rule places; its entry's fields as RESP
-    arguments; how many: :data:`KEY_VALUE_FIELDS` for key + value). Raises before anything
+    arguments, as :data:`RECORD_SLOTS` pieces; how many: :data:`KEY_VALUE_FIELDS` for key +
+    value). Raises before anything
     is queued."""
     kb = key if type(key) is bytes else encode_key(key)
     vb = value if type(value) is bytes else encode_value(value)
@@ -481,6 +515,6 @@ def encode_record(
         if len(kb) + len(vb) > max_bytes:
             check_size(len(kb) + len(vb), max_bytes)
         return p, chunk, KEY_VALUE_FIELDS
-    chunk, nargs, size = _general_form(kb, vb, headers)
+    fields, nargs, size = _general_form(kb, vb, headers)
     check_size(size, max_bytes)
-    return p, chunk, nargs
+    return p, (b"", fields, b"", b"", b"", b""), nargs

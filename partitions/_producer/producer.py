@@ -45,11 +45,12 @@ from partitions._client.connection import Connection, connect
 from partitions._producer.accumulator import Accumulator, complete
 from partitions._producer.batch import (
     CRLF,
+    KEY_COSTS,
     KEY_HEADS,
     KEY_VALUE_FIELDS,
-    KV_CHUNK,
     MAX_BATCH_BYTES,
     METADATA_MAX_AGE_S,
+    VALUE_COSTS,
     VALUE_HEADS,
     RecordFuture,
     RecordMetadata,
@@ -57,6 +58,9 @@ from partitions._producer.batch import (
     encode_many,
     encode_record,
     futures_for,
+    kv_chunk,
+    new_future,
+    record_bytes,
 )
 from partitions._producer.delivery import warn_unmet_durability
 from partitions._producer.router import xxh3
@@ -65,8 +69,6 @@ from partitions._telemetry.metrics import ClientMetrics, producer_metrics
 from partitions._telemetry.tracing import TracerProvider, producer_tracer
 
 __all__ = ["METADATA_MAX_AGE_S", "SENDERS", "Producer", "RecordFuture", "RecordMetadata"]
-
-_new = object.__new__
 
 
 class Producer:
@@ -147,7 +149,7 @@ class Producer:
         once ``delivery_timeout_ms`` ran out (or at once on an error no retry can fix).
         """
         route = self._routes.get(topic)
-        if route is None or time.monotonic() > route.expires:
+        if route is None:
             route = self._refresh(topic)
         if self._encode is not None:
             value, key = self._encode(value, key)
@@ -160,7 +162,8 @@ class Producer:
         ):
             # The common record, what encode_record and acc.append do for it inline (the
             # calls, not their work, were most of a record's cost): routed by key, fields
-            # "key" and "value", into its partition's open batch of such records.
+            # "key" and "value", into its partition's open batch of such records. Its route's
+            # age is looked at only when it opens a batch (below), not once per record.
             n = route.modulo
             p = xxh3(key) % n if n else route.for_key(key)
             nk, nv = len(key), len(value)
@@ -168,11 +171,13 @@ class Producer:
                 check_size(nk + nv, self._max_bytes)
             # batch.kv_chunk's body, inlined: calling it costs ~610 instructions a record of
             # ~10,200 (callgrind, bench/send_instructions.py caller, 8,000 vs 24,000); change
-            # both together
+            # both together (tests/unit/test_accumulator.py compares the two paths' batches)
             if nk < 256 and nv < 2048:
-                chunk = b"".join((KEY_HEADS[nk], key, VALUE_HEADS[nv], value, CRLF))
+                chunk: tuple[bytes, ...] = (b"", KEY_HEADS[nk], key, VALUE_HEADS[nv], value, CRLF)
+                nbytes = KEY_COSTS[nk] + VALUE_COSTS[nv]
             else:
-                chunk = KV_CHUNK % (nk, key, nv, value)
+                chunk = kv_chunk(key, value)
+                nbytes = record_bytes(chunk)
             acc = self._acc
             lock = self._lock
             lock.acquire()
@@ -184,30 +189,35 @@ class Producer:
                     batch is not None
                     and not batch.sealed
                     and batch.shapes is None
-                    and (size := batch.nbytes + len(chunk)) <= MAX_BATCH_BYTES
+                    and (size := batch.nbytes + nbytes) <= MAX_BATCH_BYTES
                 ):
                     # (Accumulator.append's first case, the same steps)
                     index = batch.count
-                    batch.chunks.append(chunk)
-                    batch.count = index + 1
-                    batch.nargs += KEY_VALUE_FIELDS
+                    batch.chunks.extend(chunk)
+                    batch.count = count = index + 1
                     batch.nbytes = size
                     acc.buffered += 1
-                    if index + 1 >= acc.batch_size or size >= MAX_BATCH_BYTES:
+                    if count >= acc.batch_size or size >= MAX_BATCH_BYTES:
                         acc.seal(batch)
                         if route.tps[p] not in acc.inflight:
                             self._work.notify()
                 else:
-                    batch, index, wake = acc.append(route, p, None, chunk, KEY_VALUE_FIELDS)
+                    batch, index, wake = acc.append(route, p, None, chunk, KEY_VALUE_FIELDS, nbytes)
                     route.open[p] = batch
                     if wake:
                         self._work.notify()
+                    if time.monotonic() > route.expires and self._routes.get(topic) is route:
+                        # Re-read by the next send(), before it queues anything: a route
+                        # is used at most a batch (linger_ms, batch_size) past its age.
+                        del self._routes[topic]
             finally:
                 lock.release()
-            future = _new(RecordFuture)  # (RecordFuture's docstring: why not RecordFuture(...))
+            future = RecordFuture()  # (its docstring: why no __init__)
             future._batch = batch
             future._index = index
             return future
+        if time.monotonic() > route.expires:
+            route = self._refresh(topic)
         where, chunk, nargs = encode_record(route, value, key, headers, partition, region,
                                             self._max_bytes)  # fmt: skip
         acc = self._acc
@@ -217,7 +227,7 @@ class Producer:
             batch, index, wake = acc.append(route, where, region, chunk, nargs)
             if wake:
                 self._work.notify()
-        return futures_for(RecordFuture, [(batch, index)])[0]
+        return new_future(RecordFuture, batch, index)
 
     def send_many(self, topic: str, records: Iterable[tuple[Value, Key]]) -> list[RecordFuture]:
         """Queue many records of one topic, each a ``(value, key)`` pair (the partition by key,

@@ -39,7 +39,7 @@ def _batch(conn: Connection, topic: str, values: list[bytes], *, pid: bytes, seq
     batch = Batch(topic, 0, route, time.monotonic(), time.monotonic() + 60)
     for v in values:
         _, chunk, nargs = encode_record(route, v, b"k", None, 0, None, 1 << 20)
-        batch.chunks.append(chunk)
+        batch.chunks.extend(chunk)
         batch.count += 1
         batch.nargs += nargs
     batch.pid, batch.seq = pid, seq

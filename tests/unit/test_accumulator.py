@@ -15,7 +15,8 @@ from partitions._producer.accumulator import HOLD_S, Accumulator, complete
 from partitions._producer.batch import MAX_BATCH_BYTES, Batch, Route
 from partitions._producer.router import Router
 
-RECORD = b"$1\r\n0\r\n$1\r\nk\r\n$1\r\nv\r\n"
+# One record's pieces (batch.RECORD_SLOTS of them: separator, fields, padding).
+RECORD = (b"", b"$1\r\n0\r\n$1\r\nk\r\n$1\r\nv\r\n", b"", b"", b"", b"")
 
 
 class Clock:
@@ -177,7 +178,7 @@ def test_size_seals_by_records_and_by_bytes() -> None:
     assert acc.drain()[0] == []
     _, _, wake = acc.append(r, 0, None, RECORD, 3)
     assert wake and len(acc.drain()[0]) == 1
-    big = b"x" * (MAX_BATCH_BYTES // 2 + 1)
+    big = (b"", b"x" * (MAX_BATCH_BYTES // 2 + 1), b"", b"", b"", b"")
     a, _, _ = acc.append(r, 1, None, big, 3)
     b, _, wake = acc.append(r, 1, None, big, 3)  # would pass MAX_BATCH_BYTES: the first is sealed
     assert a is not b and wake

@@ -474,7 +474,7 @@ def encode_many(
 
 def kv_chunk(key: bytes, value: bytes) -> tuple[bytes, ...]:
     """A key + value record's pieces (``encode_record``; ``Producer.send`` has this body
-    inlined, its hot path: change both together, tests/unit/test_accumulator.py compares
+    inlined, its hot path: change both together, tests/unit/test_producer_send_paths.py compares
     them)."""
     nk, nv = len(key), len(value)
     if nk < 256 and nv < 2048:

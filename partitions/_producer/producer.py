@@ -171,7 +171,7 @@ class Producer:
                 check_size(nk + nv, self._max_bytes)
             # batch.kv_chunk's body, inlined: calling it costs ~610 instructions a record of
             # ~10,200 (callgrind, bench/send_instructions.py caller, 8,000 vs 24,000); change
-            # both together (tests/unit/test_accumulator.py compares the two paths' batches)
+            # both together (tests/unit/test_producer_send_paths.py compares the two paths)
             if nk < 256 and nv < 2048:
                 chunk: tuple[bytes, ...] = (b"", KEY_HEADS[nk], key, VALUE_HEADS[nv], value, CRLF)
                 nbytes = KEY_COSTS[nk] + VALUE_COSTS[nv]

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -111,24 +112,24 @@ def test_off_the_main_thread_install_does_nothing() -> None:
     relay.restore()  # a no-op
 
 
+def relay_installed(restore: Callable[[], None] | None) -> bool:
+    """Whether SIGTERM and SIGINT both go to a SignalRelay (then restored)."""
+    assert restore is not None
+    try:
+        handlers = [signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)]
+        return all(isinstance(getattr(h, "__self__", None), SignalRelay) for h in handlers)
+    finally:
+        restore()
+
+
 def test_the_runner_and_transform_install_the_relay() -> None:
     from partitions._pipeline.transform import _install_signals
     from partitions._runner.runner import Runner
 
+    before = [signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)]
     stop = threading.Event()
-    restore = _install_signals(stop)
-    assert restore is not None
-    try:
-        handler = signal.getsignal(signal.SIGTERM)
-        assert isinstance(getattr(handler, "__self__", None), SignalRelay)
-    finally:
-        restore()
+    assert relay_installed(_install_signals(stop))
     runner = Runner.__new__(Runner)
     runner.stop, runner._halt, runner._cond = stop, threading.Event(), threading.Condition()
-    restore = runner._install_signals()
-    assert restore is not None
-    try:
-        handler = signal.getsignal(signal.SIGINT)
-        assert isinstance(getattr(handler, "__self__", None), SignalRelay)
-    finally:
-        restore()
+    assert relay_installed(runner._install_signals())
+    assert [signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)] == before

@@ -21,6 +21,14 @@ table in :mod:`partitions._base.keys`:
     marks, XADD to their dead-letter streams only, run G's coordinator scripts on
     ``{ns}:g:{G}:*``, register G in ``{ns}:groups``, read T's metadata. It cannot XADD to a
     topic stream, touch another topic, or touch another group's coordinator keys.
+``pipeline`` (input topics T, groups G, output topics O)
+    what a ``consumer`` of T in G may do, and what an exactly-once pipeline
+    (:func:`~partitions.transform`, :class:`~partitions.Pipeline`) writes to O through the
+    transact function, in both of its modes: XADD (and TYPE, the function's guard against a
+    key of another type) on O's partition streams, the safe-retention cut in O's ``:groups``
+    hashes (read only) and the idempotent mode's marks in O's ``:applied`` hashes (HGET,
+    HSET), and O's metadata. No reads of O, no trims, no idempotence sequences (a pipeline
+    writes no producer batches), no other topic.
 ``monitor`` (the metrics exporter, ``partstream metrics serve``)
     read-only (``%R~``) on the namespace ``{ns}:*``, with exactly the reads a scrape sends
     (:mod:`partitions._telemetry.scrape`): SMEMBERS of the topics and groups sets, HGETALL of
@@ -65,7 +73,7 @@ from collections.abc import Iterable, Sequence
 from partitions._base.errors import ConfigError
 from partitions._base.keys import DEFAULT_NAMESPACE, Keys, validate_name
 
-ROLES = ("producer", "consumer", "monitor", "admin")
+ROLES = ("producer", "consumer", "pipeline", "monitor", "admin")
 
 # What no rule can do, said wherever rules are printed.
 ACL_LIMITS = (
@@ -141,6 +149,12 @@ _CONSUMER_GROUP = (
     "+zrem",
     "+zscore",
 )
+# A pipeline's outputs (transact.lua, "commit" and "apply"): the records' XADDs and the TYPE
+# guard on the output streams; "~cut" (HGET/EXISTS) and the TYPE guard on their groups
+# hashes, read only; the idempotent mode's per-source marks in the applied hashes.
+_PIPELINE_STREAM = ("+xadd", "+type")
+_PIPELINE_GROUPS = ("+hget", "+exists", "+type")
+_PIPELINE_APPLIED = ("+hget", "+hset")
 # The monitor's reads: what _telemetry/scrape.py sends and what scrape.lua runs as the caller.
 _MONITOR_COMMANDS = (
     "+smembers",  # the topics and groups sets
@@ -174,6 +188,7 @@ def acl_rules(
     user: str,
     topics: Sequence[str] = (),
     groups: Sequence[str] = (),
+    outputs: Sequence[str] = (),
     namespace: str = DEFAULT_NAMESPACE,
     password: str | None = None,
     client_setinfo: bool = False,
@@ -185,8 +200,9 @@ def acl_rules(
     ``#sha256``); a given password is put in as its SHA-256 (``#...``), never in clear.
     ``client_setinfo`` grants CLIENT SETINFO, which redis-py sends on connect (its refusal is
     harmless but lands in the ACL LOG); only for Redis >= 7.2 and Valkey, since Redis 7.0
-    rejects rules naming a command it does not know. Raises ConfigError for an unknown role
-    or a missing topic/group.
+    rejects rules naming a command it does not know. ``outputs``: a pipeline's output topics
+    (``topics`` are its inputs). Raises ConfigError for an unknown role, a missing topic,
+    group or output, or outputs for another role.
     """
     if role not in ROLES:
         raise ConfigError(f"unknown role {role!r}; use one of {', '.join(ROLES)}")
@@ -194,6 +210,9 @@ def acl_rules(
     validate_name(namespace, "namespace")
     topics = [validate_name(t, "topic") for t in topics]
     groups = [validate_name(g, "group") for g in groups]
+    outputs = [validate_name(o, "output topic") for o in outputs]
+    if outputs and role != "pipeline":
+        raise ConfigError(f"a {role} user takes no output topic (only a pipeline does)")
     head = [user, "reset", "on"]
     if password is not None:
         if not password:
@@ -234,7 +253,35 @@ def acl_rules(
             _selector(["+hgetall"], *meta),
         ]
     if not groups:
-        raise ConfigError("a consumer user needs at least one group")
+        raise ConfigError(f"a {role} user needs at least one group")
+    rules = _consumer_rules(head, setinfo, k, topics, groups, meta)
+    if role == "consumer":
+        return rules
+    if not outputs:
+        raise ConfigError("a pipeline user needs at least one output topic")
+    out_streams = [f"~{k.stream_glob(o)}" for o in outputs]
+    out_marks = [f"~{k.stream_groups_glob(o)}" for o in outputs]
+    applied = [f"~{k.applied_glob(o)}" for o in outputs]
+    return [
+        *rules,
+        *out_streams,  # root keys: what FCALL transact may declare
+        *out_marks,
+        *applied,
+        _selector(_PIPELINE_STREAM, *out_streams),
+        _selector(_PIPELINE_GROUPS, *(f"%R{m}" for m in out_marks)),
+        _selector(_PIPELINE_APPLIED, *applied),
+        _selector(["+hgetall"], *(f"%R~{k.topic_meta(o)}" for o in outputs)),
+    ]
+
+
+def _consumer_rules(
+    head: list[str],
+    setinfo: list[str],
+    k: Keys,
+    topics: Sequence[str],
+    groups: Sequence[str],
+    meta: list[str],
+) -> list[str]:
     streams = [f"~{k.stream_glob(t)}" for t in topics]
     fences = [f"~{glob}" for t in topics for glob in (k.fence_glob(t), k.stream_groups_glob(t))]
     dlqs = [f"~{k.dlq_glob(t)}" for t in topics]

@@ -1,5 +1,5 @@
-"""``partstream acl print``: the least-privilege ACL rules of a producer, consumer, monitor
-(the metrics exporter) or admin."""
+"""``partstream acl print``: the least-privilege ACL rules of a producer, consumer, pipeline
+(an exactly-once transform), monitor (the metrics exporter) or admin."""
 
 from __future__ import annotations
 
@@ -19,7 +19,15 @@ def acl() -> None:
 @acl.command("print")
 @click.option("--role", type=click.Choice(ROLES), required=True, help="What the user does.")
 @click.option("--topic", "topics", multiple=True, help="Topic the user works on (repeatable).")
-@click.option("--group", "groups", multiple=True, help="Consumer group (consumer; repeatable).")
+@click.option(
+    "--group", "groups", multiple=True, help="Consumer group (consumer, pipeline; repeatable)."
+)
+@click.option(
+    "--output",
+    "outputs",
+    multiple=True,
+    help="Output topic of a pipeline (repeatable; --topic names its inputs).",
+)
 @click.option("--user", required=True, help="ACL user name.")
 @click.option(
     "--with-password",
@@ -39,6 +47,7 @@ def acl_print(
     role: str,
     topics: tuple[str, ...],
     groups: tuple[str, ...],
+    outputs: tuple[str, ...],
     user: str,
     with_password: bool,
     client_setinfo: bool,
@@ -60,6 +69,7 @@ def acl_print(
         user=user,
         topics=topics,
         groups=groups,
+        outputs=outputs,
         namespace=namespace,
         password=password,
         client_setinfo=client_setinfo,

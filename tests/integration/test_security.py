@@ -21,6 +21,7 @@ import pytest
 import redis
 from click.testing import CliRunner
 
+from partitions import Output, Pipeline
 from partitions._admin.acl import acl_rules
 from partitions._admin.groups import GroupAdmin
 from partitions._admin.topics import TopicAdmin, TopicSpec
@@ -33,6 +34,7 @@ from partitions._base.errors import (
 )
 from partitions._base.functions import library_name
 from partitions._base.keys import Keys, TopicLayout
+from partitions._base.records import Record
 from partitions._client.config import ClientConfig, ConsumerConfig, ProducerConfig
 from partitions._client.connection import Connection, connect
 from partitions._consumer.consumer import Consumer
@@ -97,6 +99,16 @@ def acl(request: pytest.FixtureRequest) -> Iterator[AclSetup]:
                 user="consumer",
                 topics=["orders"],
                 groups=["billing"],
+                namespace=NS,
+                password=PASSWORD,
+                client_setinfo=setinfo,
+            ),
+            "pipeline": acl_rules(
+                "pipeline",
+                user="pipeline",
+                topics=["orders"],
+                groups=["enrich"],
+                outputs=["derived"],
                 namespace=NS,
                 password=PASSWORD,
                 client_setinfo=setinfo,
@@ -276,6 +288,70 @@ def test_consumer_reads_acks_and_dead_letters_its_group_only(acl: AclSetup) -> N
     assert b"forged" not in str(acl.root.xrange(acl.stream("orders", 0))).encode()
 
 
+@pytest.mark.parametrize("mode", ["atomic", "idempotent"])
+def test_pipeline_writes_its_outputs_and_acks_its_input_with_nothing_more(
+    acl: AclSetup, mode: str
+) -> None:
+    group = "enrich"
+    with acl.connect("admin") as admin:
+        # Both modes write to "derived" (the user's rules name it), told apart by value.
+        TopicAdmin(admin).create(TopicSpec("derived", 2, safe_retention=True), exist_ok=True)
+        if group not in GroupAdmin(admin).list():
+            GroupAdmin(admin).create(group, FAST)
+        with Producer(admin, ProducerConfig(linger_ms=1)) as p:
+            for i in range(6):
+                p.send("orders", f"{mode}-in{i}", key=f"k{i}").result(5)
+    acl.root.execute_command("ACL", "LOG", "RESET")
+    manual = ConsumerConfig(auto_commit=False)
+    with (
+        acl.connect("pipeline") as pc,
+        Consumer(group, "orders", conn=pc, config=manual, group_settings=FAST) as c,
+        Pipeline(c, pc, mode=mode) as pipe,  # type: ignore[arg-type]
+    ):
+        done: list[str] = []
+        deadline = time.monotonic() + 10
+        while len(done) < 6 and time.monotonic() < deadline:
+            for rec in c.poll(timeout=0.3):
+                value = rec.value.decode() if rec.value is not None else ""
+                if value.startswith(mode):
+                    pipe.send_and_commit(rec, [Output("derived", f"out-{value}", key=rec.key)])
+                    done.append(value)
+                else:  # the other mode's inputs, left from its run
+                    pipe.send_and_commit(rec, [])
+        assert sorted(done) == [f"{mode}-in{i}" for i in range(6)]
+        # Nothing the pipeline does in normal work was refused.
+        assert acl_denials(acl, "pipeline") == []
+        # Outputs to a topic it was not given are refused before anything is written.
+        with acl.connect("admin") as admin, Producer(admin, ProducerConfig(linger_ms=1)) as p:
+            p.send("orders", f"{mode}-stray", key="s").result(5)
+        stray: list[Record] = []
+        while not stray and time.monotonic() < deadline + 10:
+            stray = [r for r in c.poll(timeout=0.3) if r.value == f"{mode}-stray".encode()]
+        with pytest.raises(PermissionDeniedError):
+            pipe.send_and_commit(stray[0], [Output("other", "x", key="s")])
+    outs = [
+        f[b"value"].decode()
+        for p in range(2)
+        for _, f in acl.root.xrange(acl.stream("derived", p))
+        if f[b"value"].startswith(f"out-{mode}".encode())
+    ]
+    assert sorted(outs) == [f"out-{mode}-in{i}" for i in range(6)]
+    assert b"x" not in [f[b"value"] for _, f in acl.root.xrange(acl.stream("other", 0))]
+    with acl.connect("pipeline") as pc:
+        out = pc.keys.stream(acl.layout("derived"), 0)
+        refused = [
+            ("XRANGE", out, "-", "+"),  # it writes its outputs, it does not read them
+            ("XTRIM", out, "MAXLEN", "0"),
+            ("DEL", out),
+            ("HSET", pc.keys.stream_groups(acl.layout("derived"), 0), "~cut", "0-1"),
+            ("XADD", acl.stream("other", 0), "*", "key", "k", "value", "v"),
+            ("HSET", pc.keys.topic_meta("derived"), "partitions", "1"),
+        ]
+        for cmd in refused:
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                pc.client.execute_command(*cmd)
+
+
 def _without_lag_ms(s: Scrape) -> tuple[Any, ...]:
     # lag_ms is the server's clock minus an entry's time: it grows between two scrapes.
     groups = [(g.group, g.state, g.epoch, g.members, [replace(o, lag_ms=0) for o in g.offsets])
@@ -414,6 +490,23 @@ def test_acl_print_output_creates_a_working_user(
         main, ["acl", "print", "--role", "consumer", "--topic", "t", "--user", "u"]
     )
     assert res.exit_code == 1 and "needs at least one group" in res.stderr
+    # A pipeline's rules, as the fixture's pipeline user has them; outputs are a pipeline's.
+    pipeline = ["acl", "print", "--role", "pipeline", "--topic", "orders", "--group", "enrich"]
+    res = CliRunner().invoke(
+        main, ["--namespace", NS, *pipeline, "--output", "derived", "--user", "pipeline"]
+    )
+    assert res.exit_code == 0, res.stderr
+    assert shlex.split(res.stdout)[2:] == acl_rules(
+        "pipeline", user="pipeline", topics=["orders"], groups=["enrich"], outputs=["derived"],
+        namespace=NS,
+    )  # fmt: skip
+    res = CliRunner().invoke(main, [*pipeline, "--user", "u"])
+    assert res.exit_code == 1 and "needs at least one output topic" in res.stderr
+    res = CliRunner().invoke(
+        main, ["acl", "print", "--role", "consumer", "--topic", "t", "--group", "g",
+               "--output", "o", "--user", "u"],
+    )  # fmt: skip
+    assert res.exit_code == 1 and "takes no output topic" in res.stderr
 
 
 # -- passwords never printed ------------------------------------------------------------------

@@ -13,12 +13,13 @@ from typing import Any
 import pytest
 import redis
 
+from partitions import Output, Pipeline
 from partitions._admin.acl import acl_rules
 from partitions._admin.groups import GroupAdmin
 from partitions._admin.library import load_library
 from partitions._admin.topics import TopicAdmin, TopicSpec
 from partitions._base.settings import GroupSettings
-from partitions._client.config import ClientConfig, ProducerConfig
+from partitions._client.config import ClientConfig, ConsumerConfig, ProducerConfig
 from partitions._client.connection import Connection, connect
 from partitions._consumer.consumer import Consumer
 from partitions._producer.producer import Producer
@@ -28,6 +29,7 @@ pytestmark = pytest.mark.integration
 
 PASSWORD = "Cl-acl-s3cret"
 FAST = GroupSettings(session_timeout_ms=3000, heartbeat_interval_ms=500)
+MANUAL = ConsumerConfig(auto_commit=False)  # a pipeline acks
 
 
 def _nodes(conn: Connection) -> list[Any]:
@@ -54,12 +56,20 @@ def users(conn: Connection) -> Iterator[dict[str, str]]:
     # The local cluster is Valkey, which has CLIENT SETINFO (redis-py sends it on connect).
     ns = conn.keys.ns
     tag = ns[-6:]
-    names = {role: f"{role}-{tag}" for role in ("producer", "consumer", "admin")}
+    names = {role: f"{role}-{tag}" for role in ("producer", "consumer", "pipeline", "admin")}
     common: dict[str, Any] = {"namespace": ns, "password": PASSWORD, "client_setinfo": True}
     rules = {
         "producer": acl_rules("producer", user=names["producer"], topics=["orders"], **common),
         "consumer": acl_rules(
             "consumer", user=names["consumer"], topics=["orders"], groups=["billing"], **common
+        ),
+        "pipeline": acl_rules(
+            "pipeline",
+            user=names["pipeline"],
+            topics=["orders"],
+            groups=["enrich"],
+            outputs=["derived"],
+            **common,
         ),
         "admin": acl_rules("admin", user=names["admin"], **common),
     }
@@ -105,7 +115,9 @@ def test_each_role_works_on_every_node_of_the_cluster(
     with connect(ClientConfig(url=users["admin"], namespace=ns)) as admin:
         load_library(admin)  # on every primary, as `partstream functions load` does
         TopicAdmin(admin).create(TopicSpec("orders", 6))  # partitions spread over the nodes
+        TopicAdmin(admin).create(TopicSpec("derived", 6))
         GroupAdmin(admin).create("billing", FAST)
+        GroupAdmin(admin).create("enrich", FAST)
     with (
         connect(ClientConfig(url=users["producer"], namespace=ns)) as pc,
         Producer(pc, ProducerConfig(linger_ms=1)) as p,
@@ -122,8 +134,27 @@ def test_each_role_works_on_every_node_of_the_cluster(
             got += c.poll(timeout=0.5)
         c.poll(timeout=0.2)  # the last batch's acks ride on this read
     assert sorted(r.value for r in got) == sorted(f"v{i}".encode() for i in range(60))
+    # A pipeline (the idempotent mode, a Cluster's) from orders to derived, under its role.
+    done = 0
+    with (
+        connect(ClientConfig(url=users["pipeline"], namespace=ns)) as plc,
+        Consumer("enrich", "orders", conn=plc, config=MANUAL, group_settings=FAST) as c,
+        Pipeline(c, plc) as pipe,
+    ):
+        assert pipe.mode == "idempotent"
+        end = time.monotonic() + 30
+        while done < 60 and time.monotonic() < end:
+            for rec in c.poll(timeout=0.5):
+                pipe.send_and_commit(rec, [Output("derived", b"d-" + (rec.value or b""), rec.key)])
+                done += 1
+    with connect(ClientConfig(url=users["admin"], namespace=ns)) as admin:
+        lay = layout(admin, "derived")
+        outs = [
+            f[b"value"] for p in range(6) for _, f in admin.client.xrange(admin.keys.stream(lay, p))
+        ]
+    assert sorted(outs) == sorted(f"d-v{i}".encode() for i in range(60))
     short = {k: v.rsplit("@", 1)[0].split("//", 1)[1].split(":", 1)[0] for k, v in users.items()}
-    for role in ("producer", "consumer", "admin"):
+    for role in ("producer", "consumer", "pipeline", "admin"):
         assert _denials(conn, short[role], role) == [], role  # nothing refused in normal work
     with connect(ClientConfig(url=users["producer"], namespace=ns)) as pc:
         for part in range(6):  # on whichever node holds it: no read, no trim

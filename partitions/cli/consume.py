@@ -84,14 +84,18 @@ def consume_cmd(
     stop = threading.Event()
     relay = SignalRelay.setting(stop, (signal.SIGTERM,))
     relay.install()
-    consumer = Consumer(
-        group,
-        topic,
-        conn=state.conn,
-        config=config,
-        instance_id=instance_id,
-        group_settings=group_settings(session_timeout_ms, heartbeat_ms),
-    )
+    try:
+        consumer = Consumer(
+            group,
+            topic,
+            conn=state.conn,
+            config=config,
+            instance_id=instance_id,
+            group_settings=group_settings(session_timeout_ms, heartbeat_ms),
+        )
+    except BaseException:  # e.g. refused by the server's ACL: put the old handler back
+        relay.restore()
+        raise
     printed = 0
     last = time.monotonic()
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import time
 
 import orjson
@@ -64,6 +65,19 @@ def test_consume_prints_json_lines_and_commits_each(
     assert not {(r["partition"], r["id"]) for r in rest} & printed  # those were committed
     code, out, _ = run(client_config, "group", "describe", "g", "--format", "json")
     assert orjson.loads(out)["total_lag"] == 0
+
+
+def test_consume_restores_the_sigterm_handler_after_it_runs_and_when_it_fails(
+    client_config: ClientConfig, conn: Connection
+) -> None:
+    setup(conn, n=2)
+    before = signal.getsignal(signal.SIGTERM)
+    code, _, err = run(client_config, "consume", "orders", "-g", "g", "-n", "2", *FAST)
+    assert code == 0, err
+    assert signal.getsignal(signal.SIGTERM) == before
+    code, _, err = run(client_config, "consume", "no-such-topic", "-g", "g", *FAST)
+    assert code != 0 and "no-such-topic" in err  # the consumer could not be made
+    assert signal.getsignal(signal.SIGTERM) == before
 
 
 def test_group_seek_is_a_dry_run_without_execute(

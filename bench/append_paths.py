@@ -128,10 +128,9 @@ class Paths:
                     continue
                 batch = Batch(TOPIC, p, route, 0.0, 0.0)
                 for k, v in per[p][at : at + self.batch]:
-                    _, chunk, nargs = encode_record(route, v, k, None, p, None, 1 << 20)
+                    _, chunk, _ = encode_record(route, v, k, None, p, None, 1 << 20)
                     batch.chunks.extend(chunk)
                     batch.count += 1
-                    batch.nargs += nargs
                 seqs[p] += 1
                 batch.pid, batch.seq = b"paths", seqs[p]
                 rnd.append(batch)

@@ -38,10 +38,9 @@ def _batch(conn: Connection, topic: str, values: list[bytes], *, pid: bytes, seq
     route = Route(TopicAdmin(conn).get(topic), conn.keys)
     batch = Batch(topic, 0, route, time.monotonic(), time.monotonic() + 60)
     for v in values:
-        _, chunk, nargs = encode_record(route, v, b"k", None, 0, None, 1 << 20)
+        _, chunk, _ = encode_record(route, v, b"k", None, 0, None, 1 << 20)
         batch.chunks.extend(chunk)
         batch.count += 1
-        batch.nargs += nargs
     batch.pid, batch.seq = pid, seq
     return batch
 

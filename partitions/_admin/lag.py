@@ -4,10 +4,16 @@ For a group on one partition:
 
 * ``lag``: entries the group has not acknowledged = entries after its last-delivered id
   (undelivered) + entries delivered but not acked (pending). The server's own ``lag`` (XINFO
-  GROUPS) is used when it has one; when it is NULL (after a seek or deletions) the entries
-  after the last-delivered id are counted by ``lag.lua``, up to :data:`LAG_COUNT_LIMIT`
-  (beyond it the lag is a lower bound, ``exact=False``). A group that never read the
-  partition lags by the whole stream.
+  GROUPS) is an estimate: when it is NULL (after a seek or deletions) the entries after the
+  last-delivered id are counted by ``lag.lua``, up to :data:`LAG_COUNT_LIMIT` (beyond it the
+  lag is a lower bound, ``exact=False``). A positive one is checked: the first entry after
+  the last-delivered id is read, and none there means nothing is undelivered; one up to
+  :data:`RECOUNT_BELOW` is counted too. After deletions the server's counter can stay too
+  high for good (Redis 7.0's XREADGROUP counts a read past tombstones as one entry:
+  redis/redis#13337, valkey-io/valkey#1951; partstream's producer deletes the duplicates it
+  undoes after a retry), and a small lag is where a wrong one misleads: a drain that never
+  ends, an alert that never clears. A group that never read the partition lags by the whole
+  stream.
 * ``lag_ms``: the age of the oldest entry the group has not acknowledged, by the server's
   clock (``TIME`` on the node serving the partition) minus that entry's id time. The oldest
   unacked entry is the older of the oldest pending entry (XPENDING's summary) and the first
@@ -16,9 +22,9 @@ For a group on one partition:
 :func:`read_offsets` reads any number of (group, topic, partition) triples in one pipelined
 round per node (XINFO GROUPS, XLEN and TIME per partition, one XPENDING summary per triple)
 and at most one more, only for what the first could not tell: the first entry after the
-last-delivered id where nothing pending is older (one ``XRANGE ... COUNT 1``), the first
+last-delivered id where the server's lag is not 0 (one ``XRANGE ... COUNT 1``), the first
 entry of a partition a group never read, and the ``lag.lua`` count where the server's lag is
-NULL. No command scans a stream except that bounded count. Callers may add their own
+NULL or small. No command scans a stream except that bounded count. Callers may add their own
 single-key commands to the first round (the exporter does).
 """
 
@@ -45,6 +51,9 @@ from partitions._client.nodes import execute_per_key
 
 # Counting undelivered entries stops here; beyond it lag is a lower bound (exact=False).
 LAG_COUNT_LIMIT = 1_000_000
+# A server lag from 1 to this many entries is counted (lag.lua: one page of XRANGE), not
+# trusted: the counter can stay too high after deletions (see the module's docstring).
+RECOUNT_BELOW = 1_000
 
 Command = tuple[str | bytes, Sequence[Any]]  # (key that routes it, command arguments)
 
@@ -86,12 +95,21 @@ def age_ms(now_ms: int, stream_id: str | None) -> int:
 
 
 def needs_head(info: GroupStreamInfo, pending: PendingSummary) -> bool:
-    """Whether the first entry after the last-delivered id must be read to know the oldest
-    unacked entry: only if something may be undelivered and no pending entry is older than
-    the last-delivered id (a pending entry is normally at or before it, so it is older)."""
+    """Whether the first entry after the last-delivered id must be read: whenever the
+    server's lag is positive (none there proves its counter stale: nothing is undelivered),
+    and where it is NULL if no pending entry is older than the last-delivered id (to know the
+    oldest unacked entry; a pending entry is normally at or before it, so it is older)."""
     if info.lag == 0:
         return False
+    if info.lag is not None:
+        return True
     return pending.min_id is None or parse_id(pending.min_id) > parse_id(info.last_delivered_id)
+
+
+def needs_count(info: GroupStreamInfo, recount_below: int = RECOUNT_BELOW) -> bool:
+    """Whether lag.lua must count the entries after the last-delivered id: where the
+    server's lag is NULL, or positive and at most ``recount_below`` (it may be stale)."""
+    return info.lag is None or 0 < info.lag <= recount_below
 
 
 def offset_of(
@@ -109,8 +127,10 @@ def offset_of(
     """A group's PartitionOffset from what was read (pure).
 
     ``first_id``: the partition's first entry (used when the group never read it);
-    ``head_id``: the first entry after the last-delivered id (when :func:`needs_head`);
-    ``counted``: lag.lua's ``(undelivered, exact)`` when the server's lag is NULL.
+    ``head_id``: the first entry after the last-delivered id, None for none (read when
+    :func:`needs_head`: always where the server's lag is positive);
+    ``counted``: lag.lua's ``(undelivered, exact)`` (when :func:`needs_count`), which
+    stands over the server's lag.
     """
     if info is None:
         oldest = first_id if length else None
@@ -118,12 +138,14 @@ def offset_of(
             topic, partition, None, 0, length, True, oldest, age_ms(now_ms, oldest)
         )
     exact = True
-    if info.lag is not None:
-        undelivered = info.lag
-    elif counted is not None:
+    if counted is not None:
         undelivered, exact = counted
-    else:
+    elif info.lag is None:
         raise ValueError("the server's lag is NULL: pass lag.lua's count")
+    elif head_id is None:
+        undelivered = 0  # nothing after the last-delivered id, whatever the counter says
+    else:
+        undelivered = max(1, min(info.lag, length))  # the server's estimate, within bounds
     oldest = older(pending.min_id, head_id)
     if undelivered == 0 and info.pending == 0:
         oldest = None
@@ -136,7 +158,7 @@ def offset_of(
         exact,
         oldest,
         age_ms(now_ms, oldest),
-        info.entries_read if info.lag is not None else None,
+        info.entries_read if info.lag == undelivered else None,
     )
 
 
@@ -204,7 +226,7 @@ def read_offsets(
                 firsts[(t, p)] = len(second)
                 second.append((s, (b"XRANGE", s, "-", "+", "COUNT", 1)))
             continue
-        if info.lag is None:
+        if needs_count(info):
             counts[i] = len(second)
             fn = function_name("lag")
             second.append((s, (b"FCALL_RO", fn, 1, s, info.last_delivered_id, count_limit)))

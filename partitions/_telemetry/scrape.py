@@ -35,7 +35,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from partitions._admin.deadletter import DeadLetterTally
-from partitions._admin.lag import Command, PartitionOffset, missing_function, offset_of
+from partitions._admin.lag import (
+    RECOUNT_BELOW,
+    Command,
+    PartitionOffset,
+    missing_function,
+    offset_of,
+)
 from partitions._admin.topics import TopicMeta, meta_from_hash
 from partitions._base.errors import PartstreamError, UnknownGroupError, translate
 from partitions._base.functions import function_name
@@ -227,7 +233,13 @@ class Scraper:
     ) -> Command:
         k = self.conn.keys
         stream, dlq = k.stream(layout, partition), k.dlq(layout, partition)
-        args = ["partition", self.count_limit, self.tally.read_from(dlq), self.tally.read_limit]
+        args = [
+            "partition",
+            self.count_limit,
+            RECOUNT_BELOW,
+            self.tally.read_from(dlq),
+            self.tally.read_limit,
+        ]
         return stream, (b"FCALL_RO", function_name("scrape"), 2, stream, dlq, *args, *groups)
 
     def _result(

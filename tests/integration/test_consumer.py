@@ -14,11 +14,13 @@ from partitions._admin.groups import execute_group_seek, group_lag, group_offset
 from partitions._base.errors import NotOwnerError, StateLostError
 from partitions._base.fence import claim_fence
 from partitions._base.records import Record
+from partitions._base.replies import text
 from partitions._base.settings import GroupSettings
 from partitions._base.types import Grant, TopicPartition
 from partitions._client.config import ConsumerConfig
 from partitions._client.connection import Connection
 from partitions._consumer.consumer import Consumer
+from partitions._telemetry.scrape import scrape
 from tests import helpers
 from tests.helpers import drain, layout, produce, topic, wait_for
 
@@ -327,6 +329,38 @@ def test_lag_counts_undelivered_and_pending_when_server_lag_is_null(conn: Connec
         assert (off.pending, off.lag, off.exact) == (6, 20 + 6, True)
     finally:
         c.close()
+
+
+def test_lag_is_exact_after_deleted_entries_the_group_read_past(conn: Connection) -> None:
+    """Entries deleted before the group read past them (the producer deletes the duplicates
+    it undoes after a retry): Redis 7.0's counter keeps counting them as lag for good
+    (redis/redis#13337). The group's lag must still reach 0 once it has read and acked
+    everything, and count what is really behind after that, in every read path."""
+    topic(conn, n=1)
+    stream = conn.keys.stream(layout(conn, "orders"), 0)
+    produce(conn, "orders", 5)
+    with consumer(conn) as c:
+        drain(c, 5)
+        c.commit()
+        produce(conn, "orders", 4)
+        doomed = [i for i, _ in conn.client.xrange(stream)][-4:]
+        assert conn.client.xdel(stream, *doomed) == 4
+        produce(conn, "orders", 5)
+        drain(c, 5)
+        c.commit()
+        server_lag = conn.client.xinfo_groups(stream)[0]["lag"]
+        assert server_lag in (0, 4)  # 4: the server's counter is stale (Redis 7.0)
+        assert [(o.lag, o.exact) for o in group_offsets(conn, "g")] == [(0, True)]
+        assert group_lag(conn, "g").total_lag == 0
+        [state] = scrape(conn).groups
+        assert [(o.lag, o.oldest_unacked_id) for o in state.offsets] == [(0, None)]
+        produce(conn, "orders", 3)  # now really 3 behind (the stale counter says 7)
+        head = [i for i, _ in conn.client.xrange(stream)][-3]
+        [off] = group_offsets(conn, "g")
+        assert (off.lag, off.exact, off.oldest_unacked_id) == (3, True, text(head))
+        [state] = scrape(conn).groups
+        assert [(o.lag, o.oldest_unacked_id) for o in state.offsets] == [(3, text(head))]
+        assert len(drain(c, 3)) == 3
 
 
 def test_deleted_stream_or_group_under_a_live_consumer_is_state_lost(conn: Connection) -> None:

@@ -10,7 +10,15 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from partitions._admin.deadletter import OTHER, UNCLASSIFIED, DeadLetterTally
 from partitions._admin.groups import GroupLag, LagCheck
-from partitions._admin.lag import PartitionOffset, age_ms, needs_head, offset_of, older
+from partitions._admin.lag import (
+    RECOUNT_BELOW,
+    PartitionOffset,
+    age_ms,
+    needs_count,
+    needs_head,
+    offset_of,
+    older,
+)
 from partitions._admin.topics import TopicMeta, TopicSpec
 from partitions._base.errors import ConfigError
 from partitions._base.replies import GroupStreamInfo, PendingSummary, pending_summary_from_reply
@@ -40,10 +48,35 @@ def test_caught_up_group_has_no_lag_seconds() -> None:
 
 def test_oldest_pending_entry_before_the_position_needs_no_extra_read() -> None:
     pend = PendingSummary(3, "40-0", "90-0")
-    assert not needs_head(info("100-0", 3, lag=7), pend)
-    off = offset_of("t", 1, info("100-0", 3, lag=7), pend, length=50, now_ms=1_040)
+    assert not needs_head(info("100-0", 3, lag=None), pend)
+    i = info("100-0", 3, lag=None, read=None)
+    off = offset_of("t", 1, i, pend, length=50, now_ms=1_040, counted=(7, True))
     assert (off.lag, off.pending, off.oldest_unacked_id, off.lag_ms) == (10, 3, "40-0", 1_000)
     assert off.lag_seconds == 1.0
+
+
+def test_a_positive_server_lag_is_checked_against_the_head_and_bounded() -> None:
+    pend = PendingSummary(3, "40-0", "90-0")
+    i = info("100-0", 3, lag=7)
+    assert needs_head(i, pend)  # even with an older pending entry: it tells the counter stale
+    stale = offset_of("t", 1, i, pend, length=50, now_ms=1_040, head_id=None)
+    assert (stale.lag, stale.oldest_unacked_id, stale.entries_read) == (3, "40-0", None)
+    off = offset_of("t", 1, i, pend, length=50, now_ms=1_040, head_id="120-0")
+    assert (off.lag, off.oldest_unacked_id, off.entries_read) == (10, "40-0", 10)
+    big = offset_of("t", 1, info("100-0", lag=5_000), NOTHING, length=900, now_ms=1, head_id="1-0")
+    assert (big.lag, big.exact, big.entries_read) == (900, True, None)  # within the length
+
+
+def test_a_small_positive_server_lag_is_counted_and_the_count_stands() -> None:
+    assert needs_count(info("100-0", lag=None)) and needs_count(info("100-0", lag=1))
+    assert needs_count(info("100-0", lag=RECOUNT_BELOW))
+    assert not needs_count(info("100-0", lag=0))
+    assert not needs_count(info("100-0", lag=RECOUNT_BELOW + 1))
+    i = info("100-0", lag=4)
+    off = offset_of("t", 0, i, NOTHING, length=9, now_ms=2_000, head_id=None, counted=(0, True))
+    assert (off.lag, off.oldest_unacked_id, off.lag_ms) == (0, None, 0)
+    off = offset_of("t", 0, i, NOTHING, length=9, now_ms=2_000, head_id="150-0", counted=(2, True))
+    assert (off.lag, off.oldest_unacked_id, off.entries_read) == (2, "150-0", None)
 
 
 def test_nothing_pending_the_first_undelivered_entry_is_the_oldest() -> None:

@@ -339,7 +339,7 @@ def test_lag_is_exact_after_deleted_entries_the_group_read_past(conn: Connection
     topic(conn, n=1)
     stream = conn.keys.stream(layout(conn, "orders"), 0)
     produce(conn, "orders", 5)
-    with consumer(conn) as c:
+    with Consumer("g", "orders", conn=conn) as c:  # the library's defaults throughout
         drain(c, 5)
         c.commit()
         produce(conn, "orders", 4)

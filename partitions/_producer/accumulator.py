@@ -60,6 +60,12 @@ ROUND_BYTES = 64 * 1024 * 1024
 # Past this the wire is taken to be slow, and an idle sender sends them beside that round.
 HOLD_S = 0.005
 
+# A round taken while none is on the wire keeps about half of what is due once that is at
+# least this many records: the other sender takes the rest at once, so the server runs one
+# round while this process packs or reads the other (with a partition on the wire at most
+# once, a round of every due partition would leave the server idle between rounds).
+SPLIT_RECORDS = 2000
+
 # A resharding can answer MOVED, ASK and TRYAGAIN several times for one batch before its
 # slot settles; these attempts come on top of ``ProducerConfig.retries`` on a cluster.
 CLUSTER_EXTRA_RETRIES = 20
@@ -310,6 +316,8 @@ class Accumulator:
                     nbytes += batch.nbytes
                     self._unqueue(tp)
             self.ready = rest
+            if not self._wire and len(taken) > 1:
+                taken = self._split(taken)
             for batch in taken:
                 self.inflight.add((batch.topic, batch.partition))
                 self._sequence(batch)
@@ -320,6 +328,24 @@ class Accumulator:
             oldest = max(min(b.created for b in self.open.values()) + self._linger, held)
             wake = oldest if wake is None else min(wake, oldest)
         return taken, expired, wake
+
+    def _split(self, taken: list[Batch]) -> list[Batch]:
+        """The first half (in records) of ``taken`` once it holds at least SPLIT_RECORDS;
+        the rest goes back in front of the waiting batches (each the first of its
+        partition, so nothing overtakes)."""
+        records = sum(b.count for b in taken)
+        if records < SPLIT_RECORDS:
+            return taken
+        kept = cut = 0
+        while 2 * kept < records:
+            kept += taken[cut].count
+            cut += 1
+        back = taken[cut:]
+        self.ready.extendleft(reversed(back))
+        for b in back:
+            tp = (b.topic, b.partition)
+            self._queued[tp] = self._queued.get(tp, 0) + 1
+        return taken[:cut]
 
     def _unqueue(self, tp: TP) -> None:
         left = self._queued[tp] - 1

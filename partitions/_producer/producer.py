@@ -68,6 +68,11 @@ from partitions._producer.sender import SENDERS, Sender
 from partitions._telemetry.metrics import ClientMetrics, producer_metrics
 from partitions._telemetry.tracing import TracerProvider, producer_tracer
 
+# How long send() steps aside for a sender that may be waiting for the GIL, and how often at
+# most (Producer._give_way).
+GIVE_S = 0.0001
+GIVE_EVERY_S = 0.001
+
 __all__ = ["METADATA_MAX_AGE_S", "SENDERS", "Producer", "RecordFuture", "RecordMetadata"]
 
 
@@ -122,6 +127,7 @@ class Producer:
         self._cond = threading.Condition(self._lock)
         self._work = threading.Condition(self._lock)
         self._max_bytes = self.config.max_record_bytes
+        self._give_at = 0.0  # (_give_way)
         if self._metrics is not None:
             self._metrics.track_buffer(lambda: self._acc.buffered)
         self._tracer = producer_tracer(tracing, self.producer_id)
@@ -180,6 +186,7 @@ class Producer:
                 nbytes = record_bytes(chunk)
             acc = self._acc
             lock = self._lock
+            give = woke = False
             lock.acquire()
             try:
                 if acc.buffered >= acc.buffer_limit or acc.closed:
@@ -199,19 +206,24 @@ class Producer:
                     acc.buffered += 1
                     if count >= acc.batch_size or size >= MAX_BATCH_BYTES:
                         acc.seal(batch)
+                        give = True
                         if route.tps[p] not in acc.inflight:
                             self._work.notify()
+                            woke = True
                 else:
                     batch, index, wake = acc.append(route, p, None, chunk, KEY_VALUE_FIELDS, nbytes)
                     route.open[p] = batch
                     if wake:
                         self._work.notify()
+                        give = woke = True
                     if time.monotonic() > route.expires and self._routes.get(topic) is route:
                         # Re-read by the next send(), before it queues anything: a route
                         # is used at most a batch (linger_ms, batch_size) past its age.
                         del self._routes[topic]
             finally:
                 lock.release()
+            if give:
+                self._give_way(woke)
             future = RecordFuture()  # (its docstring: why no __init__)
             future._batch = batch
             future._index = index
@@ -227,6 +239,8 @@ class Producer:
             batch, index, wake = acc.append(route, where, region, chunk, nargs)
             if wake:
                 self._work.notify()
+        if wake:
+            self._give_way(True)
         return new_future(RecordFuture, batch, index)
 
     def send_many(self, topic: str, records: Iterable[tuple[Value, Key]]) -> list[RecordFuture]:
@@ -251,6 +265,7 @@ class Producer:
                 placed, wake, at = acc.append_many(route, encoded, at)
                 if wake:
                     self._work.notify()
+            self._give_way(wake)
             futures += futures_for(RecordFuture, placed)
         return futures
 
@@ -360,6 +375,22 @@ class Producer:
         route = Route(self._admin.get(topic), self._conn.keys)
         self._routes[topic] = route
         return route
+
+    def _give_way(self, woke: bool) -> None:
+        """After a batch was sealed or a sender woken (``woke``): if a sender may be waiting
+        for the GIL (woken for a round, or its round's replies arrived), step aside briefly.
+
+        A thread that calls send() in a loop holds the GIL; a sender that wants it back (to
+        pack a round, or to read replies, one GIL take per socket read) gets it only when
+        the interpreter forces a switch, every ``sys.getswitchinterval()`` (5 ms), and the
+        server idles meanwhile. At most one step aside per :data:`GIVE_EVERY_S`, of
+        :data:`GIVE_S`: the sender runs its Python part in that time (bench/README.md,
+        issue 18, session 11)."""
+        now = time.monotonic()
+        if now < self._give_at or not (woke or self._sender.replies_in()):
+            return
+        self._give_at = now + GIVE_EVERY_S
+        time.sleep(GIVE_S)
 
     def _wait_for_room(self) -> None:
         """Called with the lock held while the buffer is full (or the producer closed)."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import select
 import threading
 import time
 from collections.abc import Callable, Generator
@@ -387,12 +388,25 @@ class Sender:
         else:
             pool = conn.client.connection_pool
             self._target = lambda key: pool
+        # The sockets a sender waits on for its round's replies (replies_in).
+        self._reading: set[Any] = set()
         self.threads = [
             threading.Thread(target=self._run, name=f"partstream-producer-{i}", daemon=True)
             for i in range(SENDERS)
         ]
         for t in self.threads:
             t.start()
+
+    def replies_in(self) -> bool:
+        """Whether replies wait on a socket a sender reads its round from: that sender
+        wants the GIL to take them (Producer._give_way). Any thread may ask."""
+        socks = list(self._reading)
+        if not socks:
+            return False
+        try:
+            return bool(select.select(socks, (), (), 0)[0])
+        except (OSError, ValueError):  # a socket closed meanwhile
+            return False
 
     def join(self, timeout: float | None) -> None:
         for t in self.threads:
@@ -405,6 +419,8 @@ class Sender:
         while True:
             batches, expired, wake = acc.drain()
             if batches or expired:
+                if batches and acc.ready:  # (a split round: the other sender takes the rest)
+                    self._work.notify()
                 return batches, expired
             if acc.closed and not acc.ready and not acc.open:
                 return [], []
@@ -458,7 +474,7 @@ class Sender:
                 complete(driver.result)
 
     @staticmethod
-    def _exchange_held(held: dict[Any, Any], step: Exchange) -> list[Any]:
+    def _exchange_held(held: dict[Any, Any], step: Exchange, reading: set[Any]) -> list[Any]:
         """:func:`exchange` on the connection this sender keeps between back-to-back rounds
         (taken from the pool at the first, connected, so a refused connection is still "not
         sent"); a connection that broke, or an exchange that raised, goes back to the pool."""
@@ -472,12 +488,17 @@ class Sender:
                 link = pool.get_connection()
             except CONNECTION_ERRORS as err:
                 return Replies.not_sent(err, step.expect)
+        sock = getattr(link, "_sock", None)
+        if sock is not None:
+            reading.add(sock)
         try:
             out = exchange_on(link, step.payload, step.expect)
         except BaseException:
             link.disconnect()  # (replies may be left unread on it)
             pool.release(link)
             raise
+        finally:
+            reading.discard(sock)
         held[pool] = link
         return out
 
@@ -494,7 +515,7 @@ class Sender:
         if isinstance(step, Exchange):
             if self._conn.is_cluster:  # (a map change replaces the pools: take one a round)
                 return exchange(step.target, step.payload, step.expect)
-            return self._exchange_held(held, step)
+            return self._exchange_held(held, step, self._reading)
         if step.what == "reload":
             self._reload()
             return None

@@ -286,3 +286,29 @@ def test_keyless_records_stick_to_a_partition_until_its_batch_seals() -> None:
     b, _, _ = acc.append(r, None, None, RECORD, 3)  # seals: the sticky partition moves on
     c, _, _ = acc.append(r, None, None, RECORD, 3)
     assert a is b and a.partition == 0 and c.partition == 1
+
+
+def test_a_large_round_with_nothing_on_the_wire_is_split_in_two_for_the_other_sender() -> None:
+    # (accumulator.SPLIT_RECORDS): with every due partition in one round, the server would
+    # idle while this process packs the next; half goes now, the rest to the other sender.
+    clock, r = Clock(), route(partitions=4)
+    acc = make(clock, batch_size=1000)
+    batches = [fill(acc, r, p, 1000)[0] for p in range(4)]
+    second = fill(acc, r, 0, 1000)[0]  # partition 0's next batch, behind its first
+    assert all(b.sealed for b in [*batches, second])
+    taken, _, _ = acc.drain()
+    assert taken == batches[:2]  # 2,000 of 4,000 records due (the first batch of each)
+    # A round is on the wire now: the rest goes whole, and partition 0 stays in order.
+    rest, _, _ = acc.drain()
+    assert rest == batches[2:]
+    assert acc.drain()[0] == []  # partition 0's second waits for its first
+    succeed(acc, taken)
+    assert acc.drain()[0] == [second]
+    assert [b.seq for b in (batches[0], second)] == [1, 2]
+
+
+def test_a_round_under_the_split_size_goes_whole() -> None:
+    clock, r = Clock(), route(partitions=4)
+    acc = make(clock, batch_size=400)
+    batches = [fill(acc, r, p, 400)[0] for p in range(4)]  # 1,600 records due
+    assert acc.drain()[0] == batches

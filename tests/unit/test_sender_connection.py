@@ -62,7 +62,7 @@ def wire(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
 def test_back_to_back_rounds_take_the_pool_connection_once(wire: list[Any]) -> None:
     pool, held = FakePool(), dict[Any, Any]()
     for _ in range(3):
-        assert Sender._exchange_held(held, Exchange(pool, [b"x"], 2)) == [b"OK", b"OK"]
+        assert Sender._exchange_held(held, Exchange(pool, [b"x"], 2), set()) == [b"OK", b"OK"]
     assert pool.gets == 1 and not pool.released
     assert wire[0] is wire[1] is wire[2] is held[pool]
     Sender._release(held)  # idle: back to the pool before the sender waits
@@ -71,10 +71,10 @@ def test_back_to_back_rounds_take_the_pool_connection_once(wire: list[Any]) -> N
 
 def test_a_broken_connection_goes_back_and_a_new_one_is_taken(wire: list[Any]) -> None:
     pool, held = FakePool(), dict[Any, Any]()
-    Sender._exchange_held(held, Exchange(pool, [b"x"], 1))
+    Sender._exchange_held(held, Exchange(pool, [b"x"], 1), set())
     first = held[pool]
     first.connected = False  # (exchange_on disconnects after a connection error)
-    Sender._exchange_held(held, Exchange(pool, [b"x"], 1))
+    Sender._exchange_held(held, Exchange(pool, [b"x"], 1), set())
     assert pool.released == [first] and pool.gets == 2 and held[pool] is not first
 
 
@@ -87,11 +87,11 @@ def test_an_exchange_that_raises_releases_its_connection_disconnected(
     monkeypatch.setattr(sender_mod, "exchange_on", broken)
     pool, held = FakePool(), dict[Any, Any]()
     with pytest.raises(RuntimeError):
-        Sender._exchange_held(held, Exchange(pool, [b"x"], 1))
+        Sender._exchange_held(held, Exchange(pool, [b"x"], 1), set())
     assert held == {} and len(pool.released) == 1 and pool.released[0].disconnects == 1
 
 
 def test_a_refused_connection_is_not_sent(wire: list[Any]) -> None:
-    out = Sender._exchange_held({}, Exchange(FakePool(refuse=True), [b"x"], 2))
+    out = Sender._exchange_held({}, Exchange(FakePool(refuse=True), [b"x"], 2), set())
     assert len(out) == 2 and all(isinstance(r, NotSentError) for r in out)
     assert wire == []

@@ -385,7 +385,11 @@ class Producer:
         the interpreter forces a switch, every ``sys.getswitchinterval()`` (5 ms), and the
         server idles meanwhile. At most one step aside per :data:`GIVE_EVERY_S`, of
         :data:`GIVE_S`: the sender runs its Python part in that time (bench/README.md,
-        issue 18, session 11)."""
+        issue 18, session 11). Never while less than a batch is buffered: at a light load
+        (records sent one by one, e.g. at 5,000/s with ``linger_ms=0``) nobody waits."""
+        acc = self._acc
+        if acc.buffered < acc.batch_size:
+            return  # a light load: the caller is not the one holding the GIL
         now = time.monotonic()
         if now < self._give_at or not (woke or self._sender.replies_in()):
             return

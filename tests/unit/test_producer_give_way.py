@@ -53,10 +53,11 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> FakeTime:
     return fake
 
 
-def producer(replies: bool) -> Any:
+def producer(replies: bool, buffered: int = 5000) -> Any:
     p = Producer.__new__(Producer)
     p._give_at = 0.0
     p._sender = SimpleNamespace(replies_in=lambda: replies)
+    p._acc = SimpleNamespace(buffered=buffered, batch_size=1000)
     return p
 
 
@@ -74,3 +75,11 @@ def test_send_steps_aside_only_when_a_sender_may_wait_and_at_most_once_per_inter
     waiting = producer(replies=True)
     waiting._give_way(False)
     assert clock.slept == [GIVE_S, GIVE_S]  # a sender's replies arrived
+
+
+def test_send_never_steps_aside_under_a_light_load(clock: FakeTime) -> None:
+    light = producer(replies=True, buffered=999)  # less than a batch buffered
+    light._give_way(True)
+    assert clock.slept == []
+    producer(replies=True, buffered=1000)._give_way(True)
+    assert clock.slept == [GIVE_S]

@@ -340,12 +340,15 @@ class Accumulator:
         while 2 * kept < records:
             kept += taken[cut].count
             cut += 1
-        back = taken[cut:]
-        self.ready.extendleft(reversed(back))
-        for b in back:
+        self._requeue(taken[cut:])
+        return taken[:cut]
+
+    def _requeue(self, batches: list[Batch]) -> None:
+        """``batches`` back in front of the waiting ones, in their order."""
+        self.ready.extendleft(reversed(batches))
+        for b in batches:
             tp = (b.topic, b.partition)
             self._queued[tp] = self._queued.get(tp, 0) + 1
-        return taken[:cut]
 
     def _unqueue(self, tp: TP) -> None:
         left = self._queued[tp] - 1
@@ -380,10 +383,7 @@ class Accumulator:
         else:
             # Back in front before the partitions are free again: a retried batch goes out
             # before any later batch of its partition.
-            self.ready.extendleft(reversed(retry))
-            for b in retry:
-                tp = (b.topic, b.partition)
-                self._queued[tp] = self._queued.get(tp, 0) + 1
+            self._requeue(retry)
         self.inflight.difference_update((b.topic, b.partition) for b in sent)
         if sent and sent[0].taken_at in self._wire:
             self._wire.remove(sent[0].taken_at)

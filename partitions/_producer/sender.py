@@ -403,8 +403,11 @@ class Sender:
         socks = list(self._reading)
         if not socks:
             return False
+        poll = select.poll()  # (not select(): it refuses descriptors from 1,024 on)
         try:
-            return bool(select.select(socks, (), (), 0)[0])
+            for sock in socks:
+                poll.register(sock, select.POLLIN)
+            return any(ev & select.POLLIN for _, ev in poll.poll(0))
         except (OSError, ValueError):  # a socket closed meanwhile
             return False
 

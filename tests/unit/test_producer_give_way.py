@@ -6,6 +6,8 @@ most once per ``GIVE_EVERY_S``, and only when a sender may be waiting (bench/REA
 
 from __future__ import annotations
 
+import os
+import resource
 import socket
 from types import SimpleNamespace
 from typing import Any
@@ -27,6 +29,21 @@ def test_replies_in_tells_whether_a_senders_socket_has_replies_waiting() -> None
         assert not sender.replies_in()  # reading, nothing arrived yet
         server.sendall(b"+OK\r\n")
         assert sender.replies_in()
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft <= 1500 and (hard == resource.RLIM_INFINITY or hard > 1500):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (2048, hard))
+        try:
+            # the same socket on descriptor 1,500, which select() would refuse
+            high = socket.socket(fileno=os.dup2(ours.fileno(), 1500))
+            try:
+                assert high.fileno() == 1500
+                sender._reading = {high}
+                assert sender.replies_in()
+            finally:
+                high.close()
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        sender._reading = {ours}
         ours.close()
         assert not sender.replies_in()  # closed meanwhile: no error, no
     finally:

@@ -35,13 +35,20 @@ from typing import TYPE_CHECKING, Any
 
 from partitions._admin.topics import read_meta_async
 from partitions._base.errors import ClosedError
-from partitions._base.records import Key, Value
+from partitions._base.records import Key, Value, check_size
 from partitions._base.serde import Serializer, encoder
 from partitions._client.config import ProducerConfig
 from partitions._client.nodes import aredirect, retriable
 from partitions._client.wire import AsyncLink, aexchange
 from partitions._producer.accumulator import Accumulator, complete
 from partitions._producer.batch import (
+    CRLF,
+    KEY_COSTS,
+    KEY_HEADS,
+    KEY_VALUE_FIELDS,
+    MAX_BATCH_BYTES,
+    VALUE_COSTS,
+    VALUE_HEADS,
     Batch,
     RecordFuture,
     RecordMetadata,
@@ -49,8 +56,11 @@ from partitions._producer.batch import (
     encode_many,
     encode_record,
     futures_for,
+    kv_chunk,
+    record_bytes,
 )
 from partitions._producer.delivery import warn_unmet_durability
+from partitions._producer.router import xxh3
 from partitions._producer.sender import SENDERS, Driver, Exchange, Step, send_round
 from partitions._telemetry.metrics import ClientMetrics, producer_metrics
 
@@ -153,18 +163,67 @@ class AsyncProducer:
         """Queue one record; returns its future. Raises as :meth:`Producer.send` does, before
         anything is queued; waits (up to ``block_timeout``) while the buffer is full."""
         route = self._routes.get(topic)
-        if route is None or time.monotonic() > route.expires:
+        if route is None:
             route = await self._refresh(topic)
         if self._encode is not None:
             value, key = self._encode(value, key)
-        p, chunk, nargs = encode_record(route, value, key, headers, partition, region,
-                                        self._max_bytes)  # fmt: skip
         acc = self._acc
-        if not acc.accepts():
-            await self._wait_for_room()
-        if self._task is None:
-            self._start()
-        batch, index, wake = acc.append(route, p, region, chunk, nargs)
+        if (
+            type(value) is bytes
+            and type(key) is bytes
+            and headers is None
+            and partition is None
+            and region is None
+        ):
+            # The common record inline, as Producer.send does it (the same steps, in the same
+            # order, without the lock; tests/unit/test_producer_send_paths.py compares both
+            # with the general path): routed by key, into its partition's open batch.
+            n = route.modulo
+            p = xxh3(key) % n if n else route.for_key(key)
+            nk, nv = len(key), len(value)
+            if nk + nv > self._max_bytes:
+                check_size(nk + nv, self._max_bytes)
+            if nk < 256 and nv < 2048:
+                chunk: tuple[bytes, ...] = (b"", KEY_HEADS[nk], key, VALUE_HEADS[nv], value, CRLF)
+                nbytes = KEY_COSTS[nk] + VALUE_COSTS[nv]
+            else:
+                chunk = kv_chunk(key, value)
+                nbytes = record_bytes(chunk)
+            if (acc.buffered >= acc.buffer_limit or acc.closed) and not acc.accepts():
+                await self._wait_for_room()
+            if self._task is None:
+                self._start()
+            batch = route.open[p]
+            wake = False
+            if (
+                batch is not None
+                and not batch.sealed
+                and batch.shapes is None
+                and (size := batch.nbytes + nbytes) <= MAX_BATCH_BYTES
+            ):
+                index = batch.count
+                batch.chunks.extend(chunk)
+                batch.count = count = index + 1
+                batch.nbytes = size
+                acc.buffered += 1
+                if count >= acc.batch_size or size >= MAX_BATCH_BYTES:
+                    acc.seal(batch)
+                    wake = route.tps[p] not in acc.inflight
+            else:
+                batch, index, wake = acc.append(route, p, None, chunk, KEY_VALUE_FIELDS, nbytes)
+                route.open[p] = batch
+                if time.monotonic() > route.expires and self._routes.get(topic) is route:
+                    del self._routes[topic]  # re-read by the next send() (Producer.send)
+        else:
+            if time.monotonic() > route.expires:
+                route = await self._refresh(topic)
+            where, chunk, nargs = encode_record(route, value, key, headers, partition, region,
+                                                self._max_bytes)  # fmt: skip
+            if not acc.accepts():
+                await self._wait_for_room()
+            if self._task is None:
+                self._start()
+            batch, index, wake = acc.append(route, where, region, chunk, nargs)
         if wake:
             self._wake.set()
         self._since_yield += 1

@@ -1,11 +1,14 @@
 """send()'s inline path for the common record against the accumulator's general path: the
 same batches and the same bytes on the wire, without a server (the senders never run).
 
-``Producer.send`` inlines ``batch.kv_chunk`` and ``Accumulator.append``'s first case for a
-bytes key + value record; this fails if that copy drifts from the functions it copies."""
+``Producer.send`` and ``AsyncProducer.send`` inline ``batch.kv_chunk`` and
+``Accumulator.append``'s first case for a bytes key + value record; this fails if either copy
+drifts from the functions it copies (every test runs on both producers)."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
@@ -15,6 +18,7 @@ from partitions._admin.topics import TopicMeta, TopicSpec
 from partitions._base.keys import Keys
 from partitions._client.config import ClientConfig, ProducerConfig
 from partitions._client.wire import pack
+from partitions._producer import aio
 from partitions._producer import producer as producer_mod
 from partitions._producer.accumulator import Accumulator
 from partitions._producer.batch import KEY_VALUE_FIELDS, Batch, Route, encode_record
@@ -30,14 +34,39 @@ class _Idle:
         pass
 
 
-@pytest.fixture
-def producer(monkeypatch: pytest.MonkeyPatch) -> producer_mod.Producer:
+class _AsyncShell:
+    """An AsyncProducer driven from plain code: each send() runs to its end on a loop of its
+    own (the sender task never starts, as the threaded producer's senders never run)."""
+
+    def __init__(self, producer: aio.AsyncProducer) -> None:
+        self.inner = producer
+        self._acc = producer._acc
+        self._routes = producer._routes
+        producer._start = lambda: None  # type: ignore[method-assign]
+
+    def send(self, *args: Any, **kwargs: Any) -> Any:
+        return asyncio.run(self.inner.send(*args, **kwargs))
+
+    def on_refresh(self, refresh: Callable[[str], Route]) -> None:
+        async def reread(topic: str) -> Route:
+            return refresh(topic)
+
+        self.inner._refresh = reread  # type: ignore[method-assign]
+
+
+@pytest.fixture(params=["threaded", "asyncio"])
+def producer(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Any:
     monkeypatch.setattr(producer_mod, "Sender", _Idle)
     conn: Any = SimpleNamespace(
         config=ClientConfig(), server=SimpleNamespace(replicas=0, has=lambda f: True),
-        is_cluster=False, keys=Keys("paths"), client=None,
+        is_cluster=False, keys=Keys("paths"), client=SimpleNamespace(connection_pool=None),
     )  # fmt: skip
-    p = producer_mod.Producer(conn, CONFIG)
+    p: Any
+    if request.param == "threaded":
+        p = producer_mod.Producer(conn, CONFIG)
+        p.on_refresh = lambda refresh: monkeypatch.setattr(p, "_refresh", refresh)
+    else:
+        p = _AsyncShell(aio.AsyncProducer(conn, CONFIG))
     p._acc.pid = b"pid"
     p._routes["t"] = Route(TopicMeta(TopicSpec("t", 3), 0, 1), conn.keys)
     return p
@@ -60,7 +89,7 @@ def batches(acc: Accumulator) -> list[Batch]:
 
 
 def test_inline_send_makes_the_batches_and_bytes_of_the_general_path(
-    producer: producer_mod.Producer,
+    producer: Any,
 ) -> None:
     route = producer._routes["t"]
     general = Accumulator(CONFIG, producer._acc.clock, new_id=lambda: b"pid")
@@ -91,7 +120,7 @@ def test_inline_send_makes_the_batches_and_bytes_of_the_general_path(
         assert b"".join(b.xadds() for b in inline if b.partition == p) == want
 
 
-def test_record_bytes_are_the_encoded_fields(producer: producer_mod.Producer) -> None:
+def test_record_bytes_are_the_encoded_fields(producer: Any) -> None:
     """A batch's ``nbytes`` (its byte limit, the bytes metric) is what its records' fields
     take as RESP, whichever path counted them."""
     for key, value in records():
@@ -105,7 +134,7 @@ def test_record_bytes_are_the_encoded_fields(producer: producer_mod.Producer) ->
 
 
 def test_fields_are_counted_once_a_record_is_not_key_value(
-    producer: producer_mod.Producer,
+    producer: Any,
 ) -> None:
     producer.send("t", b"v", key=b"k", partition=0)
     producer.send("t", b"v", key=b"k", headers={"h": "1"}, partition=0)
@@ -117,9 +146,7 @@ def test_fields_are_counted_once_a_record_is_not_key_value(
     assert head == b"*%d" % (6 + 6 + batch.count + sum(batch.shapes))
 
 
-def test_an_aged_route_is_re_read_once_a_common_record_opens_a_batch(
-    producer: producer_mod.Producer, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_an_aged_route_is_re_read_once_a_common_record_opens_a_batch(producer: Any) -> None:
     """send()'s common record looks at its route's age when it opens a batch, not once per
     record: past the age, the next send() re-reads the topic before it queues anything."""
     old = producer._routes["t"]
@@ -130,7 +157,7 @@ def test_an_aged_route_is_re_read_once_a_common_record_opens_a_batch(
         producer._routes[topic] = reads[-1]
         return reads[-1]
 
-    monkeypatch.setattr(producer, "_refresh", refresh)
+    producer.on_refresh(refresh)
     producer.send("t", b"v", key=b"k")  # opens a batch on a fresh route: kept
     assert producer._routes["t"] is old and not reads
     old.expires = 0.0

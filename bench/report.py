@@ -102,7 +102,9 @@ def row(data: dict[str, Any]) -> str:
     else:
         figures = "<br>".join(
             f"{e['event']}: reconciled {e['reconcile_ms']:.0f} ms, unmoved max "
-            f"{e['unmoved_max_ms']:.1f} ms (steady {e['steady_max_ms']:.1f} ms)"
+            f"{e['unmoved_max_ms']:.1f} ms"
+            + (f" at {e['unmoved_max_at_ms']:.0f} ms" if "unmoved_max_at_ms" in e else "")
+            + f" (steady {e['steady_max_ms']:.1f} ms)"
             + (
                 f", p99 {e['unmoved_p99_ms']:.1f} ms (steady {e['steady_p99_ms']:.1f} ms)"
                 if "unmoved_p99_ms" in e

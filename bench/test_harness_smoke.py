@@ -144,6 +144,9 @@ def test_rebalance(url: str) -> None:
     for e in events:
         assert e["reconcile_ms"] > 0
         assert e["moved_partitions"] + e["unmoved_partitions"] == 6
+        # the slowest unmoved record's time lies in the window judged (the event to 0.5 s
+        # past its reconcile)
+        assert 0.0 <= e["unmoved_max_at_ms"] <= e["reconcile_ms"] + 500.0
     # A kill -9 is only noticed when the session expires.
     assert events[2]["reconcile_ms"] >= data["extra"]["settings"]["session_timeout_ms"] * 0.5
     assert len(data["targets"]) == 3

@@ -435,7 +435,9 @@ def _rebalance(b: Bench, result: BenchResult) -> None:
         for e in got["events"]:
             e["round"] = r
             b.say(
-                f"{e['event']}: unmoved max {e['unmoved_max_ms']:.1f} ms / steady max "
+                f"{e['event']}: unmoved max {e['unmoved_max_ms']:.1f} ms (at "
+                f"{e['unmoved_max_at_ms']:.0f} ms, reconciled at "
+                f"{e['reconcile_ms']:.0f} ms) / steady max "
                 f"{e['steady_max_ms']:.1f} ms = {e['unmoved_vs_steady']:.2f}x; p99 "
                 f"{e['unmoved_p99_ms']:.1f} / {e['steady_p99_ms']:.1f} ms = "
                 f"{e['unmoved_vs_steady_p99']:.2f}x"
@@ -458,7 +460,8 @@ def _rebalance(b: Bench, result: BenchResult) -> None:
         result.notes.append(
             f"{e['event']}: reconciled in {e['reconcile_ms']:.0f} ms; {e['moved_partitions']} "
             f"moved (max latency {e['moved_max_ms']:.0f} ms), {e['unmoved_partitions']} unmoved "
-            f"(max latency {e['unmoved_max_ms']:.1f} ms vs {e['steady_max_ms']:.1f} ms steady, "
+            f"(max latency {e['unmoved_max_ms']:.1f} ms at {e['unmoved_max_at_ms']:.0f} ms after "
+            f"the event, vs {e['steady_max_ms']:.1f} ms steady, "
             f"p99 {e['unmoved_p99_ms']:.1f} vs {e['steady_p99_ms']:.1f} ms; pause "
             f"{e['unmoved_pause_ms']:.1f} ms){rounds_text}"
         )

@@ -209,7 +209,11 @@ def _judge(
     t1 = t0 + event["reconcile_ms"] / 1000.0 + 0.5
     unmoved, moved = set(event["unmoved"]), set(event["moved"])
     steady = Latency.of(ms for t, _, ms in rows if event["steady_from"] <= t < t0)
-    during = Latency.of(ms for t, p, ms in rows if t0 <= t < t1 and p in unmoved)
+    during_rows = [(ms, t) for t, p, ms in rows if t0 <= t < t1 and p in unmoved]
+    during = Latency.of(ms for ms, _ in during_rows)
+    # When the unmoved partitions' slowest record was handed out, from the event: beside
+    # reconcile_ms it tells a pause at the takeover from one anywhere in the window.
+    worst_at = max(during_rows)[1] - t0 if during_rows else 0.0
     t_moved = t1 + phase / 2
     moved_max = max((ms for t, p, ms in rows if t0 <= t < t_moved and p in moved), default=0.0)
     return {
@@ -223,6 +227,7 @@ def _judge(
         "steady_p99_ms": round(steady.p99, 2),
         "unmoved_records": during.samples,
         "unmoved_max_ms": round(during.max, 2),
+        "unmoved_max_at_ms": round(worst_at * 1000.0, 1),
         "unmoved_p99_ms": round(during.p99, 2),
         "moved_max_ms": round(moved_max, 2),
         "unmoved_pause_ms": round(max(0.0, during.max - steady.max), 2),

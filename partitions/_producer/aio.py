@@ -39,7 +39,14 @@ from partitions._base.records import Key, Value, check_size
 from partitions._base.serde import Serializer, encoder
 from partitions._client.config import ProducerConfig
 from partitions._client.nodes import aredirect, retriable
-from partitions._client.wire import AsyncLink, aexchange
+from partitions._client.wire import (
+    CONNECTION_ERRORS,
+    AsyncLink,
+    Replies,
+    aexchange,
+    aexchange_on,
+    is_connected,
+)
 from partitions._producer.accumulator import Accumulator, complete
 from partitions._producer.batch import (
     CRLF,
@@ -143,6 +150,9 @@ class AsyncProducer:
         self._max_bytes = self.config.max_record_bytes
         self._links: dict[str, AsyncLink] = {}
         self._single = None if conn.is_cluster else AsyncLink(pool=conn.client.connection_pool)
+        # The connections kept between back-to-back rounds on a single server (one a round
+        # on the wire), given back to the pool when the sender task waits (_exchange_held).
+        self._held: list[Any] = []
         self._task: asyncio.Task[None] | None = None
         self._rounds: dict[asyncio.Task[None], list[Batch]] = {}
         self._wake = asyncio.Event()  # the sender has something to look at
@@ -364,6 +374,7 @@ class AsyncProducer:
         for batches in self._rounds.values():
             complete(self._acc.abandon([b for b in batches if not b.done]))
         self._rounds.clear()
+        await self._release_held()
 
     async def _run(self) -> None:
         acc = self._acc
@@ -387,7 +398,10 @@ class AsyncProducer:
                 if self._rounds:
                     await asyncio.wait(self._rounds)
                     continue
+                await self._release_held()
                 return
+            if not self._rounds:
+                await self._release_held()  # idle: the kept connections go back first
             timeout = None if wake is None else max(0.0, wake - acc.clock())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
@@ -426,11 +440,41 @@ class AsyncProducer:
 
     async def _io(self, step: Step) -> Any:
         if isinstance(step, Exchange):
+            if step.target is self._single:
+                return await self._exchange_held(step)
             return await aexchange(step.target, step.payload, step.expect)
         if step.what == "reload":
             await self._reload()
             return None
         return await self._redirect(step.err)
+
+    async def _exchange_held(self, step: Exchange) -> list[Any]:
+        """:func:`aexchange` on a connection kept between back-to-back rounds, as the
+        threaded sender does (``Sender._exchange_held``): the pool's get and release cost
+        ~20 us of CPU a round on asyncio (bench/README.md, issue 18, session 12). Taken from
+        the pool at the first round (a refused connection still reads "not sent"); one that
+        broke, or an exchange that raised or was cancelled, goes back to the pool."""
+        link = step.target
+        conn = self._held.pop() if self._held else None
+        if conn is not None and not is_connected(conn):
+            await link.release(conn)
+            conn = None
+        if conn is None:
+            try:
+                conn = await link.acquire()
+            except CONNECTION_ERRORS as err:
+                return Replies.not_sent(err, step.expect)
+        try:
+            out = await aexchange_on(conn, step.payload, step.expect)
+        except BaseException:
+            await link.release(conn)  # (aexchange_on disconnected it: replies may be unread)
+            raise
+        self._held.append(conn)
+        return out
+
+    async def _release_held(self) -> None:
+        while self._held and self._single is not None:
+            await self._single.release(self._held.pop())
 
     async def _redirect(self, err: Exception) -> AsyncLink | None:
         node = await aredirect(self._conn.client, err)

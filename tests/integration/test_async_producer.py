@@ -29,6 +29,7 @@ from partitions._admin.replay import replay
 from partitions._admin.topics import TopicAdmin, TopicSpec
 from partitions._client.connection import Connection
 from partitions._client.nodes import node_for_key
+from partitions._client.wire import is_connected
 from tests.helpers import layout, own_server
 from tests.integration.test_producer_outages import _fill
 
@@ -293,3 +294,78 @@ def p_for_topic(conn: Connection, topic: str, key: str) -> int:
         partition = p.partition_for(topic, key)
     assert partition is not None
     return partition
+
+
+async def test_the_sender_task_keeps_its_connection_across_back_to_back_rounds(
+    conn: Connection, aconn: AsyncConnection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As the threaded sender: on a single server a busy sender task takes a connection
+    from the pool once, not once a round (~20 us of CPU a round on asyncio), and gives it
+    back before it waits. Each round queues the next record while it is on the wire, so
+    the sender finds work each time it drains: 20 rounds back to back."""
+    if aconn.is_cluster:
+        pytest.skip("a cluster's sender takes a node's connection each round")
+    import partitions._client.wire as wire
+    import partitions._producer.aio as aio
+
+    pool = aconn.client.connection_pool
+    rounds, gets, queued = [0], [0], []
+    real_exchange, real_get = aio.aexchange_on, pool.get_connection
+    TopicAdmin(conn).create(TopicSpec("held", 4))
+    async with AsyncProducer(aconn, ProducerConfig(linger_ms=0)) as p:
+        await p.send_and_wait("held", b"warm", key=b"w")
+
+        async def exchange_on(c: object, payload: list[bytes], expect: int) -> list[object]:
+            rounds[0] += 1
+            if rounds[0] < 20:
+                queued.append(await p.send("held", b"v%d" % rounds[0], key=b"%d" % rounds[0]))
+            return await real_exchange(c, payload, expect)
+
+        async def get_connection(*args: object, **kwargs: object) -> object:
+            gets[0] += 1
+            return await real_get(*args, **kwargs)
+
+        monkeypatch.setattr(aio, "aexchange_on", exchange_on)
+        monkeypatch.setattr(wire, "aexchange_on", exchange_on)  # (a pool's exchange calls it)
+        monkeypatch.setattr(pool, "get_connection", get_connection)
+        queued.append(await p.send("held", b"v0", key=b"0"))
+        async with asyncio.timeout(10):
+            while len(queued) < 20 or not all(f.done() for f in queued):
+                await asyncio.sleep(0.01)
+        assert rounds[0] >= 20
+        assert gets[0] <= 2, (gets[0], rounds[0])  # (at most one a round on the wire)
+        async with asyncio.timeout(5):
+            while getattr(pool, "_in_use_connections", ()):
+                await asyncio.sleep(0.01)  # (given back before the sender task waits)
+    assert len(values(conn, "held")) == 21
+
+
+async def test_a_kept_connection_that_broke_is_replaced(
+    conn: Connection, aconn: AsyncConnection
+) -> None:
+    """A connection the sender task kept and that was closed under it (a server restart,
+    an idle timeout) goes back to the pool, and the next round takes a working one."""
+    if aconn.is_cluster:
+        pytest.skip("a cluster's sender takes a node's connection each round")
+    TopicAdmin(conn).create(TopicSpec("broke", 2))
+    pool = aconn.client.connection_pool
+    async with AsyncProducer(aconn, ProducerConfig(linger_ms=0)) as p:
+        await p.send_and_wait("broke", b"a", key=b"k")
+        kept = await pool.get_connection()
+        await kept.disconnect()
+        released: list[object] = []
+        real_release = pool.release
+
+        async def release(c: object) -> None:
+            released.append(c)
+            await real_release(c)
+
+        pool.release = release  # type: ignore[method-assign]
+        try:
+            p._held.append(kept)  # as if a round had kept it and it broke since
+            meta = await p.send_and_wait("broke", b"b", key=b"k")
+        finally:
+            del pool.release
+        assert meta.partition == 1 and released[0] is kept
+        assert all(is_connected(c) for c in p._held)
+    assert values(conn, "broke") == [b"a", b"b"]

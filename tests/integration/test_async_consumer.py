@@ -188,6 +188,7 @@ def test_cancellation_never_loses_or_double_acks(
     produce(conn, "orders", 100)
 
     cut = 0
+    cancelled: list[asyncio.Future[list[Record]]] = []  # (the failure message's)
 
     async def cut_off(c: AsyncConsumer, how: tuple[str, float]) -> list[Record] | None:
         """One poll, cut off by ``asyncio.timeout`` (after ``how[1]`` s: 0 is the first await)
@@ -200,6 +201,7 @@ def test_cancellation_never_loses_or_double_acks(
             except TimeoutError:
                 return None
         task = asyncio.ensure_future(c.poll(timeout=0.5))
+        cancelled.append(task)
         for _ in range(int(n)):
             await asyncio.sleep(0)
         task.cancel()
@@ -238,9 +240,18 @@ def test_cancellation_never_loses_or_double_acks(
             await feeder
         return got
 
+    started = time.monotonic()
     got = run(client_config, main)
     assert cut > 0, "no poll was cut off: the test proved nothing"
-    assert len(got) == 300 and len({(r.partition, r.id) for r in got}) == 300
+    # What a failure needs to be read (it was seen once in CI, 299 of 300): which records,
+    # whether they are still pending, and whether a poll taken as cut off returned records.
+    missing = {b"v%d" % i for i in range(300)} - {r.value for r in got}
+    orphans = [t.result() for t in cancelled if t.done() and not t.cancelled()
+               and t.exception() is None and t.result()]  # fmt: skip
+    why = (f"missing {sorted(missing)[:10]}, pending {pending(conn, 'orders', 2)}, "
+           f"{time.monotonic() - started:.1f} s, cut {cut}, cut polls that returned records "
+           f"{[[r.value for r in b] for b in orphans]}")  # fmt: skip
+    assert len(got) == 300 and len({(r.partition, r.id) for r in got}) == 300, why
     assert pending(conn, "orders", 2) == 0
 
 

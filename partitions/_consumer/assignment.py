@@ -137,6 +137,9 @@ class Assignment:
         # Acks whose call failed with the outcome unknown: sent again (XACK is idempotent)
         # with the next read of their partition, so they do not sit pending until reclaimed.
         self.unsent: dict[TopicPartition, list[str]] = {}
+        # Hand-outs recorded by a 'hand' call whose outcome is unknown (id -> deliveries it
+        # recorded): none was made, so the next read of the partition takes them back.
+        self.unhanded: dict[TopicPartition, dict[str, int]] = {}
 
     # -- partitions -------------------------------------------------------------------------
     def assign(self, tp: TopicPartition, token: int, retention: str = "") -> PartitionState:
@@ -168,6 +171,7 @@ class Assignment:
         for tp in tps:
             self.parts.pop(tp, None)
             self.acks.pop(tp, None)
+            self.unhanded.pop(tp, None)
         self.handed = [r for r in self.handed if _tp(r) not in tps]
         if self.current is not None and _tp(self.current) in tps:
             self.current = None
@@ -373,6 +377,12 @@ class Assignment:
         """The calls of ``tps`` ran: their acks are the server's now."""
         for tp in tps:
             self.acks.pop(tp, None)
+
+    def not_handed(self, tp: TopicPartition, handed: list[tuple[str, int]]) -> None:
+        """A ``hand`` call recording ``handed`` (id, deliveries) failed with its outcome
+        unknown: nothing was handed out; the next read of ``tp`` takes the records back."""
+        if handed and tp in self.parts:
+            self.unhanded.setdefault(tp, {}).update(handed)
 
     def not_sent(self, tp: TopicPartition, ids: list[str]) -> None:
         """A call carrying acks of ``tp`` did not run or its outcome is unknown."""

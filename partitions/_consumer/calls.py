@@ -41,15 +41,21 @@ class ScriptCall:
     keys: list[str]
     args: list[Any]
     acks: list[str] = field(default_factory=list)  # ids this call acks (read, hand, ack)
+    # (id, deliveries) pairs: the hand-outs a 'hand' call records, or a 'read' takes back
+    # (those of a lost 'hand' call).
+    handed: list[tuple[str, int]] = field(default_factory=list)
 
     def command(self) -> tuple[Any, ...]:
         return ("FCALL", self.function, len(self.keys), *self.keys, *self.args)
 
 
-def _consume(st: PartitionState, op: str, *rest: Any, acks: list[str] | None = None) -> ScriptCall:
+def _consume(
+    st: PartitionState, op: str, *rest: Any, acks: list[str] | None = None,
+    handed: list[tuple[str, int]] | None = None,
+) -> ScriptCall:  # fmt: skip
     keys = [st.stream, st.fence_key, st.groups_key, st.dlq_key]
     args = [op, st.group, st.fence, st.topic, str(st.partition), STREAM_CONSUMER, *rest]
-    return ScriptCall(st, CONSUME, keys, args, acks or [])
+    return ScriptCall(st, CONSUME, keys, args, acks or [], handed or [])
 
 
 def _pairs(records: list[Record], less: int = 0) -> list[Any]:
@@ -64,12 +70,17 @@ def read_call(
     reclaim_ms: int,
     start: str,
     acks: list[str],
+    unhand: list[tuple[str, int]] | None = None,
 ) -> ScriptCall:
     """``read``: 7 count, 8 cursor, 9 max_deliveries, 10 reclaim idle ms (0: none), 11 start
-    id if the group is created here, 12 safe retention, 13 n acks, 14.. ids to ack first."""
+    id if the group is created here, 12 safe retention, 13 n acks, 14.. ids to ack first,
+    then n and the pairs id, deliveries of ``unhand``: hand-outs a lost ``hand`` call
+    recorded, taken back first (the consumer never made them)."""
+    undo = unhand or []
     return _consume(
         st, "read", count, st.cursor, max_deliveries, reclaim_ms, start, st.retention,
-        len(acks), *acks, acks=acks,
+        len(acks), *acks, len(undo), *[x for pair in undo for x in pair], acks=acks,
+        handed=undo,
     )  # fmt: skip
 
 
@@ -82,7 +93,8 @@ def reclaim_call(
 
 def hand_call(st: PartitionState, acks: list[str], claims: list[Record]) -> ScriptCall:
     """``hand``: 7 n acks, 8.. ids to ack, then pairs id, deliveries (recorded hand-outs)."""
-    return _consume(st, "hand", len(acks), *acks, *_pairs(claims), acks=acks)
+    handed = [(r.id, r.deliveries) for r in claims]
+    return _consume(st, "hand", len(acks), *acks, *_pairs(claims), acks=acks, handed=handed)
 
 
 def ack_call(st: PartitionState, ids: list[str]) -> ScriptCall:

@@ -19,7 +19,8 @@ ARGV (common): 1 op, 2 group, 3 fence value "<member_id> <token>", 4 topic, 5 pa
          9 max_deliveries, 10 reclaim idle ms (0 = no reclaim this call), 11 start id if the
          group is created here ('0' | '$'), 12 safe retention "<max length> <retention ms>"
          ('' = the topic has none; with a reclaim, "~cut" is computed anew), 13 n acks,
-         14.. ids to ack first (piggy-backed)
+         14.. ids to ack first (piggy-backed), then n undos and pairs id, deliveries: the
+         hand-outs a lost 'hand' call recorded (it set deliveries + 1) taken back first
   reclaim  7 count, 8 max_deliveries, 9 reclaim idle ms, 10 safe retention (as read's 12):
          a periodic reclaim pass on its own, for a caller that reads new entries natively
          (the single-node fast path): the pending entries idle that long, nothing new
@@ -39,7 +40,8 @@ An entry recovered from the PEL (takeover, reclaim, retry) is returned with its 
 count and is recorded by 'hand' (one call, acks riding along) right before the consumer hands
 it out: a record that crashes its consumer every time is counted each time and reaches the
 dead-letter stream after at most max_deliveries + 1 hand-outs, alone; what sat in a buffer
-was never counted.
+was never counted, nor is a 'hand' whose reply the consumer lost (it handed nothing out: its
+next 'read' takes the recording back).
 
 A pending entry whose payload is gone (trimmed before it was acked) is always dead-lettered
 with reason "trimmed". Dead-lettering = XADD to the dlq with the origin, group, deliveries,
@@ -138,6 +140,23 @@ local function recover(pend, max_deliveries, out, counts)
   end
 end
 
+-- Hand-outs recorded by a 'hand' call whose reply the consumer never got (cancelled, the
+-- connection lost): it handed nothing out, so each recording is taken back before the
+-- recovery of this read judges the entry by its count, or a record cut off often enough
+-- would be dead-lettered as poison unseen. Only an entry still pending at exactly the count
+-- that call left (deliveries + 1), its payload there (XCLAIM drops one whose payload is
+-- gone, which recovery dead-letters as trimmed instead): a call that never ran is left be.
+local function unhand(first, n)
+  for i = first, first + 2 * n - 1, 2 do
+    local id, d = ARGV[i], tonumber(ARGV[i + 1])
+    local p = redis.pcall('XPENDING', stream, group, id, id, 1)
+    if type(p) ~= 'table' or p.err then return end  -- no group: the read below tells
+    if p[1] and tonumber(p[1][4]) == d + 1 and redis.call('XRANGE', stream, id, id)[1] then
+      redis.call('XCLAIM', stream, group, consumer, 0, id, 'RETRYCOUNT', d, 'JUSTID')
+    end
+  end
+end
+
 local function lost()
   if redis.call('EXISTS', stream) == 0 then return {-1, 'stream'} end
   return {-1, 'group'}
@@ -206,6 +225,8 @@ if op == 'read' then
   local start_id, nacks = ARGV[11], tonumber(ARGV[13])
   local acked = 0
   if nacks > 0 then acked = ack_range(14, 13 + nacks) end
+  local nundo = tonumber(ARGV[14 + nacks])
+  if nundo > 0 then unhand(15 + nacks, nundo) end
   if cursor == '' and reclaim_ms > 0 and ARGV[12] ~= '' then update_cut(ARGV[12]) end
   if count == 0 then return {1, acked, {}, cursor, '', 0, 0, {}} end
 

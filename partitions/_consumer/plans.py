@@ -164,6 +164,8 @@ class FetchPlan:
                 continue  # its slot is moving: nothing ran; read and ack it next time
             st = call.st
             a.acks_sent((st.tp,))
+            if call.handed:
+                a.unhanded.pop(st.tp, None)  # taken back (or refused: the partition goes)
             res = fetch_result(st.topic, st.partition, reply)
             if res.status != 1:
                 tally.refuse(st, res, len(call.acks), refused)
@@ -195,6 +197,7 @@ def plan_fetch(
             reclaim = reclaim_ms
             st.next_reclaim = now + reclaim_every(reclaim_ms)
         ids = acks.get(st.tp) or []  # dropped only once the call ran
+        unhand = a.unhanded.get(st.tp)  # likewise
         calls.append(
             read_call(
                 st,
@@ -203,6 +206,7 @@ def plan_fetch(
                 reclaim_ms=reclaim,
                 start=start,
                 acks=ids,
+                unhand=list(unhand.items()) if unhand else None,
             )
         )
     return FetchPlan(calls, counts)
@@ -275,9 +279,11 @@ class HandPlan:
     calls: list[ScriptCall]
 
     def unknown(self, a: Assignment) -> None:
-        """The round trip failed with its outcome unknown: its acks go again later."""
+        """The round trip failed with its outcome unknown: its acks go again later, and the
+        hand-outs it may have recorded are taken back (none was made)."""
         for call in self.calls:
             a.not_sent(call.st.tp, call.acks)
+            a.not_handed(call.st.tp, call.handed)
 
     def settle(self, a: Assignment, replies: list[Any], tally: Tally) -> HandOutcome:
         out = HandOutcome()

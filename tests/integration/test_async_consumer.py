@@ -53,6 +53,13 @@ def pending(conn: Connection, name: str, n: int, group: str = "g") -> int:
     )
 
 
+def dead_letters(conn: Connection, name: str = "orders", n: int = 2) -> list[tuple[bytes, bytes]]:
+    """(value, reason) of each dead letter of ``name``'s ``n`` partitions."""
+    dlqs = [conn.keys.dlq(layout(conn, name), p) for p in range(n)]
+    return [(f.get(b"value", b""), f[b"dlq.reason"]) for key in dlqs
+            for _, f in conn.client.xrange(key) if b"dlq.reason" in f]  # fmt: skip
+
+
 def idkey(i: str) -> tuple[int, int]:
     ms, seq = i.split("-")
     return int(ms), int(seq)
@@ -251,9 +258,12 @@ def test_cancellation_never_loses_or_double_acks(
                and t.exception() is None and t.result()]  # fmt: skip
     why = (f"missing {sorted(missing)[:10]}, pending {pending(conn, 'orders', 2)}, "
            f"{time.monotonic() - started:.1f} s, cut {cut}, cut polls that returned records "
-           f"{[[r.value for r in b] for b in orphans]}")  # fmt: skip
+           f"{[[r.value for r in b] for b in orphans]}, dead {dead_letters(conn)}")  # fmt: skip
     assert len(got) == 300 and len({(r.partition, r.id) for r in got}) == 300, why
     assert pending(conn, "orders", 2) == 0
+    # Cut-off hand-outs were never made: none of these healthy records is counted as poison
+    # (tests/integration/test_lost_handouts.py pins it down deterministically).
+    assert dead_letters(conn) == [], why
 
 
 def test_it_takes_an_async_connection_and_checks_its_arguments(

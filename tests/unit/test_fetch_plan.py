@@ -43,7 +43,7 @@ def test_read_call_mirrors_the_script_header() -> None:
     assert call.keys == ["ps:t:{rect:0}", "ps:t:{rect:0}:fence", "ps:t:{rect:0}:groups",
                          "ps:t:{rect:0}:dlq"]  # fmt: skip
     assert call.args == ["read", "recg-a", "m1 7", "rect", "0", STREAM_CONSUMER, 500, "-", 5,
-                         0, "0", "", 2, "1-0", "2-0"]  # fmt: skip
+                         0, "0", "", 2, "1-0", "2-0", 0]  # fmt: skip
     assert call.acks == ["1-0", "2-0"]
     assert plan.commands()[0][:3] == ("FCALL", CONSUME, 4)
 
@@ -148,6 +148,35 @@ def test_hand_plan_that_did_not_run_recovers_from_the_last_handed() -> None:
     plan = plans.plan_hand(a, a.claims(records))
     out = plan.settle(a, [MOVED], plans.Tally())
     assert out.again == {TP} and st.cursor == ID0 and a.unsent == {TP: ["1-0"]}
+
+
+def test_a_lost_hand_call_is_taken_back_by_the_next_read_until_one_runs() -> None:
+    # A hand call whose outcome is unknown may have recorded its hand-outs, none of which
+    # was made: the next read of the partition carries them (id, deliveries) to be taken
+    # back before its recovery judges the entries by their counts; again on every read until
+    # one runs; forgotten with the partition.
+    a = assignment()
+    records, _ = plans.plan_fetch(
+        a, 0.0, count=500, start="0", max_deliveries=5, reclaim_ms=0
+    ).settle(a, [TAKEOVER_READ], plans.Tally())
+    plan = plans.plan_hand(a, a.claims(records))
+    assert plan.calls[0].handed == [(ID0, 1), (ID1, 1), (ID2, 1)]
+    plan.unknown(a)
+    assert a.unhanded == {TP: {ID0: 1, ID1: 1, ID2: 1}}
+
+    def read() -> plans.FetchPlan:
+        return plans.plan_fetch(a, 0.0, count=500, start="0", max_deliveries=5, reclaim_ms=0)
+
+    lost = read()
+    assert lost.calls[0].args[-7:] == [3, ID0, 1, ID1, 1, ID2, 1]
+    moved = read()
+    moved.settle(a, [MOVED], plans.Tally())  # did not run: still to take back
+    assert a.unhanded == {TP: {ID0: 1, ID1: 1, ID2: 1}}
+    read().settle(a, [TAKEOVER_READ], plans.Tally())
+    assert a.unhanded == {} and read().calls[0].args[-1] == 0
+    plans.plan_hand(a, a.claims(records)).unknown(a)
+    a.drop({TP})
+    assert a.unhanded == {}
 
 
 def test_ack_plan_outcomes() -> None:

@@ -30,19 +30,27 @@ pytestmark = pytest.mark.timeout(180)
 SHELLS = pytest.mark.parametrize("shell", ["sync", "async"])
 
 
-def freeze_mid_batch(w: Worker, timeout: float = 20.0) -> None:
-    """SIGSTOP ``w`` at a moment its last logged line is a processed, not yet acked record
-    (lines are flushed one by one; frozen, it cannot ack before the caller's kill lands)."""
+def freeze_mid_batch(*candidates: Worker, timeout: float = 20.0) -> Worker:
+    """SIGSTOP one of ``candidates`` at a moment its last logged line is a processed, not yet
+    acked record (lines are flushed one by one; frozen, it cannot ack before the caller's
+    kill lands); returns it. Several candidates: whichever is caught first (one owning a
+    quiet partition gets one-record batches, acked within ~0.1 ms of their line: CI once
+    waited 20 s for such a one while the others held batches of dozens)."""
+    frozen: list[Worker] = []
 
     def stopped() -> bool:
-        os.kill(w.pid, signal.SIGSTOP)
-        evs = w.events()
-        if evs and evs[-1]["ev"] == "proc":
-            return True
-        os.kill(w.pid, signal.SIGCONT)
+        for w in candidates:
+            os.kill(w.pid, signal.SIGSTOP)
+            evs = w.events()
+            if evs and evs[-1]["ev"] == "proc":
+                frozen.append(w)
+                return True
+            os.kill(w.pid, signal.SIGCONT)
         return False
 
-    wait_for(stopped, timeout, f"{w.name} to be mid-batch", step=0.003)
+    names = "/".join(w.name for w in candidates)
+    wait_for(stopped, timeout, f"{names} to be mid-batch", step=0.003)
+    return frozen[0]
 
 
 def unacked(w: Worker) -> int:
@@ -58,10 +66,10 @@ def consumer_kill9(*, count: int = 3000, rate: float = 1500, drain_timeout: floa
     owner redelivers exactly the unacked records, in id order, before any newer one (L,
     strict O; D: duplicates only among the unacked; G: one owner per grant)."""
     with Scenario("consumer-kill9", "kill -9 one of 3 consumers mid-batch") as s:
-        victim, *_ = s.consumers(3, work_ms=2, **SHORT_SESSION)
+        members = s.consumers(3, work_ms=2, **SHORT_SESSION)
         s.fleet.producer(count=count, keys=12, rate=rate)
         s.wait_processing(count // 5)
-        freeze_mid_batch(victim)
+        victim = freeze_mid_batch(*members)
         s.fleet.kill9(victim)
         v = s.finish(drain_timeout=drain_timeout)
         left = unacked(victim)

@@ -10,7 +10,8 @@ back, or its error thrown in. The threaded ``Consumer`` answers with blocking ca
 A request whose outcome is unknown (a lost connection, or an asyncio cancellation) is handled
 one way: what was fetched and not handed out is forgotten (it stays pending for the group)
 and each partition is read again after the last record handed out, so nothing is lost and
-nothing buffered is counted as a delivery.
+nothing buffered is counted as a delivery; a hand-out it may have recorded on the server is
+taken back by that read (:attr:`Assignment.unhanded`), since none was made.
 """
 
 from __future__ import annotations

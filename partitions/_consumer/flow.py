@@ -300,13 +300,16 @@ class ConsumerFlow:
         # A reclaim pass due in a steady single-node state goes first, on its own: folded
         # into the script path's read it would take every dry partition's new entries through
         # Lua (about twice the server's cost of the native read), every few seconds.
-        steady = wait is None and not self.is_cluster and plans.fast_ok(parts, 0, now)
+        # Hand-outs of a lost hand call to take back: the script path's read carries them
+        # (after a seek a partition could otherwise be steady, its entries judged unfixed).
+        scripted = self.is_cluster or bool(self.a.unhanded)
+        steady = wait is None and not scripted and plans.fast_ok(parts, 0, now)
         if steady and (due := plans.reclaim_due(parts, reclaim_ms, now)):
             got = yield from self.reclaim(due, max_deliveries, reclaim_ms, now)
             if got[0] or got[1]:
                 self._waited = waited  # no read yet: the next fetch's to know
                 return got
-        if wait is not None or (not self.is_cluster and plans.fast_ok(parts, reclaim_ms, now)):
+        if wait is not None or (not scripted and plans.fast_ok(parts, reclaim_ms, now)):
             fast = yield from self.fast_fetch(parts, wait)
             if wait is not None and fast is not None and not fast:
                 # Woken by an entry that the read did not find (the group had it delivered
@@ -474,7 +477,7 @@ class ConsumerFlow:
         """The blocking wait may ride in front of a fast fetch: a single node, every owned
         partition waited on (its tail known, nothing to recover), none due a reclaim, and
         the data connection watching every fence, checked ours."""
-        if self.is_cluster or self._watched is None:
+        if self.is_cluster or self._watched is None or self.a.unhanded:
             return False
         parts = self.a.reading()
         if len(parts) != len(self.a.parts) or not known_tails(parts):
@@ -499,7 +502,7 @@ class ConsumerFlow:
             )
 
     def commit_acks(self, only: set[TopicPartition] | None = None) -> Step:
-        plan = plans.plan_ack(self.a, self.a.take_acks(only))
+        plan = plans.plan_ack(self.a, self.a.take_acks(only), only)
         if not plan.calls:
             return []
         try:

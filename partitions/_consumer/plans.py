@@ -329,7 +329,9 @@ class AckPlan:
             if not ran(reply):  # its slot is moving: nothing ran
                 a.not_sent(call.st.tp, call.acks)
                 continue
-            res = ack_result(reply)
+            if call.handed:
+                a.unhanded.pop(call.st.tp, None)  # taken back (or refused: the partition goes)
+            res = ack_result(reply)  # a read of nothing answers {1, acked, ...} too
             if res.status != 1:
                 tally.refuse(call.st, res, len(call.acks), refused)
             else:
@@ -337,8 +339,26 @@ class AckPlan:
         return refused
 
 
-def plan_ack(a: Assignment, acks: dict[TopicPartition, list[str]]) -> AckPlan:
-    return AckPlan([ack_call(a.parts[tp], ids) for tp, ids in acks.items() if ids])
+def plan_ack(
+    a: Assignment, acks: dict[TopicPartition, list[str]],
+    only: set[TopicPartition] | None = None,
+) -> AckPlan:  # fmt: skip
+    """An ``ack`` call per partition of ``acks``; where hand-outs of a lost ``hand`` call
+    wait to be taken back (of ``only``, default all), a ``read`` of nothing instead, carrying
+    the acks and the take-back: a commit before a revocation, a loss or a close must not
+    leave a count for a hand-out never made (the next owner would judge the entry by it)."""
+    calls = []
+    back = {tp: pairs for tp, pairs in a.unhanded.items() if only is None or tp in only}
+    for tp in dict.fromkeys([*acks, *back]):
+        ids, pairs = acks.get(tp) or [], back.get(tp)
+        if tp not in a.parts or not (ids or pairs):
+            continue
+        if pairs:
+            calls.append(read_call(a.parts[tp], count=0, max_deliveries=0, reclaim_ms=0,
+                                   start="0", acks=ids, unhand=list(pairs.items())))  # fmt: skip
+        else:
+            calls.append(ack_call(a.parts[tp], ids))
+    return AckPlan(calls)
 
 
 # -- retry, dead letters, seek ------------------------------------------------------------

@@ -17,7 +17,7 @@ from partitions._client.connection import Connection
 from partitions._client.nodes import execute_on_key
 from partitions._consumer import plans
 from partitions._consumer.assignment import STREAM_CONSUMER, Assignment, PartitionState
-from partitions._consumer.calls import read_call, reclaim_call
+from partitions._consumer.calls import hand_call, read_call, reclaim_call
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -123,3 +123,38 @@ def test_entries_pending_under_an_older_consumer_name_are_recovered_and_reclaime
     # holds all four meanwhile, whoever's name they sit under.
     summary = execute_on_key(conn, st.stream, "XPENDING", st.stream, group)
     assert int(summary[0] if isinstance(summary, list) else summary["pending"]) == 4
+
+
+def test_a_read_takes_back_only_the_recording_a_lost_hand_call_left(conn: Connection) -> None:
+    # A hand call recorded three hand-outs and its reply was lost: none was made. The next
+    # read takes back each recording, but only where the entry is still pending at exactly
+    # the count that call left, with its payload: a count something else set stays, and an
+    # entry whose payload went is left to recovery, which dead-letters it as trimmed (an
+    # XCLAIM would drop it from the pending list silently).
+    a, tp, st = _owned(conn, "cunhand", 3)
+    group = "cunhand-g"
+    _read(conn, a, tp, 100)  # recovery of nothing (the group is created)
+    got = _read(conn, a, tp, 100).records
+    assert [r.value for r in got] == [b"v0", b"v1", b"v2"]
+
+    def count(rid: str) -> int:
+        return int(conn.client.xpending_range(st.stream, group, rid, rid, 1)[0]["times_delivered"])
+
+    assert [count(r.id) for r in got] == [1, 1, 1]
+    hand = hand_call(st, [], got)  # what the lost call ran
+    execute_on_key(conn, st.stream, *hand.command())
+    assert [count(r.id) for r in got] == [2, 2, 2]
+    v0, v1, v2 = (r.id for r in got)
+    conn.client.xclaim(st.stream, group, STREAM_CONSUMER, 0, [v1], retrycount=5, justid=True)
+    execute_on_key(conn, st.stream, "XDEL", st.stream, v2)
+
+    st.cursor = "-"  # the consumer recovers from the last record handed out (none)
+    call = read_call(st, count=100, max_deliveries=5, reclaim_ms=0, start="0", acks=[],
+                     unhand=hand.handed)  # fmt: skip
+    res = fetch_result(tp.topic, tp.partition, execute_on_key(conn, st.stream, *call.command()))
+    assert res.status == 1
+    assert count(v0) == 1  # taken back
+    assert count(v1) == 5  # not the count the lost call left: untouched
+    assert [r.value for r in res.records] == [b"v0", b"v1"] and res.dead == 1
+    dead = [f for _, f in conn.client.xrange(st.dlq_key) if b"dlq.reason" in f]
+    assert [(d[b"dlq.id"], d[b"dlq.reason"]) for d in dead] == [(v2.encode(), b"trimmed")]

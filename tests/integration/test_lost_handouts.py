@@ -134,3 +134,42 @@ def test_an_asyncio_consumer_does_not_count_hand_outs_that_were_cancelled(
 
     got = asyncio.run(main())
     check(conn, got, 3, owners, cuts)
+
+
+def test_a_consumer_closed_right_after_a_lost_hand_out_takes_it_back(
+    conn: Connection, client_config: ClientConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No read follows the cut: the task is cancelled and the consumer closed (the common
+    # shutdown). The take-back rides on the close's commit, while the fence is still held,
+    # or the next owner would find a hand-out counted that was never made.
+    left_pending(conn, 3, owners=2)
+    stream = conn.keys.stream(layout(conn, "orders"), 0)
+
+    def counts() -> list[int]:
+        return [int(p["times_delivered"])
+                for p in conn.client.xpending_range(stream, "g", "-", "+", 10)]  # fmt: skip
+
+    before = counts()
+    real: Callable[..., Any] = wire.aexchange_on
+    cuts = 0
+
+    async def cancelled_after_the_write(c: Any, payload: list[bytes], expect: int) -> Any:
+        nonlocal cuts
+        replies = await real(c, payload, expect)
+        if cuts == 0 and carries_hand(payload):
+            cuts += 1
+            raise asyncio.CancelledError
+        return replies
+
+    monkeypatch.setattr(wire, "aexchange_on", cancelled_after_the_write)
+
+    async def main() -> None:
+        aconn = await connect_async(client_config)
+        async with aconn, AsyncConsumer(aconn, "g", "orders", group_settings=SETTINGS) as c:
+            with pytest.raises(asyncio.CancelledError):
+                for _ in range(20):
+                    await c.poll(timeout=0.2)  # until the first hand-out is cut
+
+    asyncio.run(main())
+    assert cuts == 1
+    assert counts() == before == [2, 2, 2]  # the cut hand-out (it ran: 3) was taken back

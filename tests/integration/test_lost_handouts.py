@@ -23,6 +23,7 @@ import redis.exceptions as rex
 
 from partitions import AsyncConsumer, ClientConfig, Consumer, connect_async
 from partitions._base.records import Record
+from partitions._base.settings import GroupSettings
 from partitions._client import wire
 from partitions._client.config import ConsumerConfig
 from partitions._client.connection import Connection
@@ -31,8 +32,9 @@ from tests.helpers import layout, produce, topic
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
-SETTINGS = helpers.FAST.with_changes(max_deliveries=3, reclaim_idle_ms=60_000)
-CUTS = 6  # twice max_deliveries: every one counted would dead-letter the record
+# The library's defaults (a group this test creates gets them): max_deliveries 5.
+SETTINGS = GroupSettings()
+CUTS = 2 * SETTINGS.max_deliveries  # every one counted would dead-letter the record
 
 
 def carries_hand(payload: list[bytes]) -> bool:
